@@ -1,0 +1,54 @@
+/**
+ * `softroce` command: `softroce dump FILE [--json]`, `softroce demo`.
+ */
+import { readFileSync } from 'node:fs';
+import { dumpCapture, formatPacket, formatSummary, type DumpPacket } from '../roce/dump.js';
+import { runDemo } from './demo.js';
+
+const USAGE = `usage: softroce dump FILE [--json]   decode RoCE packets in a pcap/pcapng capture
+       softroce demo                 loopback demo (no root, no configuration)`;
+
+function jsonLine(p: DumpPacket): string {
+  return JSON.stringify(p);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === 'dump') {
+    const json = rest.includes('--json');
+    const files = rest.filter((a) => a !== '--json');
+    if (files.length !== 1) {
+      process.stderr.write(USAGE + '\n');
+      return 2;
+    }
+    let buf: Buffer;
+    try {
+      buf = readFileSync(files[0]!);
+    } catch (e) {
+      process.stderr.write(`softroce dump: ${files[0]}: ${(e as Error).message}\n`);
+      return 1;
+    }
+    const out: string[] = [];
+    const flush = (): void => {
+      if (out.length) process.stdout.write(out.join('\n') + '\n');
+      out.length = 0;
+    };
+    const res = dumpCapture(buf, (p) => {
+      out.push(json ? jsonLine(p) : formatPacket(p));
+      if (out.length >= 256) flush();
+    });
+    flush();
+    if (res.error) process.stderr.write(`softroce dump: ${files[0]}: ${res.error}\n`);
+    // Both modes end with the same plain summary line, so scripts can always grep it.
+    process.stdout.write(formatSummary(res.summary) + '\n');
+    return res.error ? 1 : 0;
+  }
+  if (cmd === 'demo' || cmd === undefined) return runDemo();
+  process.stderr.write(USAGE + '\n');
+  return 2;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (e: unknown) => { process.stderr.write(`softroce: ${(e as Error).stack ?? String(e)}\n`); process.exitCode = 1; },
+);

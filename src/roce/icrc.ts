@@ -1,0 +1,271 @@
+/**
+ * The Invariant CRC (IBA 7.8.1, RoCEv2 Annex A17.3.3, rxe_icrc.c).
+ *
+ * ICRC = CRC-32 (IEEE 802.3 / zlib) over:
+ *   8 bytes of 0xFF                (the absent LRH, fully masked)
+ *   the network header, masked     IPv4: TOS, TTL, header checksum → 1s
+ *                                  IPv6 / RoCEv1 GRH: TClass, Flow Label, Hop Limit → 1s
+ *   RoCEv2 only: the UDP header    checksum → 1s
+ *   the BTH                        byte 4 (FECN, BECN, resv6a) → 1s
+ *   the rest of the IB packet      extended headers, payload and pad, as sent
+ * and goes on the wire least-significant byte first.
+ *
+ * Note what is *not* masked for IPv4: the Identification and the flags /
+ * fragment offset. A sender must know the ID the kernel puts on its datagram
+ * (IP_PMTUDISC_DO gives ID 0), and a receiver behind a UDP socket never sees
+ * it. `inferIpv4Id` turns that around: the ICRC is linear in the ID bits, so
+ * the ID (and DF) that make the CRC match can be solved for; a packet is
+ * accepted only if such an ID exists (2^-15 false-accept rate for random
+ * corruption instead of 2^-32). See the README, "ICRC outcomes".
+ *
+ * Hot path: the masked pseudo-header is built in a preallocated scratch
+ * buffer; the CRC then continues over the packet in place.
+ */
+import * as zlib from 'node:zlib';
+
+// ---------------------------------------------------------------- CRC-32 ---
+
+const TABLE = new Int32Array(256 * 8);
+for (let n = 0; n < 256; n++) {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  TABLE[n] = c;
+}
+for (let n = 0; n < 256; n++) {
+  let c = TABLE[n]!;
+  for (let k = 1; k < 8; k++) {
+    c = TABLE[c & 0xff]! ^ (c >>> 8);
+    TABLE[k * 256 + n] = c;
+  }
+}
+
+/** Slicing-by-8 CRC-32 over buf[off, end), chained like zlib.crc32(data, crc). No allocation. */
+export function crc32Js(crc: number, buf: Uint8Array, off: number, end: number): number {
+  const T = TABLE;
+  let c = ~crc;
+  while (off + 8 <= end) {
+    c ^= buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24);
+    const hi = buf[off + 4]! | (buf[off + 5]! << 8) | (buf[off + 6]! << 16) | (buf[off + 7]! << 24);
+    c =
+      T[1792 + (c & 0xff)]! ^ T[1536 + ((c >>> 8) & 0xff)]! ^ T[1280 + ((c >>> 16) & 0xff)]! ^ T[1024 + (c >>> 24)]! ^
+      T[768 + (hi & 0xff)]! ^ T[512 + ((hi >>> 8) & 0xff)]! ^ T[256 + ((hi >>> 16) & 0xff)]! ^ T[hi >>> 24]!;
+    off += 8;
+  }
+  while (off < end) c = T[(c ^ buf[off++]!) & 0xff]! ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+type ZlibCrc = (data: Uint8Array, value?: number) => number;
+const zcrc: ZlibCrc | undefined = (zlib as unknown as { crc32?: ZlibCrc }).crc32;
+
+/**
+ * Runs at or above this many bytes go to zlib's native CRC (about 3x faster
+ * than the JS tables on 4 KiB, bench/wire.bench), at the price of one
+ * subarray object; shorter runs stay in JS, allocation-free.
+ */
+let ZLIB_MIN = 256;
+export function setZlibThreshold(n: number): void {
+  ZLIB_MIN = n;
+}
+export const hasNativeCrc = zcrc !== undefined;
+
+/** CRC-32 over buf[off, end), chained: crc32(b, crc32(a)) === crc32(a ‖ b). */
+export function crc32(crc: number, buf: Uint8Array, off: number, end: number): number {
+  if (zcrc !== undefined && end - off >= ZLIB_MIN) return zcrc(buf.subarray(off, end), crc);
+  return crc32Js(crc, buf, off, end);
+}
+
+// ------------------------------------------------------------------ ICRC ---
+
+/** CRC state after the 8 masked LRH bytes (rxe seeds crc32_le with 0xDEBB20E3, the same thing). */
+export const ICRC_SEED = crc32Js(0, new Uint8Array(8).fill(0xff), 0, 8);
+
+const BTH_LEN = 12;
+/** Masked IPv4(20) + UDP(8) + BTH(12). */
+const scratch4 = new Uint8Array(40);
+/** Masked IPv6(40) + UDP(8) + BTH(12). */
+const scratch6 = new Uint8Array(60);
+/** Masked GRH(40) + BTH(12). */
+const scratch1 = new Uint8Array(52);
+
+function copyMaskedBth(dst: Uint8Array, at: number, buf: Uint8Array, bthOff: number): void {
+  for (let i = 0; i < BTH_LEN; i++) dst[at + i] = buf[bthOff + i]!;
+  dst[at + 4] = 0xff;
+}
+
+function finish(scr: Uint8Array, buf: Uint8Array, bthOff: number, icrcOff: number): number {
+  const c = crc32Js(ICRC_SEED, scr, 0, scr.length);
+  return crc32(c, buf, bthOff + BTH_LEN, icrcOff);
+}
+
+/**
+ * RoCEv2 over IPv4, from a frame that holds the IPv4 header (20 bytes, no
+ * options) at ipOff, the UDP header right after it, and the BTH at bthOff.
+ * `icrcOff` is where the ICRC sits (end of the IB packet − 4).
+ */
+export function icrcV2Ipv4(buf: Uint8Array, ipOff: number, bthOff: number, icrcOff: number): number {
+  const s = scratch4;
+  for (let i = 0; i < 28; i++) s[i] = buf[ipOff + i]!;
+  s[1] = 0xff; // TOS
+  s[8] = 0xff; // TTL
+  s[10] = 0xff; s[11] = 0xff; // header checksum
+  s[26] = 0xff; s[27] = 0xff; // UDP checksum
+  copyMaskedBth(s, 28, buf, bthOff);
+  return finish(s, buf, bthOff, icrcOff);
+}
+
+/** RoCEv2 over IPv6: the IPv6 header at ipOff, UDP after it, BTH at bthOff. */
+export function icrcV2Ipv6(buf: Uint8Array, ipOff: number, bthOff: number, icrcOff: number): number {
+  const s = scratch6;
+  for (let i = 0; i < 48; i++) s[i] = buf[ipOff + i]!;
+  s[0] = 0x6f; s[1] = 0xff; s[2] = 0xff; s[3] = 0xff; // version kept, TClass + Flow Label masked
+  s[7] = 0xff; // hop limit
+  s[46] = 0xff; s[47] = 0xff; // UDP checksum
+  copyMaskedBth(s, 48, buf, bthOff);
+  return finish(s, buf, bthOff, icrcOff);
+}
+
+/** RoCEv1: the GRH at grhOff, the BTH right after it. Masking as for IPv6 (IBA 7.8.1). */
+export function icrcV1(buf: Uint8Array, grhOff: number, icrcOff: number): number {
+  const s = scratch1;
+  for (let i = 0; i < 40; i++) s[i] = buf[grhOff + i]!;
+  s[0] = s[0]! | 0x0f; s[1] = 0xff; s[2] = 0xff; s[3] = 0xff; // IPVer kept, TClass + Flow Label masked
+  s[7] = 0xff; // HopLmt
+  copyMaskedBth(s, 40, buf, grhOff + 40);
+  return finish(s, buf, grhOff + 40, icrcOff);
+}
+
+function putU16(s: Uint8Array, o: number, v: number): void {
+  s[o] = (v >>> 8) & 0xff;
+  s[o + 1] = v & 0xff;
+}
+function putU32(s: Uint8Array, o: number, v: number): void {
+  s[o] = (v >>> 24) & 0xff; s[o + 1] = (v >>> 16) & 0xff; s[o + 2] = (v >>> 8) & 0xff; s[o + 3] = v & 0xff;
+}
+
+/**
+ * RoCEv2/IPv4 ICRC for an IB packet held alone (BTH at bthOff … ICRC at
+ * icrcOff), with the IP and UDP headers described by parameters: what a UDP
+ * socket sender computes before the kernel adds the headers, and what a UDP
+ * socket receiver can rebuild. `id` and `flagsFrag` are the 16-bit IPv4 words
+ * (DF alone = 0x4000).
+ */
+export function icrcV2Ipv4Parts(
+  srcIp: number, dstIp: number, id: number, flagsFrag: number,
+  srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number,
+): number {
+  const s = scratch4;
+  const ibLen = icrcOff + 4 - bthOff;
+  s[0] = 0x45; s[1] = 0xff;
+  putU16(s, 2, 28 + ibLen);
+  putU16(s, 4, id);
+  putU16(s, 6, flagsFrag);
+  s[8] = 0xff; s[9] = 17; s[10] = 0xff; s[11] = 0xff;
+  putU32(s, 12, srcIp);
+  putU32(s, 16, dstIp);
+  putU16(s, 20, srcPort);
+  putU16(s, 22, dstPort);
+  putU16(s, 24, 8 + ibLen);
+  s[26] = 0xff; s[27] = 0xff;
+  copyMaskedBth(s, 28, buf, bthOff);
+  return finish(s, buf, bthOff, icrcOff);
+}
+
+/** RoCEv2/IPv6 ICRC from parts (16-byte addresses). IPv6 has no ID: fully checkable from a socket. */
+export function icrcV2Ipv6Parts(
+  src: Uint8Array, dst: Uint8Array, srcPort: number, dstPort: number,
+  buf: Uint8Array, bthOff: number, icrcOff: number,
+): number {
+  const s = scratch6;
+  const ibLen = icrcOff + 4 - bthOff;
+  s[0] = 0x6f; s[1] = 0xff; s[2] = 0xff; s[3] = 0xff;
+  putU16(s, 4, 8 + ibLen);
+  s[6] = 17; s[7] = 0xff;
+  for (let i = 0; i < 16; i++) { s[8 + i] = src[i]!; s[24 + i] = dst[i]!; }
+  putU16(s, 40, srcPort);
+  putU16(s, 42, dstPort);
+  putU16(s, 44, 8 + ibLen);
+  s[46] = 0xff; s[47] = 0xff;
+  copyMaskedBth(s, 48, buf, bthOff);
+  return finish(s, buf, bthOff, icrcOff);
+}
+
+/** The ICRC as stored in the packet (little-endian on the wire). */
+export function readIcrc(buf: Uint8Array, icrcOff: number): number {
+  return (buf[icrcOff]! | (buf[icrcOff + 1]! << 8) | (buf[icrcOff + 2]! << 16) | (buf[icrcOff + 3]! << 24)) >>> 0;
+}
+export function writeIcrc(buf: Uint8Array, icrcOff: number, crc: number): void {
+  buf[icrcOff] = crc & 0xff;
+  buf[icrcOff + 1] = (crc >>> 8) & 0xff;
+  buf[icrcOff + 2] = (crc >>> 16) & 0xff;
+  buf[icrcOff + 3] = (crc >>> 24) & 0xff;
+}
+
+// ------------------------------------------- IPv4 ID recovery from a CRC ---
+
+/**
+ * For a CRC input of a given length, the effect of each unknown bit (16 ID
+ * bits, then DF) on the final CRC, reduced to an XOR basis (Gaussian
+ * elimination over GF(2)). Entry layout: [count, vec0, comb0, vec1, comb1, …]
+ * where comb is the set of unknown bits that vector stands for.
+ * The CRC is affine, so for two inputs of equal length
+ * crc(a) ^ crc(b) = L(a ^ b): only the bit position relative to the end matters.
+ */
+const basisCache = new Map<number, Int32Array>();
+const BASIS_CACHE_MAX = 8192;
+let zeros = new Uint8Array(0);
+
+function idBasis(tail: number): Int32Array {
+  let b = basisCache.get(tail);
+  if (b !== undefined) return b;
+  if (zeros.length < tail) zeros = new Uint8Array(tail + 1024);
+  const base = crc32(0, zeros, 0, tail);
+  b = new Int32Array(1 + 17 * 2);
+  let n = 0;
+  for (let j = 0; j < 17; j++) {
+    // ID is big-endian in bytes 0-1 of the tail; DF is bit 6 of byte 2.
+    const byte = j < 8 ? 1 : j < 16 ? 0 : 2;
+    const bit = j < 16 ? 1 << (j & 7) : 0x40;
+    zeros[byte] = bit;
+    let v = crc32(0, zeros, 0, tail) ^ base;
+    zeros[byte] = 0;
+    let comb = 1 << j;
+    for (let k = 0; k < n; k++) {
+      const bv = b[1 + 2 * k]!;
+      const pivot = bv & -bv; // lowest set bit as the pivot
+      if (v & pivot) { v ^= bv; comb ^= b[2 + 2 * k]!; }
+    }
+    if (v !== 0) { b[1 + 2 * n] = v; b[2 + 2 * n] = comb; n++; }
+  }
+  b[0] = n;
+  if (basisCache.size >= BASIS_CACHE_MAX) basisCache.clear();
+  basisCache.set(tail, b);
+  return b;
+}
+
+/**
+ * For a RoCEv2/IPv4 packet received on a UDP socket (no IP header at hand):
+ * finds the IPv4 ID and DF bit under which the received ICRC is correct.
+ * Returns `id | df << 16`, or -1 if no ID explains the ICRC (the packet is bad).
+ */
+export function inferIpv4Id(
+  srcIp: number, dstIp: number, srcPort: number, dstPort: number,
+  buf: Uint8Array, bthOff: number, icrcOff: number,
+): number {
+  const received = readIcrc(buf, icrcOff);
+  const c0 = icrcV2Ipv4Parts(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff);
+  let d = (c0 ^ received) | 0;
+  if (d === 0) return 0x10000;
+  // CRC input from the ID field to the end: 16 more IPv4 bytes, UDP, the IB packet.
+  const tail = 16 + 8 + (icrcOff - bthOff);
+  const b = idBasis(tail);
+  let comb = 0;
+  for (let k = 0, n = b[0]!; k < n; k++) {
+    const bv = b[1 + 2 * k]!;
+    if (d & (bv & -bv)) { d ^= bv; comb ^= b[2 + 2 * k]!; }
+  }
+  if (d !== 0) return -1;
+  const id = comb & 0xffff;
+  const df = ((comb >>> 16) & 1) ^ 1;
+  return id | (df << 16);
+}
