@@ -48,6 +48,12 @@ export async function main(argv: string[]): Promise<number> {
   return 2;
 }
 
+// `softroce dump x.pcap | head` closes the pipe early: that is not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },
   (e: unknown) => { process.stderr.write(`softroce: ${(e as Error).stack ?? String(e)}\n`); process.exitCode = 1; },

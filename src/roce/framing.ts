@@ -10,7 +10,7 @@
  * `buildRoceV1` make new, consistent frames (lengths, checksums, pad).
  * Nothing here throws on bad input: malformed frames come back classified.
  */
-import { readRepr, writeRepr, type Repr } from './wire/field.js';
+import { copyBytes, readRepr, writeRepr, type Repr } from './wire/field.js';
 import { BTH_LEN } from './wire/bth.js';
 import { GRH_LEN, GRH_NXTHDR_BTH, GRH_SPEC, type GrhRepr } from './wire/grh.js';
 import {
@@ -138,7 +138,7 @@ export function decodeFrame(data: Uint8Array, linkType: number): DecodedFrame {
   }
   const base = { linkType, trailer: new Uint8Array(0) } as FrameRepr;
   if (eth) base.eth = eth;
-  if (linkHeader) base.linkHeader = Uint8Array.prototype.slice.call(linkHeader);
+  if (linkHeader) base.linkHeader = copyBytes(linkHeader);
 
   if (ethertype === ETHERTYPE_IPV4) return decodeIpv4(buf, off, base);
   if (ethertype === ETHERTYPE_IPV6) return decodeIpv6(buf, off, base);
@@ -171,14 +171,14 @@ function decodeIpv4(buf: Buffer, off: number, base: FrameRepr): DecodedFrame {
   const r = parseIb(info, buf, bthOff, ibLen);
   if (r !== Malformed.NONE) return malformed('rocev2-ipv4', r);
   const ipv4 = readRepr<Ipv4Repr & Repr>(IPV4_SPEC, buf, off);
-  if (ihl > IPV4_LEN) ipv4.options = Uint8Array.prototype.slice.call(buf, off + IPV4_LEN, udpOff);
+  if (ihl > IPV4_LEN) ipv4.options = copyBytes(buf, off + IPV4_LEN, udpOff);
   const frame: FrameRepr = {
     ...base,
     encap: 'rocev2-ipv4',
     ipv4,
     udp: readRepr<UdpRepr & Repr>(UDP_SPEC, buf, udpOff),
     ib: readIbRepr(info),
-    trailer: Uint8Array.prototype.slice.call(buf, bthOff + ibLen),
+    trailer: copyBytes(buf, bthOff + ibLen),
   };
   if (ihl !== IPV4_LEN) return { roce: true, malformed: 0, encap: 'rocev2-ipv4', icrc: 'unverifiable', frame };
   const c = icrcV2Ipv4(buf, off, bthOff, info.icrcOff);
@@ -206,7 +206,7 @@ function decodeIpv6(buf: Buffer, off: number, base: FrameRepr): DecodedFrame {
     ipv6: readRepr<Ipv6Repr & Repr>(IPV6_SPEC, buf, off),
     udp: readRepr<UdpRepr & Repr>(UDP_SPEC, buf, udpOff),
     ib: readIbRepr(info),
-    trailer: Uint8Array.prototype.slice.call(buf, bthOff + ibLen),
+    trailer: copyBytes(buf, bthOff + ibLen),
   };
   const c = icrcV2Ipv6(buf, off, bthOff, info.icrcOff);
   return { roce: true, malformed: 0, encap: 'rocev2-ipv6', icrc: c === readIcrc(buf, info.icrcOff) ? 'ok' : 'bad', icrcComputed: c, frame };
@@ -226,7 +226,7 @@ function decodeV1(buf: Buffer, off: number, base: FrameRepr): DecodedFrame {
     encap: 'rocev1',
     grh: readRepr<GrhRepr & Repr>(GRH_SPEC, buf, off),
     ib: readIbRepr(info),
-    trailer: Uint8Array.prototype.slice.call(buf, bthOff + ibLen),
+    trailer: copyBytes(buf, bthOff + ibLen),
   };
   const c = icrcV1(buf, off, info.icrcOff);
   return { roce: true, malformed: 0, encap: 'rocev1', icrc: c === readIcrc(buf, info.icrcOff) ? 'ok' : 'bad', icrcComputed: c, frame };

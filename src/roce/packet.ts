@@ -8,7 +8,7 @@
  *    the control path, the dump tool and tests; `readIbRepr` / `writeIbRepr`
  *    are exact inverses.
  */
-import { readRepr, writeRepr, type HeaderSpec, type Repr } from './wire/field.js';
+import { copyBytes, readRepr, writeRepr, type HeaderSpec, type Repr } from './wire/field.js';
 import { BTH_LEN, BTH_SPEC, type BthRepr } from './wire/bth.js';
 import {
   AETH_SPEC, ATMACK_SPEC, ATMETH_SPEC, DETH_SPEC, FETH_SPEC, IETH_SPEC, IMMDT_SPEC, RDETH_SPEC, RETH_SPEC,
@@ -138,8 +138,8 @@ export function readIbRepr(info: PktInfo): IbRepr {
   const e = OPCODES[info.opcode]!;
   const r: IbRepr = {
     bth: readRepr<BthRepr & Repr>(BTH_SPEC, buf, bthOff),
-    payload: Uint8Array.prototype.slice.call(buf, info.payloadOff, info.payloadOff + info.payloadLen),
-    pad: Uint8Array.prototype.slice.call(buf, info.payloadOff + info.payloadLen, info.icrcOff),
+    payload: copyBytes(buf, info.payloadOff, info.payloadOff + info.payloadLen),
+    pad: copyBytes(buf, info.payloadOff + info.payloadLen, info.icrcOff),
     icrc: (buf[info.icrcOff]! | (buf[info.icrcOff + 1]! << 8) | (buf[info.icrcOff + 2]! << 16) | (buf[info.icrcOff + 3]! << 24)) >>> 0,
   };
   for (const h of e.headers) {

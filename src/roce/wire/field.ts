@@ -12,7 +12,10 @@
  * (BthView, ...) that read single fields in place.
  */
 
-/** `[name, byteOffset, bitShift, bitWidth]` for integers up to 32 bits,
+/** `[name, byteOffset, bitShift, bitWidth]` for integers up to 32 bits: the
+ *  field lives in the big-endian word of ceil((shift + width) / 8) bytes that
+ *  starts at byteOffset, `shift` bits above that word's least significant bit
+ *  (so a field always ends in the word's last byte);
  *  `[name, byteOffset, 0, 64]` for 64-bit fields (bigint),
  *  `[name, byteOffset, 'bytes', length]` for raw byte strings (GIDs, MACs). */
 export type FieldSpec =
@@ -27,6 +30,11 @@ export interface HeaderSpec {
 
 export type ReprValue = number | bigint | Uint8Array;
 export type Repr = Record<string, ReprValue>;
+
+/** A copy of buf[start, end) as a plain Uint8Array (not a Buffer: Reprs compare equal whatever buffer they came from). */
+export function copyBytes(buf: Uint8Array, start = 0, end = buf.length): Uint8Array {
+  return new Uint8Array(buf.subarray(start, end));
+}
 
 function wordBytes(shift: number, width: number): number {
   return Math.ceil((shift + width) / 8);
@@ -52,7 +60,7 @@ function writeWordMasked(buf: Uint8Array, off: number, n: number, shift: number,
 
 export function readField(spec: FieldSpec, buf: Uint8Array, base: number): ReprValue {
   const off = base + spec[1];
-  if (spec[2] === 'bytes') return Uint8Array.prototype.slice.call(buf, off, off + spec[3]);
+  if (spec[2] === 'bytes') return copyBytes(buf, off, off + spec[3]);
   const shift = spec[2];
   const width = spec[3];
   if (width === 64) {

@@ -18,9 +18,9 @@ export const GRH_SPEC: HeaderSpec = {
   name: 'GRH',
   length: GRH_LEN,
   fields: [
-    ['ipVer', 0, 28, 4],
-    ['tclass', 0, 20, 8],
-    ['flowLabel', 0, 0, 20],
+    ['ipVer', 0, 4, 4],
+    ['tclass', 0, 4, 8],
+    ['flowLabel', 1, 0, 20],
     ['payLen', 4, 0, 16],
     ['nxtHdr', 6, 0, 8],
     ['hopLmt', 7, 0, 8],

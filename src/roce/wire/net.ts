@@ -72,9 +72,9 @@ export const IPV6_SPEC: HeaderSpec = {
   name: 'IPv6',
   length: IPV6_LEN,
   fields: [
-    ['version', 0, 28, 4],
-    ['tclass', 0, 20, 8],
-    ['flowLabel', 0, 0, 20],
+    ['version', 0, 4, 4],
+    ['tclass', 0, 4, 8],
+    ['flowLabel', 1, 0, 20],
     ['payloadLen', 4, 0, 16],
     ['nextHeader', 6, 0, 8],
     ['hopLimit', 7, 0, 8],

@@ -1,0 +1,51 @@
+/** The `softroce dump` command as a user runs it. */
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { capturesDir, ROOT } from '../helpers.js';
+
+const bin = join(ROOT, 'bin', 'softroce.js');
+const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+
+t.test('text output: one line per RoCE packet, then exactly one summary line', (t) => {
+  const r = run('dump', join(capturesDir(), 'ucmatose.pcap'));
+  t.equal(r.status, 0);
+  const lines = r.stdout.trimEnd().split('\n');
+  t.equal(lines.length, 45 + 1);
+  t.equal(lines.at(-1), 'packets=45 roce=45 icrc_ok=45 icrc_bad=0 malformed=0');
+  t.equal(lines.filter((l) => /^packets=/.test(l)).length, 1);
+  t.match(lines[0]!, /198\.18\.0\.12:55410 > 198\.18\.0\.11 UD_SEND_ONLY qp=0x000001 .*deth\[qkey=0x80010000 srcqp=0x000001\] \[CM REQ\] len=256 icrc=ok/);
+  t.ok(lines.some((l) => /RC_ACKNOWLEDGE .*aeth\[ACK msn=\d+\]/.test(l)), 'AETH decoded');
+  t.end();
+});
+
+t.test('--json: one object per packet, same summary line last', (t) => {
+  const r = run('dump', join(capturesDir(), 'rping.pcap'), '--json');
+  t.equal(r.status, 0);
+  const lines = r.stdout.trimEnd().split('\n');
+  t.equal(lines.at(-1), 'packets=125 roce=125 icrc_ok=125 icrc_bad=0 malformed=0');
+  const objs = lines.slice(0, -1).map((l) => JSON.parse(l) as { opcodeName: string; icrc: string; reth?: { rkey: number } });
+  t.equal(objs.length, 125);
+  t.ok(objs.every((o) => o.icrc === 'ok'));
+  t.ok(objs.some((o) => o.opcodeName === 'RC_RDMA_READ_REQUEST' && o.reth && o.reth.rkey > 0), 'RETH fields');
+  t.end();
+});
+
+t.test('errors: a missing file, no file, a non-capture', (t) => {
+  const a = run('dump', '/nonexistent/x.pcap');
+  t.equal(a.status, 1);
+  t.match(a.stderr, /ENOENT|no such file/i);
+  const b = run('dump');
+  t.equal(b.status, 2);
+  const c = run('dump', bin);
+  t.equal(c.status, 1);
+  t.equal(c.stdout.trimEnd().split('\n').at(-1), 'packets=0 roce=0 icrc_ok=0 icrc_bad=0 malformed=0');
+  t.end();
+});
+
+t.test('npm start demo verifies and catches the corrupted packet', (t) => {
+  const r = run('demo');
+  t.equal(r.status, 0);
+  t.match(r.stdout, /packets=28 roce=28 icrc_ok=27 icrc_bad=1 malformed=0/);
+  t.end();
+});
