@@ -1,0 +1,41 @@
+/**
+ * Loads the optional native addon (native/, built by `npm install`). The addon
+ * only provides what Node's dgram lacks (socket options today; batched I/O
+ * later); everything works without it. SOFTROCE_NO_NATIVE=1 disables it.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  setIntSockopt(fd: number, level: number, name: number, value: number): number;
+  getIntSockopt(fd: number, level: number, name: number): number;
+  bindToDevice(fd: number, ifname: string): number;
+  constants: Record<string, number>;
+}
+
+let cached: NativeAddon | null | undefined;
+
+export function loadNative(): NativeAddon | null {
+  if (cached !== undefined) return cached;
+  cached = null;
+  if (process.env['SOFTROCE_NO_NATIVE'] === '1') return cached;
+  try {
+    const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+    const req = createRequire(import.meta.url);
+    const gypBuild = req('node-gyp-build') as (dir: string) => NativeAddon;
+    cached = gypBuild(join(root, 'native'));
+  } catch {
+    cached = null;
+  }
+  return cached;
+}
+
+/** The fd of a bound dgram socket (Linux), without touching the deprecated `_handle`. */
+export function dgramFd(sock: object): number {
+  for (const s of Object.getOwnPropertySymbols(sock)) {
+    const st = (sock as Record<symbol, unknown>)[s] as { handle?: { fd?: number } } | undefined;
+    if (st && typeof st === 'object' && st.handle && typeof st.handle.fd === 'number') return st.handle.fd;
+  }
+  return -1;
+}

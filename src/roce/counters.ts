@@ -1,0 +1,28 @@
+/**
+ * Per-port counters, named as rxe exposes them in
+ * /sys/class/infiniband/<dev>/ports/<p>/hw_counters (rxe_hw_counters.c), plus
+ * a few of softroce's own for what the wire layer drops. Incrementing is an
+ * array store.
+ */
+export const COUNTER_NAMES = [
+  'sent_pkts', 'rcvd_pkts', 'duplicate_request', 'out_of_sequence', 'rcvd_rnr_err', 'send_rnr_err',
+  'rcvd_seq_err', 'ack_deferred', 'retry_exceeded_err', 'retry_rnr_exceeded_err', 'completer_retry_err',
+  'send_err', 'link_downed', 'rdma_sends', 'rdma_recvs',
+  // softroce: receive-side drops by reason
+  'rcvd_icrc_err', 'rcvd_malformed', 'rcvd_unknown_qp', 'rcvd_bad_state', 'rcvd_bad_pkey', 'rcvd_bad_qkey',
+  'rcvd_bad_addr', 'rcvd_bad_opcode', 'timeouts',
+] as const;
+export type CounterName = (typeof COUNTER_NAMES)[number];
+export const C = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as { readonly [K in CounterName]: number };
+
+export class Counters {
+  readonly v = new Float64Array(COUNTER_NAMES.length);
+  snapshot(): Record<CounterName, number> {
+    const o = {} as Record<CounterName, number>;
+    COUNTER_NAMES.forEach((n, i) => { o[n] = this.v[i]!; });
+    return o;
+  }
+  reset(): void {
+    this.v.fill(0);
+  }
+}

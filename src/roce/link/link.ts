@@ -1,0 +1,200 @@
+/**
+ * The port interface between the transport and the network (smoltcp's
+ * `phy::Device`): send one IB packet (BTH … ICRC) as a datagram, receive
+ * datagrams, report link state. Backends: `UdpLink` (Node dgram, with the
+ * native addon's socket options when built) and `MemLink` (in-process, for
+ * deterministic tests with the fake scheduler). Wrappers compose:
+ * `FaultInjector` (seeded drop/duplicate/reorder/corrupt/delay) and
+ * `PcapRecorder` (what a device sends and receives, as a pcap).
+ *
+ * Transmit buffers belong to the link: `allocTx()` hands out a pooled buffer,
+ * `send()` takes it back once the datagram is out. An empty pool is
+ * backpressure: the requester stops and resumes on 'drain'.
+ */
+import { EventEmitter } from 'node:events';
+import type { Scheduler, TimerHandle } from '../transport/sched.js';
+
+export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number) => void;
+
+export interface LinkInfo {
+  readonly localIp: string;
+  readonly family: 4 | 6;
+  /** the UDP port datagrams leave from (the ICRC covers it) and arrive on */
+  readonly localPort: number;
+  /** 'dgram' | 'native' | 'memory' */
+  readonly backend: string;
+  /** true when the sender's IPv4 ID is 0 (IP_PMTUDISC_DO): what our ICRC assumes */
+  readonly ipv4IdZero: boolean;
+}
+
+export interface Link extends LinkInfo {
+  allocTx(): Buffer | null;
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number): void;
+  /** return an unsent tx buffer */
+  freeTx(buf: Buffer): void;
+  setReceiver(h: RxHandler): void;
+  readonly up: boolean;
+  on(ev: 'drain' | 'link', fn: (...a: unknown[]) => void): this;
+  close(): Promise<void>;
+}
+
+/** Largest datagram: GRH-less IB packet with 4096 B payload plus headers. */
+export const TX_BUF_SIZE = 4096 + 128;
+
+export class TxPool {
+  private readonly free: Buffer[] = [];
+  constructor(n: number) {
+    for (let i = 0; i < n; i++) this.free.push(Buffer.allocUnsafe(TX_BUF_SIZE));
+  }
+  get available(): number {
+    return this.free.length;
+  }
+  alloc(): Buffer | null {
+    return this.free.pop() ?? null;
+  }
+  release(b: Buffer): void {
+    this.free.push(b);
+  }
+}
+
+// ------------------------------------------------------------- in-memory ---
+
+/** An in-process network: links addressed by ip:port, delivery deferred through the scheduler. */
+export class MemNetwork {
+  readonly links = new Map<string, MemLink>();
+  readonly sched: Scheduler;
+  constructor(sched: Scheduler) {
+    this.sched = sched;
+  }
+  attach(ip: string, port = 4791): MemLink {
+    const l = new MemLink(this, ip, port);
+    this.links.set(`${ip}:${port}`, l);
+    return l;
+  }
+}
+
+export class MemLink extends EventEmitter implements Link {
+  readonly localIp: string;
+  readonly localPort: number;
+  readonly family: 4 | 6;
+  readonly backend = 'memory';
+  readonly ipv4IdZero = true;
+  up = true;
+  private readonly net: MemNetwork;
+  private readonly pool = new TxPool(512);
+  private rx: RxHandler | null = null;
+  constructor(net: MemNetwork, ip: string, port: number) {
+    super();
+    this.net = net;
+    this.localIp = ip;
+    this.localPort = port;
+    this.family = ip.includes(':') ? 6 : 4;
+  }
+  allocTx(): Buffer | null {
+    return this.pool.alloc();
+  }
+  freeTx(b: Buffer): void {
+    this.pool.release(b);
+  }
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
+    const dst = this.net.links.get(`${dstIp}:${dstPort}`);
+    this.net.sched.defer(() => {
+      if (dst && dst.up && this.up && dst.rx) dst.rx(buf, len, this.localIp, this.localPort);
+      const wasEmpty = this.pool.available === 0;
+      this.pool.release(buf);
+      if (wasEmpty) this.emit('drain');
+    });
+  }
+  setReceiver(h: RxHandler): void {
+    this.rx = h;
+  }
+  /** Tests: take the link down / up (port events). */
+  setUp(up: boolean): void {
+    this.up = up;
+    this.emit('link', up);
+  }
+  async close(): Promise<void> {
+    this.net.links.delete(`${this.localIp}:${this.localPort}`);
+    this.rx = null;
+  }
+}
+
+// ---------------------------------------------------------- fault inject ---
+
+export interface FaultOptions {
+  seed: number;
+  /** percentages of received packets */
+  dropPct?: number;
+  dupPct?: number;
+  reorderPct?: number;
+  corruptPct?: number;
+  /** extra delay in ms for delayed packets, and the share of packets delayed */
+  delayMs?: number;
+  delayPct?: number;
+}
+
+/**
+ * Seeded faults on the receive side of a link (xorshift32, so a seed replays
+ * the same run). Reordering holds a packet back until 1-3 later packets have
+ * passed; corruption flips one bit of a copy.
+ */
+export class FaultInjector {
+  private s: number;
+  readonly stats = { seen: 0, dropped: 0, duplicated: 0, reordered: 0, corrupted: 0, delayed: 0 };
+  private held: Array<{ b: Buffer; ip: string; port: number; after: number }> = [];
+  private readonly o: Required<FaultOptions>;
+  private readonly sched: Scheduler;
+  private timers = new Set<TimerHandle>();
+  constructor(link: Link, o: FaultOptions, sched: Scheduler) {
+    this.o = { dropPct: 0, dupPct: 0, reorderPct: 0, corruptPct: 0, delayMs: 0, delayPct: 0, ...o };
+    this.s = o.seed >>> 0 || 0x9e3779b9;
+    this.sched = sched;
+    const orig = link.setReceiver.bind(link);
+    link.setReceiver = (h: RxHandler) => orig((buf, len, ip, port) => this.rx(h, buf, len, ip, port));
+  }
+  private rand(): number {
+    let x = this.s;
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    this.s = x;
+    return x / 4294967296;
+  }
+  private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number): void {
+    this.stats.seen++;
+    // Release held packets whose turn has come.
+    for (let i = 0; i < this.held.length;) {
+      const p = this.held[i]!;
+      if (--p.after <= 0) {
+        this.held.splice(i, 1);
+        h(p.b, p.b.length, p.ip, p.port);
+      } else i++;
+    }
+    const pct = (): number => this.rand() * 100;
+    if (pct() < this.o.dropPct) { this.stats.dropped++; return; }
+    let b = buf;
+    let l = len;
+    if (pct() < this.o.corruptPct) {
+      b = Buffer.from(buf.subarray(0, len));
+      l = b.length;
+      const bit = Math.floor(this.rand() * l * 8);
+      b[bit >> 3]! ^= 1 << (bit & 7);
+      this.stats.corrupted++;
+    }
+    if (pct() < this.o.reorderPct) {
+      this.stats.reordered++;
+      this.held.push({ b: Buffer.from(b.subarray(0, l)), ip, port, after: 1 + Math.floor(this.rand() * 3) });
+      return;
+    }
+    if (this.o.delayMs > 0 && pct() < this.o.delayPct) {
+      this.stats.delayed++;
+      const copy = Buffer.from(b.subarray(0, l));
+      const t = this.sched.setTimer(this.o.delayMs, () => { this.timers.delete(t); h(copy, copy.length, ip, port); });
+      this.timers.add(t);
+      return;
+    }
+    h(b, l, ip, port);
+    if (pct() < this.o.dupPct) {
+      this.stats.duplicated++;
+      h(b, l, ip, port);
+    }
+  }
+}

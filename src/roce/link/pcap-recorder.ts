@@ -1,0 +1,72 @@
+/**
+ * Records what a device sends and receives as a classic pcap (LINKTYPE_RAW),
+ * synthesising the IPv4/IPv6 + UDP headers the socket never shows: sent
+ * packets with IPv4 ID 0 and DF (what the ICRC was computed for), received
+ * ones with the ID recovered from their ICRC, so `softroce dump` and
+ * Wireshark verify every ICRC in the recording.
+ */
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { PcapWriter } from '../pcap.js';
+import { LinkType } from '../framing.js';
+import { ipv4HeaderChecksum } from '../wire/net.js';
+import { gidFromString, ipv4ToNumber } from '../gid.js';
+import type { Port } from '../../verbs/device.js';
+
+export class PcapRecorder {
+  private readonly w: PcapWriter;
+  private readonly stream: WriteStream;
+  private readonly port: Port;
+  private readonly hdr = Buffer.alloc(48);
+  private constructor(stream: WriteStream, port: Port) {
+    this.stream = stream;
+    this.port = port;
+    this.w = new PcapWriter(LinkType.RAW, 65535, (b) => { stream.write(b); });
+  }
+  static async open(path: string, port: Port): Promise<PcapRecorder> {
+    const s = createWriteStream(path);
+    await new Promise<void>((res, rej) => { s.once('open', () => res()); s.once('error', rej); });
+    return new PcapRecorder(s, port);
+  }
+  tx(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
+    this.record(buf, len, this.port.address, this.port.link.localPort, dstIp, dstPort, 0, 1);
+  }
+  rx(buf: Buffer, len: number, srcIp: string, srcPort: number, ipId: number, df: number): void {
+    this.record(buf, len, srcIp, srcPort, this.port.address, this.port.link.localPort, ipId, df);
+  }
+  private record(buf: Buffer, len: number, src: string, sport: number, dst: string, dport: number, id: number, df: number): void {
+    const h = this.hdr;
+    let hl: number;
+    if (!src.includes(':')) {
+      hl = 28;
+      h.fill(0, 0, 28);
+      h[0] = 0x45;
+      h.writeUInt16BE(28 + len, 2);
+      h.writeUInt16BE(id, 4);
+      h.writeUInt16BE(df ? 0x4000 : 0, 6);
+      h[8] = 64;
+      h[9] = 17;
+      h.writeUInt32BE(ipv4ToNumber(src), 12);
+      h.writeUInt32BE(ipv4ToNumber(dst), 16);
+      h.writeUInt16BE(ipv4HeaderChecksum(h, 0), 10);
+      h.writeUInt16BE(sport, 20);
+      h.writeUInt16BE(dport, 22);
+      h.writeUInt16BE(8 + len, 24);
+    } else {
+      hl = 48;
+      h.fill(0, 0, 48);
+      h[0] = 0x60;
+      h.writeUInt16BE(8 + len, 4);
+      h[6] = 17;
+      h[7] = 64;
+      h.set(gidFromString(src), 8);
+      h.set(gidFromString(dst), 24);
+      h.writeUInt16BE(sport, 40);
+      h.writeUInt16BE(dport, 42);
+      h.writeUInt16BE(8 + len, 44);
+    }
+    this.w.write(Buffer.concat([h.subarray(0, hl), buf.subarray(0, len)]));
+  }
+  async close(): Promise<void> {
+    await new Promise<void>((r) => this.stream.end(() => r()));
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * Building and sending one IB packet into a link's pooled tx buffer: the
+ * header offsets come from the opcode table, the ICRC is computed for the
+ * IP/UDP headers the kernel will add (IPv4 ID 0 + DF, see icrc.ts).
+ */
+import { OPCODE_LEN, OPCODES, Hdr } from '../opcode.js';
+import { padFor } from '../psn.js';
+import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
+import { C } from '../counters.js';
+import type { Port } from '../../verbs/device.js';
+
+/** Where to send: an RC/UC QP's AV or a UD WR's AH. */
+export interface Dest { ip: string; ipNum: number; family: 4 | 6; port: number; bytes: Uint8Array }
+
+/** Writes the BTH (IBA 9.2) at 0. */
+export function writeBth(b: Buffer, opcode: number, se: boolean, padCnt: number, destQp: number, ackReq: boolean, psn: number): void {
+  b[0] = opcode;
+  b[1] = (se ? 0x80 : 0) | (padCnt << 4);
+  b[2] = 0xff; b[3] = 0xff; // P_Key: default partition, full member (rxe sends 0xFFFF)
+  b[4] = 0;
+  b[5] = (destQp >>> 16) & 0xff; b[6] = (destQp >>> 8) & 0xff; b[7] = destQp & 0xff;
+  b[8] = ackReq ? 0x80 : 0;
+  b[9] = (psn >>> 16) & 0xff; b[10] = (psn >>> 8) & 0xff; b[11] = psn & 0xff;
+}
+
+/** Offset of header `h` for `opcode` (caller knows it is present). */
+export function hdrOff(opcode: number, h: number): number {
+  return OPCODES[opcode]!.offset[h]!;
+}
+
+/** Payload offset for `opcode`. */
+export function payloadOff(opcode: number): number {
+  return OPCODE_LEN[opcode]!;
+}
+
+/** Pads, computes the ICRC and hands the packet to the link. `end` = payload end. */
+export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: number, d: Dest): void {
+  const pad = padFor(payloadLen);
+  for (let i = 0; i < pad; i++) b[end + i] = 0;
+  const icrcOff = end + pad;
+  b[1] = (b[1]! & 0xcf) | (pad << 4);
+  const link = port.link;
+  const c = d.family === 4
+    ? icrcV2Ipv4Parts(port.ipNum, d.ipNum, 0, 0x4000, link.localPort, d.port, b, 0, icrcOff)
+    : icrcV2Ipv6Parts(port.addrBytes, d.bytes, link.localPort, d.port, b, 0, icrcOff);
+  writeIcrc(b, icrcOff, c);
+  const len = icrcOff + 4;
+  port.counters.v[C.sent_pkts]!++;
+  port.recorderTx?.(b, len, d.ip, d.port);
+  link.send(b, len, d.ip, d.port);
+}
+
+export { Hdr };

@@ -1,0 +1,318 @@
+/**
+ * The completer (IBA 9.7.5.2, rxe_comp.c): consumes ACKs, NAKs, READ
+ * responses and atomic ACKs for an RC QP, completes send WQEs in order, and
+ * drives recovery: the local ACK timer (4.096 µs × 2^timeout) and PSN
+ * sequence NAKs rewind the requester (go-back-N) against retry_cnt; RNR NAKs
+ * wait out the RNR timer against rnr_retry (7 = forever). An ACK never
+ * completes a READ or ATOMIC implicitly: its response is missing, so that is
+ * a retry (IBA 9.7.5.1.3 implicit NAK).
+ *
+ * The named states of rxe_comp.c map onto: checkPsn (in each handler), checkAck
+ * (onResponse), do_read / do_atomic, completeWqe, retry, rnrWait, error.
+ */
+import { WqeState, isRdAtomic, wcOpcodeFor, type Qp, type SendWqe } from '../../verbs/qp.js';
+import { St, WC_STATUS, WrOp } from '../../verbs/types.js';
+import { AethType, NakCode, RNR_TIMER_US } from '../aeth.js';
+import { Hdr, Op } from '../opcode.js';
+import { psnAdd, psnDiff } from '../psn.js';
+import { C } from '../counters.js';
+import type { PktInfo } from '../packet.js';
+
+/** Local ACK timeout in ms: 4.096 µs × 2^timeout (IBA 9.7.6.1.3); 0 means none. */
+export function ackTimeoutMs(timeout: number): number {
+  return timeout === 0 ? 0 : (4.096 * 2 ** timeout) / 1000;
+}
+
+export function armRetransmit(qp: Qp): void {
+  if (qp.comp.timer || qp.timeout === 0 || qp.type !== 'RC') return;
+  qp.comp.timer = qp.device.sched.setTimer(ackTimeoutMs(qp.timeout), () => {
+    qp.comp.timer = null;
+    onTimeout(qp);
+  });
+}
+
+function restartRetransmit(qp: Qp): void {
+  qp.device.sched.clearTimer(qp.comp.timer);
+  qp.comp.timer = null;
+  if (qp.sqHead < qp.req.idx) armRetransmit(qp);
+}
+
+function onTimeout(qp: Qp): void {
+  if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
+  if (qp.sqHead >= qp.req.idx) return; // nothing outstanding
+  qp.device.ports[qp.port - 1]!.counters.v[C.timeouts]!++;
+  retry(qp, false);
+}
+
+/** Posts the completion of the head send WQE (errors always; success when signaled). */
+export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
+  if (status !== St.SUCCESS || wqe.signaled) {
+    const w = qp.sendCq.slot();
+    if (w) {
+      w.wrId = wqe.wrId;
+      w.status = WC_STATUS[status]!;
+      w.opcode = wcOpcodeFor(wqe.op);
+      w.byteLen = wqe.length;
+      w.qpn = qp.qpn;
+      qp.sendCq.commit(status !== St.SUCCESS);
+    }
+  }
+  wqe.state = WqeState.DONE;
+  if (wqe.rdCounted) { wqe.rdCounted = false; qp.req.rdAtomic--; }
+  qp.sqHead++;
+  if (qp.req.idx < qp.sqHead) qp.req.idx = qp.sqHead;
+  if (status !== St.SUCCESS) {
+    if (qp.state !== 'ERR') qp.setState('ERR');
+    return;
+  }
+  if (qp.state === 'SQD' && qp.sqHead === qp.req.idx && qp.sqDrainNotify) qp.device.asyncEvent({ type: 'SQ_DRAINED', qp });
+}
+
+/** UC and UD: a send WQE is done once its last packet is out (no ACKs). */
+export function completeUnacked(qp: Qp): void {
+  while (qp.sqHead < qp.req.idx) {
+    const w = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
+    if (w.state !== WqeState.PENDING) break;
+    completeWqe(qp, w, St.SUCCESS);
+  }
+}
+
+/** Moving to ERR (IBA 10.3.1): every outstanding WR completes with WR_FLUSH_ERR. */
+export function flushQp(qp: Qp): void {
+  const s = qp.device.sched;
+  s.clearTimer(qp.comp.timer);
+  s.clearTimer(qp.comp.rnrTimer);
+  qp.comp.timer = null;
+  qp.comp.rnrTimer = null;
+  while (qp.sqHead < qp.sqTail) {
+    const wqe = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
+    const w = qp.sendCq.slot();
+    if (w) {
+      w.wrId = wqe.wrId; w.status = 'WR_FLUSH_ERR'; w.opcode = wcOpcodeFor(wqe.op); w.byteLen = 0; w.qpn = qp.qpn;
+      qp.sendCq.commit(true);
+    }
+    wqe.state = WqeState.DONE;
+    wqe.rdCounted = false;
+    qp.sqHead++;
+  }
+  qp.req.idx = qp.sqHead;
+  qp.req.rdAtomic = 0;
+  if (qp.resp.wqe) {
+    flushRecv(qp, qp.resp.wqe);
+    qp.resp.wqe = null;
+  }
+  if (!qp.srq) {
+    while (qp.rqCount > 0) flushRecv(qp, qp.takeRecv()!);
+  } else if (qp.state === 'ERR') {
+    // IBA 11.6.3: a QP on an SRQ that enters the error state reports LAST_WQE_REACHED.
+    qp.device.asyncEvent({ type: 'LAST_WQE_REACHED', qp });
+  }
+  qp.resp.reads.length = 0;
+  qp.resp.backlog.length = 0;
+}
+
+function flushRecv(qp: Qp, r: { wrId: number }): void {
+  const w = qp.recvCq.slot();
+  if (!w) return;
+  w.wrId = r.wrId; w.status = 'WR_FLUSH_ERR'; w.opcode = 'RECV'; w.byteLen = 0; w.qpn = qp.qpn;
+  qp.recvCq.commit(true);
+}
+
+/** Go-back-N (IBA 9.7.5.2.8): resend from comp.psn, keeping what was acknowledged. */
+export function rewind(qp: Qp): void {
+  const cap = qp.cap.maxSendWr;
+  const mtu = qp.pathMtu;
+  for (let n = qp.sqHead; n < qp.req.idx || (n < qp.sqTail && n === qp.req.idx); n++) {
+    const w = qp.sq[n % cap]!;
+    if (w.state === WqeState.POSTED) break;
+    const into = psnDiff(qp.comp.psn, w.firstPsn);
+    if (into > 0 && psnDiff(qp.comp.psn, w.lastPsn) <= 0 && !(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD)) {
+      w.sent = into * mtu;
+      w.state = WqeState.PROCESSING;
+    } else {
+      w.sent = 0;
+      w.state = WqeState.POSTED;
+    }
+  }
+  qp.req.idx = qp.sqHead;
+  qp.req.psn = qp.comp.psn;
+  qp.req.sinceAckReq = 0;
+}
+
+/** A transport retry (timeout, sequence NAK, implicit NAK): counted against retry_cnt. */
+export function retry(qp: Qp, fromNak: boolean): void {
+  const counters = qp.device.ports[qp.port - 1]!.counters.v;
+  const head = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
+  if (qp.comp.retryCnt <= 0) {
+    counters[C.retry_exceeded_err]!++;
+    completeWqe(qp, head, St.RETRY_EXC_ERR);
+    return;
+  }
+  // IBA 9.7.6.1.3: retry_cnt counts retries; 7 is a count, not "forever" (rxe differs: README).
+  qp.comp.retryCnt--;
+  counters[C.completer_retry_err]!++;
+  void fromNak;
+  qp.comp.retriedAt = qp.comp.psn;
+  qp.device.sched.clearTimer(qp.comp.timer);
+  qp.comp.timer = null;
+  rewind(qp);
+  qp.device.kick(qp);
+}
+
+/** Acknowledges WQEs up to psn (inclusive or not). False when a READ/ATOMIC would be passed over. */
+function ackUpTo(qp: Qp, psn: number, inclusive: boolean): boolean {
+  const cap = qp.cap.maxSendWr;
+  let progress = false;
+  while (qp.sqHead < qp.req.idx) {
+    const w = qp.sq[qp.sqHead % cap]!;
+    const d = psnDiff(psn, w.lastPsn);
+    const covered = inclusive ? d >= 0 : d > 0;
+    if (!covered) {
+      // A partial ACK of a multi-packet SEND/WRITE moves comp.psn inside it.
+      if (!isRdAtomic(w.op) && psnDiff(psn, w.firstPsn) >= 0) {
+        const np = inclusive ? psnAdd(psn, 1) : psn;
+        if (psnDiff(np, qp.comp.psn) > 0) { qp.comp.psn = np; progress = true; }
+      }
+      break;
+    }
+    if (isRdAtomic(w.op)) {
+      if (progress) madeProgress(qp);
+      return false;
+    }
+    qp.comp.psn = psnAdd(w.lastPsn, 1);
+    completeWqe(qp, w, St.SUCCESS);
+    progress = true;
+    if (qp.state !== 'RTS' && qp.state !== 'SQD') return true;
+  }
+  if (progress) madeProgress(qp);
+  return true;
+}
+
+function madeProgress(qp: Qp): void {
+  // rxe resets the retry budgets whenever the peer makes progress.
+  qp.comp.retryCnt = qp.retryCnt;
+  qp.comp.rnrRetry = qp.rnrRetry;
+  qp.comp.retriedAt = -1;
+  restartRetransmit(qp);
+  qp.device.kick(qp);
+}
+
+/** A response packet (ACK, NAK, READ response, atomic ACK) for an RC QP. */
+export function onResponse(qp: Qp, p: PktInfo): void {
+  const counters = qp.device.ports[qp.port - 1]!.counters.v;
+  if (qp.state !== 'RTS' && qp.state !== 'SQD' && qp.state !== 'SQE') { counters[C.rcvd_bad_state]!++; return; }
+  const b = p.buf;
+  const o = p.bthOff;
+  const psn = (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
+  const mask = p.mask;
+  if (qp.sqHead >= qp.req.idx) return; // nothing outstanding: a stale or duplicate response
+  if (psnDiff(psn, qp.comp.psn) < 0) return; // older than anything outstanding: a duplicate
+  const cap = qp.cap.maxSendWr;
+
+  if (p.opcode === 0x11) { // ACKNOWLEDGE
+    const syn = b[o + 12]!;
+    const type = (syn >> 5) & 3;
+    const val = syn & 0x1f;
+    if (type === AethType.ACK) {
+      if (!ackUpTo(qp, psn, true) && qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+      return;
+    }
+    ackUpTo(qp, psn, false);
+    if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
+    const head = qp.sq[qp.sqHead % cap]!;
+    if (type === AethType.RNR_NAK) {
+      counters[C.rcvd_rnr_err]!++;
+      if (qp.comp.rnrRetry <= 0) {
+        counters[C.retry_rnr_exceeded_err]!++;
+        completeWqe(qp, head, St.RNR_RETRY_EXC_ERR);
+        return;
+      }
+      if (qp.rnrRetry !== 7) qp.comp.rnrRetry--; // IBA 9.7.5.2.8: 7 means retry forever
+      qp.device.sched.clearTimer(qp.comp.timer);
+      qp.comp.timer = null;
+      qp.comp.psn = psn;
+      rewind(qp);
+      if (!qp.comp.rnrTimer) {
+        qp.comp.rnrTimer = qp.device.sched.setTimer(RNR_TIMER_US[val]! / 1000, () => {
+          qp.comp.rnrTimer = null;
+          qp.device.kick(qp);
+        });
+      }
+      return;
+    }
+    if (type === AethType.NAK) {
+      switch (val) {
+        case NakCode.PSN_SEQ_ERROR:
+          counters[C.rcvd_seq_err]!++;
+          if (qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+          return;
+        case NakCode.INVALID_REQUEST: completeWqe(qp, head, St.REM_INV_REQ_ERR); return;
+        case NakCode.REMOTE_ACCESS_ERROR: completeWqe(qp, head, St.REM_ACCESS_ERR); return;
+        case NakCode.REMOTE_OPERATIONAL_ERROR: completeWqe(qp, head, St.REM_OP_ERR); return;
+        default: completeWqe(qp, head, St.BAD_RESP_ERR); return;
+      }
+    }
+    completeWqe(qp, head, St.BAD_RESP_ERR);
+    return;
+  }
+
+  // READ responses and atomic ACKs acknowledge everything before them (IBA 9.7.5.1.3).
+  if (!ackUpTo(qp, psn, false)) {
+    // An earlier READ/ATOMIC is still unanswered: its response was lost.
+    if (qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+    return;
+  }
+  if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
+  if (qp.sqHead >= qp.req.idx) return;
+  const w = qp.sq[qp.sqHead % cap]!;
+
+  if (mask & Op.READ) {
+    if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) return;
+    const gap = psnDiff(psn, qp.comp.psn);
+    if (gap !== 0) {
+      // A missing READ response: ask again from the first one missing (once per PSN).
+      if (gap > 0 && qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+      return;
+    }
+    const mtu = qp.pathMtu;
+    const off = psnDiff(psn, w.firstPsn) * mtu;
+    const n = p.payloadLen;
+    const end = (mask & Op.END) !== 0;
+    if ((!end && n !== mtu) || (end && off + n !== w.length) || off + n > w.length) {
+      completeWqe(qp, w, St.BAD_RESP_ERR);
+      return;
+    }
+    scatter(w, off, b, p.payloadOff, n);
+    w.sent = off + n;
+    qp.comp.psn = psnAdd(psn, 1);
+    if (end) completeWqe(qp, w, St.SUCCESS);
+    madeProgress(qp);
+    return;
+  }
+  if (p.opcode === 0x12) { // ATOMIC_ACKNOWLEDGE
+    if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) return;
+    const orig = b.readBigUInt64BE(p.bthOff + 16);
+    const s = w.sg[0]!;
+    // The original value lands in host order, as ibv atomics deliver it.
+    s.mr.buffer.writeBigUInt64LE(orig, s.offset);
+    qp.comp.psn = psnAdd(psn, 1);
+    completeWqe(qp, w, St.SUCCESS);
+    madeProgress(qp);
+  }
+}
+
+/** Copies n bytes from src into the WQE's SGL at message offset `at`. */
+function scatter(w: SendWqe, at: number, src: Buffer, from: number, n: number): void {
+  let skip = at;
+  for (const s of w.sg) {
+    if (skip >= s.length) { skip -= s.length; continue; }
+    const take = Math.min(s.length - skip, n);
+    src.copy(s.mr.buffer, s.offset + skip, from, from + take);
+    from += take;
+    n -= take;
+    skip = 0;
+    if (n === 0) return;
+  }
+}
+
+export { Hdr };

@@ -1,0 +1,184 @@
+/**
+ * The requester (IBA 9.7.4, rxe_req.c): turns send WQEs into request packets.
+ * It segments by path MTU, assigns PSNs, sets AckReq on the last packet of a
+ * message (and every 64 packets, RXE_MAX_PKT_PER_ACK), honours the fence and
+ * max_rd_atomic, keeps at most 128 PSNs unacknowledged (RXE_MAX_UNACKED_PSNS),
+ * and stops when the link's tx pool is empty (resumed on 'drain'). Work per
+ * run is bounded; the rest is rescheduled.
+ */
+import { WqeState, isRdAtomic, type Qp, type SendWqe } from '../../verbs/qp.js';
+import { WrOp } from '../../verbs/types.js';
+import { Hdr } from '../opcode.js';
+import { packetsFor, psnAdd, psnDiff } from '../psn.js';
+import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
+import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
+import { St } from '../../verbs/types.js';
+import type { Port } from '../../verbs/device.js';
+
+export const MAX_UNACKED_PSNS = 128;
+export const MAX_PKT_PER_ACK = 64;
+const BUDGET = 64;
+
+/** [first, middle, last, only] opcode (low 5 bits) of each WR opcode (IBA 9.2.1 table 38). */
+const SEQ: readonly (readonly [number, number, number, number])[] = [
+  [0x00, 0x01, 0x02, 0x04], // SEND
+  [0x00, 0x01, 0x03, 0x05], // SEND_WITH_IMM
+  [0x00, 0x01, 0x16, 0x17], // SEND_WITH_INV
+  [0x06, 0x07, 0x08, 0x0a], // RDMA_WRITE
+  [0x06, 0x07, 0x09, 0x0b], // RDMA_WRITE_WITH_IMM
+];
+
+function prefix(qp: Qp): number {
+  return qp.type === 'RC' ? 0x00 : qp.type === 'UC' ? 0x20 : 0x60;
+}
+
+const qpDest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
+
+function destFor(qp: Qp, wqe: SendWqe): Dest {
+  if (wqe.ah) {
+    const a = wqe.ah;
+    qpDest.ip = a.ip; qpDest.ipNum = a.ipNum; qpDest.family = a.family; qpDest.port = a.udpPort; qpDest.bytes = a.gid;
+  } else {
+    qpDest.ip = qp.dstIp; qpDest.ipNum = qp.dstIpNum; qpDest.family = qp.dstFamily; qpDest.port = qp.dstPort; qpDest.bytes = qp.av!.dgid;
+  }
+  return qpDest;
+}
+
+export function runRequester(qp: Qp): void {
+  if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
+  if (qp.comp.rnrTimer) return; // waiting out an RNR NAK
+  const port = qp.device.ports[qp.port - 1]!;
+  const cap = qp.cap.maxSendWr;
+  let budget = BUDGET;
+  while (budget > 0) {
+    if (qp.req.idx >= qp.sqTail) break;
+    const wqe = qp.sq[qp.req.idx % cap]!;
+    if (wqe.localErr) {
+      // A WR that failed local checks completes in error once everything before it has (IBA 10.8.3).
+      if (qp.req.idx === qp.sqHead) completeWqe(qp, wqe, wqe.localErr);
+      break;
+    }
+    if (wqe.state === WqeState.POSTED) {
+      if (qp.state === 'SQD') break; // SQ drain: no new message starts (IBA 10.3.1.2)
+      if (qp.type === 'RC') {
+        // IBA 10.8.3.3: a fenced WR waits for every earlier READ and ATOMIC.
+        if (wqe.fence && qp.req.rdAtomic > 0) break;
+        if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.req.rdAtomic >= Math.max(1, qp.maxRdAtomic)) break;
+      }
+    }
+    if (qp.type === 'RC' && psnDiff(qp.req.psn, qp.comp.psn) >= MAX_UNACKED_PSNS) break;
+    const buf = port.link.allocTx();
+    if (!buf) { qp.req.waitingDrain = true; break; }
+    sendPacket(qp, port, wqe, buf);
+    budget--;
+  }
+  if (budget === 0) qp.device.kick(qp);
+}
+
+function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
+  const mtu = qp.pathMtu;
+  const rc = qp.type === 'RC';
+  const ud = qp.type === 'UD' || qp.type === 'GSI';
+  if (wqe.state === WqeState.POSTED) {
+    wqe.firstPsn = qp.req.psn;
+    const n = wqe.op === WrOp.RDMA_READ ? packetsFor(wqe.length, mtu) : isRdAtomic(wqe.op) ? 1 : packetsFor(wqe.length, mtu);
+    wqe.lastPsn = psnAdd(wqe.firstPsn, n - 1);
+    wqe.state = WqeState.PROCESSING;
+    if (isRdAtomic(wqe.op) && !wqe.rdCounted && rc) { wqe.rdCounted = true; qp.req.rdAtomic++; }
+  }
+  const d = destFor(qp, wqe);
+  const destQp = ud ? wqe.remoteQpn : qp.destQpn;
+  const psn = qp.req.psn;
+
+  if (wqe.op === WrOp.RDMA_READ) {
+    // One request for what is still missing (on a retry, from the first missing response).
+    const rest = wqe.length - wqe.sent;
+    writeBth(b, 0x0c, false, 0, destQp, true, psn);
+    const r = hdrOff(0x0c, Hdr.RETH);
+    b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr + BigInt(wqe.sent)), r);
+    b.writeUInt32BE(wqe.rkey, r + 8);
+    b.writeUInt32BE(rest, r + 12);
+    qp.req.psn = psnAdd(psn, packetsFor(rest, mtu));
+    finishAndSend(port, b, payloadOff(0x0c), 0, d);
+    wqe.state = WqeState.PENDING;
+    qp.req.idx++;
+    qp.req.sinceAckReq = 0;
+    armRetransmit(qp);
+    return;
+  }
+  if (wqe.op === WrOp.ATOMIC_CMP_AND_SWP || wqe.op === WrOp.ATOMIC_FETCH_AND_ADD) {
+    const opc = wqe.op === WrOp.ATOMIC_CMP_AND_SWP ? 0x13 : 0x14;
+    writeBth(b, opc, false, 0, destQp, true, psn);
+    const a = hdrOff(opc, Hdr.ATMETH);
+    b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr), a);
+    b.writeUInt32BE(wqe.rkey, a + 8);
+    // CMP_SWP: swap data then compare data; FETCH_ADD: the add value, compare unused (IBA 9.3.3).
+    b.writeBigUInt64BE(opc === 0x13 ? wqe.swap : wqe.compareAdd, a + 12);
+    b.writeBigUInt64BE(opc === 0x13 ? wqe.compareAdd : 0n, a + 20);
+    qp.req.psn = psnAdd(psn, 1);
+    finishAndSend(port, b, payloadOff(opc), 0, d);
+    wqe.state = WqeState.PENDING;
+    qp.req.idx++;
+    qp.req.sinceAckReq = 0;
+    armRetransmit(qp);
+    return;
+  }
+
+  const remaining = wqe.length - wqe.sent;
+  const n = remaining < mtu ? remaining : mtu;
+  const first = wqe.sent === 0;
+  const last = remaining <= mtu;
+  const seq = SEQ[wqe.op]!;
+  const low = first ? (last ? seq[3] : seq[0]) : last ? seq[2] : seq[1];
+  const opc = prefix(qp) | low;
+  let ackReq = false;
+  if (rc) {
+    if (last || ++qp.req.sinceAckReq >= MAX_PKT_PER_ACK) { ackReq = true; qp.req.sinceAckReq = 0; }
+  }
+  const se = last && wqe.solicited && (wqe.op <= WrOp.SEND_WITH_INV || wqe.op === WrOp.RDMA_WRITE_WITH_IMM);
+  writeBth(b, opc, se, 0, destQp, ackReq, psn);
+  if (ud) {
+    const o = hdrOff(opc, Hdr.DETH);
+    // IBA 10.2.5: a Q_Key with the high bit set means "use the QP's own Q_Key".
+    b.writeUInt32BE((wqe.remoteQkey & 0x80000000) !== 0 ? qp.qkey : wqe.remoteQkey, o);
+    b[o + 4] = 0;
+    b[o + 5] = (qp.qpn >>> 16) & 0xff; b[o + 6] = (qp.qpn >>> 8) & 0xff; b[o + 7] = qp.qpn & 0xff;
+  }
+  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) {
+    const r = hdrOff(opc, Hdr.RETH);
+    b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr), r);
+    b.writeUInt32BE(wqe.rkey, r + 8);
+    b.writeUInt32BE(wqe.length, r + 12);
+  }
+  if (last && (wqe.op === WrOp.SEND_WITH_IMM || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) b.writeUInt32BE(wqe.imm, hdrOff(opc, Hdr.IMMDT));
+  if (last && wqe.op === WrOp.SEND_WITH_INV) b.writeUInt32BE(wqe.invRkey, hdrOff(opc, Hdr.IETH));
+  const p = payloadOff(opc);
+  gather(wqe, wqe.sent, b, p, n);
+  wqe.sent += n;
+  qp.req.psn = psnAdd(psn, 1);
+  finishAndSend(port, b, p + n, n, d);
+  if (last) {
+    wqe.state = WqeState.PENDING;
+    qp.req.idx++;
+    if (!rc) completeUnacked(qp);
+  }
+  if (rc) armRetransmit(qp);
+}
+
+/** Copies message bytes [from, from+n) of a WQE (inline copy or SGL) to dst. */
+export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: number): void {
+  if (n === 0) return;
+  if (wqe.inline) { wqe.inline.copy(dst, at, from, from + n); return; }
+  let skip = from;
+  for (const s of wqe.sg) {
+    if (skip >= s.length) { skip -= s.length; continue; }
+    const take = Math.min(s.length - skip, n);
+    s.mr.buffer.copy(dst, at, s.offset + skip, s.offset + skip + take);
+    at += take;
+    n -= take;
+    skip = 0;
+    if (n === 0) return;
+  }
+}
+
+export { St };

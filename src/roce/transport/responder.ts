@@ -1,0 +1,469 @@
+/**
+ * The responder (IBA 9.7.5.1, rxe_resp.c): checks a request's PSN, opcode
+ * sequence, access and resources, executes it (SEND into a receive WQE, WRITE
+ * and READ against an MR found by R_Key, ATOMIC exactly once), acknowledges
+ * it, and answers duplicates as the spec says: a duplicate SEND or WRITE is
+ * acknowledged, not delivered again; a duplicate READ is answered again; a
+ * duplicate ATOMIC gets its saved result back and never runs twice.
+ *
+ * PSN gaps get one sequence-error NAK per gap; a SEND with no receive posted
+ * gets an RNR NAK; a bad R_Key or range a remote-access NAK; an opcode out of
+ * sequence or not permitted an invalid-request NAK. The last two move the
+ * responder's QP to the error state, as rxe's class C errors do.
+ */
+import { isRdAtomic, RdResource, type Qp } from '../../verbs/qp.js';
+import { ACCESS, St, WC_STATUS } from '../../verbs/types.js';
+import { aethAck, aethNak, aethRnrNak, NakCode } from '../aeth.js';
+import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
+import { packetsFor, psnAdd, psnDiff } from '../psn.js';
+import { PktInfo, parseIb } from '../packet.js';
+import { C } from '../counters.js';
+import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
+import { ipv4HeaderChecksum } from '../wire/net.js';
+import type { RecvWqe } from '../../verbs/objects.js';
+import type { Port } from '../../verbs/device.js';
+
+const BACKLOG_MAX = 4096;
+const READ_BUDGET = 64;
+const KIND = Op.SEND | Op.WRITE | Op.READ | Op.ATOMIC;
+void isRdAtomic;
+
+const dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
+function qpDest(qp: Qp): Dest {
+  dest.ip = qp.dstIp; dest.ipNum = qp.dstIpNum; dest.family = qp.dstFamily; dest.port = qp.dstPort; dest.bytes = qp.av!.dgid;
+  return dest;
+}
+
+function port(qp: Qp): Port {
+  return qp.device.ports[qp.port - 1]!;
+}
+
+/** Sends an ACK / NAK / RNR NAK (IBA 9.7.5.1.2). Dropped (and counted) when the tx pool is empty. */
+export function sendAck(qp: Qp, syndrome: number, psn: number): void {
+  const p = port(qp);
+  const b = p.link.allocTx();
+  if (!b) { p.counters.v[C.ack_deferred]!++; return; }
+  writeBth(b, 0x11, false, 0, qp.destQpn, false, psn);
+  b[12] = syndrome;
+  const msn = qp.resp.msn;
+  b[13] = (msn >>> 16) & 0xff; b[14] = (msn >>> 8) & 0xff; b[15] = msn & 0xff;
+  finishAndSend(p, b, 16, 0, qpDest(qp));
+}
+
+function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): void {
+  const p = port(qp);
+  const b = p.link.allocTx();
+  if (!b) { p.counters.v[C.ack_deferred]!++; return; }
+  writeBth(b, 0x12, false, 0, qp.destQpn, false, psn);
+  b[12] = aethAck();
+  b[13] = (msn >>> 16) & 0xff; b[14] = (msn >>> 8) & 0xff; b[15] = msn & 0xff;
+  b.writeBigUInt64BE(orig, 16);
+  finishAndSend(p, b, 24, 0, qpDest(qp));
+}
+
+/** A class C error (rxe do_class_ac_error): NAK, then the responder QP goes to ERR. */
+function fatalNak(qp: Qp, code: number, psn: number): void {
+  sendAck(qp, aethNak(code), psn);
+  if (qp.resp.wqe) {
+    completeRecv(qp, qp.resp.wqe, code === NakCode.REMOTE_ACCESS_ERROR ? St.REM_ACCESS_ERR : St.REM_INV_REQ_ERR, 0, 0, false);
+    qp.resp.wqe = null;
+  }
+  qp.device.asyncEvent({ type: code === NakCode.REMOTE_ACCESS_ERROR ? 'QP_ACCESS_ERR' : 'QP_REQ_ERR', qp });
+  qp.setState('ERR');
+}
+
+function completeRecv(qp: Qp, wqe: RecvWqe, status: number, byteLen: number, opFlags: number, solicited: boolean, imm = 0, srcQp = qp.destQpn, invRkey = 0): void {
+  const w = qp.recvCq.slot();
+  if (!w) return;
+  w.wrId = wqe.wrId;
+  w.status = WC_STATUS[status]!;
+  w.opcode = opFlags & Op.WRITE ? 'RECV_RDMA_WITH_IMM' : 'RECV';
+  w.byteLen = byteLen;
+  w.qpn = qp.qpn;
+  w.srcQp = srcQp;
+  w.withImm = (opFlags & Op.IMM) !== 0;
+  w.imm = imm;
+  w.withInv = (opFlags & Op.INV) !== 0;
+  w.invalidatedRkey = invRkey;
+  w.grh = qp.type === 'UD' || qp.type === 'GSI';
+  w.solicited = solicited;
+  qp.recvCq.commit(solicited || status !== St.SUCCESS);
+}
+
+/** Copies n bytes into a receive WQE's SGL at message offset `at`; false if it does not fit. */
+function scatterRecv(wqe: RecvWqe, at: number, src: Buffer, from: number, n: number): boolean {
+  if (at + n > wqe.length) return false;
+  let skip = at;
+  for (const s of wqe.sg) {
+    if (n === 0) break;
+    if (skip >= s.length) { skip -= s.length; continue; }
+    const take = Math.min(s.length - skip, n);
+    src.copy(s.mr.buffer, s.offset + skip, from, from + take);
+    from += take;
+    n -= take;
+    skip = 0;
+  }
+  return true;
+}
+
+const grh = Buffer.alloc(40);
+/** The 40-byte GRH at the head of a UD receive: for IPv4, 20 zero bytes then the IPv4 header (rxe_resp.c). */
+function udGrh(qp: Qp, payloadLen: number, srcIp: string, ipId: number, srcBytes: Uint8Array): Buffer {
+  const p = port(qp);
+  grh.fill(0);
+  if (p.link.family === 4) {
+    const h = 20;
+    grh[h] = 0x45;
+    grh.writeUInt16BE(20 + 8 + 12 + 8 + payloadLen + 4 + ((4 - (payloadLen & 3)) & 3), h + 2);
+    grh.writeUInt16BE(ipId, h + 4);
+    grh.writeUInt16BE(0x4000, h + 6);
+    grh[h + 8] = 64; // the socket does not show the TTL
+    grh[h + 9] = 17;
+    grh.set(srcBytes.subarray(0, 4), h + 12);
+    grh.set(p.addrBytes, h + 16);
+    grh.writeUInt16BE(ipv4HeaderChecksum(grh, h), h + 10);
+  } else {
+    grh[0] = 0x60;
+    grh.writeUInt16BE(8 + 12 + 8 + payloadLen + 4, 4);
+    grh[6] = 17;
+    grh[7] = 64;
+    grh.set(srcBytes, 8);
+    grh.set(p.addrBytes, 24);
+  }
+  void srcIp;
+  return grh;
+}
+
+/** Entry from the receive path. While READ responses are going out, later requests wait in order. */
+export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ipId: number, srcBytes: Uint8Array): void {
+  const st = qp.state;
+  if (st !== 'RTR' && st !== 'RTS' && st !== 'SQD' && st !== 'SQE') { port(qp).counters.v[C.rcvd_bad_state]!++; return; }
+  if (qp.resp.reads.length > 0 || qp.resp.backlog.length > 0) {
+    if (qp.resp.backlog.length < BACKLOG_MAX) {
+      qp.resp.backlog.push({ buf: Buffer.from(p.buf.subarray(p.bthOff, p.bthOff + p.len)), len: p.len, srcIp, srcPort, ipId, srcBytes: Uint8Array.from(srcBytes) });
+    }
+    return;
+  }
+  processRequest(qp, p, srcIp, ipId, srcBytes);
+  void srcPort;
+}
+
+function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcBytes: Uint8Array): void {
+  const v = port(qp).counters.v;
+  const b = p.buf;
+  const o = p.bthOff;
+  const op = p.opcode;
+  const mask = p.mask;
+  const psn = (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
+  const ackReq = (b[o + 8]! & 0x80) !== 0;
+  const se = (b[o + 1]! & 0x80) !== 0;
+  const r = qp.resp;
+  const ud = qp.type === 'UD' || qp.type === 'GSI';
+
+  if (ud) {
+    const qkey = b.readUInt32BE(o + 12);
+    if (qkey !== qp.qkey) { v[C.rcvd_bad_qkey]!++; return; }
+  } else if (srcIp !== qp.dstIp) {
+    v[C.rcvd_bad_addr]!++; // rxe check_addr: RC/UC packets only from the AV's address
+    return;
+  }
+  if (qp.state === 'RTR' && !qp.commEst) {
+    qp.commEst = true;
+    qp.device.asyncEvent({ type: 'COMM_EST', qp }); // IBA 11.6.3: first packet received in RTR
+  }
+
+  if (qp.type === 'RC') {
+    const d = psnDiff(psn, r.psn);
+    if (d > 0) {
+      v[C.out_of_sequence]!++;
+      if (r.nakPsn !== r.psn) { r.nakPsn = r.psn; sendAck(qp, aethNak(NakCode.PSN_SEQ_ERROR), r.psn); }
+      return;
+    }
+    if (d < 0) {
+      v[C.duplicate_request]!++;
+      duplicate(qp, p, psn, ackReq);
+      return;
+    }
+  } else if (qp.type === 'UC') {
+    if (psn !== r.psn) {
+      v[C.out_of_sequence]!++;
+      // IBA 9.8.3.x: a UC gap drops the message in progress; a new message may start at once.
+      abandonMessage(qp);
+      r.psn = psn;
+      if (!(mask & Op.START)) { r.dropMsg = true; r.psn = psnAdd(psn, 1); return; }
+    }
+    if (r.dropMsg) {
+      if (!(mask & Op.START)) { r.psn = psnAdd(psn, 1); return; }
+      r.dropMsg = false;
+    }
+  }
+
+  if (!ud) {
+    // Opcode sequence (IBA 9.8.3.x, rxe check_op_seq).
+    const prev = r.lastOp >= 0 ? OPCODE_MASK[r.lastOp]! : Op.END;
+    const inMsg = (prev & Op.END) === 0;
+    const bad = (mask & Op.START) ? inMsg : !inMsg || (prev & KIND) !== (mask & KIND);
+    if (bad) {
+      if (qp.type === 'RC') fatalNak(qp, NakCode.INVALID_REQUEST, psn);
+      else { abandonMessage(qp); r.dropMsg = true; r.psn = psnAdd(psn, 1); }
+      return;
+    }
+    // The QP's remote access flags (rxe check_op_valid).
+    const need = mask & Op.WRITE ? ACCESS.REMOTE_WRITE : mask & Op.READ ? ACCESS.REMOTE_READ : mask & Op.ATOMIC ? ACCESS.REMOTE_ATOMIC : 0;
+    if (need && !(qp.accessFlags & need)) {
+      if (qp.type === 'RC') fatalNak(qp, NakCode.INVALID_REQUEST, psn);
+      else { r.dropMsg = true; r.psn = psnAdd(psn, 1); }
+      return;
+    }
+  }
+
+  if (mask & Op.SEND) {
+    if (mask & Op.START) {
+      // A UC message dropped half-way leaves its receive WQE to the next message.
+      const wqe = r.wqe ?? qp.takeRecv();
+      if (!wqe) {
+        if (qp.type === 'RC') {
+          v[C.send_rnr_err]!++;
+          sendAck(qp, aethRnrNak(qp.minRnrTimer), psn); // IBA 9.7.5.2.8: retry this PSN later
+        } else if (qp.type === 'UC') { r.dropMsg = true; r.psn = psnAdd(psn, 1); }
+        return;
+      }
+      r.wqe = wqe;
+      r.offset = 0;
+      if (ud) {
+        const g = udGrh(qp, p.payloadLen, srcIp, ipId, srcBytes);
+        if (!scatterRecv(wqe, 0, g, 0, 40)) { completeRecv(qp, wqe, St.LOC_LEN_ERR, 0, mask, se); r.wqe = null; return; }
+        r.offset = 40;
+      }
+    }
+    const wqe = r.wqe!;
+    if (!scatterRecv(wqe, r.offset, b, p.payloadOff, p.payloadLen)) {
+      // The message does not fit the receive buffer (IBA 9.7.5.1.x): a local length error here.
+      if (qp.type === 'RC') {
+        sendAck(qp, aethNak(NakCode.INVALID_REQUEST), psn);
+        completeRecv(qp, wqe, St.LOC_LEN_ERR, r.offset, mask, se);
+        r.wqe = null;
+        qp.setState('ERR');
+      } else {
+        completeRecv(qp, wqe, St.LOC_LEN_ERR, r.offset, mask, se);
+        r.wqe = null;
+        if (qp.type === 'UC') { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
+      }
+      return;
+    }
+    r.offset += p.payloadLen;
+    if (mask & Op.END) {
+      let inv = 0;
+      if (mask & Op.INV) {
+        inv = b.readUInt32BE(o + hdrOff(op, Hdr.IETH));
+        const mr = qp.device.mrByRkey.get(inv);
+        if (!mr || mr.pd !== qp.pd) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; }
+        mr.valid = false; // IBA 10.6.5: the remote invalidation takes the R_Key out of use
+      }
+      const imm = mask & Op.IMM ? b.readUInt32BE(o + hdrOff(op, Hdr.IMMDT)) : 0;
+      const srcQp = ud ? ((b[o + 17]! << 16) | (b[o + 18]! << 8) | b[o + 19]!) : qp.destQpn;
+      completeRecv(qp, wqe, St.SUCCESS, r.offset, mask, se, imm, srcQp, inv);
+      r.wqe = null;
+      r.msn = (r.msn + 1) & 0xffffff;
+      v[C.rdma_recvs]!++;
+    }
+  } else if (mask & Op.WRITE) {
+    if (mask & Op.START) {
+      const ro = o + hdrOff(op, Hdr.RETH);
+      const va = b.readBigUInt64BE(ro);
+      const rkey = b.readUInt32BE(ro + 8);
+      const len = b.readUInt32BE(ro + 12);
+      const mr = qp.device.mrByRkey.get(rkey);
+      const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_WRITE) ? mr.offsetOf(va, len) : -1;
+      if (off < 0) {
+        if (qp.type === 'RC') fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn);
+        else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
+        return;
+      }
+      r.mr = mr!;
+      r.mrOff = off;
+      r.resid = len;
+      r.writeLen = len;
+    }
+    let wqe: RecvWqe | null = null;
+    if (mask & Op.IMM) {
+      // WRITE with immediate consumes a receive WQE at its last packet (IBA 9.4.3): check before placing.
+      wqe = qp.takeRecv();
+      if (!wqe) {
+        if (qp.type === 'RC') { v[C.send_rnr_err]!++; sendAck(qp, aethRnrNak(qp.minRnrTimer), psn); }
+        else { r.dropMsg = false; r.psn = psnAdd(psn, 1); }
+        return;
+      }
+    }
+    const n = p.payloadLen;
+    if (n > r.resid || ((mask & Op.END) && n !== r.resid) || !r.mr) {
+      if (qp.type === 'RC') fatalNak(qp, NakCode.INVALID_REQUEST, psn);
+      else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
+      return;
+    }
+    b.copy(r.mr.buffer, r.mrOff, p.payloadOff, p.payloadOff + n);
+    r.mrOff += n;
+    r.resid -= n;
+    if (mask & Op.END) {
+      if (wqe) completeRecv(qp, wqe, St.SUCCESS, r.writeLen, mask, se, b.readUInt32BE(o + hdrOff(op, Hdr.IMMDT)));
+      r.mr = null;
+      r.msn = (r.msn + 1) & 0xffffff;
+    }
+  } else if (mask & Op.READ) {
+    const ro = o + hdrOff(op, Hdr.RETH);
+    const va = b.readBigUInt64BE(ro);
+    const rkey = b.readUInt32BE(ro + 8);
+    const len = b.readUInt32BE(ro + 12);
+    const mr = qp.device.mrByRkey.get(rkey);
+    const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_READ) ? mr.offsetOf(va, len) : -1;
+    if (off < 0 || len > qp.device.attr.maxMsgSize) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
+    const n = packetsFor(len, qp.pathMtu);
+    const res = nextResource(qp);
+    res.psn = psn;
+    res.lastPsn = psnAdd(psn, n - 1);
+    res.atomic = false;
+    r.psn = psnAdd(psn, n);
+    r.lastOp = op;
+    r.nakPsn = -1;
+    r.msn = (r.msn + 1) & 0xffffff;
+    r.reads.push({ psn, mr: mr!, off, len, sentPsn: psn });
+    runReads(qp);
+    return;
+  } else if (mask & Op.ATOMIC) {
+    const ao = o + hdrOff(op, Hdr.ATMETH);
+    const va = b.readBigUInt64BE(ao);
+    const rkey = b.readUInt32BE(ao + 8);
+    const mr = qp.device.mrByRkey.get(rkey);
+    const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_ATOMIC) ? mr.offsetOf(va, 8) : -1;
+    if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
+    if ((off & 7) !== 0) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; } // IBA 9.4.5: 8-byte aligned
+    const orig = mr!.buffer.readBigUInt64LE(off);
+    const a = b.readBigUInt64BE(ao + 12);
+    const cmp = b.readBigUInt64BE(ao + 20);
+    const next = op === 0x13 ? (orig === cmp ? a : orig) : BigInt.asUintN(64, orig + a);
+    mr!.buffer.writeBigUInt64LE(next, off);
+    r.msn = (r.msn + 1) & 0xffffff;
+    const res = nextResource(qp);
+    res.psn = psn;
+    res.lastPsn = psn;
+    res.atomic = true;
+    res.orig = orig;
+    res.msn = r.msn;
+    r.psn = psnAdd(psn, 1);
+    r.lastOp = op;
+    r.nakPsn = -1;
+    sendAtomicAck(qp, psn, r.msn, orig);
+    return;
+  }
+  r.psn = psnAdd(psn, 1);
+  r.lastOp = op;
+  r.nakPsn = -1;
+  if (qp.type === 'RC' && ackReq) sendAck(qp, aethAck(), psn);
+}
+
+function abandonMessage(qp: Qp): void {
+  const r = qp.resp;
+  // The receive WQE of a dropped UC message is reused for the next one (rxe resets it).
+  if (r.wqe) r.offset = 0;
+  r.mr = null;
+  r.lastOp = -1;
+}
+
+function nextResource(qp: Qp): RdResource {
+  const r = qp.resp;
+  if (r.res.length === 0) r.res.push(new RdResource());
+  const res = r.res[r.resNext % r.res.length]!;
+  r.resNext++;
+  return res;
+}
+
+/** IBA 9.7.5.1.6 / C9-106..: how a duplicate request is answered. */
+function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
+  const mask = p.mask;
+  const r = qp.resp;
+  if (mask & (Op.SEND | Op.WRITE)) {
+    // Already delivered: acknowledge up to the newest PSN received, deliver nothing.
+    if (ackReq) sendAck(qp, aethAck(), psnAdd(r.psn, -1));
+    return;
+  }
+  if (mask & Op.ATOMIC) {
+    const res = r.res.find((x) => x.atomic && x.psn === psn);
+    if (res) sendAtomicAck(qp, psn, res.msn, res.orig); // the saved result: the atomic does not run again
+    return;
+  }
+  if (mask & Op.READ) {
+    const res = r.res.find((x) => !x.atomic && x.psn >= 0 && psnDiff(psn, x.psn) >= 0 && psnDiff(psn, x.lastPsn) <= 0);
+    if (!res) return;
+    const b = p.buf;
+    const ro = p.bthOff + hdrOff(p.opcode, Hdr.RETH);
+    const va = b.readBigUInt64BE(ro);
+    const rkey = b.readUInt32BE(ro + 8);
+    const len = b.readUInt32BE(ro + 12);
+    const mr = qp.device.mrByRkey.get(rkey);
+    const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_READ) ? mr.offsetOf(va, len) : -1;
+    if (off < 0) return;
+    r.reads.push({ psn, mr: mr!, off, len, sentPsn: psn });
+    runReads(qp);
+  }
+}
+
+/** Sends READ responses (bounded per turn), then handles requests that waited behind them. */
+export function runReads(qp: Qp): void {
+  const r = qp.resp;
+  const pt = port(qp);
+  const mtu = qp.pathMtu;
+  let budget = READ_BUDGET;
+  while (r.reads.length > 0 && budget > 0) {
+    if (qp.state === 'ERR' || qp.state === 'RESET') { r.reads.length = 0; break; }
+    const rd = r.reads[0]!;
+    const b = pt.link.allocTx();
+    if (!b) { r.waitingDrain = true; return; }
+    const idx = psnDiff(rd.sentPsn, rd.psn);
+    const off = idx * mtu;
+    const rest = rd.len - off;
+    const n = rest < mtu ? rest : mtu;
+    const first = idx === 0;
+    const last = rest <= mtu;
+    const opc = first ? (last ? 0x10 : 0x0d) : last ? 0x0f : 0x0e;
+    writeBth(b, opc, false, 0, qp.destQpn, false, rd.sentPsn);
+    let p = 12;
+    if (first || last) {
+      b[12] = aethAck();
+      b[13] = (r.msn >>> 16) & 0xff; b[14] = (r.msn >>> 8) & 0xff; b[15] = r.msn & 0xff;
+      p = 16;
+    }
+    rd.mr.buffer.copy(b, p, rd.off + off, rd.off + off + n);
+    finishAndSend(pt, b, p + n, n, qpDest(qp));
+    rd.sentPsn = psnAdd(rd.sentPsn, 1);
+    if (last) r.reads.shift();
+    budget--;
+  }
+  if (r.reads.length > 0) {
+    scheduleReads(qp);
+    return;
+  }
+  drainBacklog(qp);
+}
+
+function scheduleReads(qp: Qp): void {
+  if (qp.resp.scheduled) return;
+  qp.resp.scheduled = true;
+  qp.device.sched.defer(() => {
+    qp.resp.scheduled = false;
+    if (!qp.closed) runReads(qp);
+  });
+}
+
+const backlogInfo = new PktInfo();
+function drainBacklog(qp: Qp): void {
+  const r = qp.resp;
+  let budget = READ_BUDGET;
+  while (r.backlog.length > 0 && r.reads.length === 0 && budget-- > 0) {
+    const e = r.backlog.shift()!;
+    if (parseIb(backlogInfo, e.buf, 0, e.len) !== 0) continue;
+    processRequest(qp, backlogInfo, e.srcIp, e.ipId, e.srcBytes);
+  }
+  if (r.backlog.length > 0 && r.reads.length === 0) scheduleReads(qp);
+}
+
+export { payloadOff };

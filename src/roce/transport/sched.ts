@@ -1,0 +1,89 @@
+/**
+ * Time and deferral for the transport, injected so that tests can drive it
+ * with a fake clock (smoltcp's explicit `Instant`). The real scheduler uses
+ * setImmediate for deferred work (bounded work per event-loop turn, never a
+ * microtask loop) and setTimeout for the ACK and RNR timers.
+ */
+export interface TimerHandle { cancelled: boolean }
+
+export interface Scheduler {
+  /** milliseconds, monotonic */
+  now(): number;
+  /** run fn on a later turn of the event loop */
+  defer(fn: () => void): void;
+  setTimer(ms: number, fn: () => void): TimerHandle;
+  clearTimer(h: TimerHandle | null): void;
+}
+
+export class RealScheduler implements Scheduler {
+  now(): number {
+    return performance.now();
+  }
+  defer(fn: () => void): void {
+    setImmediate(fn);
+  }
+  setTimer(ms: number, fn: () => void): TimerHandle {
+    const h = { cancelled: false, t: undefined as NodeJS.Timeout | undefined };
+    h.t = setTimeout(() => { if (!h.cancelled) fn(); }, Math.max(0, ms));
+    h.t.unref?.();
+    return h;
+  }
+  clearTimer(h: TimerHandle | null): void {
+    if (!h) return;
+    h.cancelled = true;
+    const t = (h as { t?: NodeJS.Timeout }).t;
+    if (t) clearTimeout(t);
+  }
+}
+
+interface FakeTimer extends TimerHandle { at: number; seq: number; fn: () => void }
+
+/** A deterministic scheduler: nothing happens until the test calls run() or advance(). */
+export class FakeScheduler implements Scheduler {
+  private t = 0;
+  private seq = 0;
+  private readonly queue: Array<() => void> = [];
+  private timers: FakeTimer[] = [];
+  now(): number {
+    return this.t;
+  }
+  defer(fn: () => void): void {
+    this.queue.push(fn);
+  }
+  setTimer(ms: number, fn: () => void): TimerHandle {
+    const h: FakeTimer = { cancelled: false, at: this.t + Math.max(0, ms), seq: this.seq++, fn };
+    this.timers.push(h);
+    return h;
+  }
+  clearTimer(h: TimerHandle | null): void {
+    if (h) h.cancelled = true;
+  }
+  /** Runs deferred work until none is left (bounded: throws after `max` steps, a livelock). */
+  run(max = 1_000_000): number {
+    let n = 0;
+    while (this.queue.length) {
+      if (++n > max) throw new Error('FakeScheduler.run: no quiescence (livelock?)');
+      this.queue.shift()!();
+    }
+    return n;
+  }
+  /** Advances the clock by ms, firing due timers in order and running deferred work after each. */
+  advance(ms: number): void {
+    const end = this.t + ms;
+    this.run();
+    for (;;) {
+      this.timers = this.timers.filter((x) => !x.cancelled);
+      let next: FakeTimer | undefined;
+      for (const x of this.timers) if (x.at <= end && (!next || x.at < next.at || (x.at === next.at && x.seq < next.seq))) next = x;
+      if (!next) break;
+      this.t = Math.max(this.t, next.at);
+      next.cancelled = true;
+      next.fn();
+      this.run();
+    }
+    this.t = end;
+  }
+  pendingTimers(): number {
+    return this.timers.filter((x) => !x.cancelled).length;
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * Completion queue (IBA 11.4.2). A fixed ring of preallocated entries; poll()
+ * copies into the caller's preallocated Wc objects (ibv_poll_cq), so the hot
+ * path allocates nothing. Notification follows the completion-channel model:
+ * reqNotify() arms once, the next completion (or the next solicited/error one
+ * with solicitedOnly) fires one 'notify' event and disarms (ibv_req_notify_cq
+ * + ibv_get_cq_event). Overflow is reported as the CQ_ERR async event.
+ */
+import { EventEmitter, on } from 'node:events';
+import { Wc } from './types.js';
+import { VerbsError } from './errors.js';
+import type { Device } from './device.js';
+
+const ARM_NONE = 0, ARM_ANY = 1, ARM_SOLICITED = 2;
+
+function copyWc(d: Wc, s: Wc): void {
+  d.wrId = s.wrId; d.status = s.status; d.opcode = s.opcode; d.byteLen = s.byteLen; d.qpn = s.qpn; d.srcQp = s.srcQp;
+  d.imm = s.imm; d.withImm = s.withImm; d.invalidatedRkey = s.invalidatedRkey; d.withInv = s.withInv; d.grh = s.grh;
+  d.solicited = s.solicited; d.pkeyIndex = s.pkeyIndex; d.vendorErr = s.vendorErr;
+}
+
+export class Cq extends EventEmitter {
+  readonly device: Device;
+  readonly depth: number;
+  private readonly ring: Wc[];
+  private head = 0;
+  private count = 0;
+  private armed = ARM_NONE;
+  /** QPs using this CQ (close() is EBUSY while any) */
+  users = 0;
+  closed = false;
+  overflowed = false;
+
+  constructor(device: Device, depth: number) {
+    super();
+    this.device = device;
+    this.depth = depth;
+    this.ring = Array.from({ length: depth }, () => new Wc());
+  }
+
+  /** Entries waiting to be polled. */
+  get length(): number {
+    return this.count;
+  }
+
+  /** Fills up to `max` of the caller's Wc objects; returns how many (ibv_poll_cq). */
+  poll(out: Wc[], max = out.length): number {
+    if (this.closed) throw new VerbsError('EBADF', 'ibv_poll_cq', 'CQ is closed', 'cq');
+    const n = Math.min(max, out.length, this.count);
+    for (let i = 0; i < n; i++) {
+      copyWc(out[i]!, this.ring[this.head]!);
+      this.head = (this.head + 1) % this.depth;
+    }
+    this.count -= n;
+    return n;
+  }
+
+  /** Arm the CQ: the next completion (solicitedOnly: the next solicited or error completion) fires 'notify'. */
+  reqNotify(solicitedOnly = false): void {
+    if (this.closed) throw new VerbsError('EBADF', 'ibv_req_notify_cq', 'CQ is closed', 'cq');
+    this.armed = solicitedOnly ? ARM_SOLICITED : ARM_ANY;
+  }
+
+  /** Async iterator over notification events; re-arms itself after each (arm → event → poll). */
+  async *notifications(o: { solicitedOnly?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<void> {
+    this.reqNotify(o.solicitedOnly ?? false);
+    const it = on(this, 'notify', o.signal ? { signal: o.signal } : {});
+    for await (const _ of it) {
+      yield;
+      if (this.closed) return;
+      this.reqNotify(o.solicitedOnly ?? false);
+    }
+  }
+
+  /** Convenience for examples and tests: every completion as a new Wc (allocates). */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Wc> {
+    const one = [new Wc()];
+    for (;;) {
+      while (this.poll(one, 1) === 1) {
+        const w = new Wc();
+        copyWc(w, one[0]!);
+        yield w;
+      }
+      if (this.closed) return;
+      this.reqNotify();
+      if (this.count === 0) await new Promise<void>((r) => this.once('notify', r));
+    }
+  }
+
+  /** Transport: the slot to fill for the next completion, or null on overflow. */
+  slot(): Wc | null {
+    if (this.closed) return null;
+    if (this.count === this.depth) {
+      if (!this.overflowed) {
+        this.overflowed = true;
+        this.device.asyncEvent({ type: 'CQ_ERR', cq: this });
+      }
+      return null;
+    }
+    const w = this.ring[(this.head + this.count) % this.depth]!;
+    w.withImm = false; w.withInv = false; w.grh = false; w.solicited = false; w.imm = 0; w.invalidatedRkey = 0;
+    w.srcQp = 0; w.byteLen = 0; w.vendorErr = 0; w.pkeyIndex = 0;
+    return w;
+  }
+
+  /** Transport: the slot from slot() is filled. */
+  commit(solicitedOrError: boolean): void {
+    this.count++;
+    if (this.armed === ARM_ANY || (this.armed === ARM_SOLICITED && solicitedOrError)) {
+      this.armed = ARM_NONE;
+      this.emit('notify');
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    if (this.users > 0) throw new VerbsError('EBUSY', 'ibv_destroy_cq', `${this.users} QP(s) still use this CQ`, 'cq');
+    this.closed = true;
+    this.device.forget(this);
+    this.emit('notify');
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

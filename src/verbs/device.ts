@@ -1,0 +1,441 @@
+/**
+ * A softroce device: one RoCE port per network address, as `rdma link add
+ * rxe0 type rxe netdev eth0` makes one. It binds UDP 4791 on the address,
+ * holds the GID table (from the interface's MAC and addresses), the object
+ * tables the receive path looks things up in (QPN → QP, R_Key → MR), the
+ * per-port counters, and the async event stream (ibv_get_async_event).
+ *
+ * Devices have an array of ports so a bonded device (LAG) can have two.
+ */
+import { EventEmitter } from 'node:events';
+import { networkInterfaces } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { VerbsError } from './errors.js';
+import { Cq } from './cq.js';
+import { Pd, type Srq, type Ah } from './objects.js';
+import { Qp, type CreateQpOptions, type QpCap } from './qp.js';
+import type { Mr } from './mr.js';
+import { Counters } from '../roce/counters.js';
+import { RealScheduler, type Scheduler } from '../roce/transport/sched.js';
+import { UdpLink } from '../roce/link/udp-link.js';
+import { FaultInjector, type FaultOptions, type Link } from '../roce/link/link.js';
+import { PcapRecorder } from '../roce/link/pcap-recorder.js';
+import { deviceRx } from '../roce/transport/recv.js';
+import { runRequester } from '../roce/transport/requester.js';
+import { runReads } from '../roce/transport/responder.js';
+import { gidFromString, ipv4ToGid, macToDefaultGid, ipv4ToNumber, type Gid } from '../roce/gid.js';
+import { MTU_VALUES, type Mtu } from '../roce/opcode.js';
+import type { QpState } from './qp-state.js';
+
+export type GidType = 'RoCE v1' | 'RoCE v2';
+export interface GidEntry { index: number; gid: Gid; type: GidType; netdev: string }
+
+export interface DeviceAttr {
+  fwVer: string;
+  nodeGuid: bigint;
+  sysImageGuid: bigint;
+  maxMrSize: number;
+  pageSizeCap: number;
+  vendorId: number;
+  vendorPartId: number;
+  hwVer: number;
+  maxQp: number;
+  maxQpWr: number;
+  maxSge: number;
+  maxSgeRd: number;
+  maxCq: number;
+  maxCqe: number;
+  maxMr: number;
+  maxPd: number;
+  maxQpRdAtom: number;
+  maxQpInitRdAtom: number;
+  maxResRdAtom: number;
+  atomicCap: 'NONE' | 'HCA' | 'GLOB';
+  maxSrq: number;
+  maxSrqWr: number;
+  maxSrqSge: number;
+  maxInline: number;
+  maxPkeys: number;
+  localCaAckDelay: number;
+  physPortCnt: number;
+  maxMsgSize: number;
+}
+
+export interface PortAttr {
+  state: 'ACTIVE' | 'DOWN';
+  maxMtu: Mtu;
+  activeMtu: Mtu;
+  gidTblLen: number;
+  portCapFlags: number;
+  maxMsgSz: number;
+  pkeyTblLen: number;
+  lid: number;
+  smLid: number;
+  lmc: number;
+  linkLayer: 'Ethernet';
+  activeWidth: string;
+  activeSpeed: string;
+  physState: 'LINK_UP' | 'DISABLED';
+  netdev: string;
+  address: string;
+  backend: string;
+}
+
+export type AsyncEventType = 'COMM_EST' | 'QP_FATAL' | 'QP_REQ_ERR' | 'QP_ACCESS_ERR' | 'SQ_DRAINED' | 'LAST_WQE_REACHED'
+  | 'SRQ_LIMIT_REACHED' | 'PORT_ACTIVE' | 'PORT_ERR' | 'CQ_ERR' | 'GID_CHANGE';
+export interface AsyncEvent { type: AsyncEventType; qp?: Qp; cq?: Cq; srq?: Srq; port?: number }
+
+/** rxe's limits (rxe_param.h), which is what ibv_devinfo -v shows for rxe0. */
+const ATTR: Omit<DeviceAttr, 'nodeGuid' | 'sysImageGuid'> = {
+  fwVer: '0.0.0', maxMrSize: 2 ** 32, pageSizeCap: 0xfffff000, vendorId: 0xffffff, vendorPartId: 0, hwVer: 0,
+  maxQp: 0x10000, maxQpWr: 0x4000, maxSge: 32, maxSgeRd: 32, maxCq: 0x4000, maxCqe: 0x7fff, maxMr: 0x40000, maxPd: 0x7ffc,
+  maxQpRdAtom: 128, maxQpInitRdAtom: 128, maxResRdAtom: 258048, atomicCap: 'HCA', maxSrq: 0x3ff0, maxSrqWr: 0x4000,
+  maxSrqSge: 27, maxInline: 400, maxPkeys: 64, localCaAckDelay: 15, physPortCnt: 1, maxMsgSize: 0x80000000,
+};
+
+export class Port {
+  readonly num: number;
+  readonly link: Link;
+  readonly netdev: string;
+  readonly address: string;
+  readonly ipNum: number;
+  readonly addrBytes: Uint8Array;
+  readonly gids: GidEntry[];
+  readonly counters = new Counters();
+  readonly activeMtu: Mtu;
+  readonly mac: Uint8Array;
+  /** set when the device records a pcap */
+  recorderTx: ((b: Buffer, len: number, ip: string, port: number) => void) | null = null;
+  recorderRx: ((b: Buffer, len: number, ip: string, port: number, ipId: number, df: number) => void) | null = null;
+  constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidEntry[], activeMtu: Mtu) {
+    this.num = num;
+    this.link = link;
+    this.netdev = netdev;
+    this.address = link.localIp;
+    this.ipNum = link.family === 4 ? ipv4ToNumber(link.localIp) : 0;
+    this.addrBytes = link.family === 4 ? ipv4ToGid(link.localIp).subarray(12) : gidFromString(link.localIp);
+    this.gids = gids;
+    this.activeMtu = activeMtu;
+    this.mac = mac;
+  }
+}
+
+export interface DeviceDescriptor { name: string; netdev: string; address: string; udpPort?: number }
+
+export interface OpenDeviceOptions {
+  name?: string;
+  netdev?: string;
+  address?: string;
+  udpPort?: number;
+  native?: 'auto' | 'on' | 'off';
+  /** for tests: a fake clock, an in-memory link, injected faults, a capture */
+  scheduler?: Scheduler;
+  link?: Link;
+  faults?: FaultOptions;
+  pcap?: string;
+}
+
+function sysNetdevFor(address: string): { netdev: string; mac: Uint8Array } {
+  const ifs = networkInterfaces();
+  for (const [name, addrs] of Object.entries(ifs)) {
+    for (const a of addrs ?? []) {
+      if (a.address === address) return { netdev: name, mac: new Uint8Array(Buffer.from(a.mac.replace(/:/g, ''), 'hex')) };
+    }
+  }
+  // 127.0.0.0/8 is all loopback on Linux, though `lo` lists only 127.0.0.1.
+  if (address.startsWith('127.') || address === '::1') return { netdev: 'lo', mac: new Uint8Array(6) };
+  return { netdev: '', mac: new Uint8Array(6) };
+}
+
+function netdevMtu(netdev: string): number {
+  try {
+    return Number(readFileSync(`/sys/class/net/${netdev}/mtu`, 'utf8').trim()) || 1500;
+  } catch {
+    return netdev === 'lo' ? 65536 : 1500;
+  }
+}
+
+/** rxe: the largest IB MTU that fits the netdev MTU less RoCE headers (rxe_param.h). */
+export function activeMtuFor(netdevMtu: number): Mtu {
+  let m: Mtu = 256;
+  for (const v of MTU_VALUES) if (v <= netdevMtu - 80) m = v;
+  return m;
+}
+
+/**
+ * The GID table as roce_gid_mgmt builds it for a port that supports both RoCE
+ * versions: the default GID (fe80::/64 + EUI-64 of the MAC) first, then every
+ * address of the interface, each once per RoCE type (v1, then v2).
+ */
+export function buildGidTable(netdev: string, mac: Uint8Array, boundAddress: string): GidEntry[] {
+  const out: GidEntry[] = [];
+  const add = (gid: Gid): void => {
+    if (out.some((e) => Buffer.from(e.gid).equals(Buffer.from(gid)))) return;
+    for (const type of ['RoCE v1', 'RoCE v2'] as const) out.push({ index: out.length, gid, type, netdev });
+  };
+  add(macToDefaultGid(mac));
+  const addrs = networkInterfaces()[netdev] ?? [];
+  for (const a of addrs) if (a.family === 'IPv4') add(ipv4ToGid(a.address));
+  for (const a of addrs) if (a.family === 'IPv6') add(gidFromString(a.address.split('%')[0]!));
+  add(boundAddress.includes(':') ? gidFromString(boundAddress) : ipv4ToGid(boundAddress));
+  return out;
+}
+
+/**
+ * The device list (ibv_get_device_list): SOFTROCE_DEVICES="name=netdev:address,..."
+ * or the JSON file SOFTROCE_CONFIG (default ~/.config/softroce/devices.json,
+ * `{ "devices": [{ "name", "netdev", "address" }] }`); without either, two
+ * loopback devices that need no configuration: softroce0 on 127.0.0.1 and
+ * softroce1 on 127.0.0.2.
+ */
+export function getDeviceList(env: NodeJS.ProcessEnv = process.env): DeviceDescriptor[] {
+  const spec = env['SOFTROCE_DEVICES'];
+  if (spec) {
+    return spec.split(',').filter(Boolean).map((s) => {
+      const m = /^([^=]+)=([^:]*):(.+)$/.exec(s.trim());
+      if (!m) throw new VerbsError('EINVAL', 'ibv_get_device_list', `bad SOFTROCE_DEVICES entry "${s}" (want name=netdev:address)`, 'SOFTROCE_DEVICES');
+      return { name: m[1]!, netdev: m[2]!, address: m[3]! };
+    });
+  }
+  const file = env['SOFTROCE_CONFIG'] ?? join(homedir(), '.config', 'softroce', 'devices.json');
+  try {
+    const j = JSON.parse(readFileSync(file, 'utf8')) as { devices?: DeviceDescriptor[] };
+    if (Array.isArray(j.devices) && j.devices.length) return j.devices;
+  } catch {
+    /* no file: defaults */
+  }
+  return [
+    { name: 'softroce0', netdev: 'lo', address: '127.0.0.1' },
+    { name: 'softroce1', netdev: 'lo', address: '127.0.0.2' },
+  ];
+}
+
+let nextPdHandle = 1;
+
+export class Device extends EventEmitter {
+  readonly name: string;
+  readonly sched: Scheduler;
+  readonly ports: Port[] = [];
+  readonly attr: DeviceAttr;
+  readonly qps = new Map<number, Qp>();
+  readonly mrByLkey = new Map<number, Mr>();
+  readonly mrByRkey = new Map<number, Mr>();
+  readonly pds = new Set<Pd>();
+  readonly cqs = new Set<Cq>();
+  gsi: Qp | null = null;
+  faults: FaultInjector | null = null;
+  recorder: PcapRecorder | null = null;
+  closed = false;
+  private nextQpn = 0x11;
+
+  constructor(name: string, sched: Scheduler, mac: Uint8Array) {
+    super();
+    this.name = name;
+    this.sched = sched;
+    const guid = (BigInt(mac[0]! ^ 2) << 56n) | (BigInt(mac[1]!) << 48n) | (BigInt(mac[2]!) << 40n) | (0xfffen << 24n) |
+      (BigInt(mac[3]!) << 16n) | (BigInt(mac[4]!) << 8n) | BigInt(mac[5]!);
+    this.attr = { ...ATTR, nodeGuid: guid, sysImageGuid: guid };
+  }
+
+  /** @internal adds a port over a link */
+  addPort(link: Link, netdev: string, mac: Uint8Array): Port {
+    const p = new Port(this.ports.length + 1, link, netdev, mac, buildGidTable(netdev, mac, link.localIp), activeMtuFor(netdevMtu(netdev)));
+    this.ports.push(p);
+    link.setReceiver((buf, len, srcIp, srcPort) => deviceRx(this, p, buf, len, srcIp, srcPort));
+    link.on('drain', () => {
+      for (const qp of this.qps.values()) {
+        if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }
+        if (qp.resp.waitingDrain) { qp.resp.waitingDrain = false; runReads(qp); }
+      }
+    });
+    link.on('link', (up: unknown) => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num }));
+    return p;
+  }
+
+  private live(op: string): void {
+    if (this.closed) throw new VerbsError('EBADF', op, `device ${this.name} is closed`, 'device');
+  }
+
+  query(): DeviceAttr {
+    this.live('ibv_query_device');
+    return { ...this.attr, physPortCnt: this.ports.length };
+  }
+
+  queryPort(port = 1): PortAttr {
+    this.live('ibv_query_port');
+    const p = this.ports[port - 1];
+    if (!p) throw new VerbsError('EINVAL', 'ibv_query_port', `no port ${port}`, 'port');
+    return {
+      state: p.link.up ? 'ACTIVE' : 'DOWN', maxMtu: 4096, activeMtu: p.activeMtu, gidTblLen: 1024, portCapFlags: 0x00010000 | 0x04000000,
+      maxMsgSz: this.attr.maxMsgSize, pkeyTblLen: 1, lid: 0, smLid: 0, lmc: 0, linkLayer: 'Ethernet', activeWidth: '1X',
+      activeSpeed: '2.5 Gbps', physState: p.link.up ? 'LINK_UP' : 'DISABLED', netdev: p.netdev, address: p.address, backend: p.link.backend,
+    };
+  }
+
+  gidTable(port = 1): readonly GidEntry[] {
+    return this.ports[port - 1]?.gids ?? [];
+  }
+
+  /** The RoCE v2 GID of the bound address: what QPs use unless told otherwise. */
+  defaultSgidIndex(port = 1): number {
+    const p = this.ports[port - 1]!;
+    const want = p.link.family === 4 ? ipv4ToGid(p.address) : gidFromString(p.address);
+    const e = p.gids.find((g) => g.type === 'RoCE v2' && Buffer.from(g.gid).equals(Buffer.from(want)));
+    return e ? e.index : 0;
+  }
+
+  allocPd(): Pd {
+    this.live('ibv_alloc_pd');
+    const pd = new Pd(this, nextPdHandle++);
+    this.pds.add(pd);
+    return pd;
+  }
+
+  createCq(o: { depth: number }): Cq {
+    this.live('ibv_create_cq');
+    if (!Number.isInteger(o?.depth) || o.depth < 1 || o.depth > this.attr.maxCqe) {
+      throw new VerbsError('EINVAL', 'ibv_create_cq', `depth ${o?.depth} not in 1..${this.attr.maxCqe}`, 'depth');
+    }
+    const cq = new Cq(this, o.depth);
+    this.cqs.add(cq);
+    return cq;
+  }
+
+  /** @internal pd.createQp */
+  createQpFor(pd: Pd, o: CreateQpOptions): Qp {
+    const op = 'ibv_create_qp';
+    const a = this.attr;
+    if (!o || (o.type !== 'RC' && o.type !== 'UC' && o.type !== 'UD')) throw new VerbsError('EINVAL', op, `type must be RC, UC or UD`, 'type');
+    if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== this) throw new VerbsError('EINVAL', op, 'sendCq must be an open CQ of this device', 'sendCq');
+    if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== this) throw new VerbsError('EINVAL', op, 'recvCq must be an open CQ of this device', 'recvCq');
+    if (o.srq && (o.srq.closed || o.srq.pd.device !== this)) throw new VerbsError('EINVAL', op, 'srq must be an open SRQ of this device', 'srq');
+    const c = o.cap ?? ({} as QpCap);
+    const cap: Required<QpCap> = {
+      maxSendWr: c.maxSendWr, maxRecvWr: o.srq ? 0 : c.maxRecvWr, maxSendSge: c.maxSendSge ?? 1, maxRecvSge: c.maxRecvSge ?? 1, maxInline: c.maxInline ?? 0,
+    };
+    const chk = (v: number, lo: number, hi: number, name: string): void => {
+      if (!Number.isInteger(v) || v < lo || v > hi) throw new VerbsError('EINVAL', op, `cap.${name} = ${v} not in ${lo}..${hi}`, `cap.${name}`);
+    };
+    chk(cap.maxSendWr, 1, a.maxQpWr, 'maxSendWr');
+    if (!o.srq) chk(cap.maxRecvWr, 1, a.maxQpWr, 'maxRecvWr');
+    chk(cap.maxSendSge, 1, a.maxSge, 'maxSendSge');
+    chk(cap.maxRecvSge, 1, a.maxSge, 'maxRecvSge');
+    chk(cap.maxInline, 0, a.maxInline, 'maxInline');
+    if (this.qps.size >= a.maxQp) throw new VerbsError('ENOMEM', op, 'too many QPs', 'qp');
+    while (this.qps.has(this.nextQpn) || this.nextQpn < 0x11) this.nextQpn = this.nextQpn >= 0xfffffe ? 0x11 : this.nextQpn + 1;
+    const qp = new Qp(this, pd, this.nextQpn++, o.type, o, cap, o.sendCq, o.recvCq);
+    this.register(qp, pd);
+    return qp;
+  }
+
+  /** QP1, the GSI QP (a special UD QP with Q_Key 0x80010000) that carries CM MADs. */
+  openGsi(pd: Pd, o: { sendCq: Cq; recvCq: Cq; cap?: Partial<QpCap> }): Qp {
+    this.live('ibv_create_qp');
+    if (this.gsi) throw new VerbsError('EBUSY', 'ibv_create_qp', 'QP1 is already open', 'qp');
+    const cap: Required<QpCap> = { maxSendWr: o.cap?.maxSendWr ?? 256, maxRecvWr: o.cap?.maxRecvWr ?? 256, maxSendSge: 1, maxRecvSge: 1, maxInline: 0 };
+    const qp = new Qp(this, pd, 1, 'GSI', null, cap, o.sendCq, o.recvCq);
+    this.gsi = qp;
+    this.register(qp, pd);
+    return qp;
+  }
+
+  private register(qp: Qp, pd: Pd): void {
+    this.qps.set(qp.qpn, qp);
+    pd.qps.add(qp);
+    qp.sendCq.users++;
+    qp.recvCq.users++;
+    if (qp.srq) qp.srq.users++;
+  }
+
+  /** @internal qp.close */
+  destroyQp(qp: Qp): void {
+    this.qps.delete(qp.qpn);
+    if (this.gsi === qp) this.gsi = null;
+    qp.pd.qps.delete(qp);
+    qp.sendCq.users--;
+    qp.recvCq.users--;
+    if (qp.srq) qp.srq.users--;
+  }
+
+  /** @internal mr.close */
+  deregMr(mr: Mr): void {
+    this.mrByLkey.delete(mr.lkey);
+    this.mrByRkey.delete(mr.rkey);
+    mr.pd.mrs.delete(mr);
+  }
+
+  /** @internal */
+  forget(o: Pd | Cq): void {
+    if (o instanceof Pd) this.pds.delete(o);
+    else this.cqs.delete(o);
+  }
+
+  /** @internal schedule the requester of a QP (rxe_sched_task). */
+  kick(qp: Qp): void {
+    if (qp.req.scheduled || this.closed) return;
+    qp.req.scheduled = true;
+    this.sched.defer(() => {
+      qp.req.scheduled = false;
+      if (!qp.closed) runRequester(qp);
+    });
+  }
+
+  /** @internal raise an async event (state already changed). */
+  asyncEvent(e: AsyncEvent): void {
+    this.emit('async', e);
+  }
+
+  counters(port = 1): Record<string, number> {
+    return this.ports[port - 1]!.counters.snapshot();
+  }
+
+  /** Cascading teardown, in pyverbs' order: QPs, AHs, MRs, SRQs, PDs, CQs, then the ports. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    for (const qp of [...this.qps.values()]) qp.close();
+    for (const pd of this.pds) {
+      for (const ah of [...pd.ahs] as Ah[]) ah.close();
+      for (const mr of [...pd.mrs]) mr.close();
+      for (const s of [...pd.srqs]) s.close();
+    }
+    for (const pd of [...this.pds]) pd.close();
+    for (const cq of [...this.cqs]) cq.close();
+    this.closed = true;
+    await this.recorder?.close();
+    for (const p of this.ports) await p.link.close();
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** Opens a device: by name from the device list, or by address (binding UDP 4791 there). */
+export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
+  let desc: DeviceDescriptor | undefined;
+  if (o.name && !o.address) {
+    desc = getDeviceList().find((d) => d.name === o.name);
+    if (!desc) throw new VerbsError('ENODEV', 'ibv_open_device', `no device named ${o.name}`, 'name');
+  }
+  const address = o.address ?? desc?.address ?? '127.0.0.1';
+  const sched = o.scheduler ?? new RealScheduler();
+  const found = sysNetdevFor(address);
+  const netdev = o.netdev ?? desc?.netdev ?? found.netdev;
+  const link = o.link ?? await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' });
+  const name = o.name ?? desc?.name ?? `softroce_${address}`;
+  const dev = new Device(name, sched, found.mac);
+  const port = dev.addPort(link, netdev || 'lo', found.mac);
+  if (o.pcap) {
+    const rec = await PcapRecorder.open(o.pcap, port);
+    dev.recorder = rec;
+    port.recorderTx = (b, l, ip, p) => rec.tx(b, l, ip, p);
+    port.recorderRx = (b, l, ip, p, id, df) => rec.rx(b, l, ip, p, id, df);
+  }
+  if (o.faults) dev.faults = new FaultInjector(link, o.faults, sched);
+  // Re-install the receiver so the fault injector (wrapping setReceiver) sees it.
+  if (o.faults) link.setReceiver((buf, len, srcIp, srcPort) => deviceRx(dev, port, buf, len, srcIp, srcPort));
+  return dev;
+}
+
+export type { QpState };

@@ -1,0 +1,14 @@
+/** The verbs object model: devices, PD, MR, CQ, QP, SRQ, AH. */
+export { openDevice, getDeviceList, Device, Port, buildGidTable, activeMtuFor } from './device.js';
+export type { DeviceAttr, PortAttr, GidEntry, GidType, AsyncEvent, AsyncEventType, DeviceDescriptor, OpenDeviceOptions } from './device.js';
+export { Pd, Srq, Ah } from './objects.js';
+export { Mr } from './mr.js';
+export { Cq } from './cq.js';
+export { Qp, connectQp } from './qp.js';
+export type { CreateQpOptions, QpAttrs, QpCap, Av } from './qp.js';
+export { Wc, ACCESS, WC_STATUS, WC_OPCODE } from './types.js';
+export type { Access, Sge, RecvWr, SendWr, SendOpcode, WcStatus, WcOpcode } from './types.js';
+export { QP_STATES, QP_TYPES, QP_TRANSITIONS, checkQpTransition } from './qp-state.js';
+export type { QpState, QpType } from './qp-state.js';
+export { RdmaError, VerbsError, InvalidQpTransitionError, InvalidQpAttrError } from './errors.js';
+export type { ErrnoCode } from './errors.js';

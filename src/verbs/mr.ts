@@ -1,0 +1,74 @@
+/**
+ * Memory regions (IBA 10.6). A region is a Buffer/Uint8Array the caller owns;
+ * its "virtual address" is a fabricated, page-aligned, unique 64-bit value so
+ * remote peers address it the way they address real memory. Keys are random
+ * 32-bit values (not guessable from one another), looked up in a Map per
+ * message, never per packet.
+ */
+import { randomInt } from 'node:crypto';
+import { ACCESS } from './types.js';
+import type { Pd } from './objects.js';
+import { VerbsError } from './errors.js';
+
+let nextVa = 0x7f3c_0000_0000n;
+
+export class Mr {
+  readonly pd: Pd;
+  /** the registered memory (a view over the caller's buffer) */
+  readonly buffer: Buffer;
+  readonly length: number;
+  readonly addr: bigint;
+  readonly lkey: number;
+  readonly rkey: number;
+  /** ACCESS bits */
+  readonly access: number;
+  /** false after dereg or remote invalidation */
+  valid = true;
+  closed = false;
+  constructor(pd: Pd, mem: Uint8Array, access: number, lkey: number, rkey: number) {
+    this.pd = pd;
+    this.buffer = Buffer.from(mem.buffer, mem.byteOffset, mem.byteLength);
+    this.length = mem.byteLength;
+    this.addr = nextVa;
+    // Next region one page further than this one's end: addresses never overlap.
+    nextVa += (BigInt(mem.byteLength) + 0x1fffn) & ~0xfffn;
+    this.access = access;
+    this.lkey = lkey;
+    this.rkey = rkey;
+  }
+  /** Offset into the region of [va, va+len), or -1 if it is not all inside. */
+  offsetOf(va: bigint, len: number): number {
+    const d = va - this.addr;
+    if (d < 0n || d > BigInt(this.length)) return -1;
+    const off = Number(d);
+    return off + len <= this.length ? off : -1;
+  }
+  /** Whether the remote may do `need` (ACCESS bits) here. */
+  allows(need: number): boolean {
+    return this.valid && !this.closed && (this.access & need) === need;
+  }
+  close(): void {
+    if (this.closed) return;
+    this.pd.device.deregMr(this);
+    this.closed = true;
+    this.valid = false;
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** A fresh random key that is not 0 and not in use. */
+export function newKey(inUse: (k: number) => boolean): number {
+  for (;;) {
+    const k = (randomInt(0, 0x10000) * 0x10000 + randomInt(0, 0x10000)) >>> 0;
+    if (k !== 0 && !inUse(k)) return k;
+  }
+}
+
+export function checkMrAccess(access: number): void {
+  // IBA 10.6.3.1 / ibv_reg_mr: remote write or atomic requires local write.
+  if ((access & (ACCESS.REMOTE_WRITE | ACCESS.REMOTE_ATOMIC)) && !(access & ACCESS.LOCAL_WRITE)) {
+    throw new VerbsError('EINVAL', 'ibv_reg_mr', 'REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE', 'access');
+  }
+}

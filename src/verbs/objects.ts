@@ -1,0 +1,205 @@
+/**
+ * Protection domain (IBA 10.2.3), shared receive queue (IBA 10.2.9) and
+ * address handle (IBA 10.2.2). Ownership as in verbs: children keep their
+ * parent; a parent with live children cannot be closed (EBUSY).
+ */
+import { VerbsError } from './errors.js';
+import { Mr, checkMrAccess, newKey } from './mr.js';
+import { accessBits, type Access, type RecvWr, type Sge } from './types.js';
+import { gidFromString, gidToIpv4Number, isIpv4Mapped, type Gid } from '../roce/gid.js';
+import type { Device } from './device.js';
+import type { Qp, CreateQpOptions } from './qp.js';
+
+export class RecvWqe {
+  wrId = 0;
+  sg: readonly Sge[] = [];
+  length = 0;
+}
+
+export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
+  if (sg.length > max) throw new VerbsError('EINVAL', op, `${sg.length} SGEs > max ${max}`, 'sg');
+  let len = 0;
+  for (const s of sg) {
+    if (!(s.mr instanceof Mr)) throw new VerbsError('EINVAL', op, 'SGE without a registered MR', 'sg');
+    if (!Number.isInteger(s.offset) || !Number.isInteger(s.length) || s.offset < 0 || s.length < 0) {
+      throw new VerbsError('EINVAL', op, 'SGE offset/length must be non-negative integers', 'sg');
+    }
+    len += s.length;
+  }
+  return len;
+}
+
+export class Pd {
+  readonly device: Device;
+  readonly handle: number;
+  readonly mrs = new Set<Mr>();
+  readonly qps = new Set<Qp>();
+  readonly srqs = new Set<Srq>();
+  readonly ahs = new Set<Ah>();
+  closed = false;
+  constructor(device: Device, handle: number) {
+    this.device = device;
+    this.handle = handle;
+  }
+  private live(op: string): void {
+    if (this.closed) throw new VerbsError('EBADF', op, 'PD is closed', 'pd');
+  }
+  /** ibv_reg_mr over caller-owned memory. */
+  regMr(mem: Uint8Array, access: readonly Access[] = ['LOCAL_WRITE']): Mr {
+    this.live('ibv_reg_mr');
+    if (!(mem instanceof Uint8Array)) throw new VerbsError('EINVAL', 'ibv_reg_mr', 'memory must be a Buffer or Uint8Array', 'mem');
+    const bits = accessBits(access, 'access', 'ibv_reg_mr', (c, o, m, a) => new VerbsError(c, o, m, a));
+    checkMrAccess(bits);
+    if (mem.byteLength > this.device.attr.maxMrSize) throw new VerbsError('EINVAL', 'ibv_reg_mr', 'region larger than max_mr_size', 'mem');
+    const d = this.device;
+    const lkey = newKey((k) => d.mrByLkey.has(k));
+    const rkey = newKey((k) => d.mrByRkey.has(k));
+    const mr = new Mr(this, mem, bits, lkey, rkey);
+    d.mrByLkey.set(lkey, mr);
+    d.mrByRkey.set(rkey, mr);
+    this.mrs.add(mr);
+    return mr;
+  }
+  createQp(o: CreateQpOptions): Qp {
+    this.live('ibv_create_qp');
+    return this.device.createQpFor(this, o);
+  }
+  createSrq(o: { maxWr: number; maxSge?: number; limit?: number }): Srq {
+    this.live('ibv_create_srq');
+    const a = this.device.attr;
+    if (!Number.isInteger(o.maxWr) || o.maxWr < 1 || o.maxWr > a.maxSrqWr) throw new VerbsError('EINVAL', 'ibv_create_srq', `maxWr ${o.maxWr} not in 1..${a.maxSrqWr}`, 'maxWr');
+    const maxSge = o.maxSge ?? 1;
+    if (maxSge < 1 || maxSge > a.maxSrqSge) throw new VerbsError('EINVAL', 'ibv_create_srq', `maxSge ${maxSge} not in 1..${a.maxSrqSge}`, 'maxSge');
+    const s = new Srq(this, o.maxWr, maxSge, o.limit ?? 0);
+    this.srqs.add(s);
+    return s;
+  }
+  /** ibv_create_ah: where UD sends go. `gid` is a GID or an IP address string. */
+  createAh(o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; sl?: number; udpPort?: number }): Ah {
+    this.live('ibv_create_ah');
+    const ah = new Ah(this, o);
+    this.ahs.add(ah);
+    return ah;
+  }
+  close(): void {
+    if (this.closed) return;
+    const n = this.mrs.size + this.qps.size + this.srqs.size + this.ahs.size;
+    if (n > 0) throw new VerbsError('EBUSY', 'ibv_dealloc_pd', `${n} object(s) still use this PD (MR ${this.mrs.size}, QP ${this.qps.size}, SRQ ${this.srqs.size}, AH ${this.ahs.size})`, 'pd');
+    this.closed = true;
+    this.device.forget(this);
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export class Srq {
+  readonly pd: Pd;
+  readonly maxWr: number;
+  readonly maxSge: number;
+  limit: number;
+  private readonly ring: RecvWqe[];
+  private head = 0;
+  count = 0;
+  users = 0;
+  closed = false;
+  constructor(pd: Pd, maxWr: number, maxSge: number, limit: number) {
+    this.pd = pd;
+    this.maxWr = maxWr;
+    this.maxSge = maxSge;
+    this.limit = limit;
+    this.ring = Array.from({ length: maxWr }, () => new RecvWqe());
+  }
+  postRecv(wr: RecvWr | readonly RecvWr[]): void {
+    if (this.closed) throw new VerbsError('EBADF', 'ibv_post_srq_recv', 'SRQ is closed', 'srq');
+    const list = Array.isArray(wr) ? wr : [wr as RecvWr];
+    if (this.count + list.length > this.maxWr) throw new VerbsError('ENOMEM', 'ibv_post_srq_recv', 'SRQ is full', 'wr');
+    for (const w of list) checkSgl(w.sg, this.maxSge, "ibv_post_srq_recv");
+    for (const w of list) {
+      const e = this.ring[(this.head + this.count) % this.maxWr]!;
+      e.wrId = w.wrId;
+      e.sg = w.sg.slice();
+      e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
+      this.count++;
+    }
+  }
+  /** ibv_modify_srq: arm the limit event (IBA 10.2.9.3: fires once when fewer than `limit` WQEs remain). */
+  modify(o: { limit?: number; maxWr?: number }): void {
+    if (o.maxWr !== undefined) throw new VerbsError('EOPNOTSUPP', 'ibv_modify_srq', 'resizing an SRQ is not supported', 'maxWr');
+    if (o.limit !== undefined) {
+      if (!Number.isInteger(o.limit) || o.limit < 0 || o.limit > this.maxWr) throw new VerbsError('EINVAL', 'ibv_modify_srq', `limit ${o.limit} not in 0..${this.maxWr}`, 'limit');
+      this.limit = o.limit;
+    }
+  }
+  /** Transport: take the next receive WQE (and raise SRQ_LIMIT_REACHED once the count falls below the limit). */
+  take(): RecvWqe | null {
+    if (this.count === 0) return null;
+    const e = this.ring[this.head]!;
+    this.head = (this.head + 1) % this.maxWr;
+    this.count--;
+    if (this.limit > 0 && this.count < this.limit) {
+      this.limit = 0; // one shot: the consumer re-arms with modify({ limit })
+      this.pd.device.asyncEvent({ type: 'SRQ_LIMIT_REACHED', srq: this });
+    }
+    return e;
+  }
+  close(): void {
+    if (this.closed) return;
+    if (this.users > 0) throw new VerbsError('EBUSY', 'ibv_destroy_srq', `${this.users} QP(s) still use this SRQ`, 'srq');
+    this.closed = true;
+    this.pd.srqs.delete(this);
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export class Ah {
+  readonly pd: Pd;
+  readonly gid: Gid;
+  readonly ip: string;
+  readonly family: 4 | 6;
+  readonly ipNum: number;
+  readonly hopLimit: number;
+  readonly trafficClass: number;
+  readonly flowLabel: number;
+  readonly sgidIndex: number;
+  readonly udpPort: number;
+  closed = false;
+  constructor(pd: Pd, o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; udpPort?: number }) {
+    this.pd = pd;
+    let g: Gid;
+    try {
+      g = typeof o.gid === 'string' ? gidFromString(o.gid) : o.gid;
+    } catch {
+      throw new VerbsError('EINVAL', 'ibv_create_ah', `bad GID ${String(o.gid)}`, 'gid');
+    }
+    if (!(g instanceof Uint8Array) || g.length !== 16) throw new VerbsError('EINVAL', 'ibv_create_ah', 'GID must be 16 bytes', 'gid');
+    this.gid = g;
+    const addr = gidToAddress(g);
+    this.ip = addr.ip;
+    this.family = addr.family;
+    this.ipNum = addr.family === 4 ? gidToIpv4Number(g) : 0;
+    this.hopLimit = o.hopLimit ?? 64;
+    this.trafficClass = o.trafficClass ?? 0;
+    this.flowLabel = o.flowLabel ?? 0;
+    this.sgidIndex = o.sgidIndex ?? 0;
+    this.udpPort = o.udpPort ?? 4791;
+  }
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pd.ahs.delete(this);
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** The IP a RoCEv2 GID stands for. */
+export function gidToAddress(g: Gid): { ip: string; family: 4 | 6 } {
+  if (isIpv4Mapped(g)) return { ip: `${g[12]}.${g[13]}.${g[14]}.${g[15]}`, family: 4 };
+  const w: string[] = [];
+  for (let i = 0; i < 16; i += 2) w.push(((g[i]! << 8) | g[i + 1]!).toString(16));
+  return { ip: w.join(':'), family: 6 };
+}
