@@ -155,12 +155,12 @@ export class Qp {
   rqCount = 0;
 
   /** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
-  readonly req = { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false };
+  readonly req = { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0 };
   /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
   readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1 };
   /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
   readonly resp = {
-    psn: 0, msn: 0, lastOp: -1, wqe: null as RecvWqe | null, offset: 0, nakPsn: -1, dropMsg: false,
+    psn: 0, msn: 0, lastOp: -1, wqe: null as RecvWqe | null, offset: 0, nakPsn: -1, oosMax: 0, oosCount: 0, dropMsg: false,
     mr: null as Mr | null, mrOff: 0, resid: 0, writeLen: 0,
     res: [] as RdResource[], resNext: 0,
     /** READ responses still to send: [psn, mr, off, len] per pending READ */
@@ -291,7 +291,7 @@ export class Qp {
     this.comp.rnrTimer = null;
     this.sqHead = this.sqTail = 0;
     this.rqHead = this.rqCount = 0;
-    Object.assign(this.req, { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0 });
+    Object.assign(this.req, { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
     Object.assign(this.comp, { psn: 0, retriedAt: -1 });
     Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [] });
     this.commEst = false;

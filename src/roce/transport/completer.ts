@@ -31,16 +31,22 @@ export function armRetransmit(qp: Qp): void {
   });
 }
 
+/** Packets sent and not yet acknowledged (IBA 9.7.6.1.3: what the ACK timer guards). */
+export function unacked(qp: Qp): boolean {
+  return psnDiff(qp.req.psn, qp.comp.psn) > 0;
+}
+
 function restartRetransmit(qp: Qp): void {
   qp.device.sched.clearTimer(qp.comp.timer);
   qp.comp.timer = null;
-  if (qp.sqHead < qp.req.idx) armRetransmit(qp);
+  if (unacked(qp)) armRetransmit(qp);
 }
 
 function onTimeout(qp: Qp): void {
   if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
-  if (qp.sqHead >= qp.req.idx) return; // nothing outstanding
+  if (!unacked(qp)) return;
   qp.device.ports[qp.port - 1]!.counters.v[C.timeouts]!++;
+  if (process.env["SR_DEBUG"]) console.error("timeout", qp.qpn, "comp", qp.comp.psn, "req", qp.req.psn, "win", qp.req.window, "retriedAt", qp.comp.retriedAt, "idx", qp.req.idx, "head", qp.sqHead);
   retry(qp, false);
 }
 
@@ -122,7 +128,7 @@ function flushRecv(qp: Qp, r: { wrId: number }): void {
 export function rewind(qp: Qp): void {
   const cap = qp.cap.maxSendWr;
   const mtu = qp.pathMtu;
-  for (let n = qp.sqHead; n < qp.req.idx || (n < qp.sqTail && n === qp.req.idx); n++) {
+  for (let n = qp.sqHead; n < qp.sqTail; n++) {
     const w = qp.sq[n % cap]!;
     if (w.state === WqeState.POSTED) break;
     const into = psnDiff(qp.comp.psn, w.firstPsn);
@@ -151,6 +157,7 @@ export function retry(qp: Qp, fromNak: boolean): void {
   // IBA 9.7.6.1.3: retry_cnt counts retries; 7 is a count, not "forever" (rxe differs: README).
   qp.comp.retryCnt--;
   counters[C.completer_retry_err]!++;
+  qp.req.window = Math.max(MIN_WINDOW, qp.req.window >> 1);
   void fromNak;
   qp.comp.retriedAt = qp.comp.psn;
   qp.device.sched.clearTimer(qp.comp.timer);
@@ -163,8 +170,9 @@ export function retry(qp: Qp, fromNak: boolean): void {
 function ackUpTo(qp: Qp, psn: number, inclusive: boolean): boolean {
   const cap = qp.cap.maxSendWr;
   let progress = false;
-  while (qp.sqHead < qp.req.idx) {
+  while (qp.sqHead < qp.sqTail) {
     const w = qp.sq[qp.sqHead % cap]!;
+    if (w.state === WqeState.POSTED) break;
     const d = psnDiff(psn, w.lastPsn);
     const covered = inclusive ? d >= 0 : d > 0;
     if (!covered) {
@@ -188,7 +196,12 @@ function ackUpTo(qp: Qp, psn: number, inclusive: boolean): boolean {
   return true;
 }
 
+const MIN_WINDOW = 8;
+const MAX_WINDOW = 128;
+
 function madeProgress(qp: Qp): void {
+  // Additive increase: one more PSN of window per window's worth of progress.
+  if (qp.req.window < MAX_WINDOW && ++qp.req.grow >= qp.req.window >> 3) { qp.req.grow = 0; qp.req.window++; }
   // rxe resets the retry budgets whenever the peer makes progress.
   qp.comp.retryCnt = qp.retryCnt;
   qp.comp.rnrRetry = qp.rnrRetry;
@@ -205,7 +218,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
   const o = p.bthOff;
   const psn = (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
   const mask = p.mask;
-  if (qp.sqHead >= qp.req.idx) return; // nothing outstanding: a stale or duplicate response
+  if (!unacked(qp)) return; // nothing outstanding: a stale or duplicate response
   if (psnDiff(psn, qp.comp.psn) < 0) return; // older than anything outstanding: a duplicate
   const cap = qp.cap.maxSendWr;
 
@@ -244,7 +257,9 @@ export function onResponse(qp: Qp, p: PktInfo): void {
       switch (val) {
         case NakCode.PSN_SEQ_ERROR:
           counters[C.rcvd_seq_err]!++;
-          if (qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+          // A NAK for a PSN we already went back to is stale unless we have resent past it since
+          // (then our resend was lost as well and the responder says so again).
+          if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) retry(qp, true);
           return;
         case NakCode.INVALID_REQUEST: completeWqe(qp, head, St.REM_INV_REQ_ERR); return;
         case NakCode.REMOTE_ACCESS_ERROR: completeWqe(qp, head, St.REM_ACCESS_ERR); return;
@@ -263,7 +278,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     return;
   }
   if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
-  if (qp.sqHead >= qp.req.idx) return;
+  if (qp.sqHead >= qp.sqTail) return;
   const w = qp.sq[qp.sqHead % cap]!;
 
   if (mask & Op.READ) {

@@ -2,7 +2,9 @@
  * The requester (IBA 9.7.4, rxe_req.c): turns send WQEs into request packets.
  * It segments by path MTU, assigns PSNs, sets AckReq on the last packet of a
  * message (and every 64 packets, RXE_MAX_PKT_PER_ACK), honours the fence and
- * max_rd_atomic, keeps at most 128 PSNs unacknowledged (RXE_MAX_UNACKED_PSNS),
+ * max_rd_atomic, keeps at most `req.window` PSNs unacknowledged (at most 128,
+ * RXE_MAX_UNACKED_PSNS; halved on every retry and grown back as ACKs arrive,
+ * so go-back-N does not resend a whole flight per loss on a lossy path),
  * and stops when the link's tx pool is empty (resumed on 'drain'). Work per
  * run is bounded; the rest is rescheduled.
  */
@@ -15,7 +17,6 @@ import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from '../../verbs/types.js';
 import type { Port } from '../../verbs/device.js';
 
-export const MAX_UNACKED_PSNS = 128;
 export const MAX_PKT_PER_ACK = 64;
 const BUDGET = 64;
 
@@ -66,7 +67,7 @@ export function runRequester(qp: Qp): void {
         if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.req.rdAtomic >= Math.max(1, qp.maxRdAtomic)) break;
       }
     }
-    if (qp.type === 'RC' && psnDiff(qp.req.psn, qp.comp.psn) >= MAX_UNACKED_PSNS) break;
+    if (qp.type === 'RC' && psnDiff(qp.req.psn, qp.comp.psn) >= qp.req.window) break;
     const buf = port.link.allocTx();
     if (!buf) { qp.req.waitingDrain = true; break; }
     sendPacket(qp, port, wqe, buf);
@@ -133,7 +134,10 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   const opc = prefix(qp) | low;
   let ackReq = false;
   if (rc) {
-    if (last || ++qp.req.sinceAckReq >= MAX_PKT_PER_ACK) { ackReq = true; qp.req.sinceAckReq = 0; }
+    // Ask for an ACK four times per window, so one lost ACK does not stall a small window until the timer.
+    // And on the packet that fills the window: otherwise nothing would be acknowledged until the timer.
+    if (last || ++qp.req.sinceAckReq >= Math.min(MAX_PKT_PER_ACK, qp.req.window >> 2) ||
+        psnDiff(psnAdd(psn, 1), qp.comp.psn) >= qp.req.window) { ackReq = true; qp.req.sinceAckReq = 0; }
   }
   const se = last && wqe.solicited && (wqe.op <= WrOp.SEND_WITH_INV || wqe.op === WrOp.RDMA_WRITE_WITH_IMM);
   writeBth(b, opc, se, 0, destQp, ackReq, psn);

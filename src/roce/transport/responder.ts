@@ -176,7 +176,17 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
     const d = psnDiff(psn, r.psn);
     if (d > 0) {
       v[C.out_of_sequence]!++;
-      if (r.nakPsn !== r.psn) { r.nakPsn = r.psn; sendAck(qp, aethNak(NakCode.PSN_SEQ_ERROR), r.psn); }
+      // One sequence NAK per gap (IBA 9.7.5.1.1), and one more whenever the requester has gone
+      // back (a PSN below the highest seen since the NAK): its resend of the missing PSN was lost too.
+      // (A resend starts at the NAKed PSN, so its packets land just above it; a PSN far above
+      // that is merely reordered within the old flight and is not a reason to NAK again.)
+      // A NAK can be lost as well: repeat it every 16 out-of-sequence packets.
+      if (r.nakPsn !== r.psn || (psnDiff(psn, r.oosMax) < 0 && d <= 4) || ++r.oosCount >= 16) {
+        r.nakPsn = r.psn;
+        r.oosCount = 0;
+        sendAck(qp, aethNak(NakCode.PSN_SEQ_ERROR), r.psn);
+      }
+      r.oosMax = psn;
       return;
     }
     if (d < 0) {
