@@ -63,8 +63,16 @@ export class TxPool {
 export class MemNetwork {
   readonly links = new Map<string, MemLink>();
   readonly sched: Scheduler;
+  /** Tests: see every datagram; return false to drop it. */
+  filter: ((pkt: Buffer, srcIp: string, dstIp: string) => boolean) | null = null;
   constructor(sched: Scheduler) {
     this.sched = sched;
+  }
+  /** Tests: deliver raw bytes as if `srcIp:srcPort` had sent them. */
+  inject(srcIp: string, srcPort: number, dstIp: string, dstPort: number, bytes: Uint8Array): void {
+    const dst = this.links.get(`${dstIp}:${dstPort}`);
+    const copy = Buffer.from(bytes);
+    this.sched.defer(() => dst?.receive(copy, copy.length, srcIp, srcPort));
   }
   attach(ip: string, port = 4791): MemLink {
     const l = new MemLink(this, ip, port);
@@ -96,10 +104,14 @@ export class MemLink extends EventEmitter implements Link {
   freeTx(b: Buffer): void {
     this.pool.release(b);
   }
+  receive(buf: Buffer, len: number, srcIp: string, srcPort: number): void {
+    if (this.up && this.rx) this.rx(buf, len, srcIp, srcPort);
+  }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
     const dst = this.net.links.get(`${dstIp}:${dstPort}`);
     this.net.sched.defer(() => {
-      if (dst && dst.up && this.up && dst.rx) dst.rx(buf, len, this.localIp, this.localPort);
+      const pass = this.net.filter ? this.net.filter(buf.subarray(0, len), this.localIp, dstIp) : true;
+      if (pass && dst && dst.up && this.up && dst.rx) dst.rx(buf, len, this.localIp, this.localPort);
       const wasEmpty = this.pool.available === 0;
       this.pool.release(buf);
       if (wasEmpty) this.emit('drain');
