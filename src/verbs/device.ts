@@ -135,6 +135,7 @@ export interface OpenDeviceOptions {
   link?: Link;
   faults?: FaultOptions;
   pcap?: string;
+  icrcIpv4?: 'infer-id' | 'id-zero';
 }
 
 function sysNetdevFor(address: string): { netdev: string; mac: Uint8Array } {
@@ -225,6 +226,12 @@ export class Device extends EventEmitter {
   readonly pds = new Set<Pd>();
   readonly cqs = new Set<Cq>();
   gsi: Qp | null = null;
+  /**
+   * How an incoming RoCEv2/IPv4 ICRC is checked (README, "ICRC outcomes"): 'infer-id' recovers
+   * the sender's IPv4 ID from the ICRC (any peer, rxe included); 'id-zero' requires ID 0 + DF, a
+   * full-strength check for when every peer is softroce with the native addon.
+   */
+  icrcIpv4: 'infer-id' | 'id-zero' = 'infer-id';
   faults: FaultInjector | null = null;
   recorder: PcapRecorder | null = null;
   closed = false;
@@ -426,6 +433,7 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
   const name = o.name ?? desc?.name ?? `softroce_${address}`;
   const dev = new Device(name, sched, found.mac);
   const port = dev.addPort(link, netdev || 'lo', found.mac);
+  if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
   if (o.pcap) {
     const rec = await PcapRecorder.open(o.pcap, port);
     dev.recorder = rec;

@@ -8,7 +8,8 @@ import { makePair, waitWc, settle, fill, type Pair } from '../verbs/pair.js';
 import { connectQp } from '../../src/verbs/qp.js';
 import { buildRoceV2, emitFrame, makeIb } from '../../src/roce/framing.js';
 import { aethNak, NakCode, aethAck } from '../../src/roce/aeth.js';
-import { ackTimeoutMs } from '../../src/roce/transport/completer.js';
+import { ackTimeoutMs, onResponse, rewind } from '../../src/roce/transport/completer.js';
+import { PktInfo, parseIb } from '../../src/roce/packet.js';
 import { Rng } from '../helpers.js';
 
 /** Raw IB bytes (BTH … ICRC) from `src` to `dst`, as a socket would carry them. */
@@ -215,5 +216,47 @@ t.test('UC: a PSN gap drops the message in progress', async (t) => {
   t.equal(rw[0]!.byteLen, 2000);
   t.equal(rw[0]!.wrId, 1, 'into the receive WQE the dropped message had started');
   t.ok(b.mem.subarray(0, 2000).equals(a.mem.subarray(100, 2100)));
+  await p.close();
+});
+
+t.test('a late ACK from before a go-back-N rewind keeps PSNs consistent (regression)', async (t) => {
+  // Found by the chaos test: after a rewind the requester had resent one packet when an ACK
+  // from the earlier flight completed the whole first message; the next message then reused
+  // PSNs the responder had already seen, and it NAKed an opcode out of sequence.
+  const p = await makePair({ timeout: 10, mtu: 1024 });
+  const { a, b } = p;
+  fill(a.mem, 8);
+  let pass = false;
+  p.net!.filter = (_pkt, src) => pass || src !== '10.0.0.2'; // responses held back for now
+  b.qp.postRecv([{ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 8192 }] }, { wrId: 2, sg: [{ mr: b.mr, offset: 8192, length: 8192 }] }]);
+  const P = a.qp.req.psn;
+  a.qp.postSend([
+    { wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 5000 }] }, // 5 packets: P .. P+4
+    { wrId: 2, opcode: 'SEND', sg: [{ mr: a.mr, offset: 5000, length: 3000 }] }, // 3 packets: P+5 .. P+7
+  ]);
+  await settle(p, 0.1);
+  t.equal(a.qp.req.psn, (P + 8) & 0xffffff, 'all 8 packets out');
+  // Go back to P (as a timeout would) and let exactly one packet out again.
+  rewind(a.qp);
+  a.qp.req.window = 1;
+  a.dev.kick(a.qp);
+  await settle(p, 0.1);
+  t.equal(a.qp.req.psn, (P + 1) & 0xffffff, 'resent one packet');
+  // The ACK the responder sent for the first flight's P+4 arrives only now.
+  const info = new PktInfo();
+  const ack = ibBytes('10.0.0.2', '10.0.0.1', { opcode: 0x11, destQp: a.qp.qpn, psn: (P + 4) & 0xffffff, aeth: { syndrome: aethAck(), msn: 1 } });
+  parseIb(info, ack, 0, ack.length);
+  onResponse(a.qp, info);
+  t.equal(a.qp.comp.psn, (P + 5) & 0xffffff, 'message 1 acknowledged');
+  t.equal(a.qp.req.psn, (P + 5) & 0xffffff, 'the requester resumes after it, not at P+1');
+  a.qp.req.window = 128;
+  pass = true;
+  a.dev.kick(a.qp);
+  const sw = await waitWc(p, a.scq, 2);
+  const rw = await waitWc(p, b.rcq, 2);
+  t.same(sw.map((w) => w.status), ['SUCCESS', 'SUCCESS']);
+  t.same(rw.map((w) => [w.wrId, w.status, w.byteLen]), [[1, 'SUCCESS', 5000], [2, 'SUCCESS', 3000]]);
+  t.ok(b.mem.subarray(8192, 11192).equals(a.mem.subarray(5000, 8000)), 'message 2 intact');
+  t.equal(b.qp.state, 'RTS', 'no sequence error at the responder');
   await p.close();
 });

@@ -26,6 +26,7 @@ export interface PairOptions {
   maxRdAtomic?: number;
   access?: readonly Access[];
   faults?: FaultOptions;
+  icrcIpv4?: 'infer-id' | 'id-zero';
   sendWr?: number;
   recvWr?: number;
   cqDepth?: number;
@@ -44,6 +45,7 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
     address: ip,
     ...(fake ? { scheduler: fake, link: net!.attach(ip) } : {}),
     ...(o.faults ? { faults: { ...o.faults, seed: o.faults.seed + seed } } : {}),
+    ...(o.icrcIpv4 ? { icrcIpv4: o.icrcIpv4 } : {}),
   });
   const da = await openDevice(devOpts(ipA, 0));
   const db = await openDevice(devOpts(ipB, 1));

@@ -46,7 +46,6 @@ function onTimeout(qp: Qp): void {
   if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
   if (!unacked(qp)) return;
   qp.device.ports[qp.port - 1]!.counters.v[C.timeouts]!++;
-  if (process.env["SR_DEBUG"]) console.error("timeout", qp.qpn, "comp", qp.comp.psn, "req", qp.req.psn, "win", qp.req.window, "retriedAt", qp.comp.retriedAt, "idx", qp.req.idx, "head", qp.sqHead);
   retry(qp, false);
 }
 
@@ -200,6 +199,9 @@ const MIN_WINDOW = 8;
 const MAX_WINDOW = 128;
 
 function madeProgress(qp: Qp): void {
+  // A late response from before a rewind can acknowledge past where the requester resumed:
+  // restart the requester from comp.psn so PSNs keep matching their packets.
+  if (psnDiff(qp.comp.psn, qp.req.psn) > 0) rewind(qp);
   // Additive increase: one more PSN of window per window's worth of progress.
   if (qp.req.window < MAX_WINDOW && ++qp.req.grow >= qp.req.window >> 3) { qp.req.grow = 0; qp.req.window++; }
   // rxe resets the retry budgets whenever the peer makes progress.

@@ -5,7 +5,7 @@
  * nothing here throws, so one bad packet never disturbs another QP.
  */
 import { PktInfo, parseIb } from '../packet.js';
-import { inferIpv4Id, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
+import { inferIpv4Id, icrcV2Ipv4Parts, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
 import { Op } from '../opcode.js';
 import { C } from '../counters.js';
 import { gidFromString } from '../gid.js';
@@ -61,7 +61,13 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     const src = parseIpv4(srcIp);
     if (src < 0) { v[C.rcvd_bad_addr]!++; return; }
     // A UDP socket does not show the sender's IPv4 ID: recover it from the ICRC (icrc.ts).
-    const r = inferIpv4Id(src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    let r: number;
+    if (dev.icrcIpv4 === 'id-zero') {
+      // Every peer sends ID 0 (softroce with the addon): a full 32-bit check.
+      r = icrcV2Ipv4Parts(src, port.ipNum, 0, 0x4000, srcPort, port.link.localPort, buf, 0, info.icrcOff) === readIcrc(buf, info.icrcOff) ? 0x10000 : -1;
+    } else {
+      r = inferIpv4Id(src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    }
     if (r < 0) { v[C.rcvd_icrc_err]!++; return; }
     ipId = r & 0xffff;
     df = r >>> 16;
