@@ -4,9 +4,11 @@
 import { readFileSync } from 'node:fs';
 import { dumpCapture, formatPacket, formatSummary, type DumpPacket } from '../roce/dump.js';
 import { runDemo } from './demo.js';
+import { runWireDemo } from './wire-demo.js';
 
 const USAGE = `usage: softroce dump FILE [--json]   decode RoCE packets in a pcap/pcapng capture
-       softroce demo                 loopback demo (no root, no configuration)`;
+       softroce demo                 RDMA between two loopback devices (no root, no configuration)
+       softroce wire-demo            build, encode and verify one packet of each kind (no sockets)`;
 
 function jsonLine(p: DumpPacket): string {
   return JSON.stringify(p);
@@ -44,6 +46,7 @@ export async function main(argv: string[]): Promise<number> {
     return res.error ? 1 : 0;
   }
   if (cmd === 'demo' || cmd === undefined) return runDemo();
+  if (cmd === 'wire-demo') return runWireDemo();
   process.stderr.write(USAGE + '\n');
   return 2;
 }

@@ -43,9 +43,20 @@ t.test('errors: a missing file, no file, a non-capture', (t) => {
   t.end();
 });
 
-t.test('npm start demo verifies and catches the corrupted packet', (t) => {
-  const r = run('demo');
+t.test('wire demo verifies and catches the corrupted packet', (t) => {
+  const r = run('wire-demo');
   t.equal(r.status, 0);
   t.match(r.stdout, /packets=28 roce=28 icrc_ok=27 icrc_bad=1 malformed=0/);
+  t.end();
+});
+
+t.test('npm start: RDMA between two loopback devices, its recording verified', (t) => {
+  const r = run('demo');
+  t.equal(r.status, 0, r.stderr);
+  for (const op of ['SEND/RECV', 'RDMA WRITE', 'RDMA READ', 'FETCH_AND_ADD', 'CMP_AND_SWP']) t.match(r.stdout, new RegExp(`${op.replace('/', '\\/')}\\s+SUCCESS`), op);
+  t.match(r.stdout, /FETCH_AND_ADD\s+SUCCESS: returned 41, remote now 42/);
+  t.match(r.stdout, /CMP_AND_SWP\s+SUCCESS: compare 42 swap 1000 returned 42, remote now 1000/);
+  t.match(r.stdout, /packets=18 roce=18 icrc_ok=18 icrc_bad=0 malformed=0/);
+  t.match(r.stdout, /demo: OK/);
   t.end();
 });

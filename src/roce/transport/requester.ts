@@ -15,6 +15,7 @@ import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
 import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from '../../verbs/types.js';
+import { C } from '../counters.js';
 import type { Port } from '../../verbs/device.js';
 
 export const MAX_PKT_PER_ACK = 64;
@@ -164,6 +165,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   if (last) {
     wqe.state = WqeState.PENDING;
     qp.req.idx++;
+    if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.v[C.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
   if (rc) armRetransmit(qp);
