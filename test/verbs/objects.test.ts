@@ -201,3 +201,41 @@ t.test('QP1 (GSI) carries a MAD between devices with Q_Key 0x80010000', async (t
   t.equal(gb!.mem[40 + 1], 0x07, 'the MAD after the GRH');
   for (const d of devs) await d.close();
 });
+
+t.test('async events: COMM_EST, SQ_DRAINED, LAST_WQE_REACHED, PORT_ERR / PORT_ACTIVE', async (t) => {
+  const sched = new FakeScheduler();
+  const net = new MemNetwork(sched);
+  const la = net.attach('10.1.0.1');
+  const a = await openDevice({ address: '10.1.0.1', scheduler: sched, link: la });
+  const b = await openDevice({ address: '10.1.0.2', scheduler: sched, link: net.attach('10.1.0.2') });
+  const ev: Record<string, string[]> = { a: [], b: [] };
+  a.on('async', (e: { type: string }) => ev['a']!.push(e.type));
+  b.on('async', (e: { type: string }) => ev['b']!.push(e.type));
+  const mk = (d: Device, srq: boolean) => {
+    const pd = d.allocPd();
+    const cq = d.createCq({ depth: 16 });
+    const s = srq ? pd.createSrq({ maxWr: 4 }) : undefined;
+    const qp = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, ...(s ? { srq: s } : {}), cap: { maxSendWr: 4, maxRecvWr: 4 } });
+    return { pd, cq, qp, s, mr: pd.regMr(Buffer.alloc(64)) };
+  };
+  const A = mk(a, false), B = mk(b, true);
+  // B stays in RTR: its first received packet raises COMM_EST (IBA 11.6.3).
+  A.qp.toInit({ accessFlags: [] }).toRtr({ remote: { qpn: B.qp.qpn, gid: '10.1.0.2' }, rqPsn: 0 }).toRts({ sqPsn: 0 });
+  B.qp.toInit({ accessFlags: [] }).toRtr({ remote: { qpn: A.qp.qpn, gid: '10.1.0.1' }, rqPsn: 0 });
+  B.s!.postRecv({ wrId: 1, sg: [] });
+  A.qp.postSend({ wrId: 1, opcode: 'SEND', sg: [] });
+  sched.advance(1);
+  t.same(ev['b'], ['COMM_EST']);
+  A.qp.modify({ state: 'SQD', enSqdAsyncNotify: true });
+  sched.advance(1);
+  t.same(ev['a'], ['SQ_DRAINED'], 'nothing outstanding: drained at once');
+  A.qp.modify({ state: 'RTS' });
+  B.qp.modify({ state: 'ERR' });
+  t.same(ev['b'], ['COMM_EST', 'LAST_WQE_REACHED'], 'a QP on an SRQ entering ERR');
+  la.setUp(false);
+  la.setUp(true);
+  t.same(ev['a'], ['SQ_DRAINED', 'PORT_ERR', 'PORT_ACTIVE']);
+  t.equal(a.queryPort().state, 'ACTIVE');
+  await a.close();
+  await b.close();
+});

@@ -33,6 +33,7 @@ export class UdpLink extends EventEmitter implements Link {
   private readonly pool: TxPool;
   private rx: RxHandler | null = null;
   private closed = false;
+  private readonly sent = new Map<Buffer, () => void>();
 
   private constructor(o: UdpLinkOptions, sock: dgram.Socket) {
     super();
@@ -112,11 +113,17 @@ export class UdpLink extends EventEmitter implements Link {
   send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
     if (this.closed) { this.pool.release(buf); return; }
     // dgram keeps a reference to buf until the callback: the pool buffer is not reused before.
-    this.sock.send(buf, 0, len, dstPort, dstIp, () => {
-      const wasEmpty = this.pool.available === 0;
-      this.pool.release(buf);
-      if (wasEmpty) this.emit('drain');
-    });
+    // One callback per pool buffer, made once, so a send allocates no closure.
+    let done = this.sent.get(buf);
+    if (!done) {
+      done = () => {
+        const wasEmpty = this.pool.available === 0;
+        this.pool.release(buf);
+        if (wasEmpty) this.emit('drain');
+      };
+      this.sent.set(buf, done);
+    }
+    this.sock.send(buf, 0, len, dstPort, dstIp, done);
   }
   setReceiver(h: RxHandler): void {
     this.rx = h;
