@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+import { toolMain } from '../dist/src/cli/devtools.js';
+await toolMain('ibv_devinfo');

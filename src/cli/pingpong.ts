@@ -1,0 +1,312 @@
+/**
+ * ibv_rc_pingpong, ibv_uc_pingpong and ibv_ud_pingpong, as in rdma-core's
+ * libibverbs/examples: the same options, the same out-of-band TCP exchange
+ * (port 18515; the client writes its 52-byte "LID:QPN:PSN:GID" message, the
+ * server reads it, brings its QP to RTS and answers, the client reads, writes
+ * "done" and brings its QP up), the same QP attributes (RTR: max_dest_rd_atomic
+ * 1, min_rnr_timer 12, hop limit 1; RTS: timeout 14, retry 7, rnr_retry 7),
+ * the same ping-pong and the same printed lines, so either side can be the
+ * real tool.
+ */
+import './epipe.js';
+import * as net from 'node:net';
+import { randomInt } from 'node:crypto';
+import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
+import { Wc, WC_STATUS } from '../verbs/types.js';
+import { gidFromHex, gidToHex, gidToString, type Gid } from '../roce/gid.js';
+import { isMtu, type Mtu } from '../roce/opcode.js';
+import { parseArgs, toInt, UsageError, type OptSpec } from './args.js';
+import type { Qp } from '../verbs/qp.js';
+import type { Cq } from '../verbs/cq.js';
+import type { Ah } from '../verbs/objects.js';
+
+export type Kind = 'rc' | 'uc' | 'ud';
+
+const RECV_WRID = 1;
+const SEND_WRID = 2;
+const MSG_LEN = 52; // sizeof "0000:000000:000000:00000000000000000000000000000000"
+const PAGE = 4096;
+const UD_QKEY = 0x11111111;
+
+const SPECS: OptSpec[] = [
+  { short: 'p', long: 'port', arg: true }, { short: 'd', long: 'ib-dev', arg: true }, { short: 'i', long: 'ib-port', arg: true },
+  { short: 's', long: 'size', arg: true }, { short: 'm', long: 'mtu', arg: true }, { short: 'r', long: 'rx-depth', arg: true },
+  { short: 'n', long: 'iters', arg: true }, { short: 'l', long: 'sl', arg: true }, { short: 'e', long: 'events', arg: false },
+  { short: 'g', long: 'gid-idx', arg: true }, { short: 'o', long: 'odp', arg: false }, { short: 'O', long: 'iodp', arg: false },
+  { short: 'P', long: 'prefetch', arg: false }, { short: 't', long: 'ts', arg: false }, { short: 'c', long: 'chk', arg: false },
+  { short: 'j', long: 'dm', arg: false }, { short: 'N', long: 'new_send', arg: false }, { short: 'h', long: 'help', arg: false },
+];
+
+function usage(prog: string, kind: Kind): string {
+  return `Usage:
+  ${prog}            start a server and wait for connection
+  ${prog} <host>     connect to server at <host>
+
+Options:
+  -p, --port=<port>      listen on/connect to port <port> (default 18515)
+  -d, --ib-dev=<dev>     use IB device <dev> (default first device found)
+  -i, --ib-port=<port>   use port <port> of IB device (default 1)
+  -s, --size=<size>      size of message to exchange (default ${kind === 'ud' ? 1024 : 4096})
+${kind === 'ud' ? '' : '  -m, --mtu=<size>       path MTU (default 1024)\n'}  -r, --rx-depth=<dep>   number of receives to post at a time (default 500)
+  -n, --iters=<iters>    number of exchanges (default 1000)
+  -l, --sl=<sl>          service level value
+  -e, --events           sleep on CQ events (default poll)
+  -g, --gid-idx=<gid index> local port gid index
+  -c, --chk              validate received buffer
+`;
+}
+
+interface Dest { lid: number; qpn: number; psn: number; gid: Gid }
+
+function destMsg(d: Dest): Buffer {
+  const b = Buffer.alloc(MSG_LEN);
+  b.write(`${d.lid.toString(16).padStart(4, '0')}:${d.qpn.toString(16).padStart(6, '0')}:${d.psn.toString(16).padStart(6, '0')}:${gidToHex(d.gid)}`, 'latin1');
+  return b;
+}
+
+function parseDest(b: Buffer): Dest {
+  const s = b.toString('latin1').replace(/\0.*$/s, '');
+  const m = /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+):([0-9a-f]{32})$/i.exec(s);
+  if (!m) throw new Error(`Couldn't parse remote address ${JSON.stringify(s)}`);
+  return { lid: parseInt(m[1]!, 16), qpn: parseInt(m[2]!, 16), psn: parseInt(m[3]!, 16), gid: gidFromHex(m[4]!) };
+}
+
+/** Reads exactly n bytes (the C tools do one read(); TCP may split, so we collect). */
+function readN(sock: net.Socket, n: number, ms = 120_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => done(new Error('timed out waiting for the peer')), ms);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= n) {
+        const rest = buf.subarray(n);
+        if (rest.length) sock.unshift(rest);
+        done(null, buf.subarray(0, n));
+      }
+    };
+    const onEnd = (): void => done(new Error(`peer closed after ${buf.length} of ${n} bytes`));
+    const done = (e: Error | null, v?: Buffer): void => {
+      clearTimeout(timer);
+      sock.off('data', onData);
+      sock.off('end', onEnd);
+      sock.off('error', done);
+      if (e) reject(e); else resolve(v!);
+    };
+    sock.on('data', onData);
+    sock.once('end', onEnd);
+    sock.once('error', done);
+  });
+}
+
+function write(sock: net.Socket, b: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => sock.write(b, (e) => (e ? reject(e) : resolve())));
+}
+
+function fmtAddr(kind: Kind, which: 'local' | 'remote', d: Dest): string {
+  const label = which === 'local' ? 'local address:  ' : 'remote address: ';
+  const h = (n: number, w: number): string => n.toString(16).padStart(w, '0');
+  return `  ${label}LID 0x${h(d.lid, 4)}, QPN 0x${h(d.qpn, 6)}, PSN 0x${h(d.psn, 6)}${kind === 'ud' ? ':' : ','} GID ${gidToString(d.gid)}`;
+}
+
+/** ibv_wc_status_str(), indexed like WC_STATUS. */
+export const WC_STATUS_STR = [
+  'success', 'local length error', 'local QP operation error', 'local EE context operation error', 'local protection error',
+  'Work Request Flushed Error', 'memory management operation error', 'bad response error', 'local access error',
+  'remote invalid request error', 'remote access error', 'remote operation error', 'transport retry counter exceeded',
+  'RNR retry counter exceeded', 'local RDD violation error', 'remote invalid RD request', 'aborted error',
+  'invalid EE context number', 'invalid EE context state', 'fatal error', 'response timeout error', 'general error',
+];
+
+export async function pingpong(kind: Kind, argv: string[], out: (s: string) => void = (s) => process.stdout.write(s + '\n'), err: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<number> {
+  const prog = `ibv_${kind}_pingpong`;
+  let o;
+  try {
+    o = parseArgs(argv, SPECS);
+  } catch (e) {
+    err(`${prog}: ${(e as Error).message}`);
+    err(usage(prog, kind));
+    return 1;
+  }
+  if (o.opts.has('help') || o.positional.length > 1) { err(usage(prog, kind)); return 1; }
+  let port: number, ibPort: number, size: number, rxDepth: number, iters: number, gidx: number, mtu: Mtu | undefined;
+  try {
+    port = toInt(o.opts.get('port'), 'port', 18515);
+    ibPort = toInt(o.opts.get('ib-port'), 'ib-port', 1);
+    size = toInt(o.opts.get('size'), 'size', kind === 'ud' ? 1024 : 4096);
+    rxDepth = toInt(o.opts.get('rx-depth'), 'rx-depth', 500);
+    iters = toInt(o.opts.get('iters'), 'iters', 1000);
+    toInt(o.opts.get('sl'), 'sl', 0);
+    gidx = toInt(o.opts.get('gid-idx'), 'gid-idx', -1);
+    const m = toInt(o.opts.get('mtu'), 'mtu', 1024);
+    if (kind !== 'ud') {
+      if (!isMtu(m)) { err(`${prog}: invalid MTU ${m}`); return 1; }
+      mtu = m;
+    }
+  } catch (e) {
+    err(`${prog}: ${(e as Error).message}`);
+    return 1;
+  }
+  if (port < 0 || port > 65535 || size < 1 || iters < 1 || rxDepth < 1) { err(usage(prog, kind)); return 1; }
+  for (const f of ['odp', 'iodp', 'prefetch', 'ts', 'dm', 'new_send'] as const) {
+    if (o.opts.has(f)) { err(`${prog}: --${f} is not supported by softroce`); return 1; }
+  }
+  const useEvents = o.opts.has('events');
+  const validate = o.opts.has('chk');
+  const servername = o.positional[0];
+
+  const list = getDeviceList();
+  const devName = o.opts.get('ib-dev');
+  const desc = typeof devName === 'string' ? list.find((d) => d.name === devName) : list[0];
+  if (!desc) { err(typeof devName === 'string' ? `IB device ${devName} not found` : 'No IB devices found'); return 1; }
+  let dev: Device | undefined;
+  try {
+    dev = await openDevice({ name: desc.name });
+  } catch (e) {
+    err(`Couldn't get context for ${desc.name}: ${(e as Error).message}`);
+    return 1;
+  }
+  try {
+    return await run();
+  } catch (e) {
+    err(`${prog}: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    await dev.close();
+  }
+
+  async function run(): Promise<number> {
+    const d = dev!;
+    if (ibPort < 1 || ibPort > d.ports.length) { err(`Couldn't get port info`); return 1; }
+    const portAttr = d.queryPort(ibPort);
+    if (kind === 'ud' && size > portAttr.activeMtu) { err(`Requested size larger than port MTU (${portAttr.activeMtu})`); return 1; }
+    const pd = d.allocPd();
+    const bufSize = kind === 'ud' ? size + 40 : size;
+    const buf = Buffer.alloc(Math.ceil(bufSize / PAGE) * PAGE, 0x7b); // rdma-core fills with 0x7b
+    const mr = pd.regMr(buf, ['LOCAL_WRITE']);
+    const cq = d.createCq({ depth: rxDepth + 1 });
+    const qp = pd.createQp({ type: kind.toUpperCase() as 'RC' | 'UC' | 'UD', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: rxDepth, maxSendSge: 1, maxRecvSge: 1 } });
+    if (kind === 'ud') qp.toInit({ port: ibPort, qkey: UD_QKEY });
+    else qp.toInit({ port: ibPort, accessFlags: [] });
+    const recvSg = [{ mr, offset: 0, length: bufSize }];
+    const postRecv = (n: number): number => {
+      let i = 0;
+      for (; i < n; i++) {
+        try { qp.postRecv({ wrId: RECV_WRID, sg: recvSg }); } catch { break; }
+      }
+      return i;
+    };
+    let routs = postRecv(rxDepth);
+    if (routs < rxDepth) { err(`Couldn't post receive (${routs})`); return 1; }
+    const zero = new Uint8Array(16);
+    const my: Dest = { lid: portAttr.lid, qpn: qp.qpn, psn: randomInt(0, 0x1000000), gid: gidx >= 0 ? (d.gidTable(ibPort)[gidx]?.gid ?? zero) : zero };
+    if (gidx >= 0 && !d.gidTable(ibPort)[gidx]) { err(`can't read sgid of index ${gidx}`); return 1; }
+    out(fmtAddr(kind, 'local', my));
+
+    let ah: Ah | null = null;
+    const connect = (rem: Dest): void => {
+      const global = !Buffer.from(rem.gid.subarray(8)).equals(Buffer.alloc(8)); // interface id != 0
+      if (!global) throw new Error('Failed to modify QP to RTR (RoCE needs the peer\'s GID: run both sides with -g)');
+      if (kind === 'ud') {
+        qp.toRtr().toRts({ sqPsn: my.psn });
+        ah = pd.createAh({ gid: rem.gid, sgidIndex: gidx, hopLimit: 1 });
+        return;
+      }
+      const rtr: Parameters<Qp['toRtr']>[0] = { remote: { qpn: rem.qpn, gid: rem.gid }, pathMtu: mtu!, rqPsn: rem.psn, sgidIndex: gidx, hopLimit: 1 };
+      if (kind === 'rc') { rtr.maxDestRdAtomic = 1; rtr.minRnrTimer = 12; }
+      qp.toRtr(rtr);
+      if (kind === 'rc') qp.toRts({ sqPsn: my.psn, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1 });
+      else qp.toRts({ sqPsn: my.psn });
+    };
+
+    let rem: Dest;
+    if (servername) {
+      const sock = net.connect({ host: servername, port });
+      await new Promise<void>((res, rej) => { sock.once('connect', () => res()); sock.once('error', (e) => rej(new Error(`Couldn't connect to ${servername}:${port}: ${e.message}`))); });
+      await write(sock, destMsg(my));
+      rem = parseDest(await readN(sock, MSG_LEN));
+      await write(sock, Buffer.from('done\0', 'latin1'));
+      sock.end();
+      connect(rem);
+    } else {
+      const server = net.createServer();
+      await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(port, () => res()); });
+      const sock = await new Promise<net.Socket>((res) => server.once('connection', res));
+      server.close();
+      rem = parseDest(await readN(sock, MSG_LEN));
+      connect(rem);
+      await write(sock, destMsg(my));
+      await readN(sock, 5).catch(() => Buffer.alloc(0)); // "done"
+      sock.end();
+    }
+    out(fmtAddr(kind, 'remote', rem));
+
+    const sendSg = [{ mr, offset: kind === 'ud' ? 40 : 0, length: size }];
+    if (servername && validate) for (let i = 0; i < size; i += PAGE) buf[i + (kind === 'ud' ? 40 : 0)] = 0; // (i / page) % sizeof(char)
+    const postSend = (): void => {
+      if (kind === 'ud') qp.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg, ud: { ah: ah!, remoteQpn: rem.qpn, remoteQkey: UD_QKEY } });
+      else qp.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg });
+    };
+    let pending = RECV_WRID;
+    if (servername) { postSend(); pending |= SEND_WRID; }
+    const wcs = [new Wc(), new Wc()];
+    let rcnt = 0, scnt = 0;
+    const start = process.hrtime.bigint();
+    if (useEvents) cq.reqNotify();
+    while (rcnt < iters || scnt < iters) {
+      let ne: number;
+      if (useEvents) {
+        if (cq.length === 0) await waitNotify(cq);
+        cq.reqNotify();
+        ne = cq.poll(wcs);
+      } else {
+        ne = cq.poll(wcs);
+        if (ne === 0) { await new Promise((r) => setImmediate(r)); continue; }
+      }
+      for (let i = 0; i < ne; i++) {
+        const w = wcs[i]!;
+        if (w.status !== 'SUCCESS') {
+          const code = WC_STATUS.indexOf(w.status);
+          err(`Failed status ${WC_STATUS_STR[code]} (${code}) for wr_id ${w.wrId}`);
+          return 1;
+        }
+        if (w.wrId === SEND_WRID) ++scnt;
+        else if (w.wrId === RECV_WRID) {
+          if (--routs <= 1) {
+            routs += postRecv(rxDepth - routs);
+            if (routs < rxDepth) { err(`Couldn't post receive (${routs})`); return 1; }
+          }
+          ++rcnt;
+        } else { err(`Completion for unknown wr_id ${w.wrId}`); return 1; }
+        pending &= ~w.wrId;
+        if (scnt < iters && !pending) {
+          postSend();
+          pending = RECV_WRID | SEND_WRID;
+        }
+      }
+    }
+    const usec = Number(process.hrtime.bigint() - start) / 1000;
+    const bytes = size * iters * 2;
+    out(`${bytes} bytes in ${(usec / 1e6).toFixed(2)} seconds = ${((bytes * 8) / usec).toFixed(2)} Mbit/sec`);
+    out(`${iters} iters in ${(usec / 1e6).toFixed(2)} seconds = ${(usec / iters).toFixed(2)} usec/iter`);
+    if (validate && !servername) {
+      for (let i = 0; i < size; i += PAGE) {
+        if (buf[i + (kind === 'ud' ? 40 : 0)] !== 0) { out(`invalid data in page ${i / PAGE}`); return 1; }
+      }
+    }
+    return 0;
+  }
+}
+
+function waitNotify(cq: Cq): Promise<void> {
+  return new Promise((r) => cq.once('notify', () => r()));
+}
+
+export async function pingpongMain(kind: Kind): Promise<void> {
+  try {
+    process.exitCode = await pingpong(kind, process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`${(e as Error).stack}\n`);
+    process.exitCode = 1;
+  }
+}
+export { UsageError };
