@@ -20,7 +20,7 @@ import type { Qp } from '../verbs/qp.js';
 import type { Cq } from '../verbs/cq.js';
 import type { Ah } from '../verbs/objects.js';
 
-export type Kind = 'rc' | 'uc' | 'ud';
+export type Kind = 'rc' | 'uc' | 'ud' | 'srq';
 
 const RECV_WRID = 1;
 const SEND_WRID = 2;
@@ -35,6 +35,7 @@ const SPECS: OptSpec[] = [
   { short: 'g', long: 'gid-idx', arg: true }, { short: 'o', long: 'odp', arg: false }, { short: 'O', long: 'iodp', arg: false },
   { short: 'P', long: 'prefetch', arg: false }, { short: 't', long: 'ts', arg: false }, { short: 'c', long: 'chk', arg: false },
   { short: 'j', long: 'dm', arg: false }, { short: 'N', long: 'new_send', arg: false }, { short: 'h', long: 'help', arg: false },
+  { short: 'q', long: 'num-qp', arg: true },
 ];
 
 function usage(prog: string, kind: Kind): string {
@@ -51,6 +52,7 @@ ${kind === 'ud' ? '' : '  -m, --mtu=<size>       path MTU (default 1024)\n'}  -r
   -n, --iters=<iters>    number of exchanges (default 1000)
   -l, --sl=<sl>          service level value
   -e, --events           sleep on CQ events (default poll)
+${kind === 'srq' ? '  -q, --num-qp=<num>     use <num> queue pairs for test (default 16)\n' : ''}
   -g, --gid-idx=<gid index> local port gid index
   -c, --chk              validate received buffer
 `;
@@ -71,31 +73,36 @@ function parseDest(b: Buffer): Dest {
   return { lid: parseInt(m[1]!, 16), qpn: parseInt(m[2]!, 16), psn: parseInt(m[3]!, 16), gid: gidFromHex(m[4]!) };
 }
 
-/** Reads exactly n bytes (the C tools do one read(); TCP may split, so we collect). */
-function readN(sock: net.Socket, n: number, ms = 120_000): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const timer = setTimeout(() => done(new Error('timed out waiting for the peer')), ms);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      if (buf.length >= n) {
-        const rest = buf.subarray(n);
-        if (rest.length) sock.unshift(rest);
-        done(null, buf.subarray(0, n));
-      }
-    };
-    const onEnd = (): void => done(new Error(`peer closed after ${buf.length} of ${n} bytes`));
-    const done = (e: Error | null, v?: Buffer): void => {
-      clearTimeout(timer);
-      sock.off('data', onData);
-      sock.off('end', onEnd);
-      sock.off('error', done);
-      if (e) reject(e); else resolve(v!);
-    };
-    sock.on('data', onData);
-    sock.once('end', onEnd);
-    sock.once('error', done);
-  });
+/** Reads exact byte counts from a TCP stream (a peer may send many messages in one segment, or split one). */
+class Reader {
+  private buf: Buffer = Buffer.alloc(0);
+  private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
+  private ended: Error | null = null;
+  constructor(sock: net.Socket) {
+    sock.on('data', (d: Buffer) => { this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d; this.pump(); });
+    sock.on('end', () => { this.ended = new Error('peer closed the connection'); this.pump(); });
+    sock.on('error', (e) => { this.ended = e; this.pump(); });
+  }
+  read(n: number, ms = 120_000): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { this.want = null; reject(new Error('timed out waiting for the peer')); }, ms);
+      this.want = { n, resolve: (b) => { clearTimeout(timer); resolve(b); }, reject: (e) => { clearTimeout(timer); reject(e); } };
+      this.pump();
+    });
+  }
+  private pump(): void {
+    const w = this.want;
+    if (!w) return;
+    if (this.buf.length >= w.n) {
+      this.want = null;
+      const out = this.buf.subarray(0, w.n);
+      this.buf = this.buf.subarray(w.n);
+      w.resolve(out);
+    } else if (this.ended) {
+      this.want = null;
+      w.reject(new Error(`${this.ended.message} after ${this.buf.length} of ${w.n} bytes`));
+    }
+  }
 }
 
 function write(sock: net.Socket, b: Buffer): Promise<void> {
@@ -105,7 +112,8 @@ function write(sock: net.Socket, b: Buffer): Promise<void> {
 function fmtAddr(kind: Kind, which: 'local' | 'remote', d: Dest): string {
   const label = which === 'local' ? 'local address:  ' : 'remote address: ';
   const h = (n: number, w: number): string => n.toString(16).padStart(w, '0');
-  return `  ${label}LID 0x${h(d.lid, 4)}, QPN 0x${h(d.qpn, 6)}, PSN 0x${h(d.psn, 6)}${kind === 'ud' ? ':' : ','} GID ${gidToString(d.gid)}`;
+  // ud_pingpong prints a colon before the GID on its local line only.
+  return `  ${label}LID 0x${h(d.lid, 4)}, QPN 0x${h(d.qpn, 6)}, PSN 0x${h(d.psn, 6)}${kind === 'ud' && which === 'local' ? ':' : ','} GID ${gidToString(d.gid)}`;
 }
 
 /** ibv_wc_status_str(), indexed like WC_STATUS. */
@@ -128,7 +136,7 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     return 1;
   }
   if (o.opts.has('help') || o.positional.length > 1) { err(usage(prog, kind)); return 1; }
-  let port: number, ibPort: number, size: number, rxDepth: number, iters: number, gidx: number, mtu: Mtu | undefined;
+  let port: number, ibPort: number, size: number, rxDepth: number, iters: number, gidx: number, numQp: number, mtu: Mtu | undefined;
   try {
     port = toInt(o.opts.get('port'), 'port', 18515);
     ibPort = toInt(o.opts.get('ib-port'), 'ib-port', 1);
@@ -137,6 +145,9 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     iters = toInt(o.opts.get('iters'), 'iters', 1000);
     toInt(o.opts.get('sl'), 'sl', 0);
     gidx = toInt(o.opts.get('gid-idx'), 'gid-idx', -1);
+    numQp = toInt(o.opts.get('num-qp'), 'num-qp', 16);
+    if (kind !== 'srq' && o.opts.has('num-qp')) throw new UsageError("invalid option -- 'q'");
+    if (numQp < 1 || numQp > 256) throw new UsageError(`invalid num-qp ${numQp}`);
     const m = toInt(o.opts.get('mtu'), 'mtu', 1024);
     if (kind !== 'ud') {
       if (!isMtu(m)) { err(`${prog}: invalid MTU ${m}`); return 1; }
@@ -178,52 +189,74 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     const d = dev!;
     if (ibPort < 1 || ibPort > d.ports.length) { err(`Couldn't get port info`); return 1; }
     const portAttr = d.queryPort(ibPort);
-    if (kind === 'ud' && size > portAttr.activeMtu) { err(`Requested size larger than port MTU (${portAttr.activeMtu})`); return 1; }
+    const ud = kind === 'ud';
+    const srqMode = kind === 'srq';
+    const nq = srqMode ? numQp : 1;
+    if (srqMode && nq > rxDepth) { err(`rx_depth ${rxDepth} is too small for ${nq} QPs -- must have at least one receive per QP.`); return 1; }
+    if (ud && size > portAttr.activeMtu) { err(`Requested size larger than port MTU (${portAttr.activeMtu})`); return 1; }
     const pd = d.allocPd();
-    const bufSize = kind === 'ud' ? size + 40 : size;
-    const buf = Buffer.alloc(Math.ceil(bufSize / PAGE) * PAGE, 0x7b); // rdma-core fills with 0x7b
+    const bufSize = ud ? size + 40 : size;
+    // rc/uc/ud_pingpong fill their buffer with 0x7b, srq_pingpong with zeros.
+    const buf = Buffer.alloc(Math.ceil(bufSize / PAGE) * PAGE, srqMode ? 0 : 0x7b);
     const mr = pd.regMr(buf, ['LOCAL_WRITE']);
-    const cq = d.createCq({ depth: rxDepth + 1 });
-    const qp = pd.createQp({ type: kind.toUpperCase() as 'RC' | 'UC' | 'UD', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: rxDepth, maxSendSge: 1, maxRecvSge: 1 } });
-    if (kind === 'ud') qp.toInit({ port: ibPort, qkey: UD_QKEY });
-    else qp.toInit({ port: ibPort, accessFlags: [] });
+    const cq = d.createCq({ depth: rxDepth + nq });
+    const srq = srqMode ? pd.createSrq({ maxWr: rxDepth, maxSge: 1 }) : null;
+    const qps: Qp[] = [];
+    for (let i = 0; i < nq; i++) {
+      const type = ud ? 'UD' : kind === 'uc' ? 'UC' : 'RC';
+      const qp = pd.createQp({ type, sendCq: cq, recvCq: cq, ...(srq ? { srq } : {}), cap: { maxSendWr: 1, maxRecvWr: rxDepth, maxSendSge: 1, maxRecvSge: 1 } });
+      if (ud) qp.toInit({ port: ibPort, qkey: UD_QKEY });
+      else qp.toInit({ port: ibPort, accessFlags: [] });
+      qps.push(qp);
+    }
     const recvSg = [{ mr, offset: 0, length: bufSize }];
     const postRecv = (n: number): number => {
       let i = 0;
       for (; i < n; i++) {
-        try { qp.postRecv({ wrId: RECV_WRID, sg: recvSg }); } catch { break; }
+        try {
+          if (srq) srq.postRecv({ wrId: RECV_WRID, sg: recvSg });
+          else qps[0]!.postRecv({ wrId: RECV_WRID, sg: recvSg });
+        } catch { break; }
       }
       return i;
     };
     let routs = postRecv(rxDepth);
     if (routs < rxDepth) { err(`Couldn't post receive (${routs})`); return 1; }
     const zero = new Uint8Array(16);
-    const my: Dest = { lid: portAttr.lid, qpn: qp.qpn, psn: randomInt(0, 0x1000000), gid: gidx >= 0 ? (d.gidTable(ibPort)[gidx]?.gid ?? zero) : zero };
     if (gidx >= 0 && !d.gidTable(ibPort)[gidx]) { err(`can't read sgid of index ${gidx}`); return 1; }
-    out(fmtAddr(kind, 'local', my));
+    const gid = gidx >= 0 ? d.gidTable(ibPort)[gidx]!.gid : zero;
+    const my: Dest[] = qps.map((qp) => ({ lid: portAttr.lid, qpn: qp.qpn, psn: randomInt(0, 0x1000000), gid }));
+    for (const m of my) out(fmtAddr(kind, 'local', m));
 
-    let ah: Ah | null = null;
-    const connect = (rem: Dest): void => {
-      const global = !Buffer.from(rem.gid.subarray(8)).equals(Buffer.alloc(8)); // interface id != 0
-      if (!global) throw new Error('Failed to modify QP to RTR (RoCE needs the peer\'s GID: run both sides with -g)');
-      if (kind === 'ud') {
-        qp.toRtr().toRts({ sqPsn: my.psn });
-        ah = pd.createAh({ gid: rem.gid, sgidIndex: gidx, hopLimit: 1 });
-        return;
+    const ahs: Ah[] = [];
+    const connect = (rem: Dest[]): void => {
+      for (let i = 0; i < nq; i++) {
+        const r = rem[i]!;
+        const qp = qps[i]!;
+        // rdma-core: is_global only when the peer's GID has an interface id; RoCE needs it.
+        if (Buffer.from(r.gid.subarray(8)).equals(Buffer.alloc(8))) throw new Error('Failed to modify QP to RTR (RoCE needs the peer\'s GID: run both sides with -g)');
+        if (ud) {
+          qp.toRtr().toRts({ sqPsn: my[i]!.psn });
+          ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 1 }));
+          continue;
+        }
+        const rtr: Parameters<Qp['toRtr']>[0] = { remote: { qpn: r.qpn, gid: r.gid }, pathMtu: mtu!, rqPsn: r.psn, sgidIndex: gidx, hopLimit: 1 };
+        if (kind !== 'uc') { rtr.maxDestRdAtomic = 1; rtr.minRnrTimer = 12; }
+        qp.toRtr(rtr);
+        if (kind !== 'uc') qp.toRts({ sqPsn: my[i]!.psn, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1 });
+        else qp.toRts({ sqPsn: my[i]!.psn });
       }
-      const rtr: Parameters<Qp['toRtr']>[0] = { remote: { qpn: rem.qpn, gid: rem.gid }, pathMtu: mtu!, rqPsn: rem.psn, sgidIndex: gidx, hopLimit: 1 };
-      if (kind === 'rc') { rtr.maxDestRdAtomic = 1; rtr.minRnrTimer = 12; }
-      qp.toRtr(rtr);
-      if (kind === 'rc') qp.toRts({ sqPsn: my.psn, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1 });
-      else qp.toRts({ sqPsn: my.psn });
     };
 
-    let rem: Dest;
+    // srq_pingpong always exchanges MAX_QP (256) addresses, the unused ones zero.
+    const wire: Dest[] = srqMode ? Array.from({ length: 256 }, (_, i) => my[i] ?? { lid: 0, qpn: 0, psn: 0, gid: zero }) : my;
+    const rem: Dest[] = [];
     if (servername) {
       const sock = net.connect({ host: servername, port });
       await new Promise<void>((res, rej) => { sock.once('connect', () => res()); sock.once('error', (e) => rej(new Error(`Couldn't connect to ${servername}:${port}: ${e.message}`))); });
-      await write(sock, destMsg(my));
-      rem = parseDest(await readN(sock, MSG_LEN));
+      const rd = new Reader(sock);
+      await write(sock, Buffer.concat(wire.map(destMsg)));
+      for (let i = 0; i < wire.length; i++) rem.push(parseDest(await rd.read(MSG_LEN)));
       await write(sock, Buffer.from('done\0', 'latin1'));
       sock.end();
       connect(rem);
@@ -232,23 +265,26 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
       await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(port, () => res()); });
       const sock = await new Promise<net.Socket>((res) => server.once('connection', res));
       server.close();
-      rem = parseDest(await readN(sock, MSG_LEN));
+      const rd = new Reader(sock);
+      for (let i = 0; i < wire.length; i++) rem.push(parseDest(await rd.read(MSG_LEN)));
       connect(rem);
-      await write(sock, destMsg(my));
-      await readN(sock, 5).catch(() => Buffer.alloc(0)); // "done"
+      await write(sock, Buffer.concat(wire.map(destMsg)));
+      await rd.read(5).catch(() => Buffer.alloc(0)); // "done"
       sock.end();
     }
-    out(fmtAddr(kind, 'remote', rem));
+    for (const r of rem.slice(0, nq)) out(fmtAddr(kind, 'remote', r));
 
-    const sendSg = [{ mr, offset: kind === 'ud' ? 40 : 0, length: size }];
-    if (servername && validate) for (let i = 0; i < size; i += PAGE) buf[i + (kind === 'ud' ? 40 : 0)] = 0; // (i / page) % sizeof(char)
-    const postSend = (): void => {
-      if (kind === 'ud') qp.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg, ud: { ah: ah!, remoteQpn: rem.qpn, remoteQkey: UD_QKEY } });
-      else qp.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg });
+    const off = ud ? 40 : 0;
+    const sendSg = [{ mr, offset: off, length: size }];
+    if (servername && validate) for (let i = 0; i < size; i += PAGE) buf[i + off] = 0; // (i / page_size) % sizeof(char)
+    const postSend = (j: number): void => {
+      if (ud) qps[j]!.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg, ud: { ah: ahs[j]!, remoteQpn: rem[j]!.qpn, remoteQkey: UD_QKEY } });
+      else qps[j]!.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg });
     };
-    let pending = RECV_WRID;
-    if (servername) { postSend(); pending |= SEND_WRID; }
-    const wcs = [new Wc(), new Wc()];
+    const pending = new Array<number>(nq).fill(RECV_WRID);
+    if (servername) for (let j = 0; j < nq; j++) { postSend(j); pending[j] = RECV_WRID | SEND_WRID; }
+    const wcs = Array.from({ length: 2 * nq }, () => new Wc());
+    const qpIndex = new Map(qps.map((q, j) => [q.qpn, j]));
     let rcnt = 0, scnt = 0;
     const start = process.hrtime.bigint();
     if (useEvents) cq.reqNotify();
@@ -269,18 +305,20 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
           err(`Failed status ${WC_STATUS_STR[code]} (${code}) for wr_id ${w.wrId}`);
           return 1;
         }
+        const j = qpIndex.get(w.qpn);
+        if (j === undefined) { err(`Couldn't find QPN ${w.qpn.toString(16)}`); return 1; }
         if (w.wrId === SEND_WRID) ++scnt;
         else if (w.wrId === RECV_WRID) {
-          if (--routs <= 1) {
+          if (--routs <= nq) {
             routs += postRecv(rxDepth - routs);
             if (routs < rxDepth) { err(`Couldn't post receive (${routs})`); return 1; }
           }
           ++rcnt;
         } else { err(`Completion for unknown wr_id ${w.wrId}`); return 1; }
-        pending &= ~w.wrId;
-        if (scnt < iters && !pending) {
-          postSend();
-          pending = RECV_WRID | SEND_WRID;
+        pending[j]! &= ~w.wrId;
+        if (scnt < iters && !pending[j]) {
+          postSend(j);
+          pending[j] = RECV_WRID | SEND_WRID;
         }
       }
     }
@@ -290,7 +328,7 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     out(`${iters} iters in ${(usec / 1e6).toFixed(2)} seconds = ${(usec / iters).toFixed(2)} usec/iter`);
     if (validate && !servername) {
       for (let i = 0; i < size; i += PAGE) {
-        if (buf[i + (kind === 'ud' ? 40 : 0)] !== 0) { out(`invalid data in page ${i / PAGE}`); return 1; }
+        if (buf[i + off] !== 0) { out(`invalid data in page ${i / PAGE}`); return 1; }
       }
     }
     return 0;
