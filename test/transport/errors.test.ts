@@ -43,6 +43,20 @@ t.test('a peer that stops answering: RETRY_EXC_ERR after retry_cnt retries, then
   await p.close();
 });
 
+t.test('retryCnt 7 retries forever, as rxe does', async (t) => {
+  const p = await makePair({ retryCnt: 7, timeout: 10 });
+  const { a, b } = p;
+  p.net!.filter = () => false;
+  b.qp.postRecv({ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 10 }] });
+  a.qp.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 10 }] });
+  await settle(p, ackTimeoutMs(10) * 20.5);
+  t.equal(a.dev.counters()['timeouts'], 20, '20 timeouts and still retrying');
+  t.equal(a.scq.length, 0, 'no RETRY_EXC_ERR');
+  p.net!.filter = null; // the peer is back
+  t.equal((await waitWc(p, a.scq, 1))[0]!.status, 'SUCCESS');
+  await p.close();
+});
+
 t.test('no receive posted: RNR NAKs, then success once a receive is posted', async (t) => {
   const p = await makePair({ minRnrTimer: 4, rnrRetry: 7 });
   const { a, b } = p;

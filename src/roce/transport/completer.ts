@@ -2,7 +2,8 @@
  * The completer (IBA 9.7.5.2, rxe_comp.c): consumes ACKs, NAKs, READ
  * responses and atomic ACKs for an RC QP, completes send WQEs in order, and
  * drives recovery: the local ACK timer (4.096 µs × 2^timeout) and PSN
- * sequence NAKs rewind the requester (go-back-N) against retry_cnt; RNR NAKs
+ * sequence NAKs rewind the requester (go-back-N) against retry_cnt (7 =
+ * forever, as in rxe); RNR NAKs
  * wait out the RNR timer against rnr_retry (7 = forever). An ACK never
  * completes a READ or ATOMIC implicitly: its response is missing, so that is
  * a retry (IBA 9.7.5.1.3 implicit NAK).
@@ -153,8 +154,9 @@ export function retry(qp: Qp, fromNak: boolean): void {
     completeWqe(qp, head, St.RETRY_EXC_ERR);
     return;
   }
-  // IBA 9.7.6.1.3: retry_cnt counts retries; 7 is a count, not "forever" (rxe differs: README).
-  qp.comp.retryCnt--;
+  // retry_cnt = 7 retries forever, as rxe does (rxe_comp.c; what ibv_rc_pingpong and perftest
+  // ask for). The IBA reads 7 as a count; rxe is the reference here (README, "differs").
+  if (qp.retryCnt !== 7) qp.comp.retryCnt--;
   counters[C.completer_retry_err]!++;
   qp.req.window = Math.max(MIN_WINDOW, qp.req.window >> 1);
   void fromNak;
