@@ -61,7 +61,7 @@ async function waitListen(where: 'host' | number, ms = 30_000): Promise<boolean>
   return false;
 }
 
-interface Case { kind: 'rc' | 'uc' | 'ud' | 'srq'; args: string; lossy?: boolean; jumbo?: boolean; validate?: boolean }
+interface Case { kind: 'rc' | 'uc' | 'ud' | 'srq' | 'perftest'; tool?: string; args: string; lossy?: boolean; jumbo?: boolean; validate?: boolean }
 
 function cases(): Case[] {
   const c: Case[] = [];
@@ -74,10 +74,15 @@ function cases(): Case[] {
     if (kind !== 'srq') c.push({ kind, args: `-c -n 100`, validate: true });
   }
   c.push({ kind: 'rc', args: '-c -n 200', lossy: true, validate: true });
+  // perftest (issue 5): softroce's ib_* tools against perftest's, TCP exchange.
+  for (const tool of ['ib_write_bw', 'ib_read_bw', 'ib_atomic_bw', 'ib_send_lat']) c.push({ kind: 'perftest', tool, args: '-n 200' });
+  c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-s 1024 -n 500 --report_gbits' });
   return c;
 }
 
 const okOut = (o: string): boolean => /\d+ bytes in [\d.]+ seconds = [\d.]+ Mbit\/sec/.test(o) && /\d+ iters in [\d.]+ seconds = [\d.]+ usec\/iter/.test(o);
+/** perftest prints a header line then one result row with numbers. */
+const okPerf = (o: string): boolean => /#bytes.*\n\s*\d+\s+\d+\s+[\d.]+\s+[\d.]+/.test(o);
 const tail = (s: string): string => s.trim().split('\n').slice(-2).join(' | ');
 
 async function setJumbo(on: boolean): Promise<void> {
@@ -93,9 +98,10 @@ async function setLossy(on: boolean): Promise<void> {
 }
 
 async function runCase(c: Case, dir: 'softroce-server' | 'rxe-server', gidx: number): Promise<string | null> {
-  const tool = `ibv_${c.kind}_pingpong`;
-  const ours = `env ${DEVS} node ${join(ROOT, 'bin', `${tool}.js`)} -d rxe0 -g ${gidx} ${c.args}`;
-  const theirs = `${tool} -d rxe0 -g 1 ${c.args}`;
+  const tool = c.tool ?? `ibv_${c.kind}_pingpong`;
+  const g = c.kind === 'perftest' ? '-x' : '-g';
+  const ours = `env ${DEVS} node ${join(ROOT, 'bin', `${tool}.js`)} -d rxe0 ${g} ${gidx} ${c.args}`;
+  const theirs = `${tool} -d rxe0 ${g} 1 ${c.args}`;
   const ms = c.lossy ? 150_000 : 90_000;
   let server: Promise<Res>, client: Res;
   if (dir === 'rxe-server') {
@@ -111,7 +117,7 @@ async function runCase(c: Case, dir: 'softroce-server' | 'rxe-server', gidx: num
   const sides: Array<[string, Res]> = dir === 'rxe-server' ? [['rxe server', srv], ['softroce client', client]] : [['softroce server', srv], ['rxe client', client]];
   for (const [name, r] of sides) {
     if (r.code !== 0) return `${name} exited ${r.code}: ${tail(r.err || r.out)}`;
-    if (!okOut(r.out)) return `${name} printed no result lines: ${tail(r.out)}`;
+    if (!(c.kind === 'perftest' ? okPerf(r.out) : okOut(r.out))) return `${name} printed no result lines: ${tail(r.out)}`;
     if (c.validate && /invalid data/.test(r.out)) return `${name}: ${tail(r.out)}`;
   }
   return null;
@@ -119,7 +125,7 @@ async function runCase(c: Case, dir: 'softroce-server' | 'rxe-server', gidx: num
 
 /** Ends leftovers of a failed case (tools still waiting on port 18515), by name in the guests, by port on the host side. */
 async function cleanup(): Promise<void> {
-  for (const g of [GUEST_SERVER, GUEST_CLIENT]) await guest(g, "pkill -f 'ibv_[a-z]*_pingpong'; true", 20_000);
+  for (const g of [GUEST_SERVER, GUEST_CLIENT]) await guest(g, "pkill -f 'ibv_[a-z]*_pingpong'; pkill -f 'ib_(write|read|send|atomic)_'; true", 20_000);
   await lab(['host', "for p in $(ss -Hltnp 'sport = :18515' | grep -o 'pid=[0-9]*' | cut -d= -f2); do kill $p; done; true"]);
 }
 
@@ -152,11 +158,11 @@ async function main(): Promise<number> {
   let jumbo = false, lossy = false;
   const only = process.env['INTEROP_ONLY'];
   for (const c of cases()) {
-    if (only && !`${c.kind} ${c.args}`.includes(only)) continue;
+    if (only && !`${c.tool ?? c.kind} ${c.args}`.includes(only)) continue;
     if (!!c.jumbo !== jumbo) { await setJumbo(!!c.jumbo); jumbo = !!c.jumbo; }
     if (!!c.lossy !== lossy) { await setLossy(!!c.lossy); lossy = !!c.lossy; }
     for (const dir of ['softroce-server', 'rxe-server'] as const) {
-      const name = `${c.kind.padEnd(3)} ${(c.args || 'defaults').padEnd(16)}${c.lossy ? ' lossy(netem 3%)' : ''}${c.jumbo ? ' mtu9000' : ''} ${dir}`;
+      const name = `${(c.tool ?? c.kind).padEnd(3)} ${(c.args || 'defaults').padEnd(16)}${c.lossy ? ' lossy(netem 3%)' : ''}${c.jumbo ? ' mtu9000' : ''} ${dir}`;
       const t0 = Date.now();
       const attempt = async (): Promise<string | null> => { try { return await runCase(c, dir, gidx); } catch (e) { return String(e); } };
       let why = await attempt();
