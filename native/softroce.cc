@@ -18,6 +18,16 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <arpa/inet.h>
+#include <sys/uio.h>
+#include <vector>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 
 #ifndef UDP_NO_CHECK6_RX
 #define UDP_NO_CHECK6_RX 102
@@ -57,7 +67,74 @@ static Napi::Value BindToDevice(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r == 0 ? 0 : -errno);
 }
 
+// sendPackets(fd, bufs: Buffer[], lens: number[], n, ipv4: number, port, gsoSize)
+// Sends n packets (each bufs[i][0..lens[i])) to one IPv4 destination from the
+// socket fd. gsoSize > 0: one sendmsg whose payload is the packets back to
+// back, with UDP_SEGMENT = gsoSize, so the kernel cuts it into n datagrams
+// (every packet but the last must be exactly gsoSize long). gsoSize = 0: one
+// sendmmsg with one message per packet. Returns the number of packets sent
+// (all or, for sendmmsg, a prefix) or -errno (EAGAIN: the socket buffer is full).
+static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 7) return Napi::Number::New(env, -EINVAL);
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Array bufs = info[1].As<Napi::Array>();
+  Napi::Array lens = info[2].As<Napi::Array>();
+  uint32_t n = info[3].As<Napi::Number>().Uint32Value();
+  uint32_t ip = info[4].As<Napi::Number>().Uint32Value();
+  int port = info[5].As<Napi::Number>().Int32Value();
+  int gso = info[6].As<Napi::Number>().Int32Value();
+  if (n == 0 || n > 64) return Napi::Number::New(env, -EINVAL);
+  struct sockaddr_in dst;
+  memset(&dst, 0, sizeof dst);
+  dst.sin_family = AF_INET;
+  dst.sin_port = htons((uint16_t)port);
+  dst.sin_addr.s_addr = htonl(ip);
+  struct iovec iov[64];
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Value b = bufs[i];
+    Napi::Value l = lens[i];
+    if (!b.IsBuffer()) return Napi::Number::New(env, -EINVAL);
+    Napi::Buffer<uint8_t> buf = b.As<Napi::Buffer<uint8_t>>();
+    uint32_t len = l.As<Napi::Number>().Uint32Value();
+    if (len > buf.Length()) return Napi::Number::New(env, -EINVAL);
+    iov[i].iov_base = buf.Data();
+    iov[i].iov_len = len;
+  }
+  if (gso > 0) {
+    char ctrl[CMSG_SPACE(sizeof(uint16_t))];
+    memset(ctrl, 0, sizeof ctrl);
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_name = &dst;
+    m.msg_namelen = sizeof dst;
+    m.msg_iov = iov;
+    m.msg_iovlen = n;
+    m.msg_control = ctrl;
+    m.msg_controllen = sizeof ctrl;
+    struct cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t seg = (uint16_t)gso;
+    memcpy(CMSG_DATA(c), &seg, sizeof seg);
+    ssize_t r = sendmsg(fd, &m, 0);
+    return Napi::Number::New(env, r < 0 ? -errno : (double)n);
+  }
+  struct mmsghdr msgs[64];
+  memset(msgs, 0, sizeof(struct mmsghdr) * n);
+  for (uint32_t i = 0; i < n; i++) {
+    msgs[i].msg_hdr.msg_name = &dst;
+    msgs[i].msg_hdr.msg_namelen = sizeof dst;
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  int r = sendmmsg(fd, msgs, n, 0);
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
   exports.Set("getIntSockopt", Napi::Function::New(env, GetIntSockopt));
   exports.Set("bindToDevice", Napi::Function::New(env, BindToDevice));

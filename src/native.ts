@@ -11,6 +11,7 @@ export interface NativeAddon {
   setIntSockopt(fd: number, level: number, name: number, value: number): number;
   getIntSockopt(fd: number, level: number, name: number): number;
   bindToDevice(fd: number, ifname: string): number;
+  sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number): number;
   constants: Record<string, number>;
 }
 

@@ -303,6 +303,9 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     }
     await c.xchg(destMsg(my), MSG_LEN); // close
     await c.done();
+    if (process.env['SOFTROCE_COUNTERS'] === '1') {
+      err(` counters: ${Object.entries(d.counters(ibPort)).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+    }
     return 0;
   }
 }

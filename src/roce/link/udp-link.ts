@@ -8,7 +8,8 @@
 import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { TxPool, type Link, type RxHandler } from './link.js';
-import { dgramFd, loadNative } from '../../native.js';
+import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
+import { parseIpv4 } from '../transport/recv.js';
 import { VerbsError } from '../../verbs/errors.js';
 
 export interface UdpLinkOptions {
@@ -34,6 +35,30 @@ export class UdpLink extends EventEmitter implements Link {
   private rx: RxHandler | null = null;
   private closed = false;
   private readonly sent = new Map<Buffer, () => void>();
+  // Send batching (native only): packets sent in one turn of the event loop are flushed together.
+  private native: NativeAddon | null = null;
+  private fd = -1;
+  /**
+   * UDP GSO is off: the kernel numbers GSO segments with IPv4 IDs 0, 1, 2, ...
+   * while each ICRC was computed for ID 0, so every segment after the first
+   * fails the ICRC at a real peer (rxe drops it; softroce peers recover the ID
+   * and do not notice). Using GSO needs each packet's ICRC corrected for its
+   * segment index at flush time (the ICRC is linear in the ID: see icrc.ts);
+   * until then sendmmsg sends each packet as its own datagram, with ID 0.
+   * SOFTROCE_GSO=1 turns it on for softroce-only experiments.
+   */
+  private gso = process.env['SOFTROCE_GSO'] === '1';
+  private readonly qBuf: Buffer[] = [];
+  private readonly qLen: number[] = [];
+  private readonly qIp: string[] = [];
+  private readonly qPort: number[] = [];
+  private qn = 0;
+  private flushing = false;
+  private readonly sb: Buffer[] = [];
+  private readonly sl: number[] = [];
+  private readonly flushFn = (): void => this.flush();
+  /** what the batching did, for the bench and ibv_devinfo */
+  readonly batchStats = { gsoCalls: 0, gsoPackets: 0, mmsgCalls: 0, mmsgPackets: 0, dgramPackets: 0 };
 
   private constructor(o: UdpLinkOptions, sock: dgram.Socket) {
     super();
@@ -91,6 +116,10 @@ export class UdpLink extends EventEmitter implements Link {
       if (r < 0) throw new VerbsError('EPERM', 'ibv_open_device', `SO_BINDTODEVICE ${o.netdev} failed (${r})`, 'netdev');
     }
     this.backend = 'native';
+    if (this.family === 4 && process.env['SOFTROCE_NO_BATCH'] !== '1') {
+      this.native = n;
+      this.fd = fd;
+    }
   }
 
   /** IP_TOS / IPV6_TCLASS for the traffic class of the next datagrams (addon only). */
@@ -112,6 +141,14 @@ export class UdpLink extends EventEmitter implements Link {
   }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
     if (this.closed) { this.pool.release(buf); return; }
+    if (!this.native) { this.dgramSend(buf, len, dstIp, dstPort); return; }
+    const i = this.qn++;
+    this.qBuf[i] = buf; this.qLen[i] = len; this.qIp[i] = dstIp; this.qPort[i] = dstPort;
+    if (this.qn === 64) this.flush();
+    else if (!this.flushing) { this.flushing = true; queueMicrotask(this.flushFn); }
+  }
+
+  private dgramSend(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
     // dgram keeps a reference to buf until the callback: the pool buffer is not reused before.
     // One callback per pool buffer, made once, so a send allocates no closure.
     let done = this.sent.get(buf);
@@ -123,13 +160,74 @@ export class UdpLink extends EventEmitter implements Link {
       };
       this.sent.set(buf, done);
     }
+    this.batchStats.dgramPackets++;
     this.sock.send(buf, 0, len, dstPort, dstIp, done);
   }
+
+  /**
+   * Sends what this turn queued with sendmmsg, up to 64 packets per call to
+   * one destination (or, with GSO on, runs of equal-length packets as one
+   * sendmsg the kernel cuts apart). Anything libuv still holds queued goes
+   * first, so a batch never overtakes an earlier packet.
+   */
+  flush(): void {
+    this.flushing = false;
+    const n = this.qn;
+    this.qn = 0;
+    let i = 0;
+    const wasEmpty = this.pool.available === 0;
+    while (i < n) {
+      const ip = this.qIp[i]!, port = this.qPort[i]!;
+      let j = i + 1;
+      while (j < n && this.qIp[j] === ip && this.qPort[j] === port) j++;
+      i = this.sendRun(i, j, ip, port);
+    }
+    for (let k = 0; k < n; k++) { this.qBuf[k] = undefined as unknown as Buffer; }
+    if (wasEmpty && this.pool.available > 0) this.emit('drain');
+  }
+
+  /** Sends queued packets [i, j) to one destination; returns j. */
+  private sendRun(i: number, j: number, ip: string, port: number): number {
+    const nat = this.native!;
+    const ipNum = parseIpv4(ip);
+    let k = i;
+    while (k < j) {
+      if (ipNum < 0 || this.sock.getSendQueueCount() > 0) break;
+      const L = this.qLen[k]!;
+      let e = k + 1;
+      const maxSeg = Math.max(1, Math.min(64, Math.floor(65000 / L)));
+      while (e < j && e - k < maxSeg && this.qLen[e] === L) e++;
+      if (e < j && e - k < maxSeg && this.qLen[e]! < L) e++; // a shorter last segment is allowed
+      let cnt = e - k;
+      let r: number;
+      const sb = this.sb, sl = this.sl;
+      if (cnt >= 2 && this.gso) {
+        for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
+        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L);
+        if (r > 0) { this.batchStats.gsoCalls++; this.batchStats.gsoPackets += r; }
+        else if (r !== -11) { this.gso = false; continue; } // no UDP GSO here: sendmmsg from now on
+      } else {
+        // sendmmsg for everything to this destination that is left (up to 64).
+        e = Math.min(j, k + 64);
+        cnt = e - k;
+        for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
+        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, 0);
+        if (r > 0) { this.batchStats.mmsgCalls++; this.batchStats.mmsgPackets += r; }
+      }
+      if (r <= 0) break; // EAGAIN or an error: dgram below queues the rest in order
+      for (let m = 0; m < r; m++) this.pool.release(this.qBuf[k + m]!);
+      k += r;
+    }
+    for (; k < j; k++) this.dgramSend(this.qBuf[k]!, this.qLen[k]!, ip, port);
+    return j;
+  }
+
   setReceiver(h: RxHandler): void {
     this.rx = h;
   }
   async close(): Promise<void> {
     if (this.closed) return;
+    if (this.qn > 0) this.flush();
     this.closed = true;
     this.rx = null;
     await new Promise<void>((r) => this.sock.close(() => r()));
