@@ -18,6 +18,7 @@ import { Hdr, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { C } from '../counters.js';
 import type { PktInfo } from '../packet.js';
+import { scatterSgl } from './sgl.js';
 
 /** Local ACK timeout in ms: 4.096 µs × 2^timeout (IBA 9.7.6.1.3); 0 means none. */
 export function ackTimeoutMs(timeout: number): number {
@@ -301,7 +302,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
       completeWqe(qp, w, St.BAD_RESP_ERR);
       return;
     }
-    scatter(w, off, b, p.payloadOff, n);
+    scatterSgl(w.sg, off, b, p.payloadOff, n);
     w.sent = off + n;
     qp.comp.psn = psnAdd(psn, 1);
     if (end) completeWqe(qp, w, St.SUCCESS);
@@ -317,20 +318,6 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     qp.comp.psn = psnAdd(psn, 1);
     completeWqe(qp, w, St.SUCCESS);
     madeProgress(qp);
-  }
-}
-
-/** Copies n bytes from src into the WQE's SGL at message offset `at`. */
-function scatter(w: SendWqe, at: number, src: Buffer, from: number, n: number): void {
-  let skip = at;
-  for (const s of w.sg) {
-    if (skip >= s.length) { skip -= s.length; continue; }
-    const take = Math.min(s.length - skip, n);
-    src.copy(s.mr.buffer, s.offset + skip, from, from + take);
-    from += take;
-    n -= take;
-    skip = 0;
-    if (n === 0) return;
   }
 }
 

@@ -13,6 +13,7 @@ import { WrOp } from '../../verbs/types.js';
 import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
+import { gatherSgl } from './sgl.js';
 import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from '../../verbs/types.js';
 import { C } from '../counters.js';
@@ -171,20 +172,11 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   if (rc) armRetransmit(qp);
 }
 
-/** Copies message bytes [from, from+n) of a WQE (inline copy or SGL) to dst. */
+/** Copies message bytes [from, from+n) of a WQE (its inline copy, or its SGL) to dst. */
 export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: number): void {
   if (n === 0) return;
-  if (wqe.inline) { wqe.inline.copy(dst, at, from, from + n); return; }
-  let skip = from;
-  for (const s of wqe.sg) {
-    if (skip >= s.length) { skip -= s.length; continue; }
-    const take = Math.min(s.length - skip, n);
-    s.mr.buffer.copy(dst, at, s.offset + skip, s.offset + skip + take);
-    at += take;
-    n -= take;
-    skip = 0;
-    if (n === 0) return;
-  }
+  if (wqe.inline) wqe.inline.copy(dst, at, from, from + n);
+  else gatherSgl(wqe.sg, from, dst, at, n);
 }
 
 export { St };

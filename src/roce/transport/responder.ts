@@ -21,6 +21,8 @@ import { C } from '../counters.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import type { RecvWqe } from '../../verbs/objects.js';
+import type { Mr } from '../../verbs/mr.js';
+import { scatterSgl } from './sgl.js';
 import type { Port } from '../../verbs/device.js';
 
 const BACKLOG_MAX = 4096;
@@ -93,17 +95,20 @@ function completeRecv(qp: Qp, wqe: RecvWqe, status: number, byteLen: number, opF
 /** Copies n bytes into a receive WQE's SGL at message offset `at`; false if it does not fit. */
 function scatterRecv(wqe: RecvWqe, at: number, src: Buffer, from: number, n: number): boolean {
   if (at + n > wqe.length) return false;
-  let skip = at;
-  for (const s of wqe.sg) {
-    if (n === 0) break;
-    if (skip >= s.length) { skip -= s.length; continue; }
-    const take = Math.min(s.length - skip, n);
-    src.copy(s.mr.buffer, s.offset + skip, from, from + take);
-    from += take;
-    n -= take;
-    skip = 0;
-  }
+  scatterSgl(wqe.sg, at, src, from, n);
   return true;
+}
+
+/**
+ * The R_Key check of IBA 9.7.5.1.x / C9-... (rxe check_rkey): an MR with this
+ * R_Key, of this QP's PD, valid, allowing `need`, holding [va, va+len).
+ * Returns the offset into the MR (mrHit holds the MR) or -1.
+ */
+let mrHit: Mr | null = null;
+function checkRkey(qp: Qp, rkey: number, va: bigint, len: number, need: number): number {
+  const mr = qp.device.mrByRkey.get(rkey);
+  mrHit = mr ?? null;
+  return mr && mr.pd === qp.pd && mr.allows(need) ? mr.offsetOf(va, len) : -1;
 }
 
 const grh = Buffer.alloc(40);
@@ -283,14 +288,13 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
       const va = b.readBigUInt64BE(ro);
       const rkey = b.readUInt32BE(ro + 8);
       const len = b.readUInt32BE(ro + 12);
-      const mr = qp.device.mrByRkey.get(rkey);
-      const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_WRITE) ? mr.offsetOf(va, len) : -1;
+      const off = checkRkey(qp, rkey, va, len, ACCESS.REMOTE_WRITE);
       if (off < 0) {
         if (qp.type === 'RC') fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn);
         else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
         return;
       }
-      r.mr = mr!;
+      r.mr = mrHit!;
       r.mrOff = off;
       r.resid = len;
       r.writeLen = len;
@@ -324,8 +328,8 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
     const va = b.readBigUInt64BE(ro);
     const rkey = b.readUInt32BE(ro + 8);
     const len = b.readUInt32BE(ro + 12);
-    const mr = qp.device.mrByRkey.get(rkey);
-    const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_READ) ? mr.offsetOf(va, len) : -1;
+    const off = checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
+    const mr = mrHit;
     if (off < 0 || len > qp.device.attr.maxMsgSize) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
     const n = packetsFor(len, qp.pathMtu);
     const res = nextResource(qp);
@@ -343,8 +347,8 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
     const ao = o + hdrOff(op, Hdr.ATMETH);
     const va = b.readBigUInt64BE(ao);
     const rkey = b.readUInt32BE(ao + 8);
-    const mr = qp.device.mrByRkey.get(rkey);
-    const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_ATOMIC) ? mr.offsetOf(va, 8) : -1;
+    const off = checkRkey(qp, rkey, va, 8, ACCESS.REMOTE_ATOMIC);
+    const mr = mrHit;
     if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
     if ((off & 7) !== 0) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; } // IBA 9.4.5: 8-byte aligned
     const orig = mr!.buffer.readBigUInt64LE(off);
@@ -409,8 +413,8 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
     const va = b.readBigUInt64BE(ro);
     const rkey = b.readUInt32BE(ro + 8);
     const len = b.readUInt32BE(ro + 12);
-    const mr = qp.device.mrByRkey.get(rkey);
-    const off = mr && mr.pd === qp.pd && mr.allows(ACCESS.REMOTE_READ) ? mr.offsetOf(va, len) : -1;
+    const off = checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
+    const mr = mrHit;
     if (off < 0) return;
     r.reads.push({ psn, mr: mr!, off, len, sentPsn: psn });
     runReads(qp);
