@@ -285,6 +285,15 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     if (servername) for (let j = 0; j < nq; j++) { postSend(j); pending[j] = RECV_WRID | SEND_WRID; }
     const wcs = Array.from({ length: 2 * nq }, () => new Wc());
     const qpIndex = new Map(qps.map((q, j) => [q.qpn, j]));
+    // If a timeout kills us mid-run, say where each side stood (the interop suite shows stderr).
+    const onTerm = (): void => {
+      for (const q of qps) {
+        err(`stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} rnrWait ${q.comp.rnrTimer ? 1 : 0}`);
+      }
+      err(`stuck: rcnt ${rcnt} scnt ${scnt} pending ${pending.join(',')} routs ${routs}; counters ${Object.entries(d.counters(ibPort)).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      process.exit(124);
+    };
+    process.once('SIGTERM', onTerm);
     let rcnt = 0, scnt = 0;
     const start = process.hrtime.bigint();
     if (useEvents) cq.reqNotify();
@@ -322,6 +331,7 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
         }
       }
     }
+    process.off('SIGTERM', onTerm);
     const usec = Number(process.hrtime.bigint() - start) / 1000;
     const bytes = size * iters * 2;
     out(`${bytes} bytes in ${(usec / 1e6).toFixed(2)} seconds = ${((bytes * 8) / usec).toFixed(2)} Mbit/sec`);

@@ -83,7 +83,11 @@ function cases(): Case[] {
 const okOut = (o: string): boolean => /\d+ bytes in [\d.]+ seconds = [\d.]+ Mbit\/sec/.test(o) && /\d+ iters in [\d.]+ seconds = [\d.]+ usec\/iter/.test(o);
 /** perftest prints a header line then one result row with numbers. */
 const okPerf = (o: string): boolean => /#bytes.*\n\s*\d+\s+\d+\s+[\d.]+\s+[\d.]+/.test(o);
-const tail = (s: string): string => s.trim().split('\n').slice(-2).join(' | ');
+const tail = (s: string): string => {
+  const lines = s.trim().split('\n');
+  const stuck = lines.filter((l) => l.startsWith('stuck:'));
+  return (stuck.length ? stuck : lines.slice(-2)).join(' | ');
+};
 
 async function setJumbo(on: boolean): Promise<void> {
   const mtu = on ? 9000 : 1500;
