@@ -48,7 +48,7 @@ function onTimeout(qp: Qp): void {
   if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
   if (!unacked(qp)) return;
   qp.device.ports[qp.port - 1]!.counters.v[C.timeouts]!++;
-  retry(qp, false);
+  retry(qp);
 }
 
 /** Posts the completion of the head send WQE (errors always; success when signaled). */
@@ -147,7 +147,7 @@ export function rewind(qp: Qp): void {
 }
 
 /** A transport retry (timeout, sequence NAK, implicit NAK): counted against retry_cnt. */
-export function retry(qp: Qp, fromNak: boolean): void {
+export function retry(qp: Qp): void {
   const counters = qp.device.ports[qp.port - 1]!.counters.v;
   const head = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
   if (qp.comp.retryCnt <= 0) {
@@ -160,7 +160,6 @@ export function retry(qp: Qp, fromNak: boolean): void {
   if (qp.retryCnt !== 7) qp.comp.retryCnt--;
   counters[C.completer_retry_err]!++;
   qp.req.window = Math.max(MIN_WINDOW, qp.req.window >> 1);
-  void fromNak;
   qp.comp.retriedAt = qp.comp.psn;
   qp.device.sched.clearTimer(qp.comp.timer);
   qp.comp.timer = null;
@@ -232,7 +231,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     const type = (syn >> 5) & 3;
     const val = syn & 0x1f;
     if (type === AethType.ACK) {
-      if (!ackUpTo(qp, psn, true) && qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+      if (!ackUpTo(qp, psn, true) && qp.comp.retriedAt !== qp.comp.psn) retry(qp);
       return;
     }
     ackUpTo(qp, psn, false);
@@ -264,7 +263,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
           counters[C.rcvd_seq_err]!++;
           // A NAK for a PSN we already went back to is stale unless we have resent past it since
           // (then our resend was lost as well and the responder says so again).
-          if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) retry(qp, true);
+          if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) retry(qp);
           return;
         case NakCode.INVALID_REQUEST: completeWqe(qp, head, St.REM_INV_REQ_ERR); return;
         case NakCode.REMOTE_ACCESS_ERROR: completeWqe(qp, head, St.REM_ACCESS_ERR); return;
@@ -279,7 +278,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
   // READ responses and atomic ACKs acknowledge everything before them (IBA 9.7.5.1.3).
   if (!ackUpTo(qp, psn, false)) {
     // An earlier READ/ATOMIC is still unanswered: its response was lost.
-    if (qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+    if (qp.comp.retriedAt !== qp.comp.psn) retry(qp);
     return;
   }
   if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
@@ -291,7 +290,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     const gap = psnDiff(psn, qp.comp.psn);
     if (gap !== 0) {
       // A missing READ response: ask again from the first one missing (once per PSN).
-      if (gap > 0 && qp.comp.retriedAt !== qp.comp.psn) retry(qp, true);
+      if (gap > 0 && qp.comp.retriedAt !== qp.comp.psn) retry(qp);
       return;
     }
     const mtu = qp.pathMtu;

@@ -11,7 +11,7 @@
  * sequence or not permitted an invalid-request NAK. The last two move the
  * responder's QP to the error state, as rxe's class C errors do.
  */
-import { isRdAtomic, RdResource, type Qp } from '../../verbs/qp.js';
+import { RdResource, type Qp } from '../../verbs/qp.js';
 import { ACCESS, St, WC_STATUS } from '../../verbs/types.js';
 import { aethAck, aethNak, aethRnrNak, NakCode } from '../aeth.js';
 import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
@@ -28,7 +28,6 @@ import type { Port } from '../../verbs/device.js';
 const BACKLOG_MAX = 4096;
 const READ_BUDGET = 64;
 const KIND = Op.SEND | Op.WRITE | Op.READ | Op.ATOMIC;
-void isRdAtomic;
 
 const dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
 function qpDest(qp: Qp): Dest {
@@ -113,7 +112,7 @@ function checkRkey(qp: Qp, rkey: number, va: bigint, len: number, need: number):
 
 const grh = Buffer.alloc(40);
 /** The 40-byte GRH at the head of a UD receive: for IPv4, 20 zero bytes then the IPv4 header (rxe_resp.c). */
-function udGrh(qp: Qp, payloadLen: number, srcIp: string, ipId: number, srcBytes: Uint8Array): Buffer {
+function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8Array): Buffer {
   const p = port(qp);
   grh.fill(0);
   if (p.link.family === 4) {
@@ -135,7 +134,6 @@ function udGrh(qp: Qp, payloadLen: number, srcIp: string, ipId: number, srcBytes
     grh.set(srcBytes, 8);
     grh.set(p.addrBytes, 24);
   }
-  void srcIp;
   return grh;
 }
 
@@ -150,7 +148,6 @@ export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ip
     return;
   }
   processRequest(qp, p, srcIp, ipId, srcBytes);
-  void srcPort;
 }
 
 function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcBytes: Uint8Array): void {
@@ -246,7 +243,7 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
       r.wqe = wqe;
       r.offset = 0;
       if (ud) {
-        const g = udGrh(qp, p.payloadLen, srcIp, ipId, srcBytes);
+        const g = udGrh(qp, p.payloadLen, ipId, srcBytes);
         if (!scatterRecv(wqe, 0, g, 0, 40)) { completeRecv(qp, wqe, St.LOC_LEN_ERR, 0, mask, se); r.wqe = null; return; }
         r.offset = 40;
       }
