@@ -20,7 +20,7 @@ import {
 } from './wire/net.js';
 import { ICRC_LEN, Malformed, PktInfo, ibReprLength, parseIb, readIbRepr, writeIbRepr, type IbRepr, type MalformedReason } from './packet.js';
 import { icrcV1, icrcV2Ipv4, icrcV2Ipv6, readIcrc, writeIcrc } from './icrc.js';
-import { OPCODES } from './opcode.js';
+import { OPCODES, Payload } from './opcode.js';
 import { padFor } from './psn.js';
 
 /** pcap LINKTYPE_* values understood by the decoder. */
@@ -326,7 +326,7 @@ export interface IbInit {
 
 /** Makes a well-formed IbRepr: pad computed, absent headers zero. */
 export function makeIb(i: IbInit): IbRepr {
-  const payload = i.payload ?? new Uint8Array(OPCODES[i.opcode]?.payload === 5 ? 16 : 0);
+  const payload = i.payload ?? new Uint8Array(OPCODES[i.opcode]?.payload === Payload.CNP16 ? 16 : 0);
   const pad = padFor(payload.length);
   const r: IbRepr = {
     bth: {

@@ -14,15 +14,27 @@ export function ipv4ToGid(ip: string | number): Gid {
   return g;
 }
 
-export function ipv4ToNumber(ip: string): number {
-  const p = ip.split('.');
-  if (p.length !== 4) throw new RangeError(`not an IPv4 address: ${ip}`);
-  let n = 0;
-  for (const s of p) {
-    if (!/^\d{1,3}$/.test(s) || Number(s) > 255) throw new RangeError(`not an IPv4 address: ${ip}`);
-    n = n * 256 + Number(s);
+/** Dotted-quad to number without allocating (the receive path calls it per packet); -1 if it is not one. */
+export function parseIpv4(s: string): number {
+  let n = 0, part = 0, digits = 0, dots = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || part > 255) return -1;
+      n = n * 256 + part; part = 0; digits = 0; dots++;
+    } else if (c >= 48 && c <= 57) {
+      part = part * 10 + (c - 48); digits++;
+      if (digits > 3) return -1;
+    } else return -1;
   }
-  return n >>> 0;
+  if (dots !== 3 || digits === 0 || part > 255) return -1;
+  return (n * 256 + part) >>> 0;
+}
+
+export function ipv4ToNumber(ip: string): number {
+  const n = parseIpv4(ip);
+  if (n < 0) throw new RangeError(`not an IPv4 address: ${ip}`);
+  return n;
 }
 
 export function numberToIpv4(n: number): string {

@@ -15,6 +15,7 @@ import {
   type AethRepr, type AtomicAckRepr, type AtomicEthRepr, type DethRepr, type FethRepr, type IethRepr,
   type ImmDtRepr, type RdethRepr, type RethRepr,
 } from './wire/exth.js';
+import { readIcrc, writeIcrc } from './icrc.js';
 import { Hdr, OPCODES, OPCODE_LEN, OPCODE_MASK, OPCODE_PAYLOAD, Payload, isMtu, type HdrKind } from './opcode.js';
 
 export const ICRC_LEN = 4;
@@ -140,7 +141,7 @@ export function readIbRepr(info: PktInfo): IbRepr {
     bth: readRepr<BthRepr & Repr>(BTH_SPEC, buf, bthOff),
     payload: copyBytes(buf, info.payloadOff, info.payloadOff + info.payloadLen),
     pad: copyBytes(buf, info.payloadOff + info.payloadLen, info.icrcOff),
-    icrc: (buf[info.icrcOff]! | (buf[info.icrcOff + 1]! << 8) | (buf[info.icrcOff + 2]! << 16) | (buf[info.icrcOff + 3]! << 24)) >>> 0,
+    icrc: readIcrc(buf, info.icrcOff),
   };
   for (const h of e.headers) {
     const x = EXT[h];
@@ -178,9 +179,6 @@ export function writeIbRepr(r: IbRepr, buf: Uint8Array, off: number): number {
   p += r.payload.length;
   buf.set(r.pad, p);
   p += r.pad.length;
-  buf[p] = r.icrc & 0xff;
-  buf[p + 1] = (r.icrc >>> 8) & 0xff;
-  buf[p + 2] = (r.icrc >>> 16) & 0xff;
-  buf[p + 3] = (r.icrc >>> 24) & 0xff;
+  writeIcrc(buf, p, r.icrc);
   return p;
 }

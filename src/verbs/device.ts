@@ -432,6 +432,8 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
   const link = o.link ?? await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' });
   const name = o.name ?? desc?.name ?? `softroce_${address}`;
   const dev = new Device(name, sched, found.mac);
+  // The injector wraps the link's receive path, so it goes in before the port installs its handler.
+  if (o.faults) dev.faults = new FaultInjector(link, o.faults, sched);
   const port = dev.addPort(link, netdev || 'lo', found.mac);
   if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
   if (o.pcap) {
@@ -440,9 +442,6 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
     port.recorderTx = (b, l, ip, p) => rec.tx(b, l, ip, p);
     port.recorderRx = (b, l, ip, p, id, df) => rec.rx(b, l, ip, p, id, df);
   }
-  if (o.faults) dev.faults = new FaultInjector(link, o.faults, sched);
-  // Re-install the receiver so the fault injector (wrapping setReceiver) sees it.
-  if (o.faults) link.setReceiver((buf, len, srcIp, srcPort) => deviceRx(dev, port, buf, len, srcIp, srcPort));
   return dev;
 }
 

@@ -9,6 +9,7 @@ import { accessBits, type Access, type RecvWr, type Sge } from './types.js';
 import { gidFromString, gidToIpv4Number, isIpv4Mapped, type Gid } from '../roce/gid.js';
 import type { Device } from './device.js';
 import type { Qp, CreateQpOptions } from './qp.js';
+import type { Dest } from '../roce/transport/build.js';
 
 export class RecvWqe {
   wrId = 0;
@@ -165,6 +166,8 @@ export class Ah {
   readonly flowLabel: number;
   readonly sgidIndex: number;
   readonly udpPort: number;
+  /** where UD sends through this AH go (the requester's view of it) */
+  readonly dest: Dest;
   closed = false;
   constructor(pd: Pd, o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; udpPort?: number }) {
     this.pd = pd;
@@ -185,6 +188,7 @@ export class Ah {
     this.flowLabel = o.flowLabel ?? 0;
     this.sgidIndex = o.sgidIndex ?? 0;
     this.udpPort = o.udpPort ?? 4791;
+    this.dest = { ip: this.ip, ipNum: this.ipNum, family: this.family, port: this.udpPort, bytes: g };
   }
   close(): void {
     if (this.closed) return;

@@ -16,6 +16,7 @@ import { gidToAddress } from './objects.js';
 import { isMtu, type Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
 import type { TimerHandle } from '../roce/transport/sched.js';
+import type { Dest } from '../roce/transport/build.js';
 import { flushQp } from '../roce/transport/completer.js';
 
 export interface QpCap { maxSendWr: number; maxRecvWr: number; maxSendSge?: number; maxRecvSge?: number; maxInline?: number }
@@ -139,11 +140,8 @@ export class Qp {
   maxRdAtomic = 0;
   sqDrainNotify = false;
   av: Required<Omit<Av, 'dgid'>> & { dgid: Gid } | null = null;
-  /** where RC/UC packets go, from the AV */
-  dstIp = '';
-  dstIpNum = 0;
-  dstFamily: 4 | 6 = 4;
-  dstPort = 4791;
+  /** where RC/UC packets go: derived from the AV once, at modify() */
+  dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
 
   // send queue: absolute counters, index = n % cap
   readonly sq: SendWqe[];
@@ -200,12 +198,12 @@ export class Qp {
     const to = attrs.state ?? this.state;
     if (attrs.state === undefined && keys.length === 0) return;
     assertQpTransition(this.type, from, to, keys);
-    this.checkValues(attrs, from, to);
+    this.checkValues(attrs);
     this.apply(attrs, to);
   }
 
   /** Value checks (rxe_qp_chk_attr): all before any change. */
-  private checkValues(a: QpAttrs, from: QpState, to: QpState): void {
+  private checkValues(a: QpAttrs): void {
     const bad = (arg: string, msg: string): never => { throw new VerbsError('EINVAL', 'ibv_modify_qp', msg, arg); };
     const dev = this.device;
     if (a.port !== undefined && (a.port < 1 || a.port > dev.ports.length)) bad('port', `port ${a.port} not in 1..${dev.ports.length}`);
@@ -233,9 +231,6 @@ export class Qp {
       const port = dev.ports[(a.port ?? this.port) - 1]!;
       if (si < 0 || si >= port.gids.length) bad('av', `sgidIndex ${si} not in the GID table (${port.gids.length})`);
     }
-    if (to === 'RTR' && from === 'INIT' && (this.type === 'RC' || this.type === 'UC') && a.pathMtu === undefined) {
-      throw new InvalidQpAttrError(from, to, ['pathMtu'], []);
-    }
   }
 
   private apply(a: QpAttrs, to: QpState): void {
@@ -259,10 +254,7 @@ export class Qp {
         flowLabel: a.av.flowLabel ?? 0, sl: a.av.sl ?? 0, udpPort: a.av.udpPort ?? 4791,
       };
       const addr = gidToAddress(g);
-      this.dstIp = addr.ip;
-      this.dstFamily = addr.family;
-      this.dstIpNum = addr.family === 4 ? gidToIpv4Number(g) : 0;
-      this.dstPort = this.av.udpPort;
+      this.dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.av.udpPort, bytes: g };
     }
     if (a.rqPsn !== undefined) { this.rqPsn = a.rqPsn; this.resp.psn = a.rqPsn; }
     if (a.sqPsn !== undefined) { this.sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.comp.psn = a.sqPsn; }

@@ -9,7 +9,7 @@ import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { TxPool, type Link, type RxHandler } from './link.js';
 import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
-import { parseIpv4 } from '../transport/recv.js';
+import { parseIpv4 } from '../gid.js';
 import { VerbsError } from '../../verbs/errors.js';
 
 export interface UdpLinkOptions {

@@ -8,30 +8,13 @@ import { PktInfo, parseIb } from '../packet.js';
 import { inferIpv4Id, icrcV2Ipv4Parts, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
 import { Op } from '../opcode.js';
 import { C } from '../counters.js';
-import { gidFromString } from '../gid.js';
+import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
 import { onResponse } from './completer.js';
 import type { Device, Port } from '../../verbs/device.js';
 
 const info = new PktInfo();
 const v4bytes = new Uint8Array(4);
-
-/** Dotted-quad to number without allocating; -1 if it is not one. */
-export function parseIpv4(s: string): number {
-  let n = 0, part = 0, digits = 0, dots = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || part > 255) return -1;
-      n = n * 256 + part; part = 0; digits = 0; dots++;
-    } else if (c >= 48 && c <= 57) {
-      part = part * 10 + (c - 48); digits++;
-      if (digits > 3) return -1;
-    } else return -1;
-  }
-  if (dots !== 3 || digits === 0 || part > 255) return -1;
-  return (n * 256 + part) >>> 0;
-}
 
 const v6cache = new Map<string, Uint8Array>();
 function v6(s: string): Uint8Array {

@@ -12,7 +12,7 @@ import { WqeState, isRdAtomic, type Qp, type SendWqe } from '../../verbs/qp.js';
 import { WrOp } from '../../verbs/types.js';
 import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
-import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
+import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { gatherSgl } from './sgl.js';
 import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from '../../verbs/types.js';
@@ -33,18 +33,6 @@ const SEQ: readonly (readonly [number, number, number, number])[] = [
 
 function prefix(qp: Qp): number {
   return qp.type === 'RC' ? 0x00 : qp.type === 'UC' ? 0x20 : 0x60;
-}
-
-const qpDest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
-
-function destFor(qp: Qp, wqe: SendWqe): Dest {
-  if (wqe.ah) {
-    const a = wqe.ah;
-    qpDest.ip = a.ip; qpDest.ipNum = a.ipNum; qpDest.family = a.family; qpDest.port = a.udpPort; qpDest.bytes = a.gid;
-  } else {
-    qpDest.ip = qp.dstIp; qpDest.ipNum = qp.dstIpNum; qpDest.family = qp.dstFamily; qpDest.port = qp.dstPort; qpDest.bytes = qp.av!.dgid;
-  }
-  return qpDest;
 }
 
 export function runRequester(qp: Qp): void {
@@ -89,7 +77,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     wqe.state = WqeState.PROCESSING;
     if (isRdAtomic(wqe.op) && !wqe.rdCounted && rc) { wqe.rdCounted = true; qp.req.rdAtomic++; }
   }
-  const d = destFor(qp, wqe);
+  const d = wqe.ah ? wqe.ah.dest : qp.dest;
   const destQp = ud ? wqe.remoteQpn : qp.destQpn;
   const psn = qp.req.psn;
 

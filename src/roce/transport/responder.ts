@@ -18,7 +18,7 @@ import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
 import { C } from '../counters.js';
-import { finishAndSend, hdrOff, payloadOff, writeBth, type Dest } from './build.js';
+import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import type { RecvWqe } from '../../verbs/objects.js';
 import type { Mr } from '../../verbs/mr.js';
@@ -28,12 +28,6 @@ import type { Port } from '../../verbs/device.js';
 const BACKLOG_MAX = 4096;
 const READ_BUDGET = 64;
 const KIND = Op.SEND | Op.WRITE | Op.READ | Op.ATOMIC;
-
-const dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
-function qpDest(qp: Qp): Dest {
-  dest.ip = qp.dstIp; dest.ipNum = qp.dstIpNum; dest.family = qp.dstFamily; dest.port = qp.dstPort; dest.bytes = qp.av!.dgid;
-  return dest;
-}
 
 function port(qp: Qp): Port {
   return qp.device.ports[qp.port - 1]!;
@@ -48,7 +42,7 @@ export function sendAck(qp: Qp, syndrome: number, psn: number): void {
   b[12] = syndrome;
   const msn = qp.resp.msn;
   b[13] = (msn >>> 16) & 0xff; b[14] = (msn >>> 8) & 0xff; b[15] = msn & 0xff;
-  finishAndSend(p, b, 16, 0, qpDest(qp));
+  finishAndSend(p, b, 16, 0, qp.dest);
 }
 
 function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): void {
@@ -59,7 +53,7 @@ function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): void {
   b[12] = aethAck();
   b[13] = (msn >>> 16) & 0xff; b[14] = (msn >>> 8) & 0xff; b[15] = msn & 0xff;
   b.writeBigUInt64BE(orig, 16);
-  finishAndSend(p, b, 24, 0, qpDest(qp));
+  finishAndSend(p, b, 24, 0, qp.dest);
 }
 
 /** A class C error (rxe do_class_ac_error): NAK, then the responder QP goes to ERR. */
@@ -165,7 +159,7 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
   if (ud) {
     const qkey = b.readUInt32BE(o + 12);
     if (qkey !== qp.qkey) { v[C.rcvd_bad_qkey]!++; return; }
-  } else if (srcIp !== qp.dstIp) {
+  } else if (srcIp !== qp.dest.ip) {
     v[C.rcvd_bad_addr]!++; // rxe check_addr: RC/UC packets only from the AV's address
     return;
   }
@@ -444,7 +438,7 @@ export function runReads(qp: Qp): void {
       p = 16;
     }
     rd.mr.buffer.copy(b, p, rd.off + off, rd.off + off + n);
-    finishAndSend(pt, b, p + n, n, qpDest(qp));
+    finishAndSend(pt, b, p + n, n, qp.dest);
     rd.sentPsn = psnAdd(rd.sentPsn, 1);
     if (last) r.reads.shift();
     budget--;

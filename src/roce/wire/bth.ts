@@ -96,22 +96,9 @@ export class BthView {
     const b = this.buf, o = this.off;
     b[o + 9] = (v >>> 16) & 0xff; b[o + 10] = (v >>> 8) & 0xff; b[o + 11] = v & 0xff;
   }
-  /** Writes a whole header as rxe does for a new packet (reserved bits zero). */
-  init(opcode: number, destQp: number, psn: number, pkey: number, padCnt: number, flags: number): void {
-    const b = this.buf, o = this.off;
-    b[o] = opcode;
-    b[o + 1] = flags & 0xc0 | ((padCnt & 3) << 4);
-    b[o + 2] = (pkey >>> 8) & 0xff; b[o + 3] = pkey & 0xff;
-    b[o + 4] = flags & 0x3 ? ((flags & 1) << 7) | ((flags & 2) << 5) : 0;
-    this.destQp = destQp;
-    b[o + 8] = flags & 0x100 ? 0x80 : 0;
-    this.psn = psn;
-  }
   private setBits(i: number, mask: number, v: number): void {
     const o = this.off + i;
     this.buf[o] = (this.buf[o]! & ~mask) | v;
   }
 }
 
-/** Flag bits for BthView.init(): SE and M in byte 1, FECN/BECN in byte 4, AckReq in byte 8. */
-export const BthFlag = { SE: 0x80, MIG: 0x40, FECN: 0x1, BECN: 0x2, ACKREQ: 0x100 } as const;
