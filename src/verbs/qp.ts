@@ -167,6 +167,9 @@ export class Qp {
     backlog: [] as Array<{ buf: Buffer; len: number; srcIp: string; srcPort: number; ipId: number; srcBytes: Uint8Array }>,
     scheduled: false,
     waitingDrain: false,
+    /** a coalesced ACK waits for the end of this event-loop turn (responder.ts queueAck) */
+    ackPending: false, ackPsn: 0, ackMsn: 0,
+    ackFlush: null as (() => void) | null,
   };
 
   constructor(device: Device, pd: Pd, qpn: number, type: QpType, o: CreateQpOptions | null, cap: Required<QpCap>, sendCq: Cq, recvCq: Cq) {
@@ -235,6 +238,8 @@ export class Qp {
 
   private apply(a: QpAttrs, to: QpState): void {
     if (a.port !== undefined) this.port = a.port;
+    // UD and GSI messages are bounded by the port's MTU, not a path MTU (rxe's get_mtu()).
+    if ((this.type === 'UD' || this.type === 'GSI') && to === 'INIT') this.pathMtu = this.device.queryPort(this.port).activeMtu;
     if (a.pkeyIndex !== undefined) this.pkeyIndex = a.pkeyIndex;
     if (a.qkey !== undefined) this.qkey = a.qkey >>> 0;
     if (a.accessFlags !== undefined) this.accessFlags = accessBits(a.accessFlags, 'accessFlags', 'ibv_modify_qp', (c, o, m, arg) => new VerbsError(c, o, m, arg));
@@ -269,6 +274,7 @@ export class Qp {
     if (to === 'INIT' && from === 'RESET') {
       // MSN starts at 0 on RESET → INIT (IBA 9.7.5.1.2).
       this.resp.msn = 0;
+      this.resp.ackPending = false;
       this.resp.res = Array.from({ length: Math.max(1, this.device.attr.maxQpRdAtom) }, () => new RdResource());
     }
     if (to === 'ERR' && from !== 'ERR') flushQp(this);

@@ -108,7 +108,10 @@ t.test('UD: SEND with the 40-byte GRH, source QP, Q_Key check, MTU limit', async
   t.equal(b.mem[20], 0x45, 'then the IPv4 header');
   t.same([...b.mem.subarray(32, 36)], [10, 0, 0, 1], 'with the sender\'s address');
   t.equal(b.dev.counters().rcvd_bad_qkey, 1, 'the wrong Q_Key was counted and dropped');
-  t.throws(() => a.qp.postSend({ wrId: 9, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 1025 }], ud: { ah, remoteQpn: 1, remoteQkey: 1 } }), { code: 'EINVAL', argument: 'sg' }, 'UD message above the path MTU');
+  // A UD message is bounded by the port's active MTU (rxe get_mtu()), not by a path MTU.
+  const portMtu = a.dev.queryPort().activeMtu;
+  t.doesNotThrow(() => a.qp.postSend({ wrId: 8, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: portMtu }], ud: { ah, remoteQpn: 1, remoteQkey: 1 } }), 'UD message of the port MTU');
+  t.throws(() => a.qp.postSend({ wrId: 9, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: portMtu + 1 }], ud: { ah, remoteQpn: 1, remoteQkey: 1 } }), { code: 'EINVAL', argument: 'sg' }, 'UD message above the port MTU');
   t.throws(() => a.qp.postSend({ wrId: 9, opcode: 'RDMA_WRITE', sg: [], remote: { addr: 0n, rkey: 0 }, ud: { ah, remoteQpn: 1, remoteQkey: 1 } } as SendWr), { code: 'EINVAL', argument: 'opcode' });
   t.throws(() => a.qp.postSend({ wrId: 9, opcode: 'SEND', sg: [] }), { code: 'EINVAL', argument: 'ud' }, 'UD send without an AH');
   await p.close();
