@@ -33,6 +33,8 @@ function transportOk(type: string, opcode: number): boolean {
   return (t === 0 && type === 'RC') || (t === 1 && type === 'UC') || (t === 3 && (type === 'UD' || type === 'GSI'));
 }
 
+let lastSrcIp = '', lastSrc = -1;
+
 export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number): void {
   const v = port.counters.v;
   v[C.rcvd_pkts]!++;
@@ -41,7 +43,10 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   let ipId = 0, df = 1;
   let srcBytes: Uint8Array;
   if (port.link.family === 4) {
-    const src = parseIpv4(srcIp);
+    // dgram hands us a new string per datagram; most come from the same peer.
+    let src: number;
+    if (srcIp === lastSrcIp) src = lastSrc;
+    else { src = parseIpv4(srcIp); lastSrcIp = srcIp; lastSrc = src; }
     if (src < 0) { v[C.rcvd_bad_addr]!++; return; }
     // A UDP socket does not show the sender's IPv4 ID: recover it from the ICRC (icrc.ts).
     let r: number;

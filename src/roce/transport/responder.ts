@@ -33,19 +33,50 @@ function port(qp: Qp): Port {
   return qp.device.ports[qp.port - 1]!;
 }
 
-/** Sends an ACK / NAK / RNR NAK (IBA 9.7.5.1.2). Dropped (and counted) when the tx pool is empty. */
-export function sendAck(qp: Qp, syndrome: number, psn: number): void {
+/**
+ * Sends an ACK / NAK / RNR NAK (IBA 9.7.5.1.2) now, after any coalesced ACK
+ * still waiting (responses leave in PSN order). Dropped (and counted) when the
+ * tx pool is empty.
+ */
+export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn): void {
+  if (qp.resp.ackPending) flushAck(qp);
   const p = port(qp);
   const b = p.link.allocTx();
   if (!b) { p.counters.v[C.ack_deferred]!++; return; }
   writeBth(b, 0x11, false, 0, qp.destQpn, false, psn);
   b[12] = syndrome;
-  const msn = qp.resp.msn;
   b[13] = (msn >>> 16) & 0xff; b[14] = (msn >>> 8) & 0xff; b[15] = msn & 0xff;
   finishAndSend(p, b, 16, 0, qp.dest);
 }
 
+/**
+ * A positive ACK for a request that asked for one, coalesced: every request
+ * that arrives in the same event-loop turn (a receive burst) is acknowledged
+ * by one ACK for the newest PSN when the turn ends. IBA 9.7.5.1.1 lets an ACK
+ * acknowledge every request up to its PSN; the requester completes all of
+ * them (rxe's completer does the same with our ACKs). On a busy responder
+ * this halves the packets per small message.
+ */
+function queueAck(qp: Qp, psn: number): void {
+  const r = qp.resp;
+  r.ackPsn = psn;
+  r.ackMsn = r.msn;
+  if (r.ackPending) return;
+  r.ackPending = true;
+  qp.device.sched.defer(r.ackFlush ??= (): void => flushAck(qp));
+}
+
+/** Sends the coalesced ACK, if one waits and the QP can still answer. */
+export function flushAck(qp: Qp): void {
+  const r = qp.resp;
+  if (!r.ackPending) return;
+  r.ackPending = false;
+  if (qp.closed || qp.state === 'RESET' || qp.state === 'INIT' || qp.state === 'ERR') return;
+  sendAck(qp, aethAck(), r.ackPsn, r.ackMsn);
+}
+
 function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): void {
+  if (qp.resp.ackPending) flushAck(qp);
   const p = port(qp);
   const b = p.link.allocTx();
   if (!b) { p.counters.v[C.ack_deferred]!++; return; }
@@ -363,7 +394,7 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
   r.psn = psnAdd(psn, 1);
   r.lastOp = op;
   r.nakPsn = -1;
-  if (qp.type === 'RC' && ackReq) sendAck(qp, aethAck(), psn);
+  if (qp.type === 'RC' && ackReq) queueAck(qp, psn);
 }
 
 function abandonMessage(qp: Qp): void {
@@ -415,6 +446,7 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
 /** Sends READ responses (bounded per turn), then handles requests that waited behind them. */
 export function runReads(qp: Qp): void {
   const r = qp.resp;
+  if (r.ackPending && r.reads.length > 0) flushAck(qp);
   const pt = port(qp);
   const mtu = qp.pathMtu;
   let budget = READ_BUDGET;
