@@ -100,6 +100,8 @@ export async function ibvDevinfo(argv: string[], out: Out = stdout, err: Out = s
         out(`\t\t\tport_lid:\t\t${pa.lid}`);
         out(`\t\t\tport_lmc:\t\t0x${pa.lmc.toString(16).padStart(2, '0')}`);
         out(`\t\t\tlink_layer:\t\t${pa.linkLayer}`);
+        // Not in rdma-core's output: which datagram backend carries this port (native addon or Node dgram).
+        out(`\t\t\tsoftroce_backend:\t${pa.backend}`);
         if (verbose) {
           out(`\t\t\tmax_msg_sz:\t\t0x${pa.maxMsgSz.toString(16)}`);
           out(`\t\t\tport_cap_flags:\t\t0x${pa.portCapFlags.toString(16).padStart(8, '0')}`);

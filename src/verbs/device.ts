@@ -250,7 +250,11 @@ export class Device extends EventEmitter {
   addPort(link: Link, netdev: string, mac: Uint8Array): Port {
     const p = new Port(this.ports.length + 1, link, netdev, mac, buildGidTable(netdev, mac, link.localIp), activeMtuFor(netdevMtu(netdev)));
     this.ports.push(p);
-    link.setReceiver((buf, len, srcIp, srcPort) => deviceRx(this, p, buf, len, srcIp, srcPort));
+    link.setReceiver((buf, len, srcIp, srcPort) => {
+      deviceRx(this, p, buf, len, srcIp, srcPort);
+      const w = this.rxWaiter;
+      if (w !== null) { this.rxWaiter = null; w(); }
+    });
     link.on('drain', () => {
       for (const qp of this.qps.values()) {
         if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }
@@ -377,6 +381,20 @@ export class Device extends EventEmitter {
   forget(o: Pd | Cq): void {
     if (o instanceof Pd) this.pds.delete(o);
     else this.cqs.delete(o);
+  }
+
+  private rxWaiter: (() => void) | null = null;
+  /**
+   * Resolves once the next datagram this device receives has been processed.
+   * For code that waits on memory an RDMA WRITE fills (a C program spins on
+   * the buffer; here the transport runs on the caller's thread, so it sleeps
+   * until a packet came in and looks again).
+   */
+  nextRx(): Promise<void> {
+    return new Promise((resolve) => {
+      const prev = this.rxWaiter;
+      this.rxWaiter = prev === null ? resolve : (): void => { prev(); resolve(); };
+    });
   }
 
   /** @internal schedule the requester of a QP (rxe_sched_task). */

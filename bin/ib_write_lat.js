@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+import { perftestMain } from '../dist/src/cli/perftest.js';
+await perftestMain('write_lat');

@@ -1,0 +1,361 @@
+/**
+ * The measurement loops of softroce's perftest tools, one per perftest
+ * run_iter_* function: bandwidth (a client posting SEND / RDMA WRITE / RDMA
+ * READ / atomics on N QPs; a server counting received SENDs) and latency
+ * (SEND and RDMA WRITE ping-pong; READ and atomic round trips). Each either
+ * runs a number of iterations (-n) or for a duration (-D). They poll the CQs
+ * and yield to the event loop when there is nothing to do, since the
+ * transport runs on the same thread.
+ */
+import { Wc, WC_STATUS } from '../verbs/types.js';
+import type { SendWr } from '../verbs/types.js';
+import type { Qp } from '../verbs/qp.js';
+import type { Mr } from '../verbs/mr.js';
+import type { Ah } from '../verbs/objects.js';
+import type { Cq } from '../verbs/cq.js';
+import type { Device } from '../verbs/device.js';
+import type { PerfDest } from './perftest-comm.js';
+import { WC_STATUS_STR } from './pingpong.js';
+
+export type Verb = 'SEND' | 'WRITE' | 'READ' | 'ATOMIC';
+export const UD_QKEY = 0x11111111;
+/** UD receive buffers start with the 40-byte GRH (IBV_WC_GRH). */
+export const GRH_LEN = 40;
+
+export interface RunCtx {
+  device: Device;
+  verb: Verb;
+  conn: 'RC' | 'UC' | 'UD';
+  qps: Qp[];
+  rem: PerfDest[];
+  ahs: Ah[];
+  mr: Mr;
+  /** bytes per QP region; QP i sends from region i and exposes region q + i to its peer */
+  region: number;
+  sendCq: Cq;
+  recvCq: Cq;
+  txDepth: number;
+  rxDepth: number;
+  cqMod: number;
+  atomicCmp: boolean;
+  /** called about every 200 ms with a one-line status, when progress is shown */
+  progress: ((s: string) => void) | null;
+}
+
+/** Iterations per QP, or a duration in seconds. */
+export type Limit = { iters: number } | { secs: number };
+
+export interface BwResult { size: number; iters: number; peak: number; avg: number; rate: number }
+
+/**
+ * Sleeps until the CQ holds a completion (ibv_req_notify_cq, then
+ * ibv_get_cq_event), or `until` (seconds, hrtime) passes. Sleeping instead of
+ * spinning leaves the CPU to the peer and the kernel, which on a small
+ * machine is most of the latency.
+ */
+function waitCq(cq: Cq, until = Infinity): Promise<void> {
+  if (cq.length > 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    let timer: NodeJS.Timeout | null = null;
+    const done = (): void => { if (timer) clearTimeout(timer); cq.off('notify', done); resolve(); };
+    cq.once('notify', done);
+    cq.reqNotify();
+    // A safety net: wake up at the deadline, and at least once a second.
+    timer = setTimeout(done, Math.max(0, Math.min(1000, (until - now()) * 1000)));
+  });
+}
+
+/**
+ * Waits until the send queue has room (the previous send's ACK may still be
+ * on its way when the peer's answer is already here); true if `end` passed.
+ * Its completions are dropped here, as perftest polls them away.
+ */
+async function sqRoom(c: RunCtx, qp: Qp, end: number): Promise<boolean> {
+  const wc = [new Wc()];
+  while (qp.outstanding >= c.txDepth) {
+    while (c.sendCq.poll(wc, 1) === 1);
+    if (now() >= end) return true;
+    await waitRx(c, end);
+  }
+  return false;
+}
+
+/** Lets the last sends of a ping-pong be acknowledged (at most 2 s), dropping their completions. */
+async function drain(c: RunCtx, qp: Qp): Promise<void> {
+  const wc = [new Wc()];
+  const until = now() + 2;
+  while (qp.outstanding > 0 && now() < until) { while (c.sendCq.poll(wc, 1) === 1); await waitRx(c, until); }
+  while (c.sendCq.poll(wc, 1) === 1);
+}
+
+/** Sleeps until the device has received something (or `until`). */
+function waitRx(c: RunCtx, until = Infinity): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, Math.max(0, Math.min(1000, (until - now()) * 1000)));
+    void c.device.nextRx().then(() => { clearTimeout(timer); resolve(); });
+  });
+}
+const now = (): number => Number(process.hrtime.bigint()) / 1e9;
+const MB = 1048576;
+const PEAK_WINDOW = 0.005;
+
+function wcError(side: string, w: Wc): string {
+  const code = WC_STATUS.indexOf(w.status);
+  return ` Completion with error at ${side}:\n Failed status ${code}: wr_id ${w.wrId} syndrom 0x0 (${WC_STATUS_STR[code] ?? w.status})`;
+}
+
+/** One reusable work request per QP, as perftest's ctx_set_send_wqes builds them. */
+function sendWrs(c: RunCtx, size: number): SendWr[] {
+  return c.qps.map((_, i) => {
+    const sg = [{ mr: c.mr, offset: i * c.region, length: c.verb === 'ATOMIC' ? 8 : size }];
+    const remote = { addr: c.rem[i]!.vaddr, rkey: c.rem[i]!.rkey };
+    switch (c.verb) {
+      case 'WRITE': return { wrId: 0, opcode: 'RDMA_WRITE', signaled: false, sg, remote };
+      case 'READ': return { wrId: 0, opcode: 'RDMA_READ', signaled: false, sg, remote };
+      case 'ATOMIC': return c.atomicCmp
+        ? { wrId: 0, opcode: 'ATOMIC_CMP_AND_SWP', signaled: false, compareAdd: 0n, swap: 1n, sg, remote }
+        : { wrId: 0, opcode: 'ATOMIC_FETCH_AND_ADD', signaled: false, compareAdd: 1n, sg, remote };
+      case 'SEND': return c.conn === 'UD'
+        ? { wrId: 0, opcode: 'SEND', signaled: false, sg, ud: { ah: c.ahs[i]!, remoteQpn: c.rem[i]!.qpn, remoteQkey: UD_QKEY } }
+        : { wrId: 0, opcode: 'SEND', signaled: false, sg };
+    }
+  });
+}
+
+/**
+ * Posts receives on every QP until each holds rxDepth (SEND tests' receiving
+ * side). Each receive spans a whole region, so one set serves every message
+ * size of an -a sweep (a UD region has room for the GRH too).
+ */
+export function fillRecvs(c: RunCtx, posted: number[]): void {
+  c.qps.forEach((qp, i) => {
+    const sg = [{ mr: c.mr, offset: (c.qps.length + i) * c.region, length: c.region }];
+    const wr = { wrId: i, sg };
+    while ((posted[i] ?? 0) < c.rxDepth) { qp.postRecv(wr); posted[i] = (posted[i] ?? 0) + 1; }
+  });
+}
+
+/**
+ * run_iter_bw: post up to txDepth per QP, signal every cqMod-th WR, poll the
+ * send CQ. Bandwidth counts size x completed messages over all QPs; the peak
+ * is the best rate between two consecutive polls that completed something.
+ */
+export async function bwClient(c: RunCtx, size: number, limit: Limit): Promise<BwResult | string> {
+  const q = c.qps.length;
+  const wrs = sendWrs(c, size);
+  const posted = new Array<number>(q).fill(0), done = new Array<number>(q).fill(0);
+  const index = new Map(c.qps.map((qp, i) => [qp.qpn, i]));
+  const wcs = Array.from({ length: 64 }, () => new Wc());
+  const iters = 'iters' in limit ? limit.iters : Infinity;
+  const t0 = now();
+  const end = 'secs' in limit ? t0 + limit.secs : Infinity;
+  let last = t0, lastDone = 0, totalDone = 0, peak = 0, stopping = false, nextProgress = t0 + 0.2;
+  for (;;) {
+    if (!stopping && now() >= end) stopping = true;
+    if (!stopping) {
+      for (let i = 0; i < q; i++) {
+        const qp = c.qps[i]!, wr = wrs[i]!;
+        while (posted[i]! < iters && posted[i]! - done[i]! < c.txDepth) {
+          const n = posted[i]!;
+          wr.wrId = n;
+          wr.signaled = n % c.cqMod === c.cqMod - 1 || n === iters - 1;
+          qp.postSend(wr);
+          posted[i] = n + 1;
+        }
+      }
+    }
+    // An iteration run ends on the last (signalled) WR; a duration run stops
+    // posting and waits for the send queues to drain (its last WR may be unsignalled).
+    if (!stopping ? done.every((d) => d >= iters) : c.qps.every((qp) => qp.outstanding === 0)) {
+      if (stopping) for (let i = 0; i < q; i++) done[i] = posted[i]!;
+      break;
+    }
+    const n = c.sendCq.poll(wcs);
+    if (n === 0) { await (stopping ? waitRx(c) : waitCq(c.sendCq, end)); continue; }
+    for (let k = 0; k < n; k++) {
+      const w = wcs[k]!;
+      if (w.status !== 'SUCCESS') return wcError('client', w);
+      const i = index.get(w.qpn) ?? 0;
+      totalDone += w.wrId + 1 - done[i]!;
+      done[i] = w.wrId + 1;
+    }
+    // The peak is the best rate over windows of at least 5 ms (a single poll's burst says nothing).
+    const t2 = now();
+    if (t2 - last >= PEAK_WINDOW) { peak = Math.max(peak, ((totalDone - lastDone) * size) / (t2 - last) / MB); last = t2; lastDone = totalDone; }
+    if (c.progress && t2 >= nextProgress) {
+      nextProgress = t2 + 0.2;
+      c.progress('secs' in limit ? `${size} B: ${(t2 - t0).toFixed(1)}/${limit.secs} s, ${totalDone} messages` : `${size} B: ${totalDone}/${iters * q} messages`);
+    }
+  }
+  const total = done.reduce((a, b) => a + b, 0);
+  const secs = now() - t0;
+  const avg = (total * size) / secs / MB;
+  return { size, iters: 'iters' in limit ? limit.iters : total, peak: Math.max(peak, avg), avg, rate: total / secs / 1e6 };
+}
+
+/**
+ * run_iter_bw_server: count received SENDs, re-posting each receive. Timed
+ * from the first arrival. UC and UD lose messages without telling anyone, so
+ * the server stops when nothing has arrived for a while and reports what it
+ * got (perftest's check_alive does the same).
+ */
+export async function bwServer(c: RunCtx, size: number, limit: Limit): Promise<BwResult | string> {
+  const q = c.qps.length;
+  const want = 'iters' in limit ? limit.iters * q : Infinity;
+  const wcs = Array.from({ length: 64 }, () => new Wc());
+  const index = new Map(c.qps.map((qp, i) => [qp.qpn, i]));
+  const wrs = c.qps.map((_, i) => ({ wrId: i, sg: [{ mr: c.mr, offset: (q + i) * c.region, length: c.region }] }));
+  const reliable = c.conn === 'RC';
+  const start = now();
+  const end = 'secs' in limit ? start + limit.secs + 1 : Infinity;
+  let got = 0, t0 = 0, tLast = 0, last = 0, lastGot = 0, peak = 0, lastArrival = start, nextProgress = start + 0.2;
+  while (got < want) {
+    const n = c.recvCq.poll(wcs);
+    const t = now();
+    if (n === 0) {
+      if (t >= end) break;
+      const stall = got ? 3 : 60;
+      if (!reliable && t - lastArrival > stall) break;
+      await waitCq(c.recvCq, reliable ? end : Math.min(end, lastArrival + stall));
+      continue;
+    }
+    if (got === 0) { t0 = t; last = t; }
+    for (let k = 0; k < n; k++) {
+      const w = wcs[k]!;
+      if (w.status !== 'SUCCESS') return wcError('server', w);
+      const i = index.get(w.qpn) ?? 0;
+      c.qps[i]!.postRecv(wrs[i]!);
+      got++;
+    }
+    lastArrival = t;
+    if (t - last >= PEAK_WINDOW) { peak = Math.max(peak, ((got - lastGot) * size) / (t - last) / MB); last = t; lastGot = got; }
+    tLast = t;
+    if (c.progress && t >= nextProgress) { nextProgress = t + 0.2; c.progress(`${size} B: ${got}${want === Infinity ? '' : `/${want}`} messages received`); }
+  }
+  const secs = Math.max(tLast - t0, 1e-9);
+  const avg = got > 1 ? (got * size) / secs / MB : 0;
+  return { size, iters: 'iters' in limit ? limit.iters : got, peak: Math.max(peak, avg), avg, rate: got > 1 ? got / secs / 1e6 : 0 };
+}
+
+/**
+ * Latency tests. Returns per-iteration latencies in microseconds: half the
+ * round trip for SEND and WRITE ping-pong, the whole round trip for READ and
+ * atomics (perftest's rtt_factor).
+ */
+export async function latency(c: RunCtx, size: number, limit: Limit, client: boolean): Promise<number[] | string> {
+  switch (c.verb) {
+    case 'SEND': return sendLat(c, size, limit, client);
+    case 'WRITE': return writeLat(c, size, limit, client);
+    default: return rdLat(c, size, limit);
+  }
+}
+
+function limits(limit: Limit): { iters: number; end: number } {
+  return { iters: 'iters' in limit ? limit.iters : Infinity, end: 'secs' in limit ? now() + limit.secs : Infinity };
+}
+
+/** run_iter_lat_send: the client sends first; each side sends once it has received. */
+async function sendLat(c: RunCtx, size: number, limit: Limit, client: boolean): Promise<number[] | string> {
+  const qp = c.qps[0]!;
+  const wr = sendWrs(c, size)[0]!;
+  wr.signaled = true;
+  const wc = [new Wc(), new Wc()];
+  const recvWr = { wrId: 0, sg: [{ mr: c.mr, offset: c.region, length: c.region }] };
+  const { iters, end } = limits(limit);
+  const times: number[] = [];
+  let prev = process.hrtime.bigint();
+  const waitRecv = async (): Promise<string | null | 'timeout'> => {
+    for (;;) {
+      if (c.recvCq.poll(wc, 1) === 1) {
+        const w = wc[0]!;
+        if (w.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', w);
+        qp.postRecv(recvWr);
+        return null;
+      }
+      // Sends are signalled so the SQ never fills; their completions are only drained here.
+      while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', wc[0]!);
+      if (now() >= end) return 'timeout';
+      await waitCq(c.recvCq, end);
+    }
+  };
+  for (let i = 0; i < iters; i++) {
+    if (!client) { const e = await waitRecv(); if (e === 'timeout') break; if (e) return e; }
+    if (now() >= end) break;
+    if (await sqRoom(c, qp, end)) break;
+    wr.wrId = i;
+    qp.postSend(wr);
+    if (client) { const e = await waitRecv(); if (e === 'timeout') break; if (e) return e; }
+    const t = process.hrtime.bigint();
+    times.push(Number(t - prev) / 2000);
+    prev = t;
+    if (c.progress && i % 500 === 499) c.progress(`${size} B: ${i + 1}${iters === Infinity ? '' : `/${iters}`} iterations`);
+  }
+  await drain(c, qp);
+  return times;
+}
+
+/**
+ * run_iter_lat_write: each side RDMA-WRITEs size bytes whose last byte is its
+ * send count into the peer's exposed region, and polls the last byte of its
+ * own exposed region for the peer's count. In perftest the server writes
+ * first and the client answers.
+ */
+async function writeLat(c: RunCtx, size: number, limit: Limit, client: boolean): Promise<number[] | string> {
+  const qp = c.qps[0]!;
+  const wr = sendWrs(c, size)[0]!;
+  wr.signaled = true;
+  const buf = c.mr.buffer;
+  const postAt = size - 1, pollAt = c.region + size - 1;
+  const wc = [new Wc()];
+  const { iters, end } = limits(limit);
+  const times: number[] = [];
+  const side = client ? 'client' : 'server';
+  let prev = 0n, scnt = 0, rcnt = 0;
+  while (scnt < iters || rcnt < iters) {
+    if (rcnt < iters && !(scnt === 0 && !client)) {
+      rcnt++;
+      while (buf[pollAt] !== (rcnt & 0xff)) {
+        if (now() >= end) return times;
+        while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(side, wc[0]!);
+        await waitRx(c, end);
+      }
+    }
+    if (now() >= end) break;
+    if (scnt < iters) {
+      const t = process.hrtime.bigint();
+      if (scnt > 0) times.push(Number(t - prev) / 2000);
+      prev = t;
+      if (await sqRoom(c, qp, end)) break;
+      buf[postAt] = ++scnt & 0xff;
+      wr.wrId = scnt;
+      qp.postSend(wr);
+      if (c.progress && scnt % 500 === 0) c.progress(`${size} B: ${scnt}${iters === Infinity ? '' : `/${iters}`} iterations`);
+    }
+    while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(side, wc[0]!);
+  }
+  await drain(c, qp);
+  return times;
+}
+
+/** run_iter_lat for READ and atomics: one request at a time; the latency is the whole round trip. */
+async function rdLat(c: RunCtx, size: number, limit: Limit): Promise<number[] | string> {
+  const qp = c.qps[0]!;
+  const wr = sendWrs(c, size)[0]!;
+  wr.signaled = true;
+  const wc = [new Wc()];
+  const { iters, end } = limits(limit);
+  const times: number[] = [];
+  for (let i = 0; i < iters && now() < end; i++) {
+    const t0 = process.hrtime.bigint();
+    wr.wrId = i;
+    qp.postSend(wr);
+    while (c.sendCq.poll(wc, 1) === 0) {
+      if (now() >= end + 5) return ' Completion timeout at client';
+      await waitCq(c.sendCq, end + 5);
+    }
+    if (wc[0]!.status !== 'SUCCESS') return wcError('client', wc[0]!);
+    times.push(Number(process.hrtime.bigint() - t0) / 1000);
+    if (c.progress && i % 500 === 499) c.progress(`${size} B: ${i + 1}${iters === Infinity ? '' : `/${iters}`} iterations`);
+  }
+  return times;
+}
