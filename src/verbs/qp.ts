@@ -17,7 +17,7 @@ import { isMtu, type Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
 import type { TimerHandle } from '../roce/transport/sched.js';
 import type { Dest } from '../roce/transport/build.js';
-import { flushQp } from '../roce/transport/completer.js';
+import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
 
 export interface QpCap { maxSendWr: number; maxRecvWr: number; maxSendSge?: number; maxRecvSge?: number; maxInline?: number }
 export interface CreateQpOptions {
@@ -155,7 +155,9 @@ export class Qp {
   /** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
   readonly req = { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0 };
   /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
-  readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1 };
+  readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1,
+    /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
+    deadline: Infinity, onTimer: null as (() => void) | null };
   /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
   readonly resp = {
     psn: 0, msn: 0, lastOp: -1, wqe: null as RecvWqe | null, offset: 0, nakPsn: -1, oosMax: 0, oosCount: 0, dropMsg: false,
@@ -283,9 +285,8 @@ export class Qp {
   }
 
   private resetQueues(): void {
-    this.device.sched.clearTimer(this.comp.timer);
+    stopAckTimer(this);
     this.device.sched.clearTimer(this.comp.rnrTimer);
-    this.comp.timer = null;
     this.comp.rnrTimer = null;
     this.sqHead = this.sqTail = 0;
     this.rqHead = this.rqCount = 0;
@@ -447,7 +448,7 @@ export class Qp {
   close(): void {
     if (this.closed) return;
     if (this.state !== 'RESET' && this.state !== 'ERR') this.setState('ERR');
-    this.device.sched.clearTimer(this.comp.timer);
+    stopAckTimer(this);
     this.device.sched.clearTimer(this.comp.rnrTimer);
     this.closed = true;
     this.device.destroyQp(this);

@@ -26,11 +26,36 @@ export function ackTimeoutMs(timeout: number): number {
 }
 
 export function armRetransmit(qp: Qp): void {
-  if (qp.comp.timer || qp.timeout === 0 || qp.type !== 'RC') return;
-  qp.comp.timer = qp.device.sched.setTimer(ackTimeoutMs(qp.timeout), () => {
-    qp.comp.timer = null;
+  const c = qp.comp;
+  if (c.deadline !== Infinity || qp.timeout === 0 || qp.type !== 'RC') return;
+  const ms = ackTimeoutMs(qp.timeout);
+  c.deadline = qp.device.sched.now() + ms;
+  if (!c.timer) startAckTimer(qp, ms);
+}
+
+/**
+ * The ACK timer is lazy: every ACK that makes progress moves the deadline
+ * (restartRetransmit) without touching the timer; when the timer fires before
+ * the deadline it re-arms for the rest. One timer per timeout period instead
+ * of a clearTimeout/setTimeout pair per ACK.
+ */
+function startAckTimer(qp: Qp, ms: number): void {
+  const c = qp.comp;
+  c.timer = qp.device.sched.setTimer(ms, c.onTimer ??= (): void => {
+    c.timer = null;
+    if (c.deadline === Infinity) return;
+    const left = c.deadline - qp.device.sched.now();
+    if (left > 0.5) { startAckTimer(qp, left); return; }
+    c.deadline = Infinity;
     onTimeout(qp);
   });
+}
+
+/** Stops the ACK timer (retry, RNR wait, flush, reset, close). */
+export function stopAckTimer(qp: Qp): void {
+  qp.device.sched.clearTimer(qp.comp.timer);
+  qp.comp.timer = null;
+  qp.comp.deadline = Infinity;
 }
 
 /** Packets sent and not yet acknowledged (IBA 9.7.6.1.3: what the ACK timer guards). */
@@ -39,8 +64,7 @@ export function unacked(qp: Qp): boolean {
 }
 
 function restartRetransmit(qp: Qp): void {
-  qp.device.sched.clearTimer(qp.comp.timer);
-  qp.comp.timer = null;
+  qp.comp.deadline = Infinity;
   if (unacked(qp)) armRetransmit(qp);
 }
 
@@ -86,10 +110,8 @@ export function completeUnacked(qp: Qp): void {
 
 /** Moving to ERR (IBA 10.3.1): every outstanding WR completes with WR_FLUSH_ERR. */
 export function flushQp(qp: Qp): void {
-  const s = qp.device.sched;
-  s.clearTimer(qp.comp.timer);
-  s.clearTimer(qp.comp.rnrTimer);
-  qp.comp.timer = null;
+  stopAckTimer(qp);
+  qp.device.sched.clearTimer(qp.comp.rnrTimer);
   qp.comp.rnrTimer = null;
   while (qp.sqHead < qp.sqTail) {
     const wqe = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
@@ -161,8 +183,7 @@ export function retry(qp: Qp): void {
   counters[C.completer_retry_err]!++;
   qp.req.window = Math.max(MIN_WINDOW, qp.req.window >> 1);
   qp.comp.retriedAt = qp.comp.psn;
-  qp.device.sched.clearTimer(qp.comp.timer);
-  qp.comp.timer = null;
+  stopAckTimer(qp);
   rewind(qp);
   qp.device.kick(qp);
 }
@@ -245,8 +266,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
         return;
       }
       if (qp.rnrRetry !== 7) qp.comp.rnrRetry--; // IBA 9.7.5.2.8: 7 means retry forever
-      qp.device.sched.clearTimer(qp.comp.timer);
-      qp.comp.timer = null;
+      stopAckTimer(qp);
       qp.comp.psn = psn;
       rewind(qp);
       if (!qp.comp.rnrTimer) {
