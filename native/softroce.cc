@@ -1,8 +1,14 @@
 // softroce native helper: only the syscalls Node's dgram lacks.
 //
-// Everything here operates on a socket file descriptor that JS already owns
-// (a dgram socket's fd). It never allocates JS objects per packet and never
-// throws: failures return -errno and JS maps them to a typed RdmaError.
+// Two parts. Socket options and sendmmsg / UDP GSO sends, on a socket file
+// descriptor JS owns. And a receive path for IPv4 RoCEv2 sockets that Node's
+// dgram cannot give: the addon opens the UDP socket itself, watches it with a
+// libuv poll handle on Node's own loop, and on each readable event reads up
+// to N datagrams with one recvmmsg into buffers JS handed over once (with
+// UDP_GRO, a datagram may be several equal-size segments the sender's GSO
+// sent as one), then calls JS once with the count. Per packet it allocates
+// nothing and creates no JS object. It never throws: failures return -errno
+// and JS maps them to a typed RdmaError.
 //
 // Why each option exists:
 //  - IP_MTU_DISCOVER = IP_PMTUDISC_DO: Linux then sends DF with IPv4 ID 0.
@@ -20,6 +26,9 @@
 #include <netinet/udp.h>
 #include <arpa/inet.h>
 #include <sys/uio.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <uv.h>
 #include <vector>
 
 #ifndef UDP_SEGMENT
@@ -32,6 +41,209 @@
 #ifndef UDP_NO_CHECK6_RX
 #define UDP_NO_CHECK6_RX 102
 #endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+// ------------------------------------------------------------ receive path
+
+// udpOpen4(ipv4: number, port: number, bufBytes: number, netdev: string) -> fd or -errno
+// A non-blocking IPv4 UDP socket bound to ip:port, with IP_PMTUDISC_DO (DF and
+// IPv4 ID 0: the ICRC covers the ID), large socket buffers and UDP_GRO.
+static Napi::Value UdpOpen4(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) return Napi::Number::New(env, -EINVAL);
+  uint32_t ip = info[0].As<Napi::Number>().Uint32Value();
+  int port = info[1].As<Napi::Number>().Int32Value();
+  int bytes = info[2].As<Napi::Number>().Int32Value();
+  std::string ifname = info[3].As<Napi::String>().Utf8Value();
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  int one = 1;
+  int pmtu = IP_PMTUDISC_DO;
+  if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) < 0) { int e = errno; close(fd); return Napi::Number::New(env, -e); }
+  // Without CAP_NET_ADMIN the FORCE variants fail; the plain ones are capped by rmem_max/wmem_max.
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) < 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+  setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one);  // optional: older kernels simply never coalesce
+  if (!ifname.empty() && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname.c_str(), (socklen_t)ifname.size()) < 0) {
+    int e = errno; close(fd); return Napi::Number::New(env, -e);
+  }
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(ip);
+  if (bind(fd, (struct sockaddr*)&a, sizeof a) < 0) { int e = errno; close(fd); return Napi::Number::New(env, -e); }
+  return Napi::Number::New(env, fd);
+}
+
+// localPort(fd) -> the bound UDP port or -errno
+static Napi::Value LocalPort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  if (getsockname(fd, (struct sockaddr*)&a, &len) < 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, ntohs(a.sin_port));
+}
+
+static const int MAX_SLOTS = 64;
+
+struct RxWatch {
+  uv_poll_t poll;
+  int fd;
+  napi_env env;
+  Napi::FunctionReference cb;
+  Napi::FunctionReference closed;
+  Napi::ObjectReference dataRef;
+  Napi::ObjectReference metaRef;
+  uint8_t* data;
+  uint32_t* meta;
+  uint32_t slots;
+  uint32_t slotSize;
+  bool wantWrite;
+  bool closing;
+  struct mmsghdr msgs[MAX_SLOTS];
+  struct iovec iov[MAX_SLOTS];
+  struct sockaddr_in from[MAX_SLOTS];
+  char ctrl[MAX_SLOTS][CMSG_SPACE(sizeof(int))];
+};
+
+static void CallJs(RxWatch* w, int arg) {
+  Napi::Env env(w->env);
+  Napi::HandleScope scope(env);
+  // MakeCallback: Node runs process.nextTick and microtask queues afterwards,
+  // as for any I/O callback (the link flushes its sends in a microtask).
+  w->cb.MakeCallback(env.Global(), { Napi::Number::New(env, arg) });
+  if (env.IsExceptionPending()) {
+    Napi::Error e = env.GetAndClearPendingException();
+    napi_fatal_exception(w->env, e.Value());
+  }
+}
+
+static void OnPoll(uv_poll_t* h, int status, int events) {
+  RxWatch* w = static_cast<RxWatch*>(h->data);
+  if (w->closing) return;
+  if (status < 0) return;  // an error on the socket: the next read reports it
+  if (events & UV_WRITABLE) {
+    w->wantWrite = false;
+    uv_poll_start(&w->poll, UV_READABLE, OnPoll);
+    CallJs(w, -1);
+    if (w->closing) return;
+  }
+  if (!(events & UV_READABLE)) return;
+  for (uint32_t i = 0; i < w->slots; i++) {
+    w->iov[i].iov_base = w->data + (size_t)i * w->slotSize;
+    w->iov[i].iov_len = w->slotSize;
+    struct msghdr* m = &w->msgs[i].msg_hdr;
+    m->msg_name = &w->from[i];
+    m->msg_namelen = sizeof w->from[i];
+    m->msg_iov = &w->iov[i];
+    m->msg_iovlen = 1;
+    m->msg_control = w->ctrl[i];
+    m->msg_controllen = sizeof w->ctrl[i];
+    m->msg_flags = 0;
+    w->msgs[i].msg_len = 0;
+  }
+  int n = recvmmsg(w->fd, w->msgs, w->slots, MSG_DONTWAIT, nullptr);
+  if (n <= 0) return;  // EAGAIN (level-triggered: another event follows), or an error: nothing to hand over
+  for (int i = 0; i < n; i++) {
+    struct msghdr* m = &w->msgs[i].msg_hdr;
+    uint32_t seg = 0;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+      if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+        int v = 0;
+        memcpy(&v, CMSG_DATA(c), sizeof v);
+        seg = (uint32_t)v;
+      }
+    }
+    // A datagram longer than the slot was cut: hand over length 0 (JS counts and drops it).
+    w->meta[i * 4 + 0] = (m->msg_flags & MSG_TRUNC) ? 0 : w->msgs[i].msg_len;
+    w->meta[i * 4 + 1] = seg;
+    w->meta[i * 4 + 2] = ntohl(w->from[i].sin_addr.s_addr);
+    w->meta[i * 4 + 3] = ntohs(w->from[i].sin_port);
+  }
+  CallJs(w, n);
+}
+
+// rxStart(fd, data: Buffer, meta: Uint32Array, slots, slotSize, cb(n)) -> handle
+// Watches fd on Node's loop. cb(n > 0): n datagrams are in data (slot i at
+// i * slotSize) with meta[4i..4i+3] = length, GRO segment size (0: one
+// datagram), source IPv4, source port; they are overwritten after cb returns.
+// cb(-1): the socket is writable again (after rxWantWrite).
+static Napi::Value RxStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 6 || !info[1].IsBuffer() || !info[2].IsTypedArray() || !info[5].IsFunction()) return env.Null();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> data = info[1].As<Napi::Buffer<uint8_t>>();
+  Napi::Uint32Array meta = info[2].As<Napi::Uint32Array>();
+  uint32_t slots = info[3].As<Napi::Number>().Uint32Value();
+  uint32_t slotSize = info[4].As<Napi::Number>().Uint32Value();
+  if (slots == 0 || slots > MAX_SLOTS || (size_t)slots * slotSize > data.Length() || meta.ElementLength() < (size_t)slots * 4) return env.Null();
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) return env.Null();
+  RxWatch* w = new RxWatch();
+  w->fd = fd;
+  w->env = env;
+  w->cb = Napi::Persistent(info[5].As<Napi::Function>());
+  w->dataRef = Napi::Persistent(data.As<Napi::Object>());
+  w->metaRef = Napi::Persistent(meta.As<Napi::Object>());
+  w->data = data.Data();
+  w->meta = meta.Data();
+  w->slots = slots;
+  w->slotSize = slotSize;
+  w->wantWrite = false;
+  w->closing = false;
+  if (uv_poll_init(loop, &w->poll, fd) != 0) { delete w; return env.Null(); }
+  w->poll.data = w;
+  uv_poll_start(&w->poll, UV_READABLE, OnPoll);
+  return Napi::External<RxWatch>::New(env, w);
+}
+
+// rxWantWrite(handle): call cb(-1) once the socket is writable (after EAGAIN on send).
+static Napi::Value RxWantWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsExternal()) return env.Undefined();
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  if (w->closing || w->wantWrite) return env.Undefined();
+  w->wantWrite = true;
+  uv_poll_start(&w->poll, UV_READABLE | UV_WRITABLE, OnPoll);
+  return env.Undefined();
+}
+
+static void OnClosed(uv_handle_t* h) {
+  RxWatch* w = static_cast<RxWatch*>(h->data);
+  close(w->fd);
+  w->cb.Reset();
+  w->dataRef.Reset();
+  w->metaRef.Reset();
+  if (!w->closed.IsEmpty()) {
+    Napi::Env env(w->env);
+    Napi::HandleScope scope(env);
+    w->closed.MakeCallback(env.Global(), {});
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      napi_fatal_exception(w->env, e.Value());
+    }
+    w->closed.Reset();
+  }
+  delete w;
+}
+
+// rxStop(handle, done?): stops watching, closes the socket, then calls done()
+// (the address is free again only then).
+static Napi::Value RxStop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsExternal()) return env.Undefined();
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  if (w->closing) return env.Undefined();
+  if (info.Length() > 1 && info[1].IsFunction()) w->closed = Napi::Persistent(info[1].As<Napi::Function>());
+  w->closing = true;
+  uv_poll_stop(&w->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnClosed);
+  return env.Undefined();
+}
 
 static Napi::Value SetIntSockopt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -138,6 +350,11 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
   exports.Set("getIntSockopt", Napi::Function::New(env, GetIntSockopt));
   exports.Set("bindToDevice", Napi::Function::New(env, BindToDevice));
+  exports.Set("udpOpen4", Napi::Function::New(env, UdpOpen4));
+  exports.Set("localPort", Napi::Function::New(env, LocalPort));
+  exports.Set("rxStart", Napi::Function::New(env, RxStart));
+  exports.Set("rxWantWrite", Napi::Function::New(env, RxWantWrite));
+  exports.Set("rxStop", Napi::Function::New(env, RxStop));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

@@ -1,7 +1,8 @@
 /**
  * Loads the optional native addon (native/, built by `npm install`). The addon
- * only provides what Node's dgram lacks (socket options today; batched I/O
- * later); everything works without it. SOFTROCE_NO_NATIVE=1 disables it.
+ * only provides what Node's dgram lacks (socket options, sendmmsg and UDP GSO
+ * sends, a recvmmsg + UDP GRO receive path); everything works without it.
+ * SOFTROCE_NO_NATIVE=1 disables it.
  */
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -12,6 +13,13 @@ export interface NativeAddon {
   getIntSockopt(fd: number, level: number, name: number): number;
   bindToDevice(fd: number, ifname: string): number;
   sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number): number;
+  /** a bound, non-blocking IPv4 UDP socket (IP_PMTUDISC_DO, UDP_GRO), or -errno */
+  udpOpen4?(ipv4: number, port: number, bufBytes: number, netdev: string): number;
+  localPort?(fd: number): number;
+  /** watch fd on Node's loop: cb(n) with n datagrams in data/meta, cb(-1) when writable again */
+  rxStart?(fd: number, data: Buffer, meta: Uint32Array, slots: number, slotSize: number, cb: (n: number) => void): object | null;
+  rxWantWrite?(h: object): void;
+  rxStop?(h: object, done?: () => void): void;
   constants: Record<string, number>;
 }
 

@@ -359,6 +359,8 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     }
     if (process.env['SOFTROCE_COUNTERS'] === '1') {
       err(` counters: ${Object.entries(d.counters(ibPort)).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      const bs = (d.ports[ibPort - 1]?.link as { batchStats?: Record<string, number> } | undefined)?.batchStats;
+      if (bs) err(` link: ${Object.entries(bs).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
     }
     return 0;
   }

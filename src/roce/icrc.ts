@@ -243,6 +243,37 @@ function idBasis(tail: number): Int32Array {
   return b;
 }
 
+/** Per CRC tail length, the raw effect of each of the 16 IPv4 ID bits on the ICRC. */
+const idVecCache = new Map<number, Int32Array>();
+
+/**
+ * What changing a RoCEv2/IPv4 packet's IPv4 ID from 0 to `id` does to its
+ * ICRC: XOR this into the ICRC computed for ID 0. `tail` is the length of
+ * the CRC input from the ID field on: the rest of the IPv4 header (16), UDP
+ * (8) and the IB packet without its ICRC, so a datagram of n bytes (BTH ..
+ * ICRC) has tail n + 20 (as in inferIpv4Id). Used for UDP GSO, whose
+ * segments the kernel numbers 0, 1, 2, ...
+ */
+export function icrcIdDelta(tail: number, id: number): number {
+  let v = idVecCache.get(tail);
+  if (v === undefined) {
+    if (zeros.length < tail) zeros = new Uint8Array(tail + 1024);
+    const base = crc32(0, zeros, 0, tail);
+    v = new Int32Array(16);
+    for (let j = 0; j < 16; j++) {
+      const byte = j < 8 ? 1 : 0;
+      zeros[byte] = 1 << (j & 7);
+      v[j] = crc32(0, zeros, 0, tail) ^ base;
+      zeros[byte] = 0;
+    }
+    if (idVecCache.size >= BASIS_CACHE_MAX) idVecCache.clear();
+    idVecCache.set(tail, v);
+  }
+  let d = 0;
+  for (let j = 0; id !== 0; j++, id >>>= 1) if (id & 1) d ^= v[j]!;
+  return d >>> 0;
+}
+
 /**
  * For a RoCEv2/IPv4 packet received on a UDP socket (no IP header at hand):
  * finds the IPv4 ID and DF bit under which the received ICRC is correct.

@@ -229,7 +229,8 @@ export class Device extends EventEmitter {
   /**
    * How an incoming RoCEv2/IPv4 ICRC is checked (README, "ICRC outcomes"): 'infer-id' recovers
    * the sender's IPv4 ID from the ICRC (any peer, rxe included); 'id-zero' requires ID 0 + DF, a
-   * full-strength check for when every peer is softroce with the native addon.
+   * full-strength check for when every peer is softroce with the native addon (or a UDP GSO
+   * segment's index, 1..63, with DF: what such a peer's batched sends carry).
    */
   icrcIpv4: 'infer-id' | 'id-zero' = 'infer-id';
   faults: FaultInjector | null = null;

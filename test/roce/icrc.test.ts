@@ -2,7 +2,7 @@
 import t from 'tap';
 import * as zlib from 'node:zlib';
 import {
-  ICRC_SEED, crc32, crc32Js, icrcV1, icrcV2Ipv4, icrcV2Ipv4Parts, icrcV2Ipv6, icrcV2Ipv6Parts, inferIpv4Id, readIcrc, writeIcrc,
+  ICRC_SEED, crc32, crc32Js, icrcV1, icrcV2Ipv4, icrcV2Ipv4Parts, icrcV2Ipv6, icrcV2Ipv6Parts, inferIpv4Id, icrcIdDelta, readIcrc, writeIcrc,
 } from '../../src/roce/icrc.js';
 import { decodeFrame, LinkType } from '../../src/roce/framing.js';
 import { gidFromString } from '../../src/roce/gid.js';
@@ -74,6 +74,22 @@ t.test('JS CRC-32 matches zlib on random data, chained at random cuts', (t) => {
     t.equal(crc32Js(crc32Js(0, b, 0, cut), b, cut, b.length), whole);
     t.equal(crc32(crc32(0, b, 0, cut), b, cut, b.length), whole);
     if (z) t.equal(z(b), whole);
+  }
+  t.end();
+});
+
+t.test('UDP GSO correction: the ICRC for ID k is the ICRC for ID 0 XOR icrcIdDelta(len + 20, k)', (t) => {
+  const rng = new Rng(7);
+  for (let i = 0; i < 200; i++) {
+    const len = 12 + 4 * rng.int(1100) + 4;
+    const pkt = Buffer.from(rng.bytes(len));
+    const k = i < 64 ? i : rng.int(0x10000);
+    const c0 = icrcV2Ipv4Parts(0x7f000001, 0x7f000002, 0, 0x4000, 4791, 4791, pkt, 0, len - 4);
+    const ck = icrcV2Ipv4Parts(0x7f000001, 0x7f000002, k, 0x4000, 4791, 4791, pkt, 0, len - 4);
+    t.equal((c0 ^ icrcIdDelta(len + 20, k)) >>> 0, ck, `len ${len}, ID ${k}`);
+    // What a receiver sees: the corrected packet explains itself with ID k.
+    writeIcrc(pkt, len - 4, (c0 ^ icrcIdDelta(len + 20, k)) >>> 0);
+    t.equal(inferIpv4Id(0x7f000001, 0x7f000002, 4791, 4791, pkt, 0, len - 4), k | (1 << 16));
   }
   t.end();
 });

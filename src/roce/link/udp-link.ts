@@ -1,15 +1,25 @@
 /**
- * RoCEv2 over a UDP socket (Node dgram), bound to the device's address on
- * port 4791. With the native addon the socket gets IP_MTU_DISCOVER =
- * IP_PMTUDISC_DO, so Linux sends DF with IPv4 ID 0, the ID our ICRC assumes
- * (a real RoCE peer drops anything else; see the README, "ICRC outcomes"),
- * and UDP_NO_CHECK6_RX for IPv6, since rxe sends a zero UDP checksum.
+ * RoCEv2 over a UDP socket bound to the device's address on port 4791.
+ *
+ * Three ways, best first:
+ *  - native socket (IPv4, addon built): the addon opens the socket and reads
+ *    it with recvmmsg + UDP_GRO on Node's loop (native/softroce.cc); sends go
+ *    out in per-turn batches with sendmmsg, runs of equal-size packets to one
+ *    destination as one UDP GSO send. Nothing is allocated per packet.
+ *  - dgram + addon (IPv6, or SOFTROCE_NATIVE_RX=0): Node's dgram socket with
+ *    the addon's socket options and sendmmsg batching.
+ *  - dgram alone (no addon).
+ * With the addon an IPv4 socket has IP_MTU_DISCOVER = IP_PMTUDISC_DO, so Linux
+ * sends DF with IPv4 ID 0, the ID our ICRC assumes (a real RoCE peer drops
+ * anything else; see the README, "ICRC outcomes"); IPv6 gets UDP_NO_CHECK6_RX,
+ * since rxe sends a zero UDP checksum.
  */
 import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { TxPool, type Link, type RxHandler } from './link.js';
 import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
+import { icrcIdDelta } from '../icrc.js';
 import { VerbsError } from '../../verbs/errors.js';
 
 export interface UdpLinkOptions {
@@ -30,7 +40,7 @@ export class UdpLink extends EventEmitter implements Link {
   backend = 'dgram';
   ipv4IdZero = false;
   up = true;
-  private readonly sock: dgram.Socket;
+  private readonly sock: dgram.Socket | null;
   private readonly pool: TxPool;
   private rx: RxHandler | null = null;
   private closed = false;
@@ -39,15 +49,14 @@ export class UdpLink extends EventEmitter implements Link {
   private native: NativeAddon | null = null;
   private fd = -1;
   /**
-   * UDP GSO is off: the kernel numbers GSO segments with IPv4 IDs 0, 1, 2, ...
-   * while each ICRC was computed for ID 0, so every segment after the first
-   * fails the ICRC at a real peer (rxe drops it; softroce peers recover the ID
-   * and do not notice). Using GSO needs each packet's ICRC corrected for its
-   * segment index at flush time (the ICRC is linear in the ID: see icrc.ts);
-   * until then sendmmsg sends each packet as its own datagram, with ID 0.
-   * SOFTROCE_GSO=1 turns it on for softroce-only experiments.
+   * UDP GSO (native socket only): a run of equal-size packets to one
+   * destination goes out as one send the kernel cuts into datagrams. Linux
+   * numbers the segments of a DF datagram with IPv4 IDs 0, 1, 2, ..., and the
+   * ICRC covers the ID, so packet k's ICRC is corrected for ID k before the
+   * send (the CRC is linear in the ID bits: icrc.ts icrcIdDelta). Without the
+   * correction rxe drops every segment but the first. SOFTROCE_GSO=0 turns it off.
    */
-  private gso = process.env['SOFTROCE_GSO'] === '1';
+  private gso = false;
   private readonly qBuf: Buffer[] = [];
   private readonly qLen: number[] = [];
   private readonly qIp: string[] = [];
@@ -58,9 +67,18 @@ export class UdpLink extends EventEmitter implements Link {
   private readonly sl: number[] = [];
   private readonly flushFn = (): void => this.flush();
   /** what the batching did, for the bench and ibv_devinfo */
-  readonly batchStats = { gsoCalls: 0, gsoPackets: 0, mmsgCalls: 0, mmsgPackets: 0, dgramPackets: 0 };
+  readonly batchStats = { gsoCalls: 0, gsoPackets: 0, mmsgCalls: 0, mmsgPackets: 0, dgramPackets: 0, rxCalls: 0, rxDatagrams: 0, rxGroSegments: 0, sendErrors: 0 };
+  // Native socket: the receive slots the addon fills, and packets waiting for the socket to drain.
+  private rxHandle: object | null = null;
+  private rxData: Buffer | null = null;
+  private rxMeta: Uint32Array | null = null;
+  private rxSlots: Buffer[] = [];
+  private rxSeg: Buffer | null = null;
+  private lastIpNum = -1;
+  private lastIpStr = '';
+  private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number }> = [];
 
-  private constructor(o: UdpLinkOptions, sock: dgram.Socket) {
+  private constructor(o: UdpLinkOptions, sock: dgram.Socket | null) {
     super();
     this.localIp = o.address;
     this.family = o.address.includes(':') ? 6 : 4;
@@ -71,6 +89,10 @@ export class UdpLink extends EventEmitter implements Link {
 
   static async open(o: UdpLinkOptions): Promise<UdpLink> {
     const family = o.address.includes(':') ? 6 : 4;
+    if (family === 4 && (o.native ?? 'auto') !== 'off' && process.env['SOFTROCE_NATIVE_RX'] !== '0') {
+      const n = loadNative();
+      if (n?.udpOpen4 && n.rxStart) return UdpLink.openNative(o, n);
+    }
     const sock = dgram.createSocket({ type: family === 6 ? 'udp6' : 'udp4', ipv6Only: family === 6 });
     const link = new UdpLink(o, sock);
     await new Promise<void>((resolve, reject) => {
@@ -94,6 +116,62 @@ export class UdpLink extends EventEmitter implements Link {
     return link;
   }
 
+  /** The addon's own IPv4 socket, read with recvmmsg on Node's loop. */
+  private static openNative(o: UdpLinkOptions, n: NativeAddon): UdpLink {
+    const ip = parseIpv4(o.address);
+    const port = o.port ?? 4791;
+    const fd = ip < 0 ? -22 : n.udpOpen4!(ip, port, o.socketBufferBytes ?? 4 << 20, o.netdev ?? '');
+    if (fd < 0) {
+      const code = fd === -98 ? 'EADDRINUSE' : fd === -99 ? 'EADDRNOTAVAIL' : fd === -1 || fd === -13 ? 'EPERM' : 'ENODEV';
+      const what = fd === -1 || fd === -13 ? `SO_BINDTODEVICE ${o.netdev ?? ''} failed` : `cannot bind UDP ${o.address}:${port}`;
+      throw new VerbsError(code, 'ibv_open_device', `${what} (errno ${-fd})`, code === 'EPERM' ? 'netdev' : 'address');
+    }
+    const link = new UdpLink(o, null);
+    link.localPort = n.localPort!(fd);
+    link.native = n;
+    link.fd = fd;
+    link.ipv4IdZero = true;
+    link.backend = 'native';
+    link.gso = process.env['SOFTROCE_GSO'] !== '0';
+    const slots = 32, slotSize = 65536;
+    link.rxData = Buffer.alloc(slots * slotSize);
+    link.rxMeta = new Uint32Array(slots * 4);
+    link.rxSlots = Array.from({ length: slots }, (_, i) => link.rxData!.subarray(i * slotSize, (i + 1) * slotSize));
+    link.rxSeg = Buffer.alloc(slotSize);
+    link.rxHandle = n.rxStart!(fd, link.rxData, link.rxMeta, slots, slotSize, (k) => link.onNativeRx(k));
+    if (!link.rxHandle) throw new VerbsError('ENODEV', 'ibv_open_device', 'native receive path did not start', 'native');
+    return link;
+  }
+
+  /** k datagrams are in the slots (k < 0: the socket is writable again). */
+  private onNativeRx(k: number): void {
+    if (k < 0) { this.sendPending(); return; }
+    const meta = this.rxMeta!;
+    const st = this.batchStats;
+    st.rxCalls++;
+    st.rxDatagrams += k;
+    for (let i = 0; i < k; i++) {
+      const len = meta[4 * i]!, seg = meta[4 * i + 1]!, ipNum = meta[4 * i + 2]!, port = meta[4 * i + 3]!;
+      if (len === 0 || !this.rx || !this.up) continue;
+      // One string per peer, not per packet.
+      if (ipNum !== this.lastIpNum) {
+        this.lastIpNum = ipNum;
+        this.lastIpStr = `${ipNum >>> 24}.${(ipNum >>> 16) & 0xff}.${(ipNum >>> 8) & 0xff}.${ipNum & 0xff}`;
+      }
+      const slot = this.rxSlots[i]!;
+      if (seg === 0 || seg >= len) { this.rx(slot, len, this.lastIpStr, port); continue; }
+      // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter.
+      const segBuf = this.rxSeg!;
+      for (let off = 0; off < len; off += seg) {
+        const l = Math.min(seg, len - off);
+        slot.copy(segBuf, 0, off, off + l);
+        st.rxGroSegments++;
+        this.rx(segBuf, l, this.lastIpStr, port);
+        if (!this.rx) break;
+      }
+    }
+  }
+
   private applyNative(o: UdpLinkOptions): void {
     const mode = o.native ?? 'auto';
     if (mode === 'off') return;
@@ -102,7 +180,7 @@ export class UdpLink extends EventEmitter implements Link {
       if (mode === 'on') throw new VerbsError('EOPNOTSUPP', 'ibv_open_device', 'native addon not built (npm install builds it)', 'native');
       return;
     }
-    const fd = dgramFd(this.sock);
+    const fd = dgramFd(this.sock!);
     if (fd < 0) return;
     const c = n.constants;
     if (this.family === 4) {
@@ -127,7 +205,7 @@ export class UdpLink extends EventEmitter implements Link {
     const n = loadNative();
     if (!n) return false;
     const c = n.constants;
-    const fd = dgramFd(this.sock);
+    const fd = this.sock ? dgramFd(this.sock) : this.fd;
     return this.family === 4
       ? n.setIntSockopt(fd, c['IPPROTO_IP']!, c['IP_TOS']!, tc) === 0
       : n.setIntSockopt(fd, c['IPPROTO_IPV6']!, c['IPV6_TCLASS']!, tc) === 0;
@@ -161,7 +239,31 @@ export class UdpLink extends EventEmitter implements Link {
       this.sent.set(buf, done);
     }
     this.batchStats.dgramPackets++;
-    this.sock.send(buf, 0, len, dstPort, dstIp, done);
+    this.sock!.send(buf, 0, len, dstPort, dstIp, done);
+  }
+
+  /** Native socket: keeps a packet the socket could not take (EAGAIN) until it is writable. */
+  private hold(buf: Buffer, len: number, ip: string, port: number): void {
+    this.pend.push({ buf, len, ip, port });
+    if (this.pend.length === 1 && this.rxHandle) this.native!.rxWantWrite!(this.rxHandle);
+  }
+
+  /** Native socket, writable again: sends what waited, in order (one datagram per call: this is the slow path). */
+  private sendPending(): void {
+    const wasEmpty = this.pool.available === 0;
+    const nat = this.native!;
+    let i = 0;
+    for (; i < this.pend.length; i++) {
+      const p = this.pend[i]!;
+      this.sb[0] = p.buf; this.sl[0] = p.len;
+      const r = nat.sendPackets(this.fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0);
+      if (r === -11) break;
+      if (r < 0) this.batchStats.sendErrors++;
+      this.pool.release(p.buf);
+    }
+    this.pend.splice(0, i);
+    if (this.pend.length > 0 && this.rxHandle) nat.rxWantWrite!(this.rxHandle);
+    if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
 
   /**
@@ -174,6 +276,11 @@ export class UdpLink extends EventEmitter implements Link {
     this.flushing = false;
     const n = this.qn;
     this.qn = 0;
+    if (this.pend.length > 0) {
+      // Still waiting for the socket: everything queues behind, in order.
+      for (let k = 0; k < n; k++) { this.pend.push({ buf: this.qBuf[k]!, len: this.qLen[k]!, ip: this.qIp[k]!, port: this.qPort[k]! }); this.qBuf[k] = undefined as unknown as Buffer; }
+      return;
+    }
     let i = 0;
     const wasEmpty = this.pool.available === 0;
     while (i < n) {
@@ -192,7 +299,7 @@ export class UdpLink extends EventEmitter implements Link {
     const ipNum = parseIpv4(ip);
     let k = i;
     while (k < j) {
-      if (ipNum < 0 || this.sock.getSendQueueCount() > 0) break;
+      if (ipNum < 0 || (this.sock !== null && this.sock.getSendQueueCount() > 0)) break;
       const L = this.qLen[k]!;
       let e = k + 1;
       const maxSeg = Math.max(1, Math.min(64, Math.floor(65000 / L)));
@@ -203,9 +310,14 @@ export class UdpLink extends EventEmitter implements Link {
       const sb = this.sb, sl = this.sl;
       if (cnt >= 2 && this.gso) {
         for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
+        // Segment m leaves with IPv4 ID m: correct its ICRC (the last 4 bytes, little-endian) for that ID.
+        for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m));
         r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L);
         if (r > 0) { this.batchStats.gsoCalls++; this.batchStats.gsoPackets += r; }
-        else if (r !== -11) { this.gso = false; continue; } // no UDP GSO here: sendmmsg from now on
+        else {
+          for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m)); // not sent: back to ID 0
+          if (r !== -11) { this.gso = false; continue; } // no UDP GSO here: sendmmsg from now on
+        }
       } else {
         // sendmmsg for everything to this destination that is left (up to 64).
         e = Math.min(j, k + 64);
@@ -214,11 +326,19 @@ export class UdpLink extends EventEmitter implements Link {
         r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, 0);
         if (r > 0) { this.batchStats.mmsgCalls++; this.batchStats.mmsgPackets += r; }
       }
-      if (r <= 0) break; // EAGAIN or an error: dgram below queues the rest in order
+      if (r < 0 && r !== -11 && this.sock === null) {
+        // A datagram the kernel refused (unreachable, too big, ...): lost, as UDP would lose it.
+        this.batchStats.sendErrors++;
+        this.pool.release(this.qBuf[k]!);
+        k++;
+        continue;
+      }
+      if (r <= 0) break; // EAGAIN or an error: queued below, in order
       for (let m = 0; m < r; m++) this.pool.release(this.qBuf[k + m]!);
       k += r;
     }
-    for (; k < j; k++) this.dgramSend(this.qBuf[k]!, this.qLen[k]!, ip, port);
+    if (this.sock === null) for (; k < j; k++) this.hold(this.qBuf[k]!, this.qLen[k]!, ip, port);
+    else for (; k < j; k++) this.dgramSend(this.qBuf[k]!, this.qLen[k]!, ip, port);
     return j;
   }
 
@@ -230,6 +350,20 @@ export class UdpLink extends EventEmitter implements Link {
     if (this.qn > 0) this.flush();
     this.closed = true;
     this.rx = null;
-    await new Promise<void>((r) => this.sock.close(() => r()));
+    if (this.sock) { await new Promise<void>((r) => this.sock!.close(() => r())); return; }
+    for (const p of this.pend) this.pool.release(p.buf);
+    this.pend.length = 0;
+    const h = this.rxHandle;
+    this.rxHandle = null;
+    if (h) await new Promise<void>((r) => this.native!.rxStop!(h, r));
   }
+}
+
+/** XORs `delta` into the little-endian ICRC that ends a packet of `len` bytes. */
+function xorIcrc(b: Buffer, len: number, delta: number): void {
+  const o = len - 4;
+  b[o] = b[o]! ^ (delta & 0xff);
+  b[o + 1] = b[o + 1]! ^ ((delta >>> 8) & 0xff);
+  b[o + 2] = b[o + 2]! ^ ((delta >>> 16) & 0xff);
+  b[o + 3] = b[o + 3]! ^ ((delta >>> 24) & 0xff);
 }

@@ -51,8 +51,13 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     // A UDP socket does not show the sender's IPv4 ID: recover it from the ICRC (icrc.ts).
     let r: number;
     if (dev.icrcIpv4 === 'id-zero') {
-      // Every peer sends ID 0 (softroce with the addon): a full 32-bit check.
+      // Every peer is softroce with the addon: ID 0 + DF (a full 32-bit check), or, for a UDP GSO
+      // segment, its index in the send (IDs 1..63, DF): 26 bits of check for those.
       r = icrcV2Ipv4Parts(src, port.ipNum, 0, 0x4000, srcPort, port.link.localPort, buf, 0, info.icrcOff) === readIcrc(buf, info.icrcOff) ? 0x10000 : -1;
+      if (r < 0) {
+        r = inferIpv4Id(src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+        if (r >= 0 && (r >>> 16 !== 1 || (r & 0xffff) >= 64)) r = -1;
+      }
     } else {
       r = inferIpv4Id(src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     }
