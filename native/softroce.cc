@@ -279,13 +279,15 @@ static Napi::Value BindToDevice(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r == 0 ? 0 : -errno);
 }
 
-// sendPackets(fd, bufs: Buffer[], lens: number[], n, ipv4: number, port, gsoSize)
+// sendPackets(fd, bufs: Buffer[], lens: number[], n, ipv4: number, port, gsoSize, tos?)
 // Sends n packets (each bufs[i][0..lens[i])) to one IPv4 destination from the
 // socket fd. gsoSize > 0: one sendmsg whose payload is the packets back to
 // back, with UDP_SEGMENT = gsoSize, so the kernel cuts it into n datagrams
 // (every packet but the last must be exactly gsoSize long). gsoSize = 0: one
 // sendmmsg with one message per packet. Returns the number of packets sent
 // (all or, for sendmmsg, a prefix) or -errno (EAGAIN: the socket buffer is full).
+// tos > 0: each datagram carries an IP_TOS control message (the AV's traffic
+// class, DSCP + ECN; IPv4 masks it out of the ICRC).
 static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 7) return Napi::Number::New(env, -EINVAL);
@@ -296,6 +298,7 @@ static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
   uint32_t ip = info[4].As<Napi::Number>().Uint32Value();
   int port = info[5].As<Napi::Number>().Int32Value();
   int gso = info[6].As<Napi::Number>().Int32Value();
+  int tos = info.Length() > 7 && info[7].IsNumber() ? info[7].As<Napi::Number>().Int32Value() : 0;
   if (n == 0 || n > 64) return Napi::Number::New(env, -EINVAL);
   struct sockaddr_in dst;
   memset(&dst, 0, sizeof dst);
@@ -314,7 +317,7 @@ static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
     iov[i].iov_len = len;
   }
   if (gso > 0) {
-    char ctrl[CMSG_SPACE(sizeof(uint16_t))];
+    char ctrl[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))];
     memset(ctrl, 0, sizeof ctrl);
     struct msghdr m;
     memset(&m, 0, sizeof m);
@@ -323,23 +326,48 @@ static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
     m.msg_iov = iov;
     m.msg_iovlen = n;
     m.msg_control = ctrl;
-    m.msg_controllen = sizeof ctrl;
+    m.msg_controllen = CMSG_SPACE(sizeof(uint16_t)) + (tos > 0 ? CMSG_SPACE(sizeof(int)) : 0);
     struct cmsghdr* c = CMSG_FIRSTHDR(&m);
     c->cmsg_level = SOL_UDP;
     c->cmsg_type = UDP_SEGMENT;
     c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     uint16_t seg = (uint16_t)gso;
     memcpy(CMSG_DATA(c), &seg, sizeof seg);
+    if (tos > 0) {
+      c = CMSG_NXTHDR(&m, c);
+      c->cmsg_level = IPPROTO_IP;
+      c->cmsg_type = IP_TOS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(c), &tos, sizeof tos);
+    }
     ssize_t r = sendmsg(fd, &m, 0);
     return Napi::Number::New(env, r < 0 ? -errno : (double)n);
   }
   struct mmsghdr msgs[64];
+  char tctrl[CMSG_SPACE(sizeof(int))];
   memset(msgs, 0, sizeof(struct mmsghdr) * n);
+  memset(tctrl, 0, sizeof tctrl);
+  if (tos > 0) {
+    // One control message serves every datagram of the call (the kernel only reads it).
+    struct msghdr tm;
+    memset(&tm, 0, sizeof tm);
+    tm.msg_control = tctrl;
+    tm.msg_controllen = sizeof tctrl;
+    struct cmsghdr* c = CMSG_FIRSTHDR(&tm);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_TOS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &tos, sizeof tos);
+  }
   for (uint32_t i = 0; i < n; i++) {
     msgs[i].msg_hdr.msg_name = &dst;
     msgs[i].msg_hdr.msg_namelen = sizeof dst;
     msgs[i].msg_hdr.msg_iov = &iov[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
+    if (tos > 0) {
+      msgs[i].msg_hdr.msg_control = tctrl;
+      msgs[i].msg_hdr.msg_controllen = sizeof tctrl;
+    }
   }
   int r = sendmmsg(fd, msgs, n, 0);
   return Napi::Number::New(env, r < 0 ? -errno : r);

@@ -12,7 +12,8 @@ export interface NativeAddon {
   setIntSockopt(fd: number, level: number, name: number, value: number): number;
   getIntSockopt(fd: number, level: number, name: number): number;
   bindToDevice(fd: number, ifname: string): number;
-  sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number): number;
+  /** tos > 0: every datagram carries IP_TOS = tos (a cmsg; the AV's traffic class) */
+  sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number, tos?: number): number;
   /** a bound, non-blocking IPv4 UDP socket (IP_PMTUDISC_DO, UDP_GRO), or -errno */
   udpOpen4?(ipv4: number, port: number, bufBytes: number, netdev: string): number;
   localPort?(fd: number): number;

@@ -188,7 +188,7 @@ export class Ah {
     this.flowLabel = o.flowLabel ?? 0;
     this.sgidIndex = o.sgidIndex ?? 0;
     this.udpPort = o.udpPort ?? 4791;
-    this.dest = { ip: this.ip, ipNum: this.ipNum, family: this.family, port: this.udpPort, bytes: g };
+    this.dest = { ip: this.ip, ipNum: this.ipNum, family: this.family, port: this.udpPort, bytes: g, tos: this.trafficClass & 0xff };
   }
   close(): void {
     if (this.closed) return;

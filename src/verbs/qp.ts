@@ -18,6 +18,7 @@ import { PSN_MASK } from '../roce/psn.js';
 import type { TimerHandle } from '../roce/transport/sched.js';
 import type { Dest } from '../roce/transport/build.js';
 import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
+import { flushAck } from '../roce/transport/responder.js';
 
 export interface QpCap { maxSendWr: number; maxRecvWr: number; maxSendSge?: number; maxRecvSge?: number; maxInline?: number }
 export interface CreateQpOptions {
@@ -141,7 +142,7 @@ export class Qp {
   sqDrainNotify = false;
   av: Required<Omit<Av, 'dgid'>> & { dgid: Gid } | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
-  dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16) };
+  dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0 };
 
   // send queue: absolute counters, index = n % cap
   readonly sq: SendWqe[];
@@ -261,7 +262,7 @@ export class Qp {
         flowLabel: a.av.flowLabel ?? 0, sl: a.av.sl ?? 0, udpPort: a.av.udpPort ?? 4791,
       };
       const addr = gidToAddress(g);
-      this.dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.av.udpPort, bytes: g };
+      this.dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.av.udpPort, bytes: g, tos: this.av.trafficClass & 0xff };
     }
     if (a.rqPsn !== undefined) { this.rqPsn = a.rqPsn; this.resp.psn = a.rqPsn; }
     if (a.sqPsn !== undefined) { this.sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.comp.psn = a.sqPsn; }
@@ -447,6 +448,9 @@ export class Qp {
 
   close(): void {
     if (this.closed) return;
+    // The coalesced ACK for the last requests still goes out: a peer waits for it (an app that
+    // closes right after its last receive completion would otherwise leave the peer retrying).
+    if (this.resp.ackPending) flushAck(this);
     if (this.state !== 'RESET' && this.state !== 'ERR') this.setState('ERR');
     stopAckTimer(this);
     this.device.sched.clearTimer(this.comp.rnrTimer);

@@ -274,3 +274,16 @@ t.test('a late ACK from before a go-back-N rewind keeps PSNs consistent (regress
   t.equal(b.qp.state, 'RTS', 'no sequence error at the responder');
   await p.close();
 });
+
+t.test('a responder that closes its QP right after its last receive completion still acknowledges it (coalesced ACK flushed on close; regression)', async (t) => {
+  const p = await makePair({ mode: 'udp', addrs: ['127.0.10.5', '127.0.10.6'], retryCnt: 1, timeout: 14 });
+  const { a, b } = p;
+  b.qp.postRecv({ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 64 }] });
+  // Close from inside the completion notification: before the event loop's next turn, where a coalesced ACK would go out.
+  b.rcq.once('notify', () => b.qp.close());
+  b.rcq.reqNotify();
+  a.qp.postSend({ wrId: 7, opcode: 'SEND', signaled: true, sg: [{ mr: a.mr, offset: 0, length: 64 }] });
+  const [w] = await waitWc(p, a.scq, 1, 5000);
+  t.equal(w?.status, 'SUCCESS', 'the sender got its ACK (no RETRY_EXC_ERR)');
+  await p.close();
+});

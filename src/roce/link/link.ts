@@ -29,7 +29,8 @@ export interface LinkInfo {
 
 export interface Link extends LinkInfo {
   allocTx(): Buffer | null;
-  send(buf: Buffer, len: number, dstIp: string, dstPort: number): void;
+  /** tos: the IPv4 TOS / IPv6 traffic class byte (DSCP + ECN) of the AV; applied by the native backend */
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void;
   /** return an unsent tx buffer */
   freeTx(buf: Buffer): void;
   setReceiver(h: RxHandler): void;

@@ -61,6 +61,7 @@ export class UdpLink extends EventEmitter implements Link {
   private readonly qLen: number[] = [];
   private readonly qIp: string[] = [];
   private readonly qPort: number[] = [];
+  private readonly qTos: number[] = [];
   private qn = 0;
   private flushing = false;
   private readonly sb: Buffer[] = [];
@@ -76,7 +77,7 @@ export class UdpLink extends EventEmitter implements Link {
   private rxSeg: Buffer | null = null;
   private lastIpNum = -1;
   private lastIpStr = '';
-  private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number }> = [];
+  private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number }> = [];
 
   private constructor(o: UdpLinkOptions, sock: dgram.Socket | null) {
     super();
@@ -217,11 +218,11 @@ export class UdpLink extends EventEmitter implements Link {
   freeTx(b: Buffer): void {
     this.pool.release(b);
   }
-  send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos = 0): void {
     if (this.closed) { this.pool.release(buf); return; }
-    if (!this.native) { this.dgramSend(buf, len, dstIp, dstPort); return; }
+    if (!this.native) { this.dgramSend(buf, len, dstIp, dstPort); return; } // dgram cannot set a per-packet TOS
     const i = this.qn++;
-    this.qBuf[i] = buf; this.qLen[i] = len; this.qIp[i] = dstIp; this.qPort[i] = dstPort;
+    this.qBuf[i] = buf; this.qLen[i] = len; this.qIp[i] = dstIp; this.qPort[i] = dstPort; this.qTos[i] = tos;
     if (this.qn === 64) this.flush();
     else if (!this.flushing) { this.flushing = true; queueMicrotask(this.flushFn); }
   }
@@ -243,8 +244,8 @@ export class UdpLink extends EventEmitter implements Link {
   }
 
   /** Native socket: keeps a packet the socket could not take (EAGAIN) until it is writable. */
-  private hold(buf: Buffer, len: number, ip: string, port: number): void {
-    this.pend.push({ buf, len, ip, port });
+  private hold(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
+    this.pend.push({ buf, len, ip, port, tos });
     if (this.pend.length === 1 && this.rxHandle) this.native!.rxWantWrite!(this.rxHandle);
   }
 
@@ -256,7 +257,7 @@ export class UdpLink extends EventEmitter implements Link {
     for (; i < this.pend.length; i++) {
       const p = this.pend[i]!;
       this.sb[0] = p.buf; this.sl[0] = p.len;
-      const r = nat.sendPackets(this.fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0);
+      const r = nat.sendPackets(this.fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0, p.tos);
       if (r === -11) break;
       if (r < 0) this.batchStats.sendErrors++;
       this.pool.release(p.buf);
@@ -278,23 +279,23 @@ export class UdpLink extends EventEmitter implements Link {
     this.qn = 0;
     if (this.pend.length > 0) {
       // Still waiting for the socket: everything queues behind, in order.
-      for (let k = 0; k < n; k++) { this.pend.push({ buf: this.qBuf[k]!, len: this.qLen[k]!, ip: this.qIp[k]!, port: this.qPort[k]! }); this.qBuf[k] = undefined as unknown as Buffer; }
+      for (let k = 0; k < n; k++) { this.pend.push({ buf: this.qBuf[k]!, len: this.qLen[k]!, ip: this.qIp[k]!, port: this.qPort[k]!, tos: this.qTos[k]! }); this.qBuf[k] = undefined as unknown as Buffer; }
       return;
     }
     let i = 0;
     const wasEmpty = this.pool.available === 0;
     while (i < n) {
-      const ip = this.qIp[i]!, port = this.qPort[i]!;
+      const ip = this.qIp[i]!, port = this.qPort[i]!, tos = this.qTos[i]!;
       let j = i + 1;
-      while (j < n && this.qIp[j] === ip && this.qPort[j] === port) j++;
-      i = this.sendRun(i, j, ip, port);
+      while (j < n && this.qIp[j] === ip && this.qPort[j] === port && this.qTos[j] === tos) j++;
+      i = this.sendRun(i, j, ip, port, tos);
     }
     for (let k = 0; k < n; k++) { this.qBuf[k] = undefined as unknown as Buffer; }
     if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
 
   /** Sends queued packets [i, j) to one destination; returns j. */
-  private sendRun(i: number, j: number, ip: string, port: number): number {
+  private sendRun(i: number, j: number, ip: string, port: number, tos: number): number {
     const nat = this.native!;
     const ipNum = parseIpv4(ip);
     let k = i;
@@ -312,7 +313,7 @@ export class UdpLink extends EventEmitter implements Link {
         for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
         // Segment m leaves with IPv4 ID m: correct its ICRC (the last 4 bytes, little-endian) for that ID.
         for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m));
-        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L);
+        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L, tos);
         if (r > 0) { this.batchStats.gsoCalls++; this.batchStats.gsoPackets += r; }
         else {
           for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m)); // not sent: back to ID 0
@@ -323,7 +324,7 @@ export class UdpLink extends EventEmitter implements Link {
         e = Math.min(j, k + 64);
         cnt = e - k;
         for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
-        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, 0);
+        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, 0, tos);
         if (r > 0) { this.batchStats.mmsgCalls++; this.batchStats.mmsgPackets += r; }
       }
       if (r < 0 && r !== -11 && this.sock === null) {
@@ -337,7 +338,7 @@ export class UdpLink extends EventEmitter implements Link {
       for (let m = 0; m < r; m++) this.pool.release(this.qBuf[k + m]!);
       k += r;
     }
-    if (this.sock === null) for (; k < j; k++) this.hold(this.qBuf[k]!, this.qLen[k]!, ip, port);
+    if (this.sock === null) for (; k < j; k++) this.hold(this.qBuf[k]!, this.qLen[k]!, ip, port, tos);
     else for (; k < j; k++) this.dgramSend(this.qBuf[k]!, this.qLen[k]!, ip, port);
     return j;
   }

@@ -10,7 +10,8 @@ import { C } from '../counters.js';
 import type { Port } from '../../verbs/device.js';
 
 /** Where to send: an RC/UC QP's AV or a UD WR's AH. */
-export interface Dest { ip: string; ipNum: number; family: 4 | 6; port: number; bytes: Uint8Array }
+/** Where a QP's or AH's packets go: address, UDP port, and the AV's traffic class (IPv4 TOS). */
+export interface Dest { ip: string; ipNum: number; family: 4 | 6; port: number; bytes: Uint8Array; tos: number }
 
 /** Writes the BTH (IBA 9.2) at 0. */
 export function writeBth(b: Buffer, opcode: number, se: boolean, padCnt: number, destQp: number, ackReq: boolean, psn: number): void {
@@ -47,7 +48,7 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   const len = icrcOff + 4;
   port.counters.v[C.sent_pkts]!++;
   port.recorderTx?.(b, len, d.ip, d.port);
-  link.send(b, len, d.ip, d.port);
+  link.send(b, len, d.ip, d.port, d.tos);
 }
 
 export { Hdr };

@@ -59,6 +59,9 @@ export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn
  */
 function queueAck(qp: Qp, psn: number): void {
   const r = qp.resp;
+  // The app closed the QP (or moved it to ERR) from this request's completion: answer now, the
+  // request was delivered and its sender waits for the ACK.
+  if (qp.closed || qp.state === 'ERR') { sendAck(qp, aethAck(), psn, r.msn); return; }
   r.ackPsn = psn;
   r.ackMsn = r.msn;
   if (r.ackPending) return;
