@@ -1,10 +1,14 @@
 /**
- * `npm run bench` (second part): softroce's perftest tools between two
+ * `npm run bench` (third part): softroce's perftest tools between two
  * processes on loopback, next to baselines measured in the same run on the
- * same path: Node dgram ping-pong and blast, Node TCP bulk, and a C UDP
- * program using sendmmsg/recvmmsg (bench/baselines/udp_blast.c, built here
- * with cc). Prints a table with the issue's ratios and writes an SVG plot of
- * bandwidth and latency against message size to bench/out/perf.svg.
+ * same path: Node dgram ping-pong (with percentiles) and blast, Node TCP bulk,
+ * and a C UDP program using sendmmsg/recvmmsg (bench/baselines/udp_blast.c,
+ * built here with cc). Then the steady-state checks: the live heap over a long
+ * ib_write_bw (after a full GC at its start and end, with the GC counts) and
+ * the RSS of a 1 GiB transfer over 64 QPs. Prints a table with issue 5's
+ * ratios and writes an SVG plot of bandwidth and latency against message size
+ * to bench/out/perf.svg. BENCH_QUICK=1: fewer sizes and a 10 s heap run;
+ * BENCH_HEAP_SECS overrides the heap run's length (default 60).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
@@ -48,18 +52,29 @@ async function nodePair(sink: string[], src: string[], readyRe = /ready/): Promi
   return r.out;
 }
 
-async function perftest(tool: string, size: number, iters: number, extra: string[] = []): Promise<string> {
+/** Runs a softroce perftest tool as server and client (two processes); returns [client output, server output]. */
+async function perftestPair(tool: string, args: string[], o: { nodeArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<[string, string]> {
   const port = String(nextPort++);
   const bin = join(ROOT, 'bin', `${tool}.js`);
-  const args = ['-p', port, '-s', String(size), '-n', String(iters), ...extra];
-  const s = start(process.execPath, [bin, '-d', 'bench_a', ...args]);
+  const env = { ...ENV, ...(o.env ?? {}) };
+  const s = start(process.execPath, [...(o.nodeArgs ?? []), bin, '-d', 'bench_a', '-p', port, ...args], env);
   await waitFor(s, /Waiting for client/);
   await new Promise((r) => setTimeout(r, 300));
-  const c = start(process.execPath, [bin, '-d', 'bench_b', ...args, A]);
+  const c = start(process.execPath, [...(o.nodeArgs ?? []), bin, '-d', 'bench_b', '-p', port, ...args, A], env);
   const cr = await c.done;
-  await s.done;
-  if (cr.code !== 0) throw new Error(`${tool} -s ${size}: client exited ${cr.code}: ${cr.out.slice(-300)}`);
-  return cr.out;
+  const sr = await s.done;
+  if (cr.code !== 0) throw new Error(`${tool} ${args.join(' ')}: client exited ${cr.code}: ${cr.out.slice(-300)}`);
+  return [cr.out, sr.out];
+}
+
+async function perftest(tool: string, size: number, iters: number, extra: string[] = []): Promise<string> {
+  return (await perftestPair(tool, ['-s', String(size), '-n', String(iters), ...extra]))[0];
+}
+
+/** The numbers of a SOFTROCE_MEMSTATS=1 line. */
+function memstats(out: string): Record<string, number> {
+  const line = /memstats:([^\n]*)/.exec(out)?.[1] ?? '';
+  return Object.fromEntries([...line.matchAll(/(\w+)=([\d.-]+)/g)].map((m) => [m[1]!, Number(m[2])]));
 }
 
 /** The numbers of the result row under perftest's "#bytes" header. */
@@ -80,7 +95,7 @@ async function main(): Promise<void> {
   const ping = await start(process.execPath, [PEERS, 'dgram-ping', A, String(pingPort), String(echoPort), '20000']).done;
   echo.kill();
   const rtt = num(ping.out, /rtt_us=([\d.]+)/);
-  add('Node dgram ping-pong RTT', '2 B', `${rtt.toFixed(1)} us`, `(half: ${(rtt / 2).toFixed(1)} us)`);
+  add('Node dgram ping-pong RTT', '2 B', `${rtt.toFixed(1)} us`, `(half: ${(rtt / 2).toFixed(1)} us; median ${num(ping.out, /median_us=([\d.]+)/).toFixed(1)}, p99 ${num(ping.out, /p99_us=([\d.]+)/).toFixed(0)} us)`);
   // Node dgram blast, 4 KiB.
   const dport = nextPort++;
   const db = await nodePair(['dgram-sink', A, String(dport), '2'], ['dgram-blast', A, String(dport), '4096', '2']);
@@ -108,39 +123,66 @@ async function main(): Promise<void> {
   }
 
   console.log('measuring softroce (two processes, loopback, path MTU 4096) ...');
-  const bwSizes = [64, 1024, 4096, 65536, 1 << 20];
-  const series: Record<string, Array<[number, number]>> = { ib_write_bw: [], ib_read_bw: [], ib_send_lat: [] };
-  for (const tool of ['ib_write_bw', 'ib_read_bw']) {
+  const quick = process.env['BENCH_QUICK'] === '1';
+  const bwSizes = quick ? [64, 4096, 65536, 1 << 20] : [64, 256, 1024, 4096, 16384, 65536, 262144, 1 << 20];
+  const series: Record<string, Array<[number, number]>> = { ib_write_bw: [], ib_send_bw: [], ib_read_bw: [], ib_send_lat: [], ib_write_lat: [] };
+  for (const tool of ['ib_write_bw', 'ib_send_bw', 'ib_read_bw']) {
     for (const size of bwSizes) {
       const iters = Math.max(300, Math.min(20_000, Math.round(150e6 / size)));
       try {
         const r = resultRow(await perftest(tool, size, iters));
-        const mbs = r[3]!; // BW average [MB/sec], MB = 2^20
+        const mbs = r[3]!; // BW average [MiB/sec]
         series[tool]!.push([size, mbs]);
         const bytesPerSec = mbs * 1048576;
         const note = size === 65536 && tool === 'ib_write_bw'
           ? `${((bytesPerSec / cBw) * 100).toFixed(0)}% of C sendmmsg (target >= 50%), ${(bytesPerSec / tcpBw).toFixed(2)}x Node TCP (target >= 1)`
           : '';
-        add(`softroce ${tool}`, `${size} B`, `${mbs.toFixed(1)} MB/s, ${r[4]!.toFixed(4)} Mpps`, note);
+        add(`softroce ${tool}`, `${size} B`, `${(bytesPerSec / 1e6).toFixed(1)} MB/s, ${r[4]!.toFixed(4)} Mpps`, note);
       } catch (e) {
         add(`softroce ${tool}`, `${size} B`, 'failed', String(e).slice(0, 120));
       }
     }
   }
-  for (const size of [2, 64, 1024, 4096]) {
-    try {
-      const r = resultRow(await perftest('ib_send_lat', size, 3000));
-      const avg = r[5]!;
-      series['ib_send_lat']!.push([size, avg]);
-      const note = size === 2 ? `${(avg / (rtt / 2)).toFixed(2)}x half the dgram RTT (target <= 1.25)` : '';
-      add('softroce ib_send_lat avg', `${size} B`, `${avg.toFixed(1)} us (typical ${r[4]!.toFixed(1)} us)`, note);
-    } catch (e) {
-      add('softroce ib_send_lat', `${size} B`, 'failed', String(e).slice(0, 120));
+  for (const tool of ['ib_send_lat', 'ib_write_lat']) {
+    for (const size of quick ? [2, 4096] : [2, 64, 1024, 4096]) {
+      try {
+        const r = resultRow(await perftest(tool, size, 5000));
+        const avg = r[5]!;
+        series[tool]!.push([size, avg]);
+        const note = size === 2 ? `${(avg / (rtt / 2)).toFixed(2)}x half the dgram RTT (target <= 1.25 for send_lat)` : '';
+        add(`softroce ${tool} avg`, `${size} B`, `${avg.toFixed(1)} us (typical ${r[4]!.toFixed(1)} us, p99 ${r[7]!.toFixed(0)} us)`, note);
+      } catch (e) {
+        add(`softroce ${tool}`, `${size} B`, 'failed', String(e).slice(0, 120));
+      }
     }
   }
-  console.log('\n' + ['what'.padEnd(32), 'size'.padEnd(9), 'figure'.padEnd(34), 'ratio'].join(' '));
-  for (const [w, s, v, n] of rows) console.log([w.padEnd(32), s.padEnd(9), v.padEnd(34), n].join(' '));
-  console.log('(ib_send_bw, ib_write_lat: not implemented yet, see issue 5)');
+
+  // Steady state: a long ib_write_bw; the live heap after a full GC at its start and end, and the GC counts.
+  const heapSecs = Number(process.env['BENCH_HEAP_SECS'] ?? (quick ? 10 : 60));
+  console.log(`measuring memory (ib_write_bw -D ${heapSecs}; ib_write_bw -q 64 moving 1 GiB) ...`);
+  try {
+    const [co, so] = await perftestPair('ib_write_bw', ['-s', '65536', '-D', String(heapSecs)], { nodeArgs: ['--expose-gc'], env: { SOFTROCE_MEMSTATS: '1' } });
+    for (const [side, out] of [['client', co], ['server', so]] as const) {
+      const m = memstats(out);
+      add(`ib_write_bw -D ${heapSecs} heap (${side})`, '64 KiB', `${m['heap_start_mb']} -> ${m['heap_end_mb']} MB live`,
+        `growth ${m['heap_growth_mb']} MB; GCs: ${m['gc_minor']} minor, ${m['gc_major']} major, ${m['gc_incremental']} incremental`);
+    }
+  } catch (e) {
+    add('ib_write_bw heap', '64 KiB', 'failed', String(e).slice(0, 120));
+  }
+  try {
+    const [co, so] = await perftestPair('ib_write_bw', ['-s', '65536', '-q', '64', '-n', '256'], { env: { SOFTROCE_MEMSTATS: '1' } });
+    const r = resultRow(co);
+    for (const [side, out] of [['client', co], ['server', so]] as const) {
+      const m = memstats(out);
+      add(`ib_write_bw -q 64, 1 GiB, RSS (${side})`, '64 KiB', `${m['rss_max_mb']} MB max RSS`, `(target < 200 MB)${side === 'client' ? `; ${((r[3]! * 1048576) / 1e6).toFixed(0)} MB/s` : ''}`);
+    }
+  } catch (e) {
+    add('ib_write_bw -q 64 RSS', '64 KiB', 'failed', String(e).slice(0, 120));
+  }
+
+  console.log('\n' + ['what'.padEnd(38), 'size'.padEnd(9), 'figure'.padEnd(44), 'ratio / note'].join(' '));
+  for (const [w, sz, v, n] of rows) console.log([w.padEnd(38), sz.padEnd(9), v.padEnd(44), n].join(' '));
   const svg = plot(series, { dgramBw: dgBw / 1048576, tcpBw: tcpBw / 1048576, cBw: cBw / 1048576, halfRtt: rtt / 2 });
   writeFileSync(join(OUT, 'perf.svg'), svg);
   console.log(`plot: ${join(OUT, 'perf.svg')}`);
@@ -175,9 +217,9 @@ function plot(s: Record<string, Array<[number, number]>>, base: { dgramBw: numbe
     });
     return g;
   };
-  const bw = panel(0, 'Bandwidth (two processes, loopback)', { ib_write_bw: s['ib_write_bw']!, ib_read_bw: s['ib_read_bw']! },
-    [['C UDP sendmmsg', base.cBw], ['Node TCP', base.tcpBw], ['Node dgram', base.dgramBw]], 'MB/s');
-  const lat = panel(W / 2, 'Latency', { 'ib_send_lat avg': s['ib_send_lat']! }, [['half dgram RTT', base.halfRtt]], 'us');
+  const bw = panel(0, 'Bandwidth (two processes, loopback)', { ib_write_bw: s['ib_write_bw']!, ib_send_bw: s['ib_send_bw']!, ib_read_bw: s['ib_read_bw']! },
+    [['C UDP sendmmsg', base.cBw], ['Node TCP', base.tcpBw], ['Node dgram', base.dgramBw]], 'MiB/s');
+  const lat = panel(W / 2, 'Latency', { 'ib_send_lat avg': s['ib_send_lat']!, 'ib_write_lat avg': s['ib_write_lat']! }, [['half dgram RTT', base.halfRtt]], 'us');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="100%" height="100%" fill="#fff"/>${bw}${lat}</svg>\n`;
 }
 

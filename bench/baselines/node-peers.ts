@@ -1,7 +1,7 @@
 /**
  * The Node baselines of `npm run bench`, one role per process:
  *   node node-peers.js dgram-echo ADDR PORT            echo every datagram back
- *   node node-peers.js dgram-ping ADDR PORT PEERPORT N  print "rtt_us=X" (2-byte ping-pong)
+ *   node node-peers.js dgram-ping ADDR PORT PEERPORT N  print "rtt_us=X median_us=.. p99_us=.." (2-byte ping-pong)
  *   node node-peers.js dgram-sink ADDR PORT SECONDS     print "bytes=N secs=S"
  *   node node-peers.js dgram-blast ADDR PORT SIZE SECONDS
  *   node node-peers.js tcp-sink ADDR PORT                print "bytes=N secs=S"
@@ -23,12 +23,22 @@ if (role === 'dgram-echo') {
   const s = dgram.createSocket('udp4');
   const msg = Buffer.alloc(2);
   let i = 0;
-  let t0 = 0n;
+  let t0 = 0n, prev = 0n;
+  const rtts = new Float64Array(n);
   s.on('message', () => {
-    if (++i === n) { say(`rtt_us=${(Number(process.hrtime.bigint() - t0) / 1000 / n).toFixed(2)}`); s.close(); return; }
+    const t = process.hrtime.bigint();
+    rtts[i] = Number(t - prev) / 1000;
+    prev = t;
+    if (++i === n) {
+      const sorted = [...rtts].sort((a, b) => a - b);
+      const q = (p: number): string => sorted[Math.min(n - 1, Math.floor(p * n))]!.toFixed(2);
+      say(`rtt_us=${(Number(t - t0) / 1000 / n).toFixed(2)} median_us=${q(0.5)} p99_us=${q(0.99)} p999_us=${q(0.999)} max_us=${sorted[n - 1]!.toFixed(2)}`);
+      s.close();
+      return;
+    }
     s.send(msg, peer, addr);
   });
-  s.bind(port, addr, () => { t0 = process.hrtime.bigint(); s.send(msg, peer, addr); });
+  s.bind(port, addr, () => { t0 = prev = process.hrtime.bigint(); s.send(msg, peer, addr); });
 } else if (role === 'dgram-sink') {
   const secs = Number(a3);
   const s = dgram.createSocket({ type: 'udp4', recvBufferSize: 8 << 20 });

@@ -88,6 +88,7 @@ Options:
 ${spec.lat ? '' : '  -q, --qp=<num of qp\'s>  Num of qp\'s(default 1)\n'}${spec.verb === 'SEND' ? '  -r, --rx-depth=<dep>  Rx queue size (default 512)\n' : ''}  -s, --size=<size>  Size of message to exchange (default ${spec.lat ? 2 : 65536})
   -t, --tx-depth=<dep>  Size of tx queue (default ${spec.lat ? 1 : 128})
   -x, --gid-index=<index>  Test uses GID with GID index
+  -T, --tos=<tos value>  Set <tos_value> as the traffic class of the QPs (IPv4 TOS; applied with the native addon)
 ${spec.verb === 'ATOMIC' ? '  -A, --atomic_type=<type>  Type of atomic operation: CMP_AND_SWAP or FETCH_AND_ADD (default FETCH_AND_ADD)\n' : ''}${spec.verb === 'READ' || spec.verb === 'ATOMIC' ? '  -o, --outs=<num>  Number of outstanding read/atomic requests\n' : ''}${spec.lat ? '' : '  -Q, --cq-mod  Generate CQE only after <--cq-mod> completion\n'}  -u, --qp-timeout=<timeout>  QP timeout, timeout value is 4 usec * 2 ^(timeout), default 14
   --output=<units>  Set verbosity output level: bandwidth , message_rate, latency
 ${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}
@@ -104,7 +105,7 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
   if (o.opts.has('help')) { out(usage(tool, spec)); return 0; }
   if (o.opts.has('version')) { out(`Version: ${VERSION}`); return 0; }
   let size: number, iters: number, port: number, ibPort: number, txDepth: number, rxDepth: number, gidx: number, cqMod: number, outs: number, timeout: number, numQps: number;
-  let duration = 0;
+  let duration = 0, tos = 0;
   let mtuOpt: number | undefined;
   try {
     size = toInt(o.opts.get('size'), 'size', spec.verb === 'ATOMIC' ? 8 : lat ? 2 : 65536);
@@ -120,6 +121,7 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     numQps = toInt(o.opts.get('qp'), 'qp', 1);
     if (o.opts.has('duration')) duration = toInt(o.opts.get('duration'), 'duration', 5);
     if (o.opts.has('mtu')) mtuOpt = toInt(o.opts.get('mtu'), 'mtu', 1024);
+    tos = toInt(o.opts.get('tos'), 'tos', 0);
   } catch (e) { err(`${tool}: ${(e as Error).message}`); return 1; }
   const conn = String(o.opts.get('connection') ?? 'RC').toUpperCase() as ConnType;
   // Checks in the order and words of perftest's parser.
@@ -131,6 +133,7 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
   if (numQps < 1 || numQps > 16384) { err(' Number of QPs must be between 1 and 16384'); return 1; }
   if (lat && numQps !== 1) { err(' Latency tests use one QP'); return 1; }
   if (txDepth < 1 || rxDepth < 1 || cqMod < 1) { err(' TX depth, RX depth and CQ moderation must be positive'); return 1; }
+  if (tos < 0 || tos > 255) { err(' TOS must be between 0 and 255'); return 1; }
   if (size < 1 || size > 1 << MAX_SIZE_LOG2) { err(` Message size must be between 1 and ${1 << MAX_SIZE_LOG2}`); return 1; }
   const all = o.opts.has('all');
   if (spec.verb === 'ATOMIC') size = 8;
@@ -266,10 +269,10 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
         const r = rem[i]!;
         if (conn === 'UD') {
           qp.toRtr().toRts({ sqPsn: my[i]!.psn });
-          ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 0xff }));
+          ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos }));
           return;
         }
-        qp.toRtr({ remote: { qpn: r.qpn, gid: r.gid }, pathMtu: mtu, rqPsn: r.psn, sgidIndex: gidx, hopLimit: 0xff, ...(conn === 'RC' ? { maxDestRdAtomic: rdAtomic, minRnrTimer: 12 } : {}) });
+        qp.toRtr({ remote: { qpn: r.qpn, gid: r.gid }, pathMtu: mtu, rqPsn: r.psn, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos, ...(conn === 'RC' ? { maxDestRdAtomic: rdAtomic, minRnrTimer: 12 } : {}) });
         if (conn === 'RC') qp.toRts({ sqPsn: my[i]!.psn, timeout, retryCnt: 7, rnrRetry: 7, maxRdAtomic: Math.max(1, Math.min(rdAtomic, r.outReads || 1)) });
         else qp.toRts({ sqPsn: my[i]!.psn });
       });
@@ -338,11 +341,14 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     } else {
       say(bwHeader); // the row comes with the client's report
     }
-    if (mem) err(mem.stop());
+    // A WRITE/READ/ATOMIC BW server's run is its wait for the client's report (below).
+    const passiveBw = !lat && !client && spec.verb !== 'SEND';
+    if (mem && !passiveBw) err(mem.stop());
     if (lat || client || spec.verb === 'SEND') say(LINE);
     // WRITE/READ/ATOMIC BW: the client hands its report to the waiting server, which prints it.
     if (!lat && spec.verb !== 'SEND') {
       await hs();
+      if (mem && passiveBw) err(mem.stop());
       const mine: BwReport = last ?? { size, iters, peak: 0, avg: 0, rate: 0 };
       const theirs = await c.xchgReport(mine);
       if (!client) {
