@@ -398,14 +398,21 @@ export class Device extends EventEmitter {
     });
   }
 
-  /** @internal schedule the requester of a QP (rxe_sched_task). */
-  kick(qp: Qp): void {
+  /**
+   * @internal schedule the requester of a QP (rxe_sched_task): on a later turn of the event loop
+   * (the transport's own re-runs: bounded work per turn), or, for a post from the application
+   * (`soon`), as soon as the caller's stack unwinds: the packets leave in the same turn, without
+   * waiting for the loop's check phase (a SEND answering a receive goes out at once).
+   */
+  kick(qp: Qp, soon = false): void {
     if (qp.req.scheduled || this.closed) return;
     qp.req.scheduled = true;
-    this.sched.defer(() => {
+    const run = qp.req.run ??= (): void => {
       qp.req.scheduled = false;
       if (!qp.closed) runRequester(qp);
-    });
+    };
+    if (soon) this.sched.soon(run);
+    else this.sched.defer(run);
   }
 
   /** @internal raise an async event (state already changed). */

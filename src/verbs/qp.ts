@@ -154,7 +154,7 @@ export class Qp {
   rqCount = 0;
 
   /** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
-  readonly req = { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0 };
+  readonly req = { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0, run: null as (() => void) | null };
   /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
   readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1,
     /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
@@ -351,7 +351,7 @@ export class Qp {
     for (const w of list) this.checkSendWr(w);
     for (const w of list) this.enqueue(w);
     if (this.state === 'ERR') flushQp(this);
-    else this.device.kick(this);
+    else this.device.kick(this, true);
   }
 
   private checkSendWr(w: SendWr): void {

@@ -11,6 +11,8 @@ export interface Scheduler {
   now(): number;
   /** run fn on a later turn of the event loop */
   defer(fn: () => void): void;
+  /** run fn once the current JS stack has unwound (before any I/O): for work an application call started */
+  soon(fn: () => void): void;
   setTimer(ms: number, fn: () => void): TimerHandle;
   clearTimer(h: TimerHandle | null): void;
 }
@@ -21,6 +23,9 @@ export class RealScheduler implements Scheduler {
   }
   defer(fn: () => void): void {
     setImmediate(fn);
+  }
+  soon(fn: () => void): void {
+    queueMicrotask(fn);
   }
   setTimer(ms: number, fn: () => void): TimerHandle {
     const h = { cancelled: false, t: undefined as NodeJS.Timeout | undefined };
@@ -48,6 +53,9 @@ export class FakeScheduler implements Scheduler {
     return this.t;
   }
   defer(fn: () => void): void {
+    this.queue.push(fn);
+  }
+  soon(fn: () => void): void {
     this.queue.push(fn);
   }
   setTimer(ms: number, fn: () => void): TimerHandle {
