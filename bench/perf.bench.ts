@@ -128,7 +128,8 @@ async function main(): Promise<void> {
   const series: Record<string, Array<[number, number]>> = { ib_write_bw: [], ib_send_bw: [], ib_read_bw: [], ib_send_lat: [], ib_write_lat: [] };
   for (const tool of ['ib_write_bw', 'ib_send_bw', 'ib_read_bw']) {
     for (const size of bwSizes) {
-      const iters = Math.max(300, Math.min(20_000, Math.round(150e6 / size)));
+      // About a second per size at the rates reached here (perftest's warm-up runs first for WRITE/READ).
+      const iters = Math.max(500, Math.min(50_000, Math.round(600e6 / size)));
       try {
         const r = resultRow(await perftest(tool, size, iters));
         const mbs = r[3]!; // BW average [MiB/sec]
@@ -146,7 +147,7 @@ async function main(): Promise<void> {
   for (const tool of ['ib_send_lat', 'ib_write_lat']) {
     for (const size of quick ? [2, 4096] : [2, 64, 1024, 4096]) {
       try {
-        const r = resultRow(await perftest(tool, size, 5000));
+        const r = resultRow(await perftest(tool, size, 20_000));
         const avg = r[5]!;
         series[tool]!.push([size, avg]);
         const note = size === 2 ? `${(avg / (rtt / 2)).toFixed(2)}x half the dgram RTT (target <= 1.25 for send_lat)` : '';

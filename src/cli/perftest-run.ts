@@ -158,6 +158,20 @@ export async function bwClient(c: RunCtx, size: number, limit: Limit): Promise<B
   const index = new Map(c.qps.map((qp, i) => [qp.qpn, i]));
   const wcs = Array.from({ length: 64 }, () => new Wc());
   const iters = 'iters' in limit ? limit.iters : Infinity;
+  // perftest's perform_warm_up (WRITE, READ, atomics; a SEND would eat the server's receives):
+  // a burst per QP, completed before the clock starts.
+  if (c.verb !== 'SEND') {
+    const burst = Math.max(1, Math.min(c.txDepth, 64));
+    for (let i = 0; i < q; i++) {
+      const wr = wrs[i]!;
+      for (let k = 0; k < burst; k++) { wr.wrId = -1; wr.signaled = k === burst - 1; c.qps[i]!.postSend(wr); }
+    }
+    for (let got = 0; got < q;) {
+      const n = c.sendCq.poll(wcs);
+      for (let k = 0; k < n; k++) { if (wcs[k]!.status !== 'SUCCESS') return wcError('client', wcs[k]!); got++; }
+      if (n === 0) await waitCq(c.sendCq);
+    }
+  }
   const t0 = now();
   const end = 'secs' in limit ? t0 + limit.secs : Infinity;
   let last = t0, lastDone = 0, totalDone = 0, peak = 0, stopping = false, nextProgress = t0 + 0.2;
