@@ -91,8 +91,8 @@ ${spec.lat ? '' : '  -q, --qp=<num of qp\'s>  Num of qp\'s(default 1)\n'}${spec.
   -T, --tos=<tos value>  Set <tos_value> as the traffic class of the QPs (IPv4 TOS; applied with the native addon)
 ${spec.verb === 'ATOMIC' ? '  -A, --atomic_type=<type>  Type of atomic operation: CMP_AND_SWAP or FETCH_AND_ADD (default FETCH_AND_ADD)\n' : ''}${spec.verb === 'READ' || spec.verb === 'ATOMIC' ? '  -o, --outs=<num>  Number of outstanding read/atomic requests\n' : ''}${spec.lat ? '' : '  -Q, --cq-mod  Generate CQE only after <--cq-mod> completion\n'}  -u, --qp-timeout=<timeout>  QP timeout, timeout value is 4 usec * 2 ^(timeout), default 14
   --output=<units>  Set verbosity output level: bandwidth , message_rate, latency
-${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}
- Not available in softroce: -R/--rdma_cm (the rdma_cm layer comes with its own issue), -b/--bidirectional.
+${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}${spec.lat || spec.verb === 'SEND' ? '' : '  -b, --bidirectional  Measure bidirectional bandwidth (default unidirectional)\n'}
+ Not available in softroce: -R/--rdma_cm (the rdma_cm layer comes with its own issue); -b for SEND and latency tests.
 `;
 }
 
@@ -127,7 +127,8 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
   // Checks in the order and words of perftest's parser.
   if (!spec.conns.includes(conn)) { err(` Unsupported connection type ${conn} for ${tool} (supported: ${spec.conns.join(', ')})`); return 1; }
   if (o.opts.has('rdma_cm') || o.opts.has('com_rdma_cm')) { err(`${tool}: -R/--rdma_cm needs softroce's rdma_cm layer, which is not built yet; use the default TCP exchange`); return 1; }
-  if (o.opts.has('bidirectional')) { err(`${tool}: -b/--bidirectional is not supported by softroce's ${tool}`); return 1; }
+  const duplex = o.opts.has('bidirectional');
+  if (duplex && (lat || spec.verb === 'SEND')) { err(`${tool}: -b/--bidirectional is not supported by softroce's ${tool} (only ib_write_bw, ib_read_bw, ib_atomic_bw)`); return 1; }
   if (iters < 5 && !duration) { err(' Iteration num must be at least 5'); return 1; }
   if (duration < 0) { err(' Duration must be positive'); return 1; }
   if (numQps < 1 || numQps > 16384) { err(' Number of QPs must be between 1 and 16384'); return 1; }
@@ -323,6 +324,21 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
           say(duration ? latDurRow(s, t) : latRow(s, iters, t));
         }
       }
+    } else if (duplex) {
+      // perftest -b (write_bw.c): both sides run the client loop; a handshake before each size, one
+      // after it (perftest >= 4.6) with -a, then both reports are exchanged and their sum printed.
+      say(bwHeader);
+      for (const s of sizes) {
+        await hs();
+        const r = await bwClient(ctx, s, limit);
+        clearProgress();
+        if (typeof r === 'string') { err(r); return 1; }
+        if (all) await hs();
+        if (duration) { last = r; say(bwRow(r.size, r.iters, r.peak, r.avg, r.rate, gbits)); continue; }
+        const theirs = await c.xchgReport(r);
+        last = { size: r.size, iters: r.iters, peak: r.peak + theirs.peak, avg: r.avg + theirs.avg, rate: r.rate + theirs.rate };
+        say(bwRow(last.size, last.iters, last.peak, last.avg, last.rate, gbits));
+      }
     } else if (client || spec.verb === 'SEND') {
       say(bwHeader);
       const recvPosted = new Array<number>(numQps).fill(0);
@@ -342,11 +358,11 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
       say(bwHeader); // the row comes with the client's report
     }
     // A WRITE/READ/ATOMIC BW server's run is its wait for the client's report (below).
-    const passiveBw = !lat && !client && spec.verb !== 'SEND';
+    const passiveBw = !lat && !client && !duplex && spec.verb !== 'SEND';
     if (mem && !passiveBw) err(mem.stop());
-    if (lat || client || spec.verb === 'SEND') say(LINE);
+    if (lat || client || duplex || spec.verb === 'SEND') say(LINE);
     // WRITE/READ/ATOMIC BW: the client hands its report to the waiting server, which prints it.
-    if (!lat && spec.verb !== 'SEND') {
+    if (!lat && !duplex && spec.verb !== 'SEND') {
       await hs();
       if (mem && passiveBw) err(mem.stop());
       const mine: BwReport = last ?? { size, iters, peak: 0, avg: 0, rate: 0 };

@@ -86,6 +86,18 @@ t.test('-a sweeps the sizes, -q spreads over QPs, -D runs for a time', async (t)
   t.ok(rows(d.client.out)[0]![1]! > 100, '-D 1: the iterations column counts what ran');
 });
 
+t.test('-b: both sides run and print the sum of both directions', async (t) => {
+  for (const tool of ['write_bw', 'read_bw', 'atomic_bw'] as const) {
+    const r = await pair(tool, ['-b', '-n', '300']);
+    t.equal(r.client.code, 0, `ib_${tool} -b client ${r.client.err}`);
+    t.equal(r.server.code, 0, `ib_${tool} -b server ${r.server.err}`);
+    const cr = rows(r.client.out), sr = rows(r.server.out);
+    t.equal(cr.length, 1, `ib_${tool} -b: one row`);
+    t.same(sr, cr, `ib_${tool} -b: both sides print the same combined row`);
+    t.ok(cr[0]![3]! > 0, `ib_${tool} -b: bandwidth measured`);
+  }
+});
+
 t.test('UC and UD where perftest allows them', async (t) => {
   for (const [tool, conn] of [['send_bw', 'UC'], ['send_bw', 'UD'], ['write_bw', 'UC'], ['send_lat', 'UD'], ['write_lat', 'UC']] as const) {
     const r = await pair(tool, ['-c', conn, '-n', '200']);
@@ -108,6 +120,7 @@ t.test('misuse is a clear error', async (t) => {
   const cases: Array<[PerfTest, string[], RegExp]> = [
     ['read_bw', ['-c', 'UD'], /Unsupported connection type UD/],
     ['write_bw', ['-R'], /rdma_cm/],
+    ['send_lat', ['-b'], /bidirectional/],
     ['send_lat', ['-q', '2'], /Latency tests use one QP/],
     ['write_bw', ['-n', '2'], /at least 5/],
     ['atomic_bw', ['-A', 'XOR'], /Invalid atomic type/],

@@ -80,6 +80,8 @@ function cases(): Case[] {
   c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-q 4 -n 200' });
   c.push({ kind: 'perftest', tool: 'ib_send_bw', args: '-q 2 -n 200' });
   c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-D 2' });
+  for (const tool of ['ib_write_bw', 'ib_read_bw', 'ib_atomic_bw']) c.push({ kind: 'perftest', tool, args: '-b -n 200' });
+  c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-b -a -n 5' });
   c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-a -n 5' });
   c.push({ kind: 'perftest', tool: 'ib_send_lat', args: '-a -n 5' });
   c.push({ kind: 'perftest', tool: 'ib_read_lat', args: '-a -n 5' });
