@@ -18,6 +18,19 @@ export interface Parsed {
 
 export class UsageError extends Error {}
 
+/**
+ * A tool's process entry: runs it on the command line's arguments and turns its result into the
+ * exit status; an exception the tool did not handle prints `prefix` (or the stack) and exits 1.
+ */
+export async function runTool(run: (argv: string[]) => Promise<number>, prefix?: string): Promise<void> {
+  try {
+    process.exitCode = await run(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(prefix === undefined ? `${(e as Error).stack}\n` : `${prefix}: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}
+
 export function parseArgs(argv: readonly string[], specs: readonly OptSpec[]): Parsed {
   const byShort = new Map(specs.filter((s) => s.short).map((s) => [s.short!, s]));
   const byLong = new Map(specs.map((s) => [s.long, s]));

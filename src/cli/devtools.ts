@@ -7,7 +7,7 @@ import './epipe.js';
 import { getDeviceList, openDevice, type Device } from '../verbs/device.js';
 import { gidToString, isIpv4Mapped } from '../roce/gid.js';
 import { mtuToEnum } from '../roce/opcode.js';
-import { parseArgs, toInt, type OptSpec } from './args.js';
+import { parseArgs, runTool, toInt, type OptSpec } from './args.js';
 
 type Out = (s: string) => void;
 const stdout: Out = (s) => process.stdout.write(s + '\n');
@@ -159,13 +159,7 @@ export async function ibdev2netdev(out: Out = stdout): Promise<number> {
   return 0;
 }
 
-export async function toolMain(tool: 'ibv_devices' | 'ibv_devinfo' | 'show_gids' | 'ibdev2netdev'): Promise<void> {
-  const argv = process.argv.slice(2);
-  try {
-    process.exitCode = tool === 'ibv_devices' ? await ibvDevices() : tool === 'ibv_devinfo' ? await ibvDevinfo(argv)
-      : tool === 'show_gids' ? await showGids(argv) : await ibdev2netdev();
-  } catch (e) {
-    process.stderr.write(`${tool}: ${(e as Error).message}\n`);
-    process.exitCode = 1;
-  }
+export function toolMain(tool: 'ibv_devices' | 'ibv_devinfo' | 'show_gids' | 'ibdev2netdev'): Promise<void> {
+  return runTool((argv) => (tool === 'ibv_devices' ? ibvDevices() : tool === 'ibv_devinfo' ? ibvDevinfo(argv)
+    : tool === 'show_gids' ? showGids(argv) : ibdev2netdev()), tool);
 }

@@ -23,7 +23,7 @@ import './epipe.js';
 import { randomInt } from 'node:crypto';
 import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
 import { mtuFromEnum, mtuToEnum, isMtu, type Mtu } from '../roce/opcode.js';
-import { parseArgs, toInt, UsageError, type OptSpec } from './args.js';
+import { parseArgs, runTool, toInt, UsageError, type OptSpec } from './args.js';
 import type { Gid } from '../roce/gid.js';
 import type { Qp } from '../verbs/qp.js';
 import type { Ah } from '../verbs/objects.js';
@@ -415,12 +415,7 @@ function latDurRow(size: number, t: readonly number[]): string {
   return ` ${String(size).padEnd(7)}       ${String(t.length).padEnd(7)}          ${avg.toFixed(2).padEnd(7)}        ${(avg > 0 ? 1e6 / avg : 0).toFixed(0)}`;
 }
 
-export async function perftestMain(test: PerfTest): Promise<void> {
-  try {
-    process.exitCode = await perftest(test, process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  }
+export function perftestMain(test: PerfTest): Promise<void> {
+  return runTool((argv) => perftest(test, argv));
 }
 export { UsageError };

@@ -15,7 +15,7 @@ import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
 import { Wc, WC_STATUS } from '../verbs/types.js';
 import { gidFromHex, gidToHex, gidToString, type Gid } from '../roce/gid.js';
 import { isMtu, type Mtu } from '../roce/opcode.js';
-import { parseArgs, toInt, UsageError, type OptSpec } from './args.js';
+import { parseArgs, runTool, toInt, UsageError, type OptSpec } from './args.js';
 import type { Qp } from '../verbs/qp.js';
 import type { Cq } from '../verbs/cq.js';
 import type { Ah } from '../verbs/objects.js';
@@ -349,12 +349,7 @@ function waitNotify(cq: Cq): Promise<void> {
   return new Promise((r) => cq.once('notify', () => r()));
 }
 
-export async function pingpongMain(kind: Kind): Promise<void> {
-  try {
-    process.exitCode = await pingpong(kind, process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  }
+export function pingpongMain(kind: Kind): Promise<void> {
+  return runTool((argv) => pingpong(kind, argv));
 }
 export { UsageError };
