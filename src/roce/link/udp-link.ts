@@ -18,8 +18,8 @@ import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { TxPool, type Link, type RxHandler } from './link.js';
 import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
-import { numberToIpv4, parseIpv4 } from '../gid.js';
-import { icrcIdDelta, readIcrc, writeIcrc } from '../icrc.js';
+import { parseIpv4 } from '../gid.js';
+import { icrcIdDelta } from '../icrc.js';
 import { VerbsError } from '../../verbs/errors.js';
 
 export interface UdpLinkOptions {
@@ -74,8 +74,7 @@ export class UdpLink extends EventEmitter implements Link {
   private rxData: Buffer | null = null;
   private rxMeta: Uint32Array | null = null;
   private rxSlots: Buffer[] = [];
-  /** views into rxData at GRO segment starts, by offset: made once, so a segment costs no copy */
-  private readonly rxViews = new Map<number, Buffer>();
+  private rxSeg: Buffer | null = null;
   private lastIpNum = -1;
   private lastIpStr = '';
   private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number }> = [];
@@ -139,6 +138,7 @@ export class UdpLink extends EventEmitter implements Link {
     link.rxData = Buffer.alloc(slots * slotSize);
     link.rxMeta = new Uint32Array(slots * 4);
     link.rxSlots = Array.from({ length: slots }, (_, i) => link.rxData!.subarray(i * slotSize, (i + 1) * slotSize));
+    link.rxSeg = Buffer.alloc(slotSize);
     link.rxHandle = n.rxStart!(fd, link.rxData, link.rxMeta, slots, slotSize, (k) => link.onNativeRx(k));
     if (!link.rxHandle) throw new VerbsError('ENODEV', 'ibv_open_device', 'native receive path did not start', 'native');
     return link;
@@ -157,23 +157,17 @@ export class UdpLink extends EventEmitter implements Link {
       // One string per peer, not per packet.
       if (ipNum !== this.lastIpNum) {
         this.lastIpNum = ipNum;
-        this.lastIpStr = numberToIpv4(ipNum);
+        this.lastIpStr = `${ipNum >>> 24}.${(ipNum >>> 16) & 0xff}.${(ipNum >>> 8) & 0xff}.${ipNum & 0xff}`;
       }
       const slot = this.rxSlots[i]!;
       if (seg === 0 || seg >= len) { this.rx(slot, len, this.lastIpStr, port); continue; }
-      // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter. Each is handed
-      // over as a view starting at its first byte (receivers never keep the buffer: the responder's
-      // backlog copies). Views are cached by offset; the offsets are few (slots x segment sizes).
-      const base = i * slot.length;
+      // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter.
+      const segBuf = this.rxSeg!;
       for (let off = 0; off < len; off += seg) {
-        let v = this.rxViews.get(base + off);
-        if (v === undefined) {
-          if (this.rxViews.size >= 8192) this.rxViews.clear();
-          v = slot.subarray(off);
-          this.rxViews.set(base + off, v);
-        }
+        const l = Math.min(seg, len - off);
+        slot.copy(segBuf, 0, off, off + l);
         st.rxGroSegments++;
-        this.rx(v, Math.min(seg, len - off), this.lastIpStr, port);
+        this.rx(segBuf, l, this.lastIpStr, port);
         if (!this.rx) break;
       }
     }
@@ -205,6 +199,17 @@ export class UdpLink extends EventEmitter implements Link {
       this.native = n;
       this.fd = fd;
     }
+  }
+
+  /** IP_TOS / IPV6_TCLASS for the traffic class of the next datagrams (addon only). */
+  setTrafficClass(tc: number): boolean {
+    const n = loadNative();
+    if (!n) return false;
+    const c = n.constants;
+    const fd = this.sock ? dgramFd(this.sock) : this.fd;
+    return this.family === 4
+      ? n.setIntSockopt(fd, c['IPPROTO_IP']!, c['IP_TOS']!, tc) === 0
+      : n.setIntSockopt(fd, c['IPPROTO_IPV6']!, c['IPV6_TCLASS']!, tc) === 0;
   }
 
   allocTx(): Buffer | null {
@@ -307,11 +312,11 @@ export class UdpLink extends EventEmitter implements Link {
       if (cnt >= 2 && this.gso) {
         for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
         // Segment m leaves with IPv4 ID m: correct its ICRC (the last 4 bytes, little-endian) for that ID.
-        for (let m = 1; m < cnt; m++) fixIcrcForId(sb[m]!, sl[m]!, m);
+        for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m));
         r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L, tos);
         if (r > 0) { this.batchStats.gsoCalls++; this.batchStats.gsoPackets += r; }
         else {
-          for (let m = 1; m < cnt; m++) fixIcrcForId(sb[m]!, sl[m]!, m); // not sent: back to ID 0
+          for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m)); // not sent: back to ID 0
           if (r !== -11) { this.gso = false; continue; } // no UDP GSO here: sendmmsg from now on
         }
       } else {
@@ -355,7 +360,11 @@ export class UdpLink extends EventEmitter implements Link {
   }
 }
 
-/** Moves the ICRC that ends a packet of `len` bytes between IPv4 ID 0 and `id` (an XOR: its own inverse). */
-function fixIcrcForId(b: Buffer, len: number, id: number): void {
-  writeIcrc(b, len - 4, (readIcrc(b, len - 4) ^ icrcIdDelta(len + 20, id)) >>> 0);
+/** XORs `delta` into the little-endian ICRC that ends a packet of `len` bytes. */
+function xorIcrc(b: Buffer, len: number, delta: number): void {
+  const o = len - 4;
+  b[o] = b[o]! ^ (delta & 0xff);
+  b[o + 1] = b[o + 1]! ^ ((delta >>> 8) & 0xff);
+  b[o + 2] = b[o + 2]! ^ ((delta >>> 16) & 0xff);
+  b[o + 3] = b[o + 3]! ^ ((delta >>> 24) & 0xff);
 }
