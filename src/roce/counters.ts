@@ -11,6 +11,9 @@ export const COUNTER_NAMES = [
   // softroce: receive-side drops by reason
   'rcvd_icrc_err', 'rcvd_malformed', 'rcvd_unknown_qp', 'rcvd_bad_state', 'rcvd_bad_pkey', 'rcvd_bad_qkey',
   'rcvd_bad_addr', 'rcvd_bad_opcode', 'timeouts',
+  // responses for PSNs never sent or WQEs not outstanding; completions a full CQ could not take;
+  // an exception caught on the receive path (a bug: the QP went to ERR)
+  'rcvd_bad_psn', 'cq_overflow', 'rcvd_internal_err',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export const C = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as { readonly [K in CounterName]: number };

@@ -22,11 +22,18 @@ export class Mr {
   readonly rkey: number;
   /** ACCESS bits */
   readonly access: number;
+  /**
+   * Whether SEND_WITH_INV may invalidate this MR's R_Key. rxe only invalidates fast-registration
+   * MRs (and memory windows), never an MR from ibv_reg_mr; softroce's regMr has no fast-reg path,
+   * so `regMr(mem, access, { invalidatable: true })` stands in for one.
+   */
+  readonly invalidatable: boolean;
   /** false after dereg or remote invalidation */
   valid = true;
   closed = false;
-  constructor(pd: Pd, mem: Uint8Array, access: number, lkey: number, rkey: number) {
+  constructor(pd: Pd, mem: Uint8Array, access: number, lkey: number, rkey: number, invalidatable = false) {
     this.pd = pd;
+    this.invalidatable = invalidatable;
     this.buffer = Buffer.from(mem.buffer, mem.byteOffset, mem.byteLength);
     this.length = mem.byteLength;
     this.addr = nextVa;
@@ -42,6 +49,10 @@ export class Mr {
     if (d < 0n || d > BigInt(this.length)) return -1;
     const off = Number(d);
     return off + len <= this.length ? off : -1;
+  }
+  /** @internal Remote invalidation (IBA 10.6.5): the keys stop working, locally and remotely, at once. */
+  invalidate(): void {
+    this.valid = false;
   }
   /** Whether the remote may do `need` (ACCESS bits) here. */
   allows(need: number): boolean {

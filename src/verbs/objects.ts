@@ -46,7 +46,7 @@ export class Pd {
     if (this.closed) throw new VerbsError('EBADF', op, 'PD is closed', 'pd');
   }
   /** ibv_reg_mr over caller-owned memory. */
-  regMr(mem: Uint8Array, access: readonly Access[] = ['LOCAL_WRITE']): Mr {
+  regMr(mem: Uint8Array, access: readonly Access[] = ['LOCAL_WRITE'], opts: { invalidatable?: boolean } = {}): Mr {
     this.live('ibv_reg_mr');
     if (!(mem instanceof Uint8Array)) throw new VerbsError('EINVAL', 'ibv_reg_mr', 'memory must be a Buffer or Uint8Array', 'mem');
     const bits = accessBits(access, 'access', 'ibv_reg_mr', (c, o, m, a) => new VerbsError(c, o, m, a));
@@ -55,7 +55,7 @@ export class Pd {
     const d = this.device;
     const lkey = newKey((k) => d.mrByLkey.has(k));
     const rkey = newKey((k) => d.mrByRkey.has(k));
-    const mr = new Mr(this, mem, bits, lkey, rkey);
+    const mr = new Mr(this, mem, bits, lkey, rkey, opts.invalidatable === true);
     d.mrByLkey.set(lkey, mr);
     d.mrByRkey.set(rkey, mr);
     this.mrs.add(mr);
@@ -123,6 +123,12 @@ export class Srq {
       e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
       this.count++;
     }
+  }
+  /** Transport: put back the WQE take() just returned (its message was refused before any byte landed). */
+  giveBack(e: RecvWqe): void {
+    this.head = (this.head - 1 + this.maxWr) % this.maxWr;
+    this.ring[this.head] = e;
+    this.count++;
   }
   /** ibv_modify_srq: arm the limit event (IBA 10.2.9.3: fires once when fewer than `limit` WQEs remain). */
   modify(o: { limit?: number; maxWr?: number }): void {

@@ -91,6 +91,8 @@ export class SendWqe {
   lastPsn = 0;
   /** bytes sent so far (READ: bytes of response received) */
   sent = 0;
+  /** firstPsn/lastPsn hold the PSNs this WQE was sent with (a go-back-N resend reuses them) */
+  psnAssigned = false;
   /** counted in req.rdAtomic (READ/ATOMIC) */
   rdCounted = false;
   /** a local error found while processing (WC status index), 0 = none */
@@ -154,7 +156,7 @@ export class Qp {
   rqCount = 0;
 
   /** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
-  readonly req = { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0, run: null as (() => void) | null };
+  readonly req = { psn: 0, /** the PSN after the highest ever sent: responses at or above it are forged */ maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0, run: null as (() => void) | null };
   /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
   readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1,
     /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
@@ -165,7 +167,7 @@ export class Qp {
     mr: null as Mr | null, mrOff: 0, resid: 0, writeLen: 0,
     res: [] as RdResource[], resNext: 0,
     /** READ responses still to send: [psn, mr, off, len] per pending READ */
-    reads: [] as Array<{ psn: number; mr: Mr; off: number; len: number; sentPsn: number }>,
+    reads: [] as Array<{ psn: number; mr: Mr | null; off: number; len: number; sentPsn: number }>,
     /** requests that arrived while READ responses were being sent (kept in order) */
     backlog: [] as Array<{ buf: Buffer; len: number; srcIp: string; srcPort: number; ipId: number; srcBytes: Uint8Array }>,
     scheduled: false,
@@ -265,7 +267,7 @@ export class Qp {
       this.dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.av.udpPort, bytes: g, tos: this.av.trafficClass & 0xff };
     }
     if (a.rqPsn !== undefined) { this.rqPsn = a.rqPsn; this.resp.psn = a.rqPsn; }
-    if (a.sqPsn !== undefined) { this.sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.comp.psn = a.sqPsn; }
+    if (a.sqPsn !== undefined) { this.sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.req.maxPsn = a.sqPsn; this.comp.psn = a.sqPsn; }
     if (a.state !== undefined) this.setState(to);
   }
 
@@ -291,7 +293,7 @@ export class Qp {
     this.comp.rnrTimer = null;
     this.sqHead = this.sqTail = 0;
     this.rqHead = this.rqCount = 0;
-    Object.assign(this.req, { psn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
+    Object.assign(this.req, { psn: 0, maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
     Object.assign(this.comp, { psn: 0, retriedAt: -1 });
     Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [] });
     this.commEst = false;
@@ -395,6 +397,7 @@ export class Qp {
     e.state = WqeState.POSTED;
     e.sent = 0;
     e.firstPsn = e.lastPsn = 0;
+    e.psnAssigned = false;
     e.rdCounted = false;
     e.localErr = 0;
     e.inline = null;
@@ -439,6 +442,17 @@ export class Qp {
     this.rqHead = (this.rqHead + 1) % this.cap.maxRecvWr;
     this.rqCount--;
     return e;
+  }
+
+  /**
+   * Transport: give back a receive WQE taken for a message that was then refused before any
+   * byte landed (a WRITE_WITH_IMM whose last packet fails its checks): it stays at the head.
+   */
+  returnRecv(e: RecvWqe): void {
+    if (this.srq) { this.srq.giveBack(e); return; }
+    this.rqHead = (this.rqHead - 1 + this.cap.maxRecvWr) % this.cap.maxRecvWr;
+    this.rqCount++;
+    if (this.rq[this.rqHead] !== e) this.rq[this.rqHead] = e;
   }
 
   /** Send WQEs not completed yet. */

@@ -17,7 +17,7 @@ t.test('RC: every opcode', async (t) => {
   const bOrig = Buffer.from(b.mem);
   b.qp.postRecv([0, 1, 2].map((i) => ({ wrId: 100 + i, sg: [{ mr: b.mr, offset: 600_000 + i * 10_000, length: 10_000 }] })));
   b.qp.postRecv({ wrId: 103, sg: [{ mr: b.mr, offset: 0, length: 0 }] }); // for WRITE_WITH_IMM
-  const extra = b.pd.regMr(Buffer.alloc(64), ['LOCAL_WRITE', 'REMOTE_WRITE']);
+  const extra = b.pd.regMr(Buffer.alloc(64), ['LOCAL_WRITE', 'REMOTE_WRITE'], { invalidatable: true });
   b.mem.writeBigUInt64LE(40n, 800_000);
   b.mem.writeBigUInt64LE(7n, 800_008);
   const wrs: SendWr[] = [

@@ -168,7 +168,8 @@ t.test('CQ overflow is the CQ_ERR async event; poll fills preallocated WCs', asy
   const ah = pd.createAh({ gid: '10.1.0.2' });
   for (let i = 0; i < 3; i++) qp.postSend({ wrId: i, opcode: 'SEND', sg: [], ud: { ah, remoteQpn: 0x99, remoteQkey: 1 } });
   sched.advance(1);
-  t.same(events, ['CQ_ERR'], 'the third completion overflowed a 2-entry CQ');
+  t.same(events, ['CQ_ERR', 'QP_FATAL'], 'the third completion overflowed a 2-entry CQ: the QP goes to ERR, as rxe does');
+  t.equal(qp.state, 'ERR');
   const out = [new Wc(), new Wc(), new Wc()];
   t.equal(cq.poll(out), 2);
   t.same(out.slice(0, 2).map((w) => w.wrId), [0, 1]);

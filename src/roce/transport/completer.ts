@@ -18,7 +18,9 @@ import { Hdr, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { C } from '../counters.js';
 import type { PktInfo } from '../packet.js';
-import { scatterSgl } from './sgl.js';
+import { scatterSgl, sglUsable } from './sgl.js';
+
+const atomicOrig = Buffer.alloc(8);
 
 /** Local ACK timeout in ms: 4.096 µs × 2^timeout (IBA 9.7.6.1.3); 0 means none. */
 export function ackTimeoutMs(timeout: number): number {
@@ -77,6 +79,7 @@ function onTimeout(qp: Qp): void {
 
 /** Posts the completion of the head send WQE (errors always; success when signaled). */
 export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
+  let lost = false;
   if (status !== St.SUCCESS || wqe.signaled) {
     const w = qp.sendCq.slot();
     if (w) {
@@ -86,17 +89,30 @@ export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
       w.byteLen = wqe.length;
       w.qpn = qp.qpn;
       qp.sendCq.commit(status !== St.SUCCESS);
-    }
+    } else lost = true;
   }
   wqe.state = WqeState.DONE;
   if (wqe.rdCounted) { wqe.rdCounted = false; qp.req.rdAtomic--; }
   qp.sqHead++;
   if (qp.req.idx < qp.sqHead) qp.req.idx = qp.sqHead;
+  if (lost) { completionLost(qp); return; }
   if (status !== St.SUCCESS) {
     if (qp.state !== 'ERR') qp.setState('ERR');
     return;
   }
   if (qp.state === 'SQD' && qp.sqHead === qp.req.idx && qp.sqDrainNotify) qp.device.asyncEvent({ type: 'SQ_DRAINED', qp });
+}
+
+/**
+ * A completion the CQ had no room for (the CQ raised CQ_ERR). rxe moves the QP to ERR rather than
+ * lose completions silently (rxe_resp.c RESPST_ERR_CQ_OVERFLOW); the QP's owner learns it from
+ * QP_FATAL. Completions after that are flushes into the same full CQ and are dropped with it.
+ */
+export function completionLost(qp: Qp): void {
+  qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
+  if (qp.state === 'ERR' || qp.state === 'RESET') return;
+  qp.setState('ERR');
+  qp.device.asyncEvent({ type: 'QP_FATAL', qp });
 }
 
 /** UC and UD: a send WQE is done once its last packet is out (no ACKs). */
@@ -119,7 +135,7 @@ export function flushQp(qp: Qp): void {
     if (w) {
       w.wrId = wqe.wrId; w.status = 'WR_FLUSH_ERR'; w.opcode = wcOpcodeFor(wqe.op); w.byteLen = 0; w.qpn = qp.qpn;
       qp.sendCq.commit(true);
-    }
+    } else qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
     wqe.state = WqeState.DONE;
     wqe.rdCounted = false;
     qp.sqHead++;
@@ -142,7 +158,7 @@ export function flushQp(qp: Qp): void {
 
 function flushRecv(qp: Qp, r: { wrId: number }): void {
   const w = qp.recvCq.slot();
-  if (!w) return;
+  if (!w) { qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++; return; }
   w.wrId = r.wrId; w.status = 'WR_FLUSH_ERR'; w.opcode = 'RECV'; w.byteLen = 0; w.qpn = qp.qpn;
   qp.recvCq.commit(true);
 }
@@ -153,7 +169,9 @@ export function rewind(qp: Qp): void {
   const mtu = qp.pathMtu;
   for (let n = qp.sqHead; n < qp.sqTail; n++) {
     const w = qp.sq[n % cap]!;
-    if (w.state === WqeState.POSTED) break;
+    // Every WQE sent at least once is rewound, also one an earlier rewind left waiting: a partial
+    // ACK may since have moved comp.psn into it, and its resend must start there, at its old PSNs.
+    if (!w.psnAssigned) break;
     const into = psnDiff(qp.comp.psn, w.firstPsn);
     if (into > 0 && psnDiff(qp.comp.psn, w.lastPsn) <= 0 && !(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD)) {
       w.sent = into * mtu;
@@ -194,7 +212,8 @@ function ackUpTo(qp: Qp, psn: number, inclusive: boolean): boolean {
   let progress = false;
   while (qp.sqHead < qp.sqTail) {
     const w = qp.sq[qp.sqHead % cap]!;
-    if (w.state === WqeState.POSTED) break;
+    // A WQE waiting to be resent after a go-back-N rewind keeps its PSNs: an ACK for them counts.
+    if (!w.psnAssigned) break;
     const d = psnDiff(psn, w.lastPsn);
     const covered = inclusive ? d >= 0 : d > 0;
     if (!covered) {
@@ -243,7 +262,10 @@ export function onResponse(qp: Qp, p: PktInfo): void {
   const o = p.bthOff;
   const psn = (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
   const mask = p.mask;
-  if (!unacked(qp)) return; // nothing outstanding: a stale or duplicate response
+  // Judged against what was ever sent (req.maxPsn), not the resend pointer: a response for a PSN
+  // sent before a go-back-N rewind is real (rxe compares with the WQE's PSNs). A PSN never sent,
+  // or a response with no WQE outstanding, is forged or corrupt: it completes nothing.
+  if (qp.sqHead >= qp.sqTail || psnDiff(psn, qp.req.maxPsn) >= 0) { counters[C.rcvd_bad_psn]!++; return; }
   if (psnDiff(psn, qp.comp.psn) < 0) return; // older than anything outstanding: a duplicate
   const cap = qp.cap.maxSendWr;
 
@@ -258,6 +280,11 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     ackUpTo(qp, psn, false);
     if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
     const head = qp.sq[qp.sqHead % cap]!;
+    // A NAK names the PSN of a request that was sent: the head WQE must hold it.
+    if (qp.sqHead >= qp.sqTail || !head.psnAssigned || psnDiff(psn, head.firstPsn) < 0 || psnDiff(psn, head.lastPsn) > 0) {
+      counters[C.rcvd_bad_psn]!++;
+      return;
+    }
     if (type === AethType.RNR_NAK) {
       counters[C.rcvd_rnr_err]!++;
       if (qp.comp.rnrRetry <= 0) {
@@ -321,6 +348,8 @@ export function onResponse(qp: Qp, p: PktInfo): void {
       completeWqe(qp, w, St.BAD_RESP_ERR);
       return;
     }
+    // The READ's local buffer may have been deregistered since the post: nothing lands in it.
+    if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return; }
     scatterSgl(w.sg, off, b, p.payloadOff, n);
     w.sent = off + n;
     qp.comp.psn = psnAdd(psn, 1);
@@ -330,10 +359,11 @@ export function onResponse(qp: Qp, p: PktInfo): void {
   }
   if (p.opcode === 0x12) { // ATOMIC_ACKNOWLEDGE
     if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) return;
-    const orig = b.readBigUInt64BE(p.bthOff + 16);
-    const s = w.sg[0]!;
-    // The original value lands in host order, as ibv atomics deliver it.
-    s.mr.buffer.writeBigUInt64LE(orig, s.offset);
+    if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return; }
+    // The original value lands in host order, as ibv atomics deliver it, scattered over the
+    // WR's SGEs (8 bytes in all, checked at post) as rxe's completer copies it.
+    atomicOrig.writeBigUInt64LE(b.readBigUInt64BE(p.bthOff + 16), 0);
+    scatterSgl(w.sg, 0, atomicOrig, 0, 8);
     qp.comp.psn = psnAdd(psn, 1);
     completeWqe(qp, w, St.SUCCESS);
     madeProgress(qp);

@@ -12,6 +12,7 @@ import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
 import { onResponse } from './completer.js';
 import type { Device, Port } from '../../verbs/device.js';
+import type { Qp } from '../../verbs/qp.js';
 
 const info = new PktInfo();
 const v4bytes = new Uint8Array(4);
@@ -79,6 +80,43 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   if (!qp || qp.closed) { v[C.rcvd_unknown_qp]!++; return; }
   if (!transportOk(qp.type, info.opcode)) { v[C.rcvd_bad_opcode]!++; return; }
   if (qp.port !== port.num) { v[C.rcvd_bad_state]!++; return; }
-  if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipId, srcBytes);
-  else onResponse(qp, info);
+  // rxe check_addr: a connected QP takes packets (requests and responses alike) only from the
+  // address in its AV. Compared as bytes: an address string has many spellings ("::1" and
+  // "0:0:0:0:0:0:0:1"), a GID has one. A QP without an AV (RESET, INIT) is refused by state below.
+  if ((qp.type === 'RC' || qp.type === 'UC') && qp.av !== null && !fromPeer(qp.dest.bytes, srcBytes)) {
+    v[C.rcvd_bad_addr]!++;
+    return;
+  }
+  // Last line of defence: a bug in a role must not take the process (or another QP) down. The
+  // QP whose packet broke it goes to ERR, as a local QP error would (IBA 10.3.1: QP_FATAL).
+  try {
+    if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipId, srcBytes);
+    else onResponse(qp, info);
+  } catch {
+    v[C.rcvd_internal_err]!++;
+    qpFatal(qp);
+  }
+}
+
+/** Whether a source address (4 bytes IPv4, 16 bytes IPv6) is the RoCEv2 GID `gid` stands for. */
+export function fromPeer(gid: Uint8Array, src: Uint8Array): boolean {
+  if (src.length === 4) {
+    // IPv4-mapped GID ::ffff:a.b.c.d (IBA A17.4.5.1)
+    for (let i = 0; i < 10; i++) if (gid[i] !== 0) return false;
+    return gid[10] === 0xff && gid[11] === 0xff && gid[12] === src[0] && gid[13] === src[1] && gid[14] === src[2] && gid[15] === src[3];
+  }
+  for (let i = 0; i < 16; i++) if (gid[i] !== src[i]) return false;
+  return true;
+}
+
+/** A QP whose state can no longer be trusted: to ERR with QP_FATAL (flushes its WRs). */
+export function qpFatal(qp: Qp): void {
+  try {
+    if (qp.state !== 'ERR' && qp.state !== 'RESET' && !qp.closed) {
+      qp.setState('ERR');
+      qp.device.asyncEvent({ type: 'QP_FATAL', qp });
+    }
+  } catch {
+    /* a user's event handler threw: the QP state change above still stands */
+  }
 }

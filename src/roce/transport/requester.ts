@@ -13,7 +13,7 @@ import { WrOp } from '../../verbs/types.js';
 import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
-import { gatherSgl } from './sgl.js';
+import { gatherSgl, sglUsable } from './sgl.js';
 import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from '../../verbs/types.js';
 import { C } from '../counters.js';
@@ -58,6 +58,12 @@ export function runRequester(qp: Qp): void {
       }
     }
     if (qp.type === 'RC' && psnDiff(qp.req.psn, qp.comp.psn) >= qp.req.window) break;
+    // An MR deregistered (or invalidated) after the post: no byte of it leaves (IBA 10.6.3.4,
+    // rxe's requester fails the WQE with LOC_PROT_ERR when its L_Key no longer resolves).
+    if (wqe.inline === null && wqe.length > 0 && !isRdAtomic(wqe.op) && !sglUsable(wqe.sg, qp.pd, false)) {
+      wqe.localErr = St.LOC_PROT_ERR;
+      continue;
+    }
     const buf = port.link.allocTx();
     if (!buf) { qp.req.waitingDrain = true; break; }
     sendPacket(qp, port, wqe, buf);
@@ -71,6 +77,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   const rc = qp.type === 'RC';
   const ud = qp.type === 'UD' || qp.type === 'GSI';
   if (wqe.state === WqeState.POSTED) {
+    wqe.psnAssigned = true;
     wqe.firstPsn = qp.req.psn;
     const n = wqe.op === WrOp.RDMA_READ ? packetsFor(wqe.length, mtu) : isRdAtomic(wqe.op) ? 1 : packetsFor(wqe.length, mtu);
     wqe.lastPsn = psnAdd(wqe.firstPsn, n - 1);
@@ -89,7 +96,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr + BigInt(wqe.sent)), r);
     b.writeUInt32BE(wqe.rkey, r + 8);
     b.writeUInt32BE(rest, r + 12);
-    qp.req.psn = psnAdd(psn, packetsFor(rest, mtu));
+    advancePsn(qp, psnAdd(psn, packetsFor(rest, mtu)));
     finishAndSend(port, b, payloadOff(0x0c), 0, d);
     wqe.state = WqeState.PENDING;
     qp.req.idx++;
@@ -106,7 +113,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     // CMP_SWP: swap data then compare data; FETCH_ADD: the add value, compare unused (IBA 9.3.3).
     b.writeBigUInt64BE(opc === 0x13 ? wqe.swap : wqe.compareAdd, a + 12);
     b.writeBigUInt64BE(opc === 0x13 ? wqe.compareAdd : 0n, a + 20);
-    qp.req.psn = psnAdd(psn, 1);
+    advancePsn(qp, psnAdd(psn, 1));
     finishAndSend(port, b, payloadOff(opc), 0, d);
     wqe.state = WqeState.PENDING;
     qp.req.idx++;
@@ -149,7 +156,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   const p = payloadOff(opc);
   gather(wqe, wqe.sent, b, p, n);
   wqe.sent += n;
-  qp.req.psn = psnAdd(psn, 1);
+  advancePsn(qp, psnAdd(psn, 1));
   finishAndSend(port, b, p + n, n, d);
   if (last) {
     wqe.state = WqeState.PENDING;
@@ -158,6 +165,12 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     if (!rc) completeUnacked(qp);
   }
   if (rc) armRetransmit(qp);
+}
+
+/** The next PSN to send; remembers the highest ever sent (the completer refuses responses beyond it). */
+function advancePsn(qp: Qp, next: number): void {
+  qp.req.psn = next;
+  if (psnDiff(next, qp.req.maxPsn) > 0) qp.req.maxPsn = next;
 }
 
 /** Copies message bytes [from, from+n) of a WQE (its inline copy, or its SGL) to dst. */

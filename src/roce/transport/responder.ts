@@ -22,7 +22,8 @@ import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import type { RecvWqe } from '../../verbs/objects.js';
 import type { Mr } from '../../verbs/mr.js';
-import { scatterSgl } from './sgl.js';
+import { scatterSgl, sglUsable } from './sgl.js';
+import { completionLost } from './completer.js';
 import type { Port } from '../../verbs/device.js';
 
 const BACKLOG_MAX = 4096;
@@ -101,9 +102,10 @@ function fatalNak(qp: Qp, code: number, psn: number): void {
   qp.setState('ERR');
 }
 
-function completeRecv(qp: Qp, wqe: RecvWqe, status: number, byteLen: number, opFlags: number, solicited: boolean, imm = 0, srcQp = qp.destQpn, invRkey = 0): void {
+/** Posts a receive completion; false when the CQ had no room (the QP then goes to ERR: completionLost). */
+function completeRecv(qp: Qp, wqe: RecvWqe, status: number, byteLen: number, opFlags: number, solicited: boolean, imm = 0, srcQp = qp.destQpn, invRkey = 0): boolean {
   const w = qp.recvCq.slot();
-  if (!w) return;
+  if (!w) { completionLost(qp); return false; }
   w.wrId = wqe.wrId;
   w.status = WC_STATUS[status]!;
   w.opcode = opFlags & Op.WRITE ? 'RECV_RDMA_WITH_IMM' : 'RECV';
@@ -117,13 +119,34 @@ function completeRecv(qp: Qp, wqe: RecvWqe, status: number, byteLen: number, opF
   w.grh = qp.type === 'UD' || qp.type === 'GSI';
   w.solicited = solicited;
   qp.recvCq.commit(solicited || status !== St.SUCCESS);
+  return true;
 }
 
-/** Copies n bytes into a receive WQE's SGL at message offset `at`; false if it does not fit. */
-function scatterRecv(wqe: RecvWqe, at: number, src: Buffer, from: number, n: number): boolean {
-  if (at + n > wqe.length) return false;
+/**
+ * Copies n bytes into a receive WQE's SGL at message offset `at`. Returns SUCCESS, LOC_LEN_ERR
+ * when the message does not fit, or LOC_PROT_ERR when an SGE no longer names live memory of the
+ * QP's PD with LOCAL_WRITE (an MR closed after the post: checked on every packet, nothing lands).
+ */
+function scatterRecv(qp: Qp, wqe: RecvWqe, at: number, src: Buffer, from: number, n: number): number {
+  if (!sglUsable(wqe.sg, qp.pd, true)) return St.LOC_PROT_ERR;
+  if (at + n > wqe.length) return St.LOC_LEN_ERR;
   scatterSgl(wqe.sg, at, src, from, n);
-  return true;
+  return St.SUCCESS;
+}
+
+/**
+ * A receive WQE that cannot take the message (too short, or its memory gone): the WQE completes
+ * with that error and the QP goes to ERR (rxe: RESPST_ERR_LENGTH / RESPST_ERR_MALFORMED_WQE). An RC
+ * requester is told with a NAK: invalid request for a length error (IBA 9.7.5.2.4), remote
+ * operational error for a local protection fault here (IBA table 9.9, class D1).
+ */
+function recvFailed(qp: Qp, wqe: RecvWqe, status: number, psn: number, byteLen: number, mask: number, se: boolean): void {
+  const r = qp.resp;
+  r.wqe = null;
+  if (qp.type === 'RC') sendAck(qp, aethNak(status === St.LOC_LEN_ERR ? NakCode.INVALID_REQUEST : NakCode.REMOTE_OPERATIONAL_ERROR), psn);
+  if (!completeRecv(qp, wqe, status, byteLen, mask, se)) return;
+  if (qp.type === 'RC' || status === St.LOC_PROT_ERR) qp.setState('ERR');
+  else if (qp.type === 'UC') { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
 }
 
 /**
@@ -175,10 +198,10 @@ export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ip
     }
     return;
   }
-  processRequest(qp, p, srcIp, ipId, srcBytes);
+  processRequest(qp, p, ipId, srcBytes);
 }
 
-function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcBytes: Uint8Array): void {
+function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array): void {
   const v = port(qp).counters.v;
   const b = p.buf;
   const o = p.bthOff;
@@ -193,10 +216,8 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
   if (ud) {
     const qkey = b.readUInt32BE(o + 12);
     if (qkey !== qp.qkey) { v[C.rcvd_bad_qkey]!++; return; }
-  } else if (srcIp !== qp.dest.ip) {
-    v[C.rcvd_bad_addr]!++; // rxe check_addr: RC/UC packets only from the AV's address
-    return;
   }
+  // (RC/UC: the source address was checked against the AV on the receive path, recv.ts.)
   if (qp.state === 'RTR' && !qp.commEst) {
     qp.commEst = true;
     qp.device.asyncEvent({ type: 'COMM_EST', qp }); // IBA 11.6.3: first packet received in RTR
@@ -272,38 +293,29 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
       r.offset = 0;
       if (ud) {
         const g = udGrh(qp, p.payloadLen, ipId, srcBytes);
-        if (!scatterRecv(wqe, 0, g, 0, 40)) { completeRecv(qp, wqe, St.LOC_LEN_ERR, 0, mask, se); r.wqe = null; return; }
+        const st = scatterRecv(qp, wqe, 0, g, 0, 40);
+        if (st !== St.SUCCESS) { recvFailed(qp, wqe, st, psn, 0, mask, se); return; }
         r.offset = 40;
       }
     }
     const wqe = r.wqe!;
-    if (!scatterRecv(wqe, r.offset, b, p.payloadOff, p.payloadLen)) {
-      // The message does not fit the receive buffer (IBA 9.7.5.1.x): a local length error here.
-      if (qp.type === 'RC') {
-        sendAck(qp, aethNak(NakCode.INVALID_REQUEST), psn);
-        completeRecv(qp, wqe, St.LOC_LEN_ERR, r.offset, mask, se);
-        r.wqe = null;
-        qp.setState('ERR');
-      } else {
-        completeRecv(qp, wqe, St.LOC_LEN_ERR, r.offset, mask, se);
-        r.wqe = null;
-        if (qp.type === 'UC') { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
-      }
-      return;
-    }
+    const st = scatterRecv(qp, wqe, r.offset, b, p.payloadOff, p.payloadLen);
+    if (st !== St.SUCCESS) { recvFailed(qp, wqe, st, psn, r.offset, mask, se); return; }
     r.offset += p.payloadLen;
     if (mask & Op.END) {
       let inv = 0;
       if (mask & Op.INV) {
         inv = b.readUInt32BE(o + hdrOff(op, Hdr.IETH));
+        // Only an MR that can be invalidated (registered `invalidatable`, softroce's stand-in for a
+        // fast-registration MR) may be; rxe refuses a user MR the same way (rxe_invalidate_mr).
         const mr = qp.device.mrByRkey.get(inv);
-        if (!mr || mr.pd !== qp.pd) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; }
-        mr.valid = false; // IBA 10.6.5: the remote invalidation takes the R_Key out of use
+        if (!mr || mr.pd !== qp.pd || !mr.invalidatable) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; }
+        mr.invalidate(); // IBA 10.6.5: the remote invalidation takes the R_Key out of use
       }
       const imm = mask & Op.IMM ? b.readUInt32BE(o + hdrOff(op, Hdr.IMMDT)) : 0;
       const srcQp = ud ? ((b[o + 17]! << 16) | (b[o + 18]! << 8) | b[o + 19]!) : qp.destQpn;
-      completeRecv(qp, wqe, St.SUCCESS, r.offset, mask, se, imm, srcQp, inv);
       r.wqe = null;
+      if (!completeRecv(qp, wqe, St.SUCCESS, r.offset, mask, se, imm, srcQp, inv)) return;
       r.msn = (r.msn + 1) & 0xffffff;
       v[C.rdma_recvs]!++;
     }
@@ -313,13 +325,14 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
       const va = b.readBigUInt64BE(ro);
       const rkey = b.readUInt32BE(ro + 8);
       const len = b.readUInt32BE(ro + 12);
-      const off = checkRkey(qp, rkey, va, len, ACCESS.REMOTE_WRITE);
+      // A zero-length WRITE touches no memory: no R_Key or address is checked (IBA C9-88, rxe).
+      const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_WRITE);
       if (off < 0) {
         if (qp.type === 'RC') fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn);
         else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
         return;
       }
-      r.mr = mrHit!;
+      r.mr = len === 0 ? null : mrHit!;
       r.mrOff = off;
       r.resid = len;
       r.writeLen = len;
@@ -335,17 +348,27 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
       }
     }
     const n = p.payloadLen;
-    if (n > r.resid || ((mask & Op.END) && n !== r.resid) || !r.mr) {
+    if (n > r.resid || ((mask & Op.END) && n !== r.resid) || (!r.mr && n > 0)) {
+      if (wqe) qp.returnRecv(wqe);
       if (qp.type === 'RC') fatalNak(qp, NakCode.INVALID_REQUEST, psn);
       else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
       return;
     }
-    b.copy(r.mr.buffer, r.mrOff, p.payloadOff, p.payloadOff + n);
+    // The MR may have been deregistered or invalidated since the first packet: no byte lands
+    // after that (the rest of the message is refused as a remote access error, as at its start).
+    if (r.mr && !r.mr.allows(ACCESS.REMOTE_WRITE)) {
+      if (wqe) qp.returnRecv(wqe);
+      r.mr = null;
+      if (qp.type === 'RC') fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn);
+      else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
+      return;
+    }
+    if (n > 0) b.copy(r.mr!.buffer, r.mrOff, p.payloadOff, p.payloadOff + n);
     r.mrOff += n;
     r.resid -= n;
     if (mask & Op.END) {
-      if (wqe) completeRecv(qp, wqe, St.SUCCESS, r.writeLen, mask, se, b.readUInt32BE(o + hdrOff(op, Hdr.IMMDT)));
       r.mr = null;
+      if (wqe && !completeRecv(qp, wqe, St.SUCCESS, r.writeLen, mask, se, b.readUInt32BE(o + hdrOff(op, Hdr.IMMDT)))) return;
       r.msn = (r.msn + 1) & 0xffffff;
     }
   } else if (mask & Op.READ) {
@@ -353,8 +376,9 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
     const va = b.readBigUInt64BE(ro);
     const rkey = b.readUInt32BE(ro + 8);
     const len = b.readUInt32BE(ro + 12);
-    const off = checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
-    const mr = mrHit;
+    // A zero-length READ reads nothing: no R_Key or address is checked (IBA C9-88, rxe).
+    const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
+    const mr = len === 0 ? null : mrHit;
     if (off < 0 || len > qp.device.attr.maxMsgSize) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
     const n = packetsFor(len, qp.pathMtu);
     const res = nextResource(qp);
@@ -365,7 +389,7 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
     r.lastOp = op;
     r.nakPsn = -1;
     r.msn = (r.msn + 1) & 0xffffff;
-    r.reads.push({ psn, mr: mr!, off, len, sentPsn: psn });
+    r.reads.push({ psn, mr, off, len, sentPsn: psn });
     runReads(qp);
     return;
   } else if (mask & Op.ATOMIC) {
@@ -438,10 +462,12 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
     const va = b.readBigUInt64BE(ro);
     const rkey = b.readUInt32BE(ro + 8);
     const len = b.readUInt32BE(ro + 12);
-    const off = checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
-    const mr = mrHit;
-    if (off < 0) return;
-    r.reads.push({ psn, mr: mr!, off, len, sentPsn: psn });
+    const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
+    const mr = len === 0 ? null : mrHit;
+    // The MR went away (dereg, invalidation) since the first request: the replay is a remote
+    // access error like any later access, not silence the requester would retry into forever.
+    if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
+    r.reads.push({ psn, mr, off, len, sentPsn: psn });
     runReads(qp);
   }
 }
@@ -456,6 +482,10 @@ export function runReads(qp: Qp): void {
   while (r.reads.length > 0 && budget > 0) {
     if (qp.state === 'ERR' || qp.state === 'RESET') { r.reads.length = 0; break; }
     const rd = r.reads[0]!;
+    // Deregistered or invalidated since the request: no byte of it is served after that; the
+    // requester gets a remote access NAK for the response it would have had (rxe checks the MR
+    // state per response packet).
+    if (rd.mr !== null && !rd.mr.allows(ACCESS.REMOTE_READ)) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, rd.sentPsn); return; }
     const b = pt.link.allocTx();
     if (!b) { r.waitingDrain = true; return; }
     const idx = psnDiff(rd.sentPsn, rd.psn);
@@ -472,7 +502,7 @@ export function runReads(qp: Qp): void {
       b[13] = (r.msn >>> 16) & 0xff; b[14] = (r.msn >>> 8) & 0xff; b[15] = r.msn & 0xff;
       p = 16;
     }
-    rd.mr.buffer.copy(b, p, rd.off + off, rd.off + off + n);
+    if (n > 0) rd.mr!.buffer.copy(b, p, rd.off + off, rd.off + off + n);
     finishAndSend(pt, b, p + n, n, qp.dest);
     rd.sentPsn = psnAdd(rd.sentPsn, 1);
     if (last) r.reads.shift();
@@ -501,7 +531,7 @@ function drainBacklog(qp: Qp): void {
   while (r.backlog.length > 0 && r.reads.length === 0 && budget-- > 0) {
     const e = r.backlog.shift()!;
     if (parseIb(backlogInfo, e.buf, 0, e.len) !== 0) continue;
-    processRequest(qp, backlogInfo, e.srcIp, e.ipId, e.srcBytes);
+    processRequest(qp, backlogInfo, e.ipId, e.srcBytes);
   }
   if (r.backlog.length > 0 && r.reads.length === 0) scheduleReads(qp);
 }

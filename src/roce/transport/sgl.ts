@@ -6,6 +6,21 @@
  */
 import type { Sge } from '../../verbs/types.js';
 
+/**
+ * Whether every SGE still names live memory of `pd` (not deregistered, not invalidated) with
+ * LOCAL_WRITE when the transport writes into it, inside the region (IBA 10.6.3.4, C10-..: an L_Key
+ * is checked when it is used, not only at post). Checked per message and per packet, so an MR
+ * closed while a message moves stops the message at once.
+ */
+export function sglUsable(sg: readonly Sge[], pd: unknown, write: boolean): boolean {
+  for (const s of sg) {
+    const mr = s.mr;
+    if (mr.closed || !mr.valid || mr.pd !== pd || s.offset + s.length > mr.length) return false;
+    if (write && (mr.access & 1) === 0) return false; // ACCESS.LOCAL_WRITE
+  }
+  return true;
+}
+
 /** Copies message bytes [from, from+n) of `sg` to dst at `at`. */
 export function gatherSgl(sg: readonly Sge[], from: number, dst: Buffer, at: number, n: number): void {
   let skip = from;
