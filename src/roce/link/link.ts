@@ -13,6 +13,12 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Scheduler, TimerHandle } from '../transport/sched.js';
+import { gidFromString } from '../gid.js';
+
+/** One spelling per address (an IPv6 address has many: '::1', '0:0:0:0:0:0:0:1'), for the in-memory network's table. */
+function addrKey(ip: string, port: number): string {
+  return `${ip.includes(':') ? Buffer.from(gidFromString(ip.split('%')[0]!)).toString('hex') : ip}:${port}`;
+}
 
 export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number) => void;
 
@@ -71,13 +77,13 @@ export class MemNetwork {
   }
   /** Tests: deliver raw bytes as if `srcIp:srcPort` had sent them. */
   inject(srcIp: string, srcPort: number, dstIp: string, dstPort: number, bytes: Uint8Array): void {
-    const dst = this.links.get(`${dstIp}:${dstPort}`);
+    const dst = this.links.get(addrKey(dstIp, dstPort));
     const copy = Buffer.from(bytes);
     this.sched.defer(() => dst?.receive(copy, copy.length, srcIp, srcPort));
   }
   attach(ip: string, port = 4791): MemLink {
     const l = new MemLink(this, ip, port);
-    this.links.set(`${ip}:${port}`, l);
+    this.links.set(addrKey(ip, port), l);
     return l;
   }
 }
@@ -109,7 +115,7 @@ export class MemLink extends EventEmitter implements Link {
     if (this.up && this.rx) this.rx(buf, len, srcIp, srcPort);
   }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
-    const dst = this.net.links.get(`${dstIp}:${dstPort}`);
+    const dst = this.net.links.get(addrKey(dstIp, dstPort));
     this.net.sched.defer(() => {
       const pass = this.net.filter ? this.net.filter(buf.subarray(0, len), this.localIp, dstIp) : true;
       if (pass && dst && dst.up && this.up && dst.rx) dst.rx(buf, len, this.localIp, this.localPort);
@@ -127,7 +133,7 @@ export class MemLink extends EventEmitter implements Link {
     this.emit('link', up);
   }
   async close(): Promise<void> {
-    this.net.links.delete(`${this.localIp}:${this.localPort}`);
+    this.net.links.delete(addrKey(this.localIp, this.localPort));
     this.rx = null;
   }
 }
