@@ -166,7 +166,7 @@ async function main(): Promise<void> {
     for (const [side, out] of [['client', co], ['server', so]] as const) {
       const m = memstats(out);
       add(`ib_write_bw -D ${heapSecs} heap (${side})`, '64 KiB', `${m['heap_start_mb']} -> ${m['heap_end_mb']} MB live`,
-        `growth ${m['heap_growth_mb']} MB; GCs: ${m['gc_minor']} minor, ${m['gc_major']} major, ${m['gc_incremental']} incremental`);
+        `growth ${m['heap_growth_mb']} MB; GCs: ${m['gc_minor']} minor, ${m['gc_major']} major, ${m['gc_incremental']} incremental (plus ${m['gc_forced']} forced by the measurement)`);
     }
   } catch (e) {
     add('ib_write_bw heap', '64 KiB', 'failed', String(e).slice(0, 120));

@@ -6,10 +6,28 @@
  * full GC at the start of the measured phase and at its end (with node
  * --expose-gc; without it, the lowest sample of the first and last tenth).
  */
-import { PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
+import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
+
+export type GcKind = 'minor' | 'major' | 'incremental' | 'weak' | 'forced';
+
+/**
+ * A gc performance entry's kind, by the constants Node defines for them (perf_hooks
+ * NODE_PERFORMANCE_GC_*: minor 1, major 4, incremental 8, weak callbacks 16). A collection
+ * the process forced (global.gc(), FLAGS_FORCED: our own heap measurements) is counted apart,
+ * so "major" counts only what the run itself caused.
+ */
+export function gcKind(kind: number, flags: number): GcKind {
+  if (flags & constants.NODE_PERFORMANCE_GC_FLAGS_FORCED) return 'forced';
+  switch (kind) {
+    case constants.NODE_PERFORMANCE_GC_MINOR: return 'minor';
+    case constants.NODE_PERFORMANCE_GC_MAJOR: return 'major';
+    case constants.NODE_PERFORMANCE_GC_INCREMENTAL: return 'incremental';
+    default: return 'weak';
+  }
+}
 
 export class MemStats {
-  private readonly gcs = { minor: 0, major: 0, incremental: 0, weak: 0 };
+  private readonly gcs: Record<GcKind, number> = { minor: 0, major: 0, incremental: 0, weak: 0, forced: 0 };
   private readonly samples: Array<[number, number]> = [];
   private obs: PerformanceObserver | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -31,12 +49,8 @@ export class MemStats {
   start(): void {
     this.heapStart = this.gc() ? process.memoryUsage().heapUsed : 0;
     this.obs = new PerformanceObserver((list) => {
-      for (const e of list.getEntries() as Array<PerformanceEntry & { detail?: { kind?: number } }>) {
-        const k = e.detail?.kind ?? 0;
-        if (k === 1) this.gcs.minor++;
-        else if (k === 2) this.gcs.major++;
-        else if (k === 4) this.gcs.incremental++;
-        else this.gcs.weak++;
+      for (const e of list.getEntries() as Array<PerformanceEntry & { detail?: { kind?: number; flags?: number } }>) {
+        this.gcs[gcKind(e.detail?.kind ?? 0, e.detail?.flags ?? 0)]++;
       }
     });
     this.obs.observe({ entryTypes: ['gc'] });
@@ -60,6 +74,6 @@ export class MemStats {
     if (!end && n) end = low(this.samples.slice(n - tenth));
     const ru = process.resourceUsage();
     return ` memstats: secs=${secs.toFixed(1)} heap_start_mb=${mb(start)} heap_end_mb=${mb(end)} heap_growth_mb=${mb(end - start)}` +
-      ` gc_minor=${this.gcs.minor} gc_major=${this.gcs.major} gc_incremental=${this.gcs.incremental} rss_max_mb=${(ru.maxRSS / 1024).toFixed(1)}`;
+      ` gc_minor=${this.gcs.minor} gc_major=${this.gcs.major} gc_incremental=${this.gcs.incremental} gc_forced=${this.gcs.forced} rss_max_mb=${(ru.maxRSS / 1024).toFixed(1)}`;
   }
 }
