@@ -27,9 +27,17 @@ export function ackTimeoutMs(timeout: number): number {
   return timeout === 0 ? 0 : (4.096 * 2 ** timeout) / 1000;
 }
 
+/**
+ * A request packet just left (or the peer made progress): the ACK timer measures from now, as
+ * rxe's requester re-arms its retransmit timer for every packet it sends. Timing from the first
+ * unacknowledged packet instead fired for packets that were still waiting in our own queues
+ * behind other QPs (issue 10: thousands of QPs resent whole messages for nothing); a loss in
+ * the middle of a flight is found by the responder's sequence NAK, a loss at its tail by this
+ * timer one timeout after the last packet.
+ */
 export function armRetransmit(qp: Qp): void {
   const c = qp.comp;
-  if (c.deadline !== Infinity || qp.timeout === 0 || qp.type !== 'RC') return;
+  if (qp.timeout === 0 || qp.type !== 'RC') return;
   const ms = ackTimeoutMs(qp.timeout);
   c.deadline = qp.device.sched.now() + ms;
   if (!c.timer) startAckTimer(qp, ms);

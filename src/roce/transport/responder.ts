@@ -188,11 +188,22 @@ function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8Array): 
   return grh;
 }
 
+function bthPsn(p: PktInfo): number {
+  const b = p.buf, o = p.bthOff;
+  return (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
+}
+
 /** Entry from the receive path. While READ responses are going out, later requests wait in order. */
 export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ipId: number, srcBytes: Uint8Array): void {
   const st = qp.state;
   if (st !== 'RTR' && st !== 'RTS' && st !== 'SQD' && st !== 'SQE') { port(qp).counters.v[C.rcvd_bad_state]!++; return; }
   if (qp.resp.reads.length > 0 || qp.resp.backlog.length > 0) {
+    // A duplicate READ (the requester went back for a response it missed) restarts its stream
+    // now instead of waiting behind the streams still going out: those only add duplicates.
+    if (qp.type === 'RC' && (p.mask & Op.READ) !== 0 && psnDiff(bthPsn(p), qp.resp.psn) < 0) {
+      processRequest(qp, p, ipId, srcBytes);
+      return;
+    }
     if (qp.resp.backlog.length < BACKLOG_MAX) {
       qp.resp.backlog.push({ buf: Buffer.from(p.buf.subarray(p.bthOff, p.bthOff + p.len)), len: p.len, srcIp, srcPort, ipId, srcBytes: Uint8Array.from(srcBytes) });
     }
@@ -467,6 +478,10 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
     // The MR went away (dereg, invalidation) since the first request: the replay is a remote
     // access error like any later access, not silence the requester would retry into forever.
     if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
+    // rxe's replay: the one stream restarts at the PSN asked for and the streams in progress
+    // stop; the requester has gone back (go-back-N) and asks again for everything after it.
+    // Never a second stream beside the first: that multiplied READ traffic under loss.
+    r.reads.length = 0;
     r.reads.push({ psn, mr, off, len, sentPsn: psn });
     runReads(qp);
   }
