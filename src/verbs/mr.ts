@@ -22,11 +22,17 @@ export class Mr {
   readonly rkey: number;
   /** ACCESS bits */
   readonly access: number;
-  /** false after dereg or remote invalidation */
-  valid = true;
-  closed = false;
-  constructor(pd: Pd, mem: Uint8Array, access: number, lkey: number, rkey: number) {
+  /**
+   * Whether a SEND_WITH_INV may invalidate this region's R_Key (`regMr(mem, access, { invalidatable: true })`).
+   * rxe lets a remote invalidation hit only fast-registration MRs (IB_MR_TYPE_MEM_REG), never a plain
+   * ibv_reg_mr region; this flag stands for that MR type.
+   */
+  readonly invalidatable: boolean;
+  #valid = true;
+  #closed = false;
+  constructor(pd: Pd, mem: Uint8Array, access: number, lkey: number, rkey: number, invalidatable = false) {
     this.pd = pd;
+    this.invalidatable = invalidatable;
     this.buffer = Buffer.from(mem.buffer, mem.byteOffset, mem.byteLength);
     this.length = mem.byteLength;
     this.addr = nextVa;
@@ -35,6 +41,17 @@ export class Mr {
     this.access = access;
     this.lkey = lkey;
     this.rkey = rkey;
+  }
+  /** false after dereg or remote invalidation */
+  get valid(): boolean {
+    return this.#valid;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  /** @internal the responder: a SEND_WITH_INV took the R_Key out of use (IBA 10.6.5). */
+  invalidate(): void {
+    this.#valid = false;
   }
   /** Offset into the region of [va, va+len), or -1 if it is not all inside. */
   offsetOf(va: bigint, len: number): number {
@@ -45,13 +62,13 @@ export class Mr {
   }
   /** Whether the remote may do `need` (ACCESS bits) here. */
   allows(need: number): boolean {
-    return this.valid && !this.closed && (this.access & need) === need;
+    return this.#valid && !this.#closed && (this.access & need) === need;
   }
   close(): void {
-    if (this.closed) return;
+    if (this.#closed) return;
     this.pd.device.deregMr(this);
-    this.closed = true;
-    this.valid = false;
+    this.#closed = true;
+    this.#valid = false;
   }
   [Symbol.dispose](): void {
     this.close();

@@ -298,7 +298,7 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
         inv = b.readUInt32BE(o + hdrOff(op, Hdr.IETH));
         const mr = qp.device.mrByRkey.get(inv);
         if (!mr || mr.pd !== qp.pd) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; }
-        mr.valid = false; // IBA 10.6.5: the remote invalidation takes the R_Key out of use
+        mr.invalidate(); // IBA 10.6.5: the remote invalidation takes the R_Key out of use
       }
       const imm = mask & Op.IMM ? b.readUInt32BE(o + hdrOff(op, Hdr.IMMDT)) : 0;
       const srcQp = ud ? ((b[o + 17]! << 16) | (b[o + 18]! << 8) | b[o + 19]!) : qp.destQpn;
