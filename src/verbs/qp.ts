@@ -108,6 +108,9 @@ export class RdResource {
   msn = 0;
 }
 
+/** The boolean flags of a send WR (checked per post: a module constant, no array per call). */
+const SEND_FLAGS = ['signaled', 'solicited', 'fence', 'inline'] as const;
+
 const isRdAtomic = (op: number): boolean => op === WrOp.RDMA_READ || op === WrOp.ATOMIC_CMP_AND_SWP || op === WrOp.ATOMIC_FETCH_AND_ADD;
 export { isRdAtomic };
 
@@ -433,7 +436,7 @@ export class Qp {
     const t = this.type;
     if ((t === 'UD' || t === 'GSI') && code !== WrOp.SEND && code !== WrOp.SEND_WITH_IMM) throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UD QP`, 'opcode');
     if (t === 'UC' && (code === WrOp.RDMA_READ || code >= WrOp.ATOMIC_CMP_AND_SWP || code === WrOp.SEND_WITH_INV)) throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UC QP`, 'opcode');
-    for (const k of ['signaled', 'solicited', 'fence', 'inline'] as const) V.optBool(op, k, w[k]);
+    for (const k of SEND_FLAGS) V.optBool(op, k, w[k]);
     const len = checkSgl(w.sg, this.cap.maxSendSge, op);
     if (w.inline && len > this.cap.maxInline) throw new VerbsError('EINVAL', op, `inline data ${len} > maxInline ${this.cap.maxInline}`, 'inline');
     if (w.inline && (code === WrOp.RDMA_READ || code >= WrOp.ATOMIC_CMP_AND_SWP)) throw new VerbsError('EINVAL', op, 'inline is for sends and writes', 'inline');
