@@ -8,7 +8,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openDevice, type Device } from '../verbs/device.js';
+import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
 import { connectQp } from '../verbs/qp.js';
 import { Wc } from '../verbs/types.js';
 import type { Cq } from '../verbs/cq.js';
@@ -28,8 +28,10 @@ async function next(cq: Cq, ms = 5000): Promise<Wc> {
 export async function runDemo(o: { a?: string; b?: string } = {}): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'softroce-demo-'));
   const pcap = join(dir, 'demo.pcap');
-  const ipA = o.a ?? '127.0.0.1';
-  const ipB = o.b ?? '127.0.0.2';
+  // The first two devices of the device list (default: 127.0.0.1 and 127.0.0.2; SOFTROCE_DEVICES moves them).
+  const list = getDeviceList();
+  const ipA = o.a ?? list[0]?.address ?? '127.0.0.1';
+  const ipB = o.b ?? list[1]?.address ?? '127.0.0.2';
   let a: Device | undefined, b: Device | undefined;
   try {
     a = await openDevice({ name: 'softroce0', address: ipA, pcap });
@@ -48,9 +50,12 @@ export async function runDemo(o: { a?: string; b?: string } = {}): Promise<numbe
       return { pd, cq, qp, mem, mr };
     };
     const A = side(a), B = side(b);
-    const psnA = 0x1a2b3c, psnB = 0x4d5e6f;
-    connectQp(A.qp, { psn: psnA, pathMtu: 1024 }, { qpn: B.qp.qpn, psn: psnB, gid: ipB });
-    connectQp(B.qp, { psn: psnB, pathMtu: 1024 }, { qpn: A.qp.qpn, psn: psnA, gid: ipA });
+    // Each QP picked a random initial PSN at creation (a fixed one could be guessed by a local
+    // process and used to inject into the connection); the endpoints carry it to the peer.
+    const epA = A.qp.endpoint(), epB = B.qp.endpoint();
+    const psnA = epA.psn, psnB = epB.psn;
+    connectQp(A.qp, { pathMtu: 1024 }, epB);
+    connectQp(B.qp, { pathMtu: 1024 }, epA);
     const hex = (n: number, w: number): string => '0x' + n.toString(16).padStart(w, '0');
     console.log(`  QP ${hex(A.qp.qpn, 6)} (PSN ${hex(psnA, 6)}) <-> QP ${hex(B.qp.qpn, 6)} (PSN ${hex(psnB, 6)}), RC, path MTU 1024, both RTS\n`);
 

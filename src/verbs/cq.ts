@@ -9,6 +9,7 @@
 import { EventEmitter, on } from 'node:events';
 import { Wc } from './types.js';
 import { VerbsError } from './errors.js';
+import * as V from './validate.js';
 import type { Device } from './device.js';
 
 const ARM_NONE = 0, ARM_ANY = 1, ARM_SOLICITED = 2;
@@ -26,10 +27,9 @@ export class Cq extends EventEmitter {
   private head = 0;
   private count = 0;
   private armed = ARM_NONE;
-  /** QPs using this CQ (close() is EBUSY while any) */
-  users = 0;
-  closed = false;
-  overflowed = false;
+  #users = 0;
+  #closed = false;
+  #overflowed = false;
 
   constructor(device: Device, depth: number) {
     super();
@@ -38,14 +38,41 @@ export class Cq extends EventEmitter {
     this.ring = Array.from({ length: depth }, () => new Wc());
   }
 
+  /** QPs using this CQ (close() is EBUSY while any) */
+  get users(): number {
+    return this.#users;
+  }
+  /** @internal device.ts: a QP started (+1) or stopped (-1) using this CQ */
+  addUser(d: 1 | -1): void {
+    this.#users += d;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  private set closed(v: boolean) {
+    this.#closed = v;
+  }
+  /** a completion was lost to a full CQ (CQ_ERR raised) */
+  get overflowed(): boolean {
+    return this.#overflowed;
+  }
+  private set overflowed(v: boolean) {
+    this.#overflowed = v;
+  }
+
   /** Entries waiting to be polled. */
   get length(): number {
     return this.count;
   }
 
   /** Fills up to `max` of the caller's Wc objects; returns how many (ibv_poll_cq). */
-  poll(out: Wc[], max = out.length): number {
+  poll(out: Wc[], max?: number): number {
     if (this.closed) throw new VerbsError('EBADF', 'ibv_poll_cq', 'CQ is closed', 'cq');
+    V.list('ibv_poll_cq', 'out', out);
+    if (max === undefined) max = out.length;
+    else V.int('ibv_poll_cq', 'max', max, 0, 0x7fffffff);
+    // Only the entries that will be filled must be Wc objects (a C caller passes an ibv_wc array).
+    for (let i = 0, k = Math.min(max, out.length, this.count); i < k; i++) if (!(out[i] instanceof Wc)) V.fail('ibv_poll_cq', 'out', `out[${i}] is not a Wc`);
     const n = Math.min(max, out.length, this.count);
     for (let i = 0; i < n; i++) {
       copyWc(out[i]!, this.ring[this.head]!);
@@ -58,11 +85,15 @@ export class Cq extends EventEmitter {
   /** Arm the CQ: the next completion (solicitedOnly: the next solicited or error completion) fires 'notify'. */
   reqNotify(solicitedOnly = false): void {
     if (this.closed) throw new VerbsError('EBADF', 'ibv_req_notify_cq', 'CQ is closed', 'cq');
+    V.optBool('ibv_req_notify_cq', 'solicitedOnly', solicitedOnly);
     this.armed = solicitedOnly ? ARM_SOLICITED : ARM_ANY;
   }
 
   /** Async iterator over notification events; re-arms itself after each (arm → event → poll). */
   async *notifications(o: { solicitedOnly?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<void> {
+    V.obj('ibv_req_notify_cq', 'options', o);
+    V.optBool('ibv_req_notify_cq', 'solicitedOnly', o.solicitedOnly);
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) V.fail('ibv_req_notify_cq', 'signal', 'must be an AbortSignal');
     this.reqNotify(o.solicitedOnly ?? false);
     const it = on(this, 'notify', o.signal ? { signal: o.signal } : {});
     for await (const _ of it) {

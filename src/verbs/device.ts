@@ -14,7 +14,9 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { VerbsError } from './errors.js';
 import { Cq } from './cq.js';
-import { Pd, type Srq, type Ah } from './objects.js';
+import { Pd, Srq, type Ah } from './objects.js';
+import * as V from './validate.js';
+import { isIP } from 'node:net';
 import { Qp, type CreateQpOptions, type QpCap } from './qp.js';
 import type { Mr } from './mr.js';
 import { Counters } from '../roce/counters.js';
@@ -225,17 +227,34 @@ export class Device extends EventEmitter {
   readonly mrByRkey = new Map<number, Mr>();
   readonly pds = new Set<Pd>();
   readonly cqs = new Set<Cq>();
-  gsi: Qp | null = null;
+  #gsi: Qp | null = null;
+  #icrcIpv4: 'infer-id' | 'id-zero' = 'infer-id';
+  #faults: FaultInjector | null = null;
+  #recorder: PcapRecorder | null = null;
+  #closed = false;
+  /** QP1 while open (openGsi) */
+  get gsi(): Qp | null { return this.#gsi; }
+  private set gsi(v: Qp | null) { this.#gsi = v; }
   /**
    * How an incoming RoCEv2/IPv4 ICRC is checked (README, "ICRC outcomes"): 'infer-id' recovers
    * the sender's IPv4 ID from the ICRC (any peer, rxe included); 'id-zero' requires ID 0 + DF, a
    * full-strength check for when every peer is softroce with the native addon (or a UDP GSO
    * segment's index, 1..63, with DF: what such a peer's batched sends carry).
+   * Set with openDevice({ icrcIpv4 }).
    */
-  icrcIpv4: 'infer-id' | 'id-zero' = 'infer-id';
-  faults: FaultInjector | null = null;
-  recorder: PcapRecorder | null = null;
-  closed = false;
+  get icrcIpv4(): 'infer-id' | 'id-zero' { return this.#icrcIpv4; }
+  /** @internal openDevice */
+  set icrcIpv4(v: 'infer-id' | 'id-zero') { this.#icrcIpv4 = v; }
+  /** the fault injector of openDevice({ faults }) (its `stats` count what it did) */
+  get faults(): FaultInjector | null { return this.#faults; }
+  /** @internal openDevice */
+  set faults(v: FaultInjector | null) { this.#faults = v; }
+  /** the capture of openDevice({ pcap }) */
+  get recorder(): PcapRecorder | null { return this.#recorder; }
+  /** @internal openDevice */
+  set recorder(v: PcapRecorder | null) { this.#recorder = v; }
+  get closed(): boolean { return this.#closed; }
+  private set closed(v: boolean) { this.#closed = v; }
   private nextQpn = 0x11;
 
   constructor(name: string, sched: Scheduler, mac: Uint8Array) {
@@ -277,8 +296,8 @@ export class Device extends EventEmitter {
 
   queryPort(port = 1): PortAttr {
     this.live('ibv_query_port');
-    const p = this.ports[port - 1];
-    if (!p) throw new VerbsError('EINVAL', 'ibv_query_port', `no port ${port}`, 'port');
+    V.int('ibv_query_port', 'port', port, 1, this.ports.length);
+    const p = this.ports[port - 1]!;
     return {
       state: p.link.up ? 'ACTIVE' : 'DOWN', maxMtu: 4096, activeMtu: p.activeMtu, gidTblLen: 1024, portCapFlags: 0x00010000 | 0x04000000,
       maxMsgSz: this.attr.maxMsgSize, pkeyTblLen: 1, lid: 0, smLid: 0, lmc: 0, linkLayer: 'Ethernet', activeWidth: '1X',
@@ -287,11 +306,13 @@ export class Device extends EventEmitter {
   }
 
   gidTable(port = 1): readonly GidEntry[] {
+    V.int('ibv_query_gid', 'port', port, 1, this.ports.length);
     return this.ports[port - 1]?.gids ?? [];
   }
 
   /** The RoCE v2 GID of the bound address: what QPs use unless told otherwise. */
   defaultSgidIndex(port = 1): number {
+    V.int('ibv_query_gid', 'port', port, 1, this.ports.length);
     const p = this.ports[port - 1]!;
     const want = p.link.family === 4 ? ipv4ToGid(p.address) : gidFromString(p.address);
     const e = p.gids.find((g) => g.type === 'RoCE v2' && Buffer.from(g.gid).equals(Buffer.from(want)));
@@ -307,23 +328,25 @@ export class Device extends EventEmitter {
 
   createCq(o: { depth: number }): Cq {
     this.live('ibv_create_cq');
-    if (!Number.isInteger(o?.depth) || o.depth < 1 || o.depth > this.attr.maxCqe) {
-      throw new VerbsError('EINVAL', 'ibv_create_cq', `depth ${o?.depth} not in 1..${this.attr.maxCqe}`, 'depth');
-    }
+    V.obj('ibv_create_cq', 'options', o);
+    V.int('ibv_create_cq', 'depth', o.depth, 1, this.attr.maxCqe);
     const cq = new Cq(this, o.depth);
     this.cqs.add(cq);
     return cq;
   }
 
-  /** @internal pd.createQp */
+  /** @internal pd.createQp (the checks of ibv_create_qp, all before anything is allocated) */
   createQpFor(pd: Pd, o: CreateQpOptions): Qp {
     const op = 'ibv_create_qp';
     const a = this.attr;
     if (!o || (o.type !== 'RC' && o.type !== 'UC' && o.type !== 'UD')) throw new VerbsError('EINVAL', op, `type must be RC, UC or UD`, 'type');
     if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== this) throw new VerbsError('EINVAL', op, 'sendCq must be an open CQ of this device', 'sendCq');
     if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== this) throw new VerbsError('EINVAL', op, 'recvCq must be an open CQ of this device', 'recvCq');
-    if (o.srq && (o.srq.closed || o.srq.pd.device !== this)) throw new VerbsError('EINVAL', op, 'srq must be an open SRQ of this device', 'srq');
-    const c = o.cap ?? ({} as QpCap);
+    if (o.srq !== undefined && (!(o.srq instanceof Srq) || o.srq.closed || o.srq.pd.device !== this)) throw new VerbsError('EINVAL', op, 'srq must be an open SRQ of this device', 'srq');
+    if (o.srq !== undefined && o.srq.pd !== pd) throw new VerbsError('EINVAL', op, 'srq must be of the same PD', 'srq');
+    V.optBool(op, 'sigAll', o.sigAll);
+    V.obj(op, 'cap', o.cap);
+    const c = o.cap;
     const cap: Required<QpCap> = {
       maxSendWr: c.maxSendWr, maxRecvWr: o.srq ? 0 : c.maxRecvWr, maxSendSge: c.maxSendSge ?? 1, maxRecvSge: c.maxRecvSge ?? 1, maxInline: c.maxInline ?? 0,
     };
@@ -345,6 +368,16 @@ export class Device extends EventEmitter {
   /** QP1, the GSI QP (a special UD QP with Q_Key 0x80010000) that carries CM MADs. */
   openGsi(pd: Pd, o: { sendCq: Cq; recvCq: Cq; cap?: Partial<QpCap> }): Qp {
     this.live('ibv_create_qp');
+    const op = 'ibv_create_qp';
+    if (!(pd instanceof Pd) || pd.closed || pd.device !== this) V.fail(op, 'pd', 'must be an open PD of this device');
+    V.obj(op, 'options', o);
+    if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== this) V.fail(op, 'sendCq', 'must be an open CQ of this device');
+    if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== this) V.fail(op, 'recvCq', 'must be an open CQ of this device');
+    if (o.cap !== undefined) {
+      V.obj(op, 'cap', o.cap);
+      V.optInt(op, 'cap.maxSendWr', o.cap.maxSendWr, 1, this.attr.maxQpWr);
+      V.optInt(op, 'cap.maxRecvWr', o.cap.maxRecvWr, 1, this.attr.maxQpWr);
+    }
     if (this.gsi) throw new VerbsError('EBUSY', 'ibv_create_qp', 'QP1 is already open', 'qp');
     const cap: Required<QpCap> = { maxSendWr: o.cap?.maxSendWr ?? 256, maxRecvWr: o.cap?.maxRecvWr ?? 256, maxSendSge: 1, maxRecvSge: 1, maxInline: 0 };
     const qp = new Qp(this, pd, 1, 'GSI', null, cap, o.sendCq, o.recvCq);
@@ -356,9 +389,9 @@ export class Device extends EventEmitter {
   private register(qp: Qp, pd: Pd): void {
     this.qps.set(qp.qpn, qp);
     pd.qps.add(qp);
-    qp.sendCq.users++;
-    qp.recvCq.users++;
-    if (qp.srq) qp.srq.users++;
+    qp.sendCq.addUser(1);
+    qp.recvCq.addUser(1);
+    if (qp.srq) qp.srq.addUser(1);
   }
 
   /** @internal qp.close */
@@ -366,9 +399,9 @@ export class Device extends EventEmitter {
     this.qps.delete(qp.qpn);
     if (this.gsi === qp) this.gsi = null;
     qp.pd.qps.delete(qp);
-    qp.sendCq.users--;
-    qp.recvCq.users--;
-    if (qp.srq) qp.srq.users--;
+    qp.sendCq.addUser(-1);
+    qp.recvCq.addUser(-1);
+    if (qp.srq) qp.srq.addUser(-1);
   }
 
   /** @internal mr.close */
@@ -421,6 +454,7 @@ export class Device extends EventEmitter {
   }
 
   counters(port = 1): Record<string, number> {
+    V.int('counters', 'port', port, 1, this.ports.length);
     return this.ports[port - 1]!.counters.snapshot();
   }
 
@@ -444,8 +478,35 @@ export class Device extends EventEmitter {
   }
 }
 
+/** openDevice's argument checks: all before a socket is bound. */
+function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
+  const op = 'ibv_open_device';
+  V.obj(op, 'options', o);
+  V.optStr(op, 'name', o.name);
+  V.optStr(op, 'netdev', o.netdev);
+  V.optStr(op, 'address', o.address);
+  if (o.address !== undefined && isIP(o.address) === 0) V.fail(op, 'address', `must be an IPv4 or IPv6 address, got ${JSON.stringify(o.address)}`);
+  V.optInt(op, 'udpPort', o.udpPort, 1, 65535);
+  V.optOneOf(op, 'native', o.native, ['auto', 'on', 'off'] as const);
+  V.optOneOf(op, 'icrcIpv4', o.icrcIpv4, ['infer-id', 'id-zero'] as const);
+  V.optStr(op, 'pcap', o.pcap);
+  if (o.pcap === '') V.fail(op, 'pcap', 'must be a file name');
+  V.optObj(op, 'scheduler', o.scheduler);
+  V.optObj(op, 'link', o.link);
+  if (o.faults !== undefined) {
+    const f = o.faults;
+    V.obj(op, 'faults', f);
+    V.int(op, 'faults.seed', f.seed, Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+    for (const k of ['dropPct', 'dupPct', 'reorderPct', 'corruptPct', 'delayPct'] as const) V.pct(op, `faults.${k}`, f[k]);
+    if (f.delayMs !== undefined && (typeof f.delayMs !== 'number' || !Number.isFinite(f.delayMs) || f.delayMs < 0 || f.delayMs > 60_000)) {
+      V.fail(op, 'faults.delayMs', `must be a number of ms in 0..60000, got ${String(f.delayMs)}`);
+    }
+  }
+}
+
 /** Opens a device: by name from the device list, or by address (binding UDP 4791 there). */
 export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
+  checkOpenDeviceOptions(o);
   let desc: DeviceDescriptor | undefined;
   if (o.name && !o.address) {
     desc = getDeviceList().find((d) => d.name === o.name);

@@ -4,8 +4,8 @@ export type { DeviceAttr, PortAttr, GidEntry, GidType, AsyncEvent, AsyncEventTyp
 export { Pd, Srq, Ah } from './objects.js';
 export { Mr } from './mr.js';
 export { Cq } from './cq.js';
-export { Qp, connectQp } from './qp.js';
-export type { CreateQpOptions, QpAttrs, QpCap, Av } from './qp.js';
+export { Qp, connectQp, remoteOf } from './qp.js';
+export type { CreateQpOptions, QpAttrs, QpCap, Av, QpEndpoint, MrEndpoint, ConnectLocal } from './qp.js';
 export { Wc, ACCESS, WC_STATUS, WC_OPCODE } from './types.js';
 export type { Access, Sge, RecvWr, SendWr, SendOpcode, WcStatus, WcOpcode } from './types.js';
 export { QP_STATES, QP_TYPES, QP_TRANSITIONS, checkQpTransition } from './qp-state.js';

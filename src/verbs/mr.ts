@@ -23,14 +23,13 @@ export class Mr {
   /** ACCESS bits */
   readonly access: number;
   /**
-   * Whether SEND_WITH_INV may invalidate this MR's R_Key. rxe only invalidates fast-registration
-   * MRs (and memory windows), never an MR from ibv_reg_mr; softroce's regMr has no fast-reg path,
-   * so `regMr(mem, access, { invalidatable: true })` stands in for one.
+   * Whether a SEND_WITH_INV may invalidate this region's R_Key (`regMr(mem, access, { invalidatable: true })`).
+   * rxe lets a remote invalidation hit only fast-registration MRs (IB_MR_TYPE_MEM_REG), never a plain
+   * ibv_reg_mr region; this flag stands for that MR type.
    */
   readonly invalidatable: boolean;
-  /** false after dereg or remote invalidation */
-  valid = true;
-  closed = false;
+  #valid = true;
+  #closed = false;
   constructor(pd: Pd, mem: Uint8Array, access: number, lkey: number, rkey: number, invalidatable = false) {
     this.pd = pd;
     this.invalidatable = invalidatable;
@@ -43,6 +42,17 @@ export class Mr {
     this.lkey = lkey;
     this.rkey = rkey;
   }
+  /** false after dereg or remote invalidation */
+  get valid(): boolean {
+    return this.#valid;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  /** @internal the responder: a SEND_WITH_INV took the R_Key out of use (IBA 10.6.5); local use stops too. */
+  invalidate(): void {
+    this.#valid = false;
+  }
   /** Offset into the region of [va, va+len), or -1 if it is not all inside. */
   offsetOf(va: bigint, len: number): number {
     const d = va - this.addr;
@@ -50,19 +60,15 @@ export class Mr {
     const off = Number(d);
     return off + len <= this.length ? off : -1;
   }
-  /** @internal Remote invalidation (IBA 10.6.5): the keys stop working, locally and remotely, at once. */
-  invalidate(): void {
-    this.valid = false;
-  }
   /** Whether the remote may do `need` (ACCESS bits) here. */
   allows(need: number): boolean {
-    return this.valid && !this.closed && (this.access & need) === need;
+    return this.#valid && !this.#closed && (this.access & need) === need;
   }
   close(): void {
-    if (this.closed) return;
+    if (this.#closed) return;
     this.pd.device.deregMr(this);
-    this.closed = true;
-    this.valid = false;
+    this.#closed = true;
+    this.#valid = false;
   }
   [Symbol.dispose](): void {
     this.close();

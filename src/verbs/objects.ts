@@ -5,7 +5,8 @@
  */
 import { VerbsError } from './errors.js';
 import { Mr, checkMrAccess, newKey } from './mr.js';
-import { accessBits, type Access, type RecvWr, type Sge } from './types.js';
+import { ACCESS, accessBits, type Access, type RecvWr, type Sge } from './types.js';
+import * as V from './validate.js';
 import { gidFromString, gidToIpv4Number, isIpv4Mapped, type Gid } from '../roce/gid.js';
 import type { Device } from './device.js';
 import type { Qp, CreateQpOptions } from './qp.js';
@@ -17,10 +18,13 @@ export class RecvWqe {
   length = 0;
 }
 
+/** Checks a scatter/gather list's shape (types, counts); returns its total length. */
 export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
+  V.list(op, 'sg', sg);
   if (sg.length > max) throw new VerbsError('EINVAL', op, `${sg.length} SGEs > max ${max}`, 'sg');
   let len = 0;
   for (const s of sg) {
+    V.obj(op, 'sg', s);
     if (!(s.mr instanceof Mr)) throw new VerbsError('EINVAL', op, 'SGE without a registered MR', 'sg');
     if (!Number.isInteger(s.offset) || !Number.isInteger(s.length) || s.offset < 0 || s.length < 0) {
       throw new VerbsError('EINVAL', op, 'SGE offset/length must be non-negative integers', 'sg');
@@ -30,6 +34,22 @@ export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
   return len;
 }
 
+/**
+ * A receive WR, checked completely at post (all WRs of a list before any is queued): its SGEs must
+ * be in live MRs of the QP's (SRQ's) PD with LOCAL_WRITE, since the responder writes them
+ * (IBA 10.6.3.4, C10-16; rxe checks the lkey when a message lands, softroce also refuses it up front).
+ */
+export function checkRecvWr(w: RecvWr, pd: Pd, maxSge: number, op: string): void {
+  V.obj(op, 'wr', w);
+  V.wrId(op, 'wrId', w.wrId);
+  checkSgl(w.sg, maxSge, op);
+  for (const s of w.sg) {
+    if (s.mr.closed || s.mr.pd !== pd) throw new VerbsError('EINVAL', op, 'SGE in a closed MR or an MR of another PD', 'sg');
+    if (!(s.mr.access & ACCESS.LOCAL_WRITE)) throw new VerbsError('EINVAL', op, 'receive SGE in an MR without LOCAL_WRITE', 'sg');
+    if (s.offset + s.length > s.mr.length) throw new VerbsError('EINVAL', op, `SGE [${s.offset}, +${s.length}) outside the MR (${s.mr.length} bytes)`, 'sg');
+  }
+}
+
 export class Pd {
   readonly device: Device;
   readonly handle: number;
@@ -37,25 +57,34 @@ export class Pd {
   readonly qps = new Set<Qp>();
   readonly srqs = new Set<Srq>();
   readonly ahs = new Set<Ah>();
-  closed = false;
+  #closed = false;
   constructor(device: Device, handle: number) {
     this.device = device;
     this.handle = handle;
   }
+  get closed(): boolean {
+    return this.#closed;
+  }
   private live(op: string): void {
     if (this.closed) throw new VerbsError('EBADF', op, 'PD is closed', 'pd');
   }
-  /** ibv_reg_mr over caller-owned memory. */
+  /**
+   * ibv_reg_mr over caller-owned memory. `opts.invalidatable`: a SEND_WITH_INV may invalidate this
+   * region's R_Key (in rxe only fast-registration MRs can be; a plain region cannot).
+   */
   regMr(mem: Uint8Array, access: readonly Access[] = ['LOCAL_WRITE'], opts: { invalidatable?: boolean } = {}): Mr {
     this.live('ibv_reg_mr');
     if (!(mem instanceof Uint8Array)) throw new VerbsError('EINVAL', 'ibv_reg_mr', 'memory must be a Buffer or Uint8Array', 'mem');
+    V.list('ibv_reg_mr', 'access', access);
+    V.obj('ibv_reg_mr', 'opts', opts);
+    V.optBool('ibv_reg_mr', 'opts.invalidatable', opts.invalidatable);
     const bits = accessBits(access, 'access', 'ibv_reg_mr', (c, o, m, a) => new VerbsError(c, o, m, a));
     checkMrAccess(bits);
     if (mem.byteLength > this.device.attr.maxMrSize) throw new VerbsError('EINVAL', 'ibv_reg_mr', 'region larger than max_mr_size', 'mem');
     const d = this.device;
     const lkey = newKey((k) => d.mrByLkey.has(k));
     const rkey = newKey((k) => d.mrByRkey.has(k));
-    const mr = new Mr(this, mem, bits, lkey, rkey, opts.invalidatable === true);
+    const mr = new Mr(this, mem, bits, lkey, rkey, opts.invalidatable ?? false);
     d.mrByLkey.set(lkey, mr);
     d.mrByRkey.set(rkey, mr);
     this.mrs.add(mr);
@@ -63,14 +92,18 @@ export class Pd {
   }
   createQp(o: CreateQpOptions): Qp {
     this.live('ibv_create_qp');
+    V.obj('ibv_create_qp', 'options', o);
     return this.device.createQpFor(this, o);
   }
   createSrq(o: { maxWr: number; maxSge?: number; limit?: number }): Srq {
     this.live('ibv_create_srq');
     const a = this.device.attr;
-    if (!Number.isInteger(o.maxWr) || o.maxWr < 1 || o.maxWr > a.maxSrqWr) throw new VerbsError('EINVAL', 'ibv_create_srq', `maxWr ${o.maxWr} not in 1..${a.maxSrqWr}`, 'maxWr');
+    const op = 'ibv_create_srq';
+    V.obj(op, 'options', o);
+    V.int(op, 'maxWr', o.maxWr, 1, a.maxSrqWr);
     const maxSge = o.maxSge ?? 1;
-    if (maxSge < 1 || maxSge > a.maxSrqSge) throw new VerbsError('EINVAL', 'ibv_create_srq', `maxSge ${maxSge} not in 1..${a.maxSrqSge}`, 'maxSge');
+    V.int(op, 'maxSge', maxSge, 1, a.maxSrqSge);
+    V.optInt(op, 'limit', o.limit, 0, o.maxWr);
     const s = new Srq(this, o.maxWr, maxSge, o.limit ?? 0);
     this.srqs.add(s);
     return s;
@@ -78,6 +111,15 @@ export class Pd {
   /** ibv_create_ah: where UD sends go. `gid` is a GID or an IP address string. */
   createAh(o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; sl?: number; udpPort?: number }): Ah {
     this.live('ibv_create_ah');
+    const op = 'ibv_create_ah';
+    V.obj(op, 'options', o);
+    V.gid(op, 'gid', o.gid);
+    V.optInt(op, 'sgidIndex', o.sgidIndex, 0, (this.device.ports[0]?.gids.length ?? 1) - 1);
+    V.optInt(op, 'hopLimit', o.hopLimit, 0, 255);
+    V.optInt(op, 'trafficClass', o.trafficClass, 0, 255);
+    V.optInt(op, 'flowLabel', o.flowLabel, 0, 0xfffff);
+    V.optInt(op, 'sl', o.sl, 0, 15);
+    V.optInt(op, 'udpPort', o.udpPort, 1, 65535);
     const ah = new Ah(this, o);
     this.ahs.add(ah);
     return ah;
@@ -86,7 +128,7 @@ export class Pd {
     if (this.closed) return;
     const n = this.mrs.size + this.qps.size + this.srqs.size + this.ahs.size;
     if (n > 0) throw new VerbsError('EBUSY', 'ibv_dealloc_pd', `${n} object(s) still use this PD (MR ${this.mrs.size}, QP ${this.qps.size}, SRQ ${this.srqs.size}, AH ${this.ahs.size})`, 'pd');
-    this.closed = true;
+    this.#closed = true;
     this.device.forget(this);
   }
   [Symbol.dispose](): void {
@@ -98,62 +140,86 @@ export class Srq {
   readonly pd: Pd;
   readonly maxWr: number;
   readonly maxSge: number;
-  limit: number;
   private readonly ring: RecvWqe[];
   private head = 0;
-  count = 0;
-  users = 0;
-  closed = false;
+  #limit: number;
+  #count = 0;
+  #users = 0;
+  #closed = false;
   constructor(pd: Pd, maxWr: number, maxSge: number, limit: number) {
     this.pd = pd;
     this.maxWr = maxWr;
     this.maxSge = maxSge;
-    this.limit = limit;
+    this.#limit = limit;
     this.ring = Array.from({ length: maxWr }, () => new RecvWqe());
   }
+  /** the armed limit (0: not armed; modify({ limit }) arms it) */
+  get limit(): number {
+    return this.#limit;
+  }
+  /** receive WQEs posted and not yet taken */
+  get count(): number {
+    return this.#count;
+  }
+  /** QPs attached to this SRQ (close() is EBUSY while any) */
+  get users(): number {
+    return this.#users;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  /** @internal device.ts: a QP attached (+1) or detached (-1) */
+  addUser(d: 1 | -1): void {
+    this.#users += d;
+  }
+  /** ibv_post_srq_recv. A list is all-or-nothing, checked as Qp.postRecv checks. */
   postRecv(wr: RecvWr | readonly RecvWr[]): void {
-    if (this.closed) throw new VerbsError('EBADF', 'ibv_post_srq_recv', 'SRQ is closed', 'srq');
+    const op = 'ibv_post_srq_recv';
+    if (this.#closed) throw new VerbsError('EBADF', op, 'SRQ is closed', 'srq');
     const list = Array.isArray(wr) ? wr : [wr as RecvWr];
-    if (this.count + list.length > this.maxWr) throw new VerbsError('ENOMEM', 'ibv_post_srq_recv', 'SRQ is full', 'wr');
-    for (const w of list) checkSgl(w.sg, this.maxSge, "ibv_post_srq_recv");
+    if (this.#count + list.length > this.maxWr) throw new VerbsError('ENOMEM', op, 'SRQ is full', 'wr');
+    for (const w of list) checkRecvWr(w, this.pd, this.maxSge, op);
     for (const w of list) {
-      const e = this.ring[(this.head + this.count) % this.maxWr]!;
+      const e = this.ring[(this.head + this.#count) % this.maxWr]!;
       e.wrId = w.wrId;
       e.sg = w.sg.slice();
       e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
-      this.count++;
+      this.#count++;
     }
   }
   /** Transport: put back the WQE take() just returned (its message was refused before any byte landed). */
+  /** @internal */
   giveBack(e: RecvWqe): void {
     this.head = (this.head - 1 + this.maxWr) % this.maxWr;
     this.ring[this.head] = e;
-    this.count++;
+    this.#count++;
   }
   /** ibv_modify_srq: arm the limit event (IBA 10.2.9.3: fires once when fewer than `limit` WQEs remain). */
   modify(o: { limit?: number; maxWr?: number }): void {
+    if (this.#closed) throw new VerbsError('EBADF', 'ibv_modify_srq', 'SRQ is closed', 'srq');
+    V.obj('ibv_modify_srq', 'attrs', o);
     if (o.maxWr !== undefined) throw new VerbsError('EOPNOTSUPP', 'ibv_modify_srq', 'resizing an SRQ is not supported', 'maxWr');
     if (o.limit !== undefined) {
-      if (!Number.isInteger(o.limit) || o.limit < 0 || o.limit > this.maxWr) throw new VerbsError('EINVAL', 'ibv_modify_srq', `limit ${o.limit} not in 0..${this.maxWr}`, 'limit');
-      this.limit = o.limit;
+      V.int('ibv_modify_srq', 'limit', o.limit, 0, this.maxWr);
+      this.#limit = o.limit;
     }
   }
   /** Transport: take the next receive WQE (and raise SRQ_LIMIT_REACHED once the count falls below the limit). */
   take(): RecvWqe | null {
-    if (this.count === 0) return null;
+    if (this.#count === 0) return null;
     const e = this.ring[this.head]!;
     this.head = (this.head + 1) % this.maxWr;
-    this.count--;
-    if (this.limit > 0 && this.count < this.limit) {
-      this.limit = 0; // one shot: the consumer re-arms with modify({ limit })
+    this.#count--;
+    if (this.#limit > 0 && this.#count < this.#limit) {
+      this.#limit = 0; // one shot: the consumer re-arms with modify({ limit })
       this.pd.device.asyncEvent({ type: 'SRQ_LIMIT_REACHED', srq: this });
     }
     return e;
   }
   close(): void {
-    if (this.closed) return;
-    if (this.users > 0) throw new VerbsError('EBUSY', 'ibv_destroy_srq', `${this.users} QP(s) still use this SRQ`, 'srq');
-    this.closed = true;
+    if (this.#closed) return;
+    if (this.#users > 0) throw new VerbsError('EBUSY', 'ibv_destroy_srq', `${this.#users} QP(s) still use this SRQ`, 'srq');
+    this.#closed = true;
     this.pd.srqs.delete(this);
   }
   [Symbol.dispose](): void {
@@ -174,7 +240,7 @@ export class Ah {
   readonly udpPort: number;
   /** where UD sends through this AH go (the requester's view of it) */
   readonly dest: Dest;
-  closed = false;
+  #closed = false;
   constructor(pd: Pd, o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; udpPort?: number }) {
     this.pd = pd;
     let g: Gid;
@@ -196,9 +262,12 @@ export class Ah {
     this.udpPort = o.udpPort ?? 4791;
     this.dest = { ip: this.ip, ipNum: this.ipNum, family: this.family, port: this.udpPort, bytes: g, tos: this.trafficClass & 0xff };
   }
+  get closed(): boolean {
+    return this.#closed;
+  }
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.#closed) return;
+    this.#closed = true;
     this.pd.ahs.delete(this);
   }
   [Symbol.dispose](): void {

@@ -4,16 +4,18 @@
  * role keeps lives here too (requester `req`, completer `comp`, responder
  * `resp`), and src/roce/transport/* runs the three state machines over it.
  */
+import { randomInt } from 'node:crypto';
 import { VerbsError, InvalidQpAttrError } from './errors.js';
-import { assertQpTransition, type QpState, type QpType } from './qp-state.js';
+import { assertQpTransition, QP_STATES, type QpState, type QpType } from './qp-state.js';
 import { ACCESS, WrOp, accessBits, type Access, type RecvWr, type SendWr, type Sge, type WcOpcode } from './types.js';
-import { checkSgl, RecvWqe, type Ah, type Pd, type Srq } from './objects.js';
+import { checkSgl, checkRecvWr, RecvWqe, Ah, type Pd, type Srq } from './objects.js';
 import type { Cq } from './cq.js';
 import type { Device } from './device.js';
-import type { Mr } from './mr.js';
-import { gidFromString, gidToIpv4Number, type Gid } from '../roce/gid.js';
+import { Mr } from './mr.js';
+import * as V from './validate.js';
+import { gidFromString, gidToIpv4Number, gidToString, type Gid } from '../roce/gid.js';
 import { gidToAddress } from './objects.js';
-import { isMtu, type Mtu } from '../roce/opcode.js';
+import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
 import type { TimerHandle } from '../roce/transport/sched.js';
 import type { Dest } from '../roce/transport/build.js';
@@ -108,6 +110,9 @@ export class RdResource {
   msn = 0;
 }
 
+/** The boolean flags of a send WR (checked per post: a module constant, no array per call). */
+const SEND_FLAGS = ['signaled', 'solicited', 'fence', 'inline'] as const;
+
 const isRdAtomic = (op: number): boolean => op === WrOp.RDMA_READ || op === WrOp.ATOMIC_CMP_AND_SWP || op === WrOp.ATOMIC_FETCH_AND_ADD;
 export { isRdAtomic };
 
@@ -121,30 +126,59 @@ export class Qp {
   readonly srq: Srq | null;
   readonly sigAll: boolean;
   readonly cap: Required<QpCap>;
-  state: QpState = 'RESET';
-  closed = false;
-  /** COMM_EST raised (first packet received in RTR) */
-  commEst = false;
-
+  // State and attributes are private: only modify() (checked, all-or-nothing) and the transport's
+  // internal setState() change them. A caller writing `qp.state = 'RTS'` gets a compile error, and at
+  // run time a TypeError (getter only, module code is strict).
+  #state: QpState = 'RESET';
+  #closed = false;
+  #commEst = false;
   // attributes (ibv_qp_attr), with the values rxe starts from
-  port = 1;
-  pkeyIndex = 0;
-  qkey = 0;
-  accessFlags = 0;
-  pathMtu: Mtu = 1024;
-  destQpn = 0;
-  rqPsn = 0;
-  sqPsn = 0;
-  maxDestRdAtomic = 0;
-  minRnrTimer = 0;
-  timeout = 0;
-  retryCnt = 0;
-  rnrRetry = 0;
-  maxRdAtomic = 0;
-  sqDrainNotify = false;
-  av: Required<Omit<Av, 'dgid'>> & { dgid: Gid } | null = null;
+  #port = 1;
+  #pkeyIndex = 0;
+  #qkey = 0;
+  #accessFlags = 0;
+  #pathMtu: Mtu = 1024;
+  #destQpn = 0;
+  #rqPsn = 0;
+  /** the initial send PSN: random at creation (as rdma-core's tools pick it), what endpoint() hands the peer */
+  #sqPsn = randomInt(0, PSN_MASK + 1);
+  #maxDestRdAtomic = 0;
+  #minRnrTimer = 0;
+  #timeout = 0;
+  #retryCnt = 0;
+  #rnrRetry = 0;
+  #maxRdAtomic = 0;
+  #sqDrainNotify = false;
+  #av: Required<Omit<Av, 'dgid'>> & { dgid: Gid } | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
-  dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0 };
+  #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0 };
+
+  get state(): QpState { return this.#state; }
+  get closed(): boolean { return this.#closed; }
+  /** COMM_EST raised (first packet received in RTR) */
+  get commEst(): boolean { return this.#commEst; }
+  /** @internal the responder marks COMM_EST */
+  set commEst(v: boolean) { this.#commEst = v; }
+  get port(): number { return this.#port; }
+  get pkeyIndex(): number { return this.#pkeyIndex; }
+  get qkey(): number { return this.#qkey; }
+  /** ACCESS bits */
+  get accessFlags(): number { return this.#accessFlags; }
+  get pathMtu(): Mtu { return this.#pathMtu; }
+  get destQpn(): number { return this.#destQpn; }
+  get rqPsn(): number { return this.#rqPsn; }
+  /** the initial send PSN (random until toRts/modify sets one) */
+  get sqPsn(): number { return this.#sqPsn; }
+  get maxDestRdAtomic(): number { return this.#maxDestRdAtomic; }
+  get minRnrTimer(): number { return this.#minRnrTimer; }
+  get timeout(): number { return this.#timeout; }
+  get retryCnt(): number { return this.#retryCnt; }
+  get rnrRetry(): number { return this.#rnrRetry; }
+  get maxRdAtomic(): number { return this.#maxRdAtomic; }
+  get sqDrainNotify(): boolean { return this.#sqDrainNotify; }
+  get av(): Readonly<Required<Omit<Av, 'dgid'>> & { dgid: Gid }> | null { return this.#av; }
+  /** @internal where RC/UC packets go */
+  get dest(): Dest { return this.#dest; }
 
   // send queue: absolute counters, index = n % cap
   readonly sq: SendWqe[];
@@ -198,6 +232,9 @@ export class Qp {
   /** ibv_modify_qp. The keys present are the attribute mask; nothing changes unless all checks pass. */
   modify(attrs: QpAttrs): void {
     this.live('ibv_modify_qp');
+    V.obj('ibv_modify_qp', 'attrs', attrs);
+    V.optOneOf('ibv_modify_qp', 'state', attrs.state, QP_STATES);
+    V.optOneOf('ibv_modify_qp', 'curState', attrs.curState, QP_STATES);
     const keys = Object.keys(attrs).filter((k) => (attrs as Record<string, unknown>)[k] !== undefined && k !== 'state');
     const from = attrs.curState ?? this.state;
     if (attrs.curState !== undefined && attrs.curState !== this.state) {
@@ -210,71 +247,70 @@ export class Qp {
     this.apply(attrs, to);
   }
 
-  /** Value checks (rxe_qp_chk_attr): all before any change. */
+  /** Value checks (rxe_qp_chk_attr, plus the types a JS caller can get wrong): all before any change. */
   private checkValues(a: QpAttrs): void {
-    const bad = (arg: string, msg: string): never => { throw new VerbsError('EINVAL', 'ibv_modify_qp', msg, arg); };
+    const op = 'ibv_modify_qp';
+    const bad = (arg: string, msg: string): never => { throw new VerbsError('EINVAL', op, msg, arg); };
     const dev = this.device;
-    if (a.port !== undefined && (a.port < 1 || a.port > dev.ports.length)) bad('port', `port ${a.port} not in 1..${dev.ports.length}`);
-    if (a.pkeyIndex !== undefined && a.pkeyIndex !== 0) bad('pkeyIndex', `pkeyIndex ${a.pkeyIndex} not in the P_Key table (1 entry)`);
-    if (a.qkey !== undefined && (!Number.isInteger(a.qkey) || a.qkey < 0 || a.qkey > 0xffffffff)) bad('qkey', 'qkey must be a 32-bit value');
+    V.optInt(op, 'port', a.port, 1, dev.ports.length);
+    if (a.pkeyIndex !== undefined) V.int(op, 'pkeyIndex', a.pkeyIndex, 0, 0); // the P_Key table has one entry
+    if (a.qkey !== undefined) V.u32(op, 'qkey', a.qkey);
     if (a.pathMtu !== undefined) {
-      if (!isMtu(a.pathMtu)) bad('pathMtu', `pathMtu ${a.pathMtu} is not 256, 512, 1024, 2048 or 4096`);
+      V.mtu(op, 'pathMtu', a.pathMtu);
       const active = dev.ports[(a.port ?? this.port) - 1]!.activeMtu;
       if (a.pathMtu > active) bad('pathMtu', `pathMtu ${a.pathMtu} > port active_mtu ${active}`);
     }
-    for (const k of ['rqPsn', 'sqPsn'] as const) if (a[k] !== undefined && (!Number.isInteger(a[k]) || a[k]! < 0 || a[k]! > PSN_MASK)) bad(k, `${k} must be a 24-bit value`);
-    if (a.destQpn !== undefined && (!Number.isInteger(a.destQpn) || a.destQpn < 1 || a.destQpn >= 0xffffff)) bad('destQpn', 'destQpn must be a QPN');
-    if (a.maxRdAtomic !== undefined && (a.maxRdAtomic < 0 || a.maxRdAtomic > dev.attr.maxQpInitRdAtom)) bad('maxRdAtomic', `maxRdAtomic ${a.maxRdAtomic} > ${dev.attr.maxQpInitRdAtom}`);
-    if (a.maxDestRdAtomic !== undefined && (a.maxDestRdAtomic < 0 || a.maxDestRdAtomic > dev.attr.maxQpRdAtom)) bad('maxDestRdAtomic', `maxDestRdAtomic ${a.maxDestRdAtomic} > ${dev.attr.maxQpRdAtom}`);
-    if (a.minRnrTimer !== undefined && (a.minRnrTimer < 0 || a.minRnrTimer > 31)) bad('minRnrTimer', 'minRnrTimer is a 5-bit code');
-    if (a.timeout !== undefined && (a.timeout < 0 || a.timeout > 31)) bad('timeout', 'timeout is 0..31');
-    if (a.retryCnt !== undefined && (a.retryCnt < 0 || a.retryCnt > 7)) bad('retryCnt', 'retryCnt is 0..7');
-    if (a.rnrRetry !== undefined && (a.rnrRetry < 0 || a.rnrRetry > 7)) bad('rnrRetry', 'rnrRetry is 0..7');
-    if (a.accessFlags !== undefined) accessBits(a.accessFlags, 'accessFlags', 'ibv_modify_qp', (c, o, m, arg) => new VerbsError(c, o, m, arg));
-    if (a.av !== undefined) {
-      let g: Gid | undefined;
-      try { g = typeof a.av.dgid === 'string' ? gidFromString(a.av.dgid) : a.av.dgid; } catch { bad('av', `bad dgid ${String(a.av.dgid)}`); }
-      if (!(g instanceof Uint8Array) || g.length !== 16) bad('av', 'dgid must be 16 bytes');
-      const si = a.av.sgidIndex ?? 0;
-      const port = dev.ports[(a.port ?? this.port) - 1]!;
-      if (si < 0 || si >= port.gids.length) bad('av', `sgidIndex ${si} not in the GID table (${port.gids.length})`);
+    if (a.rqPsn !== undefined) V.psn(op, 'rqPsn', a.rqPsn);
+    if (a.sqPsn !== undefined) V.psn(op, 'sqPsn', a.sqPsn);
+    V.optInt(op, 'destQpn', a.destQpn, 1, 0xfffffe);
+    V.optInt(op, 'maxRdAtomic', a.maxRdAtomic, 0, dev.attr.maxQpInitRdAtom);
+    V.optInt(op, 'maxDestRdAtomic', a.maxDestRdAtomic, 0, dev.attr.maxQpRdAtom);
+    V.optInt(op, 'minRnrTimer', a.minRnrTimer, 0, 31); // a 5-bit code (IBA 9.7.5.2.8)
+    V.optInt(op, 'timeout', a.timeout, 0, 31); // 4.096 us * 2^timeout, a 5-bit field
+    V.optInt(op, 'retryCnt', a.retryCnt, 0, 7);
+    V.optInt(op, 'rnrRetry', a.rnrRetry, 0, 7);
+    V.optBool(op, 'enSqdAsyncNotify', a.enSqdAsyncNotify);
+    if (a.accessFlags !== undefined) {
+      V.list(op, 'accessFlags', a.accessFlags);
+      accessBits(a.accessFlags, 'accessFlags', op, (c, o, m, arg) => new VerbsError(c, o, m, arg));
     }
+    if (a.av !== undefined) checkAv(op, 'av', a.av, dev.ports[(a.port ?? this.port) - 1]!.gids.length);
   }
 
   private apply(a: QpAttrs, to: QpState): void {
-    if (a.port !== undefined) this.port = a.port;
+    if (a.port !== undefined) this.#port = a.port;
     // UD and GSI messages are bounded by the port's MTU, not a path MTU (rxe's get_mtu()).
-    if ((this.type === 'UD' || this.type === 'GSI') && to === 'INIT') this.pathMtu = this.device.queryPort(this.port).activeMtu;
-    if (a.pkeyIndex !== undefined) this.pkeyIndex = a.pkeyIndex;
-    if (a.qkey !== undefined) this.qkey = a.qkey >>> 0;
-    if (a.accessFlags !== undefined) this.accessFlags = accessBits(a.accessFlags, 'accessFlags', 'ibv_modify_qp', (c, o, m, arg) => new VerbsError(c, o, m, arg));
-    if (a.pathMtu !== undefined) this.pathMtu = a.pathMtu;
-    if (a.destQpn !== undefined) this.destQpn = a.destQpn;
-    if (a.maxDestRdAtomic !== undefined) this.maxDestRdAtomic = a.maxDestRdAtomic;
-    if (a.minRnrTimer !== undefined) this.minRnrTimer = a.minRnrTimer;
-    if (a.timeout !== undefined) this.timeout = a.timeout;
-    if (a.retryCnt !== undefined) { this.retryCnt = a.retryCnt; this.comp.retryCnt = a.retryCnt; }
-    if (a.rnrRetry !== undefined) { this.rnrRetry = a.rnrRetry; this.comp.rnrRetry = a.rnrRetry; }
-    if (a.maxRdAtomic !== undefined) this.maxRdAtomic = a.maxRdAtomic;
-    if (a.enSqdAsyncNotify !== undefined) this.sqDrainNotify = a.enSqdAsyncNotify;
+    if ((this.type === 'UD' || this.type === 'GSI') && to === 'INIT') this.#pathMtu = this.device.queryPort(this.#port).activeMtu;
+    if (a.pkeyIndex !== undefined) this.#pkeyIndex = a.pkeyIndex;
+    if (a.qkey !== undefined) this.#qkey = a.qkey >>> 0;
+    if (a.accessFlags !== undefined) this.#accessFlags = accessBits(a.accessFlags, 'accessFlags', 'ibv_modify_qp', (c, o, m, arg) => new VerbsError(c, o, m, arg));
+    if (a.pathMtu !== undefined) this.#pathMtu = a.pathMtu;
+    if (a.destQpn !== undefined) this.#destQpn = a.destQpn;
+    if (a.maxDestRdAtomic !== undefined) this.#maxDestRdAtomic = a.maxDestRdAtomic;
+    if (a.minRnrTimer !== undefined) this.#minRnrTimer = a.minRnrTimer;
+    if (a.timeout !== undefined) this.#timeout = a.timeout;
+    if (a.retryCnt !== undefined) { this.#retryCnt = a.retryCnt; this.comp.retryCnt = a.retryCnt; }
+    if (a.rnrRetry !== undefined) { this.#rnrRetry = a.rnrRetry; this.comp.rnrRetry = a.rnrRetry; }
+    if (a.maxRdAtomic !== undefined) this.#maxRdAtomic = a.maxRdAtomic;
+    if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
     if (a.av !== undefined) {
       const g = typeof a.av.dgid === 'string' ? gidFromString(a.av.dgid) : a.av.dgid;
-      this.av = {
+      this.#av = {
         dgid: g, sgidIndex: a.av.sgidIndex ?? 0, hopLimit: a.av.hopLimit ?? 64, trafficClass: a.av.trafficClass ?? 0,
         flowLabel: a.av.flowLabel ?? 0, sl: a.av.sl ?? 0, udpPort: a.av.udpPort ?? 4791,
       };
       const addr = gidToAddress(g);
-      this.dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.av.udpPort, bytes: g, tos: this.av.trafficClass & 0xff };
+      this.#dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.#av.udpPort, bytes: g, tos: this.#av.trafficClass & 0xff };
     }
-    if (a.rqPsn !== undefined) { this.rqPsn = a.rqPsn; this.resp.psn = a.rqPsn; }
-    if (a.sqPsn !== undefined) { this.sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.req.maxPsn = a.sqPsn; this.comp.psn = a.sqPsn; }
+    if (a.rqPsn !== undefined) { this.#rqPsn = a.rqPsn; this.resp.psn = a.rqPsn; }
+    if (a.sqPsn !== undefined) { this.#sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.req.maxPsn = a.sqPsn; this.comp.psn = a.sqPsn; }
     if (a.state !== undefined) this.setState(to);
   }
 
-  /** State changes with their side effects (IBA 10.3.1). */
+  /** @internal State changes with their side effects (IBA 10.3.1); the transport moves QPs to ERR/SQD with it. */
   setState(to: QpState): void {
-    const from = this.state;
-    this.state = to;
+    const from = this.#state;
+    this.#state = to;
     if (to === 'RESET') this.resetQueues();
     if (to === 'INIT' && from === 'RESET') {
       // MSN starts at 0 on RESET → INIT (IBA 9.7.5.1.2).
@@ -296,10 +332,11 @@ export class Qp {
     Object.assign(this.req, { psn: 0, maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
     Object.assign(this.comp, { psn: 0, retriedAt: -1 });
     Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [] });
-    this.commEst = false;
+    this.#commEst = false;
   }
 
   toInit(o: { port?: number; pkeyIndex?: number; accessFlags?: readonly Access[]; qkey?: number } = {}): this {
+    V.obj('ibv_modify_qp', 'options', o);
     const a: QpAttrs = { state: 'INIT', port: o.port ?? 1, pkeyIndex: o.pkeyIndex ?? 0 };
     if (this.type === 'UD' || this.type === 'GSI') a.qkey = o.qkey ?? 0;
     else a.accessFlags = o.accessFlags ?? [];
@@ -307,26 +344,59 @@ export class Qp {
     this.modify(a);
     return this;
   }
-  toRtr(o: { remote?: { qpn: number; gid: Gid | string; udpPort?: number }; pathMtu?: Mtu; rqPsn?: number; maxDestRdAtomic?: number; minRnrTimer?: number; sgidIndex?: number; hopLimit?: number; trafficClass?: number } = {}): this {
+  /**
+   * RESET/INIT → RTR. For RC/UC `remote` is the peer's endpoint (`qp.endpoint()` on the other side, or
+   * its JSON); the receive PSN is `rqPsn`, else `remote.psn`: there is no default, since a wrong
+   * expected PSN silently drops the peer's first messages (and a fixed one can be guessed).
+   */
+  toRtr(o: { remote?: { qpn: number; psn?: number; gid: Gid | string; udpPort?: number }; pathMtu?: Mtu; rqPsn?: number; maxDestRdAtomic?: number; minRnrTimer?: number; sgidIndex?: number; hopLimit?: number; trafficClass?: number } = {}): this {
+    const op = 'ibv_modify_qp';
+    V.obj(op, 'options', o);
     if (this.type === 'UD' || this.type === 'GSI') { this.modify({ state: 'RTR' }); return this; }
-    if (!o.remote) throw new InvalidQpAttrError(this.state, 'RTR', ['av', 'destQpn'], []);
+    if (o.remote === undefined) throw new InvalidQpAttrError(this.state, 'RTR', ['av', 'destQpn'], []);
+    checkRemoteEndpoint(op, 'remote', o.remote);
+    V.optInt(op, 'sgidIndex', o.sgidIndex, 0, 0xffff);
+    V.optInt(op, 'hopLimit', o.hopLimit, 0, 255);
+    V.optInt(op, 'trafficClass', o.trafficClass, 0, 255);
+    const rqPsn = o.rqPsn ?? o.remote.psn;
+    if (rqPsn === undefined) V.fail(op, 'rqPsn', "the peer's initial PSN is required (rqPsn or remote.psn)");
     const av: Av = { dgid: o.remote.gid, sgidIndex: o.sgidIndex ?? this.device.defaultSgidIndex(), hopLimit: o.hopLimit ?? 64, trafficClass: o.trafficClass ?? 0 };
     if (o.remote.udpPort !== undefined) av.udpPort = o.remote.udpPort;
-    const a: QpAttrs = { state: 'RTR', av, pathMtu: o.pathMtu ?? 1024, destQpn: o.remote.qpn, rqPsn: o.rqPsn ?? 0 };
+    const a: QpAttrs = { state: 'RTR', av, pathMtu: o.pathMtu ?? 1024, destQpn: o.remote.qpn, rqPsn };
     if (this.type === 'RC') { a.maxDestRdAtomic = o.maxDestRdAtomic ?? 1; a.minRnrTimer = o.minRnrTimer ?? 12; }
     this.modify(a);
     return this;
   }
+  /** RTR → RTS. `sqPsn` defaults to this QP's random initial PSN, the one endpoint() gave the peer. */
   toRts(o: { sqPsn?: number; timeout?: number; retryCnt?: number; rnrRetry?: number; maxRdAtomic?: number } = {}): this {
-    const a: QpAttrs = { state: 'RTS', sqPsn: o.sqPsn ?? 0 };
+    V.obj('ibv_modify_qp', 'options', o);
+    const a: QpAttrs = { state: 'RTS', sqPsn: o.sqPsn ?? this.sqPsn };
     if (this.type === 'RC') { a.timeout = o.timeout ?? 14; a.retryCnt = o.retryCnt ?? 7; a.rnrRetry = o.rnrRetry ?? 7; a.maxRdAtomic = o.maxRdAtomic ?? 1; }
     this.modify(a);
     return this;
   }
 
-  /** What the peer needs for an out-of-band exchange (the pingpong LID:QPN:PSN:GID message). */
-  endpoint(sgidIndex = this.device.defaultSgidIndex()): { qpn: number; psn: number; gid: Gid } {
-    return { qpn: this.qpn, psn: this.sqPsn, gid: this.device.ports[this.port - 1]!.gids[sgidIndex]!.gid };
+  /**
+   * What the peer needs for an out-of-band exchange (the pingpong LID:QPN:PSN:GID message), as a
+   * JSON-serialisable object: the GID as text, and with `{ mr }` the region's address (a 0x-hex
+   * string: `BigInt(ep.addr)`, or `remoteOf(ep)`) and R_Key, for RDMA to it. The PSN is the QP's
+   * random initial send PSN; connectQp/toRts use it unless told otherwise.
+   */
+  endpoint(): QpEndpoint;
+  endpoint(o: { mr: Mr; sgidIndex?: number }): QpEndpoint & MrEndpoint;
+  endpoint(o: { mr?: Mr; sgidIndex?: number }): QpEndpoint & Partial<MrEndpoint>;
+  endpoint(o: { mr?: Mr; sgidIndex?: number } = {}): QpEndpoint & Partial<MrEndpoint> {
+    const op = 'endpoint';
+    V.obj(op, 'options', o);
+    const gids = this.device.ports[this.port - 1]!.gids;
+    V.optInt(op, 'sgidIndex', o.sgidIndex, 0, gids.length - 1);
+    const ep: QpEndpoint & Partial<MrEndpoint> = { qpn: this.qpn, psn: this.sqPsn, gid: gidToString(gids[o.sgidIndex ?? this.device.defaultSgidIndex(this.port)]!.gid) };
+    if (o.mr !== undefined) {
+      if (!(o.mr instanceof Mr) || o.mr.closed) V.fail(op, 'mr', 'must be a registered, open MR');
+      ep.addr = '0x' + o.mr.addr.toString(16);
+      ep.rkey = o.mr.rkey;
+    }
+    return ep;
   }
 
   query(): Readonly<Omit<QpAttrs, 'accessFlags' | 'av'> & { state: QpState; accessFlags: Access[]; av: Qp['av']; qpn: number; type: QpType; cap: Required<QpCap> }> {
@@ -340,11 +410,14 @@ export class Qp {
     };
   }
 
-  /** ibv_post_send. Throws for what C returns at once (ENOMEM full, EINVAL bad WR); the rest completes. */
+  /**
+   * ibv_post_send. Throws for what C returns at once (ENOMEM full, EINVAL bad WR); the rest completes.
+   * A list is all-or-nothing: every WR is checked completely before any is queued.
+   */
   postSend(wr: SendWr | readonly SendWr[]): void {
     this.live('ibv_post_send');
-    const list = Array.isArray(wr) ? wr : [wr as SendWr];
     const op = 'ibv_post_send';
+    const list = Array.isArray(wr) ? wr : [wr as SendWr];
     if (this.state === 'RESET' || this.state === 'INIT' || this.state === 'RTR') {
       throw new VerbsError('EINVAL', op, `QP ${this.qpn} is in ${this.state}; sends need RTS`, 'qp');
     }
@@ -358,22 +431,43 @@ export class Qp {
 
   private checkSendWr(w: SendWr): void {
     const op = 'ibv_post_send';
-    const code = WrOp[w.opcode as keyof typeof WrOp];
+    V.obj(op, 'wr', w);
+    V.wrId(op, 'wrId', w.wrId);
+    const code = typeof w.opcode === 'string' && Object.hasOwn(WrOp, w.opcode) ? WrOp[w.opcode] : undefined;
     if (code === undefined) throw new VerbsError('EINVAL', op, `unknown opcode ${String(w.opcode)}`, 'opcode');
     const t = this.type;
     if ((t === 'UD' || t === 'GSI') && code !== WrOp.SEND && code !== WrOp.SEND_WITH_IMM) throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UD QP`, 'opcode');
     if (t === 'UC' && (code === WrOp.RDMA_READ || code >= WrOp.ATOMIC_CMP_AND_SWP || code === WrOp.SEND_WITH_INV)) throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UC QP`, 'opcode');
+    for (const k of SEND_FLAGS) V.optBool(op, k, w[k]);
     const len = checkSgl(w.sg, this.cap.maxSendSge, op);
     if (w.inline && len > this.cap.maxInline) throw new VerbsError('EINVAL', op, `inline data ${len} > maxInline ${this.cap.maxInline}`, 'inline');
     if (w.inline && (code === WrOp.RDMA_READ || code >= WrOp.ATOMIC_CMP_AND_SWP)) throw new VerbsError('EINVAL', op, 'inline is for sends and writes', 'inline');
     if (len > this.device.attr.maxMsgSize) throw new VerbsError('EINVAL', op, `message of ${len} bytes > ${this.device.attr.maxMsgSize}`, 'sg');
+    const x = w as unknown as Record<string, unknown>;
+    if (code === WrOp.SEND_WITH_IMM || code === WrOp.RDMA_WRITE_WITH_IMM) V.u32(op, 'imm', x['imm']);
+    if (code === WrOp.SEND_WITH_INV) V.u32(op, 'invalidateRkey', x['invalidateRkey']);
+    if (code >= WrOp.RDMA_WRITE) {
+      // Without this an RDMA op would go out with R_Key 0 and VA 0 (the peer NAKs it much later).
+      V.obj(op, 'remote', x['remote']);
+      const r = x['remote'] as Record<string, unknown>;
+      V.u64(op, 'remote', r['addr']);
+      V.u32(op, 'remote', r['rkey']);
+      // rdma-core's rxe provider (post_one_send): an atomic's target must be 8-byte aligned.
+      if (code >= WrOp.ATOMIC_CMP_AND_SWP && ((r['addr'] as bigint) & 7n) !== 0n) throw new VerbsError('EINVAL', op, 'an atomic needs an 8-byte aligned remote address', 'remote');
+    }
+    if (code >= WrOp.ATOMIC_CMP_AND_SWP) {
+      V.operand(op, 'compareAdd', x['compareAdd']);
+      if (code === WrOp.ATOMIC_CMP_AND_SWP) V.operand(op, 'swap', x['swap']);
+      if (len !== 8) throw new VerbsError('EINVAL', op, 'an atomic needs one 8-byte local buffer', 'sg');
+    }
     if (t === 'UD' || t === 'GSI') {
-      if (!w.ud) throw new VerbsError('EINVAL', op, 'a UD send needs ud: { ah, remoteQpn, remoteQkey }', 'ud');
-      if (w.ud.ah.closed || w.ud.ah.pd !== this.pd) throw new VerbsError('EINVAL', op, 'AH is closed or of another PD', 'ud');
+      if (w.ud === undefined) throw new VerbsError('EINVAL', op, 'a UD send needs ud: { ah, remoteQpn, remoteQkey }', 'ud');
+      V.obj(op, 'ud', w.ud);
+      if (!(w.ud.ah instanceof Ah) || w.ud.ah.closed || w.ud.ah.pd !== this.pd) throw new VerbsError('EINVAL', op, 'AH is closed or of another PD', 'ud');
+      V.int(op, 'ud', w.ud.remoteQpn, 0, 0xffffff);
+      V.u32(op, 'ud', w.ud.remoteQkey);
       if (len > this.pathMtu) throw new VerbsError('EINVAL', op, `UD message of ${len} bytes > path MTU ${this.pathMtu}`, 'sg');
     }
-    if (code >= WrOp.ATOMIC_CMP_AND_SWP && len !== 8) throw new VerbsError('EINVAL', op, 'an atomic needs one 8-byte local buffer', 'sg');
-    if ('remote' in w && (typeof w.remote.addr !== 'bigint' || !Number.isInteger(w.remote.rkey))) throw new VerbsError('EINVAL', op, 'remote needs { addr: bigint, rkey }', 'remote');
   }
 
   private enqueue(w: SendWr): void {
@@ -415,7 +509,7 @@ export class Qp {
     this.sqTail++;
   }
 
-  /** ibv_post_recv. */
+  /** ibv_post_recv. A list is all-or-nothing; every SGE must be writable memory of this QP's PD. */
   postRecv(wr: RecvWr | readonly RecvWr[]): void {
     this.live('ibv_post_recv');
     const op = 'ibv_post_recv';
@@ -423,7 +517,7 @@ export class Qp {
     if (this.state === 'RESET') throw new VerbsError('EINVAL', op, 'QP is in RESET', 'qp');
     const list = Array.isArray(wr) ? wr : [wr as RecvWr];
     if (this.rqCount + list.length > this.cap.maxRecvWr) throw new VerbsError('ENOMEM', op, 'receive queue is full', 'wr');
-    for (const w of list) checkSgl(w.sg, this.cap.maxRecvSge, op);
+    for (const w of list) checkRecvWr(w, this.pd, this.cap.maxRecvSge, op);
     for (const w of list) {
       const e = this.rq[(this.rqHead + this.rqCount) % this.cap.maxRecvWr]!;
       e.wrId = w.wrId;
@@ -468,7 +562,7 @@ export class Qp {
     if (this.state !== 'RESET' && this.state !== 'ERR') this.setState('ERR');
     stopAckTimer(this);
     this.device.sched.clearTimer(this.comp.rnrTimer);
-    this.closed = true;
+    this.#closed = true;
     this.device.destroyQp(this);
   }
   [Symbol.dispose](): void {
@@ -486,22 +580,85 @@ export function wcOpcodeFor(op: number): WcOpcode {
   }
 }
 
+/** What `qp.endpoint()` returns: the JSON an application sends its peer (ibv_rc_pingpong's LID:QPN:PSN:GID). */
+export interface QpEndpoint { qpn: number; psn: number; gid: string }
+/** With `qp.endpoint({ mr })`: a region the peer may RDMA to; `addr` is the 64-bit VA as a 0x-hex string. */
+export interface MrEndpoint { addr: string; rkey: number }
+
+/**
+ * The `remote` of an RDMA work request from a peer's endpoint JSON: `{ addr: BigInt(ep.addr) + offset,
+ * rkey: ep.rkey }`, checked (EINVAL, argument 'remote').
+ */
+export function remoteOf(ep: { addr: string | bigint; rkey: number }, offset: number | bigint = 0): { addr: bigint; rkey: number } {
+  const op = 'remoteOf';
+  V.obj(op, 'remote', ep);
+  let addr: bigint;
+  try { addr = BigInt(ep.addr) + BigInt(offset); } catch { V.fail(op, 'remote', `addr must be a 64-bit address (bigint, decimal or 0x-hex string), got ${String(ep.addr)}`); }
+  V.u64(op, 'remote', addr);
+  V.u32(op, 'remote', ep.rkey);
+  return { addr, rkey: ep.rkey };
+}
+
+function checkRemoteEndpoint(op: string, arg: string, x: unknown, needPsn = false): void {
+  V.obj(op, arg, x);
+  const r = x as Record<string, unknown>;
+  V.int(op, arg, r['qpn'], 1, 0xfffffe);
+  if (needPsn || r['psn'] !== undefined) V.psn(op, arg, r['psn']);
+  V.gid(op, arg, r['gid']);
+  V.optInt(op, arg, r['udpPort'], 1, 65535);
+}
+
+function checkAv(op: string, arg: string, x: unknown, gidCount: number): void {
+  V.obj(op, arg, x);
+  const av = x as Record<string, unknown>;
+  V.gid(op, arg, av['dgid']);
+  V.optInt(op, arg, av['sgidIndex'], 0, gidCount - 1);
+  V.optInt(op, arg, av['hopLimit'], 0, 255);
+  V.optInt(op, arg, av['trafficClass'], 0, 255);
+  V.optInt(op, arg, av['flowLabel'], 0, 0xfffff);
+  V.optInt(op, arg, av['sl'], 0, 15);
+  V.optInt(op, arg, av['udpPort'], 1, 65535);
+}
+
+export interface ConnectLocal {
+  /** initial send PSN; default: the QP's random one (qp.endpoint().psn) */
+  psn?: number; accessFlags?: readonly Access[]; pathMtu?: Mtu; timeout?: number; retryCnt?: number; rnrRetry?: number;
+  minRnrTimer?: number; maxRdAtomic?: number; maxDestRdAtomic?: number; sgidIndex?: number;
+}
+
 /**
  * One-call bring-up of an RC/UC QP from RESET to RTS against a peer's
  * endpoint (rust-ibverbs `handshake`, what rdma_cm does with the CM's data).
+ * `remote` is the peer's `qp.endpoint()` (or its JSON). Every argument is
+ * checked before the QP leaves RESET.
  */
-export function connectQp(
-  qp: Qp,
-  local: { psn?: number; accessFlags?: readonly Access[]; pathMtu?: Mtu; timeout?: number; retryCnt?: number; rnrRetry?: number; minRnrTimer?: number; maxRdAtomic?: number; maxDestRdAtomic?: number; sgidIndex?: number },
-  remote: { qpn: number; psn: number; gid: Gid | string; udpPort?: number },
-): Qp {
+export function connectQp(qp: Qp, local: ConnectLocal, remote: { qpn: number; psn: number; gid: Gid | string; udpPort?: number }): Qp {
+  const op = 'connectQp';
+  if (!(qp instanceof Qp)) V.fail(op, 'qp', 'must be a Qp');
+  if (qp.type !== 'RC' && qp.type !== 'UC') V.fail(op, 'qp', `connectQp is for RC and UC QPs, not ${qp.type}`);
+  V.obj(op, 'local', local);
+  checkRemoteEndpoint(op, 'remote', remote, true);
+  if (local.psn !== undefined) V.psn(op, 'psn', local.psn);
+  if (local.accessFlags !== undefined) {
+    V.list(op, 'accessFlags', local.accessFlags);
+    accessBits(local.accessFlags, 'accessFlags', op, (c, o, m, arg) => new VerbsError(c, o, m, arg));
+  }
+  if (local.pathMtu !== undefined) V.mtu(op, 'pathMtu', local.pathMtu);
+  V.optInt(op, 'timeout', local.timeout, 0, 31);
+  V.optInt(op, 'retryCnt', local.retryCnt, 0, 7);
+  V.optInt(op, 'rnrRetry', local.rnrRetry, 0, 7);
+  V.optInt(op, 'minRnrTimer', local.minRnrTimer, 0, 31);
+  V.optInt(op, 'maxRdAtomic', local.maxRdAtomic, 0, qp.device.attr.maxQpInitRdAtom);
+  V.optInt(op, 'maxDestRdAtomic', local.maxDestRdAtomic, 0, qp.device.attr.maxQpRdAtom);
+  V.optInt(op, 'sgidIndex', local.sgidIndex, 0, qp.device.ports[qp.port - 1]!.gids.length - 1);
+  if (qp.state !== 'RESET') V.fail(op, 'qp', `QP ${qp.qpn} is in ${qp.state}, not RESET`);
   qp.toInit({ accessFlags: local.accessFlags ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'] });
   const rtr: Parameters<Qp['toRtr']>[0] = { remote, pathMtu: local.pathMtu ?? 1024, rqPsn: remote.psn };
   if (local.maxDestRdAtomic !== undefined) rtr.maxDestRdAtomic = local.maxDestRdAtomic;
   if (local.minRnrTimer !== undefined) rtr.minRnrTimer = local.minRnrTimer;
   if (local.sgidIndex !== undefined) rtr.sgidIndex = local.sgidIndex;
   qp.toRtr(rtr);
-  const rts: Parameters<Qp['toRts']>[0] = { sqPsn: local.psn ?? 0 };
+  const rts: Parameters<Qp['toRts']>[0] = { sqPsn: local.psn ?? qp.sqPsn };
   if (local.timeout !== undefined) rts.timeout = local.timeout;
   if (local.retryCnt !== undefined) rts.retryCnt = local.retryCnt;
   if (local.rnrRetry !== undefined) rts.rnrRetry = local.rnrRetry;

@@ -51,7 +51,8 @@ t.test('wire demo verifies and catches the corrupted packet', (t) => {
 });
 
 t.test('npm start: RDMA between two loopback devices, its recording verified', (t) => {
-  const r = run('demo');
+  // Not the default 127.0.0.1/127.0.0.2: test/readme.test.ts runs the README's example there.
+  const r = spawnSync(process.execPath, [bin, 'demo'], { encoding: 'utf8', env: { ...process.env, SOFTROCE_DEVICES: 'softroce0=lo:127.0.72.1,softroce1=lo:127.0.72.2' } });
   t.equal(r.status, 0, r.stderr);
   for (const op of ['SEND/RECV', 'RDMA WRITE', 'RDMA READ', 'FETCH_AND_ADD', 'CMP_AND_SWP']) t.match(r.stdout, new RegExp(`${op.replace('/', '\\/')}\\s+SUCCESS`), op);
   t.match(r.stdout, /FETCH_AND_ADD\s+SUCCESS: returned 41, remote now 42/);

@@ -98,8 +98,10 @@ t.test('bad R_Keys and out-of-bounds addresses never touch memory; the requester
     const kind = i % 4;
     const rkey = kind === 0 ? rng.next() >>> 0 : kind === 3 ? guard.rkey : b.mr.rkey;
     // kind 1: start beyond the end; kind 2: starts inside, runs past the end; kind 3: no REMOTE_WRITE on that MR
-    const addr = kind === 1 ? b.mr.addr + BigInt(b.mr.length + rng.int(1 << 20)) : kind === 2 ? b.mr.addr + BigInt(b.mr.length - 4) : b.mr.addr;
     const op = i % 3 === 0 ? 'RDMA_WRITE' : i % 3 === 1 ? 'RDMA_READ' : 'ATOMIC_FETCH_AND_ADD';
+    // An atomic's target must be 8-byte aligned at post (EINVAL, as rdma-core's rxe provider): its kind 2 is the first aligned address past the end.
+    const tail = op === 'ATOMIC_FETCH_AND_ADD' ? 0 : 4;
+    const addr = kind === 1 ? b.mr.addr + BigInt(b.mr.length + rng.int(1 << 17) * 8) : kind === 2 ? b.mr.addr + BigInt(b.mr.length - tail) : b.mr.addr;
     const wr = op === 'ATOMIC_FETCH_AND_ADD'
       ? { wrId: i, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const
       : { wrId: i, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const;
@@ -113,7 +115,12 @@ t.test('bad R_Keys and out-of-bounds addresses never touch memory; the requester
   t.ok(guard.buffer.equals(Buffer.alloc(4096)), 'the region without remote access is unchanged');
   t.ok(events.includes('QP_ACCESS_ERR'), 'the responder raised QP_ACCESS_ERR');
   await reconnect(p);
-  a.qp.postSend({ wrId: 99, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr: b.mr.addr + 4n, rkey: b.mr.rkey } });
+  const misaligned = { wrId: 99, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr: b.mr.addr + 4n, rkey: b.mr.rkey } } as const;
+  t.throws(() => a.qp.postSend(misaligned), { code: 'EINVAL', argument: 'remote' }, 'a misaligned atomic is refused at post');
+  // A requester without that check (another stack) still sends one: post an aligned one and misalign the
+  // queued WQE before the requester runs (the fake clock runs it on the next advance).
+  a.qp.postSend({ ...misaligned, remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  a.qp.sq[(a.qp.sqTail - 1) % a.qp.cap.maxSendWr]!.remoteAddr = b.mr.addr + 4n;
   t.equal((await waitWc(p, a.scq, 1))[0]!.status, 'REM_INV_REQ_ERR', 'a misaligned atomic is an invalid request (IBA 9.4.5)');
   t.ok(b.mem.equals(snapshot), 'and changes nothing');
   await p.close();
