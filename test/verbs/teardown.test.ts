@@ -25,6 +25,7 @@ import { loadNative } from '../../src/native.js';
 import { makePair } from './pair.js';
 
 const CHILD_FLAG = '--cycles-child';
+const EXIT_FLAG = '--exit-child';
 const CYCLES = 1000;
 
 function fdCount(): number {
@@ -73,6 +74,26 @@ async function cyclesChild(): Promise<void> {
   process.stdout.write(`CYCLES ${JSON.stringify(out)}\n`);
 }
 
+/**
+ * Child: two loopback devices with delayed (60 s) received packets and a pcap, traffic, close.
+ * The process must then exit by itself: no socket, file, timer or native watch keeps it alive.
+ */
+async function exitChild(pcapPath: string): Promise<void> {
+  const faults = { seed: 3, delayMs: 60_000, delayPct: 100 };
+  const a = await openDevice({ address: '127.0.93.7', faults, pcap: pcapPath });
+  const b = await openDevice({ address: '127.0.93.8', faults });
+  const pd = a.allocPd();
+  const cq = a.createCq({ depth: 16 });
+  const qp = pd.createQp({ type: 'UD', sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4 } });
+  qp.toInit({ qkey: 1 }).toRtr().toRts({ sqPsn: 0 });
+  const mr = pd.regMr(Buffer.alloc(64), ['LOCAL_WRITE']);
+  const ah = pd.createAh({ gid: '127.0.93.8' });
+  qp.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr, offset: 0, length: 64 }], ud: { ah, remoteQpn: 0x11, remoteQkey: 1 } });
+  for (let i = 0; i < 200 && b.faults!.stats.delayed === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  process.stdout.write(`DELAYED ${b.faults!.stats.delayed}\n`);
+  await Promise.all([a.close(), b.close()]);
+}
+
 /** Counts the records of a classic pcap file. */
 function pcapRecords(path: string): number {
   const b = readFileSync(path);
@@ -95,6 +116,8 @@ async function canBind(address: string): Promise<boolean> {
 
 if (process.argv.includes(CHILD_FLAG)) {
   await cyclesChild();
+} else if (process.argv.includes(EXIT_FLAG)) {
+  await exitChild(process.argv[process.argv.indexOf(EXIT_FLAG) + 1]!);
 } else {
   const { default: t } = await import('tap');
 
@@ -283,6 +306,21 @@ if (process.argv.includes(CHILD_FLAG)) {
     t.equal(p.fake!.pendingTimers(), 0, 'no timer outlives the devices (fault delays, ACK and RNR timers)');
     await Promise.race([waiter, new Promise((r) => setTimeout(r, 1000))]);
     t.ok(woke, 'a nextRx() waiter wakes when the device closes instead of waiting forever');
+  });
+
+  t.test('after close() nothing keeps the process alive (delay timers, sockets, the pcap file)', (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'softroce-teardown-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const env = { ...process.env };
+    delete env['NODE_OPTIONS'];
+    const t0 = performance.now();
+    const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), EXIT_FLAG, join(dir, 'x.pcap')], { env, encoding: 'utf8', timeout: 30_000 });
+    t.equal(r.signal, null, `the child exited by itself (stderr: ${r.stderr.slice(0, 500)})`);
+    t.equal(r.status, 0);
+    t.match(r.stdout, /DELAYED [1-9]/, 'a packet was waiting in a 60 s delay timer when the devices closed');
+    t.ok(performance.now() - t0 < 20_000, 'well before the delay would have fired');
+    t.ok(pcapRecords(join(dir, 'x.pcap')) >= 1, 'the pcap file is complete');
+    t.end();
   });
 
   t.test(`${CYCLES} open/close cycles per backend keep RSS, ArrayBuffer bytes and open fds flat`, (t) => {
