@@ -11,6 +11,7 @@ import { Wc } from './types.js';
 import { VerbsError } from './errors.js';
 import * as V from './validate.js';
 import type { Device } from './device.js';
+import { emitGuarded } from './emit.js';
 
 const ARM_NONE = 0, ARM_ANY = 1, ARM_SOLICITED = 2;
 
@@ -67,7 +68,10 @@ export class Cq extends EventEmitter {
 
   /** Fills up to `max` of the caller's Wc objects; returns how many (ibv_poll_cq). */
   poll(out: Wc[], max?: number): number {
-    if (this.closed) throw new VerbsError('EBADF', 'ibv_poll_cq', 'CQ is closed', 'cq');
+    if (this.closed) {
+      if (this.closeWakeup) return 0; // see close()
+      throw new VerbsError('EBADF', 'ibv_poll_cq', 'CQ is closed', 'cq');
+    }
     V.list('ibv_poll_cq', 'out', out);
     if (max === undefined) max = out.length;
     else V.int('ibv_poll_cq', 'max', max, 0, 0x7fffffff);
@@ -84,7 +88,10 @@ export class Cq extends EventEmitter {
 
   /** Arm the CQ: the next completion (solicitedOnly: the next solicited or error completion) fires 'notify'. */
   reqNotify(solicitedOnly = false): void {
-    if (this.closed) throw new VerbsError('EBADF', 'ibv_req_notify_cq', 'CQ is closed', 'cq');
+    if (this.closed) {
+      if (this.closeWakeup) return; // see close()
+      throw new VerbsError('EBADF', 'ibv_req_notify_cq', 'CQ is closed', 'cq');
+    }
     V.optBool('ibv_req_notify_cq', 'solicitedOnly', solicitedOnly);
     this.armed = solicitedOnly ? ARM_SOLICITED : ARM_ANY;
   }
@@ -97,6 +104,9 @@ export class Cq extends EventEmitter {
     this.reqNotify(o.solicitedOnly ?? false);
     const it = on(this, 'notify', o.signal ? { signal: o.signal } : {});
     for await (const _ of it) {
+      // The wake-up of close() (or one queued before it) ends the iteration instead of handing
+      // the loop body a closed CQ to poll.
+      if (this.closed) return;
       yield;
       if (this.closed) return;
       this.reqNotify(o.solicitedOnly ?? false);
@@ -107,6 +117,7 @@ export class Cq extends EventEmitter {
   async *[Symbol.asyncIterator](): AsyncGenerator<Wc> {
     const one = [new Wc()];
     for (;;) {
+      if (this.closed) return; // woken by close(): the entries went with the CQ
       while (this.poll(one, 1) === 1) {
         const w = new Wc();
         copyWc(w, one[0]!);
@@ -139,16 +150,36 @@ export class Cq extends EventEmitter {
     this.count++;
     if (this.armed === ARM_ANY || (this.armed === ARM_SOLICITED && solicitedOrError)) {
       this.armed = ARM_NONE;
-      this.emit('notify');
+      emitGuarded(this, 'notify'); // a throwing handler must not stop the transport half-way (emit.ts)
     }
   }
 
+  /** true only while close() wakes its waiters */
+  private closeWakeup = false;
+
+  /**
+   * ibv_destroy_cq. Release first, then notify: the CQ is closed and unregistered before its
+   * waiters get the last 'notify' (what ends `for await` loops and `notifications()`). That
+   * wake-up is synchronous, and inside it poll() returns 0 and reqNotify() does nothing instead
+   * of throwing EBADF: a handler written as "poll, then re-arm" sees an empty CQ and can check
+   * `closed`; the entries went with the CQ, as ibv_destroy_cq discards them. (Deferring the
+   * wake-up instead would have such a handler poll a closed CQ later and get EBADF.) Outside the
+   * wake-up a closed CQ still throws EBADF. A handler's exception is re-raised on the next tick
+   * (emit.ts), never thrown out of close(): libibverbs' ibv_destroy_cq never runs user code.
+   */
   close(): void {
     if (this.closed) return;
     if (this.users > 0) throw new VerbsError('EBUSY', 'ibv_destroy_cq', `${this.users} QP(s) still use this CQ`, 'cq');
     this.closed = true;
+    this.armed = ARM_NONE;
+    this.count = 0;
     this.device.forget(this);
-    this.emit('notify');
+    this.closeWakeup = true;
+    try {
+      emitGuarded(this, 'notify');
+    } finally {
+      this.closeWakeup = false;
+    }
   }
   [Symbol.dispose](): void {
     this.close();

@@ -12,17 +12,18 @@ import { networkInterfaces } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { VerbsError } from './errors.js';
+import { VerbsError, type ErrnoCode } from './errors.js';
+import { emitGuarded } from './emit.js';
 import { Cq } from './cq.js';
 import { Pd, Srq, type Ah } from './objects.js';
 import * as V from './validate.js';
 import { isIP } from 'node:net';
 import { Qp, type CreateQpOptions, type QpCap } from './qp.js';
 import type { Mr } from './mr.js';
-import { Counters } from '../roce/counters.js';
+import { Counters, C } from '../roce/counters.js';
 import { RealScheduler, type Scheduler } from '../roce/transport/sched.js';
 import { UdpLink } from '../roce/link/udp-link.js';
-import { FaultInjector, type FaultOptions, type Link } from '../roce/link/link.js';
+import { FaultInjector, type FaultOptions, type Link, type RxHandler } from '../roce/link/link.js';
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { runRequester } from '../roce/transport/requester.js';
@@ -256,6 +257,9 @@ export class Device extends EventEmitter {
   get closed(): boolean { return this.#closed; }
   private set closed(v: boolean) { this.#closed = v; }
   private nextQpn = 0x11;
+  /** undoes addPort's wiring of each link (listeners that reach this device) */
+  private readonly unwire: Array<() => void> = [];
+  private closing: Promise<void> | null = null;
 
   constructor(name: string, sched: Scheduler, mac: Uint8Array) {
     super();
@@ -275,13 +279,27 @@ export class Device extends EventEmitter {
       const w = this.rxWaiter;
       if (w !== null) { this.rxWaiter = null; w(); }
     });
-    link.on('drain', () => {
+    const onDrain = (): void => {
       for (const qp of this.qps.values()) {
         if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }
         if (qp.resp.waitingDrain) { qp.resp.waitingDrain = false; runReads(qp); }
       }
+    };
+    const onLink = (up: unknown): void => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num });
+    // A socket error (an ICMP error reported on a later send, say) is the datagram's loss, which
+    // the transport recovers from: counted, never thrown (an 'error' event nobody hears would
+    // take the process down).
+    const onError = (): void => { p.counters.v[C.send_err]!++; };
+    link.on('drain', onDrain);
+    link.on('link', onLink);
+    link.on('error', onError);
+    // A link outlives the device when the caller passed it in (or something holds it): it must not hold the device.
+    this.unwire.push(() => {
+      link.off('drain', onDrain);
+      link.off('link', onLink);
+      link.off('error', onError);
+      link.setReceiver(dropRx);
     });
-    link.on('link', (up: unknown) => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num }));
     return p;
   }
 
@@ -448,9 +466,13 @@ export class Device extends EventEmitter {
     else this.sched.defer(run);
   }
 
-  /** @internal raise an async event (state already changed). */
+  /**
+   * @internal raise an async event (state already changed). A listener that throws does not
+   * unwind into the transport or out of a close() (emit.ts): its error comes back on the next
+   * tick, as this device's 'error' event when it has a listener, else as an uncaught exception.
+   */
   asyncEvent(e: AsyncEvent): void {
-    this.emit('async', e);
+    emitGuarded(this, 'async', e);
   }
 
   counters(port = 1): Record<string, number> {
@@ -458,20 +480,75 @@ export class Device extends EventEmitter {
     return this.ports[port - 1]!.counters.snapshot();
   }
 
-  /** Cascading teardown, in pyverbs' order: QPs, AHs, MRs, SRQs, PDs, CQs, then the ports. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    for (const qp of [...this.qps.values()]) qp.close();
-    for (const pd of this.pds) {
-      for (const ah of [...pd.ahs] as Ah[]) ah.close();
-      for (const mr of [...pd.mrs]) mr.close();
-      for (const s of [...pd.srqs]) s.close();
+  /**
+   * Cascading teardown, in pyverbs' order: QPs, AHs, MRs, SRQs, PDs, CQs, then the fault
+   * injector, the recorder (flushed and closed) and the links (the UDP port is free again when
+   * the promise resolves). Idempotent; concurrent calls share one promise, so every caller
+   * resumes only once everything is released.
+   */
+  close(): Promise<void> {
+    return this.startTeardown(true);
+  }
+
+  /** @internal openDevice failed after this device took the link: release it all; close the link only if openDevice opened it. */
+  abortOpen(closeLinks: boolean): Promise<void> {
+    return this.startTeardown(closeLinks);
+  }
+
+  private startTeardown(closeLinks: boolean): Promise<void> {
+    if (this.closing === null) {
+      // The promise exists before the teardown starts: a handler that calls close() from inside
+      // the teardown gets this same promise instead of starting a second one.
+      let adopt!: (p: Promise<void>) => void;
+      this.closing = new Promise<void>((r) => { adopt = r; });
+      adopt(this.teardown(closeLinks));
     }
-    for (const pd of [...this.pds]) pd.close();
-    for (const cq of [...this.cqs]) cq.close();
+    return this.closing;
+  }
+
+  /**
+   * Release first, then notify, and always to the end: the device is marked closed before
+   * anything else, so a handler that runs during the teardown (flush completions, 'notify' of a
+   * closing CQ, LAST_WQE_REACHED) cannot create objects or post work that would outlive it;
+   * handlers' exceptions never reach here (emit.ts); a step that still throws (a bug) does not
+   * stop the others: the tables are emptied and the ports released anyway, and the first such
+   * error rejects the promise once all is done. A device whose close failed half-way cannot exist.
+   */
+  private async teardown(closeLinks: boolean): Promise<void> {
     this.closed = true;
-    await this.recorder?.close();
-    for (const p of this.ports) await p.link.close();
+    const failures: unknown[] = [];
+    const step = (f: () => void): void => {
+      try { f(); } catch (e) { failures.push(e); }
+    };
+    for (const qp of [...this.qps.values()]) step(() => qp.close());
+    for (const pd of [...this.pds]) {
+      for (const ah of [...pd.ahs] as Ah[]) step(() => ah.close());
+      for (const mr of [...pd.mrs]) step(() => mr.close());
+      for (const s of [...pd.srqs]) step(() => s.close());
+    }
+    for (const pd of [...this.pds]) step(() => pd.close());
+    for (const cq of [...this.cqs]) step(() => cq.close());
+    this.qps.clear();
+    this.mrByLkey.clear();
+    this.mrByRkey.clear();
+    this.pds.clear();
+    this.cqs.clear();
+    this.gsi = null;
+    // A nextRx() waiter would otherwise wait forever: it wakes to a closed device.
+    const w = this.rxWaiter;
+    this.rxWaiter = null;
+    if (w !== null) step(w);
+    if (this.faults) step(() => this.faults!.close());
+    for (const u of this.unwire) step(u);
+    this.unwire.length = 0;
+    for (const p of this.ports) { p.recorderTx = null; p.recorderRx = null; }
+    try { await this.recorder?.close(); } catch (e) { failures.push(e); }
+    if (closeLinks) {
+      for (const p of this.ports) {
+        try { await p.link.close(); } catch (e) { failures.push(e); }
+      }
+    }
+    if (failures.length > 0) throw failures[0];
   }
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
@@ -516,20 +593,43 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
   const sched = o.scheduler ?? new RealScheduler();
   const found = sysNetdevFor(address);
   const netdev = o.netdev ?? desc?.netdev ?? found.netdev;
+  // UdpLink.open releases its socket itself when it fails.
   const link = o.link ?? await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' });
-  const name = o.name ?? desc?.name ?? `softroce_${address}`;
-  const dev = new Device(name, sched, found.mac);
-  // The injector wraps the link's receive path, so it goes in before the port installs its handler.
-  if (o.faults) dev.faults = new FaultInjector(link, o.faults, sched);
-  const port = dev.addPort(link, netdev || 'lo', found.mac);
-  if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
-  if (o.pcap) {
-    const rec = await PcapRecorder.open(o.pcap, port);
-    dev.recorder = rec;
-    port.recorderTx = (b, l, ip, p) => rec.tx(b, l, ip, p);
-    port.recorderRx = (b, l, ip, p, id, df) => rec.rx(b, l, ip, p, id, df);
+  // From here on, whatever fails releases what was taken (the socket, the injector's timers, the
+  // recorder's file): a failed open must not leave UDP 4791 bound. A link the caller passed in
+  // stays theirs: it is detached from the device, not closed.
+  let dev: Device | null = null;
+  try {
+    const name = o.name ?? desc?.name ?? `softroce_${address}`;
+    dev = new Device(name, sched, found.mac);
+    // The injector wraps the link's receive path, so it goes in before the port installs its handler.
+    if (o.faults) dev.faults = new FaultInjector(link, o.faults, sched);
+    const port = dev.addPort(link, netdev || 'lo', found.mac);
+    if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
+    if (o.pcap) {
+      const rec = await PcapRecorder.open(o.pcap, port).catch((e: unknown) => { throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap'); });
+      dev.recorder = rec;
+      port.recorderTx = (b, l, ip, p) => rec.tx(b, l, ip, p);
+      port.recorderRx = (b, l, ip, p, id, df) => rec.rx(b, l, ip, p, id, df);
+    }
+    return dev;
+  } catch (e) {
+    if (dev) await dev.abortOpen(o.link === undefined).catch(() => { /* the open's own error is the one to report */ });
+    else if (o.link === undefined) await link.close().catch(() => { /* as above */ });
+    throw e;
   }
-  return dev;
+}
+
+/** A closed device's links drop what still arrives. */
+const dropRx: RxHandler = () => { /* device closed */ };
+
+const FS_ERRNO: ReadonlySet<string> = new Set<ErrnoCode>(['ENOENT', 'EACCES', 'EPERM', 'EEXIST', 'ENOSPC', 'EINVAL', 'EBUSY']);
+
+/** A Node fs error as the VerbsError a C caller would see: its errno when we model it, else EINVAL (e.g. EISDIR). */
+function fsError(e: unknown, op: string, what: string, argument: string): VerbsError {
+  const code = (e as NodeJS.ErrnoException | null)?.code ?? '';
+  const msg = e instanceof Error ? e.message : String(e);
+  return new VerbsError(FS_ERRNO.has(code) ? code as ErrnoCode : 'EINVAL', op, `cannot open ${what}: ${msg}`, argument);
 }
 
 export type { QpState };

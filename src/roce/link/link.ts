@@ -41,7 +41,11 @@ export interface Link extends LinkInfo {
   freeTx(buf: Buffer): void;
   setReceiver(h: RxHandler): void;
   readonly up: boolean;
-  on(ev: 'drain' | 'link', fn: (...a: unknown[]) => void): this;
+  /** 'drain': tx buffers are free again; 'link': up/down; 'error': a socket error (the datagram is lost) */
+  on(ev: 'drain' | 'link' | 'error', fn: (...a: unknown[]) => void): this;
+  off(ev: 'drain' | 'link' | 'error', fn: (...a: unknown[]) => void): this;
+  /** a closing device takes its listeners back, so a link the caller keeps does not keep the device alive */
+  off(ev: 'drain' | 'link', fn: (...a: unknown[]) => void): this;
   close(): Promise<void>;
 }
 
@@ -50,8 +54,12 @@ export const TX_BUF_SIZE = 4096 + 128;
 
 export class TxPool {
   private readonly free: Buffer[] = [];
+  private disposed = false;
   constructor(n: number) {
-    for (let i = 0; i < n; i++) this.free.push(Buffer.allocUnsafe(TX_BUF_SIZE));
+    // One slab cut into views, not n separate buffers: one allocation to make and to free per
+    // link, so opening and closing devices does not fragment the heap (RSS stays flat).
+    const slab = Buffer.allocUnsafeSlow(n * TX_BUF_SIZE);
+    for (let i = 0; i < n; i++) this.free.push(slab.subarray(i * TX_BUF_SIZE, (i + 1) * TX_BUF_SIZE));
   }
   get available(): number {
     return this.free.length;
@@ -60,7 +68,17 @@ export class TxPool {
     return this.free.pop() ?? null;
   }
   release(b: Buffer): void {
-    this.free.push(b);
+    if (!this.disposed) this.free.push(b);
+  }
+  /**
+   * A closed link lets go of its buffers (1,024 of them are ~4.3 MB) at once: something may
+   * still hold the link object for a while (a dgram socket stays reachable until libuv's
+   * close phase, which a loop of awaited open/close calls never reaches), and the pool must
+   * not ride along. Buffers still out (in a send) are dropped when they come back.
+   */
+  dispose(): void {
+    this.disposed = true;
+    this.free.length = 0;
   }
 }
 
@@ -133,8 +151,11 @@ export class MemLink extends EventEmitter implements Link {
     this.emit('link', up);
   }
   async close(): Promise<void> {
-    this.net.links.delete(addrKey(this.localIp, this.localPort));
+    // Only our own entry: a new link may already have taken the address.
+    const key = addrKey(this.localIp, this.localPort);
+    if (this.net.links.get(key) === this) this.net.links.delete(key);
     this.rx = null;
+    this.pool.dispose();
   }
 }
 
@@ -164,12 +185,30 @@ export class FaultInjector {
   private readonly o: Required<FaultOptions>;
   private readonly sched: Scheduler;
   private timers = new Set<TimerHandle>();
+  private closed = false;
+  private readonly link: Link;
+  private readonly prevSetReceiver: Link['setReceiver'];
   constructor(link: Link, o: FaultOptions, sched: Scheduler) {
     this.o = { dropPct: 0, dupPct: 0, reorderPct: 0, corruptPct: 0, delayMs: 0, delayPct: 0, ...o };
     this.s = o.seed >>> 0 || 0x9e3779b9;
     this.sched = sched;
+    this.link = link;
+    this.prevSetReceiver = link.setReceiver;
     const orig = link.setReceiver.bind(link);
     link.setReceiver = (h: RxHandler) => orig((buf, len, ip, port) => this.rx(h, buf, len, ip, port));
+  }
+  /**
+   * Cancels the delay timers and drops held packets, so nothing reaches the device after its
+   * close and no timer outlives it; the link gets its own setReceiver back (a link the caller
+   * passed to openDevice outlives a failed open).
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of this.timers) this.sched.clearTimer(t);
+    this.timers.clear();
+    this.held.length = 0;
+    this.link.setReceiver = this.prevSetReceiver;
   }
   private rand(): number {
     let x = this.s;
@@ -178,6 +217,7 @@ export class FaultInjector {
     return x / 4294967296;
   }
   private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number): void {
+    if (this.closed) return;
     this.stats.seen++;
     // Release held packets whose turn has come.
     for (let i = 0; i < this.held.length;) {

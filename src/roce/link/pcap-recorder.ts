@@ -17,20 +17,28 @@ export class PcapRecorder {
   private readonly stream: WriteStream;
   private readonly port: Port;
   private readonly hdr = Buffer.alloc(48);
+  private closing: Promise<void> | null = null;
+  /** the first write error (disk full, ...): recording stopped there; the device keeps running */
+  error: Error | null = null;
   private constructor(stream: WriteStream, port: Port) {
     this.stream = stream;
     this.port = port;
-    this.w = new PcapWriter(LinkType.RAW, 65535, (b) => { stream.write(b); });
+    this.w = new PcapWriter(LinkType.RAW, 65535, (b) => { if (this.error === null) stream.write(b); });
+    // Without a listener a write error would be an uncaught 'error' event that takes the process down.
+    stream.on('error', (e) => { this.error ??= e; });
   }
+  /** Rejects with the fs error (ENOENT, EACCES, ...) when the file cannot be created; nothing stays open then. */
   static async open(path: string, port: Port): Promise<PcapRecorder> {
     const s = createWriteStream(path);
     await new Promise<void>((res, rej) => { s.once('open', () => res()); s.once('error', rej); });
     return new PcapRecorder(s, port);
   }
   tx(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
+    if (this.closing) return;
     this.record(buf, len, this.port.address, this.port.link.localPort, dstIp, dstPort, 0, 1);
   }
   rx(buf: Buffer, len: number, srcIp: string, srcPort: number, ipId: number, df: number): void {
+    if (this.closing) return;
     this.record(buf, len, srcIp, srcPort, this.port.address, this.port.link.localPort, ipId, df);
   }
   private record(buf: Buffer, len: number, src: string, sport: number, dst: string, dport: number, id: number, df: number): void {
@@ -66,7 +74,16 @@ export class PcapRecorder {
     }
     this.w.write(Buffer.concat([h.subarray(0, hl), buf.subarray(0, len)]));
   }
-  async close(): Promise<void> {
-    await new Promise<void>((r) => this.stream.end(() => r()));
+  /**
+   * Flushes what is buffered and closes the file; resolves once the descriptor is closed
+   * ('close', not just 'finish'), also when the stream failed earlier. Idempotent.
+   */
+  close(): Promise<void> {
+    return this.closing ??= new Promise<void>((r) => {
+      const s = this.stream;
+      if (s.closed) { r(); return; }
+      s.once('close', () => r());
+      if (!s.destroyed) s.end();
+    });
   }
 }
