@@ -287,7 +287,10 @@ function processRequest(qp: Qp, p: PktInfo, srcIp: string, ipId: number, srcByte
       } else {
         completeRecv(qp, wqe, St.LOC_LEN_ERR, r.offset, mask, se);
         r.wqe = null;
-        if (qp.type === 'UC') { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
+        // UC: the message is over (its WQE completed with the error), so the opcode sequence
+        // restarts too; left inside the message, a following MIDDLE/LAST would be scattered into
+        // the WQE just cleared (a TypeError out of the receive path) and a new FIRST refused.
+        if (qp.type === 'UC') { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); r.lastOp = -1; }
       }
       return;
     }
