@@ -80,6 +80,8 @@ export interface FuzzResult {
   outcomes: Record<string, number>;
   /** datagrams that moved no counter and changed nothing (a drop nobody counted) */
   silent: number;
+  /** accepted datagrams (they changed a QP's state) by QP type, state and opcode: how deep the fuzz got */
+  acceptedBy: Record<string, number>;
   /** silent datagrams by QP type, state and opcode */
   silentBy: Record<string, number>;
   silentExamples: string[];
@@ -243,6 +245,7 @@ interface Victim { qp: Qp; want: (typeof TARGET_STATES)[number] | 'GSI' }
  */
 class Victims {
   readonly list: Victim[] = [];
+  readonly byQp = new Map<Qp, Victim>();
   readonly pd: Pd;
   readonly cq: Cq;
   scratch: Mr;
@@ -275,29 +278,50 @@ class Victims {
       }
     }
     this.list.push({ qp: dev.openGsi(this.pd, { sendCq: this.cq, recvCq: this.cq, cap: { maxRecvWr: 64 } }), want: 'GSI' });
+    for (const v of this.list) this.byQp.set(v.qp, v);
     this.rearm();
   }
   /** Every QP back to its state (fuzzing moves RC QPs to ERR), receives posted, PSNs fresh; the CQ drained. */
   rearm(): void {
     while (this.cq.poll(this.wc) > 0) { /* drained */ }
-    if (!this.scratch.valid) this.scratch = this.pd.regMr(this.scratchMem, [...ALL_ACCESS]); // a SEND_WITH_INV took it
-    const r = this.rng;
-    for (const v of this.list) {
-      const qp = v.qp;
-      qp.modify({ state: 'RESET' });
-      if (v.want === 'RESET') continue;
-      if (qp.type === 'UD' || qp.type === 'GSI') qp.toInit({ qkey: qp.type === 'GSI' ? GSI_QKEY : UD_QKEY });
-      else qp.toInit({ accessFlags: [...ALL_ACCESS].filter(() => r.int(4) !== 0) });
-      this.post(qp);
-      if (v.want === 'INIT') continue;
-      if (qp.type === 'UD' || qp.type === 'GSI') qp.toRtr();
-      else qp.toRtr({ remote: { qpn: 0x10 + r.int(0xfff0), gid: this.peer }, rqPsn: r.int(1 << 24), maxDestRdAtomic: 4, minRnrTimer: 1 });
-      if (v.want === 'RTR') continue;
-      qp.toRts({ sqPsn: r.int(1 << 24), ...(qp.type === 'RC' ? { timeout: 10, retryCnt: 1, rnrRetry: 1, maxRdAtomic: 4 } : {}) });
-      if (v.want === 'SQD') qp.modify({ state: 'SQD' });
-      if (v.want === 'ERR') qp.modify({ state: 'ERR' });
-    }
+    this.fixScratch();
+    for (const v of this.list) this.rearmOne(v);
     while (this.cq.poll(this.wc) > 0) { /* flushed receives */ }
+  }
+  /** The regions fuzz packets name (shared with the Target), kept current when the scratch region is re-registered. */
+  mrs: Mr[] = [];
+  private fixScratch(): void {
+    if (this.scratch.valid) return;
+    // A SEND_WITH_INVALIDATE took its R_Key: register the memory again so deep writes go on.
+    const old = this.scratch;
+    this.scratch = this.pd.regMr(this.scratchMem, [...ALL_ACCESS]);
+    const i = this.mrs.indexOf(old);
+    if (i >= 0) this.mrs[i] = this.scratch;
+  }
+  /** One QP back to its state, with fresh PSNs and receives. */
+  rearmOne(v: Victim): void {
+    const r = this.rng;
+    const qp = v.qp;
+    qp.modify({ state: 'RESET' });
+    if (v.want === 'RESET') return;
+    if (qp.type === 'UD' || qp.type === 'GSI') qp.toInit({ qkey: qp.type === 'GSI' ? GSI_QKEY : UD_QKEY });
+    else qp.toInit({ accessFlags: [...ALL_ACCESS].filter(() => r.int(4) !== 0) });
+    this.post(qp);
+    if (v.want === 'INIT') return;
+    if (qp.type === 'UD' || qp.type === 'GSI') qp.toRtr();
+    else qp.toRtr({ remote: { qpn: 0x10 + r.int(0xfff0), gid: this.peer }, rqPsn: r.int(1 << 24), maxDestRdAtomic: 4, minRnrTimer: 1 });
+    if (v.want === 'RTR') return;
+    qp.toRts({ sqPsn: r.int(1 << 24), ...(qp.type === 'RC' ? { timeout: 10, retryCnt: 1, rnrRetry: 1, maxRdAtomic: 4 } : {}) });
+    if (v.want === 'SQD') qp.modify({ state: 'SQD' });
+    if (v.want === 'ERR') qp.modify({ state: 'ERR' });
+  }
+  /** Re-arms a victim that fuzzing moved out of its state (an RC QP goes to ERR at its first class C error). */
+  revive(qp: Qp | null | undefined): boolean {
+    const v = qp ? this.byQp.get(qp) : undefined;
+    if (!v || qp!.state === (v.want === 'GSI' ? 'RTS' : v.want)) return false;
+    this.fixScratch();
+    this.rearmOne(v);
+    return true;
   }
   private post(qp: Qp): void {
     const r = this.rng;
@@ -447,18 +471,11 @@ class Factory {
     if (live && kind.endsWith('peer')) psn = mask & Op.RESP ? (qp.comp.psn - 1 - r.int(64)) & 0xffffff : this.safePsn(qp);
     else {
       const base = mask & Op.RESP ? qp.comp.psn : qp.resp.psn;
-      psn = r.int(3) ? (base + r.int(9) - 4) & 0xffffff : r.int(1 << 24);
+      const pp = r.int(4);
+      psn = pp < 2 ? base : pp === 2 ? (base + r.int(9) - 4) & 0xffffff : r.int(1 << 24);
     }
     if (live && kind.endsWith('peer') && (mask & Op.RESP) && this.liveResponses) psn = (qp.comp.psn + r.int(64) - 8) & 0xffffff;
-    // R_Key and VA: a real region's, with a random offset and length, or random.
-    const mr = this.pick(t.mrs);
-    const real = r.int(5) < 3;
-    const off = r.int(4) ? r.int(mr.length + 1) : mr.length - 64 + r.int(128);
-    const va = real ? (mr.addr + BigInt(off)) & 0xffffffffffffffffn : r.int(2) ? r.big64() : this.pick(t.mrs).addr + BigInt(r.int(1 << 20));
-    const rkey = real ? mr.rkey : r.int(8) === 0 ? 0 : r.next();
     const mtu = qp.pathMtu;
-    const lenPick = r.int(6);
-    const dmaLen = lenPick === 0 ? 0 : lenPick === 1 ? mr.length - off + r.int(3) - 1 : lenPick === 2 ? r.next() : r.int(3 * mtu);
     let payloadLen: number;
     const pk = OPCODES[opcode]?.payload ?? 0;
     if (r.int(5) === 0) payloadLen = r.int(mtu + 64);
@@ -467,6 +484,20 @@ class Factory {
     else if (pk === 3) payloadLen = r.int(mtu + 1);
     else if (pk === 4) payloadLen = 8;
     else payloadLen = 0;
+    // DMA length: half the time one the payload agrees with (an ONLY packet carrying all of it, a
+    // FIRST packet starting a longer message), so writes really happen; else anything.
+    const lenPick = r.int(8);
+    const dmaLen = lenPick < 4 && (mask & Op.START) ? ((mask & Op.END) ? payloadLen : payloadLen + 1 + r.int(2 * mtu))
+      : lenPick === 4 ? 0 : lenPick === 5 ? r.next() : r.int(3 * mtu);
+    // R_Key and VA: a real region's (random offset; or ending right at the region's end, give or
+    // take 2 bytes, or starting just before it), or random.
+    const mr = this.pick(t.mrs);
+    const real = r.int(5) < 3;
+    const place = r.int(4);
+    const span = mask & Op.ATOMIC ? 8 : dmaLen;
+    const off = place < 2 ? r.int(mr.length + 1) : place === 2 ? mr.length - span + (mask & Op.ATOMIC ? 8 * (r.int(3) - 1) : r.int(5) - 2) : -1 - r.int(64);
+    const va = real ? BigInt.asUintN(64, mr.addr + BigInt(off)) : r.int(2) ? r.big64() : this.pick(t.mrs).addr + BigInt(r.int(1 << 20));
+    const rkey = real ? mr.rkey : r.int(8) === 0 ? 0 : r.next();
     const payload = r.bytes(payloadLen);
     const has = (h: number): boolean => (mask & hdrBit(h as 0)) !== 0;
     let destQp = qp.qpn;
@@ -553,6 +584,7 @@ async function makeRig(mode: 'mem' | 'udp', addrs: [string, string], fuzzIp: str
     const victims = new Victims(p, side.dev, fuzzIp, seed ^ ipNumHash(ip));
     victims.untouchable.push(idle(side.pd, seed + 7));
     const mrs = [p.a.mr, p.b.mr, victims.scratch, ...victims.untouchable.map((u) => u.mr)];
+    victims.mrs = mrs;
     targets.push({ dev: side.dev, devIp: ip, live: { qp: side.qp, peerIp: side === p.a ? addrs[1] : addrs[0], requester: side === p.a }, victims, mrs, fuzzIp });
   }
   return { p, transfer, targets, before: targets.map((t) => t.dev.counters()) };
@@ -568,7 +600,7 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
   if (seeds.length < 100) throw new Error(`only ${seeds.length} RoCEv2 packets in the golden captures`);
   const res: FuzzResult = {
     packets: 0, memPackets: 0, udpPackets: 0, timeMs: 0, packetsPerSec: 0, kinds: {}, thrown: [], rounds: 0, transferProblems: [], memoryProblems: [],
-    drops: {}, outcomes: {}, silent: 0, silentBy: {}, silentExamples: [], accounting: [], udp: { sent: 0, rcvdPkts: 0 },
+    drops: {}, outcomes: {}, silent: 0, acceptedBy: {}, silentBy: {}, silentExamples: [], accounting: [], udp: { sent: 0, rcvdPkts: 0 },
   };
   const udpN = Math.round(o.packets * o.udpShare);
   const memN = o.packets - udpN;
@@ -612,6 +644,7 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
       return qpn === 1 ? t.dev.gsi : t.dev.qps.get(qpn);
     };
     const SENT = IDX('sent_pkts');
+    const history = new Map<Qp, string[]>();
     const injected = rig.targets.map(() => 0);
     let sent = 0;
     let chunk = 0;
@@ -632,7 +665,8 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
       try {
         links[ti]!.receive(d.buf, d.buf.length, d.src, d.srcPort);
       } catch (e) {
-        thrown('receive path threw', e, d);
+        const h = qp ? history.get(qp) : undefined;
+        thrown(`receive path threw (${qp ? `${qp.type} QP ${qp.qpn} of ${t.devIp}, now ${qp.state}` : 'no QP'}; the datagrams it took before this one: ${h ? `\n      ${h.join('\n      ')}` : 'none'})`, e, d);
       }
       let outcome = '';
       for (let k = 0; k < DROP_IDX.length; k++) if (v[DROP_IDX[k]!] !== prev[DROP_IDX[k]!]) { outcome = DROP_COUNTERS[k]!; break; }
@@ -640,7 +674,11 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
         fingerprint(qp, fpB);
         const changed = fpA.length !== fpB.length || fpA.some((x, i) => x !== fpB[i]);
         if (qp && fpB[9]! > fpA[9]!) outcome = 'queued behind READ responses';
-        else if (changed || v[SENT] !== prev[SENT]) outcome = 'accepted';
+        else if (changed || v[SENT] !== prev[SENT]) {
+          outcome = 'accepted';
+          const key = `${qp ? `${qp.type} ${qp.state}` : 'no QP'} ${OPCODES[d.buf[0]!]?.name ?? 'undefined opcode'}`;
+          res.acceptedBy[key] = (res.acceptedBy[key] ?? 0) + 1;
+        }
         else {
           outcome = 'silent';
           res.silent++;
@@ -650,6 +688,14 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
         }
       }
       res.outcomes[outcome] = (res.outcomes[outcome] ?? 0) + 1;
+      if (qp) {
+        // Per QP, the last datagrams and what became of them: a throw is reported with the sequence that led to it.
+        let h = history.get(qp);
+        if (!h) history.set(qp, h = []);
+        h.push(`${outcome}: ${OPCODES[d.buf[0]!]?.name ?? d.buf[0]} psn ${((d.buf[9]! << 16) | (d.buf[10]! << 8) | d.buf[11]!).toString(16)} (${d.buf.length} B) from ${d.src}`);
+        if (h.length > 6) h.shift();
+      }
+      try { if (t.victims.revive(qp)) history.get(qp!)?.push('(re-armed: RESET, then back to its state)'); } catch (e) { thrown('re-arming a victim QP', e); }
       if (qp === p.a.qp || qp === p.b.qp) keep(forged, `${fake.now().toFixed(3)} ${outcome}: ${d.kind} from ${d.src} → ${t.devIp} QP ${qp.qpn}: ${brief(d.buf)}`);
       watch();
       fake.defer(pump);
@@ -665,7 +711,7 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
       transfer.step();
       if (sent - lastRearm >= 4096) { lastRearm = sent; for (const t of rig.targets) t.victims.rearm(); }
       if (sent >= memN) break;
-      if (++idleSteps % 64 === 0) log(`mem: ${sent}/${memN} datagrams, ${transfer.rounds} rounds`);
+      if (++idleSteps % 512 === 0) log(`mem: ${sent}/${memN} datagrams, ${transfer.rounds} rounds`);
     }
     // Let the last round finish (bounded in fake time).
     for (let ms = 0; ms < 20_000 && transfer.active; ms += 1) {
@@ -754,6 +800,7 @@ export function report(r: FuzzResult): string {
     'kinds:', ...Object.entries(r.kinds).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
     'receive counters (all traffic, fuzzed devices):', ...Object.entries(r.drops).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
     'outcome of each in-memory datagram:', ...Object.entries(r.outcomes).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
+    `accepted, by QP type, state after, opcode: ${Object.keys(r.acceptedBy).length} kinds, e.g. ${Object.entries(r.acceptedBy).sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => `${k} ${n}`).join('; ')}`,
     ...r.accounting.map((a) => `accounting ${a.device}: rcvd_pkts ${a.rcvdPkts}, datagrams delivered ${a.delivered}`),
     `udp: ${r.udp.sent} sent, rcvd_pkts ${r.udp.rcvdPkts} at the target`,
     `thrown: ${r.thrown.length}`, ...r.thrown.map((x) => `  ${x}`),
