@@ -50,10 +50,10 @@ export const GUARD_BYTES = 4096;
 
 /**
  * Buffers that are slices of a larger allocation, with random (seeded) guard
- * bytes before and after. A transport bug that writes past the end of a
- * region, or before its start, changes the guards; registered memory alone
- * cannot show that, since Buffer writes past a slice's end land in whatever
- * the allocation holds next.
+ * bytes before and after. A write that misses its region (through the
+ * underlying ArrayBuffer, from native code, at an offset computed without
+ * the region's byteOffset or bounds) lands in the guards, where a check of
+ * the region's own bytes would never see it.
  */
 export class Guards {
   private readonly list: Array<{ whole: Buffer; size: number; before: Buffer; after: Buffer }> = [];
