@@ -108,6 +108,10 @@ export class RdResource {
   atomic = false;
   orig = 0n;
   msn = 0;
+  /** READ: the request as first received; a duplicate must ask for the same R_Key and a part of this range */
+  va = 0n;
+  len = 0;
+  rkey = 0;
 }
 
 /** The boolean flags of a send WR (checked per post: a module constant, no array per call). */

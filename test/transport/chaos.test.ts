@@ -3,7 +3,8 @@
  * (127.0.10.1 ↔ 127.0.10.2): 5% loss, 5% reordering, 1% duplication and
  * 0.1% corruption on every receive path. 10,000 SENDs of random sizes and a
  * 64 MiB RDMA WRITE arrive byte for byte, in order, nothing twice; 1,000
- * FETCH_AND_ADDs add exactly 1,000. The seed is SOFTROCE_SEED or a fresh
+ * FETCH_AND_ADDs add exactly 1,000. Every region is a slice of a larger
+ * buffer with guard bytes on both sides, checked at the end. The seed is SOFTROCE_SEED or a fresh
  * one (printed, to replay a failure).
  */
 import t from 'tap';
@@ -28,7 +29,7 @@ function message(i: number, out: Buffer, at: number): number {
 }
 
 t.test('10,000 SENDs of random sizes', async (t) => {
-  const p = await makePair({ mode: 'udp', addrs: ['127.0.10.1', '127.0.10.2'], mtu: 4096, faults, icrcIpv4, memSize: 64 * 8192, sendWr: 256, recvWr: 256, timeout: 8 });
+  const p = await makePair({ mode: 'udp', addrs: ['127.0.10.1', '127.0.10.2'], mtu: 4096, faults, icrcIpv4, memSize: 64 * 8192, sendWr: 256, recvWr: 256, timeout: 8, guard: true });
   const { a, b } = p;
   const N = 10_000;
   const slots = 32;
@@ -77,6 +78,7 @@ t.test('10,000 SENDs of random sizes', async (t) => {
   await new Promise((r) => setTimeout(r, 200));
   t.equal(b.rcq.length, 0, 'nothing delivered twice after the end');
   const cb = b.dev.counters();
+  t.same(p.checkGuards(), [], 'no write outside the registered regions');
   t.comment(`faults at the receiver: ${JSON.stringify(b.dev.faults!.stats)}; duplicates ${cb['duplicate_request']}, out of sequence ${cb['out_of_sequence']}, ICRC drops ${cb['rcvd_icrc_err']}`);
   t.ok(cb['duplicate_request']! > 0 && cb['rcvd_icrc_err']! + cb['rcvd_malformed']! > 0, 'faults really happened');
   await p.close();
@@ -84,7 +86,7 @@ t.test('10,000 SENDs of random sizes', async (t) => {
 
 t.test('a 64 MiB RDMA WRITE and 1,000 FETCH_AND_ADDs', async (t) => {
   const size = 64 << 20;
-  const p = await makePair({ mode: 'udp', addrs: ['127.0.10.3', '127.0.10.4'], mtu: 4096, faults: { ...faults, seed: seed + 11 }, icrcIpv4, memSize: size, timeout: 8 });
+  const p = await makePair({ mode: 'udp', addrs: ['127.0.10.3', '127.0.10.4'], mtu: 4096, faults: { ...faults, seed: seed + 11 }, icrcIpv4, memSize: size, timeout: 8, guard: true });
   const { a, b } = p;
   const r = new Rng(seed);
   for (let i = 0; i < size; i += 4) a.mem.writeUInt32LE(r.next(), i);
@@ -107,6 +109,7 @@ t.test('a 64 MiB RDMA WRITE and 1,000 FETCH_AND_ADDs', async (t) => {
   }
   t.equal(ok, N, 'every atomic completed');
   t.equal(b.mem.readBigUInt64LE(4096), 123_456n + BigInt(N), 'the target is exactly +1,000: no atomic ran twice');
+  t.same(p.checkGuards(), [], 'no write outside the registered regions');
   t.comment(`counters: requester ${JSON.stringify(a.dev.counters())}`);
   await p.close();
 });

@@ -10,7 +10,14 @@ import { MemNetwork, type FaultOptions } from '../../src/roce/link/link.js';
 import type { Mtu } from '../../src/roce/opcode.js';
 
 export interface Side { dev: Device; pd: Pd; scq: Cq; rcq: Cq; qp: Qp; mem: Buffer; mr: Mr; srq?: Srq }
-export interface Pair { a: Side; b: Side; sched: Scheduler; fake: FakeScheduler | null; net: MemNetwork | null; close(): Promise<void> }
+export interface Pair {
+  a: Side; b: Side; sched: Scheduler; fake: FakeScheduler | null; net: MemNetwork | null;
+  /** A `size`-byte Buffer inside a larger one, with random guard bytes before and after that checkGuards() verifies. */
+  guarded(size: number): Buffer;
+  /** One line per guarded buffer whose guard bytes changed (an out-of-region write); empty when all are intact. */
+  checkGuards(): string[];
+  close(): Promise<void>;
+}
 
 export interface PairOptions {
   mode?: 'mem' | 'udp';
@@ -34,6 +41,48 @@ export interface PairOptions {
   sigAll?: boolean;
   maxSge?: number;
   maxInline?: number;
+  /** a.mem and b.mem are guarded buffers (Pair.guarded): a write outside them shows in checkGuards() */
+  guard?: boolean;
+}
+
+/** Guard bytes on each side of a guarded buffer: more than one MTU, so a packet-sized overrun lands inside. */
+export const GUARD_BYTES = 4096;
+
+/**
+ * Buffers that are slices of a larger allocation, with random (seeded) guard
+ * bytes before and after. A write that misses its region (through the
+ * underlying ArrayBuffer, from native code, at an offset computed without
+ * the region's byteOffset or bounds) lands in the guards, where a check of
+ * the region's own bytes would never see it.
+ */
+export class Guards {
+  private readonly list: Array<{ whole: Buffer; size: number; before: Buffer; after: Buffer }> = [];
+  private seed: number;
+  constructor(seed = 0x5eed) {
+    this.seed = seed;
+  }
+  alloc(size: number): Buffer {
+    const whole = Buffer.alloc(size + 2 * GUARD_BYTES);
+    const g = Buffer.alloc(2 * GUARD_BYTES);
+    fill(g, this.seed++);
+    g.copy(whole, 0, 0, GUARD_BYTES);
+    g.copy(whole, GUARD_BYTES + size, GUARD_BYTES);
+    this.list.push({ whole, size, before: g.subarray(0, GUARD_BYTES), after: g.subarray(GUARD_BYTES) });
+    return whole.subarray(GUARD_BYTES, GUARD_BYTES + size);
+  }
+  check(): string[] {
+    const out: string[] = [];
+    this.list.forEach((e, i) => {
+      const pre = e.whole.subarray(0, GUARD_BYTES);
+      const post = e.whole.subarray(GUARD_BYTES + e.size);
+      const first = (x: Buffer, y: Buffer): number => { for (let k = 0; k < x.length; k++) if (x[k] !== y[k]) return k; return -1; };
+      const b = first(pre, e.before);
+      const a = first(post, e.after);
+      if (b >= 0) out.push(`buffer ${i} (${e.size} B): guard before changed, first at ${b - GUARD_BYTES} from the start`);
+      if (a >= 0) out.push(`buffer ${i} (${e.size} B): guard after changed, first at ${a} past the end`);
+    });
+    return out;
+  }
 }
 
 export async function makePair(o: PairOptions = {}): Promise<Pair> {
@@ -50,6 +99,7 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
   const da = await openDevice(devOpts(ipA, 0));
   const db = await openDevice(devOpts(ipB, 1));
   const type = o.type ?? 'RC';
+  const guards = new Guards();
   const side = (dev: Device): Side => {
     const pd = dev.allocPd();
     const depth = o.cqDepth ?? 4096;
@@ -60,7 +110,7 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
       type, sendCq: scq, recvCq: rcq, ...(srq ? { srq } : {}), sigAll: o.sigAll ?? true,
       cap: { maxSendWr: o.sendWr ?? 1024, maxRecvWr: o.recvWr ?? 1024, maxSendSge: o.maxSge ?? 4, maxRecvSge: o.maxSge ?? 4, maxInline: o.maxInline ?? 256 },
     });
-    const mem = Buffer.alloc(o.memSize ?? 1 << 20);
+    const mem = o.guard ? guards.alloc(o.memSize ?? 1 << 20) : Buffer.alloc(o.memSize ?? 1 << 20);
     const mr = pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC']);
     return { dev, pd, scq, rcq, qp, mem, mr, ...(srq ? { srq } : {}) };
   };
@@ -79,6 +129,8 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
   }
   return {
     a, b, sched: fake ?? da.sched, fake, net,
+    guarded: (size) => guards.alloc(size),
+    checkGuards: () => guards.check(),
     async close() { await da.close(); await db.close(); },
   };
 }

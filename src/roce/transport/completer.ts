@@ -274,7 +274,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
   // sent before a go-back-N rewind is real (rxe compares with the WQE's PSNs). A PSN never sent,
   // or a response with no WQE outstanding, is forged or corrupt: it completes nothing.
   if (qp.sqHead >= qp.sqTail || psnDiff(psn, qp.req.maxPsn) >= 0) { counters[C.rcvd_bad_psn]!++; return; }
-  if (psnDiff(psn, qp.comp.psn) < 0) return; // older than anything outstanding: a duplicate
+  if (psnDiff(psn, qp.comp.psn) < 0) { counters[C.rcvd_stale_resp]!++; return; } // older than anything outstanding: a duplicate
   const cap = qp.cap.maxSendWr;
 
   if (p.opcode === 0x11) { // ACKNOWLEDGE
@@ -337,14 +337,15 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     return;
   }
   if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
-  if (qp.sqHead >= qp.sqTail) return;
+  if (qp.sqHead >= qp.sqTail) { counters[C.rcvd_stale_resp]!++; return; }
   const w = qp.sq[qp.sqHead % cap]!;
 
   if (mask & Op.READ) {
-    if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) return;
+    if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) { counters[C.rcvd_stale_resp]!++; return; }
     const gap = psnDiff(psn, qp.comp.psn);
     if (gap !== 0) {
       // A missing READ response: ask again from the first one missing (once per PSN).
+      counters[C.rcvd_stale_resp]!++;
       if (gap > 0 && qp.comp.retriedAt !== qp.comp.psn) retry(qp);
       return;
     }
@@ -366,7 +367,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     return;
   }
   if (p.opcode === 0x12) { // ATOMIC_ACKNOWLEDGE
-    if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) return;
+    if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) { counters[C.rcvd_stale_resp]!++; return; }
     if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return; }
     // The original value lands in host order, as ibv atomics deliver it, scattered over the
     // WR's SGEs (8 bytes in all, checked at post) as rxe's completer copies it.

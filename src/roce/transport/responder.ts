@@ -146,7 +146,14 @@ function recvFailed(qp: Qp, wqe: RecvWqe, status: number, psn: number, byteLen: 
   if (qp.type === 'RC') sendAck(qp, aethNak(status === St.LOC_LEN_ERR ? NakCode.INVALID_REQUEST : NakCode.REMOTE_OPERATIONAL_ERROR), psn);
   if (!completeRecv(qp, wqe, status, byteLen, mask, se)) return;
   if (qp.type === 'RC' || status === St.LOC_PROT_ERR) qp.setState('ERR');
-  else if (qp.type === 'UC') { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
+  else if (qp.type === 'UC') {
+    // UC: the message is over (its WQE completed with the error), so the opcode sequence restarts
+    // too; left inside the message, a following MIDDLE/LAST would be scattered into the WQE just
+    // cleared (a TypeError out of the receive path) and a new FIRST refused. (Found by the fuzzer.)
+    r.dropMsg = !(mask & Op.END);
+    r.psn = psnAdd(psn, 1);
+    r.lastOp = -1;
+  }
 }
 
 /**
@@ -297,7 +304,10 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
         if (qp.type === 'RC') {
           v[C.send_rnr_err]!++;
           sendAck(qp, aethRnrNak(qp.minRnrTimer), psn); // IBA 9.7.5.2.8: retry this PSN later
-        } else if (qp.type === 'UC') { r.dropMsg = true; r.psn = psnAdd(psn, 1); }
+        } else {
+          v[C.rcvd_no_recv_wqe]!++;
+          if (qp.type === 'UC') { r.dropMsg = true; r.psn = psnAdd(psn, 1); }
+        }
         return;
       }
       r.wqe = wqe;
@@ -354,7 +364,7 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
       wqe = qp.takeRecv();
       if (!wqe) {
         if (qp.type === 'RC') { v[C.send_rnr_err]!++; sendAck(qp, aethRnrNak(qp.minRnrTimer), psn); }
-        else { r.dropMsg = false; r.psn = psnAdd(psn, 1); }
+        else { v[C.rcvd_no_recv_wqe]!++; r.dropMsg = false; r.psn = psnAdd(psn, 1); }
         return;
       }
     }
@@ -396,6 +406,9 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
     res.psn = psn;
     res.lastPsn = psnAdd(psn, n - 1);
     res.atomic = false;
+    res.va = va;
+    res.len = len;
+    res.rkey = rkey;
     r.psn = psnAdd(psn, n);
     r.lastOp = op;
     r.nakPsn = -1;
@@ -473,6 +486,9 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
     const va = b.readBigUInt64BE(ro);
     const rkey = b.readUInt32BE(ro + 8);
     const len = b.readUInt32BE(ro + 12);
+    // Only a replay of the request that was saved: the same R_Key and a part of its range (as rxe
+    // checks a duplicate READ). Anything else is not the peer going back: dropped, as counted above.
+    if (rkey !== res.rkey || va < res.va || BigInt(len) > BigInt(res.len) || va + BigInt(len) > res.va + BigInt(res.len)) return;
     const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
     const mr = len === 0 ? null : mrHit;
     // The MR went away (dereg, invalidation) since the first request: the replay is a remote
