@@ -251,8 +251,8 @@ export class Device extends EventEmitter {
   addPort(link: Link, netdev: string, mac: Uint8Array): Port {
     const p = new Port(this.ports.length + 1, link, netdev, mac, buildGidTable(netdev, mac, link.localIp), activeMtuFor(netdevMtu(netdev)));
     this.ports.push(p);
-    link.setReceiver((buf, len, srcIp, srcPort) => {
-      deviceRx(this, p, buf, len, srcIp, srcPort);
+    link.setReceiver((buf, len, srcIp, srcPort, ipIdDf) => {
+      deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf);
       const w = this.rxWaiter;
       if (w !== null) { this.rxWaiter = null; w(); }
     });

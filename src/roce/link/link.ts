@@ -20,7 +20,8 @@ function addrKey(ip: string, port: number): string {
   return `${ip.includes(':') ? Buffer.from(gidFromString(ip.split('%')[0]!)).toString('hex') : ip}:${port}`;
 }
 
-export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number) => void;
+/** ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1. */
+export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number) => void;
 
 export interface LinkInfo {
   readonly localIp: string;
