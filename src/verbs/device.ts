@@ -227,10 +227,11 @@ export class Device extends EventEmitter {
   readonly cqs = new Set<Cq>();
   gsi: Qp | null = null;
   /**
-   * How an incoming RoCEv2/IPv4 ICRC is checked (README, "ICRC outcomes"): 'infer-id' recovers
-   * the sender's IPv4 ID from the ICRC (any peer, rxe included); 'id-zero' requires ID 0 + DF, a
-   * full-strength check for when every peer is softroce with the native addon (or a UDP GSO
-   * segment's index, 1..63, with DF: what such a peer's batched sends carry).
+   * How an incoming RoCEv2/IPv4 ICRC is checked when the link cannot show the real IPv4 ID (with
+   * the addon and CAP_NET_RAW it can: then the full CRC-32; README, "ICRC outcomes"): 'infer-id'
+   * recovers the sender's ID from the ICRC, DF fixed, within what Linux's ID counter can have sent
+   * (any peer, rxe included); 'id-zero' requires ID 0 + DF for when every peer is softroce with the
+   * native addon (or a UDP GSO segment's index, 1..63, with DF: what such a peer's batched sends carry).
    */
   icrcIpv4: 'infer-id' | 'id-zero' = 'infer-id';
   faults: FaultInjector | null = null;

@@ -174,6 +174,19 @@ t.test('what a bounded window does not guarantee: one burst per accepted foreign
   t.ok(inferred.pass(q), "'infer-id' accepts it (as ID 0xbef0): the documented limit of an inferred ID");
   const raw = receiver('infer-id');
   t.notOk(raw.pass(q, id | 0x10000), 'with the real ID from the IP header it is rejected');
+  // The same construction for ID changes outside the window: what the old unbounded inference let
+  // through (65535 patterns per position), the window rejects.
+  let built = 0, passed = 0;
+  for (const far of [0x5a5a, 0x0100, 0x8000, 0xffff, 0x1234]) {
+    const f = burstFor(clean, 8 * 900 + 5, icrcIdDelta(16 + 8 + n - 4, far));
+    if (f.length === 0 || f.at(-1)! - f[0]! >= 32) continue;
+    built++;
+    const c = Buffer.from(clean);
+    for (const b of f) c[b >>> 3]! ^= 1 << (b & 7);
+    if (inferred.pass(c)) passed++;
+  }
+  t.equal(built, 5, 'five bursts built for far ID changes');
+  t.equal(passed, 0, "'infer-id' rejects them (the old check accepted each as another ID)");
   t.end();
 });
 

@@ -5,7 +5,9 @@
  *  - native socket (IPv4, addon built): the addon opens the socket and reads
  *    it with recvmmsg + UDP_GRO on Node's loop (native/softroce.cc); sends go
  *    out in per-turn batches with sendmmsg, runs of equal-size packets to one
- *    destination as one UDP GSO send. Nothing is allocated per packet.
+ *    destination as one UDP GSO send. Nothing is allocated per packet. With
+ *    CAP_NET_RAW a raw socket also shows each datagram's IPv4 header, so the
+ *    ICRC is checked with the real IPv4 ID (then without UDP_GRO).
  *  - dgram + addon (IPv6, or SOFTROCE_NATIVE_RX=0): Node's dgram socket with
  *    the addon's socket options and sendmmsg batching.
  *  - dgram alone (no addon).
