@@ -140,14 +140,18 @@ static void CallJs(RxWatch* w, int arg) {
   }
 }
 
-// Reads every raw copy queued so far into the ring (oldest first; when the
-// ring is full the oldest give way: their datagrams then go unmatched).
+// Reads raw copies into the ring until it is full or the socket is empty.
+// Copies come in arrival order, so the ones for the datagrams just read from
+// the UDP socket are the oldest (after any whose datagram the UDP socket
+// dropped): the ring never evicts here, or it would lose exactly those.
 static void DrainRaw(RxWatch* w) {
   struct mmsghdr msgs[MAX_SLOTS];
   struct iovec iov[MAX_SLOTS];
   uint8_t buf[MAX_SLOTS][RAW_SNAP];
-  for (int round = 0; round < 4; round++) {
-    for (int i = 0; i < MAX_SLOTS; i++) {
+  while (w->rawCount < RAW_RING) {
+    uint32_t want = RAW_RING - w->rawCount;
+    if (want > (uint32_t)MAX_SLOTS) want = MAX_SLOTS;
+    for (uint32_t i = 0; i < want; i++) {
       iov[i].iov_base = buf[i];
       iov[i].iov_len = RAW_SNAP;
       memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
@@ -155,16 +159,15 @@ static void DrainRaw(RxWatch* w) {
       msgs[i].msg_hdr.msg_iovlen = 1;
       msgs[i].msg_len = 0;
     }
-    int k = recvmmsg(w->rawFd, msgs, MAX_SLOTS, MSG_DONTWAIT, nullptr);
+    int k = recvmmsg(w->rawFd, msgs, want, MSG_DONTWAIT, nullptr);
     if (k <= 0) return;
     for (int i = 0; i < k; i++) {
-      if (w->rawCount == RAW_RING) { w->rawHead = (w->rawHead + 1) % RAW_RING; w->rawCount--; }
       uint32_t at = (w->rawHead + w->rawCount) % RAW_RING;
       memcpy(w->raw[at], buf[i], RAW_SNAP);
       w->rawLen[at] = msgs[i].msg_len < RAW_SNAP ? msgs[i].msg_len : RAW_SNAP;
       w->rawCount++;
     }
-    if (k < MAX_SLOTS) return;
+    if ((uint32_t)k < want) return;
   }
 }
 
@@ -193,6 +196,7 @@ static bool RawIs(RxWatch* w, uint32_t r, int i) {
 // older than a match belong to datagrams the UDP socket dropped: discarded.
 static void MatchRaw(RxWatch* w, int n) {
   DrainRaw(w);
+  bool missed = false;
   for (int i = 0; i < n; i++) {
     uint32_t dlen = w->meta[i * 4];
     if (dlen == 0 || w->meta[i * 4 + 1] != 0) { w->gsoLeft = 0; continue; }  // cut, or a GRO datagram: no ID
@@ -206,9 +210,11 @@ static void MatchRaw(RxWatch* w, int n) {
       }
       w->gsoLeft = 0;
     }
-    for (uint32_t j = 0; j < w->rawCount; j++) {
+    bool found = false;
+    for (uint32_t j = 0; j < w->rawCount && !found; j++) {
       uint32_t r = (w->rawHead + j) % RAW_RING;
       if (!RawIs(w, r, i)) continue;
+      found = true;
       const uint8_t* p = w->raw[r];
       if ((p[0] & 0x0f) == 5) {
         uint32_t id = ((uint32_t)p[4] << 8) | p[5];
@@ -223,9 +229,12 @@ static void MatchRaw(RxWatch* w, int n) {
       }
       w->rawHead = (r + 1) % RAW_RING;
       w->rawCount -= j + 1;
-      break;
     }
+    if (!found) missed = true;  // its copy was lost (raw socket buffer full): JS infers the ID
   }
+  // A full ring that matched nothing holds copies of datagrams the UDP socket dropped: let the
+  // oldest half go so that matching catches up.
+  if (missed && w->rawCount == RAW_RING) { w->rawHead = (w->rawHead + RAW_RING / 2) % RAW_RING; w->rawCount -= RAW_RING / 2; }
 }
 
 static void OnPoll(uv_poll_t* h, int status, int events) {

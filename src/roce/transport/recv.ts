@@ -38,10 +38,6 @@ let lastSrcIp = '', lastSrc = -1;
 
 /** Per port: which inferred IPv4 IDs each peer address may send (icrc.ts Ipv4IdWindow). */
 const windows = new WeakMap<object, Ipv4IdWindow>();
-/** @internal the port's ID window (tests replay captures with its clock) */
-export function ipv4IdWindow(port: object): Ipv4IdWindow | undefined {
-  return windows.get(port);
-}
 
 /** ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. */
 export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1): void {
