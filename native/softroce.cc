@@ -196,7 +196,6 @@ static bool RawIs(RxWatch* w, uint32_t r, int i) {
 // older than a match belong to datagrams the UDP socket dropped: discarded.
 static void MatchRaw(RxWatch* w, int n) {
   DrainRaw(w);
-  bool missed = false;
   for (int i = 0; i < n; i++) {
     uint32_t dlen = w->meta[i * 4];
     if (dlen == 0 || w->meta[i * 4 + 1] != 0) { w->gsoLeft = 0; continue; }  // cut, or a GRO datagram: no ID
@@ -211,30 +210,38 @@ static void MatchRaw(RxWatch* w, int n) {
       w->gsoLeft = 0;
     }
     bool found = false;
-    for (uint32_t j = 0; j < w->rawCount && !found; j++) {
-      uint32_t r = (w->rawHead + j) % RAW_RING;
-      if (!RawIs(w, r, i)) continue;
-      found = true;
-      const uint8_t* p = w->raw[r];
-      if ((p[0] & 0x0f) == 5) {
-        uint32_t id = ((uint32_t)p[4] << 8) | p[5];
-        uint32_t df = (p[6] & 0x40) ? 1 : 0;
-        uint32_t total = ((uint32_t)p[2] << 8) | p[3];
-        w->meta[i * 4 + 1] = 0x80000000u | (df << 30);
-        w->gsoSrc = w->meta[i * 4 + 2];
-        w->gsoPort = w->meta[i * 4 + 3];
-        w->meta[i * 4 + 3] |= id << 16;
-        // More bytes than this datagram: the first segment of a GSO send.
-        if (total > 28 + dlen) { w->gsoLeft = total - 28 - dlen; w->gsoId = id + 1; w->gsoDf = df; }
+    for (int round = 0; round < 64 && !found; round++) {
+      for (uint32_t j = 0; j < w->rawCount && !found; j++) {
+        uint32_t r = (w->rawHead + j) % RAW_RING;
+        if (!RawIs(w, r, i)) continue;
+        found = true;
+        const uint8_t* p = w->raw[r];
+        if ((p[0] & 0x0f) == 5) {
+          uint32_t id = ((uint32_t)p[4] << 8) | p[5];
+          uint32_t df = (p[6] & 0x40) ? 1 : 0;
+          uint32_t total = ((uint32_t)p[2] << 8) | p[3];
+          w->meta[i * 4 + 1] = 0x80000000u | (df << 30);
+          w->gsoSrc = w->meta[i * 4 + 2];
+          w->gsoPort = w->meta[i * 4 + 3];
+          w->meta[i * 4 + 3] |= id << 16;
+          // More bytes than this datagram: the first segment of a GSO send.
+          if (total > 28 + dlen) { w->gsoLeft = total - 28 - dlen; w->gsoId = id + 1; w->gsoDf = df; }
+        }
+        // Copies before it are of datagrams the UDP socket dropped.
+        w->rawHead = (r + 1) % RAW_RING;
+        w->rawCount -= j + 1;
       }
-      w->rawHead = (r + 1) % RAW_RING;
-      w->rawCount -= j + 1;
+      // Not in a full ring: the raw socket (twice the UDP socket's buffer) keeps a copy of every
+      // datagram the UDP socket keeps, so all of these are older, of datagrams the UDP socket
+      // dropped (after an overflow there can be thousands): discard them and read on. A ring that
+      // is not full holds everything queued, possibly copies of datagrams not read yet: kept.
+      if (found || w->rawCount < RAW_RING) break;
+      w->rawHead = 0;
+      w->rawCount = 0;
+      DrainRaw(w);
     }
-    if (!found) missed = true;  // its copy was lost (raw socket buffer full): JS infers the ID
+    // Not found: its copy was lost after all; JS infers this datagram's ID.
   }
-  // A full ring that matched nothing holds copies of datagrams the UDP socket dropped: let the
-  // oldest half go so that matching catches up.
-  if (missed && w->rawCount == RAW_RING) { w->rawHead = (w->rawHead + RAW_RING / 2) % RAW_RING; w->rawCount -= RAW_RING / 2; }
 }
 
 static void OnPoll(uv_poll_t* h, int status, int events) {
@@ -362,7 +369,7 @@ static Napi::Value RxStop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// rawOpen4(ipv4: number, port: number, netdev: string) -> fd or -errno (EPERM without CAP_NET_RAW)
+// rawOpen4(ipv4: number, port: number, netdev: string, bufBytes?: number) -> fd or -errno (EPERM without CAP_NET_RAW)
 // A non-blocking raw IPPROTO_UDP socket that sees a copy of every IPv4 UDP
 // datagram to ip:port, cut to its headers and BTH by a socket filter (so a
 // copy costs little and no other traffic reaches it). It never sends. Linux
@@ -397,7 +404,9 @@ static Napi::Value RawOpen4(const Napi::CallbackInfo& info) {
   if (!ifname.empty() && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname.c_str(), (socklen_t)ifname.size()) < 0) {
     int e = errno; close(fd); return Napi::Number::New(env, -e);
   }
-  int bytes = 4 << 20;
+  // Each copy is charged the whole packet's truesize (a clone), so with twice the UDP socket's
+  // buffer the raw socket does not drop a copy whose datagram the UDP socket keeps.
+  int bytes = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int32Value() : 8 << 20;
   if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
   uint8_t junk[RAW_SNAP];
   for (int i = 0; i < 4096 && recv(fd, junk, sizeof junk, MSG_DONTWAIT) >= 0; i++) {}

@@ -22,7 +22,7 @@ export interface NativeAddon {
   rxWantWrite?(h: object): void;
   rxStop?(h: object, done?: () => void): void;
   /** a raw IPPROTO_UDP socket that sees the headers + BTH of datagrams to ipv4:port, or -errno (EPERM without CAP_NET_RAW) */
-  rawOpen4?(ipv4: number, port: number, netdev: string): number;
+  rawOpen4?(ipv4: number, port: number, netdev: string, bufBytes?: number): number;
   /** rx watch `h` also reads rawFd and reports each datagram's IPv4 ID in meta (the watch closes rawFd) */
   rxAttachRaw?(h: object, rawFd: number): number;
   constants: Record<string, number>;

@@ -362,6 +362,28 @@ t.test('raw receive on loopback: the real IPv4 ID is used', { skip: rawSkip }, a
   n.sendPackets(fd, segs, [1840, 1840, 1840], 3, dst, DPORT, 1840);
   t.equal(await settle('rcvd_unknown_qp', 4), 4, 'the three GSO segments pass with their real IDs');
   t.equal(counters()['rcvd_icrc_err'], 2, 'no other ICRC drop');
+
+  // Overflow: 20000 packets while this loop is busy sending them overflow both sockets' buffers.
+  // The datagrams the UDP socket kept must still be matched to their own raw copies (a wrong match
+  // would show as an ICRC drop), and once the queues are drained every datagram has its ID again.
+  let known = 0, unknown = 0;
+  const l = dev.ports[0]!.link as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
+  const inner = l.rx;
+  l.rx = (b, len, ip, port, id) => { if (id !== undefined && id >= 0) known++; else unknown++; inner(b, len, ip, port, id); };
+  const before = counters()['rcvd_unknown_qp']!;
+  for (let k = 0; k < 20000; k++) n.sendPackets(fd, [mk(0, 1000 + k)], [1840], 1, dst, DPORT, 0);
+  for (let i = 0; i < 50; i++) await new Promise((r) => setTimeout(r, 10));
+  const kept = counters()['rcvd_unknown_qp']! - before;
+  t.ok(kept > 0 && counters()['rcvd_icrc_err'] === 2, `overflow: ${kept} of 20000 kept, all passed`);
+  t.same({ known, unknown }, { known: kept, unknown: 0 }, 'each kept one matched to its raw copy (the raw buffer is twice the UDP one)');
+  known = unknown = 0;
+  for (let b = 0; b < 10; b++) {
+    for (let k = 0; k < 50; k++) n.sendPackets(fd, [mk(0, 50000 + b * 50 + k)], [1840], 1, dst, DPORT, 0);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  t.equal(await settle('rcvd_unknown_qp', before + kept + 500), before + kept + 500, 'after it: 500 paced packets pass');
+  t.same({ known, unknown }, { known: 500, unknown: 0 }, 'each with the real ID from its raw copy');
+  t.equal(counters()['rcvd_icrc_err'], 2, 'and no ICRC drop');
   closeSync(fd);
   await dev.close();
 });

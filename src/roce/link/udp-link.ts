@@ -155,7 +155,7 @@ export class UdpLink extends EventEmitter implements Link {
     // with the sender's real ID (all 32 bits) instead of an inferred one (README, "ICRC outcomes").
     // Without it (EPERM) the receive path stays as it is. SOFTROCE_RAW_RX=0 turns it off.
     if (n.rawOpen4 && n.rxAttachRaw && ip > 0 && (o.rawRx ?? 'auto') !== 'off' && process.env['SOFTROCE_RAW_RX'] !== '0') {
-      const rfd = n.rawOpen4(ip, link.localPort, o.netdev ?? '');
+      const rfd = n.rawOpen4(ip, link.localPort, o.netdev ?? '', 2 * (o.socketBufferBytes ?? 4 << 20));
       if (rfd >= 0) link.rawRx = n.rxAttachRaw(link.rxHandle, rfd) === 0;
       if (!link.rawRx && o.rawRx === 'on') throw new VerbsError('EPERM', 'ibv_open_device', `raw receive socket: errno ${-rfd}`, 'rawRx');
     }

@@ -38,6 +38,7 @@ let lastSrcIp = '', lastSrc = -1;
 
 /** Per port: which inferred IPv4 IDs each peer address may send (icrc.ts Ipv4IdWindow). */
 const windows = new WeakMap<object, Ipv4IdWindow>();
+let lastWinPort: object | null = null, lastWin: Ipv4IdWindow | undefined;
 
 /** ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. */
 export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1): void {
@@ -54,8 +55,9 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     else { src = parseIpv4(srcIp); lastSrcIp = srcIp; lastSrc = src; }
     if (src < 0) { v[C.rcvd_bad_addr]!++; return; }
     // The real IPv4 ID when the link read the IP header (full CRC-32), else a bounded inference (icrc.ts).
-    let win = windows.get(port);
+    let win = port === lastWinPort ? lastWin : windows.get(port);
     if (win === undefined) { win = new Ipv4IdWindow(); windows.set(port, win); }
+    lastWinPort = port; lastWin = win;
     const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (r < 0) { v[C.rcvd_icrc_err]!++; return; }
     ipId = r & 0xffff;
