@@ -190,18 +190,18 @@ static bool RawIs(RxWatch* w, uint32_t r, int i) {
 }
 
 // For each of the n datagrams just read, finds its raw copy and puts the
-// sender's IPv4 ID and DF into meta: meta[4i+1] = 1 << 31 (ID known) |
-// DF << 30, meta[4i+3] |= ID << 16. A datagram with IP options gets none (the
+// sender's IPv4 ID and DF into meta: meta[4i+1] |= 1 << 31 (ID known) |
+// DF << 30, meta[4i+3] |= ID << 16 (for a GRO datagram: its first segment's). A datagram with IP options gets none (the
 // ICRC of such a packet cannot be checked against a UDP view anyway). Copies
 // older than a match belong to datagrams the UDP socket dropped: discarded.
 static void MatchRaw(RxWatch* w, int n) {
   DrainRaw(w);
   for (int i = 0; i < n; i++) {
     uint32_t dlen = w->meta[i * 4];
-    if (dlen == 0 || w->meta[i * 4 + 1] != 0) { w->gsoLeft = 0; continue; }  // cut, or a GRO datagram: no ID
+    if (dlen == 0) { w->gsoLeft = 0; continue; }  // cut: JS drops it
     if (w->gsoLeft > 0) {
       if (w->meta[i * 4 + 2] == w->gsoSrc && w->meta[i * 4 + 3] == w->gsoPort && dlen <= w->gsoLeft) {
-        w->meta[i * 4 + 1] = 0x80000000u | (w->gsoDf << 30);
+        w->meta[i * 4 + 1] |= 0x80000000u | (w->gsoDf << 30);
         w->meta[i * 4 + 3] |= (w->gsoId & 0xffff) << 16;
         w->gsoId++;
         w->gsoLeft -= dlen;
@@ -220,7 +220,7 @@ static void MatchRaw(RxWatch* w, int n) {
           uint32_t id = ((uint32_t)p[4] << 8) | p[5];
           uint32_t df = (p[6] & 0x40) ? 1 : 0;
           uint32_t total = ((uint32_t)p[2] << 8) | p[3];
-          w->meta[i * 4 + 1] = 0x80000000u | (df << 30);
+          w->meta[i * 4 + 1] |= 0x80000000u | (df << 30);
           w->gsoSrc = w->meta[i * 4 + 2];
           w->gsoPort = w->meta[i * 4 + 3];
           w->meta[i * 4 + 3] |= id << 16;
@@ -413,16 +413,20 @@ static Napi::Value RawOpen4(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// rxAttachRaw(handle, rawFd): from now on each poll also reads rawFd and
-// marks the datagrams whose IPv4 ID it saw (see MatchRaw). The watch owns
-// rawFd from here and closes it with the UDP socket.
+// rxAttachRaw(handle, rawFd, keepGro): from now on each poll also reads rawFd
+// and marks the datagrams whose IPv4 ID it saw (see MatchRaw). The watch owns
+// rawFd from here and closes it with the UDP socket. keepGro: the socket is on
+// loopback, where nothing is GRO-merged: a GRO datagram there is a sender's
+// GSO send, whose segments have IDs counting on from the first (JS numbers
+// them), so UDP GRO can stay on.
 static Napi::Value RxAttachRaw(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsExternal()) return Napi::Number::New(env, -EINVAL);
   RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
   if (w->closing || w->rawFd >= 0) return Napi::Number::New(env, -EINVAL);
   w->rawFd = info[1].As<Napi::Number>().Int32Value();
-  // No UDP GRO from here: a datagram coalesced from several keeps only the first one's IPv4
+  if (info.Length() > 2 && info[2].ToBoolean().Value()) return Napi::Number::New(env, 0);
+  // Elsewhere no UDP GRO from here: a datagram coalesced from several keeps only the first one's IPv4
   // header (UDP GRO does not require the IDs to count on), so the others' IDs would be lost.
   // Without it a NIC delivers each datagram with its own header, and loopback delivers a
   // GSO send as one raw copy followed by its segments (MatchRaw numbers them).

@@ -387,3 +387,31 @@ t.test('raw receive on loopback: the real IPv4 ID is used', { skip: rawSkip }, a
   closeSync(fd);
   await dev.close();
 });
+
+t.test('raw receive without UDP GRO (as off loopback): a GSO send is one raw copy for several datagrams', { skip: rawSkip }, async (t) => {
+  const n = native!;
+  process.env['SOFTROCE_RAW_GRO'] = '0';
+  const dev = await openDevice({ address: '127.0.44.4' });
+  delete process.env['SOFTROCE_RAW_GRO'];
+  const fd = n.udpOpen4!(0x7f002c03, 0, 1 << 20, '');
+  const sport = n.localPort!(fd);
+  const dst = 0x7f002c04;
+  const mk = (id: number, seed: number): Buffer => {
+    const p = packet(1840, seed, 0, sport);
+    writeIcrc(p, p.length - 4, icrcV2Ipv4Parts(0x7f002c03, dst, id, 0x4000, sport, DPORT, p, 0, p.length - 4));
+    return p;
+  };
+  let known = 0, unknown = 0;
+  const l = dev.ports[0]!.link as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
+  const inner = l.rx;
+  l.rx = (b, len, ip, port, id) => { if (id !== undefined && id >= 0) known++; else unknown++; inner(b, len, ip, port, id); };
+  for (let k = 0; k < 20; k++) {
+    const segs = [0, 1, 2, 3, 4].map((i) => mk(i, 100 * k + i));
+    n.sendPackets(fd, segs, segs.map(() => 1840), 5, dst, DPORT, 1840);
+  }
+  for (let i = 0; i < 200 && dev.counters()['rcvd_unknown_qp']! < 100; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(dev.counters()['rcvd_unknown_qp'], 100, '20 GSO sends of 5 segments: all 100 pass');
+  t.same({ known, unknown, icrcErr: dev.counters()['rcvd_icrc_err'] }, { known: 100, unknown: 0, icrcErr: 0 }, 'each with its real ID (segment k: first ID + k)');
+  closeSync(fd);
+  await dev.close();
+});

@@ -7,7 +7,8 @@
  *    out in per-turn batches with sendmmsg, runs of equal-size packets to one
  *    destination as one UDP GSO send. Nothing is allocated per packet. With
  *    CAP_NET_RAW a raw socket also shows each datagram's IPv4 header, so the
- *    ICRC is checked with the real IPv4 ID (then without UDP_GRO).
+ *    ICRC is checked with the real IPv4 ID (then without UDP_GRO, except on
+ *    loopback).
  *  - dgram + addon (IPv6, or SOFTROCE_NATIVE_RX=0): Node's dgram socket with
  *    the addon's socket options and sendmmsg batching.
  *  - dgram alone (no addon).
@@ -156,7 +157,10 @@ export class UdpLink extends EventEmitter implements Link {
     // Without it (EPERM) the receive path stays as it is. SOFTROCE_RAW_RX=0 turns it off.
     if (n.rawOpen4 && n.rxAttachRaw && ip > 0 && (o.rawRx ?? 'auto') !== 'off' && process.env['SOFTROCE_RAW_RX'] !== '0') {
       const rfd = n.rawOpen4(ip, link.localPort, o.netdev ?? '', 2 * (o.socketBufferBytes ?? 4 << 20));
-      if (rfd >= 0) link.rawRx = n.rxAttachRaw(link.rxHandle, rfd) === 0;
+      // On loopback (127/8) UDP GRO stays on: nothing is merged there, see rxAttachRaw
+      // (SOFTROCE_RAW_GRO=0 turns it off there too, as everywhere else: for tests).
+      const keepGro = ip >>> 24 === 127 && process.env['SOFTROCE_RAW_GRO'] !== '0';
+      if (rfd >= 0) link.rawRx = n.rxAttachRaw(link.rxHandle, rfd, keepGro) === 0;
       if (!link.rawRx && o.rawRx === 'on') throw new VerbsError('EPERM', 'ibv_open_device', `raw receive socket: errno ${-rfd}`, 'rawRx');
     }
     return link;
@@ -188,9 +192,9 @@ export class UdpLink extends EventEmitter implements Link {
         const l = Math.min(seg, len - off);
         slot.copy(segBuf, 0, off, off + l);
         st.rxGroSegments++;
-        // The IP header seen is the first segment's; the others' IDs are inferred (Linux numbers
-        // GSO segments on, but GRO may also merge DF datagrams with equal IDs).
-        this.rx(segBuf, l, this.lastIpStr, port, off === 0 ? ipIdDf : -1);
+        // Raw receive keeps GRO on loopback only, where a GRO datagram is one GSO send: Linux
+        // numbers its segments' IDs on from the first (inet_gso_segment).
+        this.rx(segBuf, l, this.lastIpStr, port, ipIdDf < 0 ? -1 : ((ipIdDf + off / seg) & 0xffff) | (ipIdDf & 0x10000));
         if (!this.rx) break;
       }
     }
