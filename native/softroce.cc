@@ -24,6 +24,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <netinet/ip.h>
+#include <linux/filter.h>
 #include <arpa/inet.h>
 #include <sys/uio.h>
 #include <fcntl.h>
@@ -89,6 +91,13 @@ static Napi::Value LocalPort(const Napi::CallbackInfo& info) {
 }
 
 static const int MAX_SLOTS = 64;
+// Raw copies kept for matching: a poll reads at most MAX_SLOTS UDP datagrams,
+// whose raw copies are queued before them (raw_local_deliver runs before the
+// UDP handler), so twice that is room for those plus copies of datagrams the
+// UDP socket has not handed over yet.
+static const uint32_t RAW_RING = 2 * MAX_SLOTS;
+// IPv4 header (up to 60) + UDP (8) + BTH (12); the raw socket's filter cuts each copy to this.
+static const uint32_t RAW_SNAP = 60 + 8 + 12;
 
 struct RxWatch {
   uv_poll_t poll;
@@ -108,6 +117,15 @@ struct RxWatch {
   struct iovec iov[MAX_SLOTS];
   struct sockaddr_in from[MAX_SLOTS];
   char ctrl[MAX_SLOTS][CMSG_SPACE(sizeof(int))];
+  // Raw receive (rxAttachRaw): the IPv4 + UDP headers and BTH of each datagram
+  // as a raw IPPROTO_UDP socket saw it, to give JS the sender's IPv4 ID.
+  int rawFd = -1;
+  uint32_t rawHead = 0, rawCount = 0;
+  uint8_t raw[RAW_RING][RAW_SNAP];
+  uint32_t rawLen[RAW_RING];
+  // The raw copy of a UDP GSO send that Linux segments only on delivery (loopback) is one
+  // copy for several datagrams; they follow in order with IDs counting on (inet_gso_segment).
+  uint32_t gsoLeft = 0, gsoId = 0, gsoDf = 0, gsoSrc = 0, gsoPort = 0;
 };
 
 static void CallJs(RxWatch* w, int arg) {
@@ -119,6 +137,110 @@ static void CallJs(RxWatch* w, int arg) {
   if (env.IsExceptionPending()) {
     Napi::Error e = env.GetAndClearPendingException();
     napi_fatal_exception(w->env, e.Value());
+  }
+}
+
+// Reads raw copies into the ring until it is full or the socket is empty.
+// Copies come in arrival order, so the ones for the datagrams just read from
+// the UDP socket are the oldest (after any whose datagram the UDP socket
+// dropped): the ring never evicts here, or it would lose exactly those.
+static void DrainRaw(RxWatch* w) {
+  struct mmsghdr msgs[MAX_SLOTS];
+  struct iovec iov[MAX_SLOTS];
+  uint8_t buf[MAX_SLOTS][RAW_SNAP];
+  while (w->rawCount < RAW_RING) {
+    uint32_t want = RAW_RING - w->rawCount;
+    if (want > (uint32_t)MAX_SLOTS) want = MAX_SLOTS;
+    for (uint32_t i = 0; i < want; i++) {
+      iov[i].iov_base = buf[i];
+      iov[i].iov_len = RAW_SNAP;
+      memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+      msgs[i].msg_hdr.msg_iov = &iov[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+      msgs[i].msg_len = 0;
+    }
+    int k = recvmmsg(w->rawFd, msgs, want, MSG_DONTWAIT, nullptr);
+    if (k <= 0) return;
+    for (int i = 0; i < k; i++) {
+      uint32_t at = (w->rawHead + w->rawCount) % RAW_RING;
+      memcpy(w->raw[at], buf[i], RAW_SNAP);
+      w->rawLen[at] = msgs[i].msg_len < RAW_SNAP ? msgs[i].msg_len : RAW_SNAP;
+      w->rawCount++;
+    }
+    if ((uint32_t)k < want) return;
+  }
+}
+
+// Whether raw copy r is datagram i: same source address and port, and the
+// same first bytes of the IB packet (BTH: opcode, QPN, PSN). Both views come
+// from one skb, so a corrupted packet matches its own (equally corrupted) copy.
+static bool RawIs(RxWatch* w, uint32_t r, int i) {
+  const uint8_t* p = w->raw[r];
+  uint32_t len = w->rawLen[r];
+  if (len < 20) return false;
+  uint32_t ihl = (uint32_t)(p[0] & 0x0f) * 4;
+  if ((p[0] >> 4) != 4 || ihl < 20 || len < ihl + 8) return false;
+  uint32_t src = ((uint32_t)p[12] << 24) | ((uint32_t)p[13] << 16) | ((uint32_t)p[14] << 8) | p[15];
+  uint32_t sport = ((uint32_t)p[ihl] << 8) | p[ihl + 1];
+  if (src != w->meta[i * 4 + 2] || sport != w->meta[i * 4 + 3]) return false;
+  uint32_t have = len - ihl - 8, dlen = w->msgs[i].msg_len;
+  uint32_t cmp = have < 12 ? have : 12;
+  if (cmp > dlen) cmp = dlen;
+  return memcmp(p + ihl + 8, w->data + (size_t)i * w->slotSize, cmp) == 0;
+}
+
+// For each of the n datagrams just read, finds its raw copy and puts the
+// sender's IPv4 ID and DF into meta: meta[4i+1] |= 1 << 31 (ID known) |
+// DF << 30, meta[4i+3] |= ID << 16 (for a GRO datagram: its first segment's). A datagram with IP options gets none (the
+// ICRC of such a packet cannot be checked against a UDP view anyway). Copies
+// older than a match belong to datagrams the UDP socket dropped: discarded.
+static void MatchRaw(RxWatch* w, int n) {
+  DrainRaw(w);
+  for (int i = 0; i < n; i++) {
+    uint32_t dlen = w->meta[i * 4];
+    if (dlen == 0) { w->gsoLeft = 0; continue; }  // cut: JS drops it
+    if (w->gsoLeft > 0) {
+      if (w->meta[i * 4 + 2] == w->gsoSrc && w->meta[i * 4 + 3] == w->gsoPort && dlen <= w->gsoLeft) {
+        w->meta[i * 4 + 1] |= 0x80000000u | (w->gsoDf << 30);
+        w->meta[i * 4 + 3] |= (w->gsoId & 0xffff) << 16;
+        w->gsoId++;
+        w->gsoLeft -= dlen;
+        continue;
+      }
+      w->gsoLeft = 0;
+    }
+    bool found = false;
+    for (int round = 0; round < 64 && !found; round++) {
+      for (uint32_t j = 0; j < w->rawCount && !found; j++) {
+        uint32_t r = (w->rawHead + j) % RAW_RING;
+        if (!RawIs(w, r, i)) continue;
+        found = true;
+        const uint8_t* p = w->raw[r];
+        if ((p[0] & 0x0f) == 5) {
+          uint32_t id = ((uint32_t)p[4] << 8) | p[5];
+          uint32_t df = (p[6] & 0x40) ? 1 : 0;
+          uint32_t total = ((uint32_t)p[2] << 8) | p[3];
+          w->meta[i * 4 + 1] |= 0x80000000u | (df << 30);
+          w->gsoSrc = w->meta[i * 4 + 2];
+          w->gsoPort = w->meta[i * 4 + 3];
+          w->meta[i * 4 + 3] |= id << 16;
+          // More bytes than this datagram: the first segment of a GSO send.
+          if (total > 28 + dlen) { w->gsoLeft = total - 28 - dlen; w->gsoId = id + 1; w->gsoDf = df; }
+        }
+        // Copies before it are of datagrams the UDP socket dropped.
+        w->rawHead = (r + 1) % RAW_RING;
+        w->rawCount -= j + 1;
+      }
+      // Not in a full ring: the raw socket (twice the UDP socket's buffer) keeps a copy of every
+      // datagram the UDP socket keeps, so all of these are older, of datagrams the UDP socket
+      // dropped (after an overflow there can be thousands): discard them and read on. A ring that
+      // is not full holds everything queued, possibly copies of datagrams not read yet: kept.
+      if (found || w->rawCount < RAW_RING) break;
+      w->rawHead = 0;
+      w->rawCount = 0;
+      DrainRaw(w);
+    }
+    // Not found: its copy was lost after all; JS infers this datagram's ID.
   }
 }
 
@@ -164,6 +286,7 @@ static void OnPoll(uv_poll_t* h, int status, int events) {
     w->meta[i * 4 + 2] = ntohl(w->from[i].sin_addr.s_addr);
     w->meta[i * 4 + 3] = ntohs(w->from[i].sin_port);
   }
+  if (w->rawFd >= 0) MatchRaw(w, n);
   CallJs(w, n);
 }
 
@@ -215,6 +338,7 @@ static Napi::Value RxWantWrite(const Napi::CallbackInfo& info) {
 static void OnClosed(uv_handle_t* h) {
   RxWatch* w = static_cast<RxWatch*>(h->data);
   close(w->fd);
+  if (w->rawFd >= 0) close(w->rawFd);
   w->cb.Reset();
   w->dataRef.Reset();
   w->metaRef.Reset();
@@ -243,6 +367,72 @@ static Napi::Value RxStop(const Napi::CallbackInfo& info) {
   uv_poll_stop(&w->poll);
   uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnClosed);
   return env.Undefined();
+}
+
+// rawOpen4(ipv4: number, port: number, netdev: string, bufBytes?: number) -> fd or -errno (EPERM without CAP_NET_RAW)
+// A non-blocking raw IPPROTO_UDP socket that sees a copy of every IPv4 UDP
+// datagram to ip:port, cut to its headers and BTH by a socket filter (so a
+// copy costs little and no other traffic reaches it). It never sends. Linux
+// hands raw sockets their copy before the UDP socket gets the datagram
+// (ip_protocol_deliver_rcu: raw_local_deliver, then udp_rcv).
+static Napi::Value RawOpen4(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3) return Napi::Number::New(env, -EINVAL);
+  uint32_t ip = info[0].As<Napi::Number>().Uint32Value();
+  uint32_t port = info[1].As<Napi::Number>().Uint32Value();
+  std::string ifname = info[2].As<Napi::String>().Utf8Value();
+  if (port == 0 || port > 0xffff) return Napi::Number::New(env, -EINVAL);
+  int fd = socket(AF_INET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  // Offsets are from the IPv4 header: a raw socket's filter sees the packet from there.
+  struct sock_filter code[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 16),                 // destination address
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ip, 0, 6),
+    BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 6),                  // flags + fragment offset
+    BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x1fff, 4, 0),     // a non-first fragment has no UDP header
+    BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),                 // X = IPv4 header length
+    BPF_STMT(BPF_LD | BPF_H | BPF_IND, 2),                  // UDP destination port
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, port, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, RAW_SNAP),                    // keep the headers and the BTH only
+    BPF_STMT(BPF_RET | BPF_K, 0),
+  };
+  struct sock_fprog prog;
+  prog.len = sizeof code / sizeof code[0];
+  prog.filter = code;
+  // Attach the filter before anything can queue; drop what slipped in before it.
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) { int e = errno; close(fd); return Napi::Number::New(env, -e); }
+  if (!ifname.empty() && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname.c_str(), (socklen_t)ifname.size()) < 0) {
+    int e = errno; close(fd); return Napi::Number::New(env, -e);
+  }
+  // Each copy is charged the whole packet's truesize (a clone), so with twice the UDP socket's
+  // buffer the raw socket does not drop a copy whose datagram the UDP socket keeps.
+  int bytes = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int32Value() : 8 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  uint8_t junk[RAW_SNAP];
+  for (int i = 0; i < 4096 && recv(fd, junk, sizeof junk, MSG_DONTWAIT) >= 0; i++) {}
+  return Napi::Number::New(env, fd);
+}
+
+// rxAttachRaw(handle, rawFd, keepGro): from now on each poll also reads rawFd
+// and marks the datagrams whose IPv4 ID it saw (see MatchRaw). The watch owns
+// rawFd from here and closes it with the UDP socket. keepGro: the socket is on
+// loopback, where nothing is GRO-merged: a GRO datagram there is a sender's
+// GSO send, whose segments have IDs counting on from the first (JS numbers
+// them), so UDP GRO can stay on.
+static Napi::Value RxAttachRaw(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsExternal()) return Napi::Number::New(env, -EINVAL);
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  if (w->closing || w->rawFd >= 0) return Napi::Number::New(env, -EINVAL);
+  w->rawFd = info[1].As<Napi::Number>().Int32Value();
+  if (info.Length() > 2 && info[2].ToBoolean().Value()) return Napi::Number::New(env, 0);
+  // Elsewhere no UDP GRO from here: a datagram coalesced from several keeps only the first one's IPv4
+  // header (UDP GRO does not require the IDs to count on), so the others' IDs would be lost.
+  // Without it a NIC delivers each datagram with its own header, and loopback delivers a
+  // GSO send as one raw copy followed by its segments (MatchRaw numbers them).
+  int zero = 0;
+  setsockopt(w->fd, SOL_UDP, UDP_GRO, &zero, sizeof zero);
+  return Napi::Number::New(env, 0);
 }
 
 static Napi::Value SetIntSockopt(const Napi::CallbackInfo& info) {
@@ -383,6 +573,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rxStart", Napi::Function::New(env, RxStart));
   exports.Set("rxWantWrite", Napi::Function::New(env, RxWantWrite));
   exports.Set("rxStop", Napi::Function::New(env, RxStop));
+  exports.Set("rawOpen4", Napi::Function::New(env, RawOpen4));
+  exports.Set("rxAttachRaw", Napi::Function::New(env, RxAttachRaw));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

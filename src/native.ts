@@ -21,6 +21,10 @@ export interface NativeAddon {
   rxStart?(fd: number, data: Buffer, meta: Uint32Array, slots: number, slotSize: number, cb: (n: number) => void): object | null;
   rxWantWrite?(h: object): void;
   rxStop?(h: object, done?: () => void): void;
+  /** a raw IPPROTO_UDP socket that sees the headers + BTH of datagrams to ipv4:port, or -errno (EPERM without CAP_NET_RAW) */
+  rawOpen4?(ipv4: number, port: number, netdev: string, bufBytes?: number): number;
+  /** rx watch `h` also reads rawFd and reports each datagram's IPv4 ID in meta (the watch closes rawFd); keepGro: on loopback */
+  rxAttachRaw?(h: object, rawFd: number, keepGro?: boolean): number;
   constants: Record<string, number>;
 }
 

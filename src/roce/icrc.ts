@@ -13,10 +13,12 @@
  * Note what is *not* masked for IPv4: the Identification and the flags /
  * fragment offset. A sender must know the ID the kernel puts on its datagram
  * (IP_PMTUDISC_DO gives ID 0), and a receiver behind a UDP socket never sees
- * it. `inferIpv4Id` turns that around: the ICRC is linear in the ID bits, so
- * the ID (and DF) that make the CRC match can be solved for; a packet is
- * accepted only if such an ID exists (2^-15 false-accept rate for random
- * corruption instead of 2^-32). See the README, "ICRC outcomes".
+ * it. Where the real header can be read (a raw socket, udp-link.ts) the check
+ * is the full CRC-32 (`checkIcrcV4` with a known ID). Otherwise the ICRC is
+ * linear in the ID bits, so the ID that makes the CRC match can be solved for
+ * (`inferIpv4IdDf`), and `Ipv4IdWindow` accepts it only if Linux's ID counter
+ * could have produced it. See the README, "ICRC outcomes", for what each way
+ * guarantees.
  *
  * Hot path: the masked pseudo-header is built in a preallocated scratch
  * buffer; the CRC then continues over the packet in place.
@@ -299,4 +301,169 @@ export function inferIpv4Id(
   const id = comb & 0xffff;
   const df = ((comb >>> 16) & 1) ^ 1;
   return id | (df << 16);
+}
+
+// ------------------------------------------------ the receive-side check ---
+
+/**
+ * Like inferIpv4Id with DF fixed to 1: the ID in 0..0xffff under which the
+ * received ICRC is correct for a DF datagram, or -1. Every RoCEv2/IPv4 sender
+ * sets DF (rxe prepare_ipv4_hdr; Linux UDP with IP_PMTUDISC_DO or _WANT), and
+ * fixing it matters: the 16 ID-bit syndromes alone contain no single-bit
+ * error syndrome of any IB packet up to 4200 bytes, while with DF as a 17th
+ * unknown, a flip of byte 173 bit 3 or byte 1834 bit 6 is absorbed
+ * (test/roce/icrc-corruption.test.ts checks both facts exhaustively).
+ */
+export function inferIpv4IdDf(
+  srcIp: number, dstIp: number, srcPort: number, dstPort: number,
+  buf: Uint8Array, bthOff: number, icrcOff: number,
+): number {
+  const received = readIcrc(buf, icrcOff);
+  let d = (icrcV2Ipv4Parts(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff) ^ received) | 0;
+  if (d === 0) return 0;
+  const b = idBasis16(16 + 8 + (icrcOff - bthOff));
+  let comb = 0;
+  for (let k = 0, n = b[0]!; k < n; k++) {
+    const bv = b[1 + 2 * k]!;
+    if (d & (bv & -bv)) { d ^= bv; comb ^= b[2 + 2 * k]!; }
+  }
+  return d === 0 ? comb & 0xffff : -1;
+}
+
+/** As idBasis, for the 16 ID bits only (DF known). The 16 vectors are always independent (x is invertible mod G). */
+const basis16Cache = new Map<number, Int32Array>();
+function idBasis16(tail: number): Int32Array {
+  let b = basis16Cache.get(tail);
+  if (b !== undefined) return b;
+  b = new Int32Array(1 + 16 * 2);
+  let n = 0;
+  for (let j = 0; j < 16; j++) {
+    let v = icrcIdDelta(tail, 1 << j) | 0;
+    let comb = 1 << j;
+    for (let k = 0; k < n; k++) {
+      const bv = b[1 + 2 * k]!;
+      if (v & (bv & -bv)) { v ^= bv; comb ^= b[2 + 2 * k]!; }
+    }
+    if (v !== 0) { b[1 + 2 * n] = v; b[2 + 2 * n] = comb; n++; }
+  }
+  b[0] = n;
+  if (basis16Cache.size >= BASIS_CACHE_MAX) basis16Cache.clear();
+  basis16Cache.set(tail, b);
+  return b;
+}
+
+/**
+ * Which inferred IPv4 IDs a receiver accepts from each source address when it
+ * cannot see the IP header.
+ *
+ * Why a window: an unknown 16-bit ID turns 16 of the 32 ICRC bits into a
+ * guess. For any ID delta d that the receiver would accept, there is exactly
+ * one error pattern of at most 32 bits at each position whose CRC syndrome
+ * equals d's (x is invertible mod the CRC polynomial), so each accepted ID
+ * beyond the true one lets one burst per position through. Accepting only the
+ * IDs the sender can have produced keeps that to a few hundred of the 2^32
+ * patterns instead of 65535.
+ *
+ * What senders produce: rxe (prepare_ipv4_hdr → __ip_select_ident) and Linux
+ * UDP sockets without IP_PMTUDISC_DO take the ID from the kernel's hashed
+ * per-destination counter (ip_idents_reserve): +1 per datagram, plus, when
+ * the counter was idle, a random jump below the number of jiffies elapsed
+ * (HZ ≤ 1000, so below the idle time in ms). softroce with the addon sends
+ * ID 0, and 0..63 for the segments of a UDP GSO send. So a packet from a known
+ * source is accepted if its DF=1 ID is:
+ *   - in 0..63 (ID-0 senders); or
+ *   - within [-BACK, FWD + elapsed ms] of the last ID accepted from that
+ *     address (reordering behind, lost packets and idle jumps ahead); or
+ *   - within (0, FWD + elapsed ms] of the ID of the last packet rejected from
+ *     it (a resync: two packets in counter order after a jump we could not
+ *     bound, e.g. other traffic sharing the counter bucket; the first of them
+ *     was dropped, which costs RC a retry, not data).
+ * The first packet from an address has no reference: it is accepted with any
+ * DF=1 ID (16 bits of check: still every single-bit error, see
+ * inferIpv4IdDf). Dropping it instead would lose a UD peer's first datagram
+ * (ud_pingpong never resends) and delay every rdma_cm connect by a MAD retry.
+ */
+export class Ipv4IdWindow {
+  static readonly BACK = 32;
+  static readonly FWD = 64;
+  /** Out-of-window packets dropped (also counted as rcvd_icrc_err by the device). */
+  outOfWindow = 0;
+  /** Milliseconds, monotonic; replaceable for replaying captures. */
+  clock: () => number = () => performance.now();
+  private readonly peers = new Map<number, Int32Array>();
+  private static readonly MAX_PEERS = 4096;
+
+  private state(src: number): Int32Array {
+    let s = this.peers.get(src);
+    if (s === undefined) {
+      if (this.peers.size >= Ipv4IdWindow.MAX_PEERS) this.peers.clear();
+      // [last accepted ID or -1, its time, last rejected ID or -1, its time] (times in ms, truncated)
+      s = new Int32Array([-1, 0, -1, 0]);
+      this.peers.set(src, s);
+    }
+    return s;
+  }
+
+  /** Whether `id` (DF=1) from `src` is accepted at time `now`; updates the per-source state. */
+  accept(src: number, id: number, now: number = this.clock()): boolean {
+    const s = this.state(src);
+    const t = now | 0;
+    const last = s[0]!;
+    if (last < 0) { s[0] = id; s[1] = t; return true; }
+    const ahead = (id - last) & 0xffff; // 0..65535: how far the counter moved forward
+    const fwd = Ipv4IdWindow.FWD + Math.max(0, t - s[1]!);
+    if (ahead <= fwd) { s[0] = id; s[1] = t; return true; }
+    if (ahead >= 0x10000 - Ipv4IdWindow.BACK) { s[1] = t; return true; } // reordered: behind the last
+    if (id < 64) return true; // an ID-0 sender (softroce with the addon) at the same address
+    const cand = s[2]!;
+    if (cand >= 0) {
+      const fromCand = (id - cand) & 0xffff;
+      if (fromCand !== 0 && fromCand <= Ipv4IdWindow.FWD + Math.max(0, t - s[3]!)) {
+        s[0] = id; s[1] = t; s[2] = -1;
+        return true;
+      }
+    }
+    s[2] = id; s[3] = t;
+    this.outOfWindow++;
+    return false;
+  }
+
+  /** The real ID of a packet from `src` is known (raw socket): the reference for later unknown ones. */
+  known(src: number, id: number, now: number = this.clock()): void {
+    const s = this.state(src);
+    s[0] = id; s[1] = now | 0; s[2] = -1;
+  }
+
+  /** Forgets every source (tests). */
+  reset(): void {
+    this.peers.clear();
+    this.outOfWindow = 0;
+  }
+}
+
+/**
+ * The RoCEv2/IPv4 ICRC check of a received IB packet (BTH at bthOff, ICRC at
+ * icrcOff), as the device runs it. `knownId` is `id | df << 16` when the IP
+ * header was read (then it is the full CRC-32 check, whatever the mode), or
+ * -1 when only the UDP socket's view is at hand; then `mode` says which IDs
+ * are accepted: 'infer-id' the window above, 'id-zero' ID 0 (or a GSO
+ * segment's 1..63), both with DF. Returns the ID as `id | df << 16`, or -1
+ * if the packet is bad.
+ */
+export function checkIcrcV4(
+  mode: 'infer-id' | 'id-zero', win: Ipv4IdWindow | null, knownId: number,
+  srcIp: number, dstIp: number, srcPort: number, dstPort: number,
+  buf: Uint8Array, bthOff: number, icrcOff: number,
+): number {
+  if (knownId >= 0) {
+    const c = icrcV2Ipv4Parts(srcIp, dstIp, knownId & 0xffff, (knownId >>> 16) & 1 ? 0x4000 : 0, srcPort, dstPort, buf, bthOff, icrcOff);
+    if (c !== readIcrc(buf, icrcOff)) return -1;
+    win?.known(srcIp, knownId & 0xffff);
+    return knownId & 0x1ffff;
+  }
+  const id = inferIpv4IdDf(srcIp, dstIp, srcPort, dstPort, buf, bthOff, icrcOff);
+  if (id < 0) return -1;
+  if (mode === 'id-zero') return id < 64 ? id | 0x10000 : -1;
+  if (win !== null && !win.accept(srcIp, id)) return -1;
+  return id | 0x10000;
 }

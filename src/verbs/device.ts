@@ -237,10 +237,11 @@ export class Device extends EventEmitter {
   get gsi(): Qp | null { return this.#gsi; }
   private set gsi(v: Qp | null) { this.#gsi = v; }
   /**
-   * How an incoming RoCEv2/IPv4 ICRC is checked (README, "ICRC outcomes"): 'infer-id' recovers
-   * the sender's IPv4 ID from the ICRC (any peer, rxe included); 'id-zero' requires ID 0 + DF, a
-   * full-strength check for when every peer is softroce with the native addon (or a UDP GSO
-   * segment's index, 1..63, with DF: what such a peer's batched sends carry).
+   * How an incoming RoCEv2/IPv4 ICRC is checked when the link cannot show the real IPv4 ID (with
+   * the addon and CAP_NET_RAW it can: then the full CRC-32; README, "ICRC outcomes"): 'infer-id'
+   * recovers the sender's ID from the ICRC, DF fixed, within what Linux's ID counter can have sent
+   * (any peer, rxe included); 'id-zero' requires ID 0 + DF for when every peer is softroce with the
+   * native addon (or a UDP GSO segment's index, 1..63, with DF: what such a peer's batched sends carry).
    * Set with openDevice({ icrcIpv4 }).
    */
   get icrcIpv4(): 'infer-id' | 'id-zero' { return this.#icrcIpv4; }
@@ -274,8 +275,8 @@ export class Device extends EventEmitter {
   addPort(link: Link, netdev: string, mac: Uint8Array): Port {
     const p = new Port(this.ports.length + 1, link, netdev, mac, buildGidTable(netdev, mac, link.localIp), activeMtuFor(netdevMtu(netdev)));
     this.ports.push(p);
-    link.setReceiver((buf, len, srcIp, srcPort) => {
-      deviceRx(this, p, buf, len, srcIp, srcPort);
+    link.setReceiver((buf, len, srcIp, srcPort, ipIdDf) => {
+      deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf);
       const w = this.rxWaiter;
       if (w !== null) { this.rxWaiter = null; w(); }
     });

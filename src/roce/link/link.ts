@@ -20,7 +20,8 @@ function addrKey(ip: string, port: number): string {
   return `${ip.includes(':') ? Buffer.from(gidFromString(ip.split('%')[0]!)).toString('hex') : ip}:${port}`;
 }
 
-export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number) => void;
+/** ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1. */
+export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number) => void;
 
 export interface LinkInfo {
   readonly localIp: string;
@@ -181,7 +182,7 @@ export interface FaultOptions {
 export class FaultInjector {
   private s: number;
   readonly stats = { seen: 0, dropped: 0, duplicated: 0, reordered: 0, corrupted: 0, delayed: 0 };
-  private held: Array<{ b: Buffer; ip: string; port: number; after: number }> = [];
+  private held: Array<{ b: Buffer; ip: string; port: number; after: number; ipIdDf: number | undefined }> = [];
   private readonly o: Required<FaultOptions>;
   private readonly sched: Scheduler;
   private timers = new Set<TimerHandle>();
@@ -195,7 +196,7 @@ export class FaultInjector {
     this.link = link;
     this.prevSetReceiver = link.setReceiver;
     const orig = link.setReceiver.bind(link);
-    link.setReceiver = (h: RxHandler) => orig((buf, len, ip, port) => this.rx(h, buf, len, ip, port));
+    link.setReceiver = (h: RxHandler) => orig((buf, len, ip, port, ipIdDf) => this.rx(h, buf, len, ip, port, ipIdDf));
   }
   /**
    * Cancels the delay timers and drops held packets, so nothing reaches the device after its
@@ -216,7 +217,7 @@ export class FaultInjector {
     this.s = x;
     return x / 4294967296;
   }
-  private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number): void {
+  private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number, ipIdDf?: number): void {
     if (this.closed) return;
     this.stats.seen++;
     // Release held packets whose turn has come.
@@ -224,7 +225,7 @@ export class FaultInjector {
       const p = this.held[i]!;
       if (--p.after <= 0) {
         this.held.splice(i, 1);
-        h(p.b, p.b.length, p.ip, p.port);
+        h(p.b, p.b.length, p.ip, p.port, p.ipIdDf);
       } else i++;
     }
     const pct = (): number => this.rand() * 100;
@@ -240,20 +241,20 @@ export class FaultInjector {
     }
     if (pct() < this.o.reorderPct) {
       this.stats.reordered++;
-      this.held.push({ b: Buffer.from(b.subarray(0, l)), ip, port, after: 1 + Math.floor(this.rand() * 3) });
+      this.held.push({ b: Buffer.from(b.subarray(0, l)), ip, port, after: 1 + Math.floor(this.rand() * 3), ipIdDf });
       return;
     }
     if (this.o.delayMs > 0 && pct() < this.o.delayPct) {
       this.stats.delayed++;
       const copy = Buffer.from(b.subarray(0, l));
-      const t = this.sched.setTimer(this.o.delayMs, () => { this.timers.delete(t); h(copy, copy.length, ip, port); });
+      const t = this.sched.setTimer(this.o.delayMs, () => { this.timers.delete(t); h(copy, copy.length, ip, port, ipIdDf); });
       this.timers.add(t);
       return;
     }
-    h(b, l, ip, port);
+    h(b, l, ip, port, ipIdDf);
     if (pct() < this.o.dupPct) {
       this.stats.duplicated++;
-      h(b, l, ip, port);
+      h(b, l, ip, port, ipIdDf);
     }
   }
 }

@@ -5,7 +5,10 @@
  *  - native socket (IPv4, addon built): the addon opens the socket and reads
  *    it with recvmmsg + UDP_GRO on Node's loop (native/softroce.cc); sends go
  *    out in per-turn batches with sendmmsg, runs of equal-size packets to one
- *    destination as one UDP GSO send. Nothing is allocated per packet.
+ *    destination as one UDP GSO send. Nothing is allocated per packet. With
+ *    CAP_NET_RAW a raw socket also shows each datagram's IPv4 header, so the
+ *    ICRC is checked with the real IPv4 ID (then without UDP_GRO, except on
+ *    loopback).
  *  - dgram + addon (IPv6, or SOFTROCE_NATIVE_RX=0): Node's dgram socket with
  *    the addon's socket options and sendmmsg batching.
  *  - dgram alone (no addon).
@@ -30,6 +33,12 @@ export interface UdpLinkOptions {
   native?: 'auto' | 'on' | 'off';
   /** interface to bind to (SO_BINDTODEVICE, needs the addon and CAP_NET_RAW) */
   netdev?: string;
+  /**
+   * Read each IPv4 datagram's IP header through a raw socket (native IPv4 only, needs CAP_NET_RAW)
+   * so the ICRC is checked with the real IPv4 ID: 'auto' (default) when permitted, 'off', or 'on'
+   * (fail without it).
+   */
+  rawRx?: 'auto' | 'on' | 'off';
   txBuffers?: number;
   socketBufferBytes?: number;
 }
@@ -40,6 +49,8 @@ export class UdpLink extends EventEmitter implements Link {
   localPort: number;
   backend = 'dgram';
   ipv4IdZero = false;
+  /** Received IPv4 datagrams come with their real IPv4 ID (raw receive attached). */
+  rawRx = false;
   up = true;
   private readonly sock: dgram.Socket | null;
   private readonly pool: TxPool;
@@ -160,6 +171,17 @@ export class UdpLink extends EventEmitter implements Link {
       closeSync(fd); // the bound socket is ours alone: nothing else will ever close it
       throw new VerbsError('ENODEV', 'ibv_open_device', 'native receive path did not start', 'native');
     }
+    // With CAP_NET_RAW, a raw socket shows each datagram's IPv4 header, so the ICRC is checked
+    // with the sender's real ID (all 32 bits) instead of an inferred one (README, "ICRC outcomes").
+    // Without it (EPERM) the receive path stays as it is. SOFTROCE_RAW_RX=0 turns it off.
+    if (n.rawOpen4 && n.rxAttachRaw && ip > 0 && (o.rawRx ?? 'auto') !== 'off' && process.env['SOFTROCE_RAW_RX'] !== '0') {
+      const rfd = n.rawOpen4(ip, link.localPort, o.netdev ?? '', 2 * (o.socketBufferBytes ?? 4 << 20));
+      // On loopback (127/8) UDP GRO stays on: nothing is merged there, see rxAttachRaw
+      // (SOFTROCE_RAW_GRO=0 turns it off there too, as everywhere else: for tests).
+      const keepGro = ip >>> 24 === 127 && process.env['SOFTROCE_RAW_GRO'] !== '0';
+      if (rfd >= 0) link.rawRx = n.rxAttachRaw(link.rxHandle, rfd, keepGro) === 0;
+      if (!link.rawRx && o.rawRx === 'on') throw new VerbsError('EPERM', 'ibv_open_device', `raw receive socket: errno ${-rfd}`, 'rawRx');
+    }
     return link;
   }
 
@@ -171,7 +193,10 @@ export class UdpLink extends EventEmitter implements Link {
     st.rxCalls++;
     st.rxDatagrams += k;
     for (let i = 0; i < k; i++) {
-      const len = meta[4 * i]!, seg = meta[4 * i + 1]!, ipNum = meta[4 * i + 2]!, port = meta[4 * i + 3]!;
+      const len = meta[4 * i]!, segw = meta[4 * i + 1]!, ipNum = meta[4 * i + 2]!, portw = meta[4 * i + 3]!;
+      // Raw receive marks a datagram whose IP header it saw: bit 31 known, bit 30 DF, ID in the port word's top half.
+      const seg = segw & 0xffff, port = portw & 0xffff;
+      const ipIdDf = segw & 0x80000000 ? (portw >>> 16) | ((segw >>> 14) & 0x10000) : -1;
       if (len === 0 || !this.rx || !this.up) continue;
       // One string per peer, not per packet.
       if (ipNum !== this.lastIpNum) {
@@ -179,14 +204,16 @@ export class UdpLink extends EventEmitter implements Link {
         this.lastIpStr = `${ipNum >>> 24}.${(ipNum >>> 16) & 0xff}.${(ipNum >>> 8) & 0xff}.${ipNum & 0xff}`;
       }
       const slot = this.rxSlots[i]!;
-      if (seg === 0 || seg >= len) { this.rx(slot, len, this.lastIpStr, port); continue; }
+      if (seg === 0 || seg >= len) { this.rx(slot, len, this.lastIpStr, port, ipIdDf); continue; }
       // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter.
       const segBuf = this.rxSeg!;
       for (let off = 0; off < len; off += seg) {
         const l = Math.min(seg, len - off);
         slot.copy(segBuf, 0, off, off + l);
         st.rxGroSegments++;
-        this.rx(segBuf, l, this.lastIpStr, port);
+        // Raw receive keeps GRO on loopback only, where a GRO datagram is one GSO send: Linux
+        // numbers its segments' IDs on from the first (inet_gso_segment).
+        this.rx(segBuf, l, this.lastIpStr, port, ipIdDf < 0 ? -1 : ((ipIdDf + off / seg) & 0xffff) | (ipIdDf & 0x10000));
         if (!this.rx) break;
       }
     }

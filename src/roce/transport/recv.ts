@@ -5,7 +5,7 @@
  * nothing here throws, so one bad packet never disturbs another QP.
  */
 import { PktInfo, parseIb } from '../packet.js';
-import { inferIpv4Id, icrcV2Ipv4Parts, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
+import { Ipv4IdWindow, checkIcrcV4, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
 import { Op } from '../opcode.js';
 import { C } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
@@ -36,7 +36,12 @@ function transportOk(type: string, opcode: number): boolean {
 
 let lastSrcIp = '', lastSrc = -1;
 
-export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number): void {
+/** Per port: which inferred IPv4 IDs each peer address may send (icrc.ts Ipv4IdWindow). */
+const windows = new WeakMap<object, Ipv4IdWindow>();
+let lastWinPort: object | null = null, lastWin: Ipv4IdWindow | undefined;
+
+/** ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. */
+export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1): void {
   const v = port.counters.v;
   v[C.rcvd_pkts]!++;
   if (dev.closed) return;
@@ -49,19 +54,11 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     if (srcIp === lastSrcIp) src = lastSrc;
     else { src = parseIpv4(srcIp); lastSrcIp = srcIp; lastSrc = src; }
     if (src < 0) { v[C.rcvd_bad_addr]!++; return; }
-    // A UDP socket does not show the sender's IPv4 ID: recover it from the ICRC (icrc.ts).
-    let r: number;
-    if (dev.icrcIpv4 === 'id-zero') {
-      // Every peer is softroce with the addon: ID 0 + DF (a full 32-bit check), or, for a UDP GSO
-      // segment, its index in the send (IDs 1..63, DF): 26 bits of check for those.
-      r = icrcV2Ipv4Parts(src, port.ipNum, 0, 0x4000, srcPort, port.link.localPort, buf, 0, info.icrcOff) === readIcrc(buf, info.icrcOff) ? 0x10000 : -1;
-      if (r < 0) {
-        r = inferIpv4Id(src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
-        if (r >= 0 && (r >>> 16 !== 1 || (r & 0xffff) >= 64)) r = -1;
-      }
-    } else {
-      r = inferIpv4Id(src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
-    }
+    // The real IPv4 ID when the link read the IP header (full CRC-32), else a bounded inference (icrc.ts).
+    let win = port === lastWinPort ? lastWin : windows.get(port);
+    if (win === undefined) { win = new Ipv4IdWindow(); windows.set(port, win); }
+    lastWinPort = port; lastWin = win;
+    const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (r < 0) { v[C.rcvd_icrc_err]!++; return; }
     ipId = r & 0xffff;
     df = r >>> 16;
