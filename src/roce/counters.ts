@@ -17,6 +17,8 @@ export const COUNTER_NAMES = [
   // a response older than what is outstanding or not for the head WQE (a duplicate, a late one);
   // a UC/UD message with no receive posted (dropped, as IBA 9.8.3.3 / 10.8.3 say; RC gets an RNR NAK)
   'rcvd_stale_resp', 'rcvd_no_recv_wqe',
+  // tail-loss probes sent (requester.ts)
+  'tail_probes',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export const C = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as { readonly [K in CounterName]: number };

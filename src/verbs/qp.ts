@@ -198,7 +198,11 @@ export class Qp {
   /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
   readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1,
     /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
-    deadline: Infinity, onTimer: null as (() => void) | null };
+    deadline: Infinity, onTimer: null as (() => void) | null,
+    /** round-trip estimate (ms, 0 = none yet) and the one packet being timed (PSN, send time) */
+    srtt: 0, sampleP: -1, sampleT: 0,
+    /** the tail-loss probe (completer.ts armProbe): when it fires, its lazy timer, probes since progress */
+    probeAt: Infinity, probeTimer: null as TimerHandle | null, onProbe: null as (() => void) | null, probes: 0 };
   /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
   readonly resp = {
     psn: 0, msn: 0, lastOp: -1, wqe: null as RecvWqe | null, offset: 0, nakPsn: -1, oosMax: 0, oosCount: 0, dropMsg: false,
@@ -334,7 +338,7 @@ export class Qp {
     this.sqHead = this.sqTail = 0;
     this.rqHead = this.rqCount = 0;
     Object.assign(this.req, { psn: 0, maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
-    Object.assign(this.comp, { psn: 0, retriedAt: -1 });
+    Object.assign(this.comp, { psn: 0, retriedAt: -1, sampleP: -1, probes: 0 });
     Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [] });
     this.#commEst = false;
   }

@@ -39,9 +39,13 @@ export function armRetransmit(qp: Qp): void {
   const c = qp.comp;
   if (qp.timeout === 0 || qp.type !== 'RC') return;
   const ms = ackTimeoutMs(qp.timeout);
-  c.deadline = qp.device.sched.now() + ms;
+  const now = qp.device.sched.now();
+  c.deadline = now + ms;
   if (!c.timer) startAckTimer(qp, ms);
+  // Time one packet at a time for the round-trip estimate (not one resent: Karn).
+  if (c.sampleP < 0 && c.retriedAt < 0) { c.sampleP = psnAdd(qp.req.psn, -1); c.sampleT = now; }
 }
+
 
 /**
  * The ACK timer is lazy: every ACK that makes progress moves the deadline
@@ -63,9 +67,13 @@ function startAckTimer(qp: Qp, ms: number): void {
 
 /** Stops the ACK timer (retry, RNR wait, flush, reset, close). */
 export function stopAckTimer(qp: Qp): void {
-  qp.device.sched.clearTimer(qp.comp.timer);
-  qp.comp.timer = null;
-  qp.comp.deadline = Infinity;
+  const c = qp.comp;
+  qp.device.sched.clearTimer(c.timer);
+  c.timer = null;
+  c.deadline = Infinity;
+  qp.device.sched.clearTimer(c.probeTimer);
+  c.probeTimer = null;
+  c.probeAt = Infinity;
 }
 
 /** Packets sent and not yet acknowledged (IBA 9.7.6.1.3: what the ACK timer guards). */
@@ -209,6 +217,7 @@ export function retry(qp: Qp): void {
   counters[C.completer_retry_err]!++;
   qp.req.window = Math.max(MIN_WINDOW, qp.req.window >> 1);
   qp.comp.retriedAt = qp.comp.psn;
+  qp.comp.sampleP = -1; // Karn: no round-trip sample across a resend
   stopAckTimer(qp);
   rewind(qp);
   qp.device.kick(qp);
@@ -258,6 +267,14 @@ function madeProgress(qp: Qp): void {
   qp.comp.retryCnt = qp.retryCnt;
   qp.comp.rnrRetry = qp.rnrRetry;
   qp.comp.retriedAt = -1;
+  const c = qp.comp;
+  c.probes = 0;
+  if (c.sampleP >= 0 && psnDiff(c.psn, c.sampleP) > 0) {
+    // A round-trip sample (RFC 6298's smoothing): what the tail-loss probe waits for (requester.ts).
+    const rtt = qp.device.sched.now() - c.sampleT;
+    c.srtt = c.srtt === 0 ? rtt : c.srtt + (rtt - c.srtt) / 8;
+    c.sampleP = -1;
+  }
   restartRetransmit(qp);
   qp.device.kick(qp);
 }

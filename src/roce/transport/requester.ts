@@ -14,7 +14,7 @@ import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { gatherSgl, sglUsable } from './sgl.js';
-import { armRetransmit, completeUnacked, completeWqe } from './completer.js';
+import { ackTimeoutMs, armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from '../../verbs/types.js';
 import { C } from '../counters.js';
 import type { Port } from '../../verbs/device.js';
@@ -102,6 +102,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     qp.req.idx++;
     qp.req.sinceAckReq = 0;
     armRetransmit(qp);
+    armProbe(qp);
     return;
   }
   if (wqe.op === WrOp.ATOMIC_CMP_AND_SWP || wqe.op === WrOp.ATOMIC_FETCH_AND_ADD) {
@@ -119,6 +120,7 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     qp.req.idx++;
     qp.req.sinceAckReq = 0;
     armRetransmit(qp);
+    armProbe(qp);
     return;
   }
 
@@ -164,7 +166,87 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.v[C.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
-  if (rc) armRetransmit(qp);
+  if (rc) { armRetransmit(qp); armProbe(qp); }
+}
+
+/** The tail-loss probe waits this many round trips for an ACK, at least PROBE_MIN_MS. */
+const PROBE_RTTS = 3;
+const PROBE_MIN_MS = 0.3;
+const MAX_PROBES = 4;
+
+/**
+ * The tail-loss probe (a requester may resend any packet at any time, IBA 9.7.6.1.3). A loss in
+ * the middle of a flight is found by the responder's sequence NAK; a loss at its tail, or of the
+ * ACK for it, is not, and the ACK timer (67 ms at timeout 14) would wait for it. So a few
+ * measured round trips after the last packet left with no progress, the oldest unacknowledged
+ * packet is sent again with AckReq: if it was lost, the responder takes it and acknowledges it
+ * (the next probe then sends the next one); if only the ACK was lost, it is a duplicate and the
+ * responder acknowledges everything it has. At most MAX_PROBES per stall without progress; then
+ * the ACK timer and retry_cnt rule as before.
+ */
+function armProbe(qp: Qp): void {
+  const c = qp.comp;
+  if (qp.timeout === 0) return;
+  const rto = ackTimeoutMs(qp.timeout);
+  const pto = Math.max(PROBE_MIN_MS, PROBE_RTTS * c.srtt);
+  if (c.srtt === 0 || pto > rto / 2 || c.probes >= MAX_PROBES) return;
+  c.probeAt = qp.device.sched.now() + pto;
+  if (!c.probeTimer) startProbeTimer(qp, pto);
+}
+
+function startProbeTimer(qp: Qp, ms: number): void {
+  const c = qp.comp;
+  c.probeTimer = qp.device.sched.setTimer(ms, c.onProbe ??= (): void => {
+    c.probeTimer = null;
+    if (c.probeAt === Infinity) return;
+    const left = c.probeAt - qp.device.sched.now();
+    if (left > 0.05) { startProbeTimer(qp, left); return; }
+    c.probeAt = Infinity;
+    probe(qp);
+  });
+}
+
+function probe(qp: Qp): void {
+  if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD') || qp.comp.rnrTimer) return;
+  // The oldest unacknowledged packet, once it has been sent (since the last go-back-N rewind).
+  if (psnDiff(qp.req.psn, qp.comp.psn) <= 0) return;
+  qp.comp.probes++;
+  qp.device.ports[qp.port - 1]!.counters.v[C.tail_probes]!++;
+  resendAt(qp, qp.comp.psn);
+}
+
+/**
+ * Sends the packet with PSN `target` once more, asking for an ACK, and leaves the requester
+ * exactly where it was: the WQE holding that PSN is set up as if the requester were about to send
+ * it, sendPacket builds it as it built it before (same PSN, opcode and bytes; a READ asks again
+ * from that response on), then the WQE and the pointers are restored.
+ */
+function resendAt(qp: Qp, target: number): void {
+  const cap = qp.cap.maxSendWr;
+  let n = qp.sqHead;
+  for (; n < qp.sqTail; n++) {
+    const w = qp.sq[n % cap]!;
+    if (!w.psnAssigned) return;
+    if (psnDiff(target, w.firstPsn) >= 0 && psnDiff(target, w.lastPsn) <= 0) break;
+  }
+  if (n >= qp.sqTail) return;
+  const w = qp.sq[n % cap]!;
+  if (w.localErr) return;
+  const port = qp.device.ports[qp.port - 1]!;
+  const buf = port.link.allocTx();
+  if (!buf) return;
+  const saved = { psn: qp.req.psn, idx: qp.req.idx, since: qp.req.sinceAckReq, state: w.state, sent: w.sent };
+  qp.req.psn = target;
+  qp.req.idx = n;
+  qp.req.sinceAckReq = 1 << 30; // this packet asks for an ACK
+  w.state = WqeState.PROCESSING;
+  w.sent = isRdAtomic(w.op) && w.op !== WrOp.RDMA_READ ? 0 : psnDiff(target, w.firstPsn) * qp.pathMtu;
+  sendPacket(qp, port, w, buf);
+  qp.req.psn = saved.psn;
+  qp.req.idx = saved.idx;
+  qp.req.sinceAckReq = saved.since;
+  w.state = saved.state;
+  w.sent = saved.sent;
 }
 
 /** The next PSN to send; remembers the highest ever sent (the completer refuses responses beyond it). */
