@@ -91,3 +91,31 @@ for (const timeout of [8, 11, 14]) {
     await p.close();
   });
 }
+
+t.test('tail-loss probe: a lost last packet or a lost ACK costs a few round trips, not an ACK timeout', async (t) => {
+  for (const what of ['the last request packet', 'the ACK'] as const) {
+    const p = await makePair({ timeout: 14, mtu: 1024 }); // ACK timeout 67 ms
+    const { a, b } = p;
+    p.net!.latencyMs = 0.05; // 100 µs round trips
+    // Warm up the round-trip estimate.
+    a.qp.postSend({ wrId: 0, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+    t.equal((await waitWc(p, a.scq, 1, 5)).length, 1);
+    let dropped = false;
+    p.net!.filter = (pkt, src) => {
+      const isAck = pkt[0] === 0x11;
+      const hit = what === 'the ACK' ? src === '10.0.0.2' && isAck : src === '10.0.0.1' && (pkt[0] === 0x08 || pkt[0] === 0x0a);
+      if (hit && !dropped) { dropped = true; return false; }
+      return true;
+    };
+    const t0 = p.fake!.now();
+    a.qp.postSend({ wrId: 1, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 3000 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+    const w = await waitWc(p, a.scq, 1, 60);
+    const ms = p.fake!.now() - t0;
+    t.ok(dropped, `${what} was lost`);
+    t.same(w.map((x) => x.status), ['SUCCESS'], 'the WRITE completed');
+    t.ok(ms < 5, `in ${ms.toFixed(2)} ms (the ACK timer is 67 ms)`);
+    t.equal(a.dev.counters()['timeouts'], 0, 'no ACK timeout');
+    t.ok(a.dev.counters()['tail_probes']! >= 1, 'a probe found it');
+    await p.close();
+  }
+});

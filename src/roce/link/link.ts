@@ -91,6 +91,8 @@ export class MemNetwork {
   readonly sched: Scheduler;
   /** Tests: see every datagram; return false to drop it. */
   filter: ((pkt: Buffer, srcIp: string, dstIp: string) => boolean) | null = null;
+  /** Tests: one-way delay of every datagram in (fake) ms; 0 delivers on the next deferred turn. */
+  latencyMs = 0;
   constructor(sched: Scheduler) {
     this.sched = sched;
   }
@@ -135,12 +137,25 @@ export class MemLink extends EventEmitter implements Link {
   }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
     const dst = this.net.links.get(addrKey(dstIp, dstPort));
-    this.net.sched.defer(() => {
-      const pass = this.net.filter ? this.net.filter(buf.subarray(0, len), this.localIp, dstIp) : true;
-      if (pass && dst && dst.up && this.up && dst.rx) dst.rx(buf, len, this.localIp, this.localPort);
+    const deliver = (b: Buffer): void => {
+      const pass = this.net.filter ? this.net.filter(b.subarray(0, len), this.localIp, dstIp) : true;
+      if (pass && dst && dst.up && this.up && dst.rx) dst.rx(b, len, this.localIp, this.localPort);
+    };
+    const release = (): void => {
       const wasEmpty = this.pool.available === 0;
       this.pool.release(buf);
       if (wasEmpty) this.emit('drain');
+    };
+    if (this.net.latencyMs > 0) {
+      // The datagram is on the wire: the tx buffer is free now, a copy arrives later.
+      const copy = Buffer.from(buf.subarray(0, len));
+      this.net.sched.defer(release);
+      this.net.sched.setTimer(this.net.latencyMs, () => deliver(copy));
+      return;
+    }
+    this.net.sched.defer(() => {
+      deliver(buf);
+      release();
     });
   }
   setReceiver(h: RxHandler): void {
