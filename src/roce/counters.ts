@@ -19,6 +19,8 @@ export const COUNTER_NAMES = [
   'rcvd_stale_resp', 'rcvd_no_recv_wqe',
   // tail-loss probes sent (requester.ts)
   'tail_probes',
+  // READ holes asked for again (completer.ts askReadHole)
+  'read_hole_requests',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export const C = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as { readonly [K in CounterName]: number };

@@ -99,6 +99,14 @@ export class SendWqe {
   rdCounted = false;
   /** a local error found while processing (WC status index), 0 = none */
   localErr = 0;
+  /**
+   * READ: responses that arrived ahead of a missing one (a bit per response packet; allocated the
+   * first time one does, kept for reuse), the highest response index seen, and the response index a
+   * hole re-request was last sent for (completer.ts readResponse)
+   */
+  rdHave: Uint8Array | null = null;
+  rdMaxSeen = -1;
+  rdAsked = -1;
 }
 
 /** A saved responder resource for READ and ATOMIC (IBA 9.7.5.1.6: duplicates are answered from it). */
@@ -503,6 +511,9 @@ export class Qp {
     e.rdCounted = false;
     e.localErr = 0;
     e.inline = null;
+    e.rdMaxSeen = -1;
+    e.rdAsked = -1;
+    if (e.rdHave !== null) e.rdHave.fill(0);
     // Local protection (IBA 10.6.3.4): every SGE inside a live MR of this PD; READ/atomic targets need LOCAL_WRITE.
     const needWrite = e.op === WrOp.RDMA_READ || e.op >= WrOp.ATOMIC_CMP_AND_SWP;
     for (const s of e.sg) {

@@ -52,3 +52,20 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
 }
 
 export { Hdr };
+
+/**
+ * An RDMA READ request for `len` bytes at `va`, with PSN `psn` (IBA 9.4.4): the completer asks again
+ * for a hole in a READ's responses with it (a part of the original request, which a responder
+ * replays: rxe's duplicate_request). AckReq is set, as on every READ request.
+ */
+export function sendReadRequest(port: Port, d: Dest, destQp: number, psn: number, va: bigint, rkey: number, len: number): boolean {
+  const b = port.link.allocTx();
+  if (!b) return false;
+  writeBth(b, 0x0c, false, 0, destQp, true, psn);
+  const r = hdrOff(0x0c, Hdr.RETH);
+  b.writeBigUInt64BE(BigInt.asUintN(64, va), r);
+  b.writeUInt32BE(rkey >>> 0, r + 8);
+  b.writeUInt32BE(len >>> 0, r + 12);
+  finishAndSend(port, b, payloadOff(0x0c), 0, d);
+  return true;
+}

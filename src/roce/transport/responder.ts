@@ -494,11 +494,17 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
     // The MR went away (dereg, invalidation) since the first request: the replay is a remote
     // access error like any later access, not silence the requester would retry into forever.
     if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
-    // rxe's replay: the one stream restarts at the PSN asked for and the streams in progress
-    // stop; the requester has gone back (go-back-N) and asks again for everything after it.
-    // Never a second stream beside the first: that multiplied READ traffic under loss.
-    r.reads.length = 0;
-    r.reads.push({ psn, mr, off, len, sentPsn: psn });
+    // rxe's replay: the stream for what is asked restarts at the PSN asked for, and a stream still
+    // sending any of those PSNs stops: never a second stream for the same responses (that
+    // multiplied READ traffic under loss). A requester that asks for a hole below the stream in
+    // progress (a part of the READ, completer.ts askReadHole) gets it first; the stream then goes on.
+    const last = psnAdd(psn, packetsFor(len, qp.pathMtu) - 1);
+    for (let i = r.reads.length - 1; i >= 0; i--) {
+      const e = r.reads[i]!;
+      const eLast = psnAdd(e.psn, packetsFor(e.len, qp.pathMtu) - 1);
+      if (psnDiff(e.sentPsn, last) <= 0 && psnDiff(psn, eLast) <= 0) r.reads.splice(i, 1);
+    }
+    r.reads.unshift({ psn, mr, off, len, sentPsn: psn });
     runReads(qp);
   }
 }
