@@ -119,3 +119,25 @@ t.test('tail-loss probe: a lost last packet or a lost ACK costs a few round trip
     await p.close();
   }
 });
+
+t.test('a READ that loses responses asks again only for the holes, not for the rest of the stream', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+  const { a, b } = p;
+  for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * 13 + (i >> 9)) & 0xff;
+  let responses = 0, seen = 0;
+  const lose = new Set([10, 11, 100, 200]); // the nth response packet on the wire
+  p.net!.filter = (pkt, src) => {
+    if (src !== '10.0.0.2' || pkt[0]! < 0x0d || pkt[0]! > 0x10) return true;
+    responses++;
+    return !lose.has(++seen);
+  };
+  a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 256 * 1024 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  const w = await waitWc(p, a.scq, 1, 500);
+  t.same(w.map((x) => x.status), ['SUCCESS']);
+  t.ok(a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)), 'every byte right');
+  t.ok(responses <= 256 + 4 + 2, `${responses} response packets for 256 needed and 4 lost`);
+  const holes = a.dev.counters()['read_hole_requests']!;
+  t.ok(holes >= 3 && holes <= 4, `${holes} hole requests for 4 lost responses in 3 places`);
+  t.equal(a.dev.counters()['timeouts'], 0);
+  await p.close();
+});
