@@ -220,6 +220,10 @@ export class Qp {
     reads: [] as Array<{ psn: number; mr: Mr | null; off: number; len: number; sentPsn: number }>,
     /** requests that arrived while READ responses were being sent (kept in order) */
     backlog: [] as Array<{ buf: Buffer; len: number; srcIp: string; srcPort: number; ipId: number; srcBytes: Uint8Array }>,
+    /** RC requests that arrived ahead of a missing PSN, kept by PSN until it comes (responder.ts stashAhead) */
+    stash: new Map<number, Buffer>(),
+    /** the expected PSN the out-of-sequence count (oosCount) is for */
+    gapPsn: -1,
     scheduled: false,
     waitingDrain: false,
     /** a coalesced ACK waits for the end of this event-loop turn (responder.ts queueAck) */
@@ -347,7 +351,8 @@ export class Qp {
     this.rqHead = this.rqCount = 0;
     Object.assign(this.req, { psn: 0, maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
     Object.assign(this.comp, { psn: 0, retriedAt: -1, sampleP: -1, probes: 0 });
-    Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [] });
+    Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [], gapPsn: -1 });
+    this.resp.stash.clear();
     this.#commEst = false;
   }
 

@@ -7,7 +7,7 @@
  * atomics must add up. Before the fix, READs ended in BAD_RESP_ERR.
  */
 import t from 'tap';
-import { makePair, waitWc } from '../verbs/pair.js';
+import { makePair, waitWc, fill } from '../verbs/pair.js';
 import { Rng } from '../helpers.js';
 import type { SendWr, Wc } from '../../src/verbs/types.js';
 
@@ -139,5 +139,28 @@ t.test('a READ that loses responses asks again only for the holes, not for the r
   const holes = a.dev.counters()['read_hole_requests']!;
   t.ok(holes >= 3 && holes <= 4, `${holes} hole requests for 4 lost responses in 3 places`);
   t.equal(a.dev.counters()['timeouts'], 0);
+  await p.close();
+});
+
+t.test('a request reordered by a couple of packets costs no NAK and no resend (the responder keeps what came ahead)', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024 });
+  const { a, b } = p;
+  fill(a.mem, 31);
+  let held: Buffer | null = null, n = 0, sent = 0;
+  p.net!.filter = (pkt, src) => {
+    if (src !== '10.0.0.1') return true;
+    sent++;
+    n++;
+    if (n === 1) { held = Buffer.from(pkt); return false; } // the first packet of the WRITE arrives last
+    if (n === 3 && held) { p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, held); held = null; }
+    return true;
+  };
+  a.qp.postSend({ wrId: 1, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 3000 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  const w = await waitWc(p, a.scq, 1, 50);
+  t.same(w.map((x) => x.status), ['SUCCESS']);
+  t.ok(b.mem.subarray(0, 3000).equals(a.mem.subarray(0, 3000)), 'landed in order');
+  t.equal(sent, 3, 'three packets sent, none resent');
+  t.equal(a.dev.counters()['rcvd_seq_err'], 0, 'no sequence NAK');
+  t.equal(b.dev.counters()['out_of_sequence'], 2, 'two packets arrived ahead of the first and waited');
   await p.close();
 });

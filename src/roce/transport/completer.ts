@@ -171,6 +171,7 @@ export function flushQp(qp: Qp): void {
   }
   qp.resp.reads.length = 0;
   qp.resp.backlog.length = 0;
+  qp.resp.stash.clear();
 }
 
 function flushRecv(qp: Qp, r: { wrId: number }): void {

@@ -27,6 +27,11 @@ import { completionLost } from './completer.js';
 import type { Port } from '../../verbs/device.js';
 
 const BACKLOG_MAX = 4096;
+/** out-of-sequence packets past a gap before its sequence NAK (TCP's duplicate-ACK threshold) */
+const NAK_AFTER = 3;
+/** how far ahead of the expected PSN a request is kept, and how many are kept per QP */
+const STASH_PSNS = 64;
+const STASH_MAX = 64;
 const READ_BUDGET = 64;
 const KIND = Op.SEND | Op.WRITE | Op.READ | Op.ATOMIC;
 
@@ -217,6 +222,38 @@ export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ip
     return;
   }
   processRequest(qp, p, ipId, srcBytes);
+  if (qp.resp.stash.size > 0) drainStash(qp);
+}
+
+/**
+ * A reorder buffer in front of the RC responder (softroce's own; rxe drops every packet past a
+ * gap): a request up to STASH_PSNS ahead of the expected PSN is kept (a copy; it passed every
+ * check of the receive path, it is from the peer) and handled in PSN order once the missing one
+ * arrives, so a reordering does not cost a go-back-N resend of everything after it. What the
+ * responder executes, acknowledges and NAKs is what it would have for the same packets in order.
+ */
+function stashAhead(qp: Qp, p: PktInfo, psn: number, d: number): void {
+  const st = qp.resp.stash;
+  if (d > STASH_PSNS || st.size >= STASH_MAX || st.has(psn)) return;
+  st.set(psn, Buffer.from(p.buf.subarray(p.bthOff, p.bthOff + p.len)));
+}
+
+const stashInfo = new PktInfo();
+const NO_SRC = new Uint8Array(4);
+function drainStash(qp: Qp): void {
+  const r = qp.resp;
+  const st = r.stash;
+  let budget = STASH_MAX;
+  while (st.size > 0 && budget-- > 0 && r.reads.length === 0 && r.backlog.length === 0) {
+    if (qp.state !== 'RTR' && qp.state !== 'RTS' && qp.state !== 'SQD') { st.clear(); return; }
+    const b = st.get(r.psn);
+    if (b === undefined) break;
+    st.delete(r.psn);
+    if (parseIb(stashInfo, b, 0, b.length) !== 0) continue;
+    processRequest(qp, stashInfo, 0, NO_SRC); // RC: the source address and IPv4 ID are not used
+  }
+  // What the requester resent meanwhile made older entries duplicates: nothing waits for them.
+  if (st.size > 0) for (const k of st.keys()) if (psnDiff(k, r.psn) < 0) st.delete(k);
 }
 
 function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array): void {
@@ -245,12 +282,17 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
     const d = psnDiff(psn, r.psn);
     if (d > 0) {
       v[C.out_of_sequence]!++;
-      // One sequence NAK per gap (IBA 9.7.5.1.1), and one more whenever the requester has gone
-      // back (a PSN below the highest seen since the NAK): its resend of the missing PSN was lost too.
-      // (A resend starts at the NAKed PSN, so its packets land just above it; a PSN far above
-      // that is merely reordered within the old flight and is not a reason to NAK again.)
-      // A NAK can be lost as well: repeat it every 16 out-of-sequence packets.
-      if (r.nakPsn !== r.psn || (psnDiff(psn, r.oosMax) < 0 && d <= 4) || ++r.oosCount >= 16) {
+      stashAhead(qp, p, psn, d);
+      if (r.gapPsn !== r.psn) { r.gapPsn = r.psn; r.oosCount = 0; }
+      // One sequence NAK per gap (IBA 9.7.5.1.1), but only once NAK_AFTER packets have passed
+      // it: a packet merely reordered by a few arrives by itself, and the ones past it wait in
+      // the stash, so go-back-N does not resend a flight for a reordering. One more NAK whenever
+      // the requester has gone back (a PSN below the highest seen since the NAK): its resend of
+      // the missing PSN was lost too. (A resend starts at the NAKed PSN, so its packets land just
+      // above it; a PSN far above that is merely reordered within the old flight and is not a
+      // reason to NAK again.) A NAK can be lost as well: repeat it every 16 out-of-sequence packets.
+      const first = r.nakPsn !== r.psn;
+      if (first ? ++r.oosCount >= NAK_AFTER : (psnDiff(psn, r.oosMax) < 0 && d <= 4) || ++r.oosCount >= 16) {
         r.nakPsn = r.psn;
         r.oosCount = 0;
         sendAck(qp, aethNak(NakCode.PSN_SEQ_ERROR), r.psn);
@@ -571,6 +613,7 @@ function drainBacklog(qp: Qp): void {
     processRequest(qp, backlogInfo, e.ipId, e.srcBytes);
   }
   if (r.backlog.length > 0 && r.reads.length === 0) scheduleReads(qp);
+  if (r.backlog.length === 0 && r.reads.length === 0 && r.stash.size > 0) drainStash(qp);
 }
 
 export { payloadOff };
