@@ -23,6 +23,8 @@ export interface PairOptions {
   mode?: 'mem' | 'udp';
   /** two addresses; for 'udp' use a 127/8 pair no other test file uses */
   addrs?: [string, string];
+  /** UDP ports of the two devices ('udp' mode; two devices on one address, ::1, need two ports) */
+  ports?: [number, number];
   type?: 'RC' | 'UC' | 'UD';
   mtu?: Mtu;
   memSize?: number;
@@ -92,6 +94,7 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
   const net = fake ? new MemNetwork(fake) : null;
   const devOpts = (ip: string, seed: number) => ({
     address: ip,
+    ...(o.ports ? { udpPort: o.ports[seed]! } : {}),
     ...(fake ? { scheduler: fake, link: net!.attach(ip) } : {}),
     ...(o.faults ? { faults: { ...o.faults, seed: o.faults.seed + seed } } : {}),
     ...(o.icrcIpv4 ? { icrcIpv4: o.icrcIpv4 } : {}),
@@ -124,8 +127,8 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
       psn, pathMtu: mtu, timeout: o.timeout ?? 10, retryCnt: o.retryCnt ?? 7, rnrRetry: o.rnrRetry ?? 7,
       minRnrTimer: o.minRnrTimer ?? 1, maxRdAtomic: o.maxRdAtomic ?? 16, maxDestRdAtomic: 16, accessFlags: o.access ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'],
     });
-    connectQp(a.qp, local(0x00fff0), { qpn: b.qp.qpn, psn: 0xfffff0, gid: ipB });
-    connectQp(b.qp, local(0xfffff0), { qpn: a.qp.qpn, psn: 0x00fff0, gid: ipA });
+    connectQp(a.qp, local(0x00fff0), { qpn: b.qp.qpn, psn: 0xfffff0, gid: ipB, ...(o.ports ? { udpPort: o.ports[1] } : {}) });
+    connectQp(b.qp, local(0xfffff0), { qpn: a.qp.qpn, psn: 0x00fff0, gid: ipA, ...(o.ports ? { udpPort: o.ports[0] } : {}) });
   }
   return {
     a, b, sched: fake ?? da.sched, fake, net,
