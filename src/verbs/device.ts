@@ -27,6 +27,8 @@ import { FaultInjector, type FaultOptions, type Link, type RxHandler } from '../
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { runRequester } from '../roce/transport/requester.js';
+import { armRetransmit } from '../roce/transport/completer.js';
+import { psnDiff } from '../roce/psn.js';
 import { runReads } from '../roce/transport/responder.js';
 import { gidFromString, ipv4ToGid, macToDefaultGid, ipv4ToNumber, type Gid } from '../roce/gid.js';
 import { MTU_VALUES, type Mtu } from '../roce/opcode.js';
@@ -112,6 +114,10 @@ export class Port {
   /** set when the device records a pcap */
   recorderTx: ((b: Buffer, len: number, ip: string, port: number) => void) | null = null;
   recorderRx: ((b: Buffer, len: number, ip: string, port: number, ipId: number, df: number) => void) | null = null;
+  /** @internal QPs whose requester found the link's tx pool empty, in the order they found it: served first-come on 'drain' */
+  readonly txWait: Qp[] = [];
+  /** @internal ... and those that did send in that run before the pool ran dry: served after the others */
+  readonly txWaitBack: Qp[] = [];
   constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidEntry[], activeMtu: Mtu) {
     this.num = num;
     this.link = link;
@@ -281,8 +287,19 @@ export class Device extends EventEmitter {
       if (w !== null) { this.rxWaiter = null; w(); }
     });
     const onDrain = (): void => {
+      // Requesters: the ones that waited, in the order they found the pool empty, to the back of
+      // the run queue (kick), not every QP in creation order: with thousands of QPs the early ones
+      // took every freed buffer and the fan-out was O(QPs) per drain.
+      // A QP that got buffers last time goes after those that got none (txWaitBack): the first
+      // in line would otherwise also be the first to find the pool empty again, and first again.
+      for (const w of [p.txWait, p.txWaitBack]) {
+        for (let i = 0; i < w.length; i++) {
+          const qp = w[i]!;
+          if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }
+        }
+        w.length = 0;
+      }
       for (const qp of this.qps.values()) {
-        if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }
         if (qp.resp.waitingDrain) { qp.resp.waitingDrain = false; runReads(qp); }
       }
     };
@@ -457,14 +474,114 @@ export class Device extends EventEmitter {
    * waiting for the loop's check phase (a SEND answering a receive goes out at once).
    */
   kick(qp: Qp, soon = false): void {
-    if (qp.req.scheduled || this.closed) return;
+    if (this.closed) return;
+    this.park(qp);
+    if (qp.req.scheduled) return;
     qp.req.scheduled = true;
-    const run = qp.req.run ??= (): void => {
+    this.runq.push(qp);
+    if (soon && this.turnLeft > 0) {
+      if (!this.pumpSoonPending) { this.pumpSoonPending = true; this.sched.soon(this.pumpSoonFn); }
+    } else if (!this.pumpPending) { this.pumpPending = true; this.sched.defer(this.pumpFn); }
+  }
+
+  /** @internal the requester of `qp` found the tx pool of `port` empty: it runs again on 'drain', in its turn */
+  waitTx(qp: Qp, port: Port, sentSome: boolean): void {
+    this.park(qp);
+    if (qp.req.waitingDrain) return;
+    qp.req.waitingDrain = true;
+    (sentSome ? port.txWaitBack : port.txWait).push(qp);
+  }
+
+  /**
+   * QPs whose ACK timer (and tail-loss probe) is held while they wait in our own queues with
+   * packets still to send (issue 10 item 3). A timeout then would be for nothing: the packets
+   * that left asked for no ACK yet (AckReq comes with the last packet of a message or every
+   * 32 packets), the ones that will ask are still here, and any loss among those that left shows
+   * as a sequence NAK once the next one arrives. With thousands of QPs one round over all of them
+   * takes longer than the timeout (4 ms at timeout 10), so the timer fired for whole flights
+   * that were fine, resent them (duplicates) and spent retry_cnt (RETRY_EXC_ERR). The requester
+   * re-arms both per packet it sends (rxe's rule); a run that sends nothing re-arms here.
+   */
+  private readonly parked = new Set<Qp>();
+  private park(qp: Qp): void {
+    const c = qp.comp;
+    if (c.deadline === Infinity && c.probeAt === Infinity) return;
+    if (qp.req.idx >= qp.sqTail || psnDiff(qp.req.psn, c.psn) >= qp.req.window || c.rnrTimer) return; // nothing it could send now
+    c.deadline = Infinity;
+    c.probeAt = Infinity;
+    this.parked.add(qp);
+  }
+  private unpark(qp: Qp, wasParked: boolean, sent: number): void {
+    // Parked again during the run (more to send, or no tx buffer): nothing to do.
+    if (!wasParked || sent > 0 || this.parked.has(qp)) return;
+    const c = qp.comp;
+    if (c.deadline !== Infinity || qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD') || psnDiff(qp.req.psn, c.psn) <= 0) return;
+    // It could not send after all (fence, max_rd_atomic): the ACK timer runs again from now. Not
+    // a round-trip sample: no packet left now.
+    const sp = c.sampleP, st = c.sampleT;
+    armRetransmit(qp);
+    c.sampleP = sp;
+    c.sampleT = st;
+  }
+
+  /**
+   * The requesters' run queue (rxe runs one tasklet per QP; here every QP shares one event loop):
+   * kicked QPs wait in FIFO order and each run sends at most a bounded number of packets, then a
+   * QP with more to send goes to the back (requester.ts). The packets sent per turn of the event
+   * loop are bounded across all QPs (TURN_PACKETS): the loop gets back to its timers and to the
+   * socket, so ACKs are read and completions reported between bursts. Without the bound, one
+   * post of 4 WRs on each of 4,000 QPs ran 4,000 x 64 packets in one turn (a loop delay of
+   * seconds), and ACK timers fired in the next timers phase, before the ACKs already waiting in
+   * the socket were read (issue 10: 97% duplicates).
+   */
+  private readonly runq: Qp[] = [];
+  private runqHead = 0;
+  private pumpPending = false;
+  private pumpSoonPending = false;
+  private refillPending = false;
+  /** packets the requesters may still send in this turn of the event loop */
+  private turnLeft = TURN_PACKETS;
+  private readonly pumpFn = (): void => {
+    this.pumpPending = false;
+    this.turnLeft = TURN_PACKETS;
+    this.pump();
+  };
+  private readonly pumpSoonFn = (): void => {
+    this.pumpSoonPending = false;
+    this.pump();
+  };
+  private readonly refillFn = (): void => {
+    this.refillPending = false;
+    this.turnLeft = TURN_PACKETS;
+  };
+
+  private pump(): void {
+    const q = this.runq;
+    const start = this.turnLeft;
+    while (this.runqHead < q.length && this.turnLeft > 0) {
+      const qp = q[this.runqHead]!;
+      q[this.runqHead++] = undefined as unknown as Qp;
       qp.req.scheduled = false;
-      if (!qp.closed) runRequester(qp);
-    };
-    if (soon) this.sched.soon(run);
-    else this.sched.defer(run);
+      if (qp.closed) { this.parked.delete(qp); continue; }
+      // A smaller share per run while many QPs wait, so one round over all of them stays short.
+      const waiting = q.length - this.runqHead;
+      const budget = waiting >= 64 ? RUN_PACKETS_CONTENDED : RUN_PACKETS;
+      const wasParked = this.parked.delete(qp);
+      const sent = runRequester(qp, budget);
+      this.unpark(qp, wasParked, sent);
+      // Every run costs at least one token: runs that find nothing to send are bounded too.
+      this.turnLeft -= Math.max(1, sent);
+    }
+    if (this.runqHead === q.length) { q.length = 0; this.runqHead = 0; }
+    else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) { q.splice(0, this.runqHead); this.runqHead = 0; }
+    if (this.closed) { q.length = 0; this.runqHead = 0; this.parked.clear(); return; }
+    if (q.length > 0) {
+      if (!this.pumpPending) { this.pumpPending = true; this.sched.defer(this.pumpFn); }
+    } else if (this.turnLeft < start && !this.refillPending && !this.pumpPending) {
+      // Tokens taken outside a deferred pump (an application's post) come back on the next turn.
+      this.refillPending = true;
+      this.sched.defer(this.refillFn);
+    }
   }
 
   /**
@@ -620,6 +737,15 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
     throw e;
   }
 }
+
+/**
+ * Requester packets per turn of the event loop, over all QPs of a device (4 MiB at MTU 4096: a
+ * few ms of work, a quarter of the 1,024-buffer tx pool per turn).
+ */
+const TURN_PACKETS = 256;
+/** Packets per requester run: a QP alone (or with few others) and when many QPs wait behind it. */
+const RUN_PACKETS = 64;
+const RUN_PACKETS_CONTENDED = 16;
 
 /** A closed device's links drop what still arrives. */
 const dropRx: RxHandler = () => { /* device closed */ };
