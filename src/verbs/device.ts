@@ -493,6 +493,42 @@ export class Device extends EventEmitter {
   }
 
   /**
+   * Unacknowledged RC packets over all QPs of the device, as last seen when each QP ran (an ACK
+   * kicks its QP, so the count catches up on its next run; until then it errs high). When it
+   * reaches INFLIGHT_PACKETS, no QP starts a new message (one under way finishes: its last
+   * packet asks for the ACK that frees the share) until ACKs bring it down; the QPs held wait
+   * in FIFO order. Why: each QP's window (128 PSNs) bounds that QP, not the sum: 4,000 QPs may
+   * have 500,000 packets out at once, far beyond the peer's socket buffer (4 MB, ~1,000 packets
+   * of MTU 4096), and the datagrams it drops come back as go-back-N resends (issue 10: 40-97%
+   * duplicates). Like TCP's cwnd shared by an aggregate, without touching any packet.
+   */
+  private inflight = 0;
+  private readonly outBy = new Map<Qp, number>();
+  private readonly capWait: Qp[] = [];
+  private readonly capWaitSet = new Set<Qp>();
+  private recountAt = -Infinity;
+  /** @internal the requester asks before a new message of an RC QP: true = wait (the QP is queued) */
+  holdNew(qp: Qp): boolean {
+    if (this.inflight < INFLIGHT_PACKETS) return false;
+    // Counts go stale when a QP leaves without a last run (close, error): recount now and then.
+    const now = this.sched.now();
+    if (now - this.recountAt > 5) { this.recountAt = now; this.recount(); if (this.inflight < INFLIGHT_PACKETS) return false; }
+    if (!this.capWaitSet.has(qp)) { this.capWaitSet.add(qp); this.capWait.push(qp); }
+    return true;
+  }
+  private account(qp: Qp): void {
+    const cur = qp.type === 'RC' && !qp.closed && (qp.state === 'RTS' || qp.state === 'SQD') ? Math.max(0, psnDiff(qp.req.psn, qp.comp.psn)) : 0;
+    const old = this.outBy.get(qp) ?? 0;
+    if (cur === old) return;
+    this.inflight += cur - old;
+    if (cur > 0) this.outBy.set(qp, cur);
+    else this.outBy.delete(qp);
+  }
+  private recount(): void {
+    for (const qp of [...this.outBy.keys()]) this.account(qp);
+  }
+
+  /**
    * QPs whose ACK timer (and tail-loss probe) is held while they wait in our own queues with
    * packets still to send (issue 10 item 3). A timeout then would be for nothing: the packets
    * that left asked for no ACK yet (AckReq comes with the last packet of a message or every
@@ -562,19 +598,27 @@ export class Device extends EventEmitter {
       const qp = q[this.runqHead]!;
       q[this.runqHead++] = undefined as unknown as Qp;
       qp.req.scheduled = false;
-      if (qp.closed) { this.parked.delete(qp); continue; }
+      if (qp.closed) { this.parked.delete(qp); this.account(qp); continue; }
+      this.account(qp);
       // A smaller share per run while many QPs wait, so one round over all of them stays short.
       const waiting = q.length - this.runqHead;
       const budget = waiting >= 64 ? RUN_PACKETS_CONTENDED : RUN_PACKETS;
       const wasParked = this.parked.delete(qp);
       const sent = runRequester(qp, budget);
       this.unpark(qp, wasParked, sent);
+      this.account(qp);
       // Every run costs at least one token: runs that find nothing to send are bounded too.
       this.turnLeft -= Math.max(1, sent);
     }
     if (this.runqHead === q.length) { q.length = 0; this.runqHead = 0; }
     else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) { q.splice(0, this.runqHead); this.runqHead = 0; }
-    if (this.closed) { q.length = 0; this.runqHead = 0; this.parked.clear(); return; }
+    if (this.closed) { q.length = 0; this.runqHead = 0; this.parked.clear(); this.capWait.length = 0; this.capWaitSet.clear(); this.outBy.clear(); return; }
+    if (this.capWait.length > 0 && this.inflight < INFLIGHT_PACKETS) {
+      // ACKs freed part of the device's share: those held get their turn, first come first.
+      const w = this.capWait.splice(0);
+      this.capWaitSet.clear();
+      for (const qp of w) if (!qp.closed) this.kick(qp);
+    }
     if (q.length > 0) {
       if (!this.pumpPending) { this.pumpPending = true; this.sched.defer(this.pumpFn); }
     } else if (this.turnLeft < start && !this.refillPending && !this.pumpPending) {
@@ -746,6 +790,8 @@ const TURN_PACKETS = 256;
 /** Packets per requester run: a QP alone (or with few others) and when many QPs wait behind it. */
 const RUN_PACKETS = 64;
 const RUN_PACKETS_CONTENDED = 16;
+/** Unacknowledged RC packets over a device before new messages wait (2 MiB at MTU 4096): see Device.holdNew. */
+const INFLIGHT_PACKETS = 512;
 
 /** A closed device's links drop what still arrives. */
 const dropRx: RxHandler = () => { /* device closed */ };

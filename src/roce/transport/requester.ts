@@ -56,6 +56,8 @@ export function runRequester(qp: Qp, max = BUDGET): number {
     if (wqe.state === WqeState.POSTED) {
       if (qp.state === 'SQD') break; // SQ drain: no new message starts (IBA 10.3.1.2)
       if (qp.type === 'RC') {
+        // The device's share of unacknowledged packets is taken: no new message (device.ts holdNew).
+        if (qp.device.holdNew(qp)) break;
         // IBA 10.8.3.3: a fenced WR waits for every earlier READ and ATOMIC.
         if (wqe.fence && qp.req.rdAtomic > 0) break;
         if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.req.rdAtomic >= Math.max(1, qp.maxRdAtomic)) break;
