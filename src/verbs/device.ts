@@ -27,7 +27,7 @@ import { FaultInjector, type FaultOptions, type Link, type RxHandler } from '../
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { runRequester } from '../roce/transport/requester.js';
-import { armRetransmit } from '../roce/transport/completer.js';
+import { ackTimeoutMs, armRetransmit } from '../roce/transport/completer.js';
 import { psnDiff } from '../roce/psn.js';
 import { runReads } from '../roce/transport/responder.js';
 import { gidFromString, ipv4ToGid, macToDefaultGid, ipv4ToNumber, type Gid } from '../roce/gid.js';
@@ -303,17 +303,34 @@ export class Device extends EventEmitter {
         if (qp.resp.waitingDrain) { qp.resp.waitingDrain = false; runReads(qp); }
       }
     };
+    // The link held packets (its socket was full) and sent them only now: an ACK timer armed when
+    // a QP handed its last packet over measures from now instead, and its tail-loss probe waits
+    // as much longer (issue 10 item 3: no timeout for a packet still in our own queues).
+    const onLate = (heldMs: unknown): void => {
+      const held = heldMs as number;
+      const now = this.sched.now();
+      for (const qp of this.outBy.keys()) {
+        const c = qp.comp;
+        if (qp.port !== p.num || c.deadline === Infinity) continue;
+        const rto = ackTimeoutMs(qp.timeout);
+        if (c.deadline - rto < now - held) continue; // its last packet was out before the wait began
+        c.deadline = now + rto;
+        if (c.probeAt !== Infinity) c.probeAt += held;
+      }
+    };
     const onLink = (up: unknown): void => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num });
     // A socket error (an ICMP error reported on a later send, say) is the datagram's loss, which
     // the transport recovers from: counted, never thrown (an 'error' event nobody hears would
     // take the process down).
     const onError = (): void => { p.counters.v[C.send_err]!++; };
     link.on('drain', onDrain);
+    link.on('late', onLate);
     link.on('link', onLink);
     link.on('error', onError);
     // A link outlives the device when the caller passed it in (or something holds it): it must not hold the device.
     this.unwire.push(() => {
       link.off('drain', onDrain);
+      link.off('late', onLate);
       link.off('link', onLink);
       link.off('error', onError);
       link.setReceiver(dropRx);
@@ -495,7 +512,7 @@ export class Device extends EventEmitter {
   /**
    * Unacknowledged RC packets over all QPs of the device, as last seen when each QP ran (an ACK
    * kicks its QP, so the count catches up on its next run; until then it errs high). When it
-   * reaches INFLIGHT_PACKETS, no QP starts a new message (one under way finishes: its last
+   * reaches the device's share (`cap`), no QP starts a new message (one under way finishes: its last
    * packet asks for the ACK that frees the share) until ACKs bring it down; the QPs held wait
    * in FIFO order. Why: each QP's window (128 PSNs) bounds that QP, not the sum: 4,000 QPs may
    * have 500,000 packets out at once, far beyond the peer's socket buffer (4 MB, ~1,000 packets
@@ -503,16 +520,37 @@ export class Device extends EventEmitter {
    * duplicates). Like TCP's cwnd shared by an aggregate, without touching any packet.
    */
   private inflight = 0;
+  /**
+   * The share itself, AIMD as TCP's window for the whole device: halved (down to INFLIGHT_MIN)
+   * when a QP retried (an ACK timeout or a NAK: the peer or the path could not keep up), grown by
+   * 8 packets per clean 2 ms up to INFLIGHT_MAX. A fixed 512 overran a 4.2 ms timeout (timeout
+   * 10) on a loaded host; a fixed 128 cost a third of the throughput at timeout 14.
+   */
+  private cap = INFLIGHT_MAX;
+  private capAt = 0;
+  private capRetries = 0;
+  private adjustCap(): void {
+    const now = this.sched.now();
+    if (now - this.capAt < 2) return;
+    this.capAt = now;
+    let r = 0;
+    for (const p of this.ports) r += p.counters.v[C.completer_retry_err]!;
+    if (r !== this.capRetries) this.cap = Math.max(INFLIGHT_MIN, this.cap >> 1);
+    else if (this.cap < INFLIGHT_MAX) this.cap += 8;
+    this.capRetries = r;
+  }
   private readonly outBy = new Map<Qp, number>();
   private readonly capWait: Qp[] = [];
   private readonly capWaitSet = new Set<Qp>();
   private recountAt = -Infinity;
   /** @internal the requester asks before a new message of an RC QP: true = wait (the QP is queued) */
   holdNew(qp: Qp): boolean {
-    if (this.inflight < INFLIGHT_PACKETS) return false;
+    // This QP's own count as it is now (it is running: what it sent in this run counts).
+    const mine = Math.max(0, psnDiff(qp.req.psn, qp.comp.psn));
+    if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false;
     // Counts go stale when a QP leaves without a last run (close, error): recount now and then.
     const now = this.sched.now();
-    if (now - this.recountAt > 5) { this.recountAt = now; this.recount(); if (this.inflight < INFLIGHT_PACKETS) return false; }
+    if (now - this.recountAt > 5) { this.recountAt = now; this.recount(); if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false; }
     if (!this.capWaitSet.has(qp)) { this.capWaitSet.add(qp); this.capWait.push(qp); }
     return true;
   }
@@ -592,6 +630,7 @@ export class Device extends EventEmitter {
   };
 
   private pump(): void {
+    this.adjustCap();
     const q = this.runq;
     const start = this.turnLeft;
     while (this.runqHead < q.length && this.turnLeft > 0) {
@@ -613,7 +652,7 @@ export class Device extends EventEmitter {
     if (this.runqHead === q.length) { q.length = 0; this.runqHead = 0; }
     else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) { q.splice(0, this.runqHead); this.runqHead = 0; }
     if (this.closed) { q.length = 0; this.runqHead = 0; this.parked.clear(); this.capWait.length = 0; this.capWaitSet.clear(); this.outBy.clear(); return; }
-    if (this.capWait.length > 0 && this.inflight < INFLIGHT_PACKETS) {
+    if (this.capWait.length > 0 && this.inflight < this.cap) {
       // ACKs freed part of the device's share: those held get their turn, first come first.
       const w = this.capWait.splice(0);
       this.capWaitSet.clear();
@@ -790,8 +829,9 @@ const TURN_PACKETS = 256;
 /** Packets per requester run: a QP alone (or with few others) and when many QPs wait behind it. */
 const RUN_PACKETS = 64;
 const RUN_PACKETS_CONTENDED = 16;
-/** Unacknowledged RC packets over a device before new messages wait (2 MiB at MTU 4096): see Device.holdNew. */
-const INFLIGHT_PACKETS = 512;
+/** Unacknowledged RC packets over a device before new messages wait (2 MiB .. 256 KiB at MTU 4096): see Device.holdNew. */
+const INFLIGHT_MAX = 512;
+const INFLIGHT_MIN = 64;
 
 /** A closed device's links drop what still arrives. */
 const dropRx: RxHandler = () => { /* device closed */ };

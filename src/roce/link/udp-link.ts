@@ -90,6 +90,8 @@ export class UdpLink extends EventEmitter implements Link {
   private lastIpNum = -1;
   private lastIpStr = '';
   private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number }> = [];
+  /** when the oldest packet still in `pend` was handed over; -1: none */
+  private heldSince = -1;
 
   private constructor(o: UdpLinkOptions, sock: dgram.Socket | null) {
     super();
@@ -290,8 +292,21 @@ export class UdpLink extends EventEmitter implements Link {
     this.sock!.send(buf, 0, len, dstPort, dstIp, done);
   }
 
+  /**
+   * Packets that waited in our queues went out: the ACK timers armed when they were handed over
+   * would count the wait (issue 10 item 3), so the device re-arms them ('late'). Only for waits
+   * over 1 ms, so a busy socket does not cost a pass over the QPs per send.
+   */
+  private sentLate(allOut: boolean): void {
+    if (this.heldSince < 0) return;
+    const held = performance.now() - this.heldSince;
+    if (allOut) this.heldSince = -1;
+    if (held > 1) this.emit('late', held);
+  }
+
   /** Native socket: keeps a packet the socket could not take (EAGAIN) until it is writable. */
   private hold(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
+    if (this.pend.length === 0) this.heldSince = performance.now();
     this.pend.push({ buf, len, ip, port, tos });
     if (this.pend.length === 1 && this.rxHandle) this.native!.rxWantWrite!(this.rxHandle);
   }
@@ -311,6 +326,7 @@ export class UdpLink extends EventEmitter implements Link {
     }
     this.pend.splice(0, i);
     if (this.pend.length > 0 && this.rxHandle) nat.rxWantWrite!(this.rxHandle);
+    if (i > 0) this.sentLate(this.pend.length === 0);
     if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
 
