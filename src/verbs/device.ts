@@ -303,9 +303,10 @@ export class Device extends EventEmitter {
         if (qp.resp.waitingDrain) { qp.resp.waitingDrain = false; runReads(qp); }
       }
     };
-    // The link held packets (its socket was full) and sent them only now: an ACK timer armed when
-    // a QP handed its last packet over measures from now instead, and its tail-loss probe waits
-    // as much longer (issue 10 item 3: no timeout for a packet still in our own queues).
+    // The link holds packets (its socket was full) or sent them only now: an ACK timer armed when
+    // a QP handed its last packet over since the wait began measures from now instead, and its
+    // tail-loss probe is off for them (issue 10 item 3: no timeout for a packet still in our
+    // own queues). The link says so every millisecond while it holds them, and once when done.
     const onLate = (heldMs: unknown): void => {
       const held = heldMs as number;
       const now = this.sched.now();
@@ -315,7 +316,7 @@ export class Device extends EventEmitter {
         const rto = ackTimeoutMs(qp.timeout);
         if (c.deadline - rto < now - held) continue; // its last packet was out before the wait began
         c.deadline = now + rto;
-        if (c.probeAt !== Infinity) c.probeAt += held;
+        c.probeAt = Infinity; // no probe for packets that just left (the ACK timer still guards them)
       }
     };
     const onLink = (up: unknown): void => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num });

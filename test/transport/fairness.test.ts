@@ -131,3 +131,81 @@ t.test('80 QPs on 4 tx buffers: every QP progresses every round, no ACK timeout 
   await A.dev.close();
   await B.dev.close();
 });
+
+/** A link whose socket is "full" for a while: it holds what it is given and says 'late' every ms, as UdpLink does. */
+class HoldLink extends EventEmitter implements Link {
+  readonly localIp: string;
+  readonly localPort: number;
+  readonly family = 4 as const;
+  readonly backend = 'memory';
+  readonly ipv4IdZero = true;
+  private readonly inner: MemLink;
+  private readonly sched: FakeScheduler;
+  private readonly held: Array<{ b: Buffer; len: number; ip: string; port: number }> = [];
+  private since = -1;
+  holding = false;
+  constructor(inner: MemLink, sched: FakeScheduler) {
+    super();
+    this.inner = inner;
+    this.sched = sched;
+    this.localIp = inner.localIp;
+    this.localPort = inner.localPort;
+  }
+  get up(): boolean { return this.inner.up; }
+  allocTx(): Buffer | null { return this.inner.allocTx(); }
+  freeTx(b: Buffer): void { this.inner.freeTx(b); }
+  setReceiver(h: RxHandler): void { this.inner.setReceiver(h); }
+  send(b: Buffer, len: number, ip: string, port: number): void {
+    if (!this.holding) { this.inner.send(b, len, ip, port); return; }
+    if (this.held.length === 0) { this.since = this.sched.now(); this.tick(); }
+    this.held.push({ b, len, ip, port });
+  }
+  private tick(): void {
+    this.sched.setTimer(1, () => {
+      if (this.held.length === 0) return;
+      this.emit('late', this.sched.now() - this.since);
+      this.tick();
+    });
+  }
+  /** the socket is writable again: everything held goes out now */
+  release(): void {
+    this.holding = false;
+    for (const p of this.held.splice(0)) this.inner.send(p.b, p.len, p.ip, p.port);
+    this.emit('late', this.sched.now() - this.since);
+  }
+  async close(): Promise<void> { await this.inner.close(); }
+}
+
+t.test("packets the link holds for 20 ms (socket full) do not time out at timeout 10 (4.2 ms): the link's 'late' re-arms the ACK timer", async (t) => {
+  const sched = new FakeScheduler();
+  const net = new MemNetwork(sched);
+  net.latencyMs = 0.02;
+  const hold = new HoldLink(net.attach('10.9.1.1'), sched);
+  const da = await openDevice({ address: '10.9.1.1', scheduler: sched, link: hold });
+  const db = await openDevice({ address: '10.9.1.2', scheduler: sched, link: net.attach('10.9.1.2') });
+  const mk = (dev: Device): { qp: Qp; cq: Cq; mr: Mr } => {
+    const pd = dev.allocPd();
+    const cq = dev.createCq({ depth: 16 });
+    const mr = pd.regMr(Buffer.alloc(MSG), ['LOCAL_WRITE', 'REMOTE_WRITE']);
+    return { qp: pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 1 } }), cq, mr };
+  };
+  const a = mk(da), b = mk(db);
+  connectQp(a.qp, { pathMtu: 4096, timeout: 10, retryCnt: 3 }, { qpn: b.qp.qpn, psn: b.qp.sqPsn, gid: '10.9.1.2' });
+  connectQp(b.qp, { pathMtu: 4096, timeout: 10, retryCnt: 3 }, { qpn: a.qp.qpn, psn: a.qp.sqPsn, gid: '10.9.1.1' });
+  b.mr.buffer.fill(0);
+  a.mr.buffer.fill(0x5a);
+  hold.holding = true;
+  a.qp.postSend({ wrId: 1, opcode: 'RDMA_WRITE', signaled: true, sg: [{ mr: a.mr, offset: 0, length: MSG }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  sched.advance(20);
+  t.equal(da.counters()['timeouts'], 0, 'no ACK timeout while the packets sat in the link');
+  hold.release();
+  sched.advance(10);
+  const wc = [new Wc()];
+  t.equal(a.cq.poll(wc), 1, 'the WRITE completed');
+  t.equal(wc[0]!.status, 'SUCCESS');
+  t.equal(da.counters()['timeouts'], 0, 'and no timeout after it');
+  t.equal(db.counters()['duplicate_request'], 0, 'nothing was sent twice');
+  t.ok(b.mr.buffer.every((x) => x === 0x5a), 'the data arrived');
+  await da.close();
+  await db.close();
+});
