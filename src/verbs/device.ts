@@ -21,7 +21,7 @@ import { isIP } from 'node:net';
 import { Qp, type CreateQpOptions, type QpCap } from './qp.js';
 import type { Mr } from './mr.js';
 import { Counters, C } from '../roce/counters.js';
-import { RealScheduler, type Scheduler } from '../roce/transport/sched.js';
+import { RealScheduler, type Scheduler, type TimerHandle } from '../roce/transport/sched.js';
 import { UdpLink } from '../roce/link/udp-link.js';
 import { FaultInjector, type FaultOptions, type Link, type RxHandler } from '../roce/link/link.js';
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
@@ -566,6 +566,14 @@ export class Device extends EventEmitter {
   private recount(): void {
     for (const qp of [...this.outBy.keys()]) this.account(qp);
   }
+  private capTimer: TimerHandle | null = null;
+  /** ACKs freed part of the device's share: the QPs held get their turn, first come first. */
+  private releaseHeld(): void {
+    if (this.capWait.length === 0 || this.inflight >= this.cap) return;
+    const w = this.capWait.splice(0);
+    this.capWaitSet.clear();
+    for (const qp of w) if (!qp.closed) this.kick(qp);
+  }
 
   /**
    * QPs whose ACK timer (and tail-loss probe) is held while they wait in our own queues with
@@ -652,12 +660,22 @@ export class Device extends EventEmitter {
     }
     if (this.runqHead === q.length) { q.length = 0; this.runqHead = 0; }
     else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) { q.splice(0, this.runqHead); this.runqHead = 0; }
-    if (this.closed) { q.length = 0; this.runqHead = 0; this.parked.clear(); this.capWait.length = 0; this.capWaitSet.clear(); this.outBy.clear(); return; }
-    if (this.capWait.length > 0 && this.inflight < this.cap) {
-      // ACKs freed part of the device's share: those held get their turn, first come first.
-      const w = this.capWait.splice(0);
-      this.capWaitSet.clear();
-      for (const qp of w) if (!qp.closed) this.kick(qp);
+    if (this.closed) {
+      q.length = 0; this.runqHead = 0; this.parked.clear(); this.capWait.length = 0; this.capWaitSet.clear(); this.outBy.clear();
+      this.sched.clearTimer(this.capTimer);
+      this.capTimer = null;
+      return;
+    }
+    this.releaseHeld();
+    // A count gone stale (a QP that went to ERR without a last run) must not hold the others
+    // forever when no ACK is left to come and run the pump: look again in 5 ms.
+    if (this.capWait.length > 0 && this.capTimer === null) {
+      this.capTimer = this.sched.setTimer(5, () => {
+        this.capTimer = null;
+        if (this.closed) return;
+        this.recount();
+        this.pump();
+      });
     }
     if (q.length > 0) {
       if (!this.pumpPending) { this.pumpPending = true; this.sched.defer(this.pumpFn); }
@@ -718,6 +736,8 @@ export class Device extends EventEmitter {
    */
   private async teardown(closeLinks: boolean): Promise<void> {
     this.closed = true;
+    this.sched.clearTimer(this.capTimer); // the run queue's only timer (pump)
+    this.capTimer = null;
     const failures: unknown[] = [];
     const step = (f: () => void): void => {
       try { f(); } catch (e) { failures.push(e); }
