@@ -42,9 +42,14 @@ export interface Link extends LinkInfo {
   freeTx(buf: Buffer): void;
   setReceiver(h: RxHandler): void;
   readonly up: boolean;
-  /** 'drain': tx buffers are free again; 'link': up/down; 'error': a socket error (the datagram is lost) */
-  on(ev: 'drain' | 'link' | 'error', fn: (...a: unknown[]) => void): this;
-  off(ev: 'drain' | 'link' | 'error', fn: (...a: unknown[]) => void): this;
+  /**
+   * 'drain': tx buffers are free again; 'link': up/down; 'error': a socket error (the datagram is
+   * lost); 'late': packets the link held (the socket was full) went out only now, `heldMs` after
+   * the first of them was handed over (emitted when that was over 1 ms): ACK timers armed at
+   * hand-over measure from now for those (device.ts)
+   */
+  on(ev: 'drain' | 'link' | 'error' | 'late', fn: (...a: unknown[]) => void): this;
+  off(ev: 'drain' | 'link' | 'error' | 'late', fn: (...a: unknown[]) => void): this;
   /** a closing device takes its listeners back, so a link the caller keeps does not keep the device alive */
   off(ev: 'drain' | 'link', fn: (...a: unknown[]) => void): this;
   close(): Promise<void>;

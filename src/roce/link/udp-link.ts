@@ -90,6 +90,10 @@ export class UdpLink extends EventEmitter implements Link {
   private lastIpNum = -1;
   private lastIpStr = '';
   private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number }> = [];
+  /** when the oldest packet still in `pend` was handed over; -1: none */
+  private heldSince = -1;
+  /** while packets are held: 'late' every millisecond, so no ACK timer expires over them */
+  private lateTimer: NodeJS.Timeout | null = null;
 
   private constructor(o: UdpLinkOptions, sock: dgram.Socket | null) {
     super();
@@ -290,8 +294,29 @@ export class UdpLink extends EventEmitter implements Link {
     this.sock!.send(buf, 0, len, dstPort, dstIp, done);
   }
 
+  /**
+   * Packets that waited in our queues went out: the ACK timers armed when they were handed over
+   * would count the wait (issue 10 item 3), so the device re-arms them ('late', also every 1 ms
+   * while the wait lasts, so none expires during it). Only for waits over 1 ms, so a busy socket
+   * does not cost a pass over the QPs per send.
+   */
+  private sentLate(allOut: boolean): void {
+    if (this.heldSince < 0) return;
+    const held = performance.now() - this.heldSince;
+    if (allOut) {
+      this.heldSince = -1;
+      if (this.lateTimer) { clearInterval(this.lateTimer); this.lateTimer = null; }
+    }
+    if (held > 1) this.emit('late', held);
+  }
+
   /** Native socket: keeps a packet the socket could not take (EAGAIN) until it is writable. */
   private hold(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
+    if (this.pend.length === 0) {
+      this.heldSince = performance.now();
+      this.lateTimer ??= setInterval(() => this.emit('late', performance.now() - this.heldSince), 1);
+      this.lateTimer.unref();
+    }
     this.pend.push({ buf, len, ip, port, tos });
     if (this.pend.length === 1 && this.rxHandle) this.native!.rxWantWrite!(this.rxHandle);
   }
@@ -311,6 +336,7 @@ export class UdpLink extends EventEmitter implements Link {
     }
     this.pend.splice(0, i);
     if (this.pend.length > 0 && this.rxHandle) nat.rxWantWrite!(this.rxHandle);
+    if (i > 0) this.sentLate(this.pend.length === 0);
     if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
 
@@ -406,6 +432,7 @@ export class UdpLink extends EventEmitter implements Link {
     if (this.qn > 0) this.flush();
     this.closed = true;
     this.rx = null;
+    if (this.lateTimer) { clearInterval(this.lateTimer); this.lateTimer = null; }
     this.sent.clear();
     this.pool.dispose();
     for (let k = 0; k < this.qBuf.length; k++) this.qBuf[k] = undefined as unknown as Buffer;

@@ -35,12 +35,16 @@ function prefix(qp: Qp): number {
   return qp.type === 'RC' ? 0x00 : qp.type === 'UC' ? 0x20 : 0x60;
 }
 
-export function runRequester(qp: Qp): void {
-  if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
-  if (qp.comp.rnrTimer) return; // waiting out an RNR NAK
+/**
+ * One run: at most `max` packets (the device's run queue picks the share, smaller when many QPs
+ * wait); a QP with more to send goes to the back of that queue. Returns the packets sent.
+ */
+export function runRequester(qp: Qp, max = BUDGET): number {
+  if (qp.state !== 'RTS' && qp.state !== 'SQD') return 0;
+  if (qp.comp.rnrTimer) return 0; // waiting out an RNR NAK
   const port = qp.device.ports[qp.port - 1]!;
   const cap = qp.cap.maxSendWr;
-  let budget = BUDGET;
+  let budget = max;
   while (budget > 0) {
     if (qp.req.idx >= qp.sqTail) break;
     const wqe = qp.sq[qp.req.idx % cap]!;
@@ -52,6 +56,8 @@ export function runRequester(qp: Qp): void {
     if (wqe.state === WqeState.POSTED) {
       if (qp.state === 'SQD') break; // SQ drain: no new message starts (IBA 10.3.1.2)
       if (qp.type === 'RC') {
+        // The device's share of unacknowledged packets is taken: no new message (device.ts holdNew).
+        if (qp.device.holdNew(qp)) break;
         // IBA 10.8.3.3: a fenced WR waits for every earlier READ and ATOMIC.
         if (wqe.fence && qp.req.rdAtomic > 0) break;
         if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.req.rdAtomic >= Math.max(1, qp.maxRdAtomic)) break;
@@ -65,11 +71,12 @@ export function runRequester(qp: Qp): void {
       continue;
     }
     const buf = port.link.allocTx();
-    if (!buf) { qp.req.waitingDrain = true; break; }
+    if (!buf) { qp.device.waitTx(qp, port, budget < max); break; }
     sendPacket(qp, port, wqe, buf);
     budget--;
   }
   if (budget === 0) qp.device.kick(qp);
+  return max - budget;
 }
 
 function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {

@@ -29,7 +29,11 @@ export class RealScheduler implements Scheduler {
   }
   setTimer(ms: number, fn: () => void): TimerHandle {
     const h = { cancelled: false, t: undefined as NodeJS.Timeout | undefined };
-    h.t = setTimeout(() => { if (!h.cancelled) fn(); }, Math.max(0, ms));
+    // The callback runs in the check phase of the turn its timeout expires in, after that turn's
+    // poll phase: what already arrived is read first. A loop that stalled past an ACK deadline
+    // (GC, a descheduled process) would otherwise fire the ACK timer in the timers phase while
+    // the ACK sat in our own socket (issue 10 item 3: a resend for nothing, retry_cnt spent).
+    h.t = setTimeout(() => { if (!h.cancelled) setImmediate(() => { if (!h.cancelled) fn(); }); }, Math.max(0, ms));
     h.t.unref?.();
     return h;
   }
