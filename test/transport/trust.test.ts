@@ -83,16 +83,23 @@ t.test('a NAK with nothing outstanding completes no slot', async (t) => {
   await p.close();
 });
 
-t.test('an ACK for the last PSN of a WRITE being retransmitted completes it', async (t) => {
+t.test('an ACK that arrives while the requester is going back completes the WQEs it covers (judged by their PSNs, not the resend pointer)', async (t) => {
   const p = await makePair({ timeout: 8 });
   const { a } = p;
   p.net!.filter = (_pkt, src) => src !== A; // a fake peer: b never sees anything
-  a.qp.postSend({ wrId: 1, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 3000 }], remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey } });
-  await settle(p, ackTimeoutMs(8) * 1.5); // one timeout: the requester went back to PSN_A
-  t.ok(a.dev.counters()['timeouts']! >= 1, 'retransmitting');
-  p.net!.inject(B, 4791, A, 4791, ibBytes(B, A, { opcode: 0x11, destQp: a.qp.qpn, psn: PSN_A + 2, aeth: { syndrome: aethAck(), msn: 1 } }));
-  const w = await waitWc(p, a.scq, 1, 5);
-  t.same(w.map((x) => [x.wrId, x.status]), [[1, 'SUCCESS']], 'the ACK for the last PSN completes the WRITE');
+  const wr = (id: number) => ({ wrId: id, opcode: 'RDMA_WRITE' as const, sg: [{ mr: a.mr, offset: 0, length: 3000 }], remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey } });
+  a.qp.postSend([wr(1), wr(2)]); // PSN_A..PSN_A+2 and PSN_A+3..PSN_A+5
+  await settle(p, 0.01);
+  // Hold the send queue (SQD: no message starts) so that after the timeout's go-back-N both WRITEs
+  // wait to be resent: the resend pointer is back at PSN_A.
+  a.qp.modify({ state: 'SQD' });
+  await settle(p, ackTimeoutMs(8) * 1.5);
+  t.ok(a.dev.counters()['timeouts']! >= 1, 'went back after a timeout');
+  t.equal(a.qp.query().sqPsn, PSN_A, 'the requester will resend from PSN_A');
+  // The peer's ACK for the last PSN of the second WRITE (sent before the timeout) arrives now.
+  p.net!.inject(B, 4791, A, 4791, ibBytes(B, A, { opcode: 0x11, destQp: a.qp.qpn, psn: PSN_A + 5, aeth: { syndrome: aethAck(), msn: 2 } }));
+  const w = await waitWc(p, a.scq, 2, 5);
+  t.same(w.map((x) => [x.wrId, x.status]), [[1, 'SUCCESS'], [2, 'SUCCESS']], 'both WRITEs complete');
   await p.close();
 });
 
