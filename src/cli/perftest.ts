@@ -295,6 +295,14 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     say(LINE);
 
     const ctx: RunCtx = { device: d, verb: spec.verb, conn, qps, rem, ahs, mr, region, sendCq, recvCq, txDepth, rxDepth, cqMod, atomicCmp, progress };
+    // If a timeout kills us mid-run, say where each QP stood (the interop suite shows stderr).
+    process.once('SIGTERM', () => {
+      for (const q of qps) {
+        process.stderr.write(`stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} max 0x${q.req.maxPsn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} reads ${q.resp.reads.length} backlog ${q.resp.backlog.length} stash ${q.resp.stash.size}\n`);
+      }
+      process.stderr.write(`stuck: counters ${Object.entries(d.counters()).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
+      process.exit(124);
+    });
     const limit: Limit = duration ? { secs: duration } : { iters };
     const unit = gbits ? 'Gb/sec' : 'MiB/sec';
     const bwHeader = ` #bytes     #iterations    BW peak[${unit}]    BW average[${unit}]   MsgRate[Mpps]`;
