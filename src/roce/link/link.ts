@@ -3,7 +3,7 @@
  * `phy::Device`): send one IB packet (BTH … ICRC) as a datagram, receive
  * datagrams, report link state. One implementation per backend, same
  * signatures: `NativeLink` (the addon's own socket, native-link.ts),
- * `DgramLink` (Node dgram, dgram-link.ts; `openUdpLink` in udp-link.ts picks
+ * `DgramLink` (Node dgram, dgram-link.ts; `UdpLink.open` in udp-link.ts picks
  * one) and `MemLink` (in-process, below, for deterministic tests with the fake
  * scheduler). Each declares what it can do in `caps`. Wrappers take a link and
  * are one, so they compose in any order: `FaultInjector` (fault-link.ts,
@@ -83,6 +83,8 @@ export interface Link extends LinkInfo {
    */
   rxAccepted?(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void;
   readonly up: boolean;
+  /** what the UDP backends' batching did (perftest prints it); absent on links that do not batch */
+  readonly batchStats?: BatchStats | undefined;
   /**
    * 'drain': tx buffers are free again; 'link': up/down; 'error': a socket error (the datagram is
    * lost); 'late': packets the link held (the socket was full) went out only now, `heldMs` after
