@@ -186,3 +186,17 @@ t.test('caps per backend', async (t) => {
     await nl.close();
   });
 });
+
+t.test('bind errors are the errno a C caller gets (os.constants.errno), on both UDP backends', async (t) => {
+  const modes = native ? (['auto', 'off'] as const) : (['off'] as const);
+  for (const mode of modes) {
+    const first = await UdpLink.open({ address: '127.0.77.5', port: 0, native: mode });
+    t.equal(first.caps.backend, mode === 'off' ? 'dgram' : 'native');
+    await t.rejects(UdpLink.open({ address: '127.0.77.5', port: first.localPort, native: mode }),
+      { name: 'VerbsError', code: 'EADDRINUSE', argument: 'address' }, `native '${mode}': the port is taken`);
+    await first.close();
+    // TEST-NET-1 (RFC 5737) is on no interface here: the bind fails, nothing is sent.
+    await t.rejects(UdpLink.open({ address: '192.0.2.1', port: 0, native: mode }),
+      { name: 'VerbsError', code: 'EADDRNOTAVAIL', argument: 'address' }, `native '${mode}': not a local address`);
+  }
+});
