@@ -109,6 +109,10 @@ export class DgramLink extends UdpLinkBase {
   protected sendBlocked(): boolean {
     return this.sock.getSendQueueCount() > 0;
   }
+  /** Node's socket keeps its own queue (sendBlocked): nothing waits here. */
+  protected queueBehind(): boolean {
+    return false;
+  }
   protected sendAside(buf: Buffer, len: number, ip: string, port: number): void {
     this.sendOne(buf, len, ip, port);
   }

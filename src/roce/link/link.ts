@@ -114,7 +114,7 @@ export abstract class LinkWrapper implements Link {
   get caps(): LinkCaps { return this.inner.caps; }
   get up(): boolean { return this.inner.up; }
   /** the backend's batching figures, when it has them (perftest prints them) */
-  get batchStats(): BatchStats | undefined { return (this.inner as { batchStats?: BatchStats }).batchStats; }
+  get batchStats(): BatchStats | undefined { return this.inner.batchStats; }
   allocTx(): Buffer | null { return this.inner.allocTx(); }
   freeTx(buf: Buffer): void { this.inner.freeTx(buf); }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {

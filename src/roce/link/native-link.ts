@@ -120,7 +120,7 @@ export class NativeLink extends UdpLinkBase {
   protected sendBlocked(): boolean {
     return false;
   }
-  protected override queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number): boolean {
+  protected queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number): boolean {
     if (this.pend.length === 0) return false;
     this.pend.push({ buf, len, ip, port, tos });
     return true;

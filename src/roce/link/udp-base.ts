@@ -95,10 +95,8 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   protected abstract sendOne(buf: Buffer, len: number, ip: string, port: number): void;
   /** Earlier packets still wait in the backend's own queue: a batch must not overtake them. */
   protected abstract sendBlocked(): boolean;
-  /** Packets still wait for the socket: this turn's sends queue behind them (native socket only). */
-  protected queueBehind(_buf: Buffer, _len: number, _ip: string, _port: number, _tos: number): boolean {
-    return false;
-  }
+  /** Packets still wait for the socket: true when this one queued behind them (native socket only). */
+  protected abstract queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number): boolean;
   /**
    * A datagram the kernel refused (unreachable, too big, ...) is lost, as UDP would lose it
    * (native socket); false: the rest goes the unbatched way (dgram).
