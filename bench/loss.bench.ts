@@ -11,7 +11,7 @@
 import { openDevice, type Device } from '../src/verbs/device.js';
 import { connectQp } from '../src/verbs/qp.js';
 import { Wc, type SendWr } from '../src/verbs/types.js';
-import type { FaultOptions } from '../src/roce/link/link.js';
+import type { FaultOptions } from '../src/roce/link/fault-link.js';
 
 const SIZE = 16 << 20;
 const MTU = 1024 as const;

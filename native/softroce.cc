@@ -446,20 +446,6 @@ static Napi::Value SetIntSockopt(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r == 0 ? 0 : -errno);
 }
 
-static Napi::Value GetIntSockopt(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3) return Napi::Number::New(env, -EINVAL);
-  int fd = info[0].As<Napi::Number>().Int32Value();
-  int level = info[1].As<Napi::Number>().Int32Value();
-  int name = info[2].As<Napi::Number>().Int32Value();
-  int value = 0;
-  socklen_t len = sizeof value;
-  int r = getsockopt(fd, level, name, &value, &len);
-  // Option values are non-negative for every option used here, so a negative
-  // return is unambiguous.
-  return Napi::Number::New(env, r == 0 ? value : -errno);
-}
-
 static Napi::Value BindToDevice(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2) return Napi::Number::New(env, -EINVAL);
@@ -566,7 +552,6 @@ static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
-  exports.Set("getIntSockopt", Napi::Function::New(env, GetIntSockopt));
   exports.Set("bindToDevice", Napi::Function::New(env, BindToDevice));
   exports.Set("udpOpen4", Napi::Function::New(env, UdpOpen4));
   exports.Set("localPort", Napi::Function::New(env, LocalPort));

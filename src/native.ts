@@ -10,7 +10,6 @@ import { fileURLToPath } from 'node:url';
 
 export interface NativeAddon {
   setIntSockopt(fd: number, level: number, name: number, value: number): number;
-  getIntSockopt(fd: number, level: number, name: number): number;
   bindToDevice(fd: number, ifname: string): number;
   /** tos > 0: every datagram carries IP_TOS = tos (a cmsg; the AV's traffic class) */
   sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number, tos?: number): number;

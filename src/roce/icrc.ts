@@ -13,7 +13,7 @@
  * Note what is *not* masked for IPv4: the Identification and the flags /
  * fragment offset. A sender must know the ID the kernel puts on its datagram
  * (IP_PMTUDISC_DO gives ID 0), and a receiver behind a UDP socket never sees
- * it. Where the real header can be read (a raw socket, udp-link.ts) the check
+ * it. Where the real header can be read (a raw socket, native-link.ts) the check
  * is the full CRC-32 (`checkIcrcV4` with a known ID). Otherwise the ICRC is
  * linear in the ID bits, so the ID that makes the CRC match can be solved for
  * (`inferIpv4IdDf`), and `Ipv4IdWindow` accepts it only if Linux's ID counter

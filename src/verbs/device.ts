@@ -23,7 +23,8 @@ import type { Mr } from './mr.js';
 import { Counters, C } from '../roce/counters.js';
 import { RealScheduler, type Scheduler, type TimerHandle } from '../roce/transport/sched.js';
 import { UdpLink } from '../roce/link/udp-link.js';
-import { FaultInjector, type FaultOptions, type Link, type RxHandler } from '../roce/link/link.js';
+import type { Link, RxHandler } from '../roce/link/link.js';
+import { FaultInjector, type FaultOptions } from '../roce/link/fault-link.js';
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { runRequester } from '../roce/transport/requester.js';
@@ -111,9 +112,6 @@ export class Port {
   readonly counters = new Counters();
   readonly activeMtu: Mtu;
   readonly mac: Uint8Array;
-  /** set when the device records a pcap */
-  recorderTx: ((b: Buffer, len: number, ip: string, port: number) => void) | null = null;
-  recorderRx: ((b: Buffer, len: number, ip: string, port: number, ipId: number, df: number) => void) | null = null;
   /** @internal QPs whose requester found the link's tx pool empty, in the order they found it: served first-come on 'drain' */
   readonly txWait: Qp[] = [];
   /** @internal ... and those that did send in that run before the pool ran dry: served after the others */
@@ -355,7 +353,7 @@ export class Device extends EventEmitter {
     return {
       state: p.link.up ? 'ACTIVE' : 'DOWN', maxMtu: 4096, activeMtu: p.activeMtu, gidTblLen: 1024, portCapFlags: 0x00010000 | 0x04000000,
       maxMsgSz: this.attr.maxMsgSize, pkeyTblLen: 1, lid: 0, smLid: 0, lmc: 0, linkLayer: 'Ethernet', activeWidth: '1X',
-      activeSpeed: '2.5 Gbps', physState: p.link.up ? 'LINK_UP' : 'DISABLED', netdev: p.netdev, address: p.address, backend: p.link.backend,
+      activeSpeed: '2.5 Gbps', physState: p.link.up ? 'LINK_UP' : 'DISABLED', netdev: p.netdev, address: p.address, backend: p.link.caps.backend,
     };
   }
 
@@ -760,11 +758,11 @@ export class Device extends EventEmitter {
     const w = this.rxWaiter;
     this.rxWaiter = null;
     if (w !== null) step(w);
-    if (this.faults) step(() => this.faults!.close());
+    // The wrappers stop (timers, the file) whether or not the links below them close.
+    if (this.faults) step(() => void this.faults!.detach()); // synchronous: nothing arrives after it
     for (const u of this.unwire) step(u);
     this.unwire.length = 0;
-    for (const p of this.ports) { p.recorderTx = null; p.recorderRx = null; }
-    try { await this.recorder?.close(); } catch (e) { failures.push(e); }
+    try { await this.recorder?.detach(); } catch (e) { failures.push(e); }
     if (closeLinks) {
       for (const p of this.ports) {
         try { await p.link.close(); } catch (e) { failures.push(e); }
@@ -816,7 +814,7 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
   const found = sysNetdevFor(address);
   const netdev = o.netdev ?? desc?.netdev ?? found.netdev;
   // UdpLink.open releases its socket itself when it fails.
-  const link = o.link ?? await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' });
+  const base: Link = o.link ?? await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' });
   // From here on, whatever fails releases what was taken (the socket, the injector's timers, the
   // recorder's file): a failed open must not leave UDP 4791 bound. A link the caller passed in
   // stays theirs: it is detached from the device, not closed.
@@ -824,20 +822,20 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
   try {
     const name = o.name ?? desc?.name ?? `softroce_${address}`;
     dev = new Device(name, sched, found.mac);
-    // The injector wraps the link's receive path, so it goes in before the port installs its handler.
-    if (o.faults) dev.faults = new FaultInjector(link, o.faults, sched);
-    const port = dev.addPort(link, netdev || 'lo', found.mac);
-    if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
+    // The port's link is the backend wrapped: pcap(faults(base)), so the capture holds what the
+    // device received after the faults and what it sent.
+    let link = base;
+    if (o.faults) link = dev.faults = new FaultInjector(link, o.faults, sched);
     if (o.pcap) {
-      const rec = await PcapRecorder.open(o.pcap, port).catch((e: unknown) => { throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap'); });
-      dev.recorder = rec;
-      port.recorderTx = (b, l, ip, p) => rec.tx(b, l, ip, p);
-      port.recorderRx = (b, l, ip, p, id, df) => rec.rx(b, l, ip, p, id, df);
+      link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => { throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap'); });
     }
+    dev.addPort(link, netdev || 'lo', found.mac);
+    if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
     return dev;
   } catch (e) {
     if (dev) await dev.abortOpen(o.link === undefined).catch(() => { /* the open's own error is the one to report */ });
-    else if (o.link === undefined) await link.close().catch(() => { /* as above */ });
+    // Not yet a port's link (the recorder's file failed), so the teardown did not close it.
+    if (o.link === undefined && (dev === null || dev.ports.length === 0)) await base.close().catch(() => { /* as above */ });
     throw e;
   }
 }

@@ -13,7 +13,7 @@ import { openDevice, type Device } from '../../src/verbs/device.js';
 import { connectQp, type Qp } from '../../src/verbs/qp.js';
 import { Wc } from '../../src/verbs/types.js';
 import { FakeScheduler } from '../../src/roce/transport/sched.js';
-import { MemNetwork, TxPool, TX_BUF_SIZE, type Link, type MemLink, type RxHandler } from '../../src/roce/link/link.js';
+import { MemNetwork, TxPool, TX_BUF_SIZE, type Link, type LinkCaps, type MemLink, type RxHandler } from '../../src/roce/link/link.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mr } from '../../src/verbs/mr.js';
 
@@ -24,13 +24,14 @@ const WIRE_MS = 0.004; // ~1 GB/s at MTU 4096
 const RUN_MS = 60;
 const ROUND_MS = 10;
 
+const MEM_CAPS: LinkCaps = { backend: 'memory', family: 4, ipv4IdZero: true, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false };
+
 /** A link whose packets leave one every WIRE_MS through a pool of `buffers` tx buffers. */
 class SlowLink extends EventEmitter implements Link {
   readonly localIp: string;
   readonly localPort: number;
   readonly family = 4 as const;
-  readonly backend = 'memory';
-  readonly ipv4IdZero = true;
+  readonly caps = MEM_CAPS;
   private readonly pool: TxPool;
   private readonly q: Array<{ b: Buffer; len: number; ip: string; port: number }> = [];
   private busy = false;
@@ -137,8 +138,7 @@ class HoldLink extends EventEmitter implements Link {
   readonly localIp: string;
   readonly localPort: number;
   readonly family = 4 as const;
-  readonly backend = 'memory';
-  readonly ipv4IdZero = true;
+  readonly caps = MEM_CAPS;
   private readonly inner: MemLink;
   private readonly sched: FakeScheduler;
   private readonly held: Array<{ b: Buffer; len: number; ip: string; port: number }> = [];

@@ -6,7 +6,8 @@ import type { Pd, Srq } from '../../src/verbs/objects.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mr } from '../../src/verbs/mr.js';
 import { FakeScheduler, type Scheduler } from '../../src/roce/transport/sched.js';
-import { MemNetwork, type FaultOptions } from '../../src/roce/link/link.js';
+import { MemNetwork } from '../../src/roce/link/link.js';
+import type { FaultOptions } from '../../src/roce/link/fault-link.js';
 import type { Mtu } from '../../src/roce/opcode.js';
 
 export interface Side { dev: Device; pd: Pd; scq: Cq; rcq: Cq; qp: Qp; mem: Buffer; mr: Mr; srq?: Srq }

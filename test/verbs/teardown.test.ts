@@ -261,7 +261,7 @@ if (process.argv.includes(CHILD_FLAG)) {
     const fds = fdCount();
     const dev = await openDevice({ address: addr, pcap });
     // (plus the raw receive socket when the addon has CAP_NET_RAW: README, "ICRC outcomes")
-    const raw = (dev.ports[0]!.link as { rawRx?: boolean }).rawRx === true ? 1 : 0;
+    const raw = dev.ports[0]!.link.caps.rawRx ? 1 : 0;
     t.equal(fdCount(), fds + 2 + raw, `a socket${raw ? ', its raw twin' : ''} and the pcap file`);
     const peer = await openDevice({ address: '127.0.93.6' });
     // Some traffic through the recorder: UD sends to a peer QP.

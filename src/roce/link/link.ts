@@ -1,18 +1,21 @@
 /**
  * The port interface between the transport and the network (smoltcp's
  * `phy::Device`): send one IB packet (BTH … ICRC) as a datagram, receive
- * datagrams, report link state. Backends: `UdpLink` (Node dgram, with the
- * native addon's socket options when built) and `MemLink` (in-process, for
- * deterministic tests with the fake scheduler). Wrappers compose:
- * `FaultInjector` (seeded drop/duplicate/reorder/corrupt/delay) and
- * `PcapRecorder` (what a device sends and receives, as a pcap).
+ * datagrams, report link state. One implementation per backend, same
+ * signatures: `NativeLink` (the addon's own socket, native-link.ts),
+ * `DgramLink` (Node dgram, dgram-link.ts; `UdpLink.open` in udp-link.ts picks
+ * one) and `MemLink` (in-process, below, for deterministic tests with the fake
+ * scheduler). Each declares what it can do in `caps`. Wrappers take a link and
+ * are one, so they compose in any order: `FaultInjector` (fault-link.ts,
+ * seeded drop/duplicate/reorder/corrupt/delay) and `PcapRecorder`
+ * (pcap-recorder.ts, what a device sends and receives, as a pcap).
  *
  * Transmit buffers belong to the link: `allocTx()` hands out a pooled buffer,
  * `send()` takes it back once the datagram is out. An empty pool is
  * backpressure: the requester stops and resumes on 'drain'.
  */
 import { EventEmitter } from 'node:events';
-import type { Scheduler, TimerHandle } from '../transport/sched.js';
+import type { Scheduler } from '../transport/sched.js';
 import { gidFromString } from '../gid.js';
 
 /** One spelling per address (an IPv6 address has many: '::1', '0:0:0:0:0:0:0:1'), for the in-memory network's table. */
@@ -23,25 +26,65 @@ function addrKey(ip: string, port: number): string {
 /** ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1. */
 export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number) => void;
 
+export type LinkBackend = 'native' | 'dgram' | 'memory';
+
+/**
+ * What a backend does, declared by the backend when it opens (not inferred from its fields):
+ * the receive path and the tools read these.
+ */
+export interface LinkCaps {
+  /** which datagram backend carries the port (ibv_devinfo's softroce_backend) */
+  readonly backend: LinkBackend;
+  readonly family: 4 | 6;
+  /**
+   * Sent IPv4 datagrams carry ID 0 and DF (IP_PMTUDISC_DO), the ID our ICRC is computed for
+   * (a real RoCE peer drops anything else: README, "ICRC outcomes").
+   */
+  readonly ipv4IdZero: boolean;
+  /**
+   * Runs of equal-size packets to one destination go out as one UDP GSO send, each segment's ICRC
+   * corrected for the IPv4 ID (1, 2, ...) the kernel gives it. Turns false for good if the kernel
+   * refuses UDP GSO (then sendmmsg).
+   */
+  readonly gsoIcrcFixup: boolean;
+  /** Sends of one event-loop turn leave together (sendmmsg). */
+  readonly batchSend: boolean;
+  /** Received IPv4 datagrams come with their real ID and DF (a raw socket): the ICRC check is the full CRC-32. */
+  readonly rawRx: boolean;
+  /** send()'s `tos` reaches the wire (IP_TOS per datagram). */
+  readonly perPacketTos: boolean;
+}
+
+/** what the batching did, for the bench and ibv_devinfo (the UDP backends) */
+export interface BatchStats {
+  gsoCalls: number; gsoPackets: number; mmsgCalls: number; mmsgPackets: number; dgramPackets: number;
+  rxCalls: number; rxDatagrams: number; rxGroSegments: number; sendErrors: number;
+}
+
 export interface LinkInfo {
   readonly localIp: string;
   readonly family: 4 | 6;
   /** the UDP port datagrams leave from (the ICRC covers it) and arrive on */
   readonly localPort: number;
-  /** 'dgram' | 'native' | 'memory' */
-  readonly backend: string;
-  /** true when the sender's IPv4 ID is 0 (IP_PMTUDISC_DO): what our ICRC assumes */
-  readonly ipv4IdZero: boolean;
+  readonly caps: LinkCaps;
 }
 
 export interface Link extends LinkInfo {
   allocTx(): Buffer | null;
-  /** tos: the IPv4 TOS / IPv6 traffic class byte (DSCP + ECN) of the AV; applied by the native backend */
+  /** tos: the IPv4 TOS / IPv6 traffic class byte (DSCP + ECN) of the AV; reaches the wire when caps.perPacketTos */
   send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void;
   /** return an unsent tx buffer */
   freeTx(buf: Buffer): void;
   setReceiver(h: RxHandler): void;
+  /**
+   * The receiver (recv.ts) reports each datagram it accepted (parsed, ICRC good) to the link it
+   * was handed, with the IPv4 `id | df << 16` the ICRC check verified (for IPv4 without raw
+   * receive the ID is known only then). Wrappers pass it down; the pcap recorder records it.
+   */
+  rxAccepted?(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void;
   readonly up: boolean;
+  /** what the UDP backends' batching did (perftest prints it); absent on links that do not batch */
+  readonly batchStats?: BatchStats | undefined;
   /**
    * 'drain': tx buffers are free again; 'link': up/down; 'error': a socket error (the datagram is
    * lost); 'late': packets the link held (the socket was full) went out only now, `heldMs` after
@@ -52,7 +95,48 @@ export interface Link extends LinkInfo {
   off(ev: 'drain' | 'link' | 'error' | 'late', fn: (...a: unknown[]) => void): this;
   /** a closing device takes its listeners back, so a link the caller keeps does not keep the device alive */
   off(ev: 'drain' | 'link', fn: (...a: unknown[]) => void): this;
+  /** closes the link and, for a wrapper, the link it wraps */
   close(): Promise<void>;
+}
+
+/**
+ * A link that wraps another and passes everything through: a wrapper overrides what it changes.
+ * Events are the inner link's (listeners go straight to it).
+ */
+export abstract class LinkWrapper implements Link {
+  protected readonly inner: Link;
+  constructor(inner: Link) {
+    this.inner = inner;
+  }
+  get localIp(): string { return this.inner.localIp; }
+  get family(): 4 | 6 { return this.inner.family; }
+  get localPort(): number { return this.inner.localPort; }
+  get caps(): LinkCaps { return this.inner.caps; }
+  get up(): boolean { return this.inner.up; }
+  /** the backend's batching figures, when it has them (perftest prints them) */
+  get batchStats(): BatchStats | undefined { return this.inner.batchStats; }
+  allocTx(): Buffer | null { return this.inner.allocTx(); }
+  freeTx(buf: Buffer): void { this.inner.freeTx(buf); }
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {
+    this.inner.send(buf, len, dstIp, dstPort, tos);
+  }
+  setReceiver(h: RxHandler): void { this.inner.setReceiver(h); }
+  rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
+    this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
+  }
+  on(ev: 'drain' | 'link' | 'error' | 'late', fn: (...a: unknown[]) => void): this {
+    this.inner.on(ev, fn);
+    return this;
+  }
+  off(ev: 'drain' | 'link' | 'error' | 'late', fn: (...a: unknown[]) => void): this {
+    this.inner.off(ev, fn);
+    return this;
+  }
+  /** Stops what the wrapper itself holds (timers, a file), leaving the inner link open. Idempotent. */
+  abstract detach(): Promise<void>;
+  async close(): Promise<void> {
+    try { await this.detach(); } finally { await this.inner.close(); }
+  }
 }
 
 /** Largest datagram: GRH-less IB packet with 4096 B payload plus headers. */
@@ -118,8 +202,7 @@ export class MemLink extends EventEmitter implements Link {
   readonly localIp: string;
   readonly localPort: number;
   readonly family: 4 | 6;
-  readonly backend = 'memory';
-  readonly ipv4IdZero = true;
+  readonly caps: LinkCaps;
   up = true;
   private readonly net: MemNetwork;
   private readonly pool = new TxPool(512);
@@ -130,6 +213,8 @@ export class MemLink extends EventEmitter implements Link {
     this.localIp = ip;
     this.localPort = port;
     this.family = ip.includes(':') ? 6 : 4;
+    // The in-memory network carries the packet as built: ID 0 + DF is what the ICRC assumed.
+    this.caps = { backend: 'memory', family: this.family, ipv4IdZero: true, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false };
   }
   allocTx(): Buffer | null {
     return this.pool.alloc();
@@ -177,104 +262,5 @@ export class MemLink extends EventEmitter implements Link {
     if (this.net.links.get(key) === this) this.net.links.delete(key);
     this.rx = null;
     this.pool.dispose();
-  }
-}
-
-// ---------------------------------------------------------- fault inject ---
-
-export interface FaultOptions {
-  seed: number;
-  /** percentages of received packets */
-  dropPct?: number;
-  dupPct?: number;
-  reorderPct?: number;
-  corruptPct?: number;
-  /** extra delay in ms for delayed packets, and the share of packets delayed */
-  delayMs?: number;
-  delayPct?: number;
-}
-
-/**
- * Seeded faults on the receive side of a link (xorshift32, so a seed replays
- * the same run). Reordering holds a packet back until 1-3 later packets have
- * passed; corruption flips one bit of a copy.
- */
-export class FaultInjector {
-  private s: number;
-  readonly stats = { seen: 0, dropped: 0, duplicated: 0, reordered: 0, corrupted: 0, delayed: 0 };
-  private held: Array<{ b: Buffer; ip: string; port: number; after: number; ipIdDf: number | undefined }> = [];
-  private readonly o: Required<FaultOptions>;
-  private readonly sched: Scheduler;
-  private timers = new Set<TimerHandle>();
-  private closed = false;
-  private readonly link: Link;
-  private readonly prevSetReceiver: Link['setReceiver'];
-  constructor(link: Link, o: FaultOptions, sched: Scheduler) {
-    this.o = { dropPct: 0, dupPct: 0, reorderPct: 0, corruptPct: 0, delayMs: 0, delayPct: 0, ...o };
-    this.s = o.seed >>> 0 || 0x9e3779b9;
-    this.sched = sched;
-    this.link = link;
-    this.prevSetReceiver = link.setReceiver;
-    const orig = link.setReceiver.bind(link);
-    link.setReceiver = (h: RxHandler) => orig((buf, len, ip, port, ipIdDf) => this.rx(h, buf, len, ip, port, ipIdDf));
-  }
-  /**
-   * Cancels the delay timers and drops held packets, so nothing reaches the device after its
-   * close and no timer outlives it; the link gets its own setReceiver back (a link the caller
-   * passed to openDevice outlives a failed open).
-   */
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    for (const t of this.timers) this.sched.clearTimer(t);
-    this.timers.clear();
-    this.held.length = 0;
-    this.link.setReceiver = this.prevSetReceiver;
-  }
-  private rand(): number {
-    let x = this.s;
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    this.s = x;
-    return x / 4294967296;
-  }
-  private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number, ipIdDf?: number): void {
-    if (this.closed) return;
-    this.stats.seen++;
-    // Release held packets whose turn has come.
-    for (let i = 0; i < this.held.length;) {
-      const p = this.held[i]!;
-      if (--p.after <= 0) {
-        this.held.splice(i, 1);
-        h(p.b, p.b.length, p.ip, p.port, p.ipIdDf);
-      } else i++;
-    }
-    const pct = (): number => this.rand() * 100;
-    if (pct() < this.o.dropPct) { this.stats.dropped++; return; }
-    let b = buf;
-    let l = len;
-    if (pct() < this.o.corruptPct) {
-      b = Buffer.from(buf.subarray(0, len));
-      l = b.length;
-      const bit = Math.floor(this.rand() * l * 8);
-      b[bit >> 3]! ^= 1 << (bit & 7);
-      this.stats.corrupted++;
-    }
-    if (pct() < this.o.reorderPct) {
-      this.stats.reordered++;
-      this.held.push({ b: Buffer.from(b.subarray(0, l)), ip, port, after: 1 + Math.floor(this.rand() * 3), ipIdDf });
-      return;
-    }
-    if (this.o.delayMs > 0 && pct() < this.o.delayPct) {
-      this.stats.delayed++;
-      const copy = Buffer.from(b.subarray(0, l));
-      const t = this.sched.setTimer(this.o.delayMs, () => { this.timers.delete(t); h(copy, copy.length, ip, port, ipIdDf); });
-      this.timers.add(t);
-      return;
-    }
-    h(b, l, ip, port, ipIdDf);
-    if (pct() < this.o.dupPct) {
-      this.stats.duplicated++;
-      h(b, l, ip, port, ipIdDf);
-    }
   }
 }

@@ -4,42 +4,48 @@
  * packets with IPv4 ID 0 and DF (what the ICRC was computed for), received
  * ones with the ID recovered from their ICRC, so `softroce dump` and
  * Wireshark verify every ICRC in the recording.
+ *
+ * A link wrapper: it takes a link and is one. Sends are recorded as they pass
+ * through; received datagrams when the device accepted them (Link.rxAccepted:
+ * after the ICRC check, which is where an IPv4 ID the socket did not show
+ * becomes known), so a capture holds what the device took in, whether the
+ * recorder sits above or below a fault injector.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { PcapWriter } from '../pcap.js';
 import { LinkType } from '../framing.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import { gidFromString, ipv4ToNumber } from '../gid.js';
-import type { Port } from '../../verbs/device.js';
+import { LinkWrapper, type Link } from './link.js';
 
-export class PcapRecorder {
+export class PcapRecorder extends LinkWrapper {
   private readonly w: PcapWriter;
   private readonly stream: WriteStream;
-  private readonly port: Port;
   private readonly hdr = Buffer.alloc(48);
   private closing: Promise<void> | null = null;
   /** the first write error (disk full, ...): recording stopped there; the device keeps running */
   error: Error | null = null;
-  private constructor(stream: WriteStream, port: Port) {
+  private constructor(stream: WriteStream, inner: Link) {
+    super(inner);
     this.stream = stream;
-    this.port = port;
     this.w = new PcapWriter(LinkType.RAW, 65535, (b) => { if (this.error === null) stream.write(b); });
     // Without a listener a write error would be an uncaught 'error' event that takes the process down.
     stream.on('error', (e) => { this.error ??= e; });
   }
   /** Rejects with the fs error (ENOENT, EACCES, ...) when the file cannot be created; nothing stays open then. */
-  static async open(path: string, port: Port): Promise<PcapRecorder> {
+  static async open(path: string, inner: Link): Promise<PcapRecorder> {
     const s = createWriteStream(path);
     await new Promise<void>((res, rej) => { s.once('open', () => res()); s.once('error', rej); });
-    return new PcapRecorder(s, port);
+    return new PcapRecorder(s, inner);
   }
-  tx(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
-    if (this.closing) return;
-    this.record(buf, len, this.port.address, this.port.link.localPort, dstIp, dstPort, 0, 1);
+  override send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {
+    if (!this.closing) this.record(buf, len, this.inner.localIp, this.inner.localPort, dstIp, dstPort, 0, 1);
+    this.inner.send(buf, len, dstIp, dstPort, tos);
   }
-  rx(buf: Buffer, len: number, srcIp: string, srcPort: number, ipId: number, df: number): void {
-    if (this.closing) return;
-    this.record(buf, len, srcIp, srcPort, this.port.address, this.port.link.localPort, ipId, df);
+  /** ipIdDf: `id | df << 16` as the receiver's ICRC check verified it */
+  override rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
+    if (!this.closing) this.record(buf, len, srcIp, srcPort, this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
+    this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
   }
   private record(buf: Buffer, len: number, src: string, sport: number, dst: string, dport: number, id: number, df: number): void {
     const h = this.hdr;
@@ -76,9 +82,10 @@ export class PcapRecorder {
   }
   /**
    * Flushes what is buffered and closes the file; resolves once the descriptor is closed
-   * ('close', not just 'finish'), also when the stream failed earlier. Idempotent.
+   * ('close', not just 'finish'), also when the stream failed earlier. Idempotent. The inner
+   * link stays open (close() closes both).
    */
-  close(): Promise<void> {
+  detach(): Promise<void> {
     return this.closing ??= new Promise<void>((r) => {
       const s = this.stream;
       if (s.closed) { r(); return; }

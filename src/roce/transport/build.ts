@@ -47,7 +47,6 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   writeIcrc(b, icrcOff, c);
   const len = icrcOff + 4;
   port.counters.v[C.sent_pkts]!++;
-  port.recorderTx?.(b, len, d.ip, d.port);
   link.send(b, len, d.ip, d.port, d.tos);
 }
 

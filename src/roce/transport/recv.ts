@@ -69,7 +69,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     const c = icrcV2Ipv6Parts(srcBytes, port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (c !== readIcrc(buf, info.icrcOff)) { v[C.rcvd_icrc_err]!++; return; }
   }
-  port.recorderRx?.(buf, len, srcIp, srcPort, ipId, df);
+  port.link.rxAccepted?.(buf, len, srcIp, srcPort, ipId | df << 16);
   // P_Key: our table has the default partition only; the membership bit is not compared (rxe check_keys).
   if (((buf[2]! << 8 | buf[3]!) & 0x7fff) !== 0x7fff) { v[C.rcvd_bad_pkey]!++; return; }
   const qpn = (buf[5]! << 16) | (buf[6]! << 8) | buf[7]!;

@@ -1,0 +1,196 @@
+/**
+ * RoCEv2 over the native addon's own IPv4 UDP socket (native/softroce.cc),
+ * bound to the device's address on port 4791 and read with recvmmsg + UDP_GRO
+ * on Node's loop; sends go out in per-turn batches (udp-base.ts). The socket
+ * has IP_MTU_DISCOVER = IP_PMTUDISC_DO, so Linux sends DF with IPv4 ID 0, the
+ * ID our ICRC assumes (a real RoCE peer drops anything else; see the README,
+ * "ICRC outcomes"). With CAP_NET_RAW a raw socket also shows each datagram's
+ * IPv4 header, so the ICRC is checked with the real IPv4 ID (then without
+ * UDP_GRO, except on loopback).
+ */
+import { closeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import type { NativeAddon } from '../../native.js';
+import { parseIpv4 } from '../gid.js';
+import { VerbsError } from '../../verbs/errors.js';
+import { EAGAIN, UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
+
+const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES } = osConstants.errno;
+
+export class NativeLink extends UdpLinkBase {
+  protected readonly dropRefused = true;
+  // The receive slots the addon fills, and packets waiting for the socket to drain.
+  private rxHandle: object | null = null;
+  private rxData: Buffer | null = null;
+  private rxMeta: Uint32Array | null = null;
+  private rxSlots: Buffer[] = [];
+  private rxSeg: Buffer | null = null;
+  private lastIpNum = -1;
+  private lastIpStr = '';
+  private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number }> = [];
+  /** when the oldest packet still in `pend` was handed over; -1: none */
+  private heldSince = -1;
+  /** while packets are held: 'late' every millisecond, so no ACK timer expires over them */
+  private lateTimer: NodeJS.Timeout | null = null;
+
+  private constructor(o: UdpLinkOptions) {
+    super(o, 'native');
+  }
+
+  /** Opens the addon's socket; throws VerbsError (EADDRINUSE, EADDRNOTAVAIL, EPERM, ENODEV) with nothing left open. */
+  static open(o: UdpLinkOptions, n: NativeAddon): NativeLink {
+    const ip = parseIpv4(o.address);
+    const port = o.port ?? 4791;
+    const fd = ip < 0 ? -EINVAL : n.udpOpen4!(ip, port, o.socketBufferBytes ?? 4 << 20, o.netdev ?? '');
+    if (fd < 0) {
+      // SO_BINDTODEVICE without CAP_NET_RAW: EPERM (or EACCES)
+      const devErr = fd === -EPERM || fd === -EACCES;
+      const code = fd === -EADDRINUSE ? 'EADDRINUSE' : fd === -EADDRNOTAVAIL ? 'EADDRNOTAVAIL' : devErr ? 'EPERM' : 'ENODEV';
+      const what = devErr ? `SO_BINDTODEVICE ${o.netdev ?? ''} failed` : `cannot bind UDP ${o.address}:${port}`;
+      throw new VerbsError(code, 'ibv_open_device', `${what} (errno ${-fd})`, code === 'EPERM' ? 'netdev' : 'address');
+    }
+    const link = new NativeLink(o);
+    link.localPort = n.localPort!(fd);
+    link.mcaps.ipv4IdZero = true;
+    link.batchOn(n, fd, process.env['SOFTROCE_GSO'] !== '0');
+    const slots = 32, slotSize = 65536;
+    // Not zero-filled: the kernel writes a slot before JS reads it, and untouched pages of an
+    // idle device's 2 MB cost no RSS.
+    link.rxData = Buffer.allocUnsafeSlow(slots * slotSize);
+    link.rxMeta = new Uint32Array(slots * 4);
+    link.rxSlots = Array.from({ length: slots }, (_, i) => link.rxData!.subarray(i * slotSize, (i + 1) * slotSize));
+    link.rxSeg = Buffer.allocUnsafeSlow(slotSize);
+    link.rxHandle = n.rxStart!(fd, link.rxData, link.rxMeta, slots, slotSize, (k) => link.onNativeRx(k));
+    if (!link.rxHandle) {
+      closeSync(fd); // the bound socket is ours alone: nothing else will ever close it
+      throw new VerbsError('ENODEV', 'ibv_open_device', 'native receive path did not start', 'native');
+    }
+    // With CAP_NET_RAW, a raw socket shows each datagram's IPv4 header, so the ICRC is checked
+    // with the sender's real ID (all 32 bits) instead of an inferred one (README, "ICRC outcomes").
+    // Without it (EPERM) the receive path stays as it is. SOFTROCE_RAW_RX=0 turns it off.
+    if (n.rawOpen4 && n.rxAttachRaw && ip > 0 && (o.rawRx ?? 'auto') !== 'off' && process.env['SOFTROCE_RAW_RX'] !== '0') {
+      const rfd = n.rawOpen4(ip, link.localPort, o.netdev ?? '', 2 * (o.socketBufferBytes ?? 4 << 20));
+      // On loopback (127/8) UDP GRO stays on: nothing is merged there, see rxAttachRaw
+      // (SOFTROCE_RAW_GRO=0 turns it off there too, as everywhere else: for tests).
+      const keepGro = ip >>> 24 === 127 && process.env['SOFTROCE_RAW_GRO'] !== '0';
+      if (rfd >= 0) link.mcaps.rawRx = n.rxAttachRaw(link.rxHandle, rfd, keepGro) === 0;
+      if (!link.caps.rawRx && o.rawRx === 'on') throw new VerbsError('EPERM', 'ibv_open_device', `raw receive socket: errno ${-rfd}`, 'rawRx');
+    }
+    return link;
+  }
+
+  /** k datagrams are in the slots (k < 0: the socket is writable again). */
+  private onNativeRx(k: number): void {
+    if (k < 0) { this.sendPending(); return; }
+    const meta = this.rxMeta!;
+    const st = this.batchStats;
+    st.rxCalls++;
+    st.rxDatagrams += k;
+    for (let i = 0; i < k; i++) {
+      const len = meta[4 * i]!, segw = meta[4 * i + 1]!, ipNum = meta[4 * i + 2]!, portw = meta[4 * i + 3]!;
+      // Raw receive marks a datagram whose IP header it saw: bit 31 known, bit 30 DF, ID in the port word's top half.
+      const seg = segw & 0xffff, port = portw & 0xffff;
+      const ipIdDf = segw & 0x80000000 ? (portw >>> 16) | ((segw >>> 14) & 0x10000) : -1;
+      if (len === 0 || !this.rx || !this.up) continue;
+      // One string per peer, not per packet.
+      if (ipNum !== this.lastIpNum) {
+        this.lastIpNum = ipNum;
+        this.lastIpStr = `${ipNum >>> 24}.${(ipNum >>> 16) & 0xff}.${(ipNum >>> 8) & 0xff}.${ipNum & 0xff}`;
+      }
+      const slot = this.rxSlots[i]!;
+      if (seg === 0 || seg >= len) { this.rx(slot, len, this.lastIpStr, port, ipIdDf); continue; }
+      // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter.
+      const segBuf = this.rxSeg!;
+      for (let off = 0; off < len; off += seg) {
+        const l = Math.min(seg, len - off);
+        slot.copy(segBuf, 0, off, off + l);
+        st.rxGroSegments++;
+        // Raw receive keeps GRO on loopback only, where a GRO datagram is one GSO send: Linux
+        // numbers its segments' IDs on from the first (inet_gso_segment).
+        this.rx(segBuf, l, this.lastIpStr, port, ipIdDf < 0 ? -1 : ((ipIdDf + off / seg) & 0xffff) | (ipIdDf & 0x10000));
+        if (!this.rx) break;
+      }
+    }
+  }
+
+  /** Every send is batched on this socket (send() never gets here). */
+  protected sendOne(buf: Buffer, len: number, ip: string, port: number): void {
+    this.hold(buf, len, ip, port, 0);
+  }
+  protected sendBlocked(): boolean {
+    return false;
+  }
+  protected queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number): boolean {
+    if (this.pend.length === 0) return false;
+    this.pend.push({ buf, len, ip, port, tos });
+    return true;
+  }
+  protected sendAside(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
+    this.hold(buf, len, ip, port, tos);
+  }
+
+  /**
+   * Packets that waited in our queues went out: the ACK timers armed when they were handed over
+   * would count the wait (issue 10 item 3), so the device re-arms them ('late', also every 1 ms
+   * while the wait lasts, so none expires during it). Only for waits over 1 ms, so a busy socket
+   * does not cost a pass over the QPs per send.
+   */
+  private sentLate(allOut: boolean): void {
+    if (this.heldSince < 0) return;
+    const held = performance.now() - this.heldSince;
+    if (allOut) {
+      this.heldSince = -1;
+      if (this.lateTimer) { clearInterval(this.lateTimer); this.lateTimer = null; }
+    }
+    if (held > 1) this.emit('late', held);
+  }
+
+  /** Keeps a packet the socket could not take (EAGAIN) until it is writable. */
+  private hold(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
+    if (this.pend.length === 0) {
+      this.heldSince = performance.now();
+      this.lateTimer ??= setInterval(() => this.emit('late', performance.now() - this.heldSince), 1);
+      this.lateTimer.unref();
+    }
+    this.pend.push({ buf, len, ip, port, tos });
+    if (this.pend.length === 1 && this.rxHandle) this.native!.rxWantWrite!(this.rxHandle);
+  }
+
+  /** Writable again: sends what waited, in order (one datagram per call: this is the slow path). */
+  private sendPending(): void {
+    const wasEmpty = this.pool.available === 0;
+    const nat = this.native!;
+    let i = 0;
+    for (; i < this.pend.length; i++) {
+      const p = this.pend[i]!;
+      this.sb[0] = p.buf; this.sl[0] = p.len;
+      const r = nat.sendPackets(this.fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0, p.tos);
+      if (r === -EAGAIN) break;
+      if (r < 0) this.batchStats.sendErrors++;
+      this.pool.release(p.buf);
+    }
+    this.pend.splice(0, i);
+    if (this.pend.length > 0 && this.rxHandle) nat.rxWantWrite!(this.rxHandle);
+    if (i > 0) this.sentLate(this.pend.length === 0);
+    if (wasEmpty && this.pool.available > 0) this.emit('drain');
+  }
+
+  /**
+   * Releases the socket (rxStop closes it, and the raw twin) and every buffer, whatever still
+   * holds the link object (see DgramLink.close for why that matters).
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.flushForClose();
+    this.releaseQueues();
+    if (this.lateTimer) { clearInterval(this.lateTimer); this.lateTimer = null; }
+    this.pend.length = 0;
+    const h = this.rxHandle;
+    this.rxHandle = null;
+    if (h) await new Promise<void>((r) => this.native!.rxStop!(h, r));
+    this.rxData = null;
+    this.rxMeta = null;
+    this.rxSlots = [];
+    this.rxSeg = null;
+  }
+}
