@@ -24,7 +24,7 @@ import { TxPool, type Link, type RxHandler } from './link.js';
 import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { icrcIdDelta } from '../icrc.js';
-import { VerbsError } from '../../verbs/errors.js';
+import { VerbsError } from '../errors.js';
 
 export interface UdpLinkOptions {
   address: string;
