@@ -8,7 +8,7 @@ import { randomInt } from 'node:crypto';
 import { VerbsError, InvalidQpAttrError } from './errors.js';
 import { assertQpTransition, QP_STATES, type QpState, type QpType } from './qp-state.js';
 import { ACCESS, WrOp, accessBits, type Access, type RecvWr, type SendWr, type Sge, type WcOpcode } from './types.js';
-import { checkSgl, checkRecvWr, RecvWqe, Ah, type Pd, type Srq } from './objects.js';
+import { checkSgl, checkRecvWr, Ah, type Pd, type Srq } from './objects.js';
 import type { Cq } from './cq.js';
 import type { Device } from './device.js';
 import { Mr } from './mr.js';
@@ -17,8 +17,10 @@ import { gidFromString, gidToIpv4Number, gidToString, type Gid } from '../roce/g
 import { gidToAddress } from './objects.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
-import type { TimerHandle } from '../roce/transport/sched.js';
 import type { Dest } from '../roce/transport/build.js';
+import { ReqState, CompState, RespState } from '../roce/transport/state.js';
+import type { TransportQp } from '../roce/transport/types.js';
+import { SendWqe, RecvWqe, WqeState } from '../roce/transport/wqe.js';
 import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
 import { flushAck } from '../roce/transport/responder.js';
 
@@ -67,68 +69,10 @@ export interface QpAttrs {
   enSqdAsyncNotify?: boolean;
 }
 
-export const WqeState = { POSTED: 0, PROCESSING: 1, PENDING: 2, DONE: 3 } as const;
-
-/** A send WQE: what the requester needs of a WR, copied at post time. */
-export class SendWqe {
-  wrId = 0;
-  op = 0;
-  sg: readonly Sge[] = [];
-  length = 0;
-  inline: Buffer | null = null;
-  imm = 0;
-  invRkey = 0;
-  remoteAddr = 0n;
-  rkey = 0;
-  compareAdd = 0n;
-  swap = 0n;
-  signaled = false;
-  solicited = false;
-  fence = false;
-  ah: Ah | null = null;
-  remoteQpn = 0;
-  remoteQkey = 0;
-  state = 0;
-  firstPsn = 0;
-  lastPsn = 0;
-  /** bytes sent so far (READ: bytes of response received) */
-  sent = 0;
-  /** firstPsn/lastPsn hold the PSNs this WQE was sent with (a go-back-N resend reuses them) */
-  psnAssigned = false;
-  /** counted in req.rdAtomic (READ/ATOMIC) */
-  rdCounted = false;
-  /** a local error found while processing (WC status index), 0 = none */
-  localErr = 0;
-  /**
-   * READ: responses that arrived ahead of a missing one (a bit per response packet; allocated the
-   * first time one does, kept for reuse), the highest response index seen, and the response index a
-   * hole re-request was last sent for (completer.ts readResponse)
-   */
-  rdHave: Uint8Array | null = null;
-  rdMaxSeen = -1;
-  rdAsked = -1;
-}
-
-/** A saved responder resource for READ and ATOMIC (IBA 9.7.5.1.6: duplicates are answered from it). */
-export class RdResource {
-  psn = -1;
-  lastPsn = -1;
-  atomic = false;
-  orig = 0n;
-  msn = 0;
-  /** READ: the request as first received; a duplicate must ask for the same R_Key and a part of this range */
-  va = 0n;
-  len = 0;
-  rkey = 0;
-}
-
 /** The boolean flags of a send WR (checked per post: a module constant, no array per call). */
 const SEND_FLAGS = ['signaled', 'solicited', 'fence', 'inline'] as const;
 
-const isRdAtomic = (op: number): boolean => op === WrOp.RDMA_READ || op === WrOp.ATOMIC_CMP_AND_SWP || op === WrOp.ATOMIC_FETCH_AND_ADD;
-export { isRdAtomic };
-
-export class Qp {
+export class Qp implements TransportQp {
   readonly device: Device;
   readonly pd: Pd;
   readonly qpn: number;
@@ -201,35 +145,10 @@ export class Qp {
   rqHead = 0;
   rqCount = 0;
 
-  /** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
-  readonly req = { psn: 0, /** the PSN after the highest ever sent: responses at or above it are forged */ maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, scheduled: false, waitingDrain: false, window: 128, grow: 0, run: null as (() => void) | null };
-  /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
-  readonly comp = { psn: 0, retryCnt: 0, rnrRetry: 0, timer: null as TimerHandle | null, rnrTimer: null as TimerHandle | null, retriedAt: -1,
-    /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
-    deadline: Infinity, onTimer: null as (() => void) | null,
-    /** round-trip estimate (ms, 0 = none yet) and the one packet being timed (PSN, send time) */
-    srtt: 0, sampleP: -1, sampleT: 0,
-    /** the tail-loss probe (completer.ts armProbe): when it fires, its lazy timer, probes since progress */
-    probeAt: Infinity, probeTimer: null as TimerHandle | null, onProbe: null as (() => void) | null, probes: 0 };
-  /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
-  readonly resp = {
-    psn: 0, msn: 0, lastOp: -1, wqe: null as RecvWqe | null, offset: 0, nakPsn: -1, oosMax: 0, oosCount: 0, dropMsg: false,
-    mr: null as Mr | null, mrOff: 0, resid: 0, writeLen: 0,
-    res: [] as RdResource[], resNext: 0,
-    /** READ responses still to send: [psn, mr, off, len] per pending READ */
-    reads: [] as Array<{ psn: number; mr: Mr | null; off: number; len: number; sentPsn: number }>,
-    /** requests that arrived while READ responses were being sent (kept in order) */
-    backlog: [] as Array<{ buf: Buffer; len: number; srcIp: string; srcPort: number; ipId: number; srcBytes: Uint8Array }>,
-    /** RC requests that arrived ahead of a missing PSN, kept by PSN until it comes (responder.ts stashAhead) */
-    stash: new Map<number, Buffer>(),
-    /** the expected PSN the out-of-sequence count (oosCount) is for */
-    gapPsn: -1,
-    scheduled: false,
-    waitingDrain: false,
-    /** a coalesced ACK waits for the end of this event-loop turn (responder.ts queueAck) */
-    ackPending: false, ackPsn: 0, ackMsn: 0,
-    ackFlush: null as (() => void) | null,
-  };
+  /** requester (rxe req), completer (rxe comp) and responder (rxe resp) state: src/roce/transport/state.ts */
+  readonly req = new ReqState();
+  readonly comp = new CompState();
+  readonly resp = new RespState();
 
   constructor(device: Device, pd: Pd, qpn: number, type: QpType, o: CreateQpOptions | null, cap: Required<QpCap>, sendCq: Cq, recvCq: Cq) {
     this.device = device;
@@ -334,9 +253,7 @@ export class Qp {
     if (to === 'RESET') this.resetQueues();
     if (to === 'INIT' && from === 'RESET') {
       // MSN starts at 0 on RESET → INIT (IBA 9.7.5.1.2).
-      this.resp.msn = 0;
-      this.resp.ackPending = false;
-      this.resp.res = Array.from({ length: Math.max(1, this.device.attr.maxQpRdAtom) }, () => new RdResource());
+      this.resp.init(this.device.attr.maxQpRdAtom);
     }
     if (to === 'ERR' && from !== 'ERR') flushQp(this);
     if (to === 'RTS' || to === 'SQD') this.device.kick(this);
@@ -349,10 +266,9 @@ export class Qp {
     this.comp.rnrTimer = null;
     this.sqHead = this.sqTail = 0;
     this.rqHead = this.rqCount = 0;
-    Object.assign(this.req, { psn: 0, maxPsn: 0, idx: 0, rdAtomic: 0, sinceAckReq: 0, window: 128, grow: 0 });
-    Object.assign(this.comp, { psn: 0, retriedAt: -1, sampleP: -1, probes: 0 });
-    Object.assign(this.resp, { psn: 0, msn: 0, lastOp: -1, wqe: null, offset: 0, nakPsn: -1, dropMsg: false, mr: null, mrOff: 0, resid: 0, reads: [], backlog: [], gapPsn: -1 });
-    this.resp.stash.clear();
+    this.req.reset();
+    this.comp.reset();
+    this.resp.reset();
     this.#commEst = false;
   }
 
@@ -591,16 +507,6 @@ export class Qp {
   }
   [Symbol.dispose](): void {
     this.close();
-  }
-}
-
-export function wcOpcodeFor(op: number): WcOpcode {
-  switch (op) {
-    case WrOp.RDMA_WRITE: case WrOp.RDMA_WRITE_WITH_IMM: return 'RDMA_WRITE';
-    case WrOp.RDMA_READ: return 'RDMA_READ';
-    case WrOp.ATOMIC_CMP_AND_SWP: return 'COMP_SWAP';
-    case WrOp.ATOMIC_FETCH_AND_ADD: return 'FETCH_ADD';
-    default: return 'SEND';
   }
 }
 

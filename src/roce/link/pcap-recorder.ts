@@ -10,7 +10,8 @@ import { PcapWriter } from '../pcap.js';
 import { LinkType } from '../framing.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import { gidFromString, ipv4ToNumber } from '../gid.js';
-import type { Port } from '../../verbs/device.js';
+/** What the recorder needs of the port it records (the verbs Port): its address and UDP port. */
+interface Port { readonly address: string; readonly link: { readonly localPort: number } }
 
 export class PcapRecorder {
   private readonly w: PcapWriter;

@@ -7,7 +7,7 @@ import { OPCODE_LEN, OPCODES, Hdr } from '../opcode.js';
 import { padFor } from '../psn.js';
 import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
 import { C } from '../counters.js';
-import type { Port } from '../../verbs/device.js';
+import type { PortLike as Port } from './types.js';
 
 /** Where to send: an RC/UC QP's AV or a UD WR's AH. */
 /** Where a QP's or AH's packets go: address, UDP port, and the AV's traffic class (IPv4 TOS). */

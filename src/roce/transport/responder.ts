@@ -11,8 +11,8 @@
  * sequence or not permitted an invalid-request NAK. The last two move the
  * responder's QP to the error state, as rxe's class C errors do.
  */
-import { RdResource, type Qp } from '../../verbs/qp.js';
-import { ACCESS, St, WC_STATUS } from '../../verbs/types.js';
+import { RdResource, type RecvWqe } from './wqe.js';
+import { ACCESS, St, WC_STATUS, type TransportQp as Qp, type PortLike as Port, type MemoryRegion as Mr } from './types.js';
 import { aethAck, aethNak, aethRnrNak, NakCode } from '../aeth.js';
 import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
@@ -20,11 +20,8 @@ import { PktInfo, parseIb } from '../packet.js';
 import { C } from '../counters.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
-import type { RecvWqe } from '../../verbs/objects.js';
-import type { Mr } from '../../verbs/mr.js';
 import { scatterSgl, sglUsable } from './sgl.js';
 import { completionLost } from './completer.js';
-import type { Port } from '../../verbs/device.js';
 
 const BACKLOG_MAX = 4096;
 /** out-of-sequence packets past a gap before its sequence NAK (TCP's duplicate-ACK threshold) */
