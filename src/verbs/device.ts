@@ -8,10 +8,6 @@
  * Devices have an array of ports so a bonded device (LAG) can have two.
  */
 import { EventEmitter } from 'node:events';
-import { networkInterfaces } from 'node:os';
-import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
 import { VerbsError, type ErrnoCode } from './errors.js';
 import { emitGuarded } from './emit.js';
 import { Cq } from './cq.js';
@@ -28,75 +24,15 @@ import { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { Engine } from '../roce/transport/engine.js';
 import type { PortLike, QpEvent, TransportDevice, TransportQp } from '../roce/transport/types.js';
-import { gidFromString, ipv4ToGid, macToDefaultGid, ipv4ToNumber, type Gid } from '../roce/gid.js';
-import { MTU_VALUES, type Mtu } from '../roce/opcode.js';
+import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
+import type { Mtu } from '../roce/opcode.js';
+import { ATTR, type DeviceAttr, type PortAttr } from './device-attr.js';
+import { activeMtuFor, buildGidTable, getDeviceList, netdevMtu, sysNetdevFor, type DeviceDescriptor, type GidEntry } from './discovery.js';
 import type { QpState } from './qp-state.js';
-
-export type GidType = 'RoCE v1' | 'RoCE v2';
-export interface GidEntry { index: number; gid: Gid; type: GidType; netdev: string }
-
-export interface DeviceAttr {
-  fwVer: string;
-  nodeGuid: bigint;
-  sysImageGuid: bigint;
-  maxMrSize: number;
-  pageSizeCap: number;
-  vendorId: number;
-  vendorPartId: number;
-  hwVer: number;
-  maxQp: number;
-  maxQpWr: number;
-  maxSge: number;
-  maxSgeRd: number;
-  maxCq: number;
-  maxCqe: number;
-  maxMr: number;
-  maxPd: number;
-  maxQpRdAtom: number;
-  maxQpInitRdAtom: number;
-  maxResRdAtom: number;
-  atomicCap: 'NONE' | 'HCA' | 'GLOB';
-  maxSrq: number;
-  maxSrqWr: number;
-  maxSrqSge: number;
-  maxInline: number;
-  maxPkeys: number;
-  localCaAckDelay: number;
-  physPortCnt: number;
-  maxMsgSize: number;
-}
-
-export interface PortAttr {
-  state: 'ACTIVE' | 'DOWN';
-  maxMtu: Mtu;
-  activeMtu: Mtu;
-  gidTblLen: number;
-  portCapFlags: number;
-  maxMsgSz: number;
-  pkeyTblLen: number;
-  lid: number;
-  smLid: number;
-  lmc: number;
-  linkLayer: 'Ethernet';
-  activeWidth: string;
-  activeSpeed: string;
-  physState: 'LINK_UP' | 'DISABLED';
-  netdev: string;
-  address: string;
-  backend: string;
-}
 
 export type AsyncEventType = 'COMM_EST' | 'QP_FATAL' | 'QP_REQ_ERR' | 'QP_ACCESS_ERR' | 'SQ_DRAINED' | 'LAST_WQE_REACHED'
   | 'SRQ_LIMIT_REACHED' | 'PORT_ACTIVE' | 'PORT_ERR' | 'CQ_ERR' | 'GID_CHANGE';
 export interface AsyncEvent { type: AsyncEventType; qp?: Qp; cq?: Cq; srq?: Srq; port?: number }
-
-/** rxe's limits (rxe_param.h), which is what ibv_devinfo -v shows for rxe0. */
-const ATTR: Omit<DeviceAttr, 'nodeGuid' | 'sysImageGuid'> = {
-  fwVer: '0.0.0', maxMrSize: 2 ** 32, pageSizeCap: 0xfffff000, vendorId: 0xffffff, vendorPartId: 0, hwVer: 0,
-  maxQp: 0x10000, maxQpWr: 0x4000, maxSge: 32, maxSgeRd: 32, maxCq: 0x4000, maxCqe: 0x7fff, maxMr: 0x40000, maxPd: 0x7ffc,
-  maxQpRdAtom: 128, maxQpInitRdAtom: 128, maxResRdAtom: 258048, atomicCap: 'HCA', maxSrq: 0x3ff0, maxSrqWr: 0x4000,
-  maxSrqSge: 27, maxInline: 400, maxPkeys: 64, localCaAckDelay: 15, physPortCnt: 1, maxMsgSize: 0x80000000,
-};
 
 export class Port implements PortLike {
   readonly num: number;
@@ -129,8 +65,6 @@ export class Port implements PortLike {
   }
 }
 
-export interface DeviceDescriptor { name: string; netdev: string; address: string; udpPort?: number }
-
 export interface OpenDeviceOptions {
   name?: string;
   netdev?: string;
@@ -143,81 +77,6 @@ export interface OpenDeviceOptions {
   faults?: FaultOptions;
   pcap?: string;
   icrcIpv4?: 'infer-id' | 'id-zero';
-}
-
-function sysNetdevFor(address: string): { netdev: string; mac: Uint8Array } {
-  const ifs = networkInterfaces();
-  for (const [name, addrs] of Object.entries(ifs)) {
-    for (const a of addrs ?? []) {
-      if (a.address === address) return { netdev: name, mac: new Uint8Array(Buffer.from(a.mac.replace(/:/g, ''), 'hex')) };
-    }
-  }
-  // 127.0.0.0/8 is all loopback on Linux, though `lo` lists only 127.0.0.1.
-  if (address.startsWith('127.') || address === '::1') return { netdev: 'lo', mac: new Uint8Array(6) };
-  return { netdev: '', mac: new Uint8Array(6) };
-}
-
-function netdevMtu(netdev: string): number {
-  try {
-    return Number(readFileSync(`/sys/class/net/${netdev}/mtu`, 'utf8').trim()) || 1500;
-  } catch {
-    return netdev === 'lo' ? 65536 : 1500;
-  }
-}
-
-/** rxe: the largest IB MTU that fits the netdev MTU less RoCE headers (rxe_param.h). */
-export function activeMtuFor(netdevMtu: number): Mtu {
-  let m: Mtu = 256;
-  for (const v of MTU_VALUES) if (v <= netdevMtu - 80) m = v;
-  return m;
-}
-
-/**
- * The GID table as roce_gid_mgmt builds it for a port that supports both RoCE
- * versions: the default GID (fe80::/64 + EUI-64 of the MAC) first, then every
- * address of the interface, each once per RoCE type (v1, then v2).
- */
-export function buildGidTable(netdev: string, mac: Uint8Array, boundAddress: string): GidEntry[] {
-  const out: GidEntry[] = [];
-  const add = (gid: Gid): void => {
-    if (out.some((e) => Buffer.from(e.gid).equals(Buffer.from(gid)))) return;
-    for (const type of ['RoCE v1', 'RoCE v2'] as const) out.push({ index: out.length, gid, type, netdev });
-  };
-  add(macToDefaultGid(mac));
-  const addrs = networkInterfaces()[netdev] ?? [];
-  for (const a of addrs) if (a.family === 'IPv4') add(ipv4ToGid(a.address));
-  for (const a of addrs) if (a.family === 'IPv6') add(gidFromString(a.address.split('%')[0]!));
-  add(boundAddress.includes(':') ? gidFromString(boundAddress) : ipv4ToGid(boundAddress));
-  return out;
-}
-
-/**
- * The device list (ibv_get_device_list): SOFTROCE_DEVICES="name=netdev:address,..."
- * or the JSON file SOFTROCE_CONFIG (default ~/.config/softroce/devices.json,
- * `{ "devices": [{ "name", "netdev", "address" }] }`); without either, two
- * loopback devices that need no configuration: softroce0 on 127.0.0.1 and
- * softroce1 on 127.0.0.2.
- */
-export function getDeviceList(env: NodeJS.ProcessEnv = process.env): DeviceDescriptor[] {
-  const spec = env['SOFTROCE_DEVICES'];
-  if (spec) {
-    return spec.split(',').filter(Boolean).map((s) => {
-      const m = /^([^=]+)=([^:]*):(.+)$/.exec(s.trim());
-      if (!m) throw new VerbsError('EINVAL', 'ibv_get_device_list', `bad SOFTROCE_DEVICES entry "${s}" (want name=netdev:address)`, 'SOFTROCE_DEVICES');
-      return { name: m[1]!, netdev: m[2]!, address: m[3]! };
-    });
-  }
-  const file = env['SOFTROCE_CONFIG'] ?? join(homedir(), '.config', 'softroce', 'devices.json');
-  try {
-    const j = JSON.parse(readFileSync(file, 'utf8')) as { devices?: DeviceDescriptor[] };
-    if (Array.isArray(j.devices) && j.devices.length) return j.devices;
-  } catch {
-    /* no file: defaults */
-  }
-  return [
-    { name: 'softroce0', netdev: 'lo', address: '127.0.0.1' },
-    { name: 'softroce1', netdev: 'lo', address: '127.0.0.2' },
-  ];
 }
 
 let nextPdHandle = 1;
@@ -631,3 +490,7 @@ function fsError(e: unknown, op: string, what: string, argument: string): VerbsE
 }
 
 export type { QpState };
+// Discovery lives in discovery.ts; its public names stay importable from here.
+export { getDeviceList, buildGidTable, activeMtuFor } from './discovery.js';
+export type { GidType, GidEntry, DeviceDescriptor } from './discovery.js';
+export type { DeviceAttr, PortAttr } from './device-attr.js';
