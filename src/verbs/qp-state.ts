@@ -9,7 +9,7 @@
  */
 import { InvalidQpAttrError, InvalidQpTransitionError } from './errors.js';
 
-import { QP_STATES, type QpState, type QpType } from '../roce/transport/types.js';
+import type { QpState, QpType } from '../roce/transport/types.js';
 
 // The state and type names are the transport's (it moves QPs to ERR and SQD); re-exported here.
 export { QP_STATES, QP_TYPES } from '../roce/transport/types.js';
