@@ -4,8 +4,10 @@ export type { DeviceAttr, PortAttr, GidEntry, GidType, AsyncEvent, AsyncEventTyp
 export { Pd, Srq, Ah } from './objects.js';
 export { Mr } from './mr.js';
 export { Cq } from './cq.js';
-export { Qp, connectQp, remoteOf } from './qp.js';
-export type { CreateQpOptions, QpAttrs, QpCap, Av, QpEndpoint, MrEndpoint, ConnectLocal } from './qp.js';
+export { Qp } from './qp.js';
+export { connectQp, remoteOf } from './connect.js';
+export type { CreateQpOptions, QpAttrs, QpCap, Av, QpEndpoint, MrEndpoint } from './qp.js';
+export type { ConnectLocal } from './connect.js';
 export { Wc, ACCESS, WC_STATUS, WC_OPCODE } from './types.js';
 export type { Access, Sge, RecvWr, SendWr, SendOpcode, WcStatus, WcOpcode } from './types.js';
 export { QP_STATES, QP_TYPES, QP_TRANSITIONS, checkQpTransition } from './qp-state.js';
