@@ -71,7 +71,7 @@ export function checkRemoteEndpoint(op: string, arg: string, x: unknown, needPsn
   V.optInt(op, arg, r['udpPort'], 1, 65535);
 }
 
-export function checkAv(op: string, arg: string, x: unknown, gidCount: number): void {
+function checkAv(op: string, arg: string, x: unknown, gidCount: number): void {
   V.obj(op, arg, x);
   const av = x as Record<string, unknown>;
   V.gid(op, arg, av['dgid']);

@@ -51,8 +51,6 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   link.send(b, len, d.ip, d.port, d.tos);
 }
 
-export { Hdr };
-
 /**
  * An RDMA READ request for `len` bytes at `va`, with PSN `psn` (IBA 9.4.4): the completer asks again
  * for a hole in a READ's responses with it (a part of the original request, which a responder

@@ -14,7 +14,7 @@
 import { WqeState, type SendWqe } from './wqe.js';
 import { St, WC_STATUS, WrOp, isRdAtomic, wcOpcodeFor, type TransportQp as Qp } from './types.js';
 import { AethType, NakCode, RNR_TIMER_US } from '../aeth.js';
-import { Hdr, Op } from '../opcode.js';
+import { Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { C } from '../counters.js';
 import type { PktInfo } from '../packet.js';
@@ -444,5 +444,3 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     madeProgress(qp);
   }
 }
-
-export { Hdr };

@@ -267,5 +267,3 @@ export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: n
   if (wqe.inline) wqe.inline.copy(dst, at, from, from + n);
   else gatherSgl(wqe.sg, from, dst, at, n);
 }
-
-export { St };

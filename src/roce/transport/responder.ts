@@ -18,7 +18,7 @@ import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
 import { C } from '../counters.js';
-import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
+import { finishAndSend, hdrOff, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import { scatterSgl, sglUsable } from './sgl.js';
 import { completionLost } from './completer.js';
@@ -612,5 +612,3 @@ function drainBacklog(qp: Qp): void {
   if (r.backlog.length > 0 && r.reads.length === 0) scheduleReads(qp);
   if (r.backlog.length === 0 && r.reads.length === 0 && r.stash.size > 0) drainStash(qp);
 }
-
-export { payloadOff };
