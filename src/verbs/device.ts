@@ -14,7 +14,8 @@ import { Cq } from './cq.js';
 import { Pd, Srq, type Ah } from './objects.js';
 import * as V from './validate.js';
 import { isIP } from 'node:net';
-import { Qp, type CreateQpOptions, type QpCap } from './qp.js';
+import { Qp, type CreateQpOptions } from './qp.js';
+import { checkCreateQp, checkOpenGsi, type GsiOptions } from './qp-create.js';
 import type { Mr } from './mr.js';
 import { Counters, C } from '../roce/counters.js';
 import { RealScheduler, type Scheduler } from '../roce/transport/sched.js';
@@ -216,30 +217,9 @@ export class Device extends EventEmitter implements TransportDevice {
     return cq;
   }
 
-  /** @internal pd.createQp (the checks of ibv_create_qp, all before anything is allocated) */
+  /** @internal pd.createQp (the checks of ibv_create_qp come first, all before anything is allocated: qp-create.ts) */
   createQpFor(pd: Pd, o: CreateQpOptions): Qp {
-    const op = 'ibv_create_qp';
-    const a = this.attr;
-    if (!o || (o.type !== 'RC' && o.type !== 'UC' && o.type !== 'UD')) throw new VerbsError('EINVAL', op, `type must be RC, UC or UD`, 'type');
-    if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== this) throw new VerbsError('EINVAL', op, 'sendCq must be an open CQ of this device', 'sendCq');
-    if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== this) throw new VerbsError('EINVAL', op, 'recvCq must be an open CQ of this device', 'recvCq');
-    if (o.srq !== undefined && (!(o.srq instanceof Srq) || o.srq.closed || o.srq.pd.device !== this)) throw new VerbsError('EINVAL', op, 'srq must be an open SRQ of this device', 'srq');
-    if (o.srq !== undefined && o.srq.pd !== pd) throw new VerbsError('EINVAL', op, 'srq must be of the same PD', 'srq');
-    V.optBool(op, 'sigAll', o.sigAll);
-    V.obj(op, 'cap', o.cap);
-    const c = o.cap;
-    const cap: Required<QpCap> = {
-      maxSendWr: c.maxSendWr, maxRecvWr: o.srq ? 0 : c.maxRecvWr, maxSendSge: c.maxSendSge ?? 1, maxRecvSge: c.maxRecvSge ?? 1, maxInline: c.maxInline ?? 0,
-    };
-    const chk = (v: number, lo: number, hi: number, name: string): void => {
-      if (!Number.isInteger(v) || v < lo || v > hi) throw new VerbsError('EINVAL', op, `cap.${name} = ${v} not in ${lo}..${hi}`, `cap.${name}`);
-    };
-    chk(cap.maxSendWr, 1, a.maxQpWr, 'maxSendWr');
-    if (!o.srq) chk(cap.maxRecvWr, 1, a.maxQpWr, 'maxRecvWr');
-    chk(cap.maxSendSge, 1, a.maxSge, 'maxSendSge');
-    chk(cap.maxRecvSge, 1, a.maxSge, 'maxRecvSge');
-    chk(cap.maxInline, 0, a.maxInline, 'maxInline');
-    if (this.qps.size >= a.maxQp) throw new VerbsError('ENOMEM', op, 'too many QPs', 'qp');
+    const cap = checkCreateQp(this, pd, o);
     while (this.qps.has(this.nextQpn) || this.nextQpn < 0x11) this.nextQpn = this.nextQpn >= 0xfffffe ? 0x11 : this.nextQpn + 1;
     const qp = new Qp(this, pd, this.nextQpn++, o.type, o, cap, o.sendCq, o.recvCq);
     this.register(qp, pd);
@@ -247,20 +227,9 @@ export class Device extends EventEmitter implements TransportDevice {
   }
 
   /** QP1, the GSI QP (a special UD QP with Q_Key 0x80010000) that carries CM MADs. */
-  openGsi(pd: Pd, o: { sendCq: Cq; recvCq: Cq; cap?: Partial<QpCap> }): Qp {
+  openGsi(pd: Pd, o: GsiOptions): Qp {
     this.live('ibv_create_qp');
-    const op = 'ibv_create_qp';
-    if (!(pd instanceof Pd) || pd.closed || pd.device !== this) V.fail(op, 'pd', 'must be an open PD of this device');
-    V.obj(op, 'options', o);
-    if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== this) V.fail(op, 'sendCq', 'must be an open CQ of this device');
-    if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== this) V.fail(op, 'recvCq', 'must be an open CQ of this device');
-    if (o.cap !== undefined) {
-      V.obj(op, 'cap', o.cap);
-      V.optInt(op, 'cap.maxSendWr', o.cap.maxSendWr, 1, this.attr.maxQpWr);
-      V.optInt(op, 'cap.maxRecvWr', o.cap.maxRecvWr, 1, this.attr.maxQpWr);
-    }
-    if (this.gsi) throw new VerbsError('EBUSY', 'ibv_create_qp', 'QP1 is already open', 'qp');
-    const cap: Required<QpCap> = { maxSendWr: o.cap?.maxSendWr ?? 256, maxRecvWr: o.cap?.maxRecvWr ?? 256, maxSendSge: 1, maxRecvSge: 1, maxInline: 0 };
+    const cap = checkOpenGsi(this, pd, o);
     const qp = new Qp(this, pd, 1, 'GSI', null, cap, o.sendCq, o.recvCq);
     this.gsi = qp;
     this.register(qp, pd);
