@@ -49,10 +49,6 @@ export class Port implements PortLike {
   /** set when the device records a pcap */
   recorderTx: ((b: Buffer, len: number, ip: string, port: number) => void) | null = null;
   recorderRx: ((b: Buffer, len: number, ip: string, port: number, ipId: number, df: number) => void) | null = null;
-  /** @internal QPs whose requester found the link's tx pool empty, in the order they found it: served first-come on 'drain' */
-  readonly txWait: TransportQp[] = [];
-  /** @internal ... and those that did send in that run before the pool ran dry: served after the others */
-  readonly txWaitBack: TransportQp[] = [];
   constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidEntry[], activeMtu: Mtu) {
     this.num = num;
     this.link = link;

@@ -49,12 +49,21 @@ export class Engine {
     } else if (!this.pumpPending) { this.pumpPending = true; this.host.sched.defer(this.pumpFn); }
   }
 
+  /**
+   * Per port (by number): QPs whose requester found the link's tx pool empty, in the order they
+   * found it, served first-come on 'drain'; and those that did send in that run before the pool
+   * ran dry, served after the others.
+   */
+  private readonly txWait: TransportQp[][] = [];
+  private readonly txWaitBack: TransportQp[][] = [];
+
   /** the requester of `qp` found the tx pool of `port` empty: it runs again on 'drain', in its turn */
   waitTx(qp: TransportQp, port: PortLike, sentSome: boolean): void {
     this.park(qp);
     if (qp.req.waitingDrain) return;
     qp.req.waitingDrain = true;
-    (sentSome ? port.txWaitBack : port.txWait).push(qp);
+    const lists = sentSome ? this.txWaitBack : this.txWait;
+    (lists[port.num] ??= []).push(qp);
   }
 
   /**
@@ -242,7 +251,7 @@ export class Engine {
    * again, and first again. Responders with READ responses still to send go on.
    */
   drained(p: PortLike): void {
-    for (const w of [p.txWait, p.txWaitBack]) {
+    for (const w of [this.txWait[p.num] ?? [], this.txWaitBack[p.num] ?? []]) {
       for (let i = 0; i < w.length; i++) {
         const qp = w[i]!;
         if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }

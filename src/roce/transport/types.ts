@@ -123,9 +123,6 @@ export interface PortLike {
   readonly counters: Counters;
   readonly recorderTx: ((b: Buffer, len: number, ip: string, port: number) => void) | null;
   readonly recorderRx: ((b: Buffer, len: number, ip: string, port: number, ipId: number, df: number) => void) | null;
-  /** QPs whose requester found the link's tx pool empty, in order; then those that did send before it ran dry (engine.ts) */
-  readonly txWait: TransportQp[];
-  readonly txWaitBack: TransportQp[];
 }
 
 /** The device as the transport uses it: ports, clock, tables, the run queue, events. */
