@@ -1,10 +1,10 @@
 /**
  * What the transport needs from the objects above it, declared here so the transport never
- * imports src/verbs (issue 11: layers point one way, verbs -> roce/transport -> roce/link). The
+ * imports the verbs layer (issue 11: layers point one way, verbs -> roce/transport -> roce/link). The
  * verbs classes (Qp, Device, Port, Mr, Cq, Ah) implement these interfaces; the transport sees
  * only what it reads or calls. The small constant tables the two layers share (WR opcodes, work
  * completion statuses and opcodes, access bits, QP states) are defined here too and re-exported
- * by src/verbs/types.ts and src/verbs/qp-state.ts under their public names.
+ * by the verbs layer (its types.ts and qp-state.ts) under their public names.
  */
 import type { Counters } from '../counters.js';
 import type { Link } from '../link/link.js';
