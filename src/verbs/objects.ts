@@ -10,7 +10,7 @@ import * as V from './validate.js';
 import { gidFromString, gidToIpv4Number, isIpv4Mapped, type Gid } from '../roce/gid.js';
 import type { Device } from './device.js';
 import type { Qp, CreateQpOptions } from './qp.js';
-import type { Dest } from '../roce/transport/build.js';
+import type { Dest } from '../roce/transport/types.js';
 import { RecvWqe } from '../roce/transport/wqe.js';
 import type { AddressHandle } from '../roce/transport/types.js';
 

@@ -18,7 +18,7 @@ import { gidFromString, gidToIpv4Number, gidToString, type Gid } from '../roce/g
 import { gidToAddress } from './objects.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
-import type { Dest } from '../roce/transport/build.js';
+import type { Dest } from '../roce/transport/types.js';
 import { ReqState, CompState, RespState } from '../roce/transport/state.js';
 import type { TransportQp } from '../roce/transport/types.js';
 import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';

@@ -6,7 +6,7 @@
  * responder.ts) read and write the fields directly: allocation-free on the hot path.
  */
 import type { TimerHandle } from './sched.js';
-import type { MemoryRegion } from './types.js';
+import type { MemoryRegion } from './shared.js';
 import { RdResource, type RecvWqe } from './wqe.js';
 
 /** RXE_MAX_UNACKED_PSNS: the requester's window starts (and is reset to) this many PSNs. */

@@ -3,7 +3,7 @@
  * copied at post time, and where it is in its life), receive WQEs, and the responder's saved
  * READ/ATOMIC resources. The verbs layer fills them at post; the roles own them afterwards.
  */
-import type { AddressHandle, SgeLike } from './types.js';
+import type { AddressHandle, SgeLike } from './shared.js';
 
 /** A send WQE's life (rxe wqe_state): posted, being sent, sent and waiting for its ACK/response, completed. */
 export const WqeState = { POSTED: 0, PROCESSING: 1, PENDING: 2, DONE: 3 } as const;
