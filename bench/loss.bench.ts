@@ -9,7 +9,7 @@
  * BENCH_QUICK=1: IPv4 only.
  */
 import { openDevice, type Device } from '../src/verbs/device.js';
-import { connectQp } from '../src/verbs/qp.js';
+import { connectQp } from '../src/verbs/connect.js';
 import { Wc, type SendWr } from '../src/verbs/types.js';
 import type { FaultOptions } from '../src/roce/link/fault-link.js';
 

@@ -7,7 +7,7 @@
  */
 import * as dgram from 'node:dgram';
 import { openDevice } from '../src/verbs/device.js';
-import { connectQp } from '../src/verbs/qp.js';
+import { connectQp } from '../src/verbs/connect.js';
 import { Wc } from '../src/verbs/types.js';
 import type { Cq } from '../src/verbs/cq.js';
 

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
-import { connectQp } from '../verbs/qp.js';
+import { connectQp } from '../verbs/connect.js';
 import { Wc } from '../verbs/types.js';
 import type { Cq } from '../verbs/cq.js';
 import { gidToString } from '../roce/gid.js';

@@ -12,6 +12,7 @@ import { VerbsError } from './errors.js';
 import * as V from './validate.js';
 import type { Device } from './device.js';
 import { emitGuarded } from './emit.js';
+import type { CompletionSink } from '../roce/transport/types.js';
 
 const ARM_NONE = 0, ARM_ANY = 1, ARM_SOLICITED = 2;
 
@@ -21,7 +22,7 @@ function copyWc(d: Wc, s: Wc): void {
   d.solicited = s.solicited; d.pkeyIndex = s.pkeyIndex; d.vendorErr = s.vendorErr;
 }
 
-export class Cq extends EventEmitter {
+export class Cq extends EventEmitter implements CompletionSink {
   readonly device: Device;
   readonly depth: number;
   private readonly ring: Wc[];

@@ -1,11 +1,16 @@
 /** The verbs object model: devices, PD, MR, CQ, QP, SRQ, AH. */
-export { openDevice, getDeviceList, Device, Port, buildGidTable, activeMtuFor } from './device.js';
-export type { DeviceAttr, PortAttr, GidEntry, GidType, AsyncEvent, AsyncEventType, DeviceDescriptor, OpenDeviceOptions } from './device.js';
+export { openDevice, Device, Port } from './device.js';
+export { getDeviceList, buildGidTable, activeMtuFor } from './discovery.js';
+export type { AsyncEvent, AsyncEventType, OpenDeviceOptions } from './device.js';
+export type { DeviceAttr, PortAttr } from './device-attr.js';
+export type { GidEntry, GidType, DeviceDescriptor } from './discovery.js';
 export { Pd, Srq, Ah } from './objects.js';
 export { Mr } from './mr.js';
 export { Cq } from './cq.js';
-export { Qp, connectQp, remoteOf } from './qp.js';
-export type { CreateQpOptions, QpAttrs, QpCap, Av, QpEndpoint, MrEndpoint, ConnectLocal } from './qp.js';
+export { Qp } from './qp.js';
+export { connectQp, remoteOf } from './connect.js';
+export type { CreateQpOptions, QpAttrs, QpCap, Av, QpEndpoint, MrEndpoint } from './qp-attrs.js';
+export type { ConnectLocal } from './connect.js';
 export { Wc, ACCESS, WC_STATUS, WC_OPCODE } from './types.js';
 export type { Access, Sge, RecvWr, SendWr, SendOpcode, WcStatus, WcOpcode } from './types.js';
 export { QP_STATES, QP_TYPES, QP_TRANSITIONS, checkQpTransition } from './qp-state.js';

@@ -9,10 +9,11 @@ import { randomInt } from 'node:crypto';
 import { ACCESS } from './types.js';
 import type { Pd } from './objects.js';
 import { VerbsError } from './errors.js';
+import type { MemoryRegion } from '../roce/transport/types.js';
 
 let nextVa = 0x7f3c_0000_0000n;
 
-export class Mr {
+export class Mr implements MemoryRegion {
   readonly pd: Pd;
   /** the registered memory (a view over the caller's buffer) */
   readonly buffer: Buffer;

@@ -10,13 +10,10 @@ import * as V from './validate.js';
 import { gidFromString, gidToIpv4Number, isIpv4Mapped, type Gid } from '../roce/gid.js';
 import type { Device } from './device.js';
 import type { Qp, CreateQpOptions } from './qp.js';
-import type { Dest } from '../roce/transport/build.js';
+import type { Dest } from '../roce/transport/types.js';
+import { RecvWqe } from '../roce/transport/wqe.js';
+import type { AddressHandle } from '../roce/transport/types.js';
 
-export class RecvWqe {
-  wrId = 0;
-  sg: readonly Sge[] = [];
-  length = 0;
-}
 
 /** Checks a scatter/gather list's shape (types, counts); returns its total length. */
 export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
@@ -227,7 +224,7 @@ export class Srq {
   }
 }
 
-export class Ah {
+export class Ah implements AddressHandle {
   readonly pd: Pd;
   readonly gid: Gid;
   readonly ip: string;

@@ -9,11 +9,11 @@
  */
 import { InvalidQpAttrError, InvalidQpTransitionError } from './errors.js';
 
-export const QP_STATES = ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'] as const;
-export type QpState = (typeof QP_STATES)[number];
-/** GSI is QP1, the special UD QP that carries MADs (CM). */
-export const QP_TYPES = ['RC', 'UC', 'UD', 'GSI'] as const;
-export type QpType = (typeof QP_TYPES)[number];
+import type { QpState, QpType } from '../roce/transport/types.js';
+
+// The state and type names are the transport's (it moves QPs to ERR and SQD); re-exported here.
+export { QP_STATES, QP_TYPES } from '../roce/transport/types.js';
+export type { QpState, QpType } from '../roce/transport/types.js';
 
 /** Attribute names: the verbs' ibv_qp_attr fields, camelCased (IBV_QP_xxx mask bits). */
 export const QP_ATTRS = [

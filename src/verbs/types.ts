@@ -5,8 +5,13 @@
  */
 import type { Mr } from './mr.js';
 import type { Ah } from './objects.js';
+import { ACCESS, type WcOpcode, type WcStatus } from '../roce/transport/types.js';
 
-export const ACCESS = { LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, REMOTE_ATOMIC: 8 } as const;
+// The tables the transport shares with the verbs API are defined with the transport (it may not
+// import verbs); these are their public names.
+export { ACCESS, WrOp, WC_STATUS, St, WC_OPCODE } from '../roce/transport/types.js';
+export type { WcStatus, WcOpcode } from '../roce/transport/types.js';
+
 export type Access = keyof typeof ACCESS;
 export function accessBits(a: readonly Access[] | undefined, arg: string, op: string, err: (code: 'EINVAL', op: string, msg: string, arg: string) => Error): number {
   let bits = 0;
@@ -47,26 +52,6 @@ export type SendWr = SendWrBase & (
   | ({ opcode: 'ATOMIC_FETCH_AND_ADD'; compareAdd: bigint } & Remote)
 );
 export type SendOpcode = SendWr['opcode'];
-
-/** Internal WR opcode numbers. */
-export const WrOp = {
-  SEND: 0, SEND_WITH_IMM: 1, SEND_WITH_INV: 2, RDMA_WRITE: 3, RDMA_WRITE_WITH_IMM: 4, RDMA_READ: 5,
-  ATOMIC_CMP_AND_SWP: 6, ATOMIC_FETCH_AND_ADD: 7,
-} as const;
-
-/** ibv_wc_status, in libibverbs' order. */
-export const WC_STATUS = [
-  'SUCCESS', 'LOC_LEN_ERR', 'LOC_QP_OP_ERR', 'LOC_EEC_OP_ERR', 'LOC_PROT_ERR', 'WR_FLUSH_ERR', 'MW_BIND_ERR',
-  'BAD_RESP_ERR', 'LOC_ACCESS_ERR', 'REM_INV_REQ_ERR', 'REM_ACCESS_ERR', 'REM_OP_ERR', 'RETRY_EXC_ERR',
-  'RNR_RETRY_EXC_ERR', 'LOC_RDD_VIOL_ERR', 'REM_INV_RD_REQ_ERR', 'REM_ABORT_ERR', 'INV_EECN_ERR',
-  'INV_EEC_STATE_ERR', 'FATAL_ERR', 'RESP_TIMEOUT_ERR', 'GENERAL_ERR',
-] as const;
-export type WcStatus = (typeof WC_STATUS)[number];
-export const St = Object.fromEntries(WC_STATUS.map((s, i) => [s, i])) as { readonly [K in WcStatus]: number };
-
-export const WC_OPCODE = ['SEND', 'RDMA_WRITE', 'RDMA_READ', 'COMP_SWAP', 'FETCH_ADD', 'BIND_MW', 'LOCAL_INV', 'RECV', 'RECV_RDMA_WITH_IMM'] as const;
-export type WcOpcode = (typeof WC_OPCODE)[number];
-export const WcOp = Object.fromEntries(WC_OPCODE.map((s, i) => [s, i])) as { readonly [K in WcOpcode]: number };
 
 /** A work completion (ibv_wc). Fill preallocated ones with cq.poll(). */
 export class Wc {

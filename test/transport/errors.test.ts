@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { makePair, waitWc, settle, fill, type Pair } from '../verbs/pair.js';
-import { connectQp } from '../../src/verbs/qp.js';
+import { connectQp } from '../../src/verbs/connect.js';
 import { buildRoceV2, emitFrame, makeIb } from '../../src/roce/framing.js';
 import { aethNak, NakCode, aethAck } from '../../src/roce/aeth.js';
 import { ackTimeoutMs, onResponse, rewind } from '../../src/roce/transport/completer.js';

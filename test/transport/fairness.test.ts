@@ -10,7 +10,8 @@
 import t from 'tap';
 import { EventEmitter } from 'node:events';
 import { openDevice, type Device } from '../../src/verbs/device.js';
-import { connectQp, type Qp } from '../../src/verbs/qp.js';
+import { connectQp } from '../../src/verbs/connect.js';
+import type { Qp } from '../../src/verbs/qp.js';
 import { Wc } from '../../src/verbs/types.js';
 import { FakeScheduler } from '../../src/roce/transport/sched.js';
 import { MemNetwork, TxPool, TX_BUF_SIZE, type Link, type LinkCaps, type MemLink, type RxHandler } from '../../src/roce/link/link.js';

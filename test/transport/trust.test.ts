@@ -6,7 +6,8 @@
 import t from 'tap';
 import { makePair, waitWc, settle, fill } from '../verbs/pair.js';
 import { openDevice, type Device } from '../../src/verbs/device.js';
-import { connectQp, type Qp } from '../../src/verbs/qp.js';
+import { connectQp } from '../../src/verbs/connect.js';
+import type { Qp } from '../../src/verbs/qp.js';
 import { Wc } from '../../src/verbs/types.js';
 import { buildRoceV2, emitFrame, makeIb } from '../../src/roce/framing.js';
 import { aethAck, aethNak, NakCode } from '../../src/roce/aeth.js';

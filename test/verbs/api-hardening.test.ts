@@ -6,7 +6,8 @@
  */
 import t from 'tap';
 import { openDevice, type Device } from '../../src/verbs/device.js';
-import { connectQp, remoteOf, type Qp, type QpEndpoint, type MrEndpoint } from '../../src/verbs/qp.js';
+import { connectQp, remoteOf } from '../../src/verbs/connect.js';
+import type { Qp, QpEndpoint, MrEndpoint } from '../../src/verbs/qp.js';
 import { VerbsError } from '../../src/verbs/errors.js';
 import { Wc, type SendWr, type RecvWr } from '../../src/verbs/types.js';
 import { FakeScheduler } from '../../src/roce/transport/sched.js';

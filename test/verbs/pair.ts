@@ -1,6 +1,7 @@
 /** Test helpers: two connected devices with a QP each, over the in-memory network or real UDP loopback. */
 import { openDevice, type Device } from '../../src/verbs/device.js';
-import { connectQp, type Qp } from '../../src/verbs/qp.js';
+import { connectQp } from '../../src/verbs/connect.js';
+import type { Qp } from '../../src/verbs/qp.js';
 import { Wc, type Access } from '../../src/verbs/types.js';
 import type { Pd, Srq } from '../../src/verbs/objects.js';
 import type { Cq } from '../../src/verbs/cq.js';

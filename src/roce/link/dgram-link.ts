@@ -8,7 +8,7 @@
  */
 import * as dgram from 'node:dgram';
 import { dgramFd, loadNative } from '../../native.js';
-import { VerbsError } from '../../verbs/errors.js';
+import { VerbsError } from '../errors.js';
 import { UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
 
 export class DgramLink extends UdpLinkBase {

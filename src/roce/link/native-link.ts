@@ -12,7 +12,7 @@ import { closeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
-import { VerbsError } from '../../verbs/errors.js';
+import { VerbsError } from '../errors.js';
 import { EAGAIN, UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
 
 const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES } = osConstants.errno;

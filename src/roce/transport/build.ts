@@ -7,11 +7,7 @@ import { OPCODE_LEN, OPCODES, Hdr } from '../opcode.js';
 import { padFor } from '../psn.js';
 import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
 import { C } from '../counters.js';
-import type { Port } from '../../verbs/device.js';
-
-/** Where to send: an RC/UC QP's AV or a UD WR's AH. */
-/** Where a QP's or AH's packets go: address, UDP port, and the AV's traffic class (IPv4 TOS). */
-export interface Dest { ip: string; ipNum: number; family: 4 | 6; port: number; bytes: Uint8Array; tos: number }
+import type { PortLike as Port, Dest } from './types.js';
 
 /** Writes the BTH (IBA 9.2) at 0. */
 export function writeBth(b: Buffer, opcode: number, se: boolean, padCnt: number, destQp: number, ackReq: boolean, psn: number): void {
@@ -49,8 +45,6 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   port.counters.v[C.sent_pkts]!++;
   link.send(b, len, d.ip, d.port, d.tos);
 }
-
-export { Hdr };
 
 /**
  * An RDMA READ request for `len` bytes at `va`, with PSN `psn` (IBA 9.4.4): the completer asks again

@@ -11,10 +11,10 @@
  * The named states of rxe_comp.c map onto: checkPsn (in each handler), checkAck
  * (onResponse), do_read / do_atomic, completeWqe, retry, rnrWait, error.
  */
-import { WqeState, isRdAtomic, wcOpcodeFor, type Qp, type SendWqe } from '../../verbs/qp.js';
-import { St, WC_STATUS, WrOp } from '../../verbs/types.js';
+import { WqeState, type SendWqe } from './wqe.js';
+import { St, WC_STATUS, WrOp, isRdAtomic, wcOpcodeFor, type TransportQp as Qp } from './types.js';
 import { AethType, NakCode, RNR_TIMER_US } from '../aeth.js';
-import { Hdr, Op } from '../opcode.js';
+import { Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { C } from '../counters.js';
 import type { PktInfo } from '../packet.js';
@@ -444,5 +444,3 @@ export function onResponse(qp: Qp, p: PktInfo): void {
     madeProgress(qp);
   }
 }
-
-export { Hdr };

@@ -11,8 +11,7 @@ import { C } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
 import { onResponse } from './completer.js';
-import type { Device, Port } from '../../verbs/device.js';
-import type { Qp } from '../../verbs/qp.js';
+import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
 
 const info = new PktInfo();
 const v4bytes = new Uint8Array(4);

@@ -8,16 +8,15 @@
  * and stops when the link's tx pool is empty (resumed on 'drain'). Work per
  * run is bounded; the rest is rescheduled.
  */
-import { WqeState, isRdAtomic, type Qp, type SendWqe } from '../../verbs/qp.js';
-import { WrOp } from '../../verbs/types.js';
+import { WqeState, type SendWqe } from './wqe.js';
+import { WrOp, isRdAtomic, type TransportQp as Qp, type PortLike as Port } from './types.js';
 import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { gatherSgl, sglUsable } from './sgl.js';
 import { ackTimeoutMs, armRetransmit, completeUnacked, completeWqe } from './completer.js';
-import { St } from '../../verbs/types.js';
+import { St } from './types.js';
 import { C } from '../counters.js';
-import type { Port } from '../../verbs/device.js';
 
 export const MAX_PKT_PER_ACK = 64;
 const BUDGET = 64;
@@ -268,5 +267,3 @@ export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: n
   if (wqe.inline) wqe.inline.copy(dst, at, from, from + n);
   else gatherSgl(wqe.sg, from, dst, at, n);
 }
-
-export { St };

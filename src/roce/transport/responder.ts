@@ -11,20 +11,17 @@
  * sequence or not permitted an invalid-request NAK. The last two move the
  * responder's QP to the error state, as rxe's class C errors do.
  */
-import { RdResource, type Qp } from '../../verbs/qp.js';
-import { ACCESS, St, WC_STATUS } from '../../verbs/types.js';
+import { RdResource, type RecvWqe } from './wqe.js';
+import { ACCESS, St, WC_STATUS, type TransportQp as Qp, type PortLike as Port, type MemoryRegion as Mr } from './types.js';
 import { aethAck, aethNak, aethRnrNak, NakCode } from '../aeth.js';
 import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
 import { C } from '../counters.js';
-import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
+import { finishAndSend, hdrOff, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
-import type { RecvWqe } from '../../verbs/objects.js';
-import type { Mr } from '../../verbs/mr.js';
 import { scatterSgl, sglUsable } from './sgl.js';
 import { completionLost } from './completer.js';
-import type { Port } from '../../verbs/device.js';
 
 const BACKLOG_MAX = 4096;
 /** out-of-sequence packets past a gap before its sequence NAK (TCP's duplicate-ACK threshold) */
@@ -162,15 +159,13 @@ function recvFailed(qp: Qp, wqe: RecvWqe, status: number, psn: number, byteLen: 
 }
 
 /**
- * The R_Key check of IBA 9.7.5.1.x / C9-... (rxe check_rkey): an MR with this
- * R_Key, of this QP's PD, valid, allowing `need`, holding [va, va+len).
- * Returns the offset into the MR (mrHit holds the MR) or -1.
+ * The R_Key check of IBA 9.7.5.1.x / C9-... (rxe check_rkey): the MR with this R_Key when it is
+ * of this QP's PD, valid and allows `need`, else null. The caller then checks that it holds
+ * [va, va+len) (mr.offsetOf: -1 when not) and keeps the MR and the offset it returns.
  */
-let mrHit: Mr | null = null;
-function checkRkey(qp: Qp, rkey: number, va: bigint, len: number, need: number): number {
+function mrForRkey(qp: Qp, rkey: number, need: number): Mr | null {
   const mr = qp.device.mrByRkey.get(rkey);
-  mrHit = mr ?? null;
-  return mr && mr.pd === qp.pd && mr.allows(need) ? mr.offsetOf(va, len) : -1;
+  return mr && mr.pd === qp.pd && mr.allows(need) ? mr : null;
 }
 
 const grh = Buffer.alloc(40);
@@ -389,13 +384,14 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
       const rkey = b.readUInt32BE(ro + 8);
       const len = b.readUInt32BE(ro + 12);
       // A zero-length WRITE touches no memory: no R_Key or address is checked (IBA C9-88, rxe).
-      const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_WRITE);
+      const mr = len === 0 ? null : mrForRkey(qp, rkey, ACCESS.REMOTE_WRITE);
+      const off = len === 0 ? 0 : mr === null ? -1 : mr.offsetOf(va, len);
       if (off < 0) {
         if (qp.type === 'RC') fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn);
         else { r.dropMsg = !(mask & Op.END); r.psn = psnAdd(psn, 1); }
         return;
       }
-      r.mr = len === 0 ? null : mrHit!;
+      r.mr = mr;
       r.mrOff = off;
       r.resid = len;
       r.writeLen = len;
@@ -440,8 +436,8 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
     const rkey = b.readUInt32BE(ro + 8);
     const len = b.readUInt32BE(ro + 12);
     // A zero-length READ reads nothing: no R_Key or address is checked (IBA C9-88, rxe).
-    const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
-    const mr = len === 0 ? null : mrHit;
+    const mr = len === 0 ? null : mrForRkey(qp, rkey, ACCESS.REMOTE_READ);
+    const off = len === 0 ? 0 : mr === null ? -1 : mr.offsetOf(va, len);
     if (off < 0 || len > qp.device.attr.maxMsgSize) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
     const n = packetsFor(len, qp.pathMtu);
     const res = nextResource(qp);
@@ -462,8 +458,8 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
     const ao = o + hdrOff(op, Hdr.ATMETH);
     const va = b.readBigUInt64BE(ao);
     const rkey = b.readUInt32BE(ao + 8);
-    const off = checkRkey(qp, rkey, va, 8, ACCESS.REMOTE_ATOMIC);
-    const mr = mrHit;
+    const mr = mrForRkey(qp, rkey, ACCESS.REMOTE_ATOMIC);
+    const off = mr === null ? -1 : mr.offsetOf(va, 8);
     if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
     if ((off & 7) !== 0) { fatalNak(qp, NakCode.INVALID_REQUEST, psn); return; } // IBA 9.4.5: 8-byte aligned
     const orig = mr!.buffer.readBigUInt64LE(off);
@@ -531,8 +527,8 @@ function duplicate(qp: Qp, p: PktInfo, psn: number, ackReq: boolean): void {
     // Only a replay of the request that was saved: the same R_Key and a part of its range (as rxe
     // checks a duplicate READ). Anything else is not the peer going back: dropped, as counted above.
     if (rkey !== res.rkey || va < res.va || BigInt(len) > BigInt(res.len) || va + BigInt(len) > res.va + BigInt(res.len)) return;
-    const off = len === 0 ? 0 : checkRkey(qp, rkey, va, len, ACCESS.REMOTE_READ);
-    const mr = len === 0 ? null : mrHit;
+    const mr = len === 0 ? null : mrForRkey(qp, rkey, ACCESS.REMOTE_READ);
+    const off = len === 0 ? 0 : mr === null ? -1 : mr.offsetOf(va, len);
     // The MR went away (dereg, invalidation) since the first request: the replay is a remote
     // access error like any later access, not silence the requester would retry into forever.
     if (off < 0) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
@@ -615,5 +611,3 @@ function drainBacklog(qp: Qp): void {
   if (r.backlog.length > 0 && r.reads.length === 0) scheduleReads(qp);
   if (r.backlog.length === 0 && r.reads.length === 0 && r.stash.size > 0) drainStash(qp);
 }
-
-export { payloadOff };

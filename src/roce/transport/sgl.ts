@@ -4,7 +4,7 @@
  * gathers from a send WQE, the completer scatters READ responses and atomic
  * results, the responder scatters SENDs into receive WQEs.
  */
-import type { Sge } from '../../verbs/types.js';
+import type { SgeLike as Sge } from './types.js';
 
 /**
  * Whether every SGE still names live memory of `pd` (not deregistered, not invalidated) with

@@ -1,0 +1,162 @@
+/**
+ * The per-QP state of the three IBA roles (rxe keeps the same in struct rxe_req_info,
+ * rxe_comp_info and rxe_resp_info): typed classes whose field initialisers are the values a new
+ * QP starts from and whose reset() is what a move to RESET restores (IBA 10.3.1: RESET empties
+ * the queues and clears the transport state). The roles (requester.ts, completer.ts,
+ * responder.ts) read and write the fields directly: allocation-free on the hot path.
+ */
+import type { TimerHandle } from './sched.js';
+import type { MemoryRegion } from './shared.js';
+import { RdResource, type RecvWqe } from './wqe.js';
+
+/** RXE_MAX_UNACKED_PSNS: the requester's window starts (and is reset to) this many PSNs. */
+const INITIAL_WINDOW = 128;
+
+/** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
+export class ReqState {
+  /** the next PSN to send */
+  psn = 0;
+  /** the PSN after the highest ever sent: responses at or above it are forged */
+  maxPsn = 0;
+  /** the absolute index of the next send WQE to send (sq[idx % cap]) */
+  idx = 0;
+  /** READ and ATOMIC WQEs sent and not yet completed (against max_rd_atomic) */
+  rdAtomic = 0;
+  /** packets since the last one that asked for an ACK */
+  sinceAckReq = 0;
+  /** in the device's run queue (engine.ts) */
+  scheduled = false;
+  /** waiting in a port's tx-wait list for the link's 'drain' */
+  waitingDrain = false;
+  /** PSNs that may be unacknowledged (halved on retry, grown back by ACKs: completer.ts) */
+  window = INITIAL_WINDOW;
+  /** ACKed packets toward the next window increment */
+  grow = 0;
+
+  /** RESET: the run-queue flags stay (a queued QP stays queued; its run finds nothing to do). */
+  reset(): void {
+    this.psn = 0;
+    this.maxPsn = 0;
+    this.idx = 0;
+    this.rdAtomic = 0;
+    this.sinceAckReq = 0;
+    this.window = INITIAL_WINDOW;
+    this.grow = 0;
+  }
+}
+
+/** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
+export class CompState {
+  /** the oldest unacknowledged PSN */
+  psn = 0;
+  /** retries left (the QP's retry_cnt / rnr_retry when set; 7 = forever) */
+  retryCnt = 0;
+  rnrRetry = 0;
+  timer: TimerHandle | null = null;
+  rnrTimer: TimerHandle | null = null;
+  /** the PSN the last retry started from (-1: none) */
+  retriedAt = -1;
+  /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
+  deadline = Infinity;
+  onTimer: (() => void) | null = null;
+  /** round-trip estimate (ms, 0 = none yet) and the one packet being timed (PSN, send time) */
+  srtt = 0;
+  sampleP = -1;
+  sampleT = 0;
+  /** the tail-loss probe (requester.ts armProbe): when it fires, its lazy timer, probes since progress */
+  probeAt = Infinity;
+  probeTimer: TimerHandle | null = null;
+  onProbe: (() => void) | null = null;
+  probes = 0;
+
+  /**
+   * RESET (the caller stops the timers first: completer.ts stopAckTimer, and the RNR timer). The
+   * retry budgets are attributes (set again by the modify that sets retry_cnt); the round-trip
+   * estimate is of the path and stays.
+   */
+  reset(): void {
+    this.psn = 0;
+    this.retriedAt = -1;
+    this.sampleP = -1;
+    this.probes = 0;
+  }
+}
+
+/** A READ whose responses are still to be sent (responder.ts runReads). */
+export interface PendingRead { psn: number; mr: MemoryRegion | null; off: number; len: number; sentPsn: number }
+/** A request that arrived while READ responses were being sent (kept in order). */
+export interface BackloggedRequest { buf: Buffer; len: number; srcIp: string; srcPort: number; ipId: number; srcBytes: Uint8Array }
+
+/** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
+export class RespState {
+  /** the expected PSN */
+  psn = 0;
+  msn = 0;
+  /** the opcode of the last packet of the message in progress (-1: none) */
+  lastOp = -1;
+  /** the receive WQE of the SEND in progress, and the bytes it has */
+  wqe: RecvWqe | null = null;
+  offset = 0;
+  /** the PSN a sequence NAK was sent for (-1: none) */
+  nakPsn = -1;
+  /** the highest PSN seen past a gap, and how many arrived past it (responder.ts) */
+  oosMax = 0;
+  oosCount = 0;
+  /** UC: the rest of a message whose first packet was refused is dropped */
+  dropMsg = false;
+  /** the WRITE in progress: its MR, the offset there, bytes still to come, its total length */
+  mr: MemoryRegion | null = null;
+  mrOff = 0;
+  resid = 0;
+  writeLen = 0;
+  /** saved READ/ATOMIC resources (max_dest_rd_atomic of them, from INIT) and the next to use */
+  res: RdResource[] = [];
+  resNext = 0;
+  /** READ responses still to send, per pending READ */
+  reads: PendingRead[] = [];
+  /** requests that arrived while READ responses were being sent (kept in order) */
+  backlog: BackloggedRequest[] = [];
+  /** RC requests that arrived ahead of a missing PSN, kept by PSN until it comes (responder.ts stashAhead) */
+  readonly stash = new Map<number, Buffer>();
+  /** the expected PSN the out-of-sequence count (oosCount) is for */
+  gapPsn = -1;
+  scheduled = false;
+  waitingDrain = false;
+  /** a coalesced ACK waits for the end of this event-loop turn (responder.ts queueAck) */
+  ackPending = false;
+  ackPsn = 0;
+  ackMsn = 0;
+  ackFlush: (() => void) | null = null;
+
+  /**
+   * RESET: everything of the message in progress and of the sequence-gap tracking. (The literal
+   * this replaces was re-initialised by hand and missed oosMax, oosCount, writeLen and resNext.)
+   */
+  reset(): void {
+    this.psn = 0;
+    this.msn = 0;
+    this.lastOp = -1;
+    this.wqe = null;
+    this.offset = 0;
+    this.nakPsn = -1;
+    this.oosMax = 0;
+    this.oosCount = 0;
+    this.dropMsg = false;
+    this.mr = null;
+    this.mrOff = 0;
+    this.resid = 0;
+    this.writeLen = 0;
+    this.resNext = 0;
+    this.reads = [];
+    this.backlog = [];
+    this.stash.clear();
+    this.gapPsn = -1;
+  }
+
+  /** RESET -> INIT: the MSN starts at 0 (IBA 9.7.5.1.2) and the READ/ATOMIC resources are allocated. */
+  init(resources: number): void {
+    this.msn = 0;
+    this.ackPending = false;
+    this.res = Array.from({ length: Math.max(1, resources) }, () => new RdResource());
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * What ibv_query_device and ibv_query_port report (ibv_device_attr, ibv_port_attr), and the
+ * limits a softroce device has: rxe's (rxe_param.h).
+ */
+import type { Mtu } from '../roce/opcode.js';
+
+export interface DeviceAttr {
+  fwVer: string;
+  nodeGuid: bigint;
+  sysImageGuid: bigint;
+  maxMrSize: number;
+  pageSizeCap: number;
+  vendorId: number;
+  vendorPartId: number;
+  hwVer: number;
+  maxQp: number;
+  maxQpWr: number;
+  maxSge: number;
+  maxSgeRd: number;
+  maxCq: number;
+  maxCqe: number;
+  maxMr: number;
+  maxPd: number;
+  maxQpRdAtom: number;
+  maxQpInitRdAtom: number;
+  maxResRdAtom: number;
+  atomicCap: 'NONE' | 'HCA' | 'GLOB';
+  maxSrq: number;
+  maxSrqWr: number;
+  maxSrqSge: number;
+  maxInline: number;
+  maxPkeys: number;
+  localCaAckDelay: number;
+  physPortCnt: number;
+  maxMsgSize: number;
+}
+
+export interface PortAttr {
+  state: 'ACTIVE' | 'DOWN';
+  maxMtu: Mtu;
+  activeMtu: Mtu;
+  gidTblLen: number;
+  portCapFlags: number;
+  maxMsgSz: number;
+  pkeyTblLen: number;
+  lid: number;
+  smLid: number;
+  lmc: number;
+  linkLayer: 'Ethernet';
+  activeWidth: string;
+  activeSpeed: string;
+  physState: 'LINK_UP' | 'DISABLED';
+  netdev: string;
+  address: string;
+  backend: string;
+}
+
+/** rxe's limits (rxe_param.h), which is what ibv_devinfo -v shows for rxe0. */
+export const ATTR: Omit<DeviceAttr, 'nodeGuid' | 'sysImageGuid'> = {
+  fwVer: '0.0.0', maxMrSize: 2 ** 32, pageSizeCap: 0xfffff000, vendorId: 0xffffff, vendorPartId: 0, hwVer: 0,
+  maxQp: 0x10000, maxQpWr: 0x4000, maxSge: 32, maxSgeRd: 32, maxCq: 0x4000, maxCqe: 0x7fff, maxMr: 0x40000, maxPd: 0x7ffc,
+  maxQpRdAtom: 128, maxQpInitRdAtom: 128, maxResRdAtom: 258048, atomicCap: 'HCA', maxSrq: 0x3ff0, maxSrqWr: 0x4000,
+  maxSrqSge: 27, maxInline: 400, maxPkeys: 64, localCaAckDelay: 15, physPortCnt: 1, maxMsgSize: 0x80000000,
+};
