@@ -18,6 +18,7 @@ import { gidToAddress } from './objects.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
 import type { TimerHandle } from '../roce/transport/sched.js';
+import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
 import type { Dest } from '../roce/transport/build.js';
 import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
 import { flushAck } from '../roce/transport/responder.js';
@@ -211,6 +212,8 @@ export class Qp {
     srtt: 0, sampleP: -1, sampleT: 0,
     /** the tail-loss probe (completer.ts armProbe): when it fires, its lazy timer, probes since progress */
     probeAt: Infinity, probeTimer: null as TimerHandle | null, onProbe: null as (() => void) | null, probes: 0 };
+  /** the three roles' last decisions (src/roce/transport/trace.ts), for qp.trace() and stuck dumps */
+  readonly traceRing = new TraceRing();
   /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
   readonly resp = {
     psn: 0, msn: 0, lastOp: -1, wqe: null as RecvWqe | null, offset: 0, nakPsn: -1, oosMax: 0, oosCount: 0, dropMsg: false,
@@ -418,6 +421,15 @@ export class Qp {
       ep.rkey = o.mr.rkey;
     }
     return ep;
+  }
+
+  /**
+   * The last decisions of this QP's requester, completer and responder, oldest first (at most 64;
+   * identical consecutive ones folded into one entry with a count). For debugging a stuck or
+   * retrying QP; the CLIs print it when a timeout kills them.
+   */
+  trace(): TraceEntry[] {
+    return this.traceRing.entries();
   }
 
   query(): Readonly<Omit<QpAttrs, 'accessFlags' | 'av'> & { state: QpState; accessFlags: Access[]; av: Qp['av']; qpn: number; type: QpType; cap: Required<QpCap> }> {
