@@ -10,6 +10,13 @@
  * gets an RNR NAK; a bad R_Key or range a remote-access NAK; an opcode out of
  * sequence or not permitted an invalid-request NAK. The last two move the
  * responder's QP to the error state, as rxe's class C errors do.
+ *
+ * A request runs rxe_resp.c's states (states.ts RespState), one step function each, from GET_REQ
+ * until DONE: CHK_PSN → CHK_OP_SEQ → CHK_OP_VALID → (CHK_RKEY, CHK_RESOURCE, CHK_LENGTH as the
+ * operation needs) → EXECUTE → COMPLETE → ACKNOWLEDGE, or READ_REPLY / ATOMIC_REPLY, or one of
+ * DUPLICATE_REQUEST, ERR_NAK_PSN, ERR_NAK_INVALID, ERR_NAK_ACCESS, ERR_NAK_RNR, ERR_LENGTH,
+ * ERR_MALFORMED_WQE, DROP. What differs between RC, UC and UD is one row per type (TypeRow). The
+ * state a request ends in and why is recorded in the QP's trace ring (trace.ts).
  */
 import { RdResource, type Qp } from '../../verbs/qp.js';
 import { ACCESS, St, WC_STATUS } from '../../verbs/types.js';
