@@ -3,7 +3,7 @@
  * header offsets come from the opcode table, the ICRC is computed for the
  * IP/UDP headers the kernel will add (IPv4 ID 0 + DF, see icrc.ts).
  */
-import { OPCODE_LEN, OPCODES, Hdr, OPC } from '../opcode.js';
+import { OPCODE_LEN, OPCODES, Hdr, OPC, TRANSPORT_PREFIX } from '../opcode.js';
 import { AethView, RethView } from '../wire/exth.js';
 import { padFor } from '../psn.js';
 import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
@@ -43,6 +43,11 @@ export function writeReth(b: Buffer, opcode: number, va: bigint, rkey: number, l
   r.va = va;
   r.rkey = rkey;
   r.dmaLen = len;
+}
+
+/** The opcode prefix (top 3 bits, IBA 9.2.1 table 38) of a QP type's packets: RC, UC, or UD (also the GSI QP). */
+export function qpTransportPrefix(type: string): number {
+  return type === 'RC' ? TRANSPORT_PREFIX.RC : type === 'UC' ? TRANSPORT_PREFIX.UC : TRANSPORT_PREFIX.UD;
 }
 
 /** Offset of header `h` for `opcode` (caller knows it is present). */
