@@ -96,6 +96,9 @@ export class TraceRing {
   }
 }
 
+/** Trace entries a CLI's stuck dump prints per QP (the newest): enough for the last round trips, short with many QPs. */
+export const STUCK_TRACE_LINES = 32;
+
 /** One line per entry: `#12 resp ERR_NAK_PSN RC_SEND_ONLY psn 0x000123 psn_gap_naked x3`. */
 export function formatTrace(entries: readonly TraceEntry[]): string[] {
   return entries.map((e) => `#${e.seq} ${e.role} ${e.state} ${e.opcode} psn 0x${e.psn.toString(16).padStart(6, '0')} ${e.reason}${e.count > 1 ? ` x${e.count}` : ''}`);
