@@ -304,7 +304,7 @@ t.test('requester: the tail-loss probe -> PROBE', async (t) => {
   write(h, 2, 100);
   await settle(h.p, 20);
   t.ok(h.p.a.qp.trace().some((x) => x.role === 'req' && x.state === 'PROBE'), 'probed');
-  t.ok(h.counters('a')['tail_probes']! >= 1);
+  t.ok(h.p.a.dev.counters()['tail_probes']! >= 1, 'counted');
   await h.p.close();
 });
 
