@@ -14,7 +14,7 @@ import { Hdr, OPCODES, opcodeName } from '../../src/roce/opcode.js';
 import { ackTimeoutMs } from '../../src/roce/transport/completer.js';
 import { ipv4ToGid } from '../../src/roce/gid.js';
 import { TraceRing, formatTrace, TRACE_SIZE, Role } from '../../src/roce/transport/trace.js';
-import { RespState, CompState, ReqState, Reason, RESP_STATE_NAME, COMP_STATE_NAME } from '../../src/roce/transport/states.js';
+import { RespState, CompState, ReqState, Reason, RESP_STATE_NAME, COMP_STATE_NAME } from '../../src/roce/transport/role-states.js';
 
 type IbInit = Parameters<typeof makeIb>[0];
 const A = '10.0.0.1', B = '10.0.0.2';

@@ -28,7 +28,7 @@ import { aethType, aethValue } from '../aeth.js';
 import { hdrOff } from './build.js';
 import { BthView } from '../wire/bth.js';
 import { AethView, AtomicAckView } from '../wire/exth.js';
-import { CompState, Reason } from './states.js';
+import { CompState, Reason } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
 
 const atomicOrig = Buffer.alloc(8);

@@ -21,7 +21,7 @@ import type { Port } from '../../verbs/device.js';
 import { MESSAGE_OPCODES, OPC, type MessageOpcodes } from '../opcode.js';
 import { qpTransportPrefix, writeReth, type Dest } from './build.js';
 import { AtomicEthView, DethView } from '../wire/exth.js';
-import { Reason, ReqState } from './states.js';
+import { Reason, ReqState } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
 
 export const MAX_PKT_PER_ACK = 64;

@@ -13,7 +13,7 @@
  *   word 1: repeat count - 1 (8 bits, saturating) << 24 | PSN (24 bits)
  */
 import { opcodeName } from '../opcode.js';
-import { COMP_STATE_NAME, REASON_NAME, REQ_STATE_NAME, RESP_STATE_NAME } from './states.js';
+import { COMP_STATE_NAME, REASON_NAME, REQ_STATE_NAME, RESP_STATE_NAME } from './role-states.js';
 
 export const Role = { REQ: 0, COMP: 1, RESP: 2 } as const;
 export type RoleT = (typeof Role)[keyof typeof Role];
