@@ -19,8 +19,8 @@ function gidIndex(dev: string, ip: string): number {
 }
 
 interface Proc { p: ChildProcess; out: string; err: string; code: Promise<number | null> }
-function run(args: string[]): Proc {
-  const p = spawn(process.execPath, [bin('ibv_rc_pingpong'), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+function run(args: string[], tool = 'ibv_rc_pingpong'): Proc {
+  const p = spawn(process.execPath, [bin(tool), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const r: Proc = { p, out: '', err: '', code: new Promise((res) => p.on('exit', (c) => res(c))) };
   p.stdout!.on('data', (d: Buffer) => { r.out += d.toString(); });
   p.stderr!.on('data', (d: Buffer) => { r.err += d.toString(); });
@@ -65,4 +65,30 @@ t.test('a SIGTERMed ping-pong prints its QP trace under "stuck: trace"', async (
   const first = lines.findIndex((l) => l.startsWith('stuck: trace '));
   t.match(lines[first - 1] ?? '', /^stuck: qp 0x[0-9a-f]+ RTS /);
   t.match(server.err, /stuck: trace qp 0x[0-9a-f]+ #\d+ /, 'the server printed its trace too');
+});
+
+t.test('a SIGTERMed ib_write_bw prints its QP trace under "stuck: trace"', async (t) => {
+  const g = gidIndex('st_a', '127.0.74.1');
+  const port = String(24_600 + Math.floor(Math.random() * 400));
+  const common = ['-x', String(g), '-p', port, '-D', '30'];
+  const server = run(['-d', 'st_a', ...common], 'ib_write_bw');
+  let client: Proc | null = null;
+  try {
+    t.ok(await until(() => server.out.includes('Waiting for client') || server.out.includes('local address'), 10_000), 'server up');
+    await new Promise((r) => setTimeout(r, 200));
+    client = run(['-d', 'st_b', ...common, '127.0.74.1'], 'ib_write_bw');
+    t.ok(await until(() => client!.out.includes('#bytes'), 10_000), 'client running');
+    await new Promise((r) => setTimeout(r, 500));
+    client.p.kill('SIGTERM');
+    t.equal(await client.code, 124, 'the client exits 124 after its dump');
+  } finally {
+    if (client && client.p.exitCode === null) client.p.kill('SIGKILL');
+    if (server.p.exitCode === null) server.p.kill('SIGTERM');
+    await Promise.race([server.code, new Promise((r) => setTimeout(r, 5000))]);
+    if (server.p.exitCode === null) server.p.kill('SIGKILL');
+  }
+  const trace = client.err.split('\n').filter((l) => l.startsWith('stuck: trace '));
+  t.ok(trace.length > 0 && trace.length <= 32, `trace lines printed (${trace.length})`);
+  t.ok(trace.some((l) => / req SEND RC_RDMA_WRITE_(LAST|ONLY) /.test(l)), 'requester: WRITEs sent');
+  t.ok(trace.some((l) => / comp COMP_ACK RC_ACKNOWLEDGE .* acked/.test(l)), 'completer: ACKs');
 });
