@@ -8,7 +8,7 @@
  * completes a READ or ATOMIC implicitly: its response is missing, so that is
  * a retry (IBA 9.7.5.1.3 implicit NAK).
  *
- * A response runs rxe_comp.c's states (states.ts CompState), one step function each, from
+ * A response runs rxe_comp.c's states (role-states.ts CompState), one step function each, from
  * GET_ACK until DONE: GET_ACK → CHECK_PSN → CHECK_ACK → COMP_ACK | GET_WQE → READ | ATOMIC, or
  * ERROR_RETRY / RNR_RETRY / ERROR / DROP. rxe's WRITE_SEND, UPDATE_COMP and COMP_WQE are ackUpTo
  * and completeWqe (an ACK completes several WQEs at once). The state a response ends in and why

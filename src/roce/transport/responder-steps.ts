@@ -99,7 +99,7 @@ class RespCtx {
   psn = 0;
   ackReq = false;
   se = false;
-  /** what the decision was (states.ts Reason), recorded in the QP's trace */
+  /** what the decision was (role-states.ts Reason), recorded in the QP's trace */
   reason: number = Reason.NONE;
   /** a receive WQE taken by this packet (WRITE with immediate), or the one that failed (ERR_LENGTH) */
   wqe: RecvWqe | null = null;

@@ -11,7 +11,8 @@
  * sequence or not permitted an invalid-request NAK. The last two move the
  * responder's QP to the error state, as rxe's class C errors do.
  *
- * A request runs rxe_resp.c's states (states.ts RespState), one step function each, from GET_REQ
+ * A request runs rxe_resp.c's states (role-states.ts RespState; the steps are in
+ * responder-steps.ts, what they send and post in responder-answers.ts), one step function each, from GET_REQ
  * until DONE: CHK_PSN → CHK_OP_SEQ → CHK_OP_VALID → (CHK_RKEY, CHK_RESOURCE, CHK_LENGTH as the
  * operation needs) → EXECUTE → COMPLETE → ACKNOWLEDGE, or READ_REPLY / ATOMIC_REPLY, or one of
  * DUPLICATE_REQUEST, ERR_NAK_PSN, ERR_NAK_INVALID, ERR_NAK_ACCESS, ERR_NAK_RNR, ERR_LENGTH,
@@ -25,9 +26,8 @@ import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
 import { C } from '../counters.js';
-import { finishAndSend, payloadOff, writeBth } from './build.js';
+import { finishAndSend, payloadOff, writeAeth, writeBth } from './build.js';
 import { READ_RESPONSE_OPCODE, hdrBit } from '../opcode.js';
-import { writeAeth } from './build.js';
 import { BthView } from '../wire/bth.js';
 import { Reason, RespState } from './role-states.js';
 import { Role } from './trace.js';
@@ -66,8 +66,8 @@ export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ip
   if (qp.resp.stash.size > 0) drainStash(qp);
 }
 
-/** Handles stashed requests that are now in sequence (stashAhead, responder-steps.ts). */
 const stashInfo = new PktInfo();
+/** Handles stashed requests that are now in sequence (stashAhead, responder-steps.ts). */
 function drainStash(qp: Qp): void {
   const r = qp.resp;
   const st = r.stash;

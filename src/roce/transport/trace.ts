@@ -1,6 +1,6 @@
 /**
  * A per-QP ring of the last role decisions: which role, the state it decided in, the opcode and
- * PSN of the packet (or WQE) it was about, and a reason code (states.ts). What a stuck run or an
+ * PSN of the packet (or WQE) it was about, and a reason code (role-states.ts). What a stuck run or an
  * unexplained retry needs to be read after the fact (issue 11): the CLIs print it when a timeout
  * kills them, `qp.trace()` returns it.
  *
