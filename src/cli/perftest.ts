@@ -29,6 +29,7 @@ import type { Qp } from '../verbs/qp.js';
 import type { Ah } from '../verbs/objects.js';
 import { Conn, type PerfDest, type BwReport } from './perftest-comm.js';
 import { MemStats } from './memstats.js';
+import { formatTrace, STUCK_TRACE_LINES } from '../roce/transport/trace.js';
 import { bwClient, bwServer, latency, fillRecvs, UD_QKEY, type Verb, type RunCtx, type Limit } from './perftest-run.js';
 
 export type PerfTest = 'send_bw' | 'write_bw' | 'read_bw' | 'atomic_bw' | 'send_lat' | 'write_lat' | 'read_lat' | 'atomic_lat';
@@ -299,6 +300,8 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     process.once('SIGTERM', () => {
       for (const q of qps) {
         process.stderr.write(`stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} max 0x${q.req.maxPsn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} reads ${q.resp.reads.length} backlog ${q.resp.backlog.length} stash ${q.resp.stash.size}\n`);
+        // The roles' last decisions (qp.trace()): what each was doing when it stopped.
+        for (const l of formatTrace(q.trace().slice(-STUCK_TRACE_LINES))) process.stderr.write(`stuck: trace qp 0x${q.qpn.toString(16)} ${l}\n`);
       }
       process.stderr.write(`stuck: counters ${Object.entries(d.counters()).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
       process.exit(124);

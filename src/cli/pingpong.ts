@@ -19,6 +19,7 @@ import { parseArgs, runTool, toInt, UsageError, type OptSpec } from './args.js';
 import type { Qp } from '../verbs/qp.js';
 import type { Cq } from '../verbs/cq.js';
 import type { Ah } from '../verbs/objects.js';
+import { formatTrace, STUCK_TRACE_LINES } from '../roce/transport/trace.js';
 
 export type Kind = 'rc' | 'uc' | 'ud' | 'srq';
 
@@ -289,6 +290,8 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     const onTerm = (): void => {
       for (const q of qps) {
         err(`stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} rnrWait ${q.comp.rnrTimer ? 1 : 0}`);
+        // The roles' last decisions (qp.trace()): what each was doing when it stopped.
+        for (const l of formatTrace(q.trace().slice(-STUCK_TRACE_LINES))) err(`stuck: trace qp 0x${q.qpn.toString(16)} ${l}`);
       }
       err(`stuck: rcnt ${rcnt} scnt ${scnt} pending ${pending.join(',')} routs ${routs}; counters ${Object.entries(d.counters(ibPort)).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
       process.exit(124);

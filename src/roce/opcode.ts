@@ -198,3 +198,51 @@ export type Mtu = (typeof MTU_VALUES)[number];
 export const mtuToEnum = (mtu: number): number => MTU_VALUES.indexOf(mtu as Mtu) + 1;
 export const mtuFromEnum = (code: number): Mtu | undefined => MTU_VALUES[code - 1];
 export const isMtu = (n: number): n is Mtu => n === 256 || n === 512 || n === 1024 || n === 2048 || n === 4096;
+
+/**
+ * Opcodes the transport builds or tests for by value, named from the table above (so a raw 0x11
+ * or 0x13 in a role reads as what it is). RC only: READ, ATOMIC and ACK exist on RC alone here.
+ */
+function rc(name: string): number {
+  const op = opcodeByName(`RC_${name}`);
+  if (op === undefined) throw new Error(`opcode table has no RC_${name}`);
+  return op;
+}
+export const OPC = {
+  RC_RDMA_READ_REQUEST: rc('RDMA_READ_REQUEST'),
+  RC_RDMA_READ_RESPONSE_FIRST: rc('RDMA_READ_RESPONSE_FIRST'),
+  RC_RDMA_READ_RESPONSE_MIDDLE: rc('RDMA_READ_RESPONSE_MIDDLE'),
+  RC_RDMA_READ_RESPONSE_LAST: rc('RDMA_READ_RESPONSE_LAST'),
+  RC_RDMA_READ_RESPONSE_ONLY: rc('RDMA_READ_RESPONSE_ONLY'),
+  RC_ACKNOWLEDGE: rc('ACKNOWLEDGE'),
+  RC_ATOMIC_ACKNOWLEDGE: rc('ATOMIC_ACKNOWLEDGE'),
+  RC_COMPARE_SWAP: rc('COMPARE_SWAP'),
+  RC_FETCH_ADD: rc('FETCH_ADD'),
+} as const;
+
+/** The READ response opcode for a packet that is (not) the first and (not) the last of its READ: index first * 2 + last. */
+export const READ_RESPONSE_OPCODE: readonly number[] = [
+  OPC.RC_RDMA_READ_RESPONSE_MIDDLE, OPC.RC_RDMA_READ_RESPONSE_LAST,
+  OPC.RC_RDMA_READ_RESPONSE_FIRST, OPC.RC_RDMA_READ_RESPONSE_ONLY,
+];
+
+/** A message's opcodes (low 5 bits, add TRANSPORT_PREFIX): FIRST, MIDDLE, LAST, ONLY (IBA 9.2.1 table 38). */
+export type MessageOpcodes = readonly [first: number, middle: number, last: number, only: number];
+function seq(first: string, middle: string, last: string, only: string): MessageOpcodes {
+  return [rc(first), rc(middle), rc(last), rc(only)];
+}
+/** The opcode sequence of each kind of SEND and WRITE message. */
+export const MESSAGE_OPCODES = {
+  SEND: seq('SEND_FIRST', 'SEND_MIDDLE', 'SEND_LAST', 'SEND_ONLY'),
+  SEND_WITH_IMM: seq('SEND_FIRST', 'SEND_MIDDLE', 'SEND_LAST_WITH_IMMEDIATE', 'SEND_ONLY_WITH_IMMEDIATE'),
+  SEND_WITH_INV: seq('SEND_FIRST', 'SEND_MIDDLE', 'SEND_LAST_WITH_INVALIDATE', 'SEND_ONLY_WITH_INVALIDATE'),
+  RDMA_WRITE: seq('RDMA_WRITE_FIRST', 'RDMA_WRITE_MIDDLE', 'RDMA_WRITE_LAST', 'RDMA_WRITE_ONLY'),
+  RDMA_WRITE_WITH_IMM: seq('RDMA_WRITE_FIRST', 'RDMA_WRITE_MIDDLE', 'RDMA_WRITE_LAST_WITH_IMMEDIATE', 'RDMA_WRITE_ONLY_WITH_IMMEDIATE'),
+} as const;
+
+/** The transport an opcode belongs to, as its prefix (the top 3 bits), by raw opcode; 0xff: undefined opcode. */
+export const OPCODE_TRANSPORT = new Uint8Array(256).fill(0xff);
+for (let i = 0; i < 256; i++) {
+  const e = OPCODES[i];
+  if (e) OPCODE_TRANSPORT[i] = TRANSPORT_PREFIX[e.transport];
+}

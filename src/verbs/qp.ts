@@ -22,6 +22,7 @@ import type { Dest } from '../roce/transport/types.js';
 import { ReqState, CompState, RespState } from '../roce/transport/state.js';
 import type { TransportQp } from '../roce/transport/types.js';
 import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';
+import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
 import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
 import { flushAck } from '../roce/transport/responder.js';
 import { checkQpAttrValues, checkRemoteEndpoint, type Av, type CreateQpOptions, type MrEndpoint, type QpAttrs, type QpCap, type QpEndpoint } from './qp-attrs.js';
@@ -107,6 +108,8 @@ export class Qp implements TransportQp {
   readonly req = new ReqState();
   readonly comp = new CompState();
   readonly resp = new RespState();
+  /** the three roles' last decisions (src/roce/transport/trace.ts), for qp.trace() and stuck dumps */
+  readonly traceRing = new TraceRing();
 
   constructor(device: Device, pd: Pd, qpn: number, type: QpType, o: CreateQpOptions | null, cap: Required<QpCap>, sendCq: Cq, recvCq: Cq) {
     this.device = device;
@@ -262,6 +265,15 @@ export class Qp implements TransportQp {
       ep.rkey = o.mr.rkey;
     }
     return ep;
+  }
+
+  /**
+   * The last decisions of this QP's requester, completer and responder, oldest first (at most 64;
+   * identical consecutive ones folded into one entry with a count). For debugging a stuck or
+   * retrying QP; the CLIs print it when a timeout kills them.
+   */
+  trace(): TraceEntry[] {
+    return this.traceRing.entries();
   }
 
   query(): Readonly<Omit<QpAttrs, 'accessFlags' | 'av'> & { state: QpState; accessFlags: Access[]; av: Qp['av']; qpn: number; type: QpType; cap: Required<QpCap> }> {

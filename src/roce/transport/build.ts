@@ -3,7 +3,8 @@
  * header offsets come from the opcode table, the ICRC is computed for the
  * IP/UDP headers the kernel will add (IPv4 ID 0 + DF, see icrc.ts).
  */
-import { OPCODE_LEN, OPCODES, Hdr } from '../opcode.js';
+import { OPCODE_LEN, OPCODES, Hdr, OPC, TRANSPORT_PREFIX } from '../opcode.js';
+import { AethView, RethView } from '../wire/exth.js';
 import { padFor } from '../psn.js';
 import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
 import { C } from '../counters.js';
@@ -18,6 +19,31 @@ export function writeBth(b: Buffer, opcode: number, se: boolean, padCnt: number,
   b[5] = (destQp >>> 16) & 0xff; b[6] = (destQp >>> 8) & 0xff; b[7] = destQp & 0xff;
   b[8] = ackReq ? 0x80 : 0;
   b[9] = (psn >>> 16) & 0xff; b[10] = (psn >>> 8) & 0xff; b[11] = psn & 0xff;
+}
+
+const txAeth = new AethView();
+const txReth = new RethView();
+
+/** Writes the AETH (IBA 9.3.5) of a response `opcode` built at 0: syndrome and MSN. Returns where what follows it starts. */
+export function writeAeth(b: Buffer, opcode: number, syndrome: number, msn: number): number {
+  const off = hdrOff(opcode, Hdr.AETH);
+  const a = txAeth.bind(b, off);
+  a.syndrome = syndrome;
+  a.msn = msn;
+  return off + 4;
+}
+
+/** Writes the RETH (IBA 9.3.2) of a request `opcode` built at 0: virtual address, R_Key, DMA length. */
+export function writeReth(b: Buffer, opcode: number, va: bigint, rkey: number, len: number): void {
+  const r = txReth.bind(b, hdrOff(opcode, Hdr.RETH));
+  r.va = va;
+  r.rkey = rkey;
+  r.dmaLen = len;
+}
+
+/** The opcode prefix (top 3 bits, IBA 9.2.1 table 38) of a QP type's packets: RC, UC, or UD (also the GSI QP). */
+export function qpTransportPrefix(type: string): number {
+  return type === 'RC' ? TRANSPORT_PREFIX.RC : type === 'UC' ? TRANSPORT_PREFIX.UC : TRANSPORT_PREFIX.UD;
 }
 
 /** Offset of header `h` for `opcode` (caller knows it is present). */
@@ -54,11 +80,8 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
 export function sendReadRequest(port: Port, d: Dest, destQp: number, psn: number, va: bigint, rkey: number, len: number): boolean {
   const b = port.link.allocTx();
   if (!b) return false;
-  writeBth(b, 0x0c, false, 0, destQp, true, psn);
-  const r = hdrOff(0x0c, Hdr.RETH);
-  b.writeBigUInt64BE(BigInt.asUintN(64, va), r);
-  b.writeUInt32BE(rkey >>> 0, r + 8);
-  b.writeUInt32BE(len >>> 0, r + 12);
-  finishAndSend(port, b, payloadOff(0x0c), 0, d);
+  writeBth(b, OPC.RC_RDMA_READ_REQUEST, false, 0, destQp, true, psn);
+  writeReth(b, OPC.RC_RDMA_READ_REQUEST, va, rkey, len);
+  finishAndSend(port, b, payloadOff(OPC.RC_RDMA_READ_REQUEST), 0, d);
   return true;
 }

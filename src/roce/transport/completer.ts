@@ -8,18 +8,29 @@
  * completes a READ or ATOMIC implicitly: its response is missing, so that is
  * a retry (IBA 9.7.5.1.3 implicit NAK).
  *
- * The named states of rxe_comp.c map onto: checkPsn (in each handler), checkAck
- * (onResponse), do_read / do_atomic, completeWqe, retry, rnrWait, error.
+ * A response runs rxe_comp.c's states (role-states.ts CompState), one step function each, from
+ * GET_ACK until DONE: GET_ACK → CHECK_PSN → CHECK_ACK → COMP_ACK | GET_WQE → READ | ATOMIC, or
+ * ERROR_RETRY / RNR_RETRY / ERROR / DROP. rxe's WRITE_SEND, UPDATE_COMP and COMP_WQE are ackUpTo
+ * and completeWqe (an ACK completes several WQEs at once). The state a response ends in and why
+ * is recorded in the QP's trace ring (trace.ts), as are ACK timeouts and exhausted retries.
  */
 import { WqeState, type SendWqe } from './wqe.js';
-import { St, WC_STATUS, WrOp, isRdAtomic, wcOpcodeFor, type TransportQp as Qp } from './types.js';
+import { isRdAtomic, wcOpcodeFor, type TransportQp as Qp } from './types.js';
+import { St, WC_STATUS, WrOp } from './types.js';
 import { AethType, NakCode, RNR_TIMER_US } from '../aeth.js';
-import { Op } from '../opcode.js';
+import { Hdr, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { C } from '../counters.js';
 import type { PktInfo } from '../packet.js';
 import { scatterSgl, sglUsable } from './sgl.js';
 import { sendReadRequest } from './build.js';
+import { OPC } from '../opcode.js';
+import { aethType, aethValue } from '../aeth.js';
+import { hdrOff } from './build.js';
+import { BthView } from '../wire/bth.js';
+import { AethView, AtomicAckView } from '../wire/exth.js';
+import { CompState, Reason } from './role-states.js';
+import { NO_OPCODE, Role } from './trace.js';
 
 const atomicOrig = Buffer.alloc(8);
 
@@ -91,6 +102,7 @@ function onTimeout(qp: Qp): void {
   if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
   if (!unacked(qp)) return;
   qp.device.ports[qp.port - 1]!.counters.v[C.timeouts]!++;
+  qp.traceRing.record(Role.COMP, CompState.ERROR_RETRY, NO_OPCODE, qp.comp.psn, Reason.TIMEOUT);
   retry(qp);
 }
 
@@ -211,6 +223,7 @@ export function retry(qp: Qp): void {
   const head = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
   if (qp.comp.retryCnt <= 0) {
     counters[C.retry_exceeded_err]!++;
+    qp.traceRing.record(Role.COMP, CompState.ERROR, NO_OPCODE, qp.comp.psn, Reason.RETRY_EXCEEDED);
     completeWqe(qp, head, St.RETRY_EXC_ERR);
     return;
   }
@@ -299,18 +312,18 @@ function readBit(w: SendWqe, i: number): boolean {
  * rxe requires of a replay. Go-back-N restarted the whole rest of the stream per loss instead:
  * 2.6x the packets of a 16 MiB READ at 1% loss, 21x at 5% + reordering (issue 10).
  */
-function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counters: Float64Array): void {
+function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counters: Float64Array): number {
   const total = w.lastPsn === w.firstPsn ? 1 : psnDiff(w.lastPsn, w.firstPsn) + 1;
   const done = psnDiff(qp.comp.psn, w.firstPsn); // responses in order so far
-  if (idx < done || readBit(w, idx)) { counters[C.rcvd_stale_resp]!++; return; } // a duplicate
+  if (idx < done || readBit(w, idx)) { counters[C.rcvd_stale_resp]!++; return Reason.STALE; } // a duplicate
   const mtu = qp.pathMtu;
   const off = idx * mtu;
   const n = p.payloadLen;
   // Every response carries a full MTU but the last of the READ (a replayed part ends with a LAST
   // of a full MTU: where a response ends its own request is not where the READ ends).
-  if (n > mtu || off + n > w.length || (n < mtu && off + n !== w.length)) { completeWqe(qp, w, St.BAD_RESP_ERR); return; }
+  if (n > mtu || off + n > w.length || (n < mtu && off + n !== w.length)) { completeWqe(qp, w, St.BAD_RESP_ERR); return Reason.BAD_RESPONSE; }
   // The READ's local buffer may have been deregistered since the post: nothing lands in it.
-  if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return; }
+  if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return Reason.LOC_PROT; }
   scatterSgl(w.sg, off, p.buf, p.payloadOff, n);
   if (idx > w.rdMaxSeen) w.rdMaxSeen = idx;
   if (idx !== done) {
@@ -323,7 +336,7 @@ function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counters: Flo
     }
     w.rdHave[idx >> 3]! |= 1 << (idx & 7);
     if (idx - done > READ_REORDER_SLACK || idx === total - 1) askReadHole(qp, w, done, total);
-    return;
+    return Reason.READ_HOLE;
   }
   let k = done + 1;
   while (k < total && readBit(w, k)) k++;
@@ -332,6 +345,7 @@ function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counters: Flo
   if (k === total) completeWqe(qp, w, St.SUCCESS);
   else if (w.rdMaxSeen - k > READ_REORDER_SLACK || w.rdMaxSeen === total - 1) askReadHole(qp, w, k, total);
   madeProgress(qp);
+  return Reason.READ_DATA;
 }
 
 /** Asks again for the responses from `from` up to the next one received (once per hole). */
@@ -349,98 +363,241 @@ function askReadHole(qp: Qp, w: SendWqe, from: number, total: number): void {
   armRetransmit(qp);
 }
 
-/** A response packet (ACK, NAK, READ response, atomic ACK) for an RC QP. */
+type CompStep = (c: CompCtx) => number;
+
+/**
+ * One response being processed: its fields (read once through the views), the QP, and what the
+ * steps found. Pooled per nesting level as the responder's are (a completion's callback may run
+ * more of the transport), so a response allocates nothing.
+ */
+class CompCtx {
+  qp!: Qp;
+  p!: PktInfo;
+  v!: Float64Array;
+  readonly bth = new BthView();
+  readonly aeth = new AethView();
+  psn = 0;
+  /** the head send WQE the response is about (CHECK_ACK, GET_WQE) */
+  wqe: SendWqe | null = null;
+  /** the completion status for ERROR */
+  status = 0;
+  /** the AETH syndrome's value bits (RNR timer code, NAK code) */
+  val = 0;
+  reason: number = Reason.NONE;
+}
+
+const compPool: CompCtx[] = [];
+let compDepth = 0;
+
+/** A response packet (ACK, NAK, READ response, atomic ACK) for an RC QP: runs the completer's states. */
 export function onResponse(qp: Qp, p: PktInfo): void {
-  const counters = qp.device.ports[qp.port - 1]!.counters.v;
-  if (qp.state !== 'RTS' && qp.state !== 'SQD' && qp.state !== 'SQE') { counters[C.rcvd_bad_state]!++; return; }
-  const b = p.buf;
-  const o = p.bthOff;
-  const psn = (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
-  const mask = p.mask;
-  // Judged against what was ever sent (req.maxPsn), not the resend pointer: a response for a PSN
-  // sent before a go-back-N rewind is real (rxe compares with the WQE's PSNs). A PSN never sent,
-  // or a response with no WQE outstanding, is forged or corrupt: it completes nothing.
-  if (qp.sqHead >= qp.sqTail || psnDiff(psn, qp.req.maxPsn) >= 0) { counters[C.rcvd_bad_psn]!++; return; }
-  if (psnDiff(psn, qp.comp.psn) < 0) { counters[C.rcvd_stale_resp]!++; return; } // older than anything outstanding: a duplicate
-  const cap = qp.cap.maxSendWr;
-
-  if (p.opcode === 0x11) { // ACKNOWLEDGE
-    const syn = b[o + 12]!;
-    const type = (syn >> 5) & 3;
-    const val = syn & 0x1f;
-    if (type === AethType.ACK) {
-      if (!ackUpTo(qp, psn, true) && qp.comp.retriedAt !== qp.comp.psn) retry(qp);
-      return;
+  const c = compPool[compDepth] ?? (compPool[compDepth] = new CompCtx());
+  compDepth++;
+  try {
+    c.qp = qp;
+    c.p = p;
+    c.v = qp.device.ports[qp.port - 1]!.counters.v;
+    c.psn = c.bth.bind(p.buf, p.bthOff).psn;
+    c.wqe = null;
+    c.status = St.SUCCESS;
+    c.val = 0;
+    c.reason = Reason.NONE;
+    let s: number = CompState.GET_ACK;
+    for (;;) {
+      const next = COMP_STEPS[s]!(c);
+      if (next === CompState.DONE) break;
+      s = next;
     }
-    ackUpTo(qp, psn, false);
-    if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
-    const head = qp.sq[qp.sqHead % cap]!;
-    // A NAK names the PSN of a request that was sent: the head WQE must hold it.
-    if (qp.sqHead >= qp.sqTail || !head.psnAssigned || psnDiff(psn, head.firstPsn) < 0 || psnDiff(psn, head.lastPsn) > 0) {
-      counters[C.rcvd_bad_psn]!++;
-      return;
-    }
-    if (type === AethType.RNR_NAK) {
-      counters[C.rcvd_rnr_err]!++;
-      if (qp.comp.rnrRetry <= 0) {
-        counters[C.retry_rnr_exceeded_err]!++;
-        completeWqe(qp, head, St.RNR_RETRY_EXC_ERR);
-        return;
-      }
-      if (qp.rnrRetry !== 7) qp.comp.rnrRetry--; // IBA 9.7.5.2.8: 7 means retry forever
-      stopAckTimer(qp);
-      qp.comp.psn = psn;
-      rewind(qp);
-      if (!qp.comp.rnrTimer) {
-        qp.comp.rnrTimer = qp.device.sched.setTimer(RNR_TIMER_US[val]! / 1000, () => {
-          qp.comp.rnrTimer = null;
-          qp.device.kick(qp);
-        });
-      }
-      return;
-    }
-    if (type === AethType.NAK) {
-      switch (val) {
-        case NakCode.PSN_SEQ_ERROR:
-          counters[C.rcvd_seq_err]!++;
-          // A NAK for a PSN we already went back to is stale unless we have resent past it since
-          // (then our resend was lost as well and the responder says so again).
-          if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) retry(qp);
-          return;
-        case NakCode.INVALID_REQUEST: completeWqe(qp, head, St.REM_INV_REQ_ERR); return;
-        case NakCode.REMOTE_ACCESS_ERROR: completeWqe(qp, head, St.REM_ACCESS_ERR); return;
-        case NakCode.REMOTE_OPERATIONAL_ERROR: completeWqe(qp, head, St.REM_OP_ERR); return;
-        default: completeWqe(qp, head, St.BAD_RESP_ERR); return;
-      }
-    }
-    completeWqe(qp, head, St.BAD_RESP_ERR);
-    return;
-  }
-
-  // READ responses and atomic ACKs acknowledge everything before them (IBA 9.7.5.1.3).
-  if (!ackUpTo(qp, psn, false)) {
-    // An earlier READ/ATOMIC is still unanswered: its response was lost.
-    if (qp.comp.retriedAt !== qp.comp.psn) retry(qp);
-    return;
-  }
-  if (qp.state !== 'RTS' && qp.state !== 'SQD') return;
-  if (qp.sqHead >= qp.sqTail) { counters[C.rcvd_stale_resp]!++; return; }
-  const w = qp.sq[qp.sqHead % cap]!;
-
-  if (mask & Op.READ) {
-    if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) { counters[C.rcvd_stale_resp]!++; return; }
-    readResponse(qp, w, p, psnDiff(psn, w.firstPsn), counters);
-    return;
-  }
-  if (p.opcode === 0x12) { // ATOMIC_ACKNOWLEDGE
-    if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) { counters[C.rcvd_stale_resp]!++; return; }
-    if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return; }
-    // The original value lands in host order, as ibv atomics deliver it, scattered over the
-    // WR's SGEs (8 bytes in all, checked at post) as rxe's completer copies it.
-    atomicOrig.writeBigUInt64LE(b.readBigUInt64BE(p.bthOff + 16), 0);
-    scatterSgl(w.sg, 0, atomicOrig, 0, 8);
-    qp.comp.psn = psnAdd(psn, 1);
-    completeWqe(qp, w, St.SUCCESS);
-    madeProgress(qp);
+    qp.traceRing.record(Role.COMP, s, p.opcode, c.psn, c.reason);
+  } finally {
+    compDepth--;
   }
 }
+
+/** GET_ACK: the QP takes responses only in RTS, SQD and SQE. */
+function getAck(c: CompCtx): number {
+  const st = c.qp.state;
+  if (st !== 'RTS' && st !== 'SQD' && st !== 'SQE') { c.v[C.rcvd_bad_state]!++; c.reason = Reason.BAD_STATE; return CompState.DROP; }
+  return CompState.CHECK_PSN;
+}
+
+/**
+ * CHECK_PSN: judged against what was ever sent (req.maxPsn), not the resend pointer: a response
+ * for a PSN sent before a go-back-N rewind is real (rxe compares with the WQE's PSNs). A PSN never
+ * sent, or a response with no WQE outstanding, is forged or corrupt: it completes nothing.
+ */
+function checkPsn(c: CompCtx): number {
+  const qp = c.qp;
+  if (qp.sqHead >= qp.sqTail || psnDiff(c.psn, qp.req.maxPsn) >= 0) { c.v[C.rcvd_bad_psn]!++; c.reason = Reason.BAD_PSN; return CompState.DROP; }
+  // Older than anything outstanding: a duplicate.
+  if (psnDiff(c.psn, qp.comp.psn) < 0) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  return CompState.CHECK_ACK;
+}
+
+function live(qp: Qp): boolean {
+  return qp.state === 'RTS' || qp.state === 'SQD';
+}
+
+/** CHECK_ACK: what the response says (IBA 9.7.5.2): an ACK, an RNR NAK, a NAK, or data (READ response, atomic ACK). */
+function checkAck(c: CompCtx): number {
+  const qp = c.qp;
+  const p = c.p;
+  if (p.opcode !== OPC.RC_ACKNOWLEDGE) {
+    // READ responses and atomic ACKs acknowledge everything before them (IBA 9.7.5.1.3).
+    if (!ackUpTo(qp, c.psn, false)) {
+      // An earlier READ/ATOMIC is still unanswered: its response was lost.
+      c.reason = Reason.IMPLICIT_NAK;
+      return qp.comp.retriedAt !== qp.comp.psn ? CompState.ERROR_RETRY : CompState.DONE;
+    }
+    if (!live(qp)) return CompState.DONE;
+    return CompState.GET_WQE;
+  }
+  const syn = c.aeth.bind(p.buf, p.bthOff + hdrOff(p.opcode, Hdr.AETH)).syndrome;
+  const type = aethType(syn);
+  c.val = aethValue(syn);
+  if (type === AethType.ACK) return CompState.COMP_ACK;
+  ackUpTo(qp, c.psn, false);
+  if (!live(qp)) return CompState.DONE;
+  const head = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
+  // A NAK names the PSN of a request that was sent: the head WQE must hold it.
+  if (qp.sqHead >= qp.sqTail || !head.psnAssigned || psnDiff(c.psn, head.firstPsn) < 0 || psnDiff(c.psn, head.lastPsn) > 0) {
+    c.v[C.rcvd_bad_psn]!++;
+    c.reason = Reason.BAD_PSN;
+    return CompState.DROP;
+  }
+  c.wqe = head;
+  if (type === AethType.RNR_NAK) return CompState.RNR_RETRY;
+  if (type === AethType.NAK) {
+    const code = c.val;
+    if (code === NakCode.PSN_SEQ_ERROR) {
+      c.v[C.rcvd_seq_err]!++;
+      // A NAK for a PSN we already went back to is stale unless we have resent past it since
+      // (then our resend was lost as well and the responder says so again).
+      if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) { c.reason = Reason.SEQ_NAK; return CompState.ERROR_RETRY; }
+      c.reason = Reason.SEQ_NAK_STALE;
+      return CompState.DONE;
+    }
+    const row = NAK_STATUS[code];
+    c.status = row ? row[0] : St.BAD_RESP_ERR;
+    c.reason = row ? row[1] : Reason.BAD_RESPONSE;
+    return CompState.ERROR;
+  }
+  c.status = St.BAD_RESP_ERR; // the reserved AETH type
+  c.reason = Reason.BAD_RESPONSE;
+  return CompState.ERROR;
+}
+
+/** The completion status a NAK code gives the head WQE (IBA 9.7.5.2.4, table 9.9), and the trace reason. */
+const NAK_STATUS: readonly (readonly [status: number, reason: number] | undefined)[] = (() => {
+  const t: (readonly [number, number])[] = [];
+  t[NakCode.INVALID_REQUEST] = [St.REM_INV_REQ_ERR, Reason.NAK_INVALID];
+  t[NakCode.REMOTE_ACCESS_ERROR] = [St.REM_ACCESS_ERR, Reason.NAK_ACCESS];
+  t[NakCode.REMOTE_OPERATIONAL_ERROR] = [St.REM_OP_ERR, Reason.NAK_OPERATIONAL];
+  return t;
+})();
+
+/** COMP_ACK: an ACK completes every SEND/WRITE up to its PSN; one that would pass a READ/ATOMIC is an implicit NAK. */
+function compAck(c: CompCtx): number {
+  const qp = c.qp;
+  if (!ackUpTo(qp, c.psn, true) && qp.comp.retriedAt !== qp.comp.psn) { c.reason = Reason.IMPLICIT_NAK; return CompState.ERROR_RETRY; }
+  c.reason = Reason.ACKED;
+  return CompState.DONE;
+}
+
+/** GET_WQE: the head WQE a READ response or atomic ACK is for. */
+function getWqe(c: CompCtx): number {
+  const qp = c.qp;
+  if (qp.sqHead >= qp.sqTail) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  c.wqe = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
+  if (c.p.mask & Op.READ) return CompState.READ;
+  if (c.p.opcode === OPC.RC_ATOMIC_ACKNOWLEDGE) return CompState.ATOMIC;
+  return CompState.DONE;
+}
+
+/** READ (rxe do_read): a READ response for the head WQE, placed by its PSN (readResponse). */
+function readState(c: CompCtx): number {
+  const w = c.wqe!;
+  const psn = c.psn;
+  if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  c.reason = readResponse(c.qp, w, c.p, psnDiff(psn, w.firstPsn), c.v);
+  return CompState.DONE;
+}
+
+const atomicOrigView = new AtomicAckView();
+
+/** ATOMIC (rxe do_atomic): the original value into the WR's buffer, and the WQE completes. */
+function atomicState(c: CompCtx): number {
+  const qp = c.qp;
+  const w = c.wqe!;
+  const psn = c.psn;
+  if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  if (!sglUsable(w.sg, qp.pd, true)) { c.status = St.LOC_PROT_ERR; c.reason = Reason.LOC_PROT; return CompState.ERROR; }
+  // The original value lands in host order, as ibv atomics deliver it, scattered over the
+  // WR's SGEs (8 bytes in all, checked at post) as rxe's completer copies it.
+  atomicOrig.writeBigUInt64LE(atomicOrigView.bind(c.p.buf, c.p.bthOff + hdrOff(c.p.opcode, Hdr.ATMACK)).origData, 0);
+  scatterSgl(w.sg, 0, atomicOrig, 0, 8);
+  qp.comp.psn = psnAdd(psn, 1);
+  completeWqe(qp, w, St.SUCCESS);
+  madeProgress(qp);
+  c.reason = Reason.ATOMIC_DONE;
+  return CompState.DONE;
+}
+
+/** ERROR: the head WQE completes with the status found (the QP then goes to ERR, completeWqe). */
+function errorState(c: CompCtx): number {
+  completeWqe(c.qp, c.wqe!, c.status);
+  return CompState.DONE;
+}
+
+/** ERROR_RETRY: go-back-N against retry_cnt (retry). */
+function errorRetry(c: CompCtx): number {
+  retry(c.qp);
+  return CompState.DONE;
+}
+
+/** RNR_RETRY (IBA 9.7.5.2.8): wait out the RNR timer the NAK names, then resend from its PSN; against rnr_retry. */
+function rnrRetry(c: CompCtx): number {
+  const qp = c.qp;
+  const head = c.wqe!;
+  c.v[C.rcvd_rnr_err]!++;
+  if (qp.comp.rnrRetry <= 0) {
+    c.v[C.retry_rnr_exceeded_err]!++;
+    c.reason = Reason.RNR_EXCEEDED;
+    completeWqe(qp, head, St.RNR_RETRY_EXC_ERR);
+    return CompState.DONE;
+  }
+  c.reason = Reason.RNR_NAK;
+  if (qp.rnrRetry !== 7) qp.comp.rnrRetry--; // IBA 9.7.5.2.8: 7 means retry forever
+  stopAckTimer(qp);
+  qp.comp.psn = c.psn;
+  rewind(qp);
+  if (!qp.comp.rnrTimer) {
+    qp.comp.rnrTimer = qp.device.sched.setTimer(RNR_TIMER_US[c.val]! / 1000, () => {
+      qp.comp.rnrTimer = null;
+      qp.device.kick(qp);
+    });
+  }
+  return CompState.DONE;
+}
+
+function compDrop(): number {
+  return CompState.DONE;
+}
+
+/** The step of each state (CompState order). WRITE_SEND, UPDATE_COMP and COMP_WQE are inside ackUpTo / completeWqe. */
+const COMP_STEPS: readonly CompStep[] = (() => {
+  const t: CompStep[] = [];
+  t[CompState.GET_ACK] = getAck;
+  t[CompState.CHECK_PSN] = checkPsn;
+  t[CompState.CHECK_ACK] = checkAck;
+  t[CompState.COMP_ACK] = compAck;
+  t[CompState.GET_WQE] = getWqe;
+  t[CompState.READ] = readState;
+  t[CompState.ATOMIC] = atomicState;
+  t[CompState.ERROR] = errorState;
+  t[CompState.ERROR_RETRY] = errorRetry;
+  t[CompState.RNR_RETRY] = rnrRetry;
+  t[CompState.DROP] = compDrop;
+  return t;
+})();
+

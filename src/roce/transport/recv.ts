@@ -7,6 +7,9 @@
 import { PktInfo, parseIb } from '../packet.js';
 import { Ipv4IdWindow, checkIcrcV4, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
 import { Op } from '../opcode.js';
+import { OPCODE_TRANSPORT } from '../opcode.js';
+import { qpTransportPrefix } from './build.js';
+import { BthView } from '../wire/bth.js';
 import { C } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
@@ -14,6 +17,8 @@ import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
 
 const info = new PktInfo();
+/** The BTH of the datagram being received (bound once per packet; the roles bind their own). */
+const rxBth = new BthView();
 const v4bytes = new Uint8Array(4);
 
 const v6cache = new Map<string, Uint8Array>();
@@ -27,10 +32,9 @@ function v6(s: string): Uint8Array {
   return b;
 }
 
-/** QP type ↔ opcode transport (the top 3 bits of the opcode). */
+/** QP type ↔ opcode transport (the opcode table's transport of the opcode: RC, UC, UD; never RD or CNP). */
 function transportOk(type: string, opcode: number): boolean {
-  const t = opcode >> 5;
-  return (t === 0 && type === 'RC') || (t === 1 && type === 'UC') || (t === 3 && (type === 'UD' || type === 'GSI'));
+  return OPCODE_TRANSPORT[opcode] === qpTransportPrefix(type);
 }
 
 let lastSrcIp = '', lastSrc = -1;
@@ -70,8 +74,9 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   }
   port.link.rxAccepted?.(buf, len, srcIp, srcPort, ipId | df << 16);
   // P_Key: our table has the default partition only; the membership bit is not compared (rxe check_keys).
-  if (((buf[2]! << 8 | buf[3]!) & 0x7fff) !== 0x7fff) { v[C.rcvd_bad_pkey]!++; return; }
-  const qpn = (buf[5]! << 16) | (buf[6]! << 8) | buf[7]!;
+  const bth = rxBth.bind(buf, info.bthOff);
+  if ((bth.pkey & 0x7fff) !== 0x7fff) { v[C.rcvd_bad_pkey]!++; return; }
+  const qpn = bth.destQp;
   const qp = qpn === 1 ? dev.gsi : qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
   if (!qp || qp.closed) { v[C.rcvd_unknown_qp]!++; return; }
   if (!transportOk(qp.type, info.opcode)) { v[C.rcvd_bad_opcode]!++; return; }

@@ -9,7 +9,8 @@
  * run is bounded; the rest is rescheduled.
  */
 import { WqeState, type SendWqe } from './wqe.js';
-import { WrOp, isRdAtomic, type TransportQp as Qp, type PortLike as Port } from './types.js';
+import { isRdAtomic, type TransportQp as Qp } from './types.js';
+import { WrOp } from './types.js';
 import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
@@ -17,22 +18,50 @@ import { gatherSgl, sglUsable } from './sgl.js';
 import { ackTimeoutMs, armRetransmit, completeUnacked, completeWqe } from './completer.js';
 import { St } from './types.js';
 import { C } from '../counters.js';
+import type { PortLike as Port } from './types.js';
+import { MESSAGE_OPCODES, OPC, type MessageOpcodes } from '../opcode.js';
+import { qpTransportPrefix, writeReth } from './build.js';
+import type { Dest } from './types.js';
+import { AtomicEthView, DethView } from '../wire/exth.js';
+import { Reason, ReqState } from './role-states.js';
+import { NO_OPCODE, Role } from './trace.js';
 
 export const MAX_PKT_PER_ACK = 64;
 const BUDGET = 64;
 
-/** [first, middle, last, only] opcode (low 5 bits) of each WR opcode (IBA 9.2.1 table 38). */
-const SEQ: readonly (readonly [number, number, number, number])[] = [
-  [0x00, 0x01, 0x02, 0x04], // SEND
-  [0x00, 0x01, 0x03, 0x05], // SEND_WITH_IMM
-  [0x00, 0x01, 0x16, 0x17], // SEND_WITH_INV
-  [0x06, 0x07, 0x08, 0x0a], // RDMA_WRITE
-  [0x06, 0x07, 0x09, 0x0b], // RDMA_WRITE_WITH_IMM
-];
+/** The opcode sequence (opcode.ts) of each SEND / WRITE WR opcode, by WrOp. */
+const SEQ: readonly MessageOpcodes[] = (() => {
+  const t: MessageOpcodes[] = [];
+  t[WrOp.SEND] = MESSAGE_OPCODES.SEND;
+  t[WrOp.SEND_WITH_IMM] = MESSAGE_OPCODES.SEND_WITH_IMM;
+  t[WrOp.SEND_WITH_INV] = MESSAGE_OPCODES.SEND_WITH_INV;
+  t[WrOp.RDMA_WRITE] = MESSAGE_OPCODES.RDMA_WRITE;
+  t[WrOp.RDMA_WRITE_WITH_IMM] = MESSAGE_OPCODES.RDMA_WRITE_WITH_IMM;
+  return t;
+})();
 
-function prefix(qp: Qp): number {
-  return qp.type === 'RC' ? 0x00 : qp.type === 'UC' ? 0x20 : 0x60;
+/**
+ * Why a WQE may not go out now (IBA 10.8.3, rxe_req.c), or Reason.NONE. A new message waits for
+ * an SQ drain, the device's share of unacknowledged packets, a fence, max_rd_atomic; every packet
+ * waits for room in the window (RC).
+ */
+function gate(qp: Qp, wqe: SendWqe): number {
+  if (wqe.state === WqeState.POSTED) {
+    if (qp.state === 'SQD') return Reason.SQ_DRAINING; // SQ drain: no new message starts (IBA 10.3.1.2)
+    if (qp.type === 'RC') {
+      // The device's share of unacknowledged packets is taken: no new message (device.ts holdNew).
+      if (qp.device.holdNew(qp)) return Reason.DEVICE_HOLD;
+      // IBA 10.8.3.3: a fenced WR waits for every earlier READ and ATOMIC.
+      if (wqe.fence && qp.req.rdAtomic > 0) return Reason.FENCE;
+      if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.req.rdAtomic >= Math.max(1, qp.maxRdAtomic)) return Reason.RD_ATOMIC_LIMIT;
+    }
+  }
+  if (qp.type === 'RC' && psnDiff(qp.req.psn, qp.comp.psn) >= qp.req.window) return Reason.WINDOW_FULL;
+  return Reason.NONE;
 }
+
+/** The opcode of the packet sendPacket built last (for the trace). */
+let lastOpcode = NO_OPCODE;
 
 /**
  * One run: at most `max` packets (the device's run queue picks the share, smaller when many QPs
@@ -40,29 +69,27 @@ function prefix(qp: Qp): number {
  */
 export function runRequester(qp: Qp, max = BUDGET): number {
   if (qp.state !== 'RTS' && qp.state !== 'SQD') return 0;
-  if (qp.comp.rnrTimer) return 0; // waiting out an RNR NAK
+  if (qp.comp.rnrTimer) { // waiting out an RNR NAK
+    if (qp.req.idx < qp.sqTail) qp.traceRing.record(Role.REQ, ReqState.WAIT, NO_OPCODE, qp.req.psn, Reason.RNR_WAIT);
+    return 0;
+  }
   const port = qp.device.ports[qp.port - 1]!;
   const cap = qp.cap.maxSendWr;
   let budget = max;
+  let wait: number = Reason.NONE;
   while (budget > 0) {
     if (qp.req.idx >= qp.sqTail) break;
     const wqe = qp.sq[qp.req.idx % cap]!;
     if (wqe.localErr) {
       // A WR that failed local checks completes in error once everything before it has (IBA 10.8.3).
-      if (qp.req.idx === qp.sqHead) completeWqe(qp, wqe, wqe.localErr);
+      if (qp.req.idx === qp.sqHead) {
+        qp.traceRing.record(Role.REQ, ReqState.ERROR, NO_OPCODE, qp.req.psn, Reason.LOCAL_ERR);
+        completeWqe(qp, wqe, wqe.localErr);
+      }
       break;
     }
-    if (wqe.state === WqeState.POSTED) {
-      if (qp.state === 'SQD') break; // SQ drain: no new message starts (IBA 10.3.1.2)
-      if (qp.type === 'RC') {
-        // The device's share of unacknowledged packets is taken: no new message (device.ts holdNew).
-        if (qp.device.holdNew(qp)) break;
-        // IBA 10.8.3.3: a fenced WR waits for every earlier READ and ATOMIC.
-        if (wqe.fence && qp.req.rdAtomic > 0) break;
-        if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.req.rdAtomic >= Math.max(1, qp.maxRdAtomic)) break;
-      }
-    }
-    if (qp.type === 'RC' && psnDiff(qp.req.psn, qp.comp.psn) >= qp.req.window) break;
+    wait = gate(qp, wqe);
+    if (wait !== Reason.NONE) break;
     // An MR deregistered (or invalidated) after the post: no byte of it leaves (IBA 10.6.3.4,
     // rxe's requester fails the WQE with LOC_PROT_ERR when its L_Key no longer resolves).
     if (wqe.inline === null && wqe.length > 0 && !isRdAtomic(wqe.op) && !sglUsable(wqe.sg, qp.pd, false)) {
@@ -70,73 +97,93 @@ export function runRequester(qp: Qp, max = BUDGET): number {
       continue;
     }
     const buf = port.link.allocTx();
-    if (!buf) { qp.device.waitTx(qp, port, budget < max); break; }
+    if (!buf) { qp.device.waitTx(qp, port, budget < max); wait = Reason.TX_POOL_EMPTY; break; }
     sendPacket(qp, port, wqe, buf);
     budget--;
   }
+  // The run's decisions: what it sent (the last packet), and what it is waiting for.
+  if (budget < max) qp.traceRing.record(Role.REQ, ReqState.SEND, lastOpcode, psnAdd(qp.req.psn, -1), budget === 0 ? Reason.BUDGET_USED : Reason.SENT);
+  if (wait !== Reason.NONE) qp.traceRing.record(Role.REQ, ReqState.WAIT, NO_OPCODE, qp.req.psn, wait);
   if (budget === 0) qp.device.kick(qp);
   return max - budget;
 }
 
+/**
+ * Builds and sends the next packet of `wqe` at req.psn. A WQE's first packet assigns its PSNs;
+ * then the path for its kind (SENDERS: a READ request, an ATOMIC, a SEND/WRITE segment).
+ */
 function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
-  const mtu = qp.pathMtu;
-  const rc = qp.type === 'RC';
-  const ud = qp.type === 'UD' || qp.type === 'GSI';
   if (wqe.state === WqeState.POSTED) {
     wqe.psnAssigned = true;
     wqe.firstPsn = qp.req.psn;
-    const n = wqe.op === WrOp.RDMA_READ ? packetsFor(wqe.length, mtu) : isRdAtomic(wqe.op) ? 1 : packetsFor(wqe.length, mtu);
+    const n = wqe.op === WrOp.RDMA_READ ? packetsFor(wqe.length, qp.pathMtu) : isRdAtomic(wqe.op) ? 1 : packetsFor(wqe.length, qp.pathMtu);
     wqe.lastPsn = psnAdd(wqe.firstPsn, n - 1);
     wqe.state = WqeState.PROCESSING;
-    if (isRdAtomic(wqe.op) && !wqe.rdCounted && rc) { wqe.rdCounted = true; qp.req.rdAtomic++; }
+    if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.type === 'RC') { wqe.rdCounted = true; qp.req.rdAtomic++; }
   }
-  const d = wqe.ah ? wqe.ah.dest : qp.dest;
+  SENDERS[wqe.op]!(qp, port, wqe, b, wqe.ah ? wqe.ah.dest : qp.dest);
+}
+
+type Sender = (qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest) => void;
+
+/** A READ or ATOMIC request is out: one request per WQE, it waits for its response (PENDING). */
+function requestSent(qp: Qp, wqe: SendWqe): void {
+  wqe.state = WqeState.PENDING;
+  qp.req.idx++;
+  qp.req.sinceAckReq = 0;
+  armRetransmit(qp);
+  armProbe(qp);
+}
+
+/** RDMA READ: one request for what is still missing (on a retry, from the first missing response). */
+function sendRead(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
+  const psn = qp.req.psn;
+  const opc = OPC.RC_RDMA_READ_REQUEST;
+  const rest = wqe.length - wqe.sent;
+  lastOpcode = opc;
+  writeBth(b, opc, false, 0, qp.destQpn, true, psn);
+  writeReth(b, opc, wqe.remoteAddr + BigInt(wqe.sent), wqe.rkey, rest);
+  advancePsn(qp, psnAdd(psn, packetsFor(rest, qp.pathMtu)));
+  finishAndSend(port, b, payloadOff(opc), 0, d);
+  requestSent(qp, wqe);
+}
+
+const txAtm = new AtomicEthView();
+const txDeth = new DethView();
+
+/** ATOMIC CMP_AND_SWP / FETCH_AND_ADD: one packet. */
+function sendAtomic(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
+  const psn = qp.req.psn;
+  const cas = wqe.op === WrOp.ATOMIC_CMP_AND_SWP;
+  const opc = cas ? OPC.RC_COMPARE_SWAP : OPC.RC_FETCH_ADD;
+  lastOpcode = opc;
+  writeBth(b, opc, false, 0, qp.destQpn, true, psn);
+  const a = txAtm.bind(b, hdrOff(opc, Hdr.ATMETH));
+  a.va = wqe.remoteAddr;
+  a.rkey = wqe.rkey;
+  // CMP_SWP: swap data then compare data; FETCH_ADD: the add value, compare unused (IBA 9.3.3).
+  a.swapAdd = cas ? wqe.swap : wqe.compareAdd;
+  a.compare = cas ? wqe.compareAdd : 0n;
+  advancePsn(qp, psnAdd(psn, 1));
+  finishAndSend(port, b, payloadOff(opc), 0, d);
+  requestSent(qp, wqe);
+}
+
+/** SEND / WRITE: the next segment of the message (FIRST, MIDDLE, LAST or ONLY). */
+function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
+  const mtu = qp.pathMtu;
+  const rc = qp.type === 'RC';
+  const ud = qp.type === 'UD' || qp.type === 'GSI';
   const destQp = ud ? wqe.remoteQpn : qp.destQpn;
   const psn = qp.req.psn;
-
-  if (wqe.op === WrOp.RDMA_READ) {
-    // One request for what is still missing (on a retry, from the first missing response).
-    const rest = wqe.length - wqe.sent;
-    writeBth(b, 0x0c, false, 0, destQp, true, psn);
-    const r = hdrOff(0x0c, Hdr.RETH);
-    b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr + BigInt(wqe.sent)), r);
-    b.writeUInt32BE(wqe.rkey, r + 8);
-    b.writeUInt32BE(rest, r + 12);
-    advancePsn(qp, psnAdd(psn, packetsFor(rest, mtu)));
-    finishAndSend(port, b, payloadOff(0x0c), 0, d);
-    wqe.state = WqeState.PENDING;
-    qp.req.idx++;
-    qp.req.sinceAckReq = 0;
-    armRetransmit(qp);
-    armProbe(qp);
-    return;
-  }
-  if (wqe.op === WrOp.ATOMIC_CMP_AND_SWP || wqe.op === WrOp.ATOMIC_FETCH_AND_ADD) {
-    const opc = wqe.op === WrOp.ATOMIC_CMP_AND_SWP ? 0x13 : 0x14;
-    writeBth(b, opc, false, 0, destQp, true, psn);
-    const a = hdrOff(opc, Hdr.ATMETH);
-    b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr), a);
-    b.writeUInt32BE(wqe.rkey, a + 8);
-    // CMP_SWP: swap data then compare data; FETCH_ADD: the add value, compare unused (IBA 9.3.3).
-    b.writeBigUInt64BE(opc === 0x13 ? wqe.swap : wqe.compareAdd, a + 12);
-    b.writeBigUInt64BE(opc === 0x13 ? wqe.compareAdd : 0n, a + 20);
-    advancePsn(qp, psnAdd(psn, 1));
-    finishAndSend(port, b, payloadOff(opc), 0, d);
-    wqe.state = WqeState.PENDING;
-    qp.req.idx++;
-    qp.req.sinceAckReq = 0;
-    armRetransmit(qp);
-    armProbe(qp);
-    return;
-  }
-
   const remaining = wqe.length - wqe.sent;
   const n = remaining < mtu ? remaining : mtu;
   const first = wqe.sent === 0;
   const last = remaining <= mtu;
   const seq = SEQ[wqe.op]!;
   const low = first ? (last ? seq[3] : seq[0]) : last ? seq[2] : seq[1];
-  const opc = prefix(qp) | low;
+  const opc = qpTransportPrefix(qp.type) | low;
+  lastOpcode = opc;
   let ackReq = false;
   if (rc) {
     // Ask for an ACK four times per window, so one lost ACK does not stall a small window until the timer.
@@ -147,18 +194,12 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   const se = last && wqe.solicited && (wqe.op <= WrOp.SEND_WITH_INV || wqe.op === WrOp.RDMA_WRITE_WITH_IMM);
   writeBth(b, opc, se, 0, destQp, ackReq, psn);
   if (ud) {
-    const o = hdrOff(opc, Hdr.DETH);
+    const deth = txDeth.bind(b, hdrOff(opc, Hdr.DETH));
     // IBA 10.2.5: a Q_Key with the high bit set means "use the QP's own Q_Key".
-    b.writeUInt32BE((wqe.remoteQkey & 0x80000000) !== 0 ? qp.qkey : wqe.remoteQkey, o);
-    b[o + 4] = 0;
-    b[o + 5] = (qp.qpn >>> 16) & 0xff; b[o + 6] = (qp.qpn >>> 8) & 0xff; b[o + 7] = qp.qpn & 0xff;
+    deth.qkey = (wqe.remoteQkey & 0x80000000) !== 0 ? qp.qkey : wqe.remoteQkey;
+    deth.srcQp = qp.qpn;
   }
-  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) {
-    const r = hdrOff(opc, Hdr.RETH);
-    b.writeBigUInt64BE(BigInt.asUintN(64, wqe.remoteAddr), r);
-    b.writeUInt32BE(wqe.rkey, r + 8);
-    b.writeUInt32BE(wqe.length, r + 12);
-  }
+  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) writeReth(b, opc, wqe.remoteAddr, wqe.rkey, wqe.length);
   if (last && (wqe.op === WrOp.SEND_WITH_IMM || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) b.writeUInt32BE(wqe.imm, hdrOff(opc, Hdr.IMMDT));
   if (last && wqe.op === WrOp.SEND_WITH_INV) b.writeUInt32BE(wqe.invRkey, hdrOff(opc, Hdr.IETH));
   const p = payloadOff(opc);
@@ -174,6 +215,20 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
   }
   if (rc) { armRetransmit(qp); armProbe(qp); }
 }
+
+/** The path of each WR opcode (WrOp order). */
+const SENDERS: readonly Sender[] = (() => {
+  const t: Sender[] = [];
+  t[WrOp.SEND] = sendSegment;
+  t[WrOp.SEND_WITH_IMM] = sendSegment;
+  t[WrOp.SEND_WITH_INV] = sendSegment;
+  t[WrOp.RDMA_WRITE] = sendSegment;
+  t[WrOp.RDMA_WRITE_WITH_IMM] = sendSegment;
+  t[WrOp.RDMA_READ] = sendRead;
+  t[WrOp.ATOMIC_CMP_AND_SWP] = sendAtomic;
+  t[WrOp.ATOMIC_FETCH_AND_ADD] = sendAtomic;
+  return t;
+})();
 
 /** The tail-loss probe waits this many round trips for an ACK, at least PROBE_MIN_MS. */
 const PROBE_RTTS = 3;
@@ -218,6 +273,7 @@ function probe(qp: Qp): void {
   if (psnDiff(qp.req.psn, qp.comp.psn) <= 0) return;
   qp.comp.probes++;
   qp.device.ports[qp.port - 1]!.counters.v[C.tail_probes]!++;
+  qp.traceRing.record(Role.REQ, ReqState.PROBE, NO_OPCODE, qp.comp.psn, Reason.NONE);
   resendAt(qp, qp.comp.psn);
 }
 
@@ -267,3 +323,4 @@ export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: n
   if (wqe.inline) wqe.inline.copy(dst, at, from, from + n);
   else gatherSgl(wqe.sg, from, dst, at, n);
 }
+

@@ -12,6 +12,7 @@ import type { Mtu } from '../opcode.js';
 import type { Scheduler } from './sched.js';
 import type { ReqState, CompState, RespState } from './state.js';
 import type { SendWqe, RecvWqe } from './wqe.js';
+import type { TraceRing } from './trace.js';
 import type { CompletionSink, Dest, KeyResolver, QpState, QpType } from './shared.js';
 
 // The leaf tables and interfaces (shared.ts: no imports of their own), importable from here too.
@@ -94,6 +95,8 @@ export interface TransportQp {
   readonly req: ReqState;
   readonly comp: CompState;
   readonly resp: RespState;
+  /** the three roles' last decisions (trace.ts), for qp.trace() and the CLIs' stuck dumps */
+  readonly traceRing: TraceRing;
   setState(to: QpState): void;
   /** the next receive WQE, from the SRQ or the RQ */
   takeRecv(): RecvWqe | null;

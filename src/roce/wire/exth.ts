@@ -50,6 +50,7 @@ export class RethView extends View {
   get vaHi(): number { return this.buf.readUInt32BE(this.off); }
   get vaLo(): number { return this.buf.readUInt32BE(this.off + 4); }
   get va(): bigint { return this.buf.readBigUInt64BE(this.off); }
+  set va(v: bigint) { this.buf.writeBigUInt64BE(BigInt.asUintN(64, v), this.off); }
   setVa(hi: number, lo: number): void {
     this.buf.writeUInt32BE(hi >>> 0, this.off);
     this.buf.writeUInt32BE(lo >>> 0, this.off + 4);
