@@ -24,7 +24,7 @@ async function withDevice<T>(name: string, fn: (d: Device) => T | Promise<T>): P
     dev = await openDevice({ name });
   } catch {
     const { MemNetwork } = await import('../roce/link/link.js');
-    const { RealScheduler } = await import('../roce/transport/sched.js');
+    const { RealScheduler } = await import('../roce/sched.js');
     const desc = getDeviceList().find((d) => d.name === name)!;
     const sched = new RealScheduler();
     dev = await openDevice({ name, address: desc.address, netdev: desc.netdev, scheduler: sched, link: new MemNetwork(sched).attach(desc.address) });

@@ -18,7 +18,7 @@ import { Qp, type CreateQpOptions } from './qp.js';
 import { checkCreateQp, checkOpenGsi, type GsiOptions } from './qp-create.js';
 import type { Mr } from './mr.js';
 import { Counters, C } from '../roce/counters.js';
-import { RealScheduler, type Scheduler } from '../roce/transport/sched.js';
+import { RealScheduler, type Scheduler } from '../roce/sched.js';
 import { UdpLink } from '../roce/link/udp-link.js';
 import type { Link, RxHandler } from '../roce/link/link.js';
 import { FaultInjector, type FaultOptions } from '../roce/link/fault-link.js';

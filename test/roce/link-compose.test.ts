@@ -14,7 +14,7 @@ import { connectQp } from '../../src/verbs/connect.js';
 import { Wc } from '../../src/verbs/types.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mr } from '../../src/verbs/mr.js';
-import { FakeScheduler } from '../../src/roce/transport/sched.js';
+import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork, type Link } from '../../src/roce/link/link.js';
 import { FaultInjector } from '../../src/roce/link/fault-link.js';
 import { PcapRecorder } from '../../src/roce/link/pcap-recorder.js';

@@ -13,7 +13,7 @@ import { openDevice, type Device } from '../../src/verbs/device.js';
 import { connectQp } from '../../src/verbs/connect.js';
 import type { Qp } from '../../src/verbs/qp.js';
 import { Wc } from '../../src/verbs/types.js';
-import { FakeScheduler } from '../../src/roce/transport/sched.js';
+import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork, TxPool, TX_BUF_SIZE, type Link, type LinkCaps, type MemLink, type RxHandler } from '../../src/roce/link/link.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mr } from '../../src/verbs/mr.js';

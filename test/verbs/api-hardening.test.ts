@@ -10,7 +10,7 @@ import { connectQp, remoteOf } from '../../src/verbs/connect.js';
 import type { Qp, QpEndpoint, MrEndpoint } from '../../src/verbs/qp.js';
 import { VerbsError } from '../../src/verbs/errors.js';
 import { Wc, type SendWr, type RecvWr } from '../../src/verbs/types.js';
-import { FakeScheduler } from '../../src/roce/transport/sched.js';
+import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
 import { makePair, waitWc } from './pair.js';
 

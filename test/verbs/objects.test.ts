@@ -4,7 +4,7 @@ import { openDevice, getDeviceList, buildGidTable, activeMtuFor } from '../../sr
 import { QP_STATES, QP_TRANSITIONS, type QpState } from '../../src/verbs/qp-state.js';
 import { Wc } from '../../src/verbs/types.js';
 import { gidToString } from '../../src/roce/gid.js';
-import { FakeScheduler } from '../../src/roce/transport/sched.js';
+import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
 import type { Qp, QpAttrs } from '../../src/verbs/qp.js';
 import type { Device } from '../../src/verbs/device.js';

@@ -6,7 +6,7 @@ import { Wc, type Access } from '../../src/verbs/types.js';
 import type { Pd, Srq } from '../../src/verbs/objects.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mr } from '../../src/verbs/mr.js';
-import { FakeScheduler, type Scheduler } from '../../src/roce/transport/sched.js';
+import { FakeScheduler, type Scheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
 import type { FaultOptions } from '../../src/roce/link/fault-link.js';
 import type { Mtu } from '../../src/roce/opcode.js';

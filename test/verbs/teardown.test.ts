@@ -19,7 +19,7 @@ import { openDevice, type Device } from '../../src/verbs/device.js';
 import { VerbsError } from '../../src/verbs/errors.js';
 import { Wc } from '../../src/verbs/types.js';
 import { connectQp } from '../../src/verbs/connect.js';
-import { FakeScheduler } from '../../src/roce/transport/sched.js';
+import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
 import { loadNative } from '../../src/native.js';
 import { makePair } from './pair.js';

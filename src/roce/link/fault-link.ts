@@ -2,7 +2,7 @@
  * Seeded faults on the receive side of a link, as a link wrapper: it takes a
  * link and is one, so it composes with the pcap recorder in either order.
  */
-import type { Scheduler, TimerHandle } from '../transport/sched.js';
+import type { Scheduler, TimerHandle } from '../sched.js';
 import { LinkWrapper, type Link, type RxHandler } from './link.js';
 
 export interface FaultOptions {

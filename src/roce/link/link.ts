@@ -15,7 +15,7 @@
  * backpressure: the requester stops and resumes on 'drain'.
  */
 import { EventEmitter } from 'node:events';
-import type { Scheduler } from '../transport/sched.js';
+import type { Scheduler } from '../sched.js';
 import { gidFromString } from '../gid.js';
 
 /** One spelling per address (an IPv6 address has many: '::1', '0:0:0:0:0:0:0:1'), for the in-memory network's table. */

@@ -11,7 +11,7 @@ import { C } from '../counters.js';
 import { runRequester } from './requester.js';
 import { ackTimeoutMs, armRetransmit } from './completer.js';
 import { runReads } from './responder.js';
-import type { TimerHandle } from './sched.js';
+import type { TimerHandle } from '../sched.js';
 import type { PortLike, TransportDevice, TransportQp } from './types.js';
 
 /**

@@ -5,7 +5,7 @@
  * the queues and clears the transport state). The roles (requester.ts, completer.ts,
  * responder.ts) read and write the fields directly: allocation-free on the hot path.
  */
-import type { TimerHandle } from './sched.js';
+import type { TimerHandle } from '../sched.js';
 import type { MemoryRegion } from './shared.js';
 import { RdResource, type RecvWqe } from './wqe.js';
 

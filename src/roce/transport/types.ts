@@ -9,7 +9,7 @@
 import type { Counters } from '../counters.js';
 import type { Link } from '../link/link.js';
 import type { Mtu } from '../opcode.js';
-import type { Scheduler } from './sched.js';
+import type { Scheduler } from '../sched.js';
 import type { ReqState, CompState, RespState } from './state.js';
 import type { SendWqe, RecvWqe } from './wqe.js';
 import type { TraceRing } from './trace.js';
