@@ -171,6 +171,7 @@ export class MemLink extends EventEmitter implements Link {
     this.up = up;
     this.emit('link', up);
   }
+  // eslint-disable-next-line @typescript-eslint/require-await -- Link.close() is async; the in-memory link has nothing to wait for, and async keeps a throw a rejection as on the socket links
   async close(): Promise<void> {
     // Only our own entry: a new link may already have taken the address.
     const key = addrKey(this.localIp, this.localPort);
@@ -214,6 +215,7 @@ export class FaultInjector {
     this.s = o.seed >>> 0 || 0x9e3779b9;
     this.sched = sched;
     this.link = link;
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- only ever put back on the same link (close()), so `this` stays that link
     this.prevSetReceiver = link.setReceiver;
     const orig = link.setReceiver.bind(link);
     link.setReceiver = (h: RxHandler) => orig((buf, len, ip, port, ipIdDf) => this.rx(h, buf, len, ip, port, ipIdDf));
