@@ -28,7 +28,8 @@ module.exports = {
     {
       name: 'roce-not-to-verbs-cm-lag',
       severity: 'error',
-      comment: 'Nothing under src/roce imports src/verbs, src/cm or src/lag: the transport declares the small interfaces it needs and the verbs objects implement them.',
+      comment:
+        'Nothing under src/roce imports src/verbs, src/cm or src/lag: the transport declares the small interfaces it needs and the verbs objects implement them.',
       from: { path: '^src/roce/' },
       to: { path: '^src/(verbs|cm|lag)/' },
     },
