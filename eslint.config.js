@@ -36,6 +36,19 @@ export default tseslint.config(
     },
   },
   {
+    // The plain JavaScript: the bin/ launchers, scripts/build-native.js and the tool configs. ESLint's own
+    // recommended rules (no type information there); the Node globals they use are declared here.
+    files: ['**/*.js', '**/*.cjs', '**/*.mjs'],
+    extends: [js.configs.recommended],
+    languageOptions: {
+      globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', URL: 'readonly' },
+    },
+  },
+  {
+    files: ['**/*.cjs'],
+    languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly', __dirname: 'readonly' } },
+  },
+  {
     // Tests are the guard that issue 11's restructuring changes no behaviour: they are not edited for style.
     // Rules below fire there only on patterns the tests use on purpose.
     files: ['test/**/*.ts'],
