@@ -521,7 +521,7 @@ class Factory {
     try {
       buf = ok ? ibBytes(src, t.devIp, srcPort, init) : ibBytes('10.9.9.9', t.devIp, srcPort, init);
     } catch (e) {
-      throw new Error(`fuzzer: framing could not build ${JSON.stringify(init, (_k, x) => typeof x === 'bigint' ? x.toString() : x instanceof Uint8Array ? x.length : x)}: ${(e as Error).message}`);
+      throw new Error(`fuzzer: framing could not build ${JSON.stringify(init, (_k, x: unknown) => typeof x === 'bigint' ? x.toString() : x instanceof Uint8Array ? x.length : x)}: ${(e as Error).message}`, { cause: e });
     }
     return { buf, src, srcPort, dstIp: t.devIp, kind };
   }

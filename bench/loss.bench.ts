@@ -29,7 +29,7 @@ async function one(family: 4 | 6, op: 'RDMA_READ' | 'RDMA_WRITE' | 'SEND', fault
     const cqs = devs.map((d) => d.createCq({ depth: 64 }));
     const qps = pds.map((pd, i) => pd.createQp({ type: 'RC', sendCq: cqs[i]!, recvCq: cqs[i]!, sigAll: true, cap: { maxSendWr: 8, maxRecvWr: 8 } }));
     const mems = [Buffer.alloc(SIZE), Buffer.alloc(SIZE)];
-    for (let i = 0; i < SIZE; i += 4096) mems[0]![i] = i & 0xff, mems[1]![i] = (i >> 12) & 0xff;
+    for (let i = 0; i < SIZE; i += 4096) { mems[0]![i] = i & 0xff; mems[1]![i] = (i >> 12) & 0xff; }
     const mrs = pds.map((pd, i) => pd.regMr(mems[i]!, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']));
     const eps = qps.map((q) => q.endpoint());
     for (const i of [0, 1]) {

@@ -175,7 +175,7 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
   async function run(d: Device): Promise<number> {
     const pa = d.queryPort(ibPort);
     if (full && !client) { out('\n************************************'); out('* Waiting for client to connect... *'); out('************************************'); }
-    c = client ? await Conn.connect(servername!, port) : await Conn.accept(port);
+    c = client ? await Conn.connect(servername, port) : await Conn.accept(port);
     const ver = Buffer.alloc(16);
     ver.write(VERSION, 'latin1');
     const peerVer = parseFloat((await c.xchg(ver)).toString('latin1').replace(/\0.*$/s, ''));

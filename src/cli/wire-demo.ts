@@ -56,7 +56,7 @@ export function runWireDemo(): number {
   // One more copy of the first packet with a single flipped payload bit.
   const bad = emitFrame(buildRoceV2(v4, makeIb(demoPackets()[0]!)));
   bad[bad.length - 10]! ^= 0x01;
-  w.write(bad, (t += 0.000010));
+  w.write(bad, t + 0.000010);
   n++;
   console.log(`softroce demo: built ${n} RoCE frames (RoCEv2/IPv4, RoCEv2/IPv6, RoCEv1), one with a flipped bit\n`);
   const res = dumpCapture(w.toBuffer(), (p) => console.log(formatPacket(p)));

@@ -83,7 +83,7 @@ const info = new PktInfo();
 export function decodeFrame(data: Uint8Array, linkType: number): DecodedFrame {
   const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   let off = 0;
-  let ethertype = -1;
+  let ethertype: number;
   let eth: EthRepr | undefined;
   let linkHeader: Uint8Array | undefined;
   const len = buf.length;

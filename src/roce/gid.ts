@@ -105,7 +105,7 @@ export function gidFromString(s: string): Gid {
   }));
   const head = parse(halves[0]!);
   const tail = halves.length === 2 ? parse(halves[1]!) : [];
-  const words = halves.length === 2 ? [...head, ...new Array(8 - head.length - tail.length).fill(0), ...tail] : head;
+  const words = halves.length === 2 ? [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail] : head;
   if (words.length !== 8) throw new RangeError(`not a GID: ${s}`);
   words.forEach((w, i) => { g[2 * i] = w >>> 8; g[2 * i + 1] = w & 0xff; });
   if (tail4 !== undefined) { g[12] = tail4 >>> 24; g[13] = (tail4 >>> 16) & 0xff; g[14] = (tail4 >>> 8) & 0xff; g[15] = tail4 & 0xff; }

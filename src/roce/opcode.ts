@@ -148,7 +148,7 @@ function makeEntry(opcode: number, name: string, transport: Transport, hdrs: rea
 }
 
 function build(): (OpcodeInfo | undefined)[] {
-  const t: (OpcodeInfo | undefined)[] = new Array(256).fill(undefined);
+  const t: (OpcodeInfo | undefined)[] = new Array<OpcodeInfo | undefined>(256).fill(undefined);
   const byLow = new Map(OPS.map((r) => [r[0], r]));
   for (const tr of ['RC', 'UC', 'RD', 'UD'] as const) {
     for (const low of TRANSPORT_OPS[tr]) {

@@ -173,7 +173,7 @@ export class Srq {
   postRecv(wr: RecvWr | readonly RecvWr[]): void {
     const op = 'ibv_post_srq_recv';
     if (this.#closed) throw new VerbsError('EBADF', op, 'SRQ is closed', 'srq');
-    const list = Array.isArray(wr) ? wr : [wr as RecvWr];
+    const list: readonly RecvWr[] = Array.isArray(wr) ? wr : [wr as RecvWr];
     if (this.#count + list.length > this.maxWr) throw new VerbsError('ENOMEM', op, 'SRQ is full', 'wr');
     for (const w of list) checkRecvWr(w, this.pd, this.maxSge, op);
     for (const w of list) {

@@ -294,7 +294,7 @@ export class Qp implements TransportQp {
   postSend(wr: SendWr | readonly SendWr[]): void {
     this.live('ibv_post_send');
     const op = 'ibv_post_send';
-    const list = Array.isArray(wr) ? wr : [wr as SendWr];
+    const list: readonly SendWr[] = Array.isArray(wr) ? wr : [wr as SendWr];
     if (this.state === 'RESET' || this.state === 'INIT' || this.state === 'RTR') {
       throw new VerbsError('EINVAL', op, `QP ${this.qpn} is in ${this.state}; sends need RTS`, 'qp');
     }
@@ -315,7 +315,7 @@ export class Qp implements TransportQp {
     const op = 'ibv_post_recv';
     if (this.srq) throw new VerbsError('EINVAL', op, 'this QP uses an SRQ: post to the SRQ', 'qp');
     if (this.state === 'RESET') throw new VerbsError('EINVAL', op, 'QP is in RESET', 'qp');
-    const list = Array.isArray(wr) ? wr : [wr as RecvWr];
+    const list: readonly RecvWr[] = Array.isArray(wr) ? wr : [wr as RecvWr];
     if (this.rqCount + list.length > this.cap.maxRecvWr) throw new VerbsError('ENOMEM', op, 'receive queue is full', 'wr');
     for (const w of list) checkRecvWr(w, this.pd, this.cap.maxRecvSge, op);
     for (const w of list) {
