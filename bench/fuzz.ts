@@ -92,9 +92,23 @@ export interface FuzzResult {
 }
 
 const DROP_COUNTERS: readonly CounterName[] = [
-  'rcvd_icrc_err', 'rcvd_malformed', 'rcvd_unknown_qp', 'rcvd_bad_state', 'rcvd_bad_pkey', 'rcvd_bad_qkey',
-  'rcvd_bad_addr', 'rcvd_bad_opcode', 'out_of_sequence', 'duplicate_request', 'send_rnr_err', 'rcvd_seq_err', 'rcvd_rnr_err',
-  'rcvd_bad_psn', 'rcvd_stale_resp', 'rcvd_no_recv_wqe', 'rcvd_internal_err',
+  'rcvd_icrc_err',
+  'rcvd_malformed',
+  'rcvd_unknown_qp',
+  'rcvd_bad_state',
+  'rcvd_bad_pkey',
+  'rcvd_bad_qkey',
+  'rcvd_bad_addr',
+  'rcvd_bad_opcode',
+  'out_of_sequence',
+  'duplicate_request',
+  'send_rnr_err',
+  'rcvd_seq_err',
+  'rcvd_rnr_err',
+  'rcvd_bad_psn',
+  'rcvd_stale_resp',
+  'rcvd_no_recv_wqe',
+  'rcvd_internal_err',
 ];
 const DROP_IDX = DROP_COUNTERS.map((n) => COUNTER_NAMES.indexOf(n));
 const IDX = (n: CounterName): number => COUNTER_NAMES.indexOf(n);
@@ -107,15 +121,27 @@ const TARGET_STATES = ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'ERR'] as const;
 const OPS = { RC: [] as number[], UC: [] as number[], UD: [] as number[], RESP: [] as number[] };
 for (let i = 0; i < 256; i++) {
   if (!OPCODES[i]) continue;
-  if (i >> 5 === 0) { OPS.RC.push(i); if (OPCODE_MASK[i]! & Op.RESP) OPS.RESP.push(i); }
-  else if (i >> 5 === 1) OPS.UC.push(i);
+  if (i >> 5 === 0) {
+    OPS.RC.push(i);
+    if (OPCODE_MASK[i]! & Op.RESP) OPS.RESP.push(i);
+  } else if (i >> 5 === 1) OPS.UC.push(i);
   else if (i >> 5 === 3) OPS.UD.push(i);
 }
 
 // ------------------------------------------------------------ the transfer ---
 
-const W_N = 48, W_MAX = 8192, S_N = 48, S_MAX = 4096, R_N = 16, R_MAX = 8192, A_N = 32;
-const OFF_W = 0, OFF_S = OFF_W + W_N * W_MAX, OFF_R = OFF_S + S_N * S_MAX, OFF_A = OFF_R + R_N * R_MAX, MEM = OFF_A + 4096;
+const W_N = 48,
+  W_MAX = 8192,
+  S_N = 48,
+  S_MAX = 4096,
+  R_N = 16,
+  R_MAX = 8192,
+  A_N = 32;
+const OFF_W = 0,
+  OFF_S = OFF_W + W_N * W_MAX,
+  OFF_R = OFF_S + S_N * S_MAX,
+  OFF_A = OFF_R + R_N * R_MAX,
+  MEM = OFF_A + 4096;
 
 /**
  * Rounds of a mixed stream from a to b on the live RC pair: WRITEs into b's
@@ -157,20 +183,57 @@ class Transfer {
     const wrs: SendWr[] = [];
     const lens: number[] = [];
     this.adds = [];
-    for (let i = 0; i < W_N; i++) { const n = 1 + r.int(W_MAX); lens.push(n); wrs.push({ wrId: wrs.length, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: OFF_W + i * W_MAX, length: n }], remote: { addr: b.mr.addr + BigInt(OFF_W + i * W_MAX), rkey: b.mr.rkey } }); }
-    for (let i = 0; i < S_N; i++) { const n = r.int(S_MAX + 1); lens.push(n); wrs.push({ wrId: wrs.length, opcode: 'SEND', sg: [{ mr: a.mr, offset: OFF_S + i * S_MAX, length: n }] }); }
-    for (let i = 0; i < R_N; i++) { const n = 1 + r.int(R_MAX); lens.push(n); wrs.push({ wrId: wrs.length, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: OFF_R + i * R_MAX, length: n }], remote: { addr: b.mr.addr + BigInt(OFF_R + i * R_MAX), rkey: b.mr.rkey } }); }
-    for (let i = 0; i < A_N; i++) { const add = BigInt(1 + r.int(1000)); this.adds.push(add); lens.push(8); wrs.push({ wrId: wrs.length, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: add, sg: [{ mr: a.mr, offset: OFF_A + i * 8, length: 8 }], remote: { addr: b.mr.addr + BigInt(OFF_A), rkey: b.mr.rkey } }); }
+    for (let i = 0; i < W_N; i++) {
+      const n = 1 + r.int(W_MAX);
+      lens.push(n);
+      wrs.push({
+        wrId: wrs.length,
+        opcode: 'RDMA_WRITE',
+        sg: [{ mr: a.mr, offset: OFF_W + i * W_MAX, length: n }],
+        remote: { addr: b.mr.addr + BigInt(OFF_W + i * W_MAX), rkey: b.mr.rkey },
+      });
+    }
+    for (let i = 0; i < S_N; i++) {
+      const n = r.int(S_MAX + 1);
+      lens.push(n);
+      wrs.push({ wrId: wrs.length, opcode: 'SEND', sg: [{ mr: a.mr, offset: OFF_S + i * S_MAX, length: n }] });
+    }
+    for (let i = 0; i < R_N; i++) {
+      const n = 1 + r.int(R_MAX);
+      lens.push(n);
+      wrs.push({
+        wrId: wrs.length,
+        opcode: 'RDMA_READ',
+        sg: [{ mr: a.mr, offset: OFF_R + i * R_MAX, length: n }],
+        remote: { addr: b.mr.addr + BigInt(OFF_R + i * R_MAX), rkey: b.mr.rkey },
+      });
+    }
+    for (let i = 0; i < A_N; i++) {
+      const add = BigInt(1 + r.int(1000));
+      this.adds.push(add);
+      lens.push(8);
+      wrs.push({
+        wrId: wrs.length,
+        opcode: 'ATOMIC_FETCH_AND_ADD',
+        compareAdd: add,
+        sg: [{ mr: a.mr, offset: OFF_A + i * 8, length: 8 }],
+        remote: { addr: b.mr.addr + BigInt(OFF_A), rkey: b.mr.rkey },
+      });
+    }
     // Shuffle (Fisher-Yates) so every kind is in flight together; atomics keep their relative order.
     const order = wrs.map((_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) { const j = r.int(i + 1); [order[i], order[j]] = [order[j]!, order[i]!]; }
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = r.int(i + 1);
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
     const atomicIdx = order.filter((i) => wrs[i]!.opcode === 'ATOMIC_FETCH_AND_ADD').sort((x, y) => x - y);
     let k = 0;
     for (let i = 0; i < order.length; i++) if (wrs[order[i]!]!.opcode === 'ATOMIC_FETCH_AND_ADD') order[i] = atomicIdx[k++]!;
     this.wrs = order.map((i) => wrs[i]!);
     this.lens = order.map((i) => lens[i]!);
     // The SENDs arrive in posting order; post one receive per SEND, in that order, slot = SEND index.
-    for (const w of this.wrs) if (w.opcode === 'SEND') b.qp.postRecv({ wrId: w.wrId, sg: [{ mr: b.mr, offset: OFF_S + (w.wrId - W_N) * S_MAX, length: S_MAX }] });
+    for (const w of this.wrs)
+      if (w.opcode === 'SEND') b.qp.postRecv({ wrId: w.wrId, sg: [{ mr: b.mr, offset: OFF_S + (w.wrId - W_N) * S_MAX, length: S_MAX }] });
     this.posted = this.done = this.recvs = 0;
     this.active = true;
   }
@@ -184,7 +247,8 @@ class Transfer {
       for (let i = 0; i < k; i++) {
         const w = this.wc[i]!;
         const want = this.wrs[this.done]!;
-        if (w.status !== 'SUCCESS' || w.wrId !== want.wrId) this.problems.push(`round ${this.rounds}: send completion ${this.done} is ${w.status} wrId ${w.wrId}, want SUCCESS ${want.wrId} (${want.opcode})`);
+        if (w.status !== 'SUCCESS' || w.wrId !== want.wrId)
+          this.problems.push(`round ${this.rounds}: send completion ${this.done} is ${w.status} wrId ${w.wrId}, want SUCCESS ${want.wrId} (${want.opcode})`);
         this.done++;
       }
     }
@@ -192,7 +256,8 @@ class Transfer {
       for (let i = 0; i < k; i++) {
         const w = this.wc[i]!;
         const at = this.wrs.findIndex((x) => x.wrId === w.wrId);
-        if (w.status !== 'SUCCESS' || at < 0 || w.byteLen !== this.lens[at]) this.problems.push(`round ${this.rounds}: receive ${this.recvs} is ${w.status} wrId ${w.wrId} length ${w.byteLen}`);
+        if (w.status !== 'SUCCESS' || at < 0 || w.byteLen !== this.lens[at])
+          this.problems.push(`round ${this.rounds}: receive ${this.recvs} is ${w.status} wrId ${w.wrId} length ${w.byteLen}`);
         this.recvs++;
       }
     }
@@ -208,24 +273,38 @@ class Transfer {
   }
   private verify(): void {
     const { a, b } = this.p;
-    const bad = (m: string): void => { if (this.problems.length < 20) this.problems.push(`round ${this.rounds}: ${m}`); };
+    const bad = (m: string): void => {
+      if (this.problems.length < 20) this.problems.push(`round ${this.rounds}: ${m}`);
+    };
     const exp = Buffer.alloc(OFF_R - OFF_W);
     for (let i = 0; i < this.wrs.length; i++) {
       const w = this.wrs[i]!;
       const n = this.lens[i]!;
-      if (w.opcode === 'RDMA_WRITE') { const o = w.sg[0]!.offset; a.mem.copy(exp, o - OFF_W, o, o + n); }
-      if (w.opcode === 'SEND') { const o = OFF_S + (w.wrId - W_N) * S_MAX; a.mem.copy(exp, o - OFF_W, o, o + n); }
+      if (w.opcode === 'RDMA_WRITE') {
+        const o = w.sg[0]!.offset;
+        a.mem.copy(exp, o - OFF_W, o, o + n);
+      }
+      if (w.opcode === 'SEND') {
+        const o = OFF_S + (w.wrId - W_N) * S_MAX;
+        a.mem.copy(exp, o - OFF_W, o, o + n);
+      }
     }
     if (!b.mem.subarray(OFF_W, OFF_R).equals(exp)) bad('the WRITE and SEND targets differ from what was sent (or bytes beyond them changed)');
     const rexp = Buffer.alloc(OFF_A - OFF_R);
     for (let i = 0; i < this.wrs.length; i++) {
       const w = this.wrs[i]!;
-      if (w.opcode === 'RDMA_READ') { const o = w.sg[0]!.offset; b.mem.copy(rexp, o - OFF_R, o, o + this.lens[i]!); }
+      if (w.opcode === 'RDMA_READ') {
+        const o = w.sg[0]!.offset;
+        b.mem.copy(rexp, o - OFF_R, o, o + this.lens[i]!);
+      }
     }
     if (!a.mem.subarray(OFF_R, OFF_A).equals(rexp)) bad('the READ results differ from the source');
     let c = this.ctrStart;
     for (let i = 0; i < A_N; i++) {
-      if (a.mem.readBigUInt64LE(OFF_A + i * 8) !== c) { bad(`atomic ${i} returned ${a.mem.readBigUInt64LE(OFF_A + i * 8)}, want ${c}`); break; }
+      if (a.mem.readBigUInt64LE(OFF_A + i * 8) !== c) {
+        bad(`atomic ${i} returned ${a.mem.readBigUInt64LE(OFF_A + i * 8)}, want ${c}`);
+        break;
+      }
       c += this.adds[i]!;
     }
     if (b.mem.readBigUInt64LE(OFF_A) !== c) bad(`the counter is ${b.mem.readBigUInt64LE(OFF_A)}, want ${c} (an atomic ran twice or not at all)`);
@@ -236,7 +315,10 @@ class Transfer {
 
 // -------------------------------------------------------------- the victims ---
 
-interface Victim { qp: Qp; want: (typeof TARGET_STATES)[number] | 'GSI' }
+interface Victim {
+  qp: Qp;
+  want: (typeof TARGET_STATES)[number] | 'GSI';
+}
 
 /**
  * The QPs nobody uses: RC, UC and UD in every state, plus QP1, in a PD of
@@ -284,10 +366,14 @@ class Victims {
   }
   /** Every QP back to its state (fuzzing moves RC QPs to ERR), receives posted, PSNs fresh; the CQ drained. */
   rearm(): void {
-    while (this.cq.poll(this.wc) > 0) { /* drained */ }
+    while (this.cq.poll(this.wc) > 0) {
+      /* drained */
+    }
     this.fixScratch();
     for (const v of this.list) this.rearmOne(v);
-    while (this.cq.poll(this.wc) > 0) { /* flushed receives */ }
+    while (this.cq.poll(this.wc) > 0) {
+      /* flushed receives */
+    }
   }
   /** The regions fuzz packets name (shared with the Target), kept current when the scratch region is re-registered. */
   mrs: Mr[] = [];
@@ -329,8 +415,13 @@ class Victims {
     for (let i = 0; i < (qp.type === 'GSI' ? 16 : 24); i++) {
       const o = r.int(65536 - 4096);
       const n1 = 1 + r.int(2048);
-      const sg = qp.type === 'GSI' ? [{ mr: this.scratch, offset: o, length: 2048 }]
-        : [{ mr: this.scratch, offset: o, length: n1 }, { mr: this.scratch, offset: r.int(65536 - 2048), length: r.int(2048) }];
+      const sg =
+        qp.type === 'GSI'
+          ? [{ mr: this.scratch, offset: o, length: 2048 }]
+          : [
+              { mr: this.scratch, offset: o, length: n1 },
+              { mr: this.scratch, offset: r.int(65536 - 2048), length: r.int(2048) },
+            ];
       qp.postRecv({ wrId: i, sg });
     }
   }
@@ -353,7 +444,13 @@ interface Target {
   fuzzIp: string;
 }
 
-interface Datagram { buf: Buffer; src: string; srcPort: number; dstIp: string; kind: string }
+interface Datagram {
+  buf: Buffer;
+  src: string;
+  srcPort: number;
+  dstIp: string;
+  kind: string;
+}
 
 /** Raw IB bytes (BTH … ICRC) from src:srcPort to dst:4791, built by the project's framing code. */
 function ibBytes(src: string, dst: string, srcPort: number, init: Parameters<typeof makeIb>[0]): Buffer {
@@ -406,7 +503,14 @@ class Factory {
     const r = this.rng;
     const buf = Buffer.from(r.bytes(r.int(3) === 0 ? r.int(16) : r.int(1200)));
     // Half of them look like a BTH for a live QPN, so they get past the first checks.
-    if (buf.length >= 12 && r.int(2)) { const q = this.pick([t.live.qp.qpn, 1]); buf[5] = q >> 16; buf[6] = q >> 8; buf[7] = q; buf[2] = 0xff; buf[3] = 0xff; }
+    if (buf.length >= 12 && r.int(2)) {
+      const q = this.pick([t.live.qp.qpn, 1]);
+      buf[5] = q >> 16;
+      buf[6] = q >> 8;
+      buf[7] = q;
+      buf[2] = 0xff;
+      buf[3] = 0xff;
+    }
     return { buf, src: r.int(2) ? t.live.peerIp : this.wrongIp(t), srcPort: 4791, dstIp: t.devIp, kind: 'random bytes' };
   }
   private golden(t: Target, kind: string): Datagram {
@@ -432,10 +536,15 @@ class Factory {
       if (resp && t.live.requester && !this.liveResponses) buf[0] = this.pick(OPS.RC.filter((o) => OPCODE_MASK[o]! & Op.REQ));
       src = r.int(2) ? this.wrongIp(t) : t.live.peerIp;
       const psn = this.safePsn(q);
-      buf[9] = psn >> 16; buf[10] = psn >> 8; buf[11] = psn;
+      buf[9] = psn >> 16;
+      buf[10] = psn >> 8;
+      buf[11] = psn;
     }
-    buf[5] = qpn >> 16; buf[6] = qpn >> 8; buf[7] = qpn;
-    buf[2] = 0xff; buf[3] = 0xff;
+    buf[5] = qpn >> 16;
+    buf[6] = qpn >> 8;
+    buf[7] = qpn;
+    buf[2] = 0xff;
+    buf[3] = 0xff;
     if (src.split('.').length === 4 && !src.includes('256')) reseal(buf, src, t.devIp, 4791);
     return { buf, src, srcPort: 4791, dstIp: t.devIp, kind: 'golden, re-addressed, valid ICRC' };
   }
@@ -467,7 +576,7 @@ class Factory {
     }
     const ops = qp.type === 'RC' ? OPS.RC : qp.type === 'UC' ? OPS.UC : OPS.UD;
     let opcode = r.int(8) === 0 ? r.int(256) : this.pick(ops);
-    if (live && t.live.requester && (OPCODE_MASK[opcode]! & Op.RESP) && !this.liveResponses) opcode = this.pick(OPS.RC.filter((o) => OPCODE_MASK[o]! & Op.REQ));
+    if (live && t.live.requester && OPCODE_MASK[opcode]! & Op.RESP && !this.liveResponses) opcode = this.pick(OPS.RC.filter((o) => OPCODE_MASK[o]! & Op.REQ));
     const mask = OPCODE_MASK[opcode]!;
     if (live && kind.endsWith('peer')) psn = mask & Op.RESP ? (qp.comp.psn - 1 - r.int(64)) & 0xffffff : this.safePsn(qp);
     else {
@@ -475,7 +584,7 @@ class Factory {
       const pp = r.int(4);
       psn = pp < 2 ? base : pp === 2 ? (base + r.int(9) - 4) & 0xffffff : r.int(1 << 24);
     }
-    if (live && kind.endsWith('peer') && (mask & Op.RESP) && this.liveResponses) psn = (qp.comp.psn + r.int(64) - 8) & 0xffffff;
+    if (live && kind.endsWith('peer') && mask & Op.RESP && this.liveResponses) psn = (qp.comp.psn + r.int(64) - 8) & 0xffffff;
     const mtu = qp.pathMtu;
     let payloadLen: number;
     const pk = OPCODES[opcode]?.payload ?? 0;
@@ -488,8 +597,16 @@ class Factory {
     // DMA length: half the time one the payload agrees with (an ONLY packet carrying all of it, a
     // FIRST packet starting a longer message), so writes really happen; else anything.
     const lenPick = r.int(8);
-    const dmaLen = lenPick < 4 && (mask & Op.START) ? ((mask & Op.END) ? payloadLen : payloadLen + 1 + r.int(2 * mtu))
-      : lenPick === 4 ? 0 : lenPick === 5 ? r.next() : r.int(3 * mtu);
+    const dmaLen =
+      lenPick < 4 && mask & Op.START
+        ? mask & Op.END
+          ? payloadLen
+          : payloadLen + 1 + r.int(2 * mtu)
+        : lenPick === 4
+          ? 0
+          : lenPick === 5
+            ? r.next()
+            : r.int(3 * mtu);
     // R_Key and VA: a real region's (random offset; or ending right at the region's end, give or
     // take 2 bytes, or starting just before it), or random.
     const mr = this.pick(t.mrs);
@@ -502,9 +619,16 @@ class Factory {
     const payload = r.bytes(payloadLen);
     const has = (h: number): boolean => (mask & hdrBit(h as 0)) !== 0;
     let destQp = qp.qpn;
-    if (kind === 'well-formed to no QP') for (destQp = this.pick([0, 0xffffff, r.int(1 << 24)]); t.dev.qps.has(destQp) || destQp === 1;) destQp = r.int(1 << 24);
+    if (kind === 'well-formed to no QP')
+      for (destQp = this.pick([0, 0xffffff, r.int(1 << 24)]); t.dev.qps.has(destQp) || destQp === 1;) destQp = r.int(1 << 24);
     const init: Parameters<typeof makeIb>[0] = {
-      opcode, destQp, psn, ackReq: r.int(2) === 0, se: r.int(10) === 0, pkey: r.int(50) === 0 ? r.int(0x10000) : 0xffff, payload,
+      opcode,
+      destQp,
+      psn,
+      ackReq: r.int(2) === 0,
+      se: r.int(10) === 0,
+      pkey: r.int(50) === 0 ? r.int(0x10000) : 0xffff,
+      payload,
     };
     if (has(Hdr.DETH)) init.deth = { qkey: r.int(4) ? qp.qkey : r.next(), srcQp: r.int(1 << 24) };
     if (has(Hdr.RETH)) init.reth = { va, rkey, dmaLen: dmaLen >>> 0 };
@@ -521,7 +645,10 @@ class Factory {
     try {
       buf = ok ? ibBytes(src, t.devIp, srcPort, init) : ibBytes('10.9.9.9', t.devIp, srcPort, init);
     } catch (e) {
-      throw new Error(`fuzzer: framing could not build ${JSON.stringify(init, (_k, x: unknown) => typeof x === 'bigint' ? x.toString() : x instanceof Uint8Array ? x.length : x)}: ${(e as Error).message}`, { cause: e });
+      throw new Error(
+        `fuzzer: framing could not build ${JSON.stringify(init, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x instanceof Uint8Array ? x.length : x))}: ${(e as Error).message}`,
+        { cause: e },
+      );
     }
     return { buf, src, srcPort, dstIp: t.devIp, kind };
   }
@@ -548,9 +675,32 @@ function fingerprint(qp: Qp | null | undefined, out: number[]): void {
   out.length = 0;
   if (!qp) return;
   const r = qp.resp;
-  out.push(r.psn, r.msn, r.lastOp, r.offset, r.nakPsn, r.oosMax, r.oosCount, r.dropMsg ? 1 : 0, r.reads.length, r.backlog.length, r.ackPending ? 1 : 0, r.resid, r.wqe ? 1 : 0,
-    qp.comp.psn, qp.req.psn, qp.sqHead, qp.rqHead, qp.rqCount, qp.comp.retryCnt, qp.comp.rnrRetry, qp.commEst ? 1 : 0, qp.recvCq.length, qp.sendCq.length,
-    ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'].indexOf(qp.state));
+  out.push(
+    r.psn,
+    r.msn,
+    r.lastOp,
+    r.offset,
+    r.nakPsn,
+    r.oosMax,
+    r.oosCount,
+    r.dropMsg ? 1 : 0,
+    r.reads.length,
+    r.backlog.length,
+    r.ackPending ? 1 : 0,
+    r.resid,
+    r.wqe ? 1 : 0,
+    qp.comp.psn,
+    qp.req.psn,
+    qp.sqHead,
+    qp.rqHead,
+    qp.rqCount,
+    qp.comp.retryCnt,
+    qp.comp.rnrRetry,
+    qp.commEst ? 1 : 0,
+    qp.recvCq.length,
+    qp.sendCq.length,
+    ['RESET', 'INIT', 'RTR', 'RTS', 'SQD', 'SQE', 'ERR'].indexOf(qp.state),
+  );
 }
 
 function describe(d: Datagram): string {
@@ -568,7 +718,12 @@ function counterDelta(dev: Device, before: Record<string, number>, into: Record<
   }
 }
 
-interface Rig { p: Pair; transfer: Transfer; targets: Target[]; before: Record<string, number>[] }
+interface Rig {
+  p: Pair;
+  transfer: Transfer;
+  targets: Target[];
+  before: Record<string, number>[];
+}
 
 async function makeRig(mode: 'mem' | 'udp', addrs: [string, string], fuzzIp: string, seed: number): Promise<Rig> {
   const p = await makePair({ mode, addrs, guard: true, memSize: MEM, mtu: 1024, timeout: 8, sendWr: 64, recvWr: 128, maxRdAtomic: 16, minRnrTimer: 1 });
@@ -581,12 +736,22 @@ async function makeRig(mode: 'mem' | 'udp', addrs: [string, string], fuzzIp: str
     return { name: 'live PD, idle, all access', mr: pd.regMr(mem, [...ALL_ACCESS]), snap: Buffer.from(mem) };
   };
   const targets: Target[] = [];
-  for (const [side, ip] of [[p.b, addrs[1]], [p.a, addrs[0]]] as const) {
+  for (const [side, ip] of [
+    [p.b, addrs[1]],
+    [p.a, addrs[0]],
+  ] as const) {
     const victims = new Victims(p, side.dev, fuzzIp, seed ^ ipNumHash(ip));
     victims.untouchable.push(idle(side.pd, seed + 7));
     const mrs = [p.a.mr, p.b.mr, victims.scratch, ...victims.untouchable.map((u) => u.mr)];
     victims.mrs = mrs;
-    targets.push({ dev: side.dev, devIp: ip, live: { qp: side.qp, peerIp: side === p.a ? addrs[1] : addrs[0], requester: side === p.a }, victims, mrs, fuzzIp });
+    targets.push({
+      dev: side.dev,
+      devIp: ip,
+      live: { qp: side.qp, peerIp: side === p.a ? addrs[1] : addrs[0], requester: side === p.a },
+      victims,
+      mrs,
+      fuzzIp,
+    });
   }
   return { p, transfer, targets, before: targets.map((t) => t.dev.counters()) };
 }
@@ -600,8 +765,24 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
   const seeds = goldenIbPackets();
   if (seeds.length < 100) throw new Error(`only ${seeds.length} RoCEv2 packets in the golden captures`);
   const res: FuzzResult = {
-    packets: 0, memPackets: 0, udpPackets: 0, timeMs: 0, packetsPerSec: 0, kinds: {}, thrown: [], rounds: 0, transferProblems: [], memoryProblems: [],
-    drops: {}, outcomes: {}, silent: 0, acceptedBy: {}, silentBy: {}, silentExamples: [], accounting: [], udp: { sent: 0, rcvdPkts: 0 },
+    packets: 0,
+    memPackets: 0,
+    udpPackets: 0,
+    timeMs: 0,
+    packetsPerSec: 0,
+    kinds: {},
+    thrown: [],
+    rounds: 0,
+    transferProblems: [],
+    memoryProblems: [],
+    drops: {},
+    outcomes: {},
+    silent: 0,
+    acceptedBy: {},
+    silentBy: {},
+    silentExamples: [],
+    accounting: [],
+    udp: { sent: 0, rcvdPkts: 0 },
   };
   const udpN = Math.round(o.packets * o.udpShare);
   const memN = o.packets - udpN;
@@ -621,24 +802,32 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
     // when the transfer breaks, to find the datagram that broke it.
     const wire: string[] = [];
     const forged: string[] = [];
-    const keep = (a: string[], x: string): void => { a.push(x); if (a.length > 16) a.shift(); };
-    const brief = (b: Buffer): string => `${OPCODES[b[0]!]?.name ?? b[0]} psn ${((b[9]! << 16) | (b[10]! << 8) | b[11]!).toString(16)}${b.length > 12 ? ` ${b.subarray(12, Math.min(b.length, 40)).toString('hex')}` : ''}`;
+    const keep = (a: string[], x: string): void => {
+      a.push(x);
+      if (a.length > 16) a.shift();
+    };
+    const brief = (b: Buffer): string =>
+      `${OPCODES[b[0]!]?.name ?? b[0]} psn ${((b[9]! << 16) | (b[10]! << 8) | b[11]!).toString(16)}${b.length > 12 ? ` ${b.subarray(12, Math.min(b.length, 40)).toString('hex')}` : ''}`;
     let broken = false;
     const watch = (): void => {
       if (broken || (p.a.qp.state !== 'ERR' && p.b.qp.state !== 'ERR')) return;
       broken = true;
-      res.transferProblems.push(`in memory: a live QP went to ERR at ${fake.now().toFixed(3)} ms (a ${p.a.qp.state}, b ${p.b.qp.state}); last packets between them:\n      ${wire.join('\n      ')}\n    last forgeries at them:\n      ${forged.join('\n      ')}`);
+      res.transferProblems.push(
+        `in memory: a live QP went to ERR at ${fake.now().toFixed(3)} ms (a ${p.a.qp.state}, b ${p.b.qp.state}); last packets between them:\n      ${wire.join('\n      ')}\n    last forgeries at them:\n      ${forged.join('\n      ')}`,
+      );
     };
     net.filter = (pkt, src, dst) => {
       delivered.set(dst, (delivered.get(dst) ?? 0) + 1);
-      if (pkt.length >= 12 && (src === '10.0.0.1' || src === '10.0.0.2') && (dst === '10.0.0.1' || dst === '10.0.0.2')) keep(wire, `${fake.now().toFixed(3)} ${src} → ${dst}: ${brief(pkt)}`);
+      if (pkt.length >= 12 && (src === '10.0.0.1' || src === '10.0.0.2') && (dst === '10.0.0.1' || dst === '10.0.0.2'))
+        keep(wire, `${fake.now().toFixed(3)} ${src} → ${dst}: ${brief(pkt)}`);
       return true;
     };
     const links = rig.targets.map((t) => net.links.get(`${t.devIp}:4791`) as MemLink);
     const f = new Factory(o.seed + 1, seeds, o);
     const pickRng = new Rng(o.seed + 5);
     const prev = new Float64Array(COUNTER_NAMES.length);
-    const fpA: number[] = [], fpB: number[] = [];
+    const fpA: number[] = [],
+      fpB: number[] = [];
     const qpOf = (t: Target, buf: Buffer): Qp | null | undefined => {
       if (buf.length < 12) return null;
       const qpn = (buf[5]! << 16) | (buf[6]! << 8) | buf[7]!;
@@ -656,7 +845,13 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
       const ti = pickRng.int(4) === 0 ? 1 : 0; // mostly the responder's device
       const t = rig.targets[ti]!;
       let d: Datagram;
-      try { d = f.next(t); } catch (e) { thrown('fuzzer', e); fake.defer(pump); return; }
+      try {
+        d = f.next(t);
+      } catch (e) {
+        thrown('fuzzer', e);
+        fake.defer(pump);
+        return;
+      }
       res.kinds[d.kind] = (res.kinds[d.kind] ?? 0) + 1;
       const v = t.dev.ports[0]!.counters.v;
       prev.set(v);
@@ -667,10 +862,18 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
         links[ti]!.receive(d.buf, d.buf.length, d.src, d.srcPort);
       } catch (e) {
         const h = qp ? history.get(qp) : undefined;
-        thrown(`receive path threw (${qp ? `${qp.type} QP ${qp.qpn} of ${t.devIp}, now ${qp.state}` : 'no QP'}; the datagrams it took before this one: ${h ? `\n      ${h.join('\n      ')}` : 'none'})`, e, d);
+        thrown(
+          `receive path threw (${qp ? `${qp.type} QP ${qp.qpn} of ${t.devIp}, now ${qp.state}` : 'no QP'}; the datagrams it took before this one: ${h ? `\n      ${h.join('\n      ')}` : 'none'})`,
+          e,
+          d,
+        );
       }
       let outcome = '';
-      for (let k = 0; k < DROP_IDX.length; k++) if (v[DROP_IDX[k]!] !== prev[DROP_IDX[k]!]) { outcome = DROP_COUNTERS[k]!; break; }
+      for (let k = 0; k < DROP_IDX.length; k++)
+        if (v[DROP_IDX[k]!] !== prev[DROP_IDX[k]!]) {
+          outcome = DROP_COUNTERS[k]!;
+          break;
+        }
       if (!outcome) {
         fingerprint(qp, fpB);
         const changed = fpA.length !== fpB.length || fpA.some((x, i) => x !== fpB[i]);
@@ -679,8 +882,7 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
           outcome = 'accepted';
           const key = `${qp ? `${qp.type} ${qp.state}` : 'no QP'} ${OPCODES[d.buf[0]!]?.name ?? 'undefined opcode'}`;
           res.acceptedBy[key] = (res.acceptedBy[key] ?? 0) + 1;
-        }
-        else {
+        } else {
           outcome = 'silent';
           res.silent++;
           const key = `${qp ? `${qp.type} ${qp.state}` : 'no QP'} ${OPCODES[d.buf[0]!]?.name ?? 'undefined opcode'}${d.src === t.live.peerIp || d.src === t.fuzzIp ? '' : ' (wrong source)'}`;
@@ -692,12 +894,19 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
       if (qp) {
         // Per QP, the last datagrams and what became of them: a throw is reported with the sequence that led to it.
         let h = history.get(qp);
-        if (!h) history.set(qp, h = []);
-        h.push(`${outcome}: ${OPCODES[d.buf[0]!]?.name ?? d.buf[0]} psn ${((d.buf[9]! << 16) | (d.buf[10]! << 8) | d.buf[11]!).toString(16)} (${d.buf.length} B) from ${d.src}`);
+        if (!h) history.set(qp, (h = []));
+        h.push(
+          `${outcome}: ${OPCODES[d.buf[0]!]?.name ?? d.buf[0]} psn ${((d.buf[9]! << 16) | (d.buf[10]! << 8) | d.buf[11]!).toString(16)} (${d.buf.length} B) from ${d.src}`,
+        );
         if (h.length > 6) h.shift();
       }
-      try { if (t.victims.revive(qp)) history.get(qp!)?.push('(re-armed: RESET, then back to its state)'); } catch (e) { thrown('re-arming a victim QP', e); }
-      if (qp === p.a.qp || qp === p.b.qp) keep(forged, `${fake.now().toFixed(3)} ${outcome}: ${d.kind} from ${d.src} → ${t.devIp} QP ${qp.qpn}: ${brief(d.buf)}`);
+      try {
+        if (t.victims.revive(qp)) history.get(qp!)?.push('(re-armed: RESET, then back to its state)');
+      } catch (e) {
+        thrown('re-arming a victim QP', e);
+      }
+      if (qp === p.a.qp || qp === p.b.qp)
+        keep(forged, `${fake.now().toFixed(3)} ${outcome}: ${d.kind} from ${d.src} → ${t.devIp} QP ${qp.qpn}: ${brief(d.buf)}`);
       watch();
       fake.defer(pump);
     };
@@ -707,16 +916,27 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
       if (!transfer.active) transfer.start();
       chunk = 256;
       fake.defer(pump);
-      try { fake.advance(0.05); } catch (e) { thrown('deferred transport work threw', e); }
+      try {
+        fake.advance(0.05);
+      } catch (e) {
+        thrown('deferred transport work threw', e);
+      }
       watch();
       transfer.step();
-      if (sent - lastRearm >= 4096) { lastRearm = sent; for (const t of rig.targets) t.victims.rearm(); }
+      if (sent - lastRearm >= 4096) {
+        lastRearm = sent;
+        for (const t of rig.targets) t.victims.rearm();
+      }
       if (sent >= memN) break;
       if (++idleSteps % 512 === 0) log(`mem: ${sent}/${memN} datagrams, ${transfer.rounds} rounds`);
     }
     // Let the last round finish (bounded in fake time).
     for (let ms = 0; ms < 20_000 && transfer.active; ms += 1) {
-      try { fake.advance(1); } catch (e) { thrown('deferred transport work threw', e); }
+      try {
+        fake.advance(1);
+      } catch (e) {
+        thrown('deferred transport work threw', e);
+      }
       transfer.step();
     }
     if (transfer.active) res.transferProblems.push(`in memory: the last round did not finish in 20 s of fake time: ${transfer.stuck}`);
@@ -726,7 +946,11 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
     for (const t of rig.targets) res.memoryProblems.push(...t.victims.check().map((m) => `in memory: ${m}`));
     rig.targets.forEach((t, i) => {
       counterDelta(t.dev, rig.before[i]!, res.drops);
-      res.accounting.push({ device: t.devIp, rcvdPkts: t.dev.counters()['rcvd_pkts']! - rig.before[i]!['rcvd_pkts']!, delivered: (delivered.get(t.devIp) ?? 0) + injected[i]! });
+      res.accounting.push({
+        device: t.devIp,
+        rcvdPkts: t.dev.counters()['rcvd_pkts']! - rig.before[i]!['rcvd_pkts']!,
+        delivered: (delivered.get(t.devIp) ?? 0) + injected[i]!,
+      });
     });
     res.memPackets = sent;
     net.filter = null;
@@ -740,14 +964,19 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
     const t = rig.targets[0]!;
     const onUncaught = (e: unknown): void => thrown('uncaught (UDP receive path)', e);
     process.on('uncaughtException', onUncaught);
-    const bind = (ip: string): Promise<Socket> => new Promise((resolve, reject) => {
-      const s = createSocket('udp4');
-      s.once('error', reject);
-      s.bind({ address: ip, port: 0 }, () => resolve(s));
-    });
+    const bind = (ip: string): Promise<Socket> =>
+      new Promise((resolve, reject) => {
+        const s = createSocket('udp4');
+        s.once('error', reject);
+        s.bind({ address: ip, port: 0 }, () => resolve(s));
+      });
     // Sockets at the victims' peer address, at the live requester's address (a spoof of the
     // right peer: check_addr compares the address, not the port), and at an address nobody uses.
-    const socks = new Map<string, Socket>([['127.0.91.3', await bind('127.0.91.3')], ['127.0.91.1', await bind('127.0.91.1')], ['127.0.91.4', await bind('127.0.91.4')]]);
+    const socks = new Map<string, Socket>([
+      ['127.0.91.3', await bind('127.0.91.3')],
+      ['127.0.91.1', await bind('127.0.91.1')],
+      ['127.0.91.4', await bind('127.0.91.4')],
+    ]);
     const f = new Factory(o.seed + 3, seeds, { ...o, responsesToLiveRequester: false });
     const before = t.dev.counters()['rcvd_pkts']!;
     let sent = 0;
@@ -758,7 +987,7 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
           const d = f.next(t);
           // The socket decides the source: use the one whose address the datagram claims, else the stranger's.
           const sock = socks.get(d.src) ?? socks.get('127.0.91.4')!;
-          const port = (sock.address()).port;
+          const port = sock.address().port;
           const src = socks.has(d.src) ? d.src : '127.0.91.4';
           // Well-formed and re-addressed packets keep a valid ICRC for the socket's real source.
           if (d.kind.startsWith('well-formed') || d.kind.startsWith('golden,')) reseal(d.buf, src, t.devIp, port);
@@ -771,7 +1000,10 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
         if (sent % 8192 < 32) t.victims.rearm();
       }
       const end = performance.now() + 60_000;
-      while (transfer.active && performance.now() < end) { transfer.step(); await new Promise((r) => setTimeout(r, 2)); }
+      while (transfer.active && performance.now() < end) {
+        transfer.step();
+        await new Promise((r) => setTimeout(r, 2));
+      }
       await new Promise((r) => setTimeout(r, 50));
     } finally {
       process.off('uncaughtException', onUncaught);
@@ -798,24 +1030,44 @@ export function report(r: FuzzResult): string {
     `packets: ${r.packets} (${r.memPackets} in memory on the fake clock, ${r.udpPackets} over UDP loopback)`,
     `time: ${(r.timeMs / 1000).toFixed(1)} s, ${r.packetsPerSec} packets/s`,
     `transfer rounds checked byte for byte: ${r.rounds}`,
-    'kinds:', ...Object.entries(r.kinds).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
-    'receive counters (all traffic, fuzzed devices):', ...Object.entries(r.drops).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
-    'outcome of each in-memory datagram:', ...Object.entries(r.outcomes).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
-    `accepted, by QP type, state after, opcode: ${Object.keys(r.acceptedBy).length} kinds, e.g. ${Object.entries(r.acceptedBy).sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => `${k} ${n}`).join('; ')}`,
+    'kinds:',
+    ...Object.entries(r.kinds)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, n]) => `  ${k}: ${n}`),
+    'receive counters (all traffic, fuzzed devices):',
+    ...Object.entries(r.drops)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, n]) => `  ${k}: ${n}`),
+    'outcome of each in-memory datagram:',
+    ...Object.entries(r.outcomes)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, n]) => `  ${k}: ${n}`),
+    `accepted, by QP type, state after, opcode: ${Object.keys(r.acceptedBy).length} kinds, e.g. ${Object.entries(r.acceptedBy)
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 8)
+      .map(([k, n]) => `${k} ${n}`)
+      .join('; ')}`,
     ...r.accounting.map((a) => `accounting ${a.device}: rcvd_pkts ${a.rcvdPkts}, datagrams delivered ${a.delivered}`),
     `udp: ${r.udp.sent} sent, rcvd_pkts ${r.udp.rcvdPkts} at the target`,
-    `thrown: ${r.thrown.length}`, ...r.thrown.map((x) => `  ${x}`),
-    `transfer problems: ${r.transferProblems.length}`, ...r.transferProblems.map((x) => `  ${x}`),
-    `memory problems: ${r.memoryProblems.length}`, ...r.memoryProblems.map((x) => `  ${x}`),
-    `silent (no counter, no effect): ${r.silent}`, ...Object.entries(r.silentBy).sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${k}: ${n}`),
-    'examples:', ...r.silentExamples.map((x) => `  ${x}`),
+    `thrown: ${r.thrown.length}`,
+    ...r.thrown.map((x) => `  ${x}`),
+    `transfer problems: ${r.transferProblems.length}`,
+    ...r.transferProblems.map((x) => `  ${x}`),
+    `memory problems: ${r.memoryProblems.length}`,
+    ...r.memoryProblems.map((x) => `  ${x}`),
+    `silent (no counter, no effect): ${r.silent}`,
+    ...Object.entries(r.silentBy)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, n]) => `  ${k}: ${n}`),
+    'examples:',
+    ...r.silentExamples.map((x) => `  ${x}`),
   ];
   return lines.join('\n');
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const n = Number(process.env['SOFTROCE_FUZZ_N'] ?? 1_000_000);
-  const seed = Number(process.env['SOFTROCE_SEED'] ?? (Date.now() % 1_000_000));
+  const seed = Number(process.env['SOFTROCE_SEED'] ?? Date.now() % 1_000_000);
   console.log(`live receive-path fuzz: ${n} datagrams, seed ${seed} (SOFTROCE_SEED=${seed} replays it)`);
   const r = await runLiveFuzz({ packets: n, seed, udpShare: 0.02, log: (s) => console.log(s) });
   console.log(report(r));

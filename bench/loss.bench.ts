@@ -17,19 +17,37 @@ const SIZE = 16 << 20;
 const MTU = 1024 as const;
 const IDEAL = SIZE / MTU;
 
-interface Row { family: string; op: string; faults: string; timeout: number; packets: number; ratio: number; ms: number; status: string }
+interface Row {
+  family: string;
+  op: string;
+  faults: string;
+  timeout: number;
+  packets: number;
+  ratio: number;
+  ms: number;
+  status: string;
+}
 
-async function one(family: 4 | 6, op: 'RDMA_READ' | 'RDMA_WRITE' | 'SEND', faults: FaultOptions | undefined, timeout: number): Promise<Omit<Row, 'family' | 'op' | 'faults' | 'timeout'>> {
+async function one(
+  family: 4 | 6,
+  op: 'RDMA_READ' | 'RDMA_WRITE' | 'SEND',
+  faults: FaultOptions | undefined,
+  timeout: number,
+): Promise<Omit<Row, 'family' | 'op' | 'faults' | 'timeout'>> {
   const addr = family === 4 ? ['127.0.21.1', '127.0.21.2'] : ['::1', '::1'];
   const ports = family === 4 ? [4791, 4791] : [4791, 4792];
   const devs: Device[] = [];
   try {
-    for (const i of [0, 1]) devs.push(await openDevice({ address: addr[i]!, udpPort: ports[i]!, ...(faults ? { faults: { ...faults, seed: faults.seed + i } } : {}) }));
+    for (const i of [0, 1])
+      devs.push(await openDevice({ address: addr[i]!, udpPort: ports[i]!, ...(faults ? { faults: { ...faults, seed: faults.seed + i } } : {}) }));
     const pds = devs.map((d) => d.allocPd());
     const cqs = devs.map((d) => d.createCq({ depth: 64 }));
     const qps = pds.map((pd, i) => pd.createQp({ type: 'RC', sendCq: cqs[i]!, recvCq: cqs[i]!, sigAll: true, cap: { maxSendWr: 8, maxRecvWr: 8 } }));
     const mems = [Buffer.alloc(SIZE), Buffer.alloc(SIZE)];
-    for (let i = 0; i < SIZE; i += 4096) { mems[0]![i] = i & 0xff; mems[1]![i] = (i >> 12) & 0xff; }
+    for (let i = 0; i < SIZE; i += 4096) {
+      mems[0]![i] = i & 0xff;
+      mems[1]![i] = (i >> 12) & 0xff;
+    }
     const mrs = pds.map((pd, i) => pd.regMr(mems[i]!, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']));
     const eps = qps.map((q) => q.endpoint());
     for (const i of [0, 1]) {
@@ -37,9 +55,10 @@ async function one(family: 4 | 6, op: 'RDMA_READ' | 'RDMA_WRITE' | 'SEND', fault
       connectQp(qps[i]!, { pathMtu: MTU, timeout, retryCnt: 7 }, { ...eps[j]!, gid: addr[j]!, udpPort: ports[j]! });
     }
     if (op === 'SEND') qps[1]!.postRecv({ wrId: 1, sg: [{ mr: mrs[1]!, offset: 0, length: SIZE }] });
-    const wr: SendWr = op === 'SEND'
-      ? { wrId: 1, opcode: 'SEND', sg: [{ mr: mrs[0]!, offset: 0, length: SIZE }] }
-      : { wrId: 1, opcode: op, sg: [{ mr: mrs[0]!, offset: 0, length: SIZE }], remote: { addr: mrs[1]!.addr, rkey: mrs[1]!.rkey } };
+    const wr: SendWr =
+      op === 'SEND'
+        ? { wrId: 1, opcode: 'SEND', sg: [{ mr: mrs[0]!, offset: 0, length: SIZE }] }
+        : { wrId: 1, opcode: op, sg: [{ mr: mrs[0]!, offset: 0, length: SIZE }], remote: { addr: mrs[1]!.addr, rkey: mrs[1]!.rkey } };
     const dataSender = op === 'RDMA_READ' ? devs[1]! : devs[0]!;
     const before = dataSender.counters()['sent_pkts']!;
     const t0 = performance.now();
@@ -92,6 +111,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   console.log('family op          timeout faults                  packets   /ideal  time ms  /clean  status   targets');
   for (const r of rows) {
     const clean = rows.find((c) => c.family === r.family && c.op === r.op && c.timeout === r.timeout && c.faults === 'clean');
-    console.log(`${r.family.padEnd(6)} ${r.op.padEnd(12)} ${String(r.timeout).padStart(7)} ${r.faults.padEnd(22)} ${String(r.packets).padStart(8)} ${r.ratio.toFixed(2).padStart(7)}x ${r.ms.toFixed(0).padStart(8)} ${(clean ? r.ms / clean.ms : 1).toFixed(2).padStart(6)}x  ${r.status.padEnd(8)} ${target(r, clean)}`);
+    console.log(
+      `${r.family.padEnd(6)} ${r.op.padEnd(12)} ${String(r.timeout).padStart(7)} ${r.faults.padEnd(22)} ${String(r.packets).padStart(8)} ${r.ratio.toFixed(2).padStart(7)}x ${r.ms.toFixed(0).padStart(8)} ${(clean ? r.ms / clean.ms : 1).toFixed(2).padStart(6)}x  ${r.status.padEnd(8)} ${target(r, clean)}`,
+    );
   }
 }

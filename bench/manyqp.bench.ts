@@ -79,13 +79,19 @@ function loopMonitor(): { stop(): { p50: number; p99: number } } {
 }
 
 function fds(): number {
-  try { return readdirSync('/proc/self/fd').length; } catch { return -1; }
+  try {
+    return readdirSync('/proc/self/fd').length;
+  } catch {
+    return -1;
+  }
 }
 
 // ------------------------------------------------------------------ server (child) ---
 
 async function server(): Promise<void> {
-  const out = (o: unknown): void => { process.stdout.write(JSON.stringify(o) + '\n'); };
+  const out = (o: unknown): void => {
+    process.stdout.write(JSON.stringify(o) + '\n');
+  };
   let side: Side | null = null;
   let mon: ReturnType<typeof loopMonitor> | null = null;
   const rl = createInterface({ input: process.stdin });
@@ -96,7 +102,9 @@ async function server(): Promise<void> {
       out({ eps: side.qps.map((q) => ({ qpn: q.qpn, psn: q.sqPsn })), mr: { addr: '0x' + side.mr.addr.toString(16), rkey: side.mr.rkey } });
     } else if (m.cmd === 'connect') {
       const s = side!;
-      m.eps!.forEach((ep, i) => connectQp(s.qps[i]!, { pathMtu: 4096, timeout: m.timeout!, retryCnt: m.retryCnt!, rnrRetry: 7 }, { qpn: ep.qpn, psn: ep.psn, gid: CLIENT_IP }));
+      m.eps!.forEach((ep, i) =>
+        connectQp(s.qps[i]!, { pathMtu: 4096, timeout: m.timeout!, retryCnt: m.retryCnt!, rnrRetry: 7 }, { qpn: ep.qpn, psn: ep.psn, gid: CLIENT_IP }),
+      );
       out({ ok: true });
     } else if (m.cmd === 'start') {
       mon = loopMonitor();
@@ -116,10 +124,23 @@ async function server(): Promise<void> {
 // ------------------------------------------------------------------ client (parent) ---
 
 interface Result {
-  n: number; timeout: number; retryCnt: number;
-  mbps: number; dupPct: number; timeouts: number; retryErr: number; retryExc: number; otherErr: number;
-  loopC: { p50: number; p99: number }; loopS: { p50: number; p99: number };
-  rssC: number; rssS: number; fdsC: number; fdsS: number; setupS: number; note: string;
+  n: number;
+  timeout: number;
+  retryCnt: number;
+  mbps: number;
+  dupPct: number;
+  timeouts: number;
+  retryErr: number;
+  retryExc: number;
+  otherErr: number;
+  loopC: { p50: number; p99: number };
+  loopS: { p50: number; p99: number };
+  rssC: number;
+  rssS: number;
+  fdsC: number;
+  fdsS: number;
+  setupS: number;
+  note: string;
 }
 
 class Child {
@@ -132,7 +153,8 @@ class Child {
     rl.on('line', (l) => {
       const v = JSON.parse(l) as unknown;
       const w = this.waiters.shift();
-      if (w) w(v); else this.lines.push(v);
+      if (w) w(v);
+      else this.lines.push(v);
     });
   }
   async ask<T>(o: unknown): Promise<T> {
@@ -142,7 +164,11 @@ class Child {
   }
   kill(): void {
     if (this.proc.exitCode === null && this.proc.signalCode === null && this.proc.pid !== undefined) {
-      try { process.kill(this.proc.pid, 'SIGKILL'); } catch { /* gone already */ }
+      try {
+        process.kill(this.proc.pid, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
     }
   }
 }
@@ -156,7 +182,10 @@ const gc = runInNewContext('gc') as (() => void) | undefined;
 
 async function runCase(n: number, timeout: number, retryCnt: number): Promise<Result> {
   const child = new Child();
-  const limit = setTimeout(() => { console.log(`  case N=${n} over ${CASE_LIMIT_MS} ms: killing the server`); child.kill(); }, CASE_LIMIT_MS);
+  const limit = setTimeout(() => {
+    console.log(`  case N=${n} over ${CASE_LIMIT_MS} ms: killing the server`);
+    child.kill();
+  }, CASE_LIMIT_MS);
   let side: Side | null = null;
   try {
     const t0 = performance.now();
@@ -173,14 +202,22 @@ async function runCase(n: number, timeout: number, retryCnt: number): Promise<Re
     const inflight = new Uint8Array(n);
     const post = (i: number): void => {
       const slot = i % SLOTS;
-      s.qps[i]!.postSend({ wrId: i, opcode: 'RDMA_WRITE', signaled: true, sg: [{ mr: s.mr, offset: slot * MSG, length: MSG }], remote: { addr: remoteBase + BigInt(slot * MSG), rkey: srv.mr.rkey } });
+      s.qps[i]!.postSend({
+        wrId: i,
+        opcode: 'RDMA_WRITE',
+        signaled: true,
+        sg: [{ mr: s.mr, offset: slot * MSG, length: MSG }],
+        remote: { addr: remoteBase + BigInt(slot * MSG), rkey: srv.mr.rkey },
+      });
       inflight[i]!++;
     };
     await child.ask({ cmd: 'start' });
     const before = s.dev.counters();
     const mon = loopMonitor();
     const wcs = Array.from({ length: 256 }, () => new Wc());
-    let done = 0, retryExc = 0, otherErr = 0;
+    let done = 0,
+      retryExc = 0,
+      otherErr = 0;
     const tStart = performance.now();
     const until = tStart + RUN_MS;
     // The first WRs go out 500 QPs per turn, as an application bringing up thousands of QPs
@@ -194,7 +231,10 @@ async function runCase(n: number, timeout: number, retryCnt: number): Promise<Re
     let tEnd = until;
     while (outstanding > 0) {
       const now = performance.now();
-      if (posting && now >= until) { posting = false; tEnd = now; }
+      if (posting && now >= until) {
+        posting = false;
+        tEnd = now;
+      }
       if (!posting && now > until + DRAIN_MS) break;
       await tick();
       for (const cq of s.cqs) {
@@ -206,9 +246,17 @@ async function runCase(n: number, timeout: number, retryCnt: number): Promise<Re
             inflight[i]!--;
             outstanding--;
             if (wc.status === 'SUCCESS') {
-              if (posting) { done++; post(i); outstanding++; }
+              if (posting) {
+                done++;
+                post(i);
+                outstanding++;
+              }
             } else {
-              if (!dead[i]) { dead[i] = 1; if (wc.status === 'RETRY_EXC_ERR') retryExc++; else if (wc.status !== 'WR_FLUSH_ERR') otherErr++; }
+              if (!dead[i]) {
+                dead[i] = 1;
+                if (wc.status === 'RETRY_EXC_ERR') retryExc++;
+                else if (wc.status !== 'WR_FLUSH_ERR') otherErr++;
+              }
             }
           }
         }
@@ -220,14 +268,22 @@ async function runCase(n: number, timeout: number, retryCnt: number): Promise<Re
     const rc = st.counters;
     const rcvd = rc['rcvd_pkts'] ?? 0;
     const r: Result = {
-      n, timeout, retryCnt, setupS,
+      n,
+      timeout,
+      retryCnt,
+      setupS,
       mbps: (done * MSG) / ((tEnd - tStart) / 1000) / 1e6,
       dupPct: rcvd > 0 ? (100 * ((rc['duplicate_request'] ?? 0) + (rc['out_of_sequence'] ?? 0))) / rcvd : 0,
       timeouts: (after['timeouts'] ?? 0) - (before['timeouts'] ?? 0),
       retryErr: (after['completer_retry_err'] ?? 0) - (before['completer_retry_err'] ?? 0),
-      retryExc, otherErr,
-      loopC, loopS: st.loop,
-      rssC: process.memoryUsage().rss, rssS: st.rss, fdsC: fds(), fdsS: st.fds,
+      retryExc,
+      otherErr,
+      loopC,
+      loopS: st.loop,
+      rssC: process.memoryUsage().rss,
+      rssS: st.rss,
+      fdsC: fds(),
+      fdsS: st.fds,
       note: outstanding > 0 ? `${outstanding} WRs not completed ${DRAIN_MS} ms after the run: not waited for` : '',
     };
     await s.dev.close();
@@ -236,13 +292,25 @@ async function runCase(n: number, timeout: number, retryCnt: number): Promise<Re
     return r;
   } finally {
     clearTimeout(limit);
-    if (side) await side.dev.close().catch(() => { /* reported by the caller */ });
+    if (side)
+      await side.dev.close().catch(() => {
+        /* reported by the caller */
+      });
     child.proc.stdin?.end();
     // Give the child a moment to exit by itself; then kill it (only ours, by its PID).
     await new Promise<void>((res) => {
-      if (child.proc.exitCode !== null || child.proc.signalCode !== null) { res(); return; }
-      const t = setTimeout(() => { child.kill(); res(); }, 2000);
-      child.proc.once('exit', () => { clearTimeout(t); res(); });
+      if (child.proc.exitCode !== null || child.proc.signalCode !== null) {
+        res();
+        return;
+      }
+      const t = setTimeout(() => {
+        child.kill();
+        res();
+      }, 2000);
+      child.proc.once('exit', () => {
+        clearTimeout(t);
+        res();
+      });
     });
   }
 }
@@ -251,7 +319,10 @@ const mb = (b: number): string => (b / 1e6).toFixed(0);
 
 async function main(): Promise<void> {
   const sizes = process.env['BENCH_MANYQP_N'] ? process.env['BENCH_MANYQP_N'].split(',').map(Number) : QUICK ? [100, 1000, 4000] : [100, 1000, 4000, 16000];
-  const all: Array<[number, number]> = [[14, 7], [10, 3]];
+  const all: Array<[number, number]> = [
+    [14, 7],
+    [10, 3],
+  ];
   const pick = process.env['BENCH_MANYQP_TIMEOUT'];
   const params = pick ? all.filter(([t]) => String(t) === pick) : QUICK ? all.slice(0, 1) : all;
   console.log(`many QPs: 64 KiB RDMA WRITEs, ${DEPTH} in flight per QP, ${RUN_MS} ms per case, ${CLIENT_IP} -> ${SERVER_IP} (child process)`);
@@ -262,19 +333,26 @@ async function main(): Promise<void> {
       gc?.();
       const r = await runCase(n, timeout, retryCnt);
       res.push(r);
-      console.log(`${String(n).padStart(6)}  ${String(timeout).padStart(2)} ${retryCnt}  ${r.mbps.toFixed(0).padStart(6)}  ${r.dupPct.toFixed(2).padStart(5)}  ${String(r.timeouts).padStart(9)}  ${String(r.retryErr).padStart(7)}  ${String(r.retryExc).padStart(9)}  ` +
-        `${r.loopC.p50.toFixed(1)}/${r.loopC.p99.toFixed(1)} | ${r.loopS.p50.toFixed(1)}/${r.loopS.p99.toFixed(1)}`.padEnd(36) +
-        `${mb(r.rssC)}|${mb(r.rssS)}`.padStart(11) + `${r.fdsC}|${r.fdsS}`.padStart(9) + r.setupS.toFixed(1).padStart(9) +
-        (r.otherErr ? `  other errors ${r.otherErr}` : '') + (r.note ? `  (${r.note})` : ''));
+      console.log(
+        `${String(n).padStart(6)}  ${String(timeout).padStart(2)} ${retryCnt}  ${r.mbps.toFixed(0).padStart(6)}  ${r.dupPct.toFixed(2).padStart(5)}  ${String(r.timeouts).padStart(9)}  ${String(r.retryErr).padStart(7)}  ${String(r.retryExc).padStart(9)}  ` +
+          `${r.loopC.p50.toFixed(1)}/${r.loopC.p99.toFixed(1)} | ${r.loopS.p50.toFixed(1)}/${r.loopS.p99.toFixed(1)}`.padEnd(36) +
+          `${mb(r.rssC)}|${mb(r.rssS)}`.padStart(11) +
+          `${r.fdsC}|${r.fdsS}`.padStart(9) +
+          r.setupS.toFixed(1).padStart(9) +
+          (r.otherErr ? `  other errors ${r.otherErr}` : '') +
+          (r.note ? `  (${r.note})` : ''),
+      );
     }
     const base = res.find((r) => r.n === 100);
     const at4k = res.find((r) => r.n === 4000);
     const ok = (b: boolean): string => (b ? 'met' : 'MISSED');
     if (base && at4k) {
-      console.log(`  targets at timeout ${timeout}/retryCnt ${retryCnt}: 4,000-QP throughput ${(100 * at4k.mbps / base.mbps).toFixed(0)}% of 100-QP (>= 80%): ${ok(at4k.mbps >= 0.8 * base.mbps)}; ` +
-        `dup < 1% (all N): ${ok(res.every((r) => r.dupPct < 1))}; no RETRY_EXC_ERR: ${ok(res.every((r) => r.retryExc === 0))}; ` +
-        `loop p99 < 10 ms (both sides, all N): ${ok(res.every((r) => r.loopC.p99 < 10 && r.loopS.p99 < 10))}` +
-        (res.some((r) => Number.isNaN(r.loopC.p99)) ? ' (NaN: no loop-delay sample at all, the loop was blocked for the whole run)' : ''));
+      console.log(
+        `  targets at timeout ${timeout}/retryCnt ${retryCnt}: 4,000-QP throughput ${((100 * at4k.mbps) / base.mbps).toFixed(0)}% of 100-QP (>= 80%): ${ok(at4k.mbps >= 0.8 * base.mbps)}; ` +
+          `dup < 1% (all N): ${ok(res.every((r) => r.dupPct < 1))}; no RETRY_EXC_ERR: ${ok(res.every((r) => r.retryExc === 0))}; ` +
+          `loop p99 < 10 ms (both sides, all N): ${ok(res.every((r) => r.loopC.p99 < 10 && r.loopS.p99 < 10))}` +
+          (res.some((r) => Number.isNaN(r.loopC.p99)) ? ' (NaN: no loop-delay sample at all, the loop was blocked for the whole run)' : ''),
+      );
     }
   }
 }

@@ -18,17 +18,26 @@ import { fileURLToPath } from 'node:url';
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const OUT = join(ROOT, 'bench', 'out');
 const PEERS = join(ROOT, 'dist', 'bench', 'baselines', 'node-peers.js');
-const A = '127.0.50.1', B = '127.0.50.2';
+const A = '127.0.50.1',
+  B = '127.0.50.2';
 const ENV = { ...process.env, SOFTROCE_DEVICES: `bench_a=lo:${A},bench_b=lo:${B}` };
 let nextPort = 19_500;
 
-interface Proc { done: Promise<{ code: number | null; out: string }>; out: () => string; kill: () => void }
+interface Proc {
+  done: Promise<{ code: number | null; out: string }>;
+  out: () => string;
+  kill: () => void;
+}
 
 function start(cmd: string, args: string[], env: NodeJS.ProcessEnv = ENV): Proc {
   const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  p.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+  p.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  p.stderr.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
   const done = new Promise<{ code: number | null; out: string }>((r) => p.on('close', (code) => r({ code, out })));
   return { done, out: () => out, kill: () => p.kill('SIGTERM') };
 }
@@ -86,16 +95,25 @@ function resultRow(out: string): number[] {
 async function main(): Promise<void> {
   mkdirSync(OUT, { recursive: true });
   const rows: Array<[string, string, string, string]> = [];
-  const add = (what: string, size: string, value: string, note = ''): void => { rows.push([what, size, value, note]); console.log(`  ${what} ${size}: ${value} ${note}`); };
+  const add = (what: string, size: string, value: string, note = ''): void => {
+    rows.push([what, size, value, note]);
+    console.log(`  ${what} ${size}: ${value} ${note}`);
+  };
   console.log('measuring baselines ...');
   // Node dgram ping-pong, 2 bytes (two processes).
-  const echoPort = nextPort++, pingPort = nextPort++;
+  const echoPort = nextPort++,
+    pingPort = nextPort++;
   const echo = start(process.execPath, [PEERS, 'dgram-echo', A, String(echoPort)]);
   await waitFor(echo, /ready/);
   const ping = await start(process.execPath, [PEERS, 'dgram-ping', A, String(pingPort), String(echoPort), '20000']).done;
   echo.kill();
   const rtt = num(ping.out, /rtt_us=([\d.]+)/);
-  add('Node dgram ping-pong RTT', '2 B', `${rtt.toFixed(1)} us`, `(half: ${(rtt / 2).toFixed(1)} us; median ${num(ping.out, /median_us=([\d.]+)/).toFixed(1)}, p99 ${num(ping.out, /p99_us=([\d.]+)/).toFixed(0)} us)`);
+  add(
+    'Node dgram ping-pong RTT',
+    '2 B',
+    `${rtt.toFixed(1)} us`,
+    `(half: ${(rtt / 2).toFixed(1)} us; median ${num(ping.out, /median_us=([\d.]+)/).toFixed(1)}, p99 ${num(ping.out, /p99_us=([\d.]+)/).toFixed(0)} us)`,
+  );
   // Node dgram blast, 4 KiB.
   const dport = nextPort++;
   const db = await nodePair(['dgram-sink', A, String(dport), '2'], ['dgram-blast', A, String(dport), '4096', '2']);
@@ -135,9 +153,10 @@ async function main(): Promise<void> {
         const mbs = r[3]!; // BW average [MiB/sec]
         series[tool]!.push([size, mbs]);
         const bytesPerSec = mbs * 1048576;
-        const note = size === 65536 && tool === 'ib_write_bw'
-          ? `${((bytesPerSec / cBw) * 100).toFixed(0)}% of C sendmmsg (target >= 50%), ${(bytesPerSec / tcpBw).toFixed(2)}x Node TCP (target >= 1)`
-          : '';
+        const note =
+          size === 65536 && tool === 'ib_write_bw'
+            ? `${((bytesPerSec / cBw) * 100).toFixed(0)}% of C sendmmsg (target >= 50%), ${(bytesPerSec / tcpBw).toFixed(2)}x Node TCP (target >= 1)`
+            : '';
         add(`softroce ${tool}`, `${size} B`, `${(bytesPerSec / 1e6).toFixed(1)} MB/s, ${r[4]!.toFixed(4)} Mpps`, note);
       } catch (e) {
         add(`softroce ${tool}`, `${size} B`, 'failed', String(e).slice(0, 120));
@@ -163,10 +182,17 @@ async function main(): Promise<void> {
   console.log(`measuring memory (ib_write_bw -D ${heapSecs}; ib_write_bw -q 64 moving 1 GiB) ...`);
   try {
     const [co, so] = await perftestPair('ib_write_bw', ['-s', '65536', '-D', String(heapSecs)], { nodeArgs: ['--expose-gc'], env: { SOFTROCE_MEMSTATS: '1' } });
-    for (const [side, out] of [['client', co], ['server', so]] as const) {
+    for (const [side, out] of [
+      ['client', co],
+      ['server', so],
+    ] as const) {
       const m = memstats(out);
-      add(`ib_write_bw -D ${heapSecs} heap (${side})`, '64 KiB', `${m['heap_start_mb']} -> ${m['heap_end_mb']} MB live`,
-        `growth ${m['heap_growth_mb']} MB; GCs: ${m['gc_minor']} minor, ${m['gc_major']} major, ${m['gc_incremental']} incremental (plus ${m['gc_forced']} forced by the measurement)`);
+      add(
+        `ib_write_bw -D ${heapSecs} heap (${side})`,
+        '64 KiB',
+        `${m['heap_start_mb']} -> ${m['heap_end_mb']} MB live`,
+        `growth ${m['heap_growth_mb']} MB; GCs: ${m['gc_minor']} minor, ${m['gc_major']} major, ${m['gc_incremental']} incremental (plus ${m['gc_forced']} forced by the measurement)`,
+      );
     }
   } catch (e) {
     add('ib_write_bw heap', '64 KiB', 'failed', String(e).slice(0, 120));
@@ -174,9 +200,17 @@ async function main(): Promise<void> {
   try {
     const [co, so] = await perftestPair('ib_write_bw', ['-s', '65536', '-q', '64', '-n', '256'], { env: { SOFTROCE_MEMSTATS: '1' } });
     const r = resultRow(co);
-    for (const [side, out] of [['client', co], ['server', so]] as const) {
+    for (const [side, out] of [
+      ['client', co],
+      ['server', so],
+    ] as const) {
       const m = memstats(out);
-      add(`ib_write_bw -q 64, 1 GiB, RSS (${side})`, '64 KiB', `${m['rss_max_mb']} MB max RSS`, `(target < 200 MB)${side === 'client' ? `; ${((r[3]! * 1048576) / 1e6).toFixed(0)} MB/s` : ''}`);
+      add(
+        `ib_write_bw -q 64, 1 GiB, RSS (${side})`,
+        '64 KiB',
+        `${m['rss_max_mb']} MB max RSS`,
+        `(target < 200 MB)${side === 'client' ? `; ${((r[3]! * 1048576) / 1e6).toFixed(0)} MB/s` : ''}`,
+      );
     }
   } catch (e) {
     add('ib_write_bw -q 64 RSS', '64 KiB', 'failed', String(e).slice(0, 120));
@@ -191,14 +225,18 @@ async function main(): Promise<void> {
 
 /** Two panels: bandwidth (MB/s) and latency (us) against message size (log2), with the baselines as lines. */
 function plot(s: Record<string, Array<[number, number]>>, base: { dgramBw: number; tcpBw: number; cBw: number; halfRtt: number }): string {
-  const W = 900, H = 360, pad = 60;
+  const W = 900,
+    H = 360,
+    pad = 60;
   const panel = (x0: number, title: string, pts: Record<string, Array<[number, number]>>, hlines: Array<[string, number]>, unit: string): string => {
     const all = Object.values(pts).flat();
     const xs = all.map(([x]) => Math.log2(x));
     const ys = [...all.map(([, y]) => y), ...hlines.map(([, y]) => y)].filter((v) => Number.isFinite(v));
-    const xmin = Math.min(...xs, 1), xmax = Math.max(...xs, 2);
+    const xmin = Math.min(...xs, 1),
+      xmax = Math.max(...xs, 2);
     const ymax = Math.max(...ys, 1) * 1.1;
-    const w = W / 2 - pad * 1.5, h = H - pad * 2;
+    const w = W / 2 - pad * 1.5,
+      h = H - pad * 2;
     const X = (v: number): number => x0 + pad + ((Math.log2(v) - xmin) / (xmax - xmin || 1)) * w;
     const Y = (v: number): number => pad + h - (v / ymax) * h;
     const colors = ['#1f77b4', '#d62728', '#2ca02c'];
@@ -209,7 +247,8 @@ function plot(s: Record<string, Array<[number, number]>>, base: { dgramBw: numbe
       if (!p.length) return;
       const c = colors[i % colors.length]!;
       g += `<polyline fill="none" stroke="${c}" stroke-width="2" points="${p.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(' ')}"/>`;
-      for (const [x, y] of p) g += `<circle cx="${X(x).toFixed(1)}" cy="${Y(y).toFixed(1)}" r="3" fill="${c}"/><text x="${X(x).toFixed(1)}" y="${pad + h + 14}" font-size="9">${x >= 1024 ? `${x / 1024}K` : x}</text>`;
+      for (const [x, y] of p)
+        g += `<circle cx="${X(x).toFixed(1)}" cy="${Y(y).toFixed(1)}" r="3" fill="${c}"/><text x="${X(x).toFixed(1)}" y="${pad + h + 14}" font-size="9">${x >= 1024 ? `${x / 1024}K` : x}</text>`;
       g += `<text x="${x0 + pad + 10}" y="${pad + 14 + 14 * i}" font-size="11" fill="${c}">${name}</text>`;
     });
     hlines.forEach(([name, v], i) => {
@@ -218,10 +257,31 @@ function plot(s: Record<string, Array<[number, number]>>, base: { dgramBw: numbe
     });
     return g;
   };
-  const bw = panel(0, 'Bandwidth (two processes, loopback)', { ib_write_bw: s['ib_write_bw']!, ib_send_bw: s['ib_send_bw']!, ib_read_bw: s['ib_read_bw']! },
-    [['C UDP sendmmsg', base.cBw], ['Node TCP', base.tcpBw], ['Node dgram', base.dgramBw]], 'MiB/s');
-  const lat = panel(W / 2, 'Latency', { 'ib_send_lat avg': s['ib_send_lat']!, 'ib_write_lat avg': s['ib_write_lat']! }, [['half dgram RTT', base.halfRtt]], 'us');
+  const bw = panel(
+    0,
+    'Bandwidth (two processes, loopback)',
+    { ib_write_bw: s['ib_write_bw']!, ib_send_bw: s['ib_send_bw']!, ib_read_bw: s['ib_read_bw']! },
+    [
+      ['C UDP sendmmsg', base.cBw],
+      ['Node TCP', base.tcpBw],
+      ['Node dgram', base.dgramBw],
+    ],
+    'MiB/s',
+  );
+  const lat = panel(
+    W / 2,
+    'Latency',
+    { 'ib_send_lat avg': s['ib_send_lat']!, 'ib_write_lat avg': s['ib_write_lat']! },
+    [['half dgram RTT', base.halfRtt]],
+    'us',
+  );
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="100%" height="100%" fill="#fff"/>${bw}${lat}</svg>\n`;
 }
 
-main().then(() => process.exit(0), (e: unknown) => { console.error(e); process.exit(1); });
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  },
+);

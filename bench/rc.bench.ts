@@ -27,7 +27,10 @@ async function dgramPingPong(iters: number): Promise<number> {
   let n = 0;
   const t0 = performance.now();
   await new Promise<void>((done) => {
-    a.on('message', () => { if (++n === iters) done(); else a.send(msg, b.address().port, '127.0.30.4'); });
+    a.on('message', () => {
+      if (++n === iters) done();
+      else a.send(msg, b.address().port, '127.0.30.4');
+    });
     a.send(msg, b.address().port, '127.0.30.4');
   });
   const us = ((performance.now() - t0) * 1000) / iters;
@@ -47,7 +50,8 @@ async function main(): Promise<void> {
     const mem = Buffer.alloc(size * 64);
     return { pd, cq, qp, mem, mr: pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']) };
   };
-  const A = mk(da), B = mk(db);
+  const A = mk(da),
+    B = mk(db);
   connectQp(A.qp, { psn: 1, pathMtu: 4096 }, { qpn: B.qp.qpn, psn: 2, gid: '127.0.30.2' });
   connectQp(B.qp, { psn: 2, pathMtu: 4096 }, { qpn: A.qp.qpn, psn: 1, gid: '127.0.30.1' });
   console.log(`backend ${da.queryPort().backend}`);
@@ -55,7 +59,8 @@ async function main(): Promise<void> {
   // WRITE bandwidth: keep 16 messages in flight for ~2 s.
   for (const op of ['RDMA_WRITE', 'SEND'] as const) {
     const inflight = 16;
-    let posted = 0, done = 0;
+    let posted = 0,
+      done = 0;
     const t0 = performance.now();
     const until = t0 + 2000;
     if (op === 'SEND') for (let i = 0; i < 512; i++) B.qp.postRecv({ wrId: i, sg: [{ mr: B.mr, offset: (i % 64) * size, length: size }] });
@@ -81,17 +86,22 @@ async function main(): Promise<void> {
 
   // SEND ping-pong latency, 2 bytes, on a fresh pair of QPs.
   const iters = 5000;
-  const L1 = mk(da), L2 = mk(db);
+  const L1 = mk(da),
+    L2 = mk(db);
   connectQp(L1.qp, { psn: 10, pathMtu: 4096 }, { qpn: L2.qp.qpn, psn: 20, gid: '127.0.30.2' });
   connectQp(L2.qp, { psn: 20, pathMtu: 4096 }, { qpn: L1.qp.qpn, psn: 10, gid: '127.0.30.1' });
   Object.assign(A, L1);
   Object.assign(B, L2);
-  for (let i = 0; i < 16; i++) { A.qp.postRecv({ wrId: i, sg: [{ mr: A.mr, offset: 0, length: 64 }] }); B.qp.postRecv({ wrId: i, sg: [{ mr: B.mr, offset: 0, length: 64 }] }); }
+  for (let i = 0; i < 16; i++) {
+    A.qp.postRecv({ wrId: i, sg: [{ mr: A.mr, offset: 0, length: 64 }] });
+    B.qp.postRecv({ wrId: i, sg: [{ mr: B.mr, offset: 0, length: 64 }] });
+  }
   const w = [new Wc()];
   const t0 = performance.now();
   for (let i = 0; i < iters; i++) {
     A.qp.postSend({ wrId: i, opcode: 'SEND', signaled: false, sg: [{ mr: A.mr, offset: 0, length: 2 }] });
-    for (;;) { // B receives, answers
+    for (;;) {
+      // B receives, answers
       if (B.cq.poll(w) && w[0]!.opcode === 'RECV') break;
       await tick();
     }
@@ -105,9 +115,17 @@ async function main(): Promise<void> {
   }
   const rtt = ((performance.now() - t0) * 1000) / iters;
   const base = await dgramPingPong(iters);
-  console.log(`RC SEND ping-pong 2 B: ${(rtt / 2).toFixed(1)} us one-way (RTT ${rtt.toFixed(1)} us); raw dgram ping-pong RTT ${base.toFixed(1)} us, half ${(base / 2).toFixed(1)} us; ratio ${(rtt / base).toFixed(2)}`);
+  console.log(
+    `RC SEND ping-pong 2 B: ${(rtt / 2).toFixed(1)} us one-way (RTT ${rtt.toFixed(1)} us); raw dgram ping-pong RTT ${base.toFixed(1)} us, half ${(base / 2).toFixed(1)} us; ratio ${(rtt / base).toFixed(2)}`,
+  );
   await da.close();
   await db.close();
 }
 
-main().then(() => process.exit(0), (e: unknown) => { console.error(e); process.exit(1); });
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  },
+);

@@ -11,7 +11,11 @@ import { buildRoceV2, emitFrame, makeIb, decodeFrame, LinkType } from '../src/ro
 import { PktInfo, parseIb } from '../src/roce/packet.js';
 import { crc32Js, icrcV2Ipv4, inferIpv4Id, readIcrc } from '../src/roce/icrc.js';
 
-interface BenchTarget { name: string; hz: number; stats: { rme: number } }
+interface BenchTarget {
+  name: string;
+  hz: number;
+  stats: { rme: number };
+}
 interface Suite {
   add(name: string, fn: () => void): Suite;
   on(ev: 'cycle', fn: (e: { target: BenchTarget }) => void): Suite;
@@ -42,17 +46,26 @@ for (const size of [64, 1024, 4096]) {
   const info = new PktInfo();
   const results: BenchTarget[] = [];
   const suite = new Benchmark.Suite();
-  if (zcrc) suite.add(`${size} B: raw CRC-32 (zlib) over the packet`, () => { sink ^= zcrc(frame); });
+  if (zcrc)
+    suite.add(`${size} B: raw CRC-32 (zlib) over the packet`, () => {
+      sink ^= zcrc(frame);
+    });
   suite
-    .add(`${size} B: raw CRC-32 (JS slicing-by-8)`, () => { sink ^= crc32Js(0, frame, 0, frame.length); })
+    .add(`${size} B: raw CRC-32 (JS slicing-by-8)`, () => {
+      sink ^= crc32Js(0, frame, 0, frame.length);
+    })
     .add(`${size} B: parse + ICRC verify (hot path)`, () => {
       if (parseIb(info, frame, 28, ibLen) === 0) sink ^= icrcV2Ipv4(frame, 0, 28, info.icrcOff) === readIcrc(frame, info.icrcOff) ? 1 : 2;
     })
     .add(`${size} B: parse + ICRC verify, IPv4 ID recovered`, () => {
       if (parseIb(info, frame, 28, ibLen) === 0) sink ^= inferIpv4Id(0x7f000001, 0x7f000002, 0xd872, 4791, frame, 28, info.icrcOff);
     })
-    .add(`${size} B: decodeFrame to a Repr (control path)`, () => { sink ^= decodeFrame(frame, LinkType.RAW).icrc === 'ok' ? 1 : 0; })
-    .on('cycle', (e) => { results.push(e.target); })
+    .add(`${size} B: decodeFrame to a Repr (control path)`, () => {
+      sink ^= decodeFrame(frame, LinkType.RAW).icrc === 'ok' ? 1 : 0;
+    })
+    .on('cycle', (e) => {
+      results.push(e.target);
+    })
     .run({ async: false });
   const ceil = zcrc ? (results[0]!.hz * frame.length) / 1e9 : undefined;
   rows.push(`-- payload ${size} B (frame ${frame.length} B) --`);

@@ -19,7 +19,10 @@ export function capturesDir(): string {
 
 export function goldenFiles(): string[] {
   const d = capturesDir();
-  return readdirSync(d).filter((f) => f.endsWith('.pcap')).sort().map((f) => join(d, f));
+  return readdirSync(d)
+    .filter((f) => f.endsWith('.pcap'))
+    .sort()
+    .map((f) => join(d, f));
 }
 
 /** xorshift32: deterministic, seedable. */
@@ -30,9 +33,11 @@ export class Rng {
   }
   next(): number {
     let x = this.s;
-    x ^= x << 13; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
     x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
+    x ^= x << 5;
+    x >>>= 0;
     this.s = x;
     return x;
   }

@@ -14,7 +14,11 @@ import { spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { ROOT } from './helpers.js';
 
-interface Block { line: number; info: string; code: string }
+interface Block {
+  line: number;
+  info: string;
+  code: string;
+}
 
 function tsBlocks(md: string): Block[] {
   const out: Block[] = [];
@@ -37,7 +41,10 @@ t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 t.test('README has a verbs example that runs and a wire example', (t) => {
   t.ok(blocks.length >= 2, `${blocks.length} ts blocks`);
-  t.ok(blocks.some((b) => !b.info.includes('no-run') && b.code.includes('connectQp')), 'the verbs example is run');
+  t.ok(
+    blocks.some((b) => !b.info.includes('no-run') && b.code.includes('connectQp')),
+    'the verbs example is run',
+  );
   t.end();
 });
 
@@ -48,10 +55,20 @@ t.test('every ts block type-checks against the package', (t) => {
     return f;
   });
   const options: ts.CompilerOptions = {
-    target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
-    lib: ['lib.es2022.d.ts', 'lib.esnext.disposable.d.ts'], types: ['node'], typeRoots: [join(ROOT, 'node_modules', '@types')],
-    strict: true, noUncheckedIndexedAccess: true, exactOptionalPropertyTypes: true, noImplicitOverride: true, noEmit: true, skipLibCheck: true,
-    baseUrl: ROOT, paths: { softroce: [join(ROOT, 'src', 'index.ts')], 'softroce/wire': [join(ROOT, 'src', 'roce', 'index.ts')] },
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    lib: ['lib.es2022.d.ts', 'lib.esnext.disposable.d.ts'],
+    types: ['node'],
+    typeRoots: [join(ROOT, 'node_modules', '@types')],
+    strict: true,
+    noUncheckedIndexedAccess: true,
+    exactOptionalPropertyTypes: true,
+    noImplicitOverride: true,
+    noEmit: true,
+    skipLibCheck: true,
+    baseUrl: ROOT,
+    paths: { softroce: [join(ROOT, 'src', 'index.ts')], 'softroce/wire': [join(ROOT, 'src', 'roce', 'index.ts')] },
   };
   const program = ts.createProgram(files, options);
   const diags = ts.getPreEmitDiagnostics(program);
@@ -64,7 +81,11 @@ t.test('every ts block type-checks against the package', (t) => {
     t.same(text, [], `block at README.md:${blocks[i]!.line} type-checks`);
   }
   // The package itself must not be what failed (a diagnostic in src/ would hide behind the blocks').
-  t.same(diags.filter((d) => !files.includes(d.file?.fileName ?? '')).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n')), [], 'no other diagnostics');
+  t.same(
+    diags.filter((d) => !files.includes(d.file?.fileName ?? '')).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n')),
+    [],
+    'no other diagnostics',
+  );
   t.end();
 });
 
@@ -72,8 +93,10 @@ t.test('the runnable blocks run as written', (t) => {
   const dist = (p: string): string => pathToFileURL(join(ROOT, 'dist', 'src', p)).href;
   for (const [i, b] of blocks.entries()) {
     if (b.info.includes('no-run')) continue;
-    const js = ts.transpileModule(b.code, { compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ESNext } }).outputText
-      .replace(/from 'softroce'/g, `from '${dist('index.js')}'`).replace(/from 'softroce\/wire'/g, `from '${dist('roce/index.js')}'`);
+    const js = ts
+      .transpileModule(b.code, { compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ESNext } })
+      .outputText.replace(/from 'softroce'/g, `from '${dist('index.js')}'`)
+      .replace(/from 'softroce\/wire'/g, `from '${dist('roce/index.js')}'`);
     const f = join(dir, `run${i}.mjs`);
     writeFileSync(f, js);
     // Another checkout's suite on this machine may hold the port for a moment: a bounded retry on EADDRINUSE only.

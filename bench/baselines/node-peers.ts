@@ -12,18 +12,22 @@ import * as net from 'node:net';
 
 const [role, addr = '127.0.0.1', p1 = '0', a3 = '', a4 = ''] = process.argv.slice(2);
 const port = Number(p1);
-const say = (s: string): void => { process.stdout.write(s + '\n'); };
+const say = (s: string): void => {
+  process.stdout.write(s + '\n');
+};
 
 if (role === 'dgram-echo') {
   const s = dgram.createSocket('udp4');
   s.on('message', (m, r) => s.send(m, r.port, r.address));
   s.bind(port, addr, () => say('ready'));
 } else if (role === 'dgram-ping') {
-  const peer = Number(a3), n = Number(a4);
+  const peer = Number(a3),
+    n = Number(a4);
   const s = dgram.createSocket('udp4');
   const msg = Buffer.alloc(2);
   let i = 0;
-  let t0 = 0n, prev = 0n;
+  let t0 = 0n,
+    prev = 0n;
   const rtts = new Float64Array(n);
   s.on('message', () => {
     const t = process.hrtime.bigint();
@@ -38,11 +42,16 @@ if (role === 'dgram-echo') {
     }
     s.send(msg, peer, addr);
   });
-  s.bind(port, addr, () => { t0 = prev = process.hrtime.bigint(); s.send(msg, peer, addr); });
+  s.bind(port, addr, () => {
+    t0 = prev = process.hrtime.bigint();
+    s.send(msg, peer, addr);
+  });
 } else if (role === 'dgram-sink') {
   const secs = Number(a3);
   const s = dgram.createSocket({ type: 'udp4', recvBufferSize: 8 << 20 });
-  let bytes = 0, t0 = 0, last = 0;
+  let bytes = 0,
+    t0 = 0,
+    last = 0;
   s.on('message', (m) => {
     const t = performance.now();
     if (!t0) t0 = t;
@@ -50,35 +59,66 @@ if (role === 'dgram-echo') {
     bytes += m.length;
     if (t - t0 > secs * 1000) done();
   });
-  const idle = setInterval(() => { if (t0 && performance.now() - last > 300) done(); }, 100);
-  const done = (): void => { clearInterval(idle); say(`bytes=${bytes} secs=${((last - t0) / 1000).toFixed(6)}`); s.close(); };
+  const idle = setInterval(() => {
+    if (t0 && performance.now() - last > 300) done();
+  }, 100);
+  const done = (): void => {
+    clearInterval(idle);
+    say(`bytes=${bytes} secs=${((last - t0) / 1000).toFixed(6)}`);
+    s.close();
+  };
   s.bind(port, addr, () => say('ready'));
 } else if (role === 'dgram-blast') {
-  const size = Number(a3), secs = Number(a4);
+  const size = Number(a3),
+    secs = Number(a4);
   const s = dgram.createSocket({ type: 'udp4', sendBufferSize: 8 << 20 });
   const msg = Buffer.alloc(size);
   const end = performance.now() + secs * 1000;
   let inflight = 0;
   const pump = (): void => {
-    if (performance.now() > end) { s.close(); return; }
-    while (inflight < 256) { inflight++; s.send(msg, port, addr, () => { inflight--; }); }
+    if (performance.now() > end) {
+      s.close();
+      return;
+    }
+    while (inflight < 256) {
+      inflight++;
+      s.send(msg, port, addr, () => {
+        inflight--;
+      });
+    }
     setImmediate(pump);
   };
   pump();
 } else if (role === 'tcp-sink') {
   const srv = net.createServer((c) => {
-    let bytes = 0, t0 = 0, last = 0;
-    c.on('data', (d) => { const t = performance.now(); if (!t0) t0 = t; last = t; bytes += d.length; });
-    c.on('end', () => { say(`bytes=${bytes} secs=${((last - t0) / 1000).toFixed(6)}`); srv.close(); });
+    let bytes = 0,
+      t0 = 0,
+      last = 0;
+    c.on('data', (d) => {
+      const t = performance.now();
+      if (!t0) t0 = t;
+      last = t;
+      bytes += d.length;
+    });
+    c.on('end', () => {
+      say(`bytes=${bytes} secs=${((last - t0) / 1000).toFixed(6)}`);
+      srv.close();
+    });
   });
   srv.listen(port, addr, () => say('ready'));
 } else if (role === 'tcp-blast') {
-  const size = Number(a3), secs = Number(a4);
+  const size = Number(a3),
+    secs = Number(a4);
   const c = net.connect(port, addr, () => {
     const chunk = Buffer.alloc(size);
     const end = performance.now() + secs * 1000;
     const go = (): void => {
-      while (performance.now() < end) { if (!c.write(chunk)) { c.once('drain', go); return; } }
+      while (performance.now() < end) {
+        if (!c.write(chunk)) {
+          c.once('drain', go);
+          return;
+        }
+      }
       c.end();
     };
     go();

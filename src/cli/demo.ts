@@ -49,11 +49,14 @@ export async function runDemo(o: { a?: string; b?: string } = {}): Promise<numbe
       const mr = pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC']);
       return { pd, cq, qp, mem, mr };
     };
-    const A = side(a), B = side(b);
+    const A = side(a),
+      B = side(b);
     // Each QP picked a random initial PSN at creation (a fixed one could be guessed by a local
     // process and used to inject into the connection); the endpoints carry it to the peer.
-    const epA = A.qp.endpoint(), epB = B.qp.endpoint();
-    const psnA = epA.psn, psnB = epB.psn;
+    const epA = A.qp.endpoint(),
+      epB = B.qp.endpoint();
+    const psnA = epA.psn,
+      psnB = epB.psn;
     connectQp(A.qp, { pathMtu: 1024 }, epB);
     connectQp(B.qp, { pathMtu: 1024 }, epA);
     const hex = (n: number, w: number): string => '0x' + n.toString(16).padStart(w, '0');
@@ -72,23 +75,44 @@ export async function runDemo(o: { a?: string; b?: string } = {}): Promise<numbe
     for (let i = 0; i < 5000; i++) A.mem[8192 + i] = i & 0xff;
     A.qp.postSend({ wrId: 2, opcode: 'RDMA_WRITE', sg: [{ mr: A.mr, offset: 8192, length: 5000 }], remote: { addr: B.mr.addr + 16384n, rkey: B.mr.rkey } });
     w = await next(A.cq);
-    console.log(`RDMA WRITE       ${w.status}: 5000 bytes to va ${hex(Number(B.mr.addr + 16384n), 12)} rkey ${hex(B.mr.rkey, 8)}; remote copy ${B.mem.subarray(16384, 21384).equals(A.mem.subarray(8192, 13192)) ? 'matches' : 'DIFFERS'}`);
+    console.log(
+      `RDMA WRITE       ${w.status}: 5000 bytes to va ${hex(Number(B.mr.addr + 16384n), 12)} rkey ${hex(B.mr.rkey, 8)}; remote copy ${B.mem.subarray(16384, 21384).equals(A.mem.subarray(8192, 13192)) ? 'matches' : 'DIFFERS'}`,
+    );
 
     // RDMA READ it back elsewhere
     A.qp.postSend({ wrId: 3, opcode: 'RDMA_READ', sg: [{ mr: A.mr, offset: 32768, length: 5000 }], remote: { addr: B.mr.addr + 16384n, rkey: B.mr.rkey } });
     w = await next(A.cq);
-    console.log(`RDMA READ        ${w.status}: ${w.byteLen} bytes back; ${A.mem.subarray(32768, 37768).equals(A.mem.subarray(8192, 13192)) ? 'identical' : 'DIFFERENT'}`);
+    console.log(
+      `RDMA READ        ${w.status}: ${w.byteLen} bytes back; ${A.mem.subarray(32768, 37768).equals(A.mem.subarray(8192, 13192)) ? 'identical' : 'DIFFERENT'}`,
+    );
 
     // Atomics on a 64-bit counter in softroce1's memory
     B.mem.writeBigUInt64LE(41n, 60000);
-    A.qp.postSend({ wrId: 4, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: A.mr, offset: 60000, length: 8 }], remote: { addr: B.mr.addr + 60000n, rkey: B.mr.rkey } });
+    A.qp.postSend({
+      wrId: 4,
+      opcode: 'ATOMIC_FETCH_AND_ADD',
+      compareAdd: 1n,
+      sg: [{ mr: A.mr, offset: 60000, length: 8 }],
+      remote: { addr: B.mr.addr + 60000n, rkey: B.mr.rkey },
+    });
     w = await next(A.cq);
     console.log(`FETCH_AND_ADD    ${w.status}: returned ${A.mem.readBigUInt64LE(60000)}, remote now ${B.mem.readBigUInt64LE(60000)}`);
-    A.qp.postSend({ wrId: 5, opcode: 'ATOMIC_CMP_AND_SWP', compareAdd: 42n, swap: 1000n, sg: [{ mr: A.mr, offset: 60008, length: 8 }], remote: { addr: B.mr.addr + 60000n, rkey: B.mr.rkey } });
+    A.qp.postSend({
+      wrId: 5,
+      opcode: 'ATOMIC_CMP_AND_SWP',
+      compareAdd: 42n,
+      swap: 1000n,
+      sg: [{ mr: A.mr, offset: 60008, length: 8 }],
+      remote: { addr: B.mr.addr + 60000n, rkey: B.mr.rkey },
+    });
     w = await next(A.cq);
     console.log(`CMP_AND_SWP      ${w.status}: compare 42 swap 1000 returned ${A.mem.readBigUInt64LE(60008)}, remote now ${B.mem.readBigUInt64LE(60000)}`);
 
-    const show = (d: Device): string => Object.entries(d.counters()).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ');
+    const show = (d: Device): string =>
+      Object.entries(d.counters())
+        .filter(([, v]) => v > 0)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ');
     console.log(`\ncounters ${a.name}: ${show(a)}`);
     console.log(`counters ${b.name}: ${show(b)}`);
     await a.close();

@@ -47,13 +47,21 @@ export async function ibvDevices(out: Out = stdout): Promise<number> {
 }
 
 const SPECS: OptSpec[] = [
-  { short: 'd', long: 'ib-dev', arg: true }, { short: 'i', long: 'ib-port', arg: true }, { short: 'l', long: 'list', arg: false },
-  { short: 'v', long: 'verbose', arg: false }, { short: 'h', long: 'help', arg: false },
+  { short: 'd', long: 'ib-dev', arg: true },
+  { short: 'i', long: 'ib-port', arg: true },
+  { short: 'l', long: 'list', arg: false },
+  { short: 'v', long: 'verbose', arg: false },
+  { short: 'h', long: 'help', arg: false },
 ];
 
 export async function ibvDevinfo(argv: string[], out: Out = stdout, err: Out = stderr): Promise<number> {
   let o;
-  try { o = parseArgs(argv, SPECS); } catch (e) { err(`ibv_devinfo: ${(e as Error).message}`); return 1; }
+  try {
+    o = parseArgs(argv, SPECS);
+  } catch (e) {
+    err(`ibv_devinfo: ${(e as Error).message}`);
+    return 1;
+  }
   const list = getDeviceList();
   if (o.opts.has('list')) {
     out(`${list.length} HCA${list.length === 1 ? '' : 's'} found:`);
@@ -62,7 +70,10 @@ export async function ibvDevinfo(argv: string[], out: Out = stdout, err: Out = s
   }
   const want = o.opts.get('ib-dev');
   const devs = typeof want === 'string' ? list.filter((d) => d.name === want) : list;
-  if (typeof want === 'string' && devs.length === 0) { err(`IB device '${want}' wasn't found`); return 255; }
+  if (typeof want === 'string' && devs.length === 0) {
+    err(`IB device '${want}' wasn't found`);
+    return 255;
+  }
   const onlyPort = toInt(o.opts.get('ib-port'), 'ib-port', 0);
   const verbose = o.opts.has('verbose');
   for (const d of devs) {
@@ -78,13 +89,37 @@ export async function ibvDevinfo(argv: string[], out: Out = stdout, err: Out = s
       out(`\thw_ver:\t\t\t\t0x${a.hwVer.toString(16).toUpperCase()}`);
       if (verbose) {
         const rows: Array<[string, string | number]> = [
-          ['max_mr_size', `0x${a.maxMrSize.toString(16)}`], ['page_size_cap', `0x${a.pageSizeCap.toString(16)}`], ['max_qp', a.maxQp],
-          ['max_qp_wr', a.maxQpWr], ['max_sge', a.maxSge], ['max_sge_rd', a.maxSgeRd], ['max_cq', a.maxCq], ['max_cqe', a.maxCqe],
-          ['max_mr', a.maxMr], ['max_pd', a.maxPd], ['max_qp_rd_atom', a.maxQpRdAtom], ['max_ee_rd_atom', 0], ['max_res_rd_atom', a.maxResRdAtom],
-          ['max_qp_init_rd_atom', a.maxQpInitRdAtom], ['max_ee_init_rd_atom', 0], ['atomic_cap', `ATOMIC_${a.atomicCap} (1)`], ['max_ee', 0],
-          ['max_rdd', 0], ['max_mw', 0], ['max_raw_ipv6_qp', 0], ['max_raw_ethy_qp', 0], ['max_mcast_grp', 0], ['max_mcast_qp_attach', 0],
-          ['max_total_mcast_qp_attach', 0], ['max_ah', 0x7fffffff], ['max_fmr', 0], ['max_srq', a.maxSrq], ['max_srq_wr', a.maxSrqWr],
-          ['max_srq_sge', a.maxSrqSge], ['max_pkeys', a.maxPkeys], ['local_ca_ack_delay', a.localCaAckDelay],
+          ['max_mr_size', `0x${a.maxMrSize.toString(16)}`],
+          ['page_size_cap', `0x${a.pageSizeCap.toString(16)}`],
+          ['max_qp', a.maxQp],
+          ['max_qp_wr', a.maxQpWr],
+          ['max_sge', a.maxSge],
+          ['max_sge_rd', a.maxSgeRd],
+          ['max_cq', a.maxCq],
+          ['max_cqe', a.maxCqe],
+          ['max_mr', a.maxMr],
+          ['max_pd', a.maxPd],
+          ['max_qp_rd_atom', a.maxQpRdAtom],
+          ['max_ee_rd_atom', 0],
+          ['max_res_rd_atom', a.maxResRdAtom],
+          ['max_qp_init_rd_atom', a.maxQpInitRdAtom],
+          ['max_ee_init_rd_atom', 0],
+          ['atomic_cap', `ATOMIC_${a.atomicCap} (1)`],
+          ['max_ee', 0],
+          ['max_rdd', 0],
+          ['max_mw', 0],
+          ['max_raw_ipv6_qp', 0],
+          ['max_raw_ethy_qp', 0],
+          ['max_mcast_grp', 0],
+          ['max_mcast_qp_attach', 0],
+          ['max_total_mcast_qp_attach', 0],
+          ['max_ah', 0x7fffffff],
+          ['max_fmr', 0],
+          ['max_srq', a.maxSrq],
+          ['max_srq_wr', a.maxSrqWr],
+          ['max_srq_sge', a.maxSrqSge],
+          ['max_pkeys', a.maxPkeys],
+          ['local_ca_ack_delay', a.localCaAckDelay],
         ];
         for (const [k, v] of rows) out(`\t${k}:${'\t'.repeat(Math.max(1, 3 - Math.floor((k.length + 1) / 8)))}${v}`);
       }
@@ -138,7 +173,9 @@ export async function showGids(argv: string[], out: Out = stdout): Promise<numbe
       for (let p = 1; p <= dev.ports.length; p++) {
         if (wantPort && p !== wantPort) continue;
         for (const g of dev.gidTable(p)) {
-          const hex = Buffer.from(g.gid).toString('hex').replace(/(.{4})(?!$)/g, '$1:');
+          const hex = Buffer.from(g.gid)
+            .toString('hex')
+            .replace(/(.{4})(?!$)/g, '$1:');
           const v4 = isIpv4Mapped(g.gid) ? `${g.gid[12]}.${g.gid[13]}.${g.gid[14]}.${g.gid[15]}` : '';
           out(`${dev.name}\t${p}\t${g.index}\t${hex}\t${v4.padEnd(14)}\t${g.type === 'RoCE v2' ? 'v2' : 'v1'}\t${g.netdev}`);
           n++;
@@ -153,13 +190,16 @@ export async function showGids(argv: string[], out: Out = stdout): Promise<numbe
 export async function ibdev2netdev(out: Out = stdout): Promise<number> {
   for (const d of getDeviceList()) {
     await withDevice(d.name, (dev) => {
-      for (let p = 1; p <= dev.ports.length; p++) out(`${dev.name} port ${p} ==> ${dev.ports[p - 1]!.netdev} (${dev.queryPort(p).state === 'ACTIVE' ? 'Up' : 'Down'})`);
+      for (let p = 1; p <= dev.ports.length; p++)
+        out(`${dev.name} port ${p} ==> ${dev.ports[p - 1]!.netdev} (${dev.queryPort(p).state === 'ACTIVE' ? 'Up' : 'Down'})`);
     });
   }
   return 0;
 }
 
 export function toolMain(tool: 'ibv_devices' | 'ibv_devinfo' | 'show_gids' | 'ibdev2netdev'): Promise<void> {
-  return runTool((argv) => (tool === 'ibv_devices' ? ibvDevices() : tool === 'ibv_devinfo' ? ibvDevinfo(argv)
-    : tool === 'show_gids' ? showGids(argv) : ibdev2netdev()), tool);
+  return runTool(
+    (argv) => (tool === 'ibv_devices' ? ibvDevices() : tool === 'ibv_devinfo' ? ibvDevinfo(argv) : tool === 'show_gids' ? showGids(argv) : ibdev2netdev()),
+    tool,
+  );
 }

@@ -19,10 +19,14 @@ export type GcKind = 'minor' | 'major' | 'incremental' | 'weak' | 'forced';
 export function gcKind(kind: number, flags: number): GcKind {
   if (flags & constants.NODE_PERFORMANCE_GC_FLAGS_FORCED) return 'forced';
   switch (kind) {
-    case constants.NODE_PERFORMANCE_GC_MINOR: return 'minor';
-    case constants.NODE_PERFORMANCE_GC_MAJOR: return 'major';
-    case constants.NODE_PERFORMANCE_GC_INCREMENTAL: return 'incremental';
-    default: return 'weak';
+    case constants.NODE_PERFORMANCE_GC_MINOR:
+      return 'minor';
+    case constants.NODE_PERFORMANCE_GC_MAJOR:
+      return 'major';
+    case constants.NODE_PERFORMANCE_GC_INCREMENTAL:
+      return 'incremental';
+    default:
+      return 'weak';
   }
 }
 
@@ -55,7 +59,9 @@ export class MemStats {
     });
     this.obs.observe({ entryTypes: ['gc'] });
     this.t0 = performance.now();
-    this.timer = setInterval(() => { this.samples.push([performance.now() - this.t0, process.memoryUsage().heapUsed]); }, 1000);
+    this.timer = setInterval(() => {
+      this.samples.push([performance.now() - this.t0, process.memoryUsage().heapUsed]);
+    }, 1000);
     this.timer.unref();
   }
 
@@ -65,7 +71,8 @@ export class MemStats {
     this.obs?.disconnect();
     const secs = (performance.now() - this.t0) / 1000;
     const mb = (b: number): string => (b / 1048576).toFixed(1);
-    let start = this.heapStart, end = 0;
+    let start = this.heapStart,
+      end = 0;
     if (this.gc()) end = process.memoryUsage().heapUsed;
     const n = this.samples.length;
     const tenth = Math.max(1, Math.floor(n / 10));
@@ -73,7 +80,9 @@ export class MemStats {
     if (!start && n) start = low(this.samples.slice(0, tenth));
     if (!end && n) end = low(this.samples.slice(n - tenth));
     const ru = process.resourceUsage();
-    return ` memstats: secs=${secs.toFixed(1)} heap_start_mb=${mb(start)} heap_end_mb=${mb(end)} heap_growth_mb=${mb(end - start)}` +
-      ` gc_minor=${this.gcs.minor} gc_major=${this.gcs.major} gc_incremental=${this.gcs.incremental} gc_forced=${this.gcs.forced} rss_max_mb=${(ru.maxRSS / 1024).toFixed(1)}`;
+    return (
+      ` memstats: secs=${secs.toFixed(1)} heap_start_mb=${mb(start)} heap_end_mb=${mb(end)} heap_growth_mb=${mb(end - start)}` +
+      ` gc_minor=${this.gcs.minor} gc_major=${this.gcs.major} gc_incremental=${this.gcs.incremental} gc_forced=${this.gcs.forced} rss_max_mb=${(ru.maxRSS / 1024).toFixed(1)}`
+    );
   }
 }

@@ -10,12 +10,23 @@ import type { Gid } from '../roce/gid.js';
 
 export const MSG_LEN = 108;
 
-export interface PerfDest { lid: number; outReads: number; qpn: number; psn: number; rkey: number; vaddr: bigint; gid: Gid; srqn: number }
+export interface PerfDest {
+  lid: number;
+  outReads: number;
+  qpn: number;
+  psn: number;
+  rkey: number;
+  vaddr: bigint;
+  gid: Gid;
+  srqn: number;
+}
 
 export function destMsg(d: PerfDest): Buffer {
   const h = (n: number | bigint, w: number): string => n.toString(16).padStart(w, '0');
-  const s = `${h(d.lid, 4)}:${h(d.outReads, 4)}:${h(d.qpn, 6)}:${h(d.psn, 6)}:${h(d.rkey, 8)}:${h(d.vaddr, 16)}:` +
-    [...d.gid].map((b) => h(b, 2) + ':').join('') + `${h(d.srqn, 8)}:`;
+  const s =
+    `${h(d.lid, 4)}:${h(d.outReads, 4)}:${h(d.qpn, 6)}:${h(d.psn, 6)}:${h(d.rkey, 8)}:${h(d.vaddr, 16)}:` +
+    [...d.gid].map((b) => h(b, 2) + ':').join('') +
+    `${h(d.srqn, 8)}:`;
   const b = Buffer.alloc(MSG_LEN);
   b.write(s, 'latin1');
   return b;
@@ -31,7 +42,13 @@ export function parseDest(b: Buffer): PerfDest {
 }
 
 /** perftest's bw_report_data on the wire: size, iterations (u64), peak, average, message rate (doubles), all big-endian. */
-export interface BwReport { size: number; iters: number; peak: number; avg: number; rate: number }
+export interface BwReport {
+  size: number;
+  iters: number;
+  peak: number;
+  avg: number;
+  rate: number;
+}
 
 /** Exact-length reads from a TCP stream. */
 export class Conn {
@@ -44,9 +61,18 @@ export class Conn {
     this.sock = sock;
     this.client = client;
     sock.setNoDelay(true);
-    sock.on('data', (d: Buffer) => { this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d; this.waiter?.(); });
-    sock.on('end', () => { this.err = new Error('peer closed the connection'); this.waiter?.(); });
-    sock.on('error', (e) => { this.err = e; this.waiter?.(); });
+    sock.on('data', (d: Buffer) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+      this.waiter?.();
+    });
+    sock.on('end', () => {
+      this.err = new Error('peer closed the connection');
+      this.waiter?.();
+    });
+    sock.on('error', (e) => {
+      this.err = e;
+      this.waiter?.();
+    });
   }
 
   static async connect(host: string, port: number): Promise<Conn> {
@@ -60,7 +86,10 @@ export class Conn {
 
   static async accept(port: number): Promise<Conn> {
     const server = net.createServer();
-    await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(port, () => res()); });
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      server.listen(port, () => res());
+    });
     const sock = await new Promise<net.Socket>((res) => server.once('connection', res));
     server.close();
     return new Conn(sock, false);
@@ -69,7 +98,9 @@ export class Conn {
   private async read(n: number): Promise<Buffer> {
     while (this.buf.length < n) {
       if (this.err) throw this.err;
-      await new Promise<void>((r) => { this.waiter = r; });
+      await new Promise<void>((r) => {
+        this.waiter = r;
+      });
       this.waiter = null;
     }
     const out = this.buf.subarray(0, n);
@@ -83,7 +114,10 @@ export class Conn {
 
   /** perftest's symmetric exchange: the client writes then reads, the server reads then writes. */
   async xchg(mine: Buffer, len = mine.length): Promise<Buffer> {
-    if (this.client) { await this.write(mine); return this.read(len); }
+    if (this.client) {
+      await this.write(mine);
+      return this.read(len);
+    }
     const theirs = await this.read(len);
     await this.write(mine);
     return theirs;
@@ -97,8 +131,14 @@ export class Conn {
   /** xchg_bw_reports: five 8-byte fields, each exchanged on its own. */
   async xchgReport(mine: BwReport): Promise<BwReport> {
     const b = Buffer.alloc(8);
-    const u64 = async (v: number): Promise<number> => { b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(v)))); return Number((await this.xchg(b, 8)).readBigUInt64BE(0)); };
-    const f64 = async (v: number): Promise<number> => { b.writeDoubleBE(v); return (await this.xchg(b, 8)).readDoubleBE(0); };
+    const u64 = async (v: number): Promise<number> => {
+      b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(v))));
+      return Number((await this.xchg(b, 8)).readBigUInt64BE(0));
+    };
+    const f64 = async (v: number): Promise<number> => {
+      b.writeDoubleBE(v);
+      return (await this.xchg(b, 8)).readDoubleBE(0);
+    };
     return { size: await u64(mine.size), iters: await u64(mine.iters), peak: await f64(mine.peak), avg: await f64(mine.avg), rate: await f64(mine.rate) };
   }
 
@@ -108,9 +148,13 @@ export class Conn {
       await this.handshake(my);
       await this.write(Buffer.from('done\0', 'latin1'));
       await this.read(5);
-    } catch { /* the peer closed first */ }
+    } catch {
+      /* the peer closed first */
+    }
     this.sock.end();
   }
 
-  destroy(): void { this.sock.destroy(); }
+  destroy(): void {
+    this.sock.destroy();
+  }
 }

@@ -45,7 +45,13 @@ export interface RunCtx {
 /** Iterations per QP, or a duration in seconds. */
 export type Limit = { iters: number } | { secs: number };
 
-export interface BwResult { size: number; iters: number; peak: number; avg: number; rate: number }
+export interface BwResult {
+  size: number;
+  iters: number;
+  peak: number;
+  avg: number;
+  rate: number;
+}
 
 /**
  * Sleepers: every wait below also wakes on a 200 ms ticker, so deadlines
@@ -56,11 +62,17 @@ const sleepers = new Set<() => void>();
 let ticker: NodeJS.Timeout | null = null;
 function sleep(arm: (wake: () => void) => void, disarm: (wake: () => void) => void): Promise<void> {
   if (!ticker) {
-    ticker = setInterval(() => { for (const f of [...sleepers]) f(); }, 200);
+    ticker = setInterval(() => {
+      for (const f of [...sleepers]) f();
+    }, 200);
     ticker.unref();
   }
   return new Promise((resolve) => {
-    const wake = (): void => { sleepers.delete(wake); disarm(wake); resolve(); };
+    const wake = (): void => {
+      sleepers.delete(wake);
+      disarm(wake);
+      resolve();
+    };
     sleepers.add(wake);
     arm(wake);
   });
@@ -74,7 +86,15 @@ function sleep(arm: (wake: () => void) => void, disarm: (wake: () => void) => vo
  */
 function waitCq(cq: Cq): Promise<void> {
   if (cq.length > 0) return Promise.resolve();
-  return sleep((w) => { cq.on('notify', w); cq.reqNotify(); }, (w) => { cq.off('notify', w); });
+  return sleep(
+    (w) => {
+      cq.on('notify', w);
+      cq.reqNotify();
+    },
+    (w) => {
+      cq.off('notify', w);
+    },
+  );
 }
 
 /**
@@ -96,14 +116,26 @@ async function sqRoom(c: RunCtx, qp: Qp, end: number): Promise<boolean> {
 async function drain(c: RunCtx, qp: Qp): Promise<void> {
   const wc = [new Wc()];
   const until = now() + 2;
-  while (qp.outstanding > 0 && now() < until) { while (c.sendCq.poll(wc, 1) === 1); await waitRx(c); }
+  while (qp.outstanding > 0 && now() < until) {
+    while (c.sendCq.poll(wc, 1) === 1);
+    await waitRx(c);
+  }
   while (c.sendCq.poll(wc, 1) === 1);
 }
 
 /** Sleeps until the device has received something (an RDMA WRITE may have landed) or the ticker wakes us. */
 function waitRx(c: RunCtx): Promise<void> {
   let live = true;
-  return sleep((w) => { void c.device.nextRx().then(() => { if (live) w(); }); }, () => { live = false; });
+  return sleep(
+    (w) => {
+      void c.device.nextRx().then(() => {
+        if (live) w();
+      });
+    },
+    () => {
+      live = false;
+    },
+  );
 }
 /** seconds (performance.now: a double, no allocation per call) */
 const now = (): number => performance.now() / 1000;
@@ -121,14 +153,18 @@ function sendWrs(c: RunCtx, size: number): SendWr[] {
     const sg = [{ mr: c.mr, offset: i * c.region, length: c.verb === 'ATOMIC' ? 8 : size }];
     const remote = { addr: c.rem[i]!.vaddr, rkey: c.rem[i]!.rkey };
     switch (c.verb) {
-      case 'WRITE': return { wrId: 0, opcode: 'RDMA_WRITE', signaled: false, sg, remote };
-      case 'READ': return { wrId: 0, opcode: 'RDMA_READ', signaled: false, sg, remote };
-      case 'ATOMIC': return c.atomicCmp
-        ? { wrId: 0, opcode: 'ATOMIC_CMP_AND_SWP', signaled: false, compareAdd: 0n, swap: 1n, sg, remote }
-        : { wrId: 0, opcode: 'ATOMIC_FETCH_AND_ADD', signaled: false, compareAdd: 1n, sg, remote };
-      case 'SEND': return c.conn === 'UD'
-        ? { wrId: 0, opcode: 'SEND', signaled: false, sg, ud: { ah: c.ahs[i]!, remoteQpn: c.rem[i]!.qpn, remoteQkey: UD_QKEY } }
-        : { wrId: 0, opcode: 'SEND', signaled: false, sg };
+      case 'WRITE':
+        return { wrId: 0, opcode: 'RDMA_WRITE', signaled: false, sg, remote };
+      case 'READ':
+        return { wrId: 0, opcode: 'RDMA_READ', signaled: false, sg, remote };
+      case 'ATOMIC':
+        return c.atomicCmp
+          ? { wrId: 0, opcode: 'ATOMIC_CMP_AND_SWP', signaled: false, compareAdd: 0n, swap: 1n, sg, remote }
+          : { wrId: 0, opcode: 'ATOMIC_FETCH_AND_ADD', signaled: false, compareAdd: 1n, sg, remote };
+      case 'SEND':
+        return c.conn === 'UD'
+          ? { wrId: 0, opcode: 'SEND', signaled: false, sg, ud: { ah: c.ahs[i]!, remoteQpn: c.rem[i]!.qpn, remoteQkey: UD_QKEY } }
+          : { wrId: 0, opcode: 'SEND', signaled: false, sg };
     }
   });
 }
@@ -142,7 +178,10 @@ export function fillRecvs(c: RunCtx, posted: number[]): void {
   c.qps.forEach((qp, i) => {
     const sg = [{ mr: c.mr, offset: (c.qps.length + i) * c.region, length: c.region }];
     const wr = { wrId: i, sg };
-    while ((posted[i] ?? 0) < c.rxDepth) { qp.postRecv(wr); posted[i] = (posted[i] ?? 0) + 1; }
+    while ((posted[i] ?? 0) < c.rxDepth) {
+      qp.postRecv(wr);
+      posted[i] = (posted[i] ?? 0) + 1;
+    }
   });
 }
 
@@ -154,7 +193,8 @@ export function fillRecvs(c: RunCtx, posted: number[]): void {
 export async function bwClient(c: RunCtx, size: number, limit: Limit): Promise<BwResult | string> {
   const q = c.qps.length;
   const wrs = sendWrs(c, size);
-  const posted = new Array<number>(q).fill(0), done = new Array<number>(q).fill(0);
+  const posted = new Array<number>(q).fill(0),
+    done = new Array<number>(q).fill(0);
   const index = new Map(c.qps.map((qp, i) => [qp.qpn, i]));
   const wcs = Array.from({ length: 64 }, () => new Wc());
   const iters = 'iters' in limit ? limit.iters : Infinity;
@@ -164,22 +204,35 @@ export async function bwClient(c: RunCtx, size: number, limit: Limit): Promise<B
     const burst = Math.max(1, Math.min(c.txDepth, 64));
     for (let i = 0; i < q; i++) {
       const wr = wrs[i]!;
-      for (let k = 0; k < burst; k++) { wr.wrId = -1; wr.signaled = k === burst - 1; c.qps[i]!.postSend(wr); }
+      for (let k = 0; k < burst; k++) {
+        wr.wrId = -1;
+        wr.signaled = k === burst - 1;
+        c.qps[i]!.postSend(wr);
+      }
     }
     for (let got = 0; got < q;) {
       const n = c.sendCq.poll(wcs);
-      for (let k = 0; k < n; k++) { if (wcs[k]!.status !== 'SUCCESS') return wcError('client', wcs[k]!); got++; }
+      for (let k = 0; k < n; k++) {
+        if (wcs[k]!.status !== 'SUCCESS') return wcError('client', wcs[k]!);
+        got++;
+      }
       if (n === 0) await waitCq(c.sendCq);
     }
   }
   const t0 = now();
   const end = 'secs' in limit ? t0 + limit.secs : Infinity;
-  let last = t0, lastDone = 0, totalDone = 0, peak = 0, stopping = false, nextProgress = t0 + 0.2;
+  let last = t0,
+    lastDone = 0,
+    totalDone = 0,
+    peak = 0,
+    stopping = false,
+    nextProgress = t0 + 0.2;
   for (;;) {
     if (!stopping && now() >= end) stopping = true;
     if (!stopping) {
       for (let i = 0; i < q; i++) {
-        const qp = c.qps[i]!, wr = wrs[i]!;
+        const qp = c.qps[i]!,
+          wr = wrs[i]!;
         while (posted[i]! < iters && posted[i]! - done[i]! < c.txDepth) {
           const n = posted[i]!;
           wr.wrId = n;
@@ -196,7 +249,10 @@ export async function bwClient(c: RunCtx, size: number, limit: Limit): Promise<B
       break;
     }
     const n = c.sendCq.poll(wcs);
-    if (n === 0) { await (stopping ? waitRx(c) : waitCq(c.sendCq)); continue; }
+    if (n === 0) {
+      await (stopping ? waitRx(c) : waitCq(c.sendCq));
+      continue;
+    }
     for (let k = 0; k < n; k++) {
       const w = wcs[k]!;
       if (w.status !== 'SUCCESS') return wcError('client', w);
@@ -206,10 +262,16 @@ export async function bwClient(c: RunCtx, size: number, limit: Limit): Promise<B
     }
     // The peak is the best rate over windows of at least 5 ms (a single poll's burst says nothing).
     const t2 = now();
-    if (t2 - last >= PEAK_WINDOW) { peak = Math.max(peak, ((totalDone - lastDone) * size) / (t2 - last) / MB); last = t2; lastDone = totalDone; }
+    if (t2 - last >= PEAK_WINDOW) {
+      peak = Math.max(peak, ((totalDone - lastDone) * size) / (t2 - last) / MB);
+      last = t2;
+      lastDone = totalDone;
+    }
     if (c.progress && t2 >= nextProgress) {
       nextProgress = t2 + 0.2;
-      c.progress('secs' in limit ? `${size} B: ${(t2 - t0).toFixed(1)}/${limit.secs} s, ${totalDone} messages` : `${size} B: ${totalDone}/${iters * q} messages`);
+      c.progress(
+        'secs' in limit ? `${size} B: ${(t2 - t0).toFixed(1)}/${limit.secs} s, ${totalDone} messages` : `${size} B: ${totalDone}/${iters * q} messages`,
+      );
     }
   }
   const total = done.reduce((a, b) => a + b, 0);
@@ -233,7 +295,14 @@ export async function bwServer(c: RunCtx, size: number, limit: Limit): Promise<B
   const reliable = c.conn === 'RC';
   const start = now();
   const end = 'secs' in limit ? start + limit.secs + 1 : Infinity;
-  let got = 0, t0 = 0, tLast = 0, last = 0, lastGot = 0, peak = 0, lastArrival = start, nextProgress = start + 0.2;
+  let got = 0,
+    t0 = 0,
+    tLast = 0,
+    last = 0,
+    lastGot = 0,
+    peak = 0,
+    lastArrival = start,
+    nextProgress = start + 0.2;
   while (got < want) {
     const n = c.recvCq.poll(wcs);
     const t = now();
@@ -244,7 +313,10 @@ export async function bwServer(c: RunCtx, size: number, limit: Limit): Promise<B
       await waitCq(c.recvCq);
       continue;
     }
-    if (got === 0) { t0 = t; last = t; }
+    if (got === 0) {
+      t0 = t;
+      last = t;
+    }
     for (let k = 0; k < n; k++) {
       const w = wcs[k]!;
       if (w.status !== 'SUCCESS') return wcError('server', w);
@@ -253,9 +325,16 @@ export async function bwServer(c: RunCtx, size: number, limit: Limit): Promise<B
       got++;
     }
     lastArrival = t;
-    if (t - last >= PEAK_WINDOW) { peak = Math.max(peak, ((got - lastGot) * size) / (t - last) / MB); last = t; lastGot = got; }
+    if (t - last >= PEAK_WINDOW) {
+      peak = Math.max(peak, ((got - lastGot) * size) / (t - last) / MB);
+      last = t;
+      lastGot = got;
+    }
     tLast = t;
-    if (c.progress && t >= nextProgress) { nextProgress = t + 0.2; c.progress(`${size} B: ${got}${want === Infinity ? '' : `/${want}`} messages received`); }
+    if (c.progress && t >= nextProgress) {
+      nextProgress = t + 0.2;
+      c.progress(`${size} B: ${got}${want === Infinity ? '' : `/${want}`} messages received`);
+    }
   }
   const secs = Math.max(tLast - t0, 1e-9);
   const avg = got > 1 ? (got * size) / secs / MB : 0;
@@ -269,9 +348,12 @@ export async function bwServer(c: RunCtx, size: number, limit: Limit): Promise<B
  */
 export async function latency(c: RunCtx, size: number, limit: Limit, client: boolean): Promise<number[] | string> {
   switch (c.verb) {
-    case 'SEND': return sendLat(c, size, limit, client);
-    case 'WRITE': return writeLat(c, size, limit, client);
-    default: return rdLat(c, size, limit);
+    case 'SEND':
+      return sendLat(c, size, limit, client);
+    case 'WRITE':
+      return writeLat(c, size, limit, client);
+    default:
+      return rdLat(c, size, limit);
   }
 }
 
@@ -305,12 +387,20 @@ async function sendLat(c: RunCtx, size: number, limit: Limit, client: boolean): 
     }
   };
   for (let i = 0; i < iters; i++) {
-    if (!client) { const e = await waitRecv(); if (e === 'timeout') break; if (e) return e; }
+    if (!client) {
+      const e = await waitRecv();
+      if (e === 'timeout') break;
+      if (e) return e;
+    }
     if (now() >= end) break;
     if (await sqRoom(c, qp, end)) break;
     wr.wrId = i;
     qp.postSend(wr);
-    if (client) { const e = await waitRecv(); if (e === 'timeout') break; if (e) return e; }
+    if (client) {
+      const e = await waitRecv();
+      if (e === 'timeout') break;
+      if (e) return e;
+    }
     const t = performance.now();
     times.push((t - prev) * 500); // ms -> us, half the round trip
     prev = t;
@@ -331,12 +421,15 @@ async function writeLat(c: RunCtx, size: number, limit: Limit, client: boolean):
   const wr = sendWrs(c, size)[0]!;
   wr.signaled = true;
   const buf = c.mr.buffer;
-  const postAt = size - 1, pollAt = c.region + size - 1;
+  const postAt = size - 1,
+    pollAt = c.region + size - 1;
   const wc = [new Wc()];
   const { iters, end } = limits(limit);
   const times: number[] = [];
   const side = client ? 'client' : 'server';
-  let prev = 0, scnt = 0, rcnt = 0;
+  let prev = 0,
+    scnt = 0,
+    rcnt = 0;
   while (scnt < iters || rcnt < iters) {
     if (rcnt < iters && !(scnt === 0 && !client)) {
       rcnt++;

@@ -35,7 +35,12 @@ import { bwClient, bwServer, latency, fillRecvs, UD_QKEY, type Verb, type RunCtx
 export type PerfTest = 'send_bw' | 'write_bw' | 'read_bw' | 'atomic_bw' | 'send_lat' | 'write_lat' | 'read_lat' | 'atomic_lat';
 type ConnType = 'RC' | 'UC' | 'UD';
 
-interface ToolSpec { verb: Verb; lat: boolean; conns: readonly ConnType[]; iters: number }
+interface ToolSpec {
+  verb: Verb;
+  lat: boolean;
+  conns: readonly ConnType[];
+  iters: number;
+}
 /** Which verb each tool measures, which transports perftest allows for it, and its default iterations (DEF_ITERS_WB for write BW). */
 const TOOLS: Record<PerfTest, ToolSpec> = {
   send_bw: { verb: 'SEND', lat: false, conns: ['RC', 'UC', 'UD'], iters: 1000 },
@@ -54,17 +59,39 @@ const LINE = '------------------------------------------------------------------
 const MAX_SIZE_LOG2 = 23;
 
 const SPECS: OptSpec[] = [
-  { short: 'd', long: 'ib-dev', arg: true }, { short: 'i', long: 'ib-port', arg: true }, { short: 'p', long: 'port', arg: true },
-  { short: 's', long: 'size', arg: true }, { short: 'n', long: 'iters', arg: true }, { short: 'D', long: 'duration', arg: true },
-  { short: 'a', long: 'all', arg: false }, { short: 'q', long: 'qp', arg: true }, { short: 't', long: 'tx-depth', arg: true },
-  { short: 'm', long: 'mtu', arg: true }, { short: 'x', long: 'gid-index', arg: true }, { short: 'c', long: 'connection', arg: true },
-  { short: 'R', long: 'rdma_cm', arg: false }, { short: 'F', long: 'CPU-freq', arg: false }, { short: 'b', long: 'bidirectional', arg: false },
-  { short: 'A', long: 'atomic_type', arg: true }, { long: 'report_gbits', arg: false }, { long: 'output', arg: true },
-  { short: 'e', long: 'events', arg: false }, { short: 'o', long: 'outs', arg: true }, { short: 'Q', long: 'cq-mod', arg: true },
-  { short: 'I', long: 'inline_size', arg: true }, { short: 'u', long: 'qp-timeout', arg: true }, { short: 'r', long: 'rx-depth', arg: true },
-  { short: 'h', long: 'help', arg: false }, { short: 'V', long: 'version', arg: false }, { short: 'l', long: 'post_list', arg: true },
-  { short: 'N', long: 'noPeak', arg: false }, { short: 'S', long: 'sl', arg: true }, { short: 'T', long: 'tos', arg: true },
-  { short: 'z', long: 'com_rdma_cm', arg: false }, { short: 'U', long: 'report-unsorted', arg: false }, { short: 'H', long: 'report-histogram', arg: false },
+  { short: 'd', long: 'ib-dev', arg: true },
+  { short: 'i', long: 'ib-port', arg: true },
+  { short: 'p', long: 'port', arg: true },
+  { short: 's', long: 'size', arg: true },
+  { short: 'n', long: 'iters', arg: true },
+  { short: 'D', long: 'duration', arg: true },
+  { short: 'a', long: 'all', arg: false },
+  { short: 'q', long: 'qp', arg: true },
+  { short: 't', long: 'tx-depth', arg: true },
+  { short: 'm', long: 'mtu', arg: true },
+  { short: 'x', long: 'gid-index', arg: true },
+  { short: 'c', long: 'connection', arg: true },
+  { short: 'R', long: 'rdma_cm', arg: false },
+  { short: 'F', long: 'CPU-freq', arg: false },
+  { short: 'b', long: 'bidirectional', arg: false },
+  { short: 'A', long: 'atomic_type', arg: true },
+  { long: 'report_gbits', arg: false },
+  { long: 'output', arg: true },
+  { short: 'e', long: 'events', arg: false },
+  { short: 'o', long: 'outs', arg: true },
+  { short: 'Q', long: 'cq-mod', arg: true },
+  { short: 'I', long: 'inline_size', arg: true },
+  { short: 'u', long: 'qp-timeout', arg: true },
+  { short: 'r', long: 'rx-depth', arg: true },
+  { short: 'h', long: 'help', arg: false },
+  { short: 'V', long: 'version', arg: false },
+  { short: 'l', long: 'post_list', arg: true },
+  { short: 'N', long: 'noPeak', arg: false },
+  { short: 'S', long: 'sl', arg: true },
+  { short: 'T', long: 'tos', arg: true },
+  { short: 'z', long: 'com_rdma_cm', arg: false },
+  { short: 'U', long: 'report-unsorted', arg: false },
+  { short: 'H', long: 'report-histogram', arg: false },
 ];
 
 /** printf("%#0Nx"): zero prints without the 0x prefix. */
@@ -86,7 +113,7 @@ Options:
   -m, --mtu=<mtu>  MTU size : 256 - 4096 (default port mtu)
   -n, --iters=<iters>  Number of exchanges (at least 5, default ${spec.iters})
   -p, --port=<port>  Listen on/connect to port <port> (default 18515)
-${spec.lat ? '' : '  -q, --qp=<num of qp\'s>  Num of qp\'s(default 1)\n'}${spec.verb === 'SEND' ? '  -r, --rx-depth=<dep>  Rx queue size (default 512)\n' : ''}  -s, --size=<size>  Size of message to exchange (default ${spec.lat ? 2 : 65536})
+${spec.lat ? '' : "  -q, --qp=<num of qp's>  Num of qp's(default 1)\n"}${spec.verb === 'SEND' ? '  -r, --rx-depth=<dep>  Rx queue size (default 512)\n' : ''}  -s, --size=<size>  Size of message to exchange (default ${spec.lat ? 2 : 65536})
   -t, --tx-depth=<dep>  Size of tx queue (default ${spec.lat ? 1 : 128})
   -x, --gid-index=<index>  Test uses GID with GID index
   -T, --tos=<tos value>  Set <tos_value> as the traffic class of the QPs (IPv4 TOS; applied with the native addon)
@@ -97,16 +124,44 @@ ${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (
 `;
 }
 
-export async function perftest(test: PerfTest, argv: string[], out: (s: string) => void = (s) => process.stdout.write(s + '\n'), err: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<number> {
+export async function perftest(
+  test: PerfTest,
+  argv: string[],
+  out: (s: string) => void = (s) => process.stdout.write(s + '\n'),
+  err: (s: string) => void = (s) => process.stderr.write(s + '\n'),
+): Promise<number> {
   const tool = `ib_${test}`;
   const spec = TOOLS[test];
   const lat = spec.lat;
   let o;
-  try { o = parseArgs(argv, SPECS); } catch (e) { err(`${tool}: ${(e as Error).message}`); err(usage(tool, spec)); return 1; }
-  if (o.opts.has('help')) { out(usage(tool, spec)); return 0; }
-  if (o.opts.has('version')) { out(`Version: ${VERSION}`); return 0; }
-  let size: number, iters: number, port: number, ibPort: number, txDepth: number, rxDepth: number, gidx: number, cqMod: number, outs: number, timeout: number, numQps: number;
-  let duration = 0, tos = 0;
+  try {
+    o = parseArgs(argv, SPECS);
+  } catch (e) {
+    err(`${tool}: ${(e as Error).message}`);
+    err(usage(tool, spec));
+    return 1;
+  }
+  if (o.opts.has('help')) {
+    out(usage(tool, spec));
+    return 0;
+  }
+  if (o.opts.has('version')) {
+    out(`Version: ${VERSION}`);
+    return 0;
+  }
+  let size: number,
+    iters: number,
+    port: number,
+    ibPort: number,
+    txDepth: number,
+    rxDepth: number,
+    gidx: number,
+    cqMod: number,
+    outs: number,
+    timeout: number,
+    numQps: number;
+  let duration = 0,
+    tos = 0;
   let mtuOpt: number | undefined;
   try {
     size = toInt(o.opts.get('size'), 'size', spec.verb === 'ATOMIC' ? 8 : lat ? 2 : 65536);
@@ -123,43 +178,96 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     if (o.opts.has('duration')) duration = toInt(o.opts.get('duration'), 'duration', 5);
     if (o.opts.has('mtu')) mtuOpt = toInt(o.opts.get('mtu'), 'mtu', 1024);
     tos = toInt(o.opts.get('tos'), 'tos', 0);
-  } catch (e) { err(`${tool}: ${(e as Error).message}`); return 1; }
+  } catch (e) {
+    err(`${tool}: ${(e as Error).message}`);
+    return 1;
+  }
   const conn = String(o.opts.get('connection') ?? 'RC').toUpperCase() as ConnType;
   // Checks in the order and words of perftest's parser.
-  if (!spec.conns.includes(conn)) { err(` Unsupported connection type ${conn} for ${tool} (supported: ${spec.conns.join(', ')})`); return 1; }
-  if (o.opts.has('rdma_cm') || o.opts.has('com_rdma_cm')) { err(`${tool}: -R/--rdma_cm needs softroce's rdma_cm layer, which is not built yet; use the default TCP exchange`); return 1; }
+  if (!spec.conns.includes(conn)) {
+    err(` Unsupported connection type ${conn} for ${tool} (supported: ${spec.conns.join(', ')})`);
+    return 1;
+  }
+  if (o.opts.has('rdma_cm') || o.opts.has('com_rdma_cm')) {
+    err(`${tool}: -R/--rdma_cm needs softroce's rdma_cm layer, which is not built yet; use the default TCP exchange`);
+    return 1;
+  }
   const duplex = o.opts.has('bidirectional');
-  if (duplex && (lat || spec.verb === 'SEND')) { err(`${tool}: -b/--bidirectional is not supported by softroce's ${tool} (only ib_write_bw, ib_read_bw, ib_atomic_bw)`); return 1; }
-  if (iters < 5 && !duration) { err(' Iteration num must be at least 5'); return 1; }
-  if (duration < 0) { err(' Duration must be positive'); return 1; }
-  if (numQps < 1 || numQps > 16384) { err(' Number of QPs must be between 1 and 16384'); return 1; }
-  if (lat && numQps !== 1) { err(' Latency tests use one QP'); return 1; }
-  if (txDepth < 1 || rxDepth < 1 || cqMod < 1) { err(' TX depth, RX depth and CQ moderation must be positive'); return 1; }
-  if (tos < 0 || tos > 255) { err(' TOS must be between 0 and 255'); return 1; }
-  if (size < 1 || size > 1 << MAX_SIZE_LOG2) { err(` Message size must be between 1 and ${1 << MAX_SIZE_LOG2}`); return 1; }
+  if (duplex && (lat || spec.verb === 'SEND')) {
+    err(`${tool}: -b/--bidirectional is not supported by softroce's ${tool} (only ib_write_bw, ib_read_bw, ib_atomic_bw)`);
+    return 1;
+  }
+  if (iters < 5 && !duration) {
+    err(' Iteration num must be at least 5');
+    return 1;
+  }
+  if (duration < 0) {
+    err(' Duration must be positive');
+    return 1;
+  }
+  if (numQps < 1 || numQps > 16384) {
+    err(' Number of QPs must be between 1 and 16384');
+    return 1;
+  }
+  if (lat && numQps !== 1) {
+    err(' Latency tests use one QP');
+    return 1;
+  }
+  if (txDepth < 1 || rxDepth < 1 || cqMod < 1) {
+    err(' TX depth, RX depth and CQ moderation must be positive');
+    return 1;
+  }
+  if (tos < 0 || tos > 255) {
+    err(' TOS must be between 0 and 255');
+    return 1;
+  }
+  if (size < 1 || size > 1 << MAX_SIZE_LOG2) {
+    err(` Message size must be between 1 and ${1 << MAX_SIZE_LOG2}`);
+    return 1;
+  }
   const all = o.opts.has('all');
   if (spec.verb === 'ATOMIC') size = 8;
   const atomicType = String(o.opts.get('atomic_type') ?? 'FETCH_AND_ADD');
-  if (atomicType !== 'FETCH_AND_ADD' && atomicType !== 'CMP_AND_SWAP') { err(` Invalid atomic type ${atomicType} (CMP_AND_SWAP or FETCH_AND_ADD)`); return 1; }
+  if (atomicType !== 'FETCH_AND_ADD' && atomicType !== 'CMP_AND_SWAP') {
+    err(` Invalid atomic type ${atomicType} (CMP_AND_SWAP or FETCH_AND_ADD)`);
+    return 1;
+  }
   const atomicCmp = atomicType === 'CMP_AND_SWAP';
   const gbits = o.opts.has('report_gbits');
   const output = o.opts.get('output');
-  if (output !== undefined && !['bandwidth', 'message_rate', 'latency'].includes(String(output))) { err(` Invalid output type ${String(output)} (bandwidth, message_rate or latency)`); return 1; }
+  if (output !== undefined && !['bandwidth', 'message_rate', 'latency'].includes(String(output))) {
+    err(` Invalid output type ${String(output)} (bandwidth, message_rate or latency)`);
+    return 1;
+  }
   const full = output === undefined;
   const say = full ? out : (): void => undefined;
   const servername = o.positional[0];
   const client = !!servername;
   // Long sweeps show where they are on a terminal (stderr, one rewritten line).
   const tty = full && (all || duration > 0) && process.stderr.isTTY === true;
-  const progress = tty ? (s: string): void => { process.stderr.write(`\r\x1b[K ${s}`); } : null;
-  const clearProgress = (): void => { if (tty) process.stderr.write('\r\x1b[K'); };
+  const progress = tty
+    ? (s: string): void => {
+        process.stderr.write(`\r\x1b[K ${s}`);
+      }
+    : null;
+  const clearProgress = (): void => {
+    if (tty) process.stderr.write('\r\x1b[K');
+  };
 
   const list = getDeviceList();
   const devName = o.opts.get('ib-dev');
   const desc = typeof devName === 'string' ? list.find((d) => d.name === devName) : list[0];
-  if (!desc) { err(' Unable to find the Infiniband/RoCE device'); return 1; }
+  if (!desc) {
+    err(' Unable to find the Infiniband/RoCE device');
+    return 1;
+  }
   let dev: Device;
-  try { dev = await openDevice({ name: desc.name }); } catch (e) { err(` Couldn't get context for the device: ${(e as Error).message}`); return 1; }
+  try {
+    dev = await openDevice({ name: desc.name });
+  } catch (e) {
+    err(` Couldn't get context for the device: ${(e as Error).message}`);
+    return 1;
+  }
   let c: Conn | null = null;
   try {
     return await run(dev);
@@ -174,7 +282,11 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
 
   async function run(d: Device): Promise<number> {
     const pa = d.queryPort(ibPort);
-    if (full && !client) { out('\n************************************'); out('* Waiting for client to connect... *'); out('************************************'); }
+    if (full && !client) {
+      out('\n************************************');
+      out('* Waiting for client to connect... *');
+      out('************************************');
+    }
     c = client ? await Conn.connect(servername, port) : await Conn.accept(port);
     const ver = Buffer.alloc(16);
     ver.write(VERSION, 'latin1');
@@ -189,7 +301,11 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
     }
     let mtu: Mtu = pa.activeMtu;
     if (mtuOpt !== undefined) {
-      if (!isMtu(mtuOpt) || mtuOpt > pa.activeMtu) { err(` Invalid MTU ${mtuOpt}; the port's active MTU is ${pa.activeMtu}`); c.destroy(); return 1; }
+      if (!isMtu(mtuOpt) || mtuOpt > pa.activeMtu) {
+        err(` Invalid MTU ${mtuOpt}; the port's active MTU is ${pa.activeMtu}`);
+        c.destroy();
+        return 1;
+      }
       mtu = mtuOpt;
     }
     if (peerVer >= 5.1) {
@@ -204,8 +320,11 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
       say(` Max msg size in UD is MTU ${mtu}\n Changing to this MTU`);
       size = mtu;
     }
-    const sizes = !all ? [size] : spec.verb === 'ATOMIC' ? [8]
-      : Array.from({ length: MAX_SIZE_LOG2 }, (_, i) => 2 ** (i + 1)).filter((s) => conn !== 'UD' || s <= mtu);
+    const sizes = !all
+      ? [size]
+      : spec.verb === 'ATOMIC'
+        ? [8]
+        : Array.from({ length: MAX_SIZE_LOG2 }, (_, i) => 2 ** (i + 1)).filter((s) => conn !== 'UD' || s <= mtu);
     const maxSize = Math.max(...sizes);
 
     // Resources (perftest ctx_init): a buffer of 2 regions per QP, each of
@@ -233,7 +352,16 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
       else qp.toInit({ port: ibPort, accessFlags: [...access] });
       qps.push(qp);
       const exposed = lat ? numQps + i : i;
-      my.push({ lid: 0, outReads: rdAtomic, qpn: qp.qpn, psn: randomInt(0, 0x1000000), rkey: mr.rkey, vaddr: mr.addr + BigInt(exposed * region), gid, srqn: 0 });
+      my.push({
+        lid: 0,
+        outReads: rdAtomic,
+        qpn: qp.qpn,
+        psn: randomInt(0, 0x1000000),
+        rkey: mr.rkey,
+        vaddr: mr.addr + BigInt(exposed * region),
+        gid,
+        srqn: 0,
+      });
     }
 
     const title = spec.verb === 'SEND' ? 'Send' : spec.verb === 'WRITE' ? 'RDMA_Write' : spec.verb === 'READ' ? 'RDMA_Read' : `Atomic ${atomicType}`;
@@ -261,7 +389,10 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
       if (spec.verb !== 'SEND') s += ` RKey ${alt(x.rkey, 8)} VAddr ${alt(x.vaddr, 16)}`;
       return s;
     };
-    for (const m of my) { say(addrLine('local', m)); say(gidLine(m.gid)); }
+    for (const m of my) {
+      say(addrLine('local', m));
+      say(gidLine(m.gid));
+    }
 
     // ctx_connect: RTR / RTS as perftest sets them (hop limit 0xFF in the AV).
     const rem: PerfDest[] = [];
@@ -274,7 +405,15 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
           ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos }));
           return;
         }
-        qp.toRtr({ remote: { qpn: r.qpn, gid: r.gid }, pathMtu: mtu, rqPsn: r.psn, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos, ...(conn === 'RC' ? { maxDestRdAtomic: rdAtomic, minRnrTimer: 12 } : {}) });
+        qp.toRtr({
+          remote: { qpn: r.qpn, gid: r.gid },
+          pathMtu: mtu,
+          rqPsn: r.psn,
+          sgidIndex: gidx,
+          hopLimit: 0xff,
+          trafficClass: tos,
+          ...(conn === 'RC' ? { maxDestRdAtomic: rdAtomic, minRnrTimer: 12 } : {}),
+        });
         if (conn === 'RC') qp.toRts({ sqPsn: my[i]!.psn, timeout, retryCnt: 7, rnrRetry: 7, maxRdAtomic: Math.max(1, Math.min(rdAtomic, r.outReads || 1)) });
         else qp.toRts({ sqPsn: my[i]!.psn });
       });
@@ -292,18 +431,28 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
       await hs();
       for (let i = 0; i < numQps; i++) await hs(i);
     }
-    for (const r of rem) { say(addrLine('remote', r)); say(gidLine(r.gid)); }
+    for (const r of rem) {
+      say(addrLine('remote', r));
+      say(gidLine(r.gid));
+    }
     say(LINE);
 
     const ctx: RunCtx = { device: d, verb: spec.verb, conn, qps, rem, ahs, mr, region, sendCq, recvCq, txDepth, rxDepth, cqMod, atomicCmp, progress };
     // If a timeout kills us mid-run, say where each QP stood (the interop suite shows stderr).
     process.once('SIGTERM', () => {
       for (const q of qps) {
-        process.stderr.write(`stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} max 0x${q.req.maxPsn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} reads ${q.resp.reads.length} backlog ${q.resp.backlog.length} stash ${q.resp.stash.size}\n`);
+        process.stderr.write(
+          `stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} max 0x${q.req.maxPsn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} reads ${q.resp.reads.length} backlog ${q.resp.backlog.length} stash ${q.resp.stash.size}\n`,
+        );
         // The roles' last decisions (qp.trace()): what each was doing when it stopped.
         for (const l of formatTrace(q.trace().slice(-STUCK_TRACE_LINES))) process.stderr.write(`stuck: trace qp 0x${q.qpn.toString(16)} ${l}\n`);
       }
-      process.stderr.write(`stuck: counters ${Object.entries(d.counters()).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
+      process.stderr.write(
+        `stuck: counters ${Object.entries(d.counters())
+          .filter(([, v]) => v > 0)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' ')}\n`,
+      );
       process.exit(124);
     });
     const limit: Limit = duration ? { secs: duration } : { iters };
@@ -330,7 +479,10 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
           }
           const t = await latency(ctx, s, limit, client);
           clearProgress();
-          if (typeof t === 'string') { err(t); return 1; }
+          if (typeof t === 'string') {
+            err(t);
+            return 1;
+          }
           lastLat = t;
           say(duration ? latDurRow(s, t) : latRow(s, iters, t));
         }
@@ -343,9 +495,16 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
         await hs();
         const r = await bwClient(ctx, s, limit);
         clearProgress();
-        if (typeof r === 'string') { err(r); return 1; }
+        if (typeof r === 'string') {
+          err(r);
+          return 1;
+        }
         if (all) await hs();
-        if (duration) { last = r; say(bwRow(r.size, r.iters, r.peak, r.avg, r.rate, gbits)); continue; }
+        if (duration) {
+          last = r;
+          say(bwRow(r.size, r.iters, r.peak, r.avg, r.rate, gbits));
+          continue;
+        }
         const theirs = await c.xchgReport(r);
         last = { size: r.size, iters: r.iters, peak: r.peak + theirs.peak, avg: r.avg + theirs.avg, rate: r.rate + theirs.rate };
         say(bwRow(last.size, last.iters, last.peak, last.avg, last.rate, gbits));
@@ -360,7 +519,10 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
         }
         const r = client ? await bwClient(ctx, s, limit) : await bwServer(ctx, s, limit);
         clearProgress();
-        if (typeof r === 'string') { err(r); return 1; }
+        if (typeof r === 'string') {
+          err(r);
+          return 1;
+        }
         last = r;
         say(bwRow(r.size, r.iters, r.peak, r.avg, r.rate, gbits));
         if (spec.verb === 'SEND' && all) await hs();
@@ -391,9 +553,20 @@ export async function perftest(test: PerfTest, argv: string[], out: (s: string) 
       else if (output === 'message_rate' && last) out(last.rate.toFixed(6));
     }
     if (process.env['SOFTROCE_COUNTERS'] === '1') {
-      err(` counters: ${Object.entries(d.counters(ibPort)).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      err(
+        ` counters: ${Object.entries(d.counters(ibPort))
+          .filter(([, v]) => v > 0)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' ')}`,
+      );
       const bs = (d.ports[ibPort - 1]?.link as { batchStats?: Record<string, number> } | undefined)?.batchStats;
-      if (bs) err(` link: ${Object.entries(bs).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      if (bs)
+        err(
+          ` link: ${Object.entries(bs)
+            .filter(([, v]) => v > 0)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(' ')}`,
+        );
     }
     return 0;
   }

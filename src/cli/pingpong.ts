@@ -30,12 +30,24 @@ const PAGE = 4096;
 const UD_QKEY = 0x11111111;
 
 const SPECS: OptSpec[] = [
-  { short: 'p', long: 'port', arg: true }, { short: 'd', long: 'ib-dev', arg: true }, { short: 'i', long: 'ib-port', arg: true },
-  { short: 's', long: 'size', arg: true }, { short: 'm', long: 'mtu', arg: true }, { short: 'r', long: 'rx-depth', arg: true },
-  { short: 'n', long: 'iters', arg: true }, { short: 'l', long: 'sl', arg: true }, { short: 'e', long: 'events', arg: false },
-  { short: 'g', long: 'gid-idx', arg: true }, { short: 'o', long: 'odp', arg: false }, { short: 'O', long: 'iodp', arg: false },
-  { short: 'P', long: 'prefetch', arg: false }, { short: 't', long: 'ts', arg: false }, { short: 'c', long: 'chk', arg: false },
-  { short: 'j', long: 'dm', arg: false }, { short: 'N', long: 'new_send', arg: false }, { short: 'h', long: 'help', arg: false },
+  { short: 'p', long: 'port', arg: true },
+  { short: 'd', long: 'ib-dev', arg: true },
+  { short: 'i', long: 'ib-port', arg: true },
+  { short: 's', long: 'size', arg: true },
+  { short: 'm', long: 'mtu', arg: true },
+  { short: 'r', long: 'rx-depth', arg: true },
+  { short: 'n', long: 'iters', arg: true },
+  { short: 'l', long: 'sl', arg: true },
+  { short: 'e', long: 'events', arg: false },
+  { short: 'g', long: 'gid-idx', arg: true },
+  { short: 'o', long: 'odp', arg: false },
+  { short: 'O', long: 'iodp', arg: false },
+  { short: 'P', long: 'prefetch', arg: false },
+  { short: 't', long: 'ts', arg: false },
+  { short: 'c', long: 'chk', arg: false },
+  { short: 'j', long: 'dm', arg: false },
+  { short: 'N', long: 'new_send', arg: false },
+  { short: 'h', long: 'help', arg: false },
   { short: 'q', long: 'num-qp', arg: true },
 ];
 
@@ -59,7 +71,12 @@ ${kind === 'srq' ? '  -q, --num-qp=<num>     use <num> queue pairs for test (def
 `;
 }
 
-interface Dest { lid: number; qpn: number; psn: number; gid: Gid }
+interface Dest {
+  lid: number;
+  qpn: number;
+  psn: number;
+  gid: Gid;
+}
 
 function destMsg(d: Dest): Buffer {
   const b = Buffer.alloc(MSG_LEN);
@@ -80,14 +97,36 @@ class Reader {
   private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
   private ended: Error | null = null;
   constructor(sock: net.Socket) {
-    sock.on('data', (d: Buffer) => { this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d; this.pump(); });
-    sock.on('end', () => { this.ended = new Error('peer closed the connection'); this.pump(); });
-    sock.on('error', (e) => { this.ended = e; this.pump(); });
+    sock.on('data', (d: Buffer) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+      this.pump();
+    });
+    sock.on('end', () => {
+      this.ended = new Error('peer closed the connection');
+      this.pump();
+    });
+    sock.on('error', (e) => {
+      this.ended = e;
+      this.pump();
+    });
   }
   read(n: number, ms = 120_000): Promise<Buffer> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { this.want = null; reject(new Error('timed out waiting for the peer')); }, ms);
-      this.want = { n, resolve: (b) => { clearTimeout(timer); resolve(b); }, reject: (e) => { clearTimeout(timer); reject(e); } };
+      const timer = setTimeout(() => {
+        this.want = null;
+        reject(new Error('timed out waiting for the peer'));
+      }, ms);
+      this.want = {
+        n,
+        resolve: (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
       this.pump();
     });
   }
@@ -119,14 +158,36 @@ function fmtAddr(kind: Kind, which: 'local' | 'remote', d: Dest): string {
 
 /** ibv_wc_status_str(), indexed like WC_STATUS. */
 export const WC_STATUS_STR = [
-  'success', 'local length error', 'local QP operation error', 'local EE context operation error', 'local protection error',
-  'Work Request Flushed Error', 'memory management operation error', 'bad response error', 'local access error',
-  'remote invalid request error', 'remote access error', 'remote operation error', 'transport retry counter exceeded',
-  'RNR retry counter exceeded', 'local RDD violation error', 'remote invalid RD request', 'aborted error',
-  'invalid EE context number', 'invalid EE context state', 'fatal error', 'response timeout error', 'general error',
+  'success',
+  'local length error',
+  'local QP operation error',
+  'local EE context operation error',
+  'local protection error',
+  'Work Request Flushed Error',
+  'memory management operation error',
+  'bad response error',
+  'local access error',
+  'remote invalid request error',
+  'remote access error',
+  'remote operation error',
+  'transport retry counter exceeded',
+  'RNR retry counter exceeded',
+  'local RDD violation error',
+  'remote invalid RD request',
+  'aborted error',
+  'invalid EE context number',
+  'invalid EE context state',
+  'fatal error',
+  'response timeout error',
+  'general error',
 ];
 
-export async function pingpong(kind: Kind, argv: string[], out: (s: string) => void = (s) => process.stdout.write(s + '\n'), err: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<number> {
+export async function pingpong(
+  kind: Kind,
+  argv: string[],
+  out: (s: string) => void = (s) => process.stdout.write(s + '\n'),
+  err: (s: string) => void = (s) => process.stderr.write(s + '\n'),
+): Promise<number> {
   const prog = `ibv_${kind}_pingpong`;
   let o;
   try {
@@ -136,7 +197,10 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     err(usage(prog, kind));
     return 1;
   }
-  if (o.opts.has('help') || o.positional.length > 1) { err(usage(prog, kind)); return 1; }
+  if (o.opts.has('help') || o.positional.length > 1) {
+    err(usage(prog, kind));
+    return 1;
+  }
   let port: number, ibPort: number, size: number, rxDepth: number, iters: number, gidx: number, numQp: number, mtu: Mtu | undefined;
   try {
     port = toInt(o.opts.get('port'), 'port', 18515);
@@ -151,16 +215,25 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     if (numQp < 1 || numQp > 256) throw new UsageError(`invalid num-qp ${numQp}`);
     const m = toInt(o.opts.get('mtu'), 'mtu', 1024);
     if (kind !== 'ud') {
-      if (!isMtu(m)) { err(`${prog}: invalid MTU ${m}`); return 1; }
+      if (!isMtu(m)) {
+        err(`${prog}: invalid MTU ${m}`);
+        return 1;
+      }
       mtu = m;
     }
   } catch (e) {
     err(`${prog}: ${(e as Error).message}`);
     return 1;
   }
-  if (port < 0 || port > 65535 || size < 1 || iters < 1 || rxDepth < 1) { err(usage(prog, kind)); return 1; }
+  if (port < 0 || port > 65535 || size < 1 || iters < 1 || rxDepth < 1) {
+    err(usage(prog, kind));
+    return 1;
+  }
   for (const f of ['odp', 'iodp', 'prefetch', 'ts', 'dm', 'new_send'] as const) {
-    if (o.opts.has(f)) { err(`${prog}: --${f} is not supported by softroce`); return 1; }
+    if (o.opts.has(f)) {
+      err(`${prog}: --${f} is not supported by softroce`);
+      return 1;
+    }
   }
   const useEvents = o.opts.has('events');
   const validate = o.opts.has('chk');
@@ -169,7 +242,10 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
   const list = getDeviceList();
   const devName = o.opts.get('ib-dev');
   const desc = typeof devName === 'string' ? list.find((d) => d.name === devName) : list[0];
-  if (!desc) { err(typeof devName === 'string' ? `IB device ${devName} not found` : 'No IB devices found'); return 1; }
+  if (!desc) {
+    err(typeof devName === 'string' ? `IB device ${devName} not found` : 'No IB devices found');
+    return 1;
+  }
   let dev: Device | undefined;
   try {
     dev = await openDevice({ name: desc.name });
@@ -188,13 +264,22 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
 
   async function run(): Promise<number> {
     const d = dev!;
-    if (ibPort < 1 || ibPort > d.ports.length) { err(`Couldn't get port info`); return 1; }
+    if (ibPort < 1 || ibPort > d.ports.length) {
+      err(`Couldn't get port info`);
+      return 1;
+    }
     const portAttr = d.queryPort(ibPort);
     const ud = kind === 'ud';
     const srqMode = kind === 'srq';
     const nq = srqMode ? numQp : 1;
-    if (srqMode && nq > rxDepth) { err(`rx_depth ${rxDepth} is too small for ${nq} QPs -- must have at least one receive per QP.`); return 1; }
-    if (ud && size > portAttr.activeMtu) { err(`Requested size larger than port MTU (${portAttr.activeMtu})`); return 1; }
+    if (srqMode && nq > rxDepth) {
+      err(`rx_depth ${rxDepth} is too small for ${nq} QPs -- must have at least one receive per QP.`);
+      return 1;
+    }
+    if (ud && size > portAttr.activeMtu) {
+      err(`Requested size larger than port MTU (${portAttr.activeMtu})`);
+      return 1;
+    }
     const pd = d.allocPd();
     const bufSize = ud ? size + 40 : size;
     // rc/uc/ud_pingpong fill their buffer with 0x7b, srq_pingpong with zeros.
@@ -205,7 +290,13 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     const qps: Qp[] = [];
     for (let i = 0; i < nq; i++) {
       const type = ud ? 'UD' : kind === 'uc' ? 'UC' : 'RC';
-      const qp = pd.createQp({ type, sendCq: cq, recvCq: cq, ...(srq ? { srq } : {}), cap: { maxSendWr: 1, maxRecvWr: rxDepth, maxSendSge: 1, maxRecvSge: 1 } });
+      const qp = pd.createQp({
+        type,
+        sendCq: cq,
+        recvCq: cq,
+        ...(srq ? { srq } : {}),
+        cap: { maxSendWr: 1, maxRecvWr: rxDepth, maxSendSge: 1, maxRecvSge: 1 },
+      });
       if (ud) qp.toInit({ port: ibPort, qkey: UD_QKEY });
       else qp.toInit({ port: ibPort, accessFlags: [] });
       qps.push(qp);
@@ -217,14 +308,22 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
         try {
           if (srq) srq.postRecv({ wrId: RECV_WRID, sg: recvSg });
           else qps[0]!.postRecv({ wrId: RECV_WRID, sg: recvSg });
-        } catch { break; }
+        } catch {
+          break;
+        }
       }
       return i;
     };
     let routs = postRecv(rxDepth);
-    if (routs < rxDepth) { err(`Couldn't post receive (${routs})`); return 1; }
+    if (routs < rxDepth) {
+      err(`Couldn't post receive (${routs})`);
+      return 1;
+    }
     const zero = new Uint8Array(16);
-    if (gidx >= 0 && !d.gidTable(ibPort)[gidx]) { err(`can't read sgid of index ${gidx}`); return 1; }
+    if (gidx >= 0 && !d.gidTable(ibPort)[gidx]) {
+      err(`can't read sgid of index ${gidx}`);
+      return 1;
+    }
     const gid = gidx >= 0 ? d.gidTable(ibPort)[gidx]!.gid : zero;
     const my: Dest[] = qps.map((qp) => ({ lid: portAttr.lid, qpn: qp.qpn, psn: randomInt(0, 0x1000000), gid }));
     for (const m of my) out(fmtAddr(kind, 'local', m));
@@ -235,14 +334,18 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
         const r = rem[i]!;
         const qp = qps[i]!;
         // rdma-core: is_global only when the peer's GID has an interface id; RoCE needs it.
-        if (Buffer.from(r.gid.subarray(8)).equals(Buffer.alloc(8))) throw new Error('Failed to modify QP to RTR (RoCE needs the peer\'s GID: run both sides with -g)');
+        if (Buffer.from(r.gid.subarray(8)).equals(Buffer.alloc(8)))
+          throw new Error("Failed to modify QP to RTR (RoCE needs the peer's GID: run both sides with -g)");
         if (ud) {
           qp.toRtr().toRts({ sqPsn: my[i]!.psn });
           ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 1 }));
           continue;
         }
         const rtr: Parameters<Qp['toRtr']>[0] = { remote: { qpn: r.qpn, gid: r.gid }, pathMtu: mtu!, rqPsn: r.psn, sgidIndex: gidx, hopLimit: 1 };
-        if (kind !== 'uc') { rtr.maxDestRdAtomic = 1; rtr.minRnrTimer = 12; }
+        if (kind !== 'uc') {
+          rtr.maxDestRdAtomic = 1;
+          rtr.minRnrTimer = 12;
+        }
         qp.toRtr(rtr);
         if (kind !== 'uc') qp.toRts({ sqPsn: my[i]!.psn, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1 });
         else qp.toRts({ sqPsn: my[i]!.psn });
@@ -254,7 +357,10 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     const rem: Dest[] = [];
     if (servername) {
       const sock = net.connect({ host: servername, port });
-      await new Promise<void>((res, rej) => { sock.once('connect', () => res()); sock.once('error', (e) => rej(new Error(`Couldn't connect to ${servername}:${port}: ${e.message}`))); });
+      await new Promise<void>((res, rej) => {
+        sock.once('connect', () => res());
+        sock.once('error', (e) => rej(new Error(`Couldn't connect to ${servername}:${port}: ${e.message}`)));
+      });
       const rd = new Reader(sock);
       await write(sock, Buffer.concat(wire.map(destMsg)));
       for (let i = 0; i < wire.length; i++) rem.push(parseDest(await rd.read(MSG_LEN)));
@@ -263,7 +369,10 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
       connect(rem);
     } else {
       const server = net.createServer();
-      await new Promise<void>((res, rej) => { server.once('error', rej); server.listen(port, () => res()); });
+      await new Promise<void>((res, rej) => {
+        server.once('error', rej);
+        server.listen(port, () => res());
+      });
       const sock = await new Promise<net.Socket>((res) => server.once('connection', res));
       server.close();
       const rd = new Reader(sock);
@@ -279,25 +388,38 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     const sendSg = [{ mr, offset: off, length: size }];
     if (servername && validate) for (let i = 0; i < size; i += PAGE) buf[i + off] = 0; // (i / page_size) % sizeof(char)
     const postSend = (j: number): void => {
-      if (ud) qps[j]!.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg, ud: { ah: ahs[j]!, remoteQpn: rem[j]!.qpn, remoteQkey: UD_QKEY } });
+      if (ud)
+        qps[j]!.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg, ud: { ah: ahs[j]!, remoteQpn: rem[j]!.qpn, remoteQkey: UD_QKEY } });
       else qps[j]!.postSend({ wrId: SEND_WRID, opcode: 'SEND', signaled: true, sg: sendSg });
     };
     const pending = new Array<number>(nq).fill(RECV_WRID);
-    if (servername) for (let j = 0; j < nq; j++) { postSend(j); pending[j] = RECV_WRID | SEND_WRID; }
+    if (servername)
+      for (let j = 0; j < nq; j++) {
+        postSend(j);
+        pending[j] = RECV_WRID | SEND_WRID;
+      }
     const wcs = Array.from({ length: 2 * nq }, () => new Wc());
     const qpIndex = new Map(qps.map((q, j) => [q.qpn, j]));
     // If a timeout kills us mid-run, say where each side stood (the interop suite shows stderr).
     const onTerm = (): void => {
       for (const q of qps) {
-        err(`stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} rnrWait ${q.comp.rnrTimer ? 1 : 0}`);
+        err(
+          `stuck: qp 0x${q.qpn.toString(16)} ${q.state} sq ${q.sqHead}/${q.sqTail} req.psn 0x${q.req.psn.toString(16)} comp.psn 0x${q.comp.psn.toString(16)} resp.psn 0x${q.resp.psn.toString(16)} window ${q.req.window} rnrWait ${q.comp.rnrTimer ? 1 : 0}`,
+        );
         // The roles' last decisions (qp.trace()): what each was doing when it stopped.
         for (const l of formatTrace(q.trace().slice(-STUCK_TRACE_LINES))) err(`stuck: trace qp 0x${q.qpn.toString(16)} ${l}`);
       }
-      err(`stuck: rcnt ${rcnt} scnt ${scnt} pending ${pending.join(',')} routs ${routs}; counters ${Object.entries(d.counters(ibPort)).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      err(
+        `stuck: rcnt ${rcnt} scnt ${scnt} pending ${pending.join(',')} routs ${routs}; counters ${Object.entries(d.counters(ibPort))
+          .filter(([, v]) => v > 0)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' ')}`,
+      );
       process.exit(124);
     };
     process.once('SIGTERM', onTerm);
-    let rcnt = 0, scnt = 0;
+    let rcnt = 0,
+      scnt = 0;
     const start = process.hrtime.bigint();
     if (useEvents) cq.reqNotify();
     // The client's last SEND is proven delivered by the server's last reply (the server sends it
@@ -322,7 +444,10 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
         ne = cq.poll(wcs);
       } else {
         ne = cq.poll(wcs);
-        if (ne === 0) { await new Promise((r) => setImmediate(r)); continue; }
+        if (ne === 0) {
+          await new Promise((r) => setImmediate(r));
+          continue;
+        }
       }
       for (let i = 0; i < ne; i++) {
         const w = wcs[i]!;
@@ -332,15 +457,24 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
           return 1;
         }
         const j = qpIndex.get(w.qpn);
-        if (j === undefined) { err(`Couldn't find QPN ${w.qpn.toString(16)}`); return 1; }
+        if (j === undefined) {
+          err(`Couldn't find QPN ${w.qpn.toString(16)}`);
+          return 1;
+        }
         if (w.wrId === SEND_WRID) ++scnt;
         else if (w.wrId === RECV_WRID) {
           if (--routs <= nq) {
             routs += postRecv(rxDepth - routs);
-            if (routs < rxDepth) { err(`Couldn't post receive (${routs})`); return 1; }
+            if (routs < rxDepth) {
+              err(`Couldn't post receive (${routs})`);
+              return 1;
+            }
           }
           ++rcnt;
-        } else { err(`Completion for unknown wr_id ${w.wrId}`); return 1; }
+        } else {
+          err(`Completion for unknown wr_id ${w.wrId}`);
+          return 1;
+        }
         pending[j]! &= ~w.wrId;
         if (scnt < iters && !pending[j]) {
           postSend(j);
@@ -358,7 +492,10 @@ export async function pingpong(kind: Kind, argv: string[], out: (s: string) => v
     out(`${iters} iters in ${(usec / 1e6).toFixed(2)} seconds = ${(usec / iters).toFixed(2)} usec/iter`);
     if (validate && !servername) {
       for (let i = 0; i < size; i += PAGE) {
-        if (buf[i + off] !== 0) { out(`invalid data in page ${i / PAGE}`); return 1; }
+        if (buf[i + off] !== 0) {
+          out(`invalid data in page ${i / PAGE}`);
+          return 1;
+        }
       }
     }
     return 0;

@@ -58,6 +58,11 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
 });
 
 main(process.argv.slice(2)).then(
-  (code) => { process.exitCode = code; },
-  (e: unknown) => { process.stderr.write(`softroce: ${(e as Error).stack ?? String(e)}\n`); process.exitCode = 1; },
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`softroce: ${(e as Error).stack ?? String(e)}\n`);
+    process.exitCode = 1;
+  },
 );

@@ -20,7 +20,15 @@ export function demoPackets(): IbInit[] {
   return [
     { opcode: op('RC_SEND_ONLY'), destQp: 0x11, psn: 0x1000, ackReq: true, payload },
     { opcode: op('RC_ACKNOWLEDGE'), destQp: 0x12, psn: 0x1000, aeth: { syndrome: aethAck(), msn: 1 } },
-    { opcode: op('RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE'), destQp: 0x11, psn: 0x1001, ackReq: true, reth: { va: 0x7f0000001000n, rkey: 0x1234, dmaLen: payload.length }, immDt: 0xcafef00d, payload },
+    {
+      opcode: op('RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE'),
+      destQp: 0x11,
+      psn: 0x1001,
+      ackReq: true,
+      reth: { va: 0x7f0000001000n, rkey: 0x1234, dmaLen: payload.length },
+      immDt: 0xcafef00d,
+      payload,
+    },
     { opcode: op('RC_RDMA_READ_REQUEST'), destQp: 0x11, psn: 0x1002, ackReq: true, reth: { va: 0x7f0000002000n, rkey: 0x1234, dmaLen: 64 } },
     { opcode: op('RC_RDMA_READ_RESPONSE_ONLY'), destQp: 0x12, psn: 0x1002, aeth: { syndrome: aethAck(), msn: 3 }, payload: new Uint8Array(64) },
     { opcode: op('RC_FETCH_ADD'), destQp: 0x11, psn: 0x1003, ackReq: true, atomicEth: { va: 0x7f0000003000n, rkey: 0x1234, swapAdd: 1n, compare: 0n } },
@@ -32,7 +40,10 @@ export function demoPackets(): IbInit[] {
 
 function cmReqMad(): Uint8Array {
   const m = new Uint8Array(256);
-  m[0] = 1; m[1] = 0x07; m[2] = 2; m[3] = 0x03; // BaseVersion, CM class, version 2, Send
+  m[0] = 1;
+  m[1] = 0x07;
+  m[2] = 2;
+  m[3] = 0x03; // BaseVersion, CM class, version 2, Send
   m[17] = 0x10; // AttributeID REQ
   return m;
 }
@@ -48,15 +59,15 @@ export function runWireDemo(): number {
   let t = 1_700_000_000;
   let n = 0;
   for (const p of demoPackets()) {
-    w.write(emitFrame(buildRoceV2(v4, makeIb(p))), (t += 0.000010));
-    w.write(emitFrame(buildRoceV2(v6, makeIb(p))), (t += 0.000010));
-    w.write(emitFrame(buildRoceV1(v1, makeIb(p))), (t += 0.000010));
+    w.write(emitFrame(buildRoceV2(v4, makeIb(p))), (t += 0.00001));
+    w.write(emitFrame(buildRoceV2(v6, makeIb(p))), (t += 0.00001));
+    w.write(emitFrame(buildRoceV1(v1, makeIb(p))), (t += 0.00001));
     n += 3;
   }
   // One more copy of the first packet with a single flipped payload bit.
   const bad = emitFrame(buildRoceV2(v4, makeIb(demoPackets()[0]!)));
   bad[bad.length - 10]! ^= 0x01;
-  w.write(bad, t + 0.000010);
+  w.write(bad, t + 0.00001);
   n++;
   console.log(`softroce demo: built ${n} RoCE frames (RoCEv2/IPv4, RoCEv2/IPv6, RoCEv1), one with a flipped bit\n`);
   const res = dumpCapture(w.toBuffer(), (p) => console.log(formatPacket(p)));

@@ -26,16 +26,19 @@ export const aethType = (syndrome: number): number => (syndrome >> 5) & 3;
 export const aethValue = (syndrome: number): number => syndrome & 0x1f;
 
 /** Credit count codes 0..30 → credits (IBA table 43). */
-export const CREDITS = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768] as const;
+export const CREDITS = [
+  0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768,
+] as const;
 
 /** RNR timer codes → microseconds (IBA table 45; code 0 is the longest). */
 export const RNR_TIMER_US = [
-  655360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920,
-  2560, 3840, 5120, 7680, 10240, 15360, 20480, 30720, 40960, 61440, 81920, 122880, 163840, 245760, 327680, 491520,
+  655360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920, 2560, 3840, 5120, 7680, 10240, 15360, 20480, 30720, 40960, 61440, 81920,
+  122880, 163840, 245760, 327680, 491520,
 ] as const;
 
 export function aethToString(syndrome: number): string {
-  const t = aethType(syndrome), v = aethValue(syndrome);
+  const t = aethType(syndrome),
+    v = aethValue(syndrome);
   if (t === AethType.ACK) return v === 31 ? 'ACK' : `ACK credits=${CREDITS[v]}`;
   if (t === AethType.RNR_NAK) return `RNR_NAK timer=${v} (${RNR_TIMER_US[v]} us)`;
   if (t === AethType.NAK) return `NAK ${NAK_NAME[v] ?? `code=${v}`}`;

@@ -5,18 +5,40 @@
  * array store.
  */
 export const COUNTER_NAMES = [
-  'sent_pkts', 'rcvd_pkts', 'duplicate_request', 'out_of_sequence', 'rcvd_rnr_err', 'send_rnr_err',
-  'rcvd_seq_err', 'ack_deferred', 'retry_exceeded_err', 'retry_rnr_exceeded_err', 'completer_retry_err',
-  'send_err', 'link_downed', 'rdma_sends', 'rdma_recvs',
+  'sent_pkts',
+  'rcvd_pkts',
+  'duplicate_request',
+  'out_of_sequence',
+  'rcvd_rnr_err',
+  'send_rnr_err',
+  'rcvd_seq_err',
+  'ack_deferred',
+  'retry_exceeded_err',
+  'retry_rnr_exceeded_err',
+  'completer_retry_err',
+  'send_err',
+  'link_downed',
+  'rdma_sends',
+  'rdma_recvs',
   // softroce: receive-side drops by reason
-  'rcvd_icrc_err', 'rcvd_malformed', 'rcvd_unknown_qp', 'rcvd_bad_state', 'rcvd_bad_pkey', 'rcvd_bad_qkey',
-  'rcvd_bad_addr', 'rcvd_bad_opcode', 'timeouts',
+  'rcvd_icrc_err',
+  'rcvd_malformed',
+  'rcvd_unknown_qp',
+  'rcvd_bad_state',
+  'rcvd_bad_pkey',
+  'rcvd_bad_qkey',
+  'rcvd_bad_addr',
+  'rcvd_bad_opcode',
+  'timeouts',
   // responses for PSNs never sent or WQEs not outstanding; completions a full CQ could not take;
   // an exception caught on the receive path (a bug: the QP went to ERR)
-  'rcvd_bad_psn', 'cq_overflow', 'rcvd_internal_err',
+  'rcvd_bad_psn',
+  'cq_overflow',
+  'rcvd_internal_err',
   // a response older than what is outstanding or not for the head WQE (a duplicate, a late one);
   // a UC/UD message with no receive posted (dropped, as IBA 9.8.3.3 / 10.8.3 say; RC gets an RNR NAK)
-  'rcvd_stale_resp', 'rcvd_no_recv_wqe',
+  'rcvd_stale_resp',
+  'rcvd_no_recv_wqe',
   // tail-loss probes sent (requester.ts)
   'tail_probes',
   // READ holes asked for again (completer.ts askReadHole)
@@ -29,7 +51,9 @@ export class Counters {
   readonly v = new Float64Array(COUNTER_NAMES.length);
   snapshot(): Record<CounterName, number> {
     const o = {} as Record<CounterName, number>;
-    COUNTER_NAMES.forEach((n, i) => { o[n] = this.v[i]!; });
+    COUNTER_NAMES.forEach((n, i) => {
+      o[n] = this.v[i]!;
+    });
     return o;
   }
   reset(): void {

@@ -63,8 +63,18 @@ export interface DumpResult {
 }
 
 const CM_ATTR: Readonly<Record<number, string>> = {
-  0x01: 'ClassPortInfo', 0x10: 'REQ', 0x11: 'MRA', 0x12: 'REJ', 0x13: 'REP', 0x14: 'RTU', 0x15: 'DREQ', 0x16: 'DREP',
-  0x17: 'SIDR_REQ', 0x18: 'SIDR_REP', 0x19: 'LAP', 0x1a: 'APR',
+  0x01: 'ClassPortInfo',
+  0x10: 'REQ',
+  0x11: 'MRA',
+  0x12: 'REJ',
+  0x13: 'REP',
+  0x14: 'RTU',
+  0x15: 'DREQ',
+  0x16: 'DREP',
+  0x17: 'SIDR_REQ',
+  0x18: 'SIDR_REP',
+  0x19: 'LAP',
+  0x1a: 'APR',
 };
 
 function addr(f: FrameRepr | undefined, which: 'src' | 'dst'): string {
@@ -102,7 +112,8 @@ export function describe(index: number, time: number, d: DecodedFrame): DumpPack
   if (ib.reth) p.reth = { va: hex64(ib.reth.va), rkey: ib.reth.rkey, len: ib.reth.dmaLen };
   if (ib.aeth) p.aeth = { syndrome: ib.aeth.syndrome, msn: ib.aeth.msn, text: aethToString(ib.aeth.syndrome) };
   if (ib.deth) p.deth = { qkey: ib.deth.qkey, srcQp: ib.deth.srcQp };
-  if (ib.atomicEth) p.atomic = { va: hex64(ib.atomicEth.va), rkey: ib.atomicEth.rkey, swapAdd: hex64(ib.atomicEth.swapAdd), compare: hex64(ib.atomicEth.compare) };
+  if (ib.atomicEth)
+    p.atomic = { va: hex64(ib.atomicEth.va), rkey: ib.atomicEth.rkey, swapAdd: hex64(ib.atomicEth.swapAdd), compare: hex64(ib.atomicEth.compare) };
   if (ib.atomicAck) p.atomicAck = { origData: hex64(ib.atomicAck.origData) };
   if (ib.immDt) p.imm = ib.immDt.imm;
   if (ib.ieth) p.invalidateRkey = ib.ieth.rkey;

@@ -6,9 +6,26 @@
 import { constants } from 'node:os';
 
 export type ErrnoCode =
-  | 'EINVAL' | 'EBUSY' | 'ENOMEM' | 'EAGAIN' | 'EOPNOTSUPP' | 'ETIMEDOUT' | 'ENETUNREACH'
-  | 'ECONNREFUSED' | 'ECONNRESET' | 'EBADF' | 'ENODEV' | 'EADDRINUSE' | 'EADDRNOTAVAIL' | 'EACCES' | 'EPERM'
-  | 'ENOENT' | 'EEXIST' | 'ENOSPC' | 'ERANGE' | 'EPROTO';
+  | 'EINVAL'
+  | 'EBUSY'
+  | 'ENOMEM'
+  | 'EAGAIN'
+  | 'EOPNOTSUPP'
+  | 'ETIMEDOUT'
+  | 'ENETUNREACH'
+  | 'ECONNREFUSED'
+  | 'ECONNRESET'
+  | 'EBADF'
+  | 'ENODEV'
+  | 'EADDRINUSE'
+  | 'EADDRNOTAVAIL'
+  | 'EACCES'
+  | 'EPERM'
+  | 'ENOENT'
+  | 'EEXIST'
+  | 'ENOSPC'
+  | 'ERANGE'
+  | 'EPROTO';
 
 const BRAND = Symbol.for('softroce.error');
 
@@ -26,8 +43,12 @@ export class RdmaError extends Error {
     (this as unknown as Record<symbol, boolean>)[BRAND] = true;
   }
   static override [Symbol.hasInstance](x: unknown): boolean {
-    return typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[BRAND] === true &&
-      (this === RdmaError || Function.prototype[Symbol.hasInstance].call(this, x));
+    return (
+      typeof x === 'object' &&
+      x !== null &&
+      (x as Record<symbol, unknown>)[BRAND] === true &&
+      (this === RdmaError || Function.prototype[Symbol.hasInstance].call(this, x))
+    );
   }
 }
 
@@ -65,7 +86,7 @@ export class InvalidQpAttrError extends VerbsError {
     const parts: string[] = [];
     if (missing.length) parts.push(`missing ${missing.join(', ')}`);
     if (notAllowed.length) parts.push(`not allowed ${notAllowed.join(', ')}`);
-    super('EINVAL', 'ibv_modify_qp', `${from} -> ${to}: ${parts.join('; ')}`, (missing[0] ?? notAllowed[0]));
+    super('EINVAL', 'ibv_modify_qp', `${from} -> ${to}: ${parts.join('; ')}`, missing[0] ?? notAllowed[0]);
     this.name = 'InvalidQpAttrError';
     this.from = from;
     this.to = to;

@@ -14,9 +14,27 @@ import { copyBytes, readRepr, writeRepr, type Repr } from './wire/field.js';
 import { BTH_LEN } from './wire/bth.js';
 import { GRH_LEN, GRH_NXTHDR_BTH, GRH_SPEC, type GrhRepr } from './wire/grh.js';
 import {
-  ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_ROCEV1, ETHERTYPE_VLAN, ETH_LEN, ETH_SPEC,
-  IPPROTO_UDP, IPV4_LEN, IPV4_SPEC, IPV6_LEN, IPV6_SPEC, ROCEV2_UDP_PORT, UDP_LEN, UDP_SPEC,
-  ipv4HeaderChecksum, udpChecksum, type EthRepr, type Ipv4Repr, type Ipv6Repr, type UdpRepr,
+  ETHERTYPE_IPV4,
+  ETHERTYPE_IPV6,
+  ETHERTYPE_QINQ,
+  ETHERTYPE_ROCEV1,
+  ETHERTYPE_VLAN,
+  ETH_LEN,
+  ETH_SPEC,
+  IPPROTO_UDP,
+  IPV4_LEN,
+  IPV4_SPEC,
+  IPV6_LEN,
+  IPV6_SPEC,
+  ROCEV2_UDP_PORT,
+  UDP_LEN,
+  UDP_SPEC,
+  ipv4HeaderChecksum,
+  udpChecksum,
+  type EthRepr,
+  type Ipv4Repr,
+  type Ipv6Repr,
+  type UdpRepr,
 } from './wire/net.js';
 import { ICRC_LEN, Malformed, PktInfo, ibReprLength, parseIb, readIbRepr, writeIbRepr, type IbRepr, type MalformedReason } from './packet.js';
 import { icrcV1, icrcV2Ipv4, icrcV2Ipv6, readIcrc, writeIcrc } from './icrc.js';
@@ -277,7 +295,10 @@ export function emitFrame(f: FrameRepr, o: { icrc?: 'recompute' | 'keep' } = {})
   if (f.ipv4) {
     writeRepr(IPV4_SPEC, f.ipv4 as unknown as Repr, out, p);
     p += IPV4_LEN;
-    if (f.ipv4.options) { out.set(f.ipv4.options, p); p += f.ipv4.options.length; }
+    if (f.ipv4.options) {
+      out.set(f.ipv4.options, p);
+      p += f.ipv4.options.length;
+    }
     writeRepr(UDP_SPEC, f.udp as unknown as Repr, out, p);
     bthOff = p + UDP_LEN;
   } else if (f.ipv6) {
@@ -291,9 +312,13 @@ export function emitFrame(f: FrameRepr, o: { icrc?: 'recompute' | 'keep' } = {})
   const icrcOff = writeIbRepr(f.ib, out, bthOff);
   out.set(f.trailer, icrcOff + ICRC_LEN);
   if ((o.icrc ?? 'recompute') === 'recompute') {
-    const c = f.ipv4 ? (f.ipv4.options ? f.ib.icrc : icrcV2Ipv4(out, netOff, bthOff, icrcOff))
-      : f.ipv6 ? icrcV2Ipv6(out, netOff, bthOff, icrcOff)
-      : icrcV1(out, netOff, icrcOff);
+    const c = f.ipv4
+      ? f.ipv4.options
+        ? f.ib.icrc
+        : icrcV2Ipv4(out, netOff, bthOff, icrcOff)
+      : f.ipv6
+        ? icrcV2Ipv6(out, netOff, bthOff, icrcOff)
+        : icrcV1(out, netOff, icrcOff);
     writeIcrc(out, icrcOff, c);
   }
   return out;
@@ -330,8 +355,19 @@ export function makeIb(i: IbInit): IbRepr {
   const pad = padFor(payload.length);
   const r: IbRepr = {
     bth: {
-      opcode: i.opcode, se: i.se ? 1 : 0, migReq: i.migReq ? 1 : 0, padCnt: pad, tver: 0, pkey: i.pkey ?? 0xffff,
-      fecn: i.fecn ? 1 : 0, becn: i.becn ? 1 : 0, resv6a: 0, destQp: i.destQp, ackReq: i.ackReq ? 1 : 0, resv7: 0, psn: i.psn,
+      opcode: i.opcode,
+      se: i.se ? 1 : 0,
+      migReq: i.migReq ? 1 : 0,
+      padCnt: pad,
+      tver: 0,
+      pkey: i.pkey ?? 0xffff,
+      fecn: i.fecn ? 1 : 0,
+      becn: i.becn ? 1 : 0,
+      resv6a: 0,
+      destQp: i.destQp,
+      ackReq: i.ackReq ? 1 : 0,
+      resv7: 0,
+      psn: i.psn,
     },
     payload,
     pad: new Uint8Array(pad),
@@ -378,19 +414,37 @@ export function buildRoceV2(n: V2Init, ib: IbRepr): FrameRepr {
   };
   if (n.eth) {
     f.eth = {
-      dst: n.eth.dst, src: n.eth.src, vlans: n.eth.vlan !== undefined ? [[ETHERTYPE_VLAN, n.eth.vlan]] : [],
+      dst: n.eth.dst,
+      src: n.eth.src,
+      vlans: n.eth.vlan !== undefined ? [[ETHERTYPE_VLAN, n.eth.vlan]] : [],
       ethertype: v6 ? ETHERTYPE_IPV6 : ETHERTYPE_IPV4,
     };
   }
   if (v6) {
     f.ipv6 = {
-      version: 6, tclass: n.tclass ?? 0, flowLabel: n.flowLabel ?? 0, payloadLen: udpLen, nextHeader: IPPROTO_UDP,
-      hopLimit: n.hopLimit ?? 64, src: n.src, dst: n.dst,
+      version: 6,
+      tclass: n.tclass ?? 0,
+      flowLabel: n.flowLabel ?? 0,
+      payloadLen: udpLen,
+      nextHeader: IPPROTO_UDP,
+      hopLimit: n.hopLimit ?? 64,
+      src: n.src,
+      dst: n.dst,
     };
   } else {
     f.ipv4 = {
-      version: 4, ihl: 5, tos: n.tclass ?? 0, totalLen: IPV4_LEN + udpLen, id: n.ipId ?? 0, flags: 2, fragOff: 0,
-      ttl: n.hopLimit ?? 64, protocol: IPPROTO_UDP, checksum: 0, src: n.src, dst: n.dst,
+      version: 4,
+      ihl: 5,
+      tos: n.tclass ?? 0,
+      totalLen: IPV4_LEN + udpLen,
+      id: n.ipId ?? 0,
+      flags: 2,
+      fragOff: 0,
+      ttl: n.hopLimit ?? 64,
+      protocol: IPPROTO_UDP,
+      checksum: 0,
+      src: n.src,
+      dst: n.dst,
     };
   }
   // Fill the checksums from a first emit.
@@ -418,13 +472,21 @@ export function buildRoceV1(n: V1Init, ib: IbRepr): FrameRepr {
   const f: FrameRepr = {
     linkType: LinkType.ETHERNET,
     eth: {
-      dst: n.eth.dst, src: n.eth.src, vlans: n.eth.vlan !== undefined ? [[ETHERTYPE_VLAN, n.eth.vlan]] : [],
+      dst: n.eth.dst,
+      src: n.eth.src,
+      vlans: n.eth.vlan !== undefined ? [[ETHERTYPE_VLAN, n.eth.vlan]] : [],
       ethertype: ETHERTYPE_ROCEV1,
     },
     encap: 'rocev1',
     grh: {
-      ipVer: 6, tclass: n.tclass ?? 0, flowLabel: n.flowLabel ?? 0, payLen: ibReprLength(ib), nxtHdr: GRH_NXTHDR_BTH,
-      hopLmt: n.hopLimit ?? 1, sgid: n.sgid, dgid: n.dgid,
+      ipVer: 6,
+      tclass: n.tclass ?? 0,
+      flowLabel: n.flowLabel ?? 0,
+      payLen: ibReprLength(ib),
+      nxtHdr: GRH_NXTHDR_BTH,
+      hopLmt: n.hopLimit ?? 1,
+      sgid: n.sgid,
+      dgid: n.dgid,
     },
     ib,
     trailer: new Uint8Array(0),

@@ -49,8 +49,14 @@ export function crc32Js(crc: number, buf: Uint8Array, off: number, end: number):
     c ^= buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24);
     const hi = buf[off + 4]! | (buf[off + 5]! << 8) | (buf[off + 6]! << 16) | (buf[off + 7]! << 24);
     c =
-      T[1792 + (c & 0xff)]! ^ T[1536 + ((c >>> 8) & 0xff)]! ^ T[1280 + ((c >>> 16) & 0xff)]! ^ T[1024 + (c >>> 24)]! ^
-      T[768 + (hi & 0xff)]! ^ T[512 + ((hi >>> 8) & 0xff)]! ^ T[256 + ((hi >>> 16) & 0xff)]! ^ T[hi >>> 24]!;
+      T[1792 + (c & 0xff)]! ^
+      T[1536 + ((c >>> 8) & 0xff)]! ^
+      T[1280 + ((c >>> 16) & 0xff)]! ^
+      T[1024 + (c >>> 24)]! ^
+      T[768 + (hi & 0xff)]! ^
+      T[512 + ((hi >>> 8) & 0xff)]! ^
+      T[256 + ((hi >>> 16) & 0xff)]! ^
+      T[hi >>> 24]!;
     off += 8;
   }
   while (off < end) c = T[(c ^ buf[off++]!) & 0xff]! ^ (c >>> 8);
@@ -110,8 +116,10 @@ export function icrcV2Ipv4(buf: Uint8Array, ipOff: number, bthOff: number, icrcO
   for (let i = 0; i < 28; i++) s[i] = buf[ipOff + i]!;
   s[1] = 0xff; // TOS
   s[8] = 0xff; // TTL
-  s[10] = 0xff; s[11] = 0xff; // header checksum
-  s[26] = 0xff; s[27] = 0xff; // UDP checksum
+  s[10] = 0xff;
+  s[11] = 0xff; // header checksum
+  s[26] = 0xff;
+  s[27] = 0xff; // UDP checksum
   copyMaskedBth(s, 28, buf, bthOff);
   return finish(s, buf, bthOff, icrcOff);
 }
@@ -120,9 +128,13 @@ export function icrcV2Ipv4(buf: Uint8Array, ipOff: number, bthOff: number, icrcO
 export function icrcV2Ipv6(buf: Uint8Array, ipOff: number, bthOff: number, icrcOff: number): number {
   const s = scratch6;
   for (let i = 0; i < 48; i++) s[i] = buf[ipOff + i]!;
-  s[0] = 0x6f; s[1] = 0xff; s[2] = 0xff; s[3] = 0xff; // version kept, TClass + Flow Label masked
+  s[0] = 0x6f;
+  s[1] = 0xff;
+  s[2] = 0xff;
+  s[3] = 0xff; // version kept, TClass + Flow Label masked
   s[7] = 0xff; // hop limit
-  s[46] = 0xff; s[47] = 0xff; // UDP checksum
+  s[46] = 0xff;
+  s[47] = 0xff; // UDP checksum
   copyMaskedBth(s, 48, buf, bthOff);
   return finish(s, buf, bthOff, icrcOff);
 }
@@ -131,7 +143,10 @@ export function icrcV2Ipv6(buf: Uint8Array, ipOff: number, bthOff: number, icrcO
 export function icrcV1(buf: Uint8Array, grhOff: number, icrcOff: number): number {
   const s = scratch1;
   for (let i = 0; i < 40; i++) s[i] = buf[grhOff + i]!;
-  s[0] = s[0]! | 0x0f; s[1] = 0xff; s[2] = 0xff; s[3] = 0xff; // IPVer kept, TClass + Flow Label masked
+  s[0] = s[0]! | 0x0f;
+  s[1] = 0xff;
+  s[2] = 0xff;
+  s[3] = 0xff; // IPVer kept, TClass + Flow Label masked
   s[7] = 0xff; // HopLmt
   copyMaskedBth(s, 40, buf, grhOff + 40);
   return finish(s, buf, grhOff + 40, icrcOff);
@@ -142,7 +157,10 @@ function putU16(s: Uint8Array, o: number, v: number): void {
   s[o + 1] = v & 0xff;
 }
 function putU32(s: Uint8Array, o: number, v: number): void {
-  s[o] = (v >>> 24) & 0xff; s[o + 1] = (v >>> 16) & 0xff; s[o + 2] = (v >>> 8) & 0xff; s[o + 3] = v & 0xff;
+  s[o] = (v >>> 24) & 0xff;
+  s[o + 1] = (v >>> 16) & 0xff;
+  s[o + 2] = (v >>> 8) & 0xff;
+  s[o + 3] = v & 0xff;
 }
 
 /**
@@ -153,41 +171,58 @@ function putU32(s: Uint8Array, o: number, v: number): void {
  * (DF alone = 0x4000).
  */
 export function icrcV2Ipv4Parts(
-  srcIp: number, dstIp: number, id: number, flagsFrag: number,
-  srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number,
+  srcIp: number,
+  dstIp: number,
+  id: number,
+  flagsFrag: number,
+  srcPort: number,
+  dstPort: number,
+  buf: Uint8Array,
+  bthOff: number,
+  icrcOff: number,
 ): number {
   const s = scratch4;
   const ibLen = icrcOff + 4 - bthOff;
-  s[0] = 0x45; s[1] = 0xff;
+  s[0] = 0x45;
+  s[1] = 0xff;
   putU16(s, 2, 28 + ibLen);
   putU16(s, 4, id);
   putU16(s, 6, flagsFrag);
-  s[8] = 0xff; s[9] = 17; s[10] = 0xff; s[11] = 0xff;
+  s[8] = 0xff;
+  s[9] = 17;
+  s[10] = 0xff;
+  s[11] = 0xff;
   putU32(s, 12, srcIp);
   putU32(s, 16, dstIp);
   putU16(s, 20, srcPort);
   putU16(s, 22, dstPort);
   putU16(s, 24, 8 + ibLen);
-  s[26] = 0xff; s[27] = 0xff;
+  s[26] = 0xff;
+  s[27] = 0xff;
   copyMaskedBth(s, 28, buf, bthOff);
   return finish(s, buf, bthOff, icrcOff);
 }
 
 /** RoCEv2/IPv6 ICRC from parts (16-byte addresses). IPv6 has no ID: fully checkable from a socket. */
-export function icrcV2Ipv6Parts(
-  src: Uint8Array, dst: Uint8Array, srcPort: number, dstPort: number,
-  buf: Uint8Array, bthOff: number, icrcOff: number,
-): number {
+export function icrcV2Ipv6Parts(src: Uint8Array, dst: Uint8Array, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
   const s = scratch6;
   const ibLen = icrcOff + 4 - bthOff;
-  s[0] = 0x6f; s[1] = 0xff; s[2] = 0xff; s[3] = 0xff;
+  s[0] = 0x6f;
+  s[1] = 0xff;
+  s[2] = 0xff;
+  s[3] = 0xff;
   putU16(s, 4, 8 + ibLen);
-  s[6] = 17; s[7] = 0xff;
-  for (let i = 0; i < 16; i++) { s[8 + i] = src[i]!; s[24 + i] = dst[i]!; }
+  s[6] = 17;
+  s[7] = 0xff;
+  for (let i = 0; i < 16; i++) {
+    s[8 + i] = src[i]!;
+    s[24 + i] = dst[i]!;
+  }
   putU16(s, 40, srcPort);
   putU16(s, 42, dstPort);
   putU16(s, 44, 8 + ibLen);
-  s[46] = 0xff; s[47] = 0xff;
+  s[46] = 0xff;
+  s[47] = 0xff;
   copyMaskedBth(s, 48, buf, bthOff);
   return finish(s, buf, bthOff, icrcOff);
 }
@@ -235,9 +270,16 @@ function idBasis(tail: number): Int32Array {
     for (let k = 0; k < n; k++) {
       const bv = b[1 + 2 * k]!;
       const pivot = bv & -bv; // lowest set bit as the pivot
-      if (v & pivot) { v ^= bv; comb ^= b[2 + 2 * k]!; }
+      if (v & pivot) {
+        v ^= bv;
+        comb ^= b[2 + 2 * k]!;
+      }
     }
-    if (v !== 0) { b[1 + 2 * n] = v; b[2 + 2 * n] = comb; n++; }
+    if (v !== 0) {
+      b[1 + 2 * n] = v;
+      b[2 + 2 * n] = comb;
+      n++;
+    }
   }
   b[0] = n;
   if (basisCache.size >= BASIS_CACHE_MAX) basisCache.clear();
@@ -281,10 +323,7 @@ export function icrcIdDelta(tail: number, id: number): number {
  * finds the IPv4 ID and DF bit under which the received ICRC is correct.
  * Returns `id | df << 16`, or -1 if no ID explains the ICRC (the packet is bad).
  */
-export function inferIpv4Id(
-  srcIp: number, dstIp: number, srcPort: number, dstPort: number,
-  buf: Uint8Array, bthOff: number, icrcOff: number,
-): number {
+export function inferIpv4Id(srcIp: number, dstIp: number, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
   const received = readIcrc(buf, icrcOff);
   const c0 = icrcV2Ipv4Parts(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff);
   let d = (c0 ^ received) | 0;
@@ -295,7 +334,10 @@ export function inferIpv4Id(
   let comb = 0;
   for (let k = 0, n = b[0]!; k < n; k++) {
     const bv = b[1 + 2 * k]!;
-    if (d & (bv & -bv)) { d ^= bv; comb ^= b[2 + 2 * k]!; }
+    if (d & (bv & -bv)) {
+      d ^= bv;
+      comb ^= b[2 + 2 * k]!;
+    }
   }
   if (d !== 0) return -1;
   const id = comb & 0xffff;
@@ -314,10 +356,7 @@ export function inferIpv4Id(
  * unknown, a flip of byte 173 bit 3 or byte 1834 bit 6 is absorbed
  * (test/roce/icrc-corruption.test.ts checks both facts exhaustively).
  */
-export function inferIpv4IdDf(
-  srcIp: number, dstIp: number, srcPort: number, dstPort: number,
-  buf: Uint8Array, bthOff: number, icrcOff: number,
-): number {
+export function inferIpv4IdDf(srcIp: number, dstIp: number, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
   const received = readIcrc(buf, icrcOff);
   let d = (icrcV2Ipv4Parts(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff) ^ received) | 0;
   if (d === 0) return 0;
@@ -325,7 +364,10 @@ export function inferIpv4IdDf(
   let comb = 0;
   for (let k = 0, n = b[0]!; k < n; k++) {
     const bv = b[1 + 2 * k]!;
-    if (d & (bv & -bv)) { d ^= bv; comb ^= b[2 + 2 * k]!; }
+    if (d & (bv & -bv)) {
+      d ^= bv;
+      comb ^= b[2 + 2 * k]!;
+    }
   }
   return d === 0 ? comb & 0xffff : -1;
 }
@@ -342,9 +384,16 @@ function idBasis16(tail: number): Int32Array {
     let comb = 1 << j;
     for (let k = 0; k < n; k++) {
       const bv = b[1 + 2 * k]!;
-      if (v & (bv & -bv)) { v ^= bv; comb ^= b[2 + 2 * k]!; }
+      if (v & (bv & -bv)) {
+        v ^= bv;
+        comb ^= b[2 + 2 * k]!;
+      }
     }
-    if (v !== 0) { b[1 + 2 * n] = v; b[2 + 2 * n] = comb; n++; }
+    if (v !== 0) {
+      b[1 + 2 * n] = v;
+      b[2 + 2 * n] = comb;
+      n++;
+    }
   }
   b[0] = n;
   if (basis16Cache.size >= BASIS_CACHE_MAX) basis16Cache.clear();
@@ -409,21 +458,35 @@ export class Ipv4IdWindow {
     const s = this.state(src);
     const t = now | 0;
     const last = s[0]!;
-    if (last < 0) { s[0] = id; s[1] = t; return true; }
+    if (last < 0) {
+      s[0] = id;
+      s[1] = t;
+      return true;
+    }
     const ahead = (id - last) & 0xffff; // 0..65535: how far the counter moved forward
     const fwd = Ipv4IdWindow.FWD + Math.max(0, t - s[1]!);
-    if (ahead <= fwd) { s[0] = id; s[1] = t; return true; }
-    if (ahead >= 0x10000 - Ipv4IdWindow.BACK) { s[1] = t; return true; } // reordered: behind the last
+    if (ahead <= fwd) {
+      s[0] = id;
+      s[1] = t;
+      return true;
+    }
+    if (ahead >= 0x10000 - Ipv4IdWindow.BACK) {
+      s[1] = t;
+      return true;
+    } // reordered: behind the last
     if (id < 64) return true; // an ID-0 sender (softroce with the addon) at the same address
     const cand = s[2]!;
     if (cand >= 0) {
       const fromCand = (id - cand) & 0xffff;
       if (fromCand !== 0 && fromCand <= Ipv4IdWindow.FWD + Math.max(0, t - s[3]!)) {
-        s[0] = id; s[1] = t; s[2] = -1;
+        s[0] = id;
+        s[1] = t;
+        s[2] = -1;
         return true;
       }
     }
-    s[2] = id; s[3] = t;
+    s[2] = id;
+    s[3] = t;
     this.outOfWindow++;
     return false;
   }
@@ -431,7 +494,9 @@ export class Ipv4IdWindow {
   /** The real ID of a packet from `src` is known (raw socket): the reference for later unknown ones. */
   known(src: number, id: number, now: number = this.clock()): void {
     const s = this.state(src);
-    s[0] = id; s[1] = now | 0; s[2] = -1;
+    s[0] = id;
+    s[1] = now | 0;
+    s[2] = -1;
   }
 
   /** Forgets every source (tests). */
@@ -451,9 +516,16 @@ export class Ipv4IdWindow {
  * if the packet is bad.
  */
 export function checkIcrcV4(
-  mode: 'infer-id' | 'id-zero', win: Ipv4IdWindow | null, knownId: number,
-  srcIp: number, dstIp: number, srcPort: number, dstPort: number,
-  buf: Uint8Array, bthOff: number, icrcOff: number,
+  mode: 'infer-id' | 'id-zero',
+  win: Ipv4IdWindow | null,
+  knownId: number,
+  srcIp: number,
+  dstIp: number,
+  srcPort: number,
+  dstPort: number,
+  buf: Uint8Array,
+  bthOff: number,
+  icrcOff: number,
 ): number {
   if (knownId >= 0) {
     const c = icrcV2Ipv4Parts(srcIp, dstIp, knownId & 0xffff, (knownId >>> 16) & 1 ? 0x4000 : 0, srcPort, dstPort, buf, bthOff, icrcOff);

@@ -222,8 +222,10 @@ export const OPC = {
 
 /** The READ response opcode for a packet that is (not) the first and (not) the last of its READ: index first * 2 + last. */
 export const READ_RESPONSE_OPCODE: readonly number[] = [
-  OPC.RC_RDMA_READ_RESPONSE_MIDDLE, OPC.RC_RDMA_READ_RESPONSE_LAST,
-  OPC.RC_RDMA_READ_RESPONSE_FIRST, OPC.RC_RDMA_READ_RESPONSE_ONLY,
+  OPC.RC_RDMA_READ_RESPONSE_MIDDLE,
+  OPC.RC_RDMA_READ_RESPONSE_LAST,
+  OPC.RC_RDMA_READ_RESPONSE_FIRST,
+  OPC.RC_RDMA_READ_RESPONSE_ONLY,
 ];
 
 /** A message's opcodes (low 5 bits, add TRANSPORT_PREFIX): FIRST, MIDDLE, LAST, ONLY (IBA 9.2.1 table 38). */

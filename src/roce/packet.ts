@@ -11,9 +11,24 @@
 import { copyBytes, readRepr, writeRepr, type HeaderSpec, type Repr } from './wire/field.js';
 import { BTH_LEN, BTH_SPEC, type BthRepr } from './wire/bth.js';
 import {
-  AETH_SPEC, ATMACK_SPEC, ATMETH_SPEC, DETH_SPEC, FETH_SPEC, IETH_SPEC, IMMDT_SPEC, RDETH_SPEC, RETH_SPEC,
-  type AethRepr, type AtomicAckRepr, type AtomicEthRepr, type DethRepr, type FethRepr, type IethRepr,
-  type ImmDtRepr, type RdethRepr, type RethRepr,
+  AETH_SPEC,
+  ATMACK_SPEC,
+  ATMETH_SPEC,
+  DETH_SPEC,
+  FETH_SPEC,
+  IETH_SPEC,
+  IMMDT_SPEC,
+  RDETH_SPEC,
+  RETH_SPEC,
+  type AethRepr,
+  type AtomicAckRepr,
+  type AtomicEthRepr,
+  type DethRepr,
+  type FethRepr,
+  type IethRepr,
+  type ImmDtRepr,
+  type RdethRepr,
+  type RethRepr,
 } from './wire/exth.js';
 import { readIcrc, writeIcrc } from './icrc.js';
 import { Hdr, OPCODES, OPCODE_LEN, OPCODE_MASK, OPCODE_PAYLOAD, Payload, isMtu, type HdrKind } from './opcode.js';
@@ -37,8 +52,16 @@ export const Malformed = {
 } as const;
 export type MalformedReason = (typeof Malformed)[keyof typeof Malformed];
 export const MALFORMED_NAME = [
-  'none', 'truncated', 'undefined opcode', 'bad transport version', 'bad pad count',
-  'payload length not allowed for opcode', 'not IP', 'bad IP header', 'bad UDP header', 'bad GRH',
+  'none',
+  'truncated',
+  'undefined opcode',
+  'bad transport version',
+  'bad pad count',
+  'payload length not allowed for opcode',
+  'not IP',
+  'bad IP header',
+  'bad UDP header',
+  'bad GRH',
 ] as const;
 
 /** Offsets of one parsed packet. One instance per rx slot, rebound per packet. */
@@ -89,12 +112,24 @@ export function parseIb(info: PktInfo, buf: Buffer, off: number, len: number): M
   // The pad makes the payload a multiple of 4 (IBA 9.2 PadCnt).
   if ((total & 3) !== 0) return (info.malformed = Malformed.BAD_PAD);
   switch (OPCODE_PAYLOAD[op]) {
-    case Payload.NONE: if (total !== 0) return (info.malformed = Malformed.BAD_LENGTH); break;
-    case Payload.MTU: if (padCnt !== 0 || !isMtu(pl)) return (info.malformed = Malformed.BAD_LENGTH); break;
-    case Payload.LAST: if (pl < 1 || pl > MAX_PAYLOAD) return (info.malformed = Malformed.BAD_LENGTH); break;
-    case Payload.ONLY: if (pl > MAX_PAYLOAD) return (info.malformed = Malformed.BAD_LENGTH); break;
-    case Payload.FIXED8: if (pl !== 8) return (info.malformed = Malformed.BAD_LENGTH); break;
-    case Payload.CNP16: if (pl !== 16) return (info.malformed = Malformed.BAD_LENGTH); break;
+    case Payload.NONE:
+      if (total !== 0) return (info.malformed = Malformed.BAD_LENGTH);
+      break;
+    case Payload.MTU:
+      if (padCnt !== 0 || !isMtu(pl)) return (info.malformed = Malformed.BAD_LENGTH);
+      break;
+    case Payload.LAST:
+      if (pl < 1 || pl > MAX_PAYLOAD) return (info.malformed = Malformed.BAD_LENGTH);
+      break;
+    case Payload.ONLY:
+      if (pl > MAX_PAYLOAD) return (info.malformed = Malformed.BAD_LENGTH);
+      break;
+    case Payload.FIXED8:
+      if (pl !== 8) return (info.malformed = Malformed.BAD_LENGTH);
+      break;
+    case Payload.CNP16:
+      if (pl !== 16) return (info.malformed = Malformed.BAD_LENGTH);
+      break;
   }
   return Malformed.NONE;
 }

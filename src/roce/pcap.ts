@@ -35,11 +35,15 @@ function readPcap(file: Buffer): PcapReadResult {
   const magicLE = file.readUInt32LE(0);
   let le: boolean;
   let nano: boolean;
-  if (magicLE === 0xa1b2c3d4 || magicLE === 0xa1b23c4d) { le = true; nano = magicLE === 0xa1b23c4d; }
-  else {
+  if (magicLE === 0xa1b2c3d4 || magicLE === 0xa1b23c4d) {
+    le = true;
+    nano = magicLE === 0xa1b23c4d;
+  } else {
     const magicBE = file.readUInt32BE(0);
-    if (magicBE === 0xa1b2c3d4 || magicBE === 0xa1b23c4d) { le = false; nano = magicBE === 0xa1b23c4d; }
-    else return { format: 'pcap', records, error: 'not a pcap or pcapng file' };
+    if (magicBE === 0xa1b2c3d4 || magicBE === 0xa1b23c4d) {
+      le = false;
+      nano = magicBE === 0xa1b23c4d;
+    } else return { format: 'pcap', records, error: 'not a pcap or pcapng file' };
   }
   const u32 = (o: number): number => (le ? file.readUInt32LE(o) : file.readUInt32BE(o));
   const linkType = u32(20) & 0x0fffffff;
@@ -47,7 +51,10 @@ function readPcap(file: Buffer): PcapReadResult {
   let index = 0;
   while (off < file.length) {
     if (off + 16 > file.length) return { format: 'pcap', records, error: `truncated record header at ${off}` };
-    const sec = u32(off), frac = u32(off + 4), incl = u32(off + 8), orig = u32(off + 12);
+    const sec = u32(off),
+      frac = u32(off + 4),
+      incl = u32(off + 8),
+      orig = u32(off + 12);
     off += 16;
     if (off + incl > file.length) return { format: 'pcap', records, error: `truncated record ${index + 1}` };
     records.push({ index: ++index, time: sec + frac / (nano ? 1e9 : 1e6), linkType, data: file.subarray(off, off + incl), origLen: orig });
@@ -83,7 +90,8 @@ function readPcapng(file: Buffer): PcapReadResult {
       let tsDiv = 1e6;
       let o = body + 8;
       while (o + 4 <= bodyEnd) {
-        const code = u16(o), olen = u16(o + 2);
+        const code = u16(o),
+          olen = u16(o + 2);
         if (code === 0) break;
         if (code === 9 && olen >= 1) {
           const v = file[o + 4]!;
@@ -95,12 +103,18 @@ function readPcapng(file: Buffer): PcapReadResult {
     } else if ((type === 6 || type === 2) && bodyEnd - body >= 20) {
       // Enhanced Packet Block (6) / obsolete Packet Block (2).
       const ifId = type === 6 ? u32(body) : u16(body);
-      const tsHi = u32(body + 4), tsLo = u32(body + 8), cap = u32(body + 12), orig = u32(body + 16);
+      const tsHi = u32(body + 4),
+        tsLo = u32(body + 8),
+        cap = u32(body + 12),
+        orig = u32(body + 16);
       const iface = ifaces[ifId];
       if (!iface || body + 20 + cap > bodyEnd) return { format: 'pcapng', records, error: `bad packet block at ${off}` };
       records.push({
-        index: ++index, time: (tsHi * 2 ** 32 + tsLo) / iface.tsDiv, linkType: iface.linkType,
-        data: file.subarray(body + 20, body + 20 + cap), origLen: orig,
+        index: ++index,
+        time: (tsHi * 2 ** 32 + tsLo) / iface.tsDiv,
+        linkType: iface.linkType,
+        data: file.subarray(body + 20, body + 20 + cap),
+        origLen: orig,
       });
     } else if (type === 3 && bodyEnd - body >= 4) {
       // Simple Packet Block: interface 0, no timestamp.

@@ -4,7 +4,9 @@
  * setImmediate for deferred work (bounded work per event-loop turn, never a
  * microtask loop) and setTimeout for the ACK and RNR timers.
  */
-export interface TimerHandle { cancelled: boolean }
+export interface TimerHandle {
+  cancelled: boolean;
+}
 
 export interface Scheduler {
   /** milliseconds, monotonic */
@@ -33,7 +35,15 @@ export class RealScheduler implements Scheduler {
     // poll phase: what already arrived is read first. A loop that stalled past an ACK deadline
     // (GC, a descheduled process) would otherwise fire the ACK timer in the timers phase while
     // the ACK sat in our own socket (issue 10 item 3: a resend for nothing, retry_cnt spent).
-    h.t = setTimeout(() => { if (!h.cancelled) setImmediate(() => { if (!h.cancelled) fn(); }); }, Math.max(0, ms));
+    h.t = setTimeout(
+      () => {
+        if (!h.cancelled)
+          setImmediate(() => {
+            if (!h.cancelled) fn();
+          });
+      },
+      Math.max(0, ms),
+    );
     h.t.unref?.();
     return h;
   }
@@ -45,7 +55,11 @@ export class RealScheduler implements Scheduler {
   }
 }
 
-interface FakeTimer extends TimerHandle { at: number; seq: number; fn: () => void }
+interface FakeTimer extends TimerHandle {
+  at: number;
+  seq: number;
+  fn: () => void;
+}
 
 /** A deterministic scheduler: nothing happens until the test calls run() or advance(). */
 export class FakeScheduler implements Scheduler {

@@ -18,7 +18,11 @@ export function remoteOf(ep: { addr: string | bigint; rkey: number }, offset: nu
   const op = 'remoteOf';
   V.obj(op, 'remote', ep);
   let addr: bigint;
-  try { addr = BigInt(ep.addr) + BigInt(offset); } catch { V.fail(op, 'remote', `addr must be a 64-bit address (bigint, decimal or 0x-hex string), got ${String(ep.addr)}`); }
+  try {
+    addr = BigInt(ep.addr) + BigInt(offset);
+  } catch {
+    V.fail(op, 'remote', `addr must be a 64-bit address (bigint, decimal or 0x-hex string), got ${String(ep.addr)}`);
+  }
   V.u64(op, 'remote', addr);
   V.u32(op, 'remote', ep.rkey);
   return { addr, rkey: ep.rkey };
@@ -26,8 +30,16 @@ export function remoteOf(ep: { addr: string | bigint; rkey: number }, offset: nu
 
 export interface ConnectLocal {
   /** initial send PSN; default: the QP's random one (qp.endpoint().psn) */
-  psn?: number; accessFlags?: readonly Access[]; pathMtu?: Mtu; timeout?: number; retryCnt?: number; rnrRetry?: number;
-  minRnrTimer?: number; maxRdAtomic?: number; maxDestRdAtomic?: number; sgidIndex?: number;
+  psn?: number;
+  accessFlags?: readonly Access[];
+  pathMtu?: Mtu;
+  timeout?: number;
+  retryCnt?: number;
+  rnrRetry?: number;
+  minRnrTimer?: number;
+  maxRdAtomic?: number;
+  maxDestRdAtomic?: number;
+  sgidIndex?: number;
 }
 
 /**

@@ -14,12 +14,25 @@ import type { Device } from './device.js';
 import { emitGuarded } from './emit.js';
 import type { CompletionSink } from '../roce/transport/types.js';
 
-const ARM_NONE = 0, ARM_ANY = 1, ARM_SOLICITED = 2;
+const ARM_NONE = 0,
+  ARM_ANY = 1,
+  ARM_SOLICITED = 2;
 
 function copyWc(d: Wc, s: Wc): void {
-  d.wrId = s.wrId; d.status = s.status; d.opcode = s.opcode; d.byteLen = s.byteLen; d.qpn = s.qpn; d.srcQp = s.srcQp;
-  d.imm = s.imm; d.withImm = s.withImm; d.invalidatedRkey = s.invalidatedRkey; d.withInv = s.withInv; d.grh = s.grh;
-  d.solicited = s.solicited; d.pkeyIndex = s.pkeyIndex; d.vendorErr = s.vendorErr;
+  d.wrId = s.wrId;
+  d.status = s.status;
+  d.opcode = s.opcode;
+  d.byteLen = s.byteLen;
+  d.qpn = s.qpn;
+  d.srcQp = s.srcQp;
+  d.imm = s.imm;
+  d.withImm = s.withImm;
+  d.invalidatedRkey = s.invalidatedRkey;
+  d.withInv = s.withInv;
+  d.grh = s.grh;
+  d.solicited = s.solicited;
+  d.pkeyIndex = s.pkeyIndex;
+  d.vendorErr = s.vendorErr;
 }
 
 export class Cq extends EventEmitter implements CompletionSink {
@@ -141,8 +154,16 @@ export class Cq extends EventEmitter implements CompletionSink {
       return null;
     }
     const w = this.ring[(this.head + this.count) % this.depth]!;
-    w.withImm = false; w.withInv = false; w.grh = false; w.solicited = false; w.imm = 0; w.invalidatedRkey = 0;
-    w.srcQp = 0; w.byteLen = 0; w.vendorErr = 0; w.pkeyIndex = 0;
+    w.withImm = false;
+    w.withInv = false;
+    w.grh = false;
+    w.solicited = false;
+    w.imm = 0;
+    w.invalidatedRkey = 0;
+    w.srcQp = 0;
+    w.byteLen = 0;
+    w.vendorErr = 0;
+    w.pkeyIndex = 0;
     return w;
   }
 

@@ -32,9 +32,25 @@ import { ATTR, type DeviceAttr, type PortAttr } from './device-attr.js';
 import { activeMtuFor, buildGidTable, getDeviceList, netdevMtu, sysNetdevFor, type DeviceDescriptor, type GidEntry } from './discovery.js';
 import type { QpState } from './qp-state.js';
 
-export type AsyncEventType = 'COMM_EST' | 'QP_FATAL' | 'QP_REQ_ERR' | 'QP_ACCESS_ERR' | 'SQ_DRAINED' | 'LAST_WQE_REACHED'
-  | 'SRQ_LIMIT_REACHED' | 'PORT_ACTIVE' | 'PORT_ERR' | 'CQ_ERR' | 'GID_CHANGE';
-export interface AsyncEvent { type: AsyncEventType; qp?: Qp; cq?: Cq; srq?: Srq; port?: number }
+export type AsyncEventType =
+  | 'COMM_EST'
+  | 'QP_FATAL'
+  | 'QP_REQ_ERR'
+  | 'QP_ACCESS_ERR'
+  | 'SQ_DRAINED'
+  | 'LAST_WQE_REACHED'
+  | 'SRQ_LIMIT_REACHED'
+  | 'PORT_ACTIVE'
+  | 'PORT_ERR'
+  | 'CQ_ERR'
+  | 'GID_CHANGE';
+export interface AsyncEvent {
+  type: AsyncEventType;
+  qp?: Qp;
+  cq?: Cq;
+  srq?: Srq;
+  port?: number;
+}
 
 export class Port implements PortLike {
   readonly num: number;
@@ -92,8 +108,12 @@ export class Device extends EventEmitter implements TransportDevice {
   #recorder: PcapRecorder | null = null;
   #closed = false;
   /** QP1 while open (openGsi) */
-  get gsi(): Qp | null { return this.#gsi; }
-  private set gsi(v: Qp | null) { this.#gsi = v; }
+  get gsi(): Qp | null {
+    return this.#gsi;
+  }
+  private set gsi(v: Qp | null) {
+    this.#gsi = v;
+  }
   /**
    * How an incoming RoCEv2/IPv4 ICRC is checked when the link cannot show the real IPv4 ID (with
    * the addon and CAP_NET_RAW it can: then the full CRC-32; README, "ICRC outcomes"): 'infer-id'
@@ -102,19 +122,35 @@ export class Device extends EventEmitter implements TransportDevice {
    * native addon (or a UDP GSO segment's index, 1..63, with DF: what such a peer's batched sends carry).
    * Set with openDevice({ icrcIpv4 }).
    */
-  get icrcIpv4(): 'infer-id' | 'id-zero' { return this.#icrcIpv4; }
+  get icrcIpv4(): 'infer-id' | 'id-zero' {
+    return this.#icrcIpv4;
+  }
   /** @internal openDevice */
-  set icrcIpv4(v: 'infer-id' | 'id-zero') { this.#icrcIpv4 = v; }
+  set icrcIpv4(v: 'infer-id' | 'id-zero') {
+    this.#icrcIpv4 = v;
+  }
   /** the fault injector of openDevice({ faults }) (its `stats` count what it did) */
-  get faults(): FaultInjector | null { return this.#faults; }
+  get faults(): FaultInjector | null {
+    return this.#faults;
+  }
   /** @internal openDevice */
-  set faults(v: FaultInjector | null) { this.#faults = v; }
+  set faults(v: FaultInjector | null) {
+    this.#faults = v;
+  }
   /** the capture of openDevice({ pcap }) */
-  get recorder(): PcapRecorder | null { return this.#recorder; }
+  get recorder(): PcapRecorder | null {
+    return this.#recorder;
+  }
   /** @internal openDevice */
-  set recorder(v: PcapRecorder | null) { this.#recorder = v; }
-  get closed(): boolean { return this.#closed; }
-  private set closed(v: boolean) { this.#closed = v; }
+  set recorder(v: PcapRecorder | null) {
+    this.#recorder = v;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  private set closed(v: boolean) {
+    this.#closed = v;
+  }
   private nextQpn = 0x11;
   /** undoes addPort's wiring of each link (listeners that reach this device) */
   private readonly unwire: Array<() => void> = [];
@@ -124,8 +160,14 @@ export class Device extends EventEmitter implements TransportDevice {
     super();
     this.name = name;
     this.sched = sched;
-    const guid = (BigInt(mac[0]! ^ 2) << 56n) | (BigInt(mac[1]!) << 48n) | (BigInt(mac[2]!) << 40n) | (0xfffen << 24n) |
-      (BigInt(mac[3]!) << 16n) | (BigInt(mac[4]!) << 8n) | BigInt(mac[5]!);
+    const guid =
+      (BigInt(mac[0]! ^ 2) << 56n) |
+      (BigInt(mac[1]!) << 48n) |
+      (BigInt(mac[2]!) << 40n) |
+      (0xfffen << 24n) |
+      (BigInt(mac[3]!) << 16n) |
+      (BigInt(mac[4]!) << 8n) |
+      BigInt(mac[5]!);
     this.attr = { ...ATTR, nodeGuid: guid, sysImageGuid: guid };
   }
 
@@ -136,7 +178,10 @@ export class Device extends EventEmitter implements TransportDevice {
     link.setReceiver((buf, len, srcIp, srcPort, ipIdDf) => {
       deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf);
       const w = this.rxWaiter;
-      if (w !== null) { this.rxWaiter = null; w(); }
+      if (w !== null) {
+        this.rxWaiter = null;
+        w();
+      }
     });
     // The link's tx pool drained, or its socket held packets late: the transport's scheduling reacts (engine.ts).
     const onDrain = (): void => this.engine.drained(p);
@@ -145,7 +190,9 @@ export class Device extends EventEmitter implements TransportDevice {
     // A socket error (an ICMP error reported on a later send, say) is the datagram's loss, which
     // the transport recovers from: counted, never thrown (an 'error' event nobody hears would
     // take the process down).
-    const onError = (): void => { p.counters.v[C.send_err]!++; };
+    const onError = (): void => {
+      p.counters.v[C.send_err]!++;
+    };
     link.on('drain', onDrain);
     link.on('late', onLate);
     link.on('link', onLink);
@@ -175,9 +222,23 @@ export class Device extends EventEmitter implements TransportDevice {
     V.int('ibv_query_port', 'port', port, 1, this.ports.length);
     const p = this.ports[port - 1]!;
     return {
-      state: p.link.up ? 'ACTIVE' : 'DOWN', maxMtu: 4096, activeMtu: p.activeMtu, gidTblLen: 1024, portCapFlags: 0x00010000 | 0x04000000,
-      maxMsgSz: this.attr.maxMsgSize, pkeyTblLen: 1, lid: 0, smLid: 0, lmc: 0, linkLayer: 'Ethernet', activeWidth: '1X',
-      activeSpeed: '2.5 Gbps', physState: p.link.up ? 'LINK_UP' : 'DISABLED', netdev: p.netdev, address: p.address, backend: p.link.caps.backend,
+      state: p.link.up ? 'ACTIVE' : 'DOWN',
+      maxMtu: 4096,
+      activeMtu: p.activeMtu,
+      gidTblLen: 1024,
+      portCapFlags: 0x00010000 | 0x04000000,
+      maxMsgSz: this.attr.maxMsgSize,
+      pkeyTblLen: 1,
+      lid: 0,
+      smLid: 0,
+      lmc: 0,
+      linkLayer: 'Ethernet',
+      activeWidth: '1X',
+      activeSpeed: '2.5 Gbps',
+      physState: p.link.up ? 'LINK_UP' : 'DISABLED',
+      netdev: p.netdev,
+      address: p.address,
+      backend: p.link.caps.backend,
     };
   }
 
@@ -271,18 +332,30 @@ export class Device extends EventEmitter implements TransportDevice {
   nextRx(): Promise<void> {
     return new Promise((resolve) => {
       const prev = this.rxWaiter;
-      this.rxWaiter = prev === null ? resolve : (): void => { prev(); resolve(); };
+      this.rxWaiter =
+        prev === null
+          ? resolve
+          : (): void => {
+              prev();
+              resolve();
+            };
     });
   }
 
   /** The requesters' scheduling over this device (src/roce/transport/engine.ts). */
   private readonly engine = new Engine(this);
   /** @internal schedule the requester of a QP (engine.ts) */
-  kick(qp: TransportQp, soon = false): void { this.engine.kick(qp, soon); }
+  kick(qp: TransportQp, soon = false): void {
+    this.engine.kick(qp, soon);
+  }
   /** @internal the requester of `qp` found the tx pool of `port` empty: it runs again on 'drain', in its turn */
-  waitTx(qp: TransportQp, port: PortLike, sentSome: boolean): void { this.engine.waitTx(qp, port, sentSome); }
+  waitTx(qp: TransportQp, port: PortLike, sentSome: boolean): void {
+    this.engine.waitTx(qp, port, sentSome);
+  }
   /** @internal the requester asks before a new message of an RC QP: true = wait (the QP is queued) */
-  holdNew(qp: TransportQp): boolean { return this.engine.holdNew(qp); }
+  holdNew(qp: TransportQp): boolean {
+    return this.engine.holdNew(qp);
+  }
 
   /**
    * @internal raise an async event (state already changed). A listener that throws does not
@@ -319,7 +392,9 @@ export class Device extends EventEmitter implements TransportDevice {
       // The promise exists before the teardown starts: a handler that calls close() from inside
       // the teardown gets this same promise instead of starting a second one.
       let adopt!: (p: Promise<void>) => void;
-      this.closing = new Promise<void>((r) => { adopt = r; });
+      this.closing = new Promise<void>((r) => {
+        adopt = r;
+      });
       adopt(this.teardown(closeLinks));
     }
     return this.closing;
@@ -338,7 +413,11 @@ export class Device extends EventEmitter implements TransportDevice {
     this.engine.stop();
     const failures: unknown[] = [];
     const step = (f: () => void): void => {
-      try { f(); } catch (e) { failures.push(e); }
+      try {
+        f();
+      } catch (e) {
+        failures.push(e);
+      }
     };
     for (const qp of [...this.qps.values()]) step(() => qp.close());
     for (const pd of [...this.pds]) {
@@ -362,10 +441,18 @@ export class Device extends EventEmitter implements TransportDevice {
     if (this.faults) step(() => void this.faults!.detach()); // synchronous: nothing arrives after it
     for (const u of this.unwire) step(u);
     this.unwire.length = 0;
-    try { await this.recorder?.detach(); } catch (e) { failures.push(e); }
+    try {
+      await this.recorder?.detach();
+    } catch (e) {
+      failures.push(e);
+    }
     if (closeLinks) {
       for (const p of this.ports) {
-        try { await p.link.close(); } catch (e) { failures.push(e); }
+        try {
+          await p.link.close();
+        } catch (e) {
+          failures.push(e);
+        }
       }
     }
     if (failures.length > 0) throw failures[0];
@@ -414,7 +501,7 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
   const found = sysNetdevFor(address);
   const netdev = o.netdev ?? desc?.netdev ?? found.netdev;
   // UdpLink.open releases its socket itself when it fails.
-  const base: Link = o.link ?? await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' });
+  const base: Link = o.link ?? (await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' }));
   // From here on, whatever fails releases what was taken (the socket, the injector's timers, the
   // recorder's file): a failed open must not leave UDP 4791 bound. A link the caller passed in
   // stays theirs: it is detached from the device, not closed.
@@ -427,21 +514,31 @@ export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
     let link = base;
     if (o.faults) link = dev.faults = new FaultInjector(link, o.faults, sched);
     if (o.pcap) {
-      link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => { throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap'); });
+      link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => {
+        throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap');
+      });
     }
     dev.addPort(link, netdev || 'lo', found.mac);
     if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
     return dev;
   } catch (e) {
-    if (dev) await dev.abortOpen(o.link === undefined).catch(() => { /* the open's own error is the one to report */ });
+    if (dev)
+      await dev.abortOpen(o.link === undefined).catch(() => {
+        /* the open's own error is the one to report */
+      });
     // Not yet a port's link (the recorder's file failed), so the teardown did not close it.
-    if (o.link === undefined && (dev === null || dev.ports.length === 0)) await base.close().catch(() => { /* as above */ });
+    if (o.link === undefined && (dev === null || dev.ports.length === 0))
+      await base.close().catch(() => {
+        /* as above */
+      });
     throw e;
   }
 }
 
 /** A closed device's links drop what still arrives. */
-const dropRx: RxHandler = () => { /* device closed */ };
+const dropRx: RxHandler = () => {
+  /* device closed */
+};
 
 const FS_ERRNO: ReadonlySet<string> = new Set<ErrnoCode>(['ENOENT', 'EACCES', 'EPERM', 'EEXIST', 'ENOSPC', 'EINVAL', 'EBUSY']);
 
@@ -449,7 +546,7 @@ const FS_ERRNO: ReadonlySet<string> = new Set<ErrnoCode>(['ENOENT', 'EACCES', 'E
 function fsError(e: unknown, op: string, what: string, argument: string): VerbsError {
   const code = (e as NodeJS.ErrnoException | null)?.code ?? '';
   const msg = e instanceof Error ? e.message : String(e);
-  return new VerbsError(FS_ERRNO.has(code) ? code as ErrnoCode : 'EINVAL', op, `cannot open ${what}: ${msg}`, argument);
+  return new VerbsError(FS_ERRNO.has(code) ? (code as ErrnoCode) : 'EINVAL', op, `cannot open ${what}: ${msg}`, argument);
 }
 
 export type { QpState };

@@ -12,9 +12,19 @@ import { gidFromString, ipv4ToGid, macToDefaultGid, type Gid } from '../roce/gid
 import { MTU_VALUES, type Mtu } from '../roce/opcode.js';
 
 export type GidType = 'RoCE v1' | 'RoCE v2';
-export interface GidEntry { index: number; gid: Gid; type: GidType; netdev: string }
+export interface GidEntry {
+  index: number;
+  gid: Gid;
+  type: GidType;
+  netdev: string;
+}
 
-export interface DeviceDescriptor { name: string; netdev: string; address: string; udpPort?: number }
+export interface DeviceDescriptor {
+  name: string;
+  netdev: string;
+  address: string;
+  udpPort?: number;
+}
 
 export function sysNetdevFor(address: string): { netdev: string; mac: Uint8Array } {
   const ifs = networkInterfaces();
@@ -72,11 +82,14 @@ export function buildGidTable(netdev: string, mac: Uint8Array, boundAddress: str
 export function getDeviceList(env: NodeJS.ProcessEnv = process.env): DeviceDescriptor[] {
   const spec = env['SOFTROCE_DEVICES'];
   if (spec) {
-    return spec.split(',').filter(Boolean).map((s) => {
-      const m = /^([^=]+)=([^:]*):(.+)$/.exec(s.trim());
-      if (!m) throw new VerbsError('EINVAL', 'ibv_get_device_list', `bad SOFTROCE_DEVICES entry "${s}" (want name=netdev:address)`, 'SOFTROCE_DEVICES');
-      return { name: m[1]!, netdev: m[2]!, address: m[3]! };
-    });
+    return spec
+      .split(',')
+      .filter(Boolean)
+      .map((s) => {
+        const m = /^([^=]+)=([^:]*):(.+)$/.exec(s.trim());
+        if (!m) throw new VerbsError('EINVAL', 'ibv_get_device_list', `bad SOFTROCE_DEVICES entry "${s}" (want name=netdev:address)`, 'SOFTROCE_DEVICES');
+        return { name: m[1]!, netdev: m[2]!, address: m[3]! };
+      });
   }
   const file = env['SOFTROCE_CONFIG'] ?? join(homedir(), '.config', 'softroce', 'devices.json');
   try {

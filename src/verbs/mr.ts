@@ -86,7 +86,7 @@ export function newKey(inUse: (k: number) => boolean): number {
 
 export function checkMrAccess(access: number): void {
   // IBA 10.6.3.1 / ibv_reg_mr: remote write or atomic requires local write.
-  if ((access & (ACCESS.REMOTE_WRITE | ACCESS.REMOTE_ATOMIC)) && !(access & ACCESS.LOCAL_WRITE)) {
+  if (access & (ACCESS.REMOTE_WRITE | ACCESS.REMOTE_ATOMIC) && !(access & ACCESS.LOCAL_WRITE)) {
     throw new VerbsError('EINVAL', 'ibv_reg_mr', 'REMOTE_WRITE and REMOTE_ATOMIC need LOCAL_WRITE', 'access');
   }
 }

@@ -14,7 +14,6 @@ import type { Dest } from '../roce/transport/types.js';
 import { RecvWqe } from '../roce/transport/wqe.js';
 import type { AddressHandle } from '../roce/transport/types.js';
 
-
 /** Checks a scatter/gather list's shape (types, counts); returns its total length. */
 export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
   V.list(op, 'sg', sg);
@@ -124,7 +123,13 @@ export class Pd {
   close(): void {
     if (this.closed) return;
     const n = this.mrs.size + this.qps.size + this.srqs.size + this.ahs.size;
-    if (n > 0) throw new VerbsError('EBUSY', 'ibv_dealloc_pd', `${n} object(s) still use this PD (MR ${this.mrs.size}, QP ${this.qps.size}, SRQ ${this.srqs.size}, AH ${this.ahs.size})`, 'pd');
+    if (n > 0)
+      throw new VerbsError(
+        'EBUSY',
+        'ibv_dealloc_pd',
+        `${n} object(s) still use this PD (MR ${this.mrs.size}, QP ${this.qps.size}, SRQ ${this.srqs.size}, AH ${this.ahs.size})`,
+        'pd',
+      );
     this.#closed = true;
     this.device.forget(this);
   }

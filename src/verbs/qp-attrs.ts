@@ -12,7 +12,13 @@ import * as V from './validate.js';
 import type { Gid } from '../roce/gid.js';
 import type { Mtu } from '../roce/opcode.js';
 
-export interface QpCap { maxSendWr: number; maxRecvWr: number; maxSendSge?: number; maxRecvSge?: number; maxInline?: number }
+export interface QpCap {
+  maxSendWr: number;
+  maxRecvWr: number;
+  maxSendSge?: number;
+  maxRecvSge?: number;
+  maxInline?: number;
+}
 export interface CreateQpOptions {
   type: 'RC' | 'UC' | 'UD';
   sendCq: Cq;
@@ -58,9 +64,16 @@ export interface QpAttrs {
 }
 
 /** What `qp.endpoint()` returns: the JSON an application sends its peer (ibv_rc_pingpong's LID:QPN:PSN:GID). */
-export interface QpEndpoint { qpn: number; psn: number; gid: string }
+export interface QpEndpoint {
+  qpn: number;
+  psn: number;
+  gid: string;
+}
 /** With `qp.endpoint({ mr })`: a region the peer may RDMA to; `addr` is the 64-bit VA as a 0x-hex string. */
-export interface MrEndpoint { addr: string; rkey: number }
+export interface MrEndpoint {
+  addr: string;
+  rkey: number;
+}
 
 export function checkRemoteEndpoint(op: string, arg: string, x: unknown, needPsn = false): void {
   V.obj(op, arg, x);
@@ -86,7 +99,9 @@ function checkAv(op: string, arg: string, x: unknown, gidCount: number): void {
 /** Value checks (rxe_qp_chk_attr, plus the types a JS caller can get wrong): all before any change. */
 export function checkQpAttrValues(a: QpAttrs, dev: Device, curPort: number): void {
   const op = 'ibv_modify_qp';
-  const bad = (arg: string, msg: string): never => { throw new VerbsError('EINVAL', op, msg, arg); };
+  const bad = (arg: string, msg: string): never => {
+    throw new VerbsError('EINVAL', op, msg, arg);
+  };
   V.optInt(op, 'port', a.port, 1, dev.ports.length);
   if (a.pkeyIndex !== undefined) V.int(op, 'pkeyIndex', a.pkeyIndex, 0, 0); // the P_Key table has one entry
   if (a.qkey !== undefined) V.u32(op, 'qkey', a.qkey);

@@ -10,21 +10,32 @@ import type { Device } from './device.js';
 import type { CreateQpOptions, QpCap } from './qp-attrs.js';
 
 /** What device.openGsi takes. */
-export interface GsiOptions { sendCq: Cq; recvCq: Cq; cap?: Partial<QpCap> }
+export interface GsiOptions {
+  sendCq: Cq;
+  recvCq: Cq;
+  cap?: Partial<QpCap>;
+}
 
 export function checkCreateQp(dev: Device, pd: Pd, o: CreateQpOptions): Required<QpCap> {
   const op = 'ibv_create_qp';
   const a = dev.attr;
   if (!o || (o.type !== 'RC' && o.type !== 'UC' && o.type !== 'UD')) throw new VerbsError('EINVAL', op, `type must be RC, UC or UD`, 'type');
-  if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== dev) throw new VerbsError('EINVAL', op, 'sendCq must be an open CQ of this device', 'sendCq');
-  if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== dev) throw new VerbsError('EINVAL', op, 'recvCq must be an open CQ of this device', 'recvCq');
-  if (o.srq !== undefined && (!(o.srq instanceof Srq) || o.srq.closed || o.srq.pd.device !== dev)) throw new VerbsError('EINVAL', op, 'srq must be an open SRQ of this device', 'srq');
+  if (!(o.sendCq instanceof Cq) || o.sendCq.closed || o.sendCq.device !== dev)
+    throw new VerbsError('EINVAL', op, 'sendCq must be an open CQ of this device', 'sendCq');
+  if (!(o.recvCq instanceof Cq) || o.recvCq.closed || o.recvCq.device !== dev)
+    throw new VerbsError('EINVAL', op, 'recvCq must be an open CQ of this device', 'recvCq');
+  if (o.srq !== undefined && (!(o.srq instanceof Srq) || o.srq.closed || o.srq.pd.device !== dev))
+    throw new VerbsError('EINVAL', op, 'srq must be an open SRQ of this device', 'srq');
   if (o.srq !== undefined && o.srq.pd !== pd) throw new VerbsError('EINVAL', op, 'srq must be of the same PD', 'srq');
   V.optBool(op, 'sigAll', o.sigAll);
   V.obj(op, 'cap', o.cap);
   const c = o.cap;
   const cap: Required<QpCap> = {
-    maxSendWr: c.maxSendWr, maxRecvWr: o.srq ? 0 : c.maxRecvWr, maxSendSge: c.maxSendSge ?? 1, maxRecvSge: c.maxRecvSge ?? 1, maxInline: c.maxInline ?? 0,
+    maxSendWr: c.maxSendWr,
+    maxRecvWr: o.srq ? 0 : c.maxRecvWr,
+    maxSendSge: c.maxSendSge ?? 1,
+    maxRecvSge: c.maxRecvSge ?? 1,
+    maxInline: c.maxInline ?? 0,
   };
   const chk = (v: number, lo: number, hi: number, name: string): void => {
     if (!Number.isInteger(v) || v < lo || v > hi) throw new VerbsError('EINVAL', op, `cap.${name} = ${v} not in ${lo}..${hi}`, `cap.${name}`);

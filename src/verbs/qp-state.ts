@@ -17,12 +17,32 @@ export type { QpState, QpType } from '../roce/transport/types.js';
 
 /** Attribute names: the verbs' ibv_qp_attr fields, camelCased (IBV_QP_xxx mask bits). */
 export const QP_ATTRS = [
-  'port', 'pkeyIndex', 'qkey', 'accessFlags', 'av', 'pathMtu', 'destQpn', 'rqPsn', 'maxDestRdAtomic', 'minRnrTimer',
-  'sqPsn', 'timeout', 'retryCnt', 'rnrRetry', 'maxRdAtomic', 'altPath', 'pathMigState', 'curState', 'enSqdAsyncNotify',
+  'port',
+  'pkeyIndex',
+  'qkey',
+  'accessFlags',
+  'av',
+  'pathMtu',
+  'destQpn',
+  'rqPsn',
+  'maxDestRdAtomic',
+  'minRnrTimer',
+  'sqPsn',
+  'timeout',
+  'retryCnt',
+  'rnrRetry',
+  'maxRdAtomic',
+  'altPath',
+  'pathMigState',
+  'curState',
+  'enSqdAsyncNotify',
 ] as const;
 export type QpAttrName = (typeof QP_ATTRS)[number];
 
-interface Rule { readonly required: readonly QpAttrName[]; readonly optional: readonly QpAttrName[] }
+interface Rule {
+  readonly required: readonly QpAttrName[];
+  readonly optional: readonly QpAttrName[];
+}
 type PerType = Partial<Record<QpType, Rule>>;
 type Table = Partial<Record<QpState, Partial<Record<QpState, PerType>>>>;
 
@@ -76,7 +96,23 @@ export const QP_TRANSITIONS: Table = {
     ...toResetErr,
     RTS: { RC: RTS_OPT.RC, UC: RTS_OPT.UC, UD: RTS_OPT.UD, GSI: RTS_OPT.GSI },
     SQD: {
-      RC: r([], ['port', 'av', 'timeout', 'retryCnt', 'rnrRetry', 'maxRdAtomic', 'maxDestRdAtomic', 'altPath', 'accessFlags', 'pkeyIndex', 'minRnrTimer', 'pathMigState']),
+      RC: r(
+        [],
+        [
+          'port',
+          'av',
+          'timeout',
+          'retryCnt',
+          'rnrRetry',
+          'maxRdAtomic',
+          'maxDestRdAtomic',
+          'altPath',
+          'accessFlags',
+          'pkeyIndex',
+          'minRnrTimer',
+          'pathMigState',
+        ],
+      ),
       UC: r([], ['av', 'altPath', 'accessFlags', 'pkeyIndex', 'pathMigState']),
       UD: r([], ['pkeyIndex', 'qkey']),
       GSI: r([], ['pkeyIndex', 'qkey']),

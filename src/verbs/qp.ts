@@ -25,7 +25,16 @@ import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';
 import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
 import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
 import { flushAck } from '../roce/transport/responder.js';
-import { checkQpAttrValues, checkRemoteEndpoint, type Av, type CreateQpOptions, type MrEndpoint, type QpAttrs, type QpCap, type QpEndpoint } from './qp-attrs.js';
+import {
+  checkQpAttrValues,
+  checkRemoteEndpoint,
+  type Av,
+  type CreateQpOptions,
+  type MrEndpoint,
+  type QpAttrs,
+  type QpCap,
+  type QpEndpoint,
+} from './qp-attrs.js';
 import { checkSendWr, fillSendWqe } from './send-wr.js';
 
 // The attribute types moved to qp-attrs.ts; importable from here as before.
@@ -64,36 +73,78 @@ export class Qp implements TransportQp {
   #rnrRetry = 0;
   #maxRdAtomic = 0;
   #sqDrainNotify = false;
-  #av: Required<Omit<Av, 'dgid'>> & { dgid: Gid } | null = null;
+  #av: (Required<Omit<Av, 'dgid'>> & { dgid: Gid }) | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
   #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0 };
 
-  get state(): QpState { return this.#state; }
-  get closed(): boolean { return this.#closed; }
+  get state(): QpState {
+    return this.#state;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
   /** COMM_EST raised (first packet received in RTR) */
-  get commEst(): boolean { return this.#commEst; }
+  get commEst(): boolean {
+    return this.#commEst;
+  }
   /** @internal the responder marks COMM_EST */
-  set commEst(v: boolean) { this.#commEst = v; }
-  get port(): number { return this.#port; }
-  get pkeyIndex(): number { return this.#pkeyIndex; }
-  get qkey(): number { return this.#qkey; }
+  set commEst(v: boolean) {
+    this.#commEst = v;
+  }
+  get port(): number {
+    return this.#port;
+  }
+  get pkeyIndex(): number {
+    return this.#pkeyIndex;
+  }
+  get qkey(): number {
+    return this.#qkey;
+  }
   /** ACCESS bits */
-  get accessFlags(): number { return this.#accessFlags; }
-  get pathMtu(): Mtu { return this.#pathMtu; }
-  get destQpn(): number { return this.#destQpn; }
-  get rqPsn(): number { return this.#rqPsn; }
+  get accessFlags(): number {
+    return this.#accessFlags;
+  }
+  get pathMtu(): Mtu {
+    return this.#pathMtu;
+  }
+  get destQpn(): number {
+    return this.#destQpn;
+  }
+  get rqPsn(): number {
+    return this.#rqPsn;
+  }
   /** the initial send PSN (random until toRts/modify sets one) */
-  get sqPsn(): number { return this.#sqPsn; }
-  get maxDestRdAtomic(): number { return this.#maxDestRdAtomic; }
-  get minRnrTimer(): number { return this.#minRnrTimer; }
-  get timeout(): number { return this.#timeout; }
-  get retryCnt(): number { return this.#retryCnt; }
-  get rnrRetry(): number { return this.#rnrRetry; }
-  get maxRdAtomic(): number { return this.#maxRdAtomic; }
-  get sqDrainNotify(): boolean { return this.#sqDrainNotify; }
-  get av(): Readonly<Required<Omit<Av, 'dgid'>> & { dgid: Gid }> | null { return this.#av; }
+  get sqPsn(): number {
+    return this.#sqPsn;
+  }
+  get maxDestRdAtomic(): number {
+    return this.#maxDestRdAtomic;
+  }
+  get minRnrTimer(): number {
+    return this.#minRnrTimer;
+  }
+  get timeout(): number {
+    return this.#timeout;
+  }
+  get retryCnt(): number {
+    return this.#retryCnt;
+  }
+  get rnrRetry(): number {
+    return this.#rnrRetry;
+  }
+  get maxRdAtomic(): number {
+    return this.#maxRdAtomic;
+  }
+  get sqDrainNotify(): boolean {
+    return this.#sqDrainNotify;
+  }
+  get av(): Readonly<Required<Omit<Av, 'dgid'>> & { dgid: Gid }> | null {
+    return this.#av;
+  }
   /** @internal where RC/UC packets go */
-  get dest(): Dest { return this.#dest; }
+  get dest(): Dest {
+    return this.#dest;
+  }
 
   // send queue: absolute counters, index = n % cap
   readonly sq: SendWqe[];
@@ -153,27 +204,54 @@ export class Qp implements TransportQp {
     if ((this.type === 'UD' || this.type === 'GSI') && to === 'INIT') this.#pathMtu = this.device.queryPort(this.#port).activeMtu;
     if (a.pkeyIndex !== undefined) this.#pkeyIndex = a.pkeyIndex;
     if (a.qkey !== undefined) this.#qkey = a.qkey >>> 0;
-    if (a.accessFlags !== undefined) this.#accessFlags = accessBits(a.accessFlags, 'accessFlags', 'ibv_modify_qp', (c, o, m, arg) => new VerbsError(c, o, m, arg));
+    if (a.accessFlags !== undefined)
+      this.#accessFlags = accessBits(a.accessFlags, 'accessFlags', 'ibv_modify_qp', (c, o, m, arg) => new VerbsError(c, o, m, arg));
     if (a.pathMtu !== undefined) this.#pathMtu = a.pathMtu;
     if (a.destQpn !== undefined) this.#destQpn = a.destQpn;
     if (a.maxDestRdAtomic !== undefined) this.#maxDestRdAtomic = a.maxDestRdAtomic;
     if (a.minRnrTimer !== undefined) this.#minRnrTimer = a.minRnrTimer;
     if (a.timeout !== undefined) this.#timeout = a.timeout;
-    if (a.retryCnt !== undefined) { this.#retryCnt = a.retryCnt; this.comp.retryCnt = a.retryCnt; }
-    if (a.rnrRetry !== undefined) { this.#rnrRetry = a.rnrRetry; this.comp.rnrRetry = a.rnrRetry; }
+    if (a.retryCnt !== undefined) {
+      this.#retryCnt = a.retryCnt;
+      this.comp.retryCnt = a.retryCnt;
+    }
+    if (a.rnrRetry !== undefined) {
+      this.#rnrRetry = a.rnrRetry;
+      this.comp.rnrRetry = a.rnrRetry;
+    }
     if (a.maxRdAtomic !== undefined) this.#maxRdAtomic = a.maxRdAtomic;
     if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
     if (a.av !== undefined) {
       const g = typeof a.av.dgid === 'string' ? gidFromString(a.av.dgid) : a.av.dgid;
       this.#av = {
-        dgid: g, sgidIndex: a.av.sgidIndex ?? 0, hopLimit: a.av.hopLimit ?? 64, trafficClass: a.av.trafficClass ?? 0,
-        flowLabel: a.av.flowLabel ?? 0, sl: a.av.sl ?? 0, udpPort: a.av.udpPort ?? 4791,
+        dgid: g,
+        sgidIndex: a.av.sgidIndex ?? 0,
+        hopLimit: a.av.hopLimit ?? 64,
+        trafficClass: a.av.trafficClass ?? 0,
+        flowLabel: a.av.flowLabel ?? 0,
+        sl: a.av.sl ?? 0,
+        udpPort: a.av.udpPort ?? 4791,
       };
       const addr = gidToAddress(g);
-      this.#dest = { ip: addr.ip, ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0, family: addr.family, port: this.#av.udpPort, bytes: g, tos: this.#av.trafficClass & 0xff };
+      this.#dest = {
+        ip: addr.ip,
+        ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0,
+        family: addr.family,
+        port: this.#av.udpPort,
+        bytes: g,
+        tos: this.#av.trafficClass & 0xff,
+      };
     }
-    if (a.rqPsn !== undefined) { this.#rqPsn = a.rqPsn; this.resp.psn = a.rqPsn; }
-    if (a.sqPsn !== undefined) { this.#sqPsn = a.sqPsn; this.req.psn = a.sqPsn; this.req.maxPsn = a.sqPsn; this.comp.psn = a.sqPsn; }
+    if (a.rqPsn !== undefined) {
+      this.#rqPsn = a.rqPsn;
+      this.resp.psn = a.rqPsn;
+    }
+    if (a.sqPsn !== undefined) {
+      this.#sqPsn = a.sqPsn;
+      this.req.psn = a.sqPsn;
+      this.req.maxPsn = a.sqPsn;
+      this.comp.psn = a.sqPsn;
+    }
     if (a.state !== undefined) this.setState(to);
   }
 
@@ -217,10 +295,24 @@ export class Qp implements TransportQp {
    * its JSON); the receive PSN is `rqPsn`, else `remote.psn`: there is no default, since a wrong
    * expected PSN silently drops the peer's first messages (and a fixed one can be guessed).
    */
-  toRtr(o: { remote?: { qpn: number; psn?: number; gid: Gid | string; udpPort?: number }; pathMtu?: Mtu; rqPsn?: number; maxDestRdAtomic?: number; minRnrTimer?: number; sgidIndex?: number; hopLimit?: number; trafficClass?: number } = {}): this {
+  toRtr(
+    o: {
+      remote?: { qpn: number; psn?: number; gid: Gid | string; udpPort?: number };
+      pathMtu?: Mtu;
+      rqPsn?: number;
+      maxDestRdAtomic?: number;
+      minRnrTimer?: number;
+      sgidIndex?: number;
+      hopLimit?: number;
+      trafficClass?: number;
+    } = {},
+  ): this {
     const op = 'ibv_modify_qp';
     V.obj(op, 'options', o);
-    if (this.type === 'UD' || this.type === 'GSI') { this.modify({ state: 'RTR' }); return this; }
+    if (this.type === 'UD' || this.type === 'GSI') {
+      this.modify({ state: 'RTR' });
+      return this;
+    }
     if (o.remote === undefined) throw new InvalidQpAttrError(this.state, 'RTR', ['av', 'destQpn'], []);
     checkRemoteEndpoint(op, 'remote', o.remote);
     V.optInt(op, 'sgidIndex', o.sgidIndex, 0, 0xffff);
@@ -228,10 +320,18 @@ export class Qp implements TransportQp {
     V.optInt(op, 'trafficClass', o.trafficClass, 0, 255);
     const rqPsn = o.rqPsn ?? o.remote.psn;
     if (rqPsn === undefined) V.fail(op, 'rqPsn', "the peer's initial PSN is required (rqPsn or remote.psn)");
-    const av: Av = { dgid: o.remote.gid, sgidIndex: o.sgidIndex ?? this.device.defaultSgidIndex(), hopLimit: o.hopLimit ?? 64, trafficClass: o.trafficClass ?? 0 };
+    const av: Av = {
+      dgid: o.remote.gid,
+      sgidIndex: o.sgidIndex ?? this.device.defaultSgidIndex(),
+      hopLimit: o.hopLimit ?? 64,
+      trafficClass: o.trafficClass ?? 0,
+    };
     if (o.remote.udpPort !== undefined) av.udpPort = o.remote.udpPort;
     const a: QpAttrs = { state: 'RTR', av, pathMtu: o.pathMtu ?? 1024, destQpn: o.remote.qpn, rqPsn };
-    if (this.type === 'RC') { a.maxDestRdAtomic = o.maxDestRdAtomic ?? 1; a.minRnrTimer = o.minRnrTimer ?? 12; }
+    if (this.type === 'RC') {
+      a.maxDestRdAtomic = o.maxDestRdAtomic ?? 1;
+      a.minRnrTimer = o.minRnrTimer ?? 12;
+    }
     this.modify(a);
     return this;
   }
@@ -239,7 +339,12 @@ export class Qp implements TransportQp {
   toRts(o: { sqPsn?: number; timeout?: number; retryCnt?: number; rnrRetry?: number; maxRdAtomic?: number } = {}): this {
     V.obj('ibv_modify_qp', 'options', o);
     const a: QpAttrs = { state: 'RTS', sqPsn: o.sqPsn ?? this.sqPsn };
-    if (this.type === 'RC') { a.timeout = o.timeout ?? 14; a.retryCnt = o.retryCnt ?? 7; a.rnrRetry = o.rnrRetry ?? 7; a.maxRdAtomic = o.maxRdAtomic ?? 1; }
+    if (this.type === 'RC') {
+      a.timeout = o.timeout ?? 14;
+      a.retryCnt = o.retryCnt ?? 7;
+      a.rnrRetry = o.rnrRetry ?? 7;
+      a.maxRdAtomic = o.maxRdAtomic ?? 1;
+    }
     this.modify(a);
     return this;
   }
@@ -258,7 +363,11 @@ export class Qp implements TransportQp {
     V.obj(op, 'options', o);
     const gids = this.device.ports[this.port - 1]!.gids;
     V.optInt(op, 'sgidIndex', o.sgidIndex, 0, gids.length - 1);
-    const ep: QpEndpoint & Partial<MrEndpoint> = { qpn: this.qpn, psn: this.sqPsn, gid: gidToString(gids[o.sgidIndex ?? this.device.defaultSgidIndex(this.port)]!.gid) };
+    const ep: QpEndpoint & Partial<MrEndpoint> = {
+      qpn: this.qpn,
+      psn: this.sqPsn,
+      gid: gidToString(gids[o.sgidIndex ?? this.device.defaultSgidIndex(this.port)]!.gid),
+    };
     if (o.mr !== undefined) {
       if (!(o.mr instanceof Mr) || o.mr.closed) V.fail(op, 'mr', 'must be a registered, open MR');
       ep.addr = '0x' + o.mr.addr.toString(16);
@@ -276,14 +385,32 @@ export class Qp implements TransportQp {
     return this.traceRing.entries();
   }
 
-  query(): Readonly<Omit<QpAttrs, 'accessFlags' | 'av'> & { state: QpState; accessFlags: Access[]; av: Qp['av']; qpn: number; type: QpType; cap: Required<QpCap> }> {
+  query(): Readonly<
+    Omit<QpAttrs, 'accessFlags' | 'av'> & { state: QpState; accessFlags: Access[]; av: Qp['av']; qpn: number; type: QpType; cap: Required<QpCap> }
+  > {
     this.live('ibv_query_qp');
     const flags = (Object.keys(ACCESS) as Access[]).filter((k) => this.accessFlags & ACCESS[k]);
     return {
-      state: this.state, qpn: this.qpn, type: this.type, cap: { ...this.cap }, port: this.port, pkeyIndex: this.pkeyIndex, qkey: this.qkey,
-      accessFlags: flags, av: this.av, pathMtu: this.pathMtu, destQpn: this.destQpn, rqPsn: this.resp.psn, sqPsn: this.req.psn,
-      maxDestRdAtomic: this.maxDestRdAtomic, minRnrTimer: this.minRnrTimer, timeout: this.timeout, retryCnt: this.retryCnt,
-      rnrRetry: this.rnrRetry, maxRdAtomic: this.maxRdAtomic, enSqdAsyncNotify: this.sqDrainNotify,
+      state: this.state,
+      qpn: this.qpn,
+      type: this.type,
+      cap: { ...this.cap },
+      port: this.port,
+      pkeyIndex: this.pkeyIndex,
+      qkey: this.qkey,
+      accessFlags: flags,
+      av: this.av,
+      pathMtu: this.pathMtu,
+      destQpn: this.destQpn,
+      rqPsn: this.resp.psn,
+      sqPsn: this.req.psn,
+      maxDestRdAtomic: this.maxDestRdAtomic,
+      minRnrTimer: this.minRnrTimer,
+      timeout: this.timeout,
+      retryCnt: this.retryCnt,
+      rnrRetry: this.rnrRetry,
+      maxRdAtomic: this.maxRdAtomic,
+      enSqdAsyncNotify: this.sqDrainNotify,
     };
   }
 
@@ -343,7 +470,10 @@ export class Qp implements TransportQp {
    * byte landed (a WRITE_WITH_IMM whose last packet fails its checks): it stays at the head.
    */
   returnRecv(e: RecvWqe): void {
-    if (this.srq) { this.srq.giveBack(e); return; }
+    if (this.srq) {
+      this.srq.giveBack(e);
+      return;
+    }
     this.rqHead = (this.rqHead - 1 + this.cap.maxRecvWr) % this.cap.maxRecvWr;
     this.rqCount++;
     if (this.rq[this.rqHead] !== e) this.rq[this.rqHead] = e;

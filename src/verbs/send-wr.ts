@@ -31,8 +31,10 @@ export function checkSendWr(qp: SendQueueOwner, w: SendWr): void {
   const code = typeof w.opcode === 'string' && Object.hasOwn(WrOp, w.opcode) ? WrOp[w.opcode] : undefined;
   if (code === undefined) throw new VerbsError('EINVAL', op, `unknown opcode ${String(w.opcode)}`, 'opcode');
   const t = qp.type;
-  if ((t === 'UD' || t === 'GSI') && code !== WrOp.SEND && code !== WrOp.SEND_WITH_IMM) throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UD QP`, 'opcode');
-  if (t === 'UC' && (code === WrOp.RDMA_READ || code >= WrOp.ATOMIC_CMP_AND_SWP || code === WrOp.SEND_WITH_INV)) throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UC QP`, 'opcode');
+  if ((t === 'UD' || t === 'GSI') && code !== WrOp.SEND && code !== WrOp.SEND_WITH_IMM)
+    throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UD QP`, 'opcode');
+  if (t === 'UC' && (code === WrOp.RDMA_READ || code >= WrOp.ATOMIC_CMP_AND_SWP || code === WrOp.SEND_WITH_INV))
+    throw new VerbsError('EINVAL', op, `${w.opcode} is not allowed on a UC QP`, 'opcode');
   for (const k of SEND_FLAGS) V.optBool(op, k, w[k]);
   const len = checkSgl(w.sg, qp.cap.maxSendSge, op);
   if (w.inline && len > qp.cap.maxInline) throw new VerbsError('EINVAL', op, `inline data ${len} > maxInline ${qp.cap.maxInline}`, 'inline');
@@ -48,7 +50,8 @@ export function checkSendWr(qp: SendQueueOwner, w: SendWr): void {
     V.u64(op, 'remote', r['addr']);
     V.u32(op, 'remote', r['rkey']);
     // rdma-core's rxe provider (post_one_send): an atomic's target must be 8-byte aligned.
-    if (code >= WrOp.ATOMIC_CMP_AND_SWP && ((r['addr'] as bigint) & 7n) !== 0n) throw new VerbsError('EINVAL', op, 'an atomic needs an 8-byte aligned remote address', 'remote');
+    if (code >= WrOp.ATOMIC_CMP_AND_SWP && ((r['addr'] as bigint) & 7n) !== 0n)
+      throw new VerbsError('EINVAL', op, 'an atomic needs an 8-byte aligned remote address', 'remote');
   }
   if (code >= WrOp.ATOMIC_CMP_AND_SWP) {
     V.operand(op, 'compareAdd', x['compareAdd']);
@@ -100,7 +103,10 @@ export function fillSendWqe(qp: SendQueueOwner, e: SendWqe, w: SendWr): void {
   if (w.inline && !e.localErr) {
     const b = Buffer.allocUnsafe(e.length);
     let p = 0;
-    for (const s of e.sg) { s.mr.buffer.copy(b, p, s.offset, s.offset + s.length); p += s.length; }
+    for (const s of e.sg) {
+      s.mr.buffer.copy(b, p, s.offset, s.offset + s.length);
+      p += s.length;
+    }
     e.inline = b;
   }
 }

@@ -13,7 +13,12 @@ export { ACCESS, WrOp, WC_STATUS, St, WC_OPCODE } from '../roce/transport/types.
 export type { WcStatus, WcOpcode } from '../roce/transport/types.js';
 
 export type Access = keyof typeof ACCESS;
-export function accessBits(a: readonly Access[] | undefined, arg: string, op: string, err: (code: 'EINVAL', op: string, msg: string, arg: string) => Error): number {
+export function accessBits(
+  a: readonly Access[] | undefined,
+  arg: string,
+  op: string,
+  err: (code: 'EINVAL', op: string, msg: string, arg: string) => Error,
+): number {
   let bits = 0;
   for (const x of a ?? []) {
     const b = ACCESS[x];
@@ -24,9 +29,16 @@ export function accessBits(a: readonly Access[] | undefined, arg: string, op: st
 }
 
 /** Scatter/gather element: a byte range of a registered region. */
-export interface Sge { mr: Mr; offset: number; length: number }
+export interface Sge {
+  mr: Mr;
+  offset: number;
+  length: number;
+}
 
-export interface RecvWr { wrId: number; sg: readonly Sge[] }
+export interface RecvWr {
+  wrId: number;
+  sg: readonly Sge[];
+}
 
 interface SendWrBase {
   wrId: number;
@@ -41,16 +53,17 @@ interface SendWrBase {
   ud?: { ah: Ah; remoteQpn: number; remoteQkey: number };
 }
 export type Remote = { remote: { addr: bigint; rkey: number } };
-export type SendWr = SendWrBase & (
-  | { opcode: 'SEND' }
-  | { opcode: 'SEND_WITH_IMM'; imm: number }
-  | { opcode: 'SEND_WITH_INV'; invalidateRkey: number }
-  | ({ opcode: 'RDMA_WRITE' } & Remote)
-  | ({ opcode: 'RDMA_WRITE_WITH_IMM'; imm: number } & Remote)
-  | ({ opcode: 'RDMA_READ' } & Remote)
-  | ({ opcode: 'ATOMIC_CMP_AND_SWP'; compareAdd: bigint; swap: bigint } & Remote)
-  | ({ opcode: 'ATOMIC_FETCH_AND_ADD'; compareAdd: bigint } & Remote)
-);
+export type SendWr = SendWrBase &
+  (
+    | { opcode: 'SEND' }
+    | { opcode: 'SEND_WITH_IMM'; imm: number }
+    | { opcode: 'SEND_WITH_INV'; invalidateRkey: number }
+    | ({ opcode: 'RDMA_WRITE' } & Remote)
+    | ({ opcode: 'RDMA_WRITE_WITH_IMM'; imm: number } & Remote)
+    | ({ opcode: 'RDMA_READ' } & Remote)
+    | ({ opcode: 'ATOMIC_CMP_AND_SWP'; compareAdd: bigint; swap: bigint } & Remote)
+    | ({ opcode: 'ATOMIC_FETCH_AND_ADD'; compareAdd: bigint } & Remote)
+  );
 export type SendOpcode = SendWr['opcode'];
 
 /** A work completion (ibv_wc). Fill preallocated ones with cq.poll(). */

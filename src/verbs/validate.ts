@@ -19,7 +19,8 @@ const show = (v: unknown): string => (typeof v === 'string' ? JSON.stringify(v) 
 
 /** A plain object (not null, not an array): options and attribute bags. */
 export function obj(op: string, arg: string, v: unknown): void {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(op, arg, `must be an object, got ${v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v}`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    fail(op, arg, `must be an object, got ${v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v}`);
 }
 /** An optional options bag: undefined, or an object. */
 export function optObj(op: string, arg: string, v: unknown): void {
@@ -81,7 +82,11 @@ export function gid(op: string, arg: string, v: unknown): Gid {
   }
   if (typeof v !== 'string') fail(op, arg, `must be a GID (16 bytes) or an address string, got ${show(v)}`);
   let g: Gid;
-  try { g = gidFromString(v); } catch { fail(op, arg, `is not a GID or IP address: ${show(v)}`); }
+  try {
+    g = gidFromString(v);
+  } catch {
+    fail(op, arg, `is not a GID or IP address: ${show(v)}`);
+  }
   if (g.length !== 16) fail(op, arg, `is not a GID or IP address: ${show(v)}`);
   return g;
 }

@@ -15,7 +15,10 @@ t.test('text output: one line per RoCE packet, then exactly one summary line', (
   t.equal(lines.at(-1), 'packets=45 roce=45 icrc_ok=45 icrc_bad=0 malformed=0');
   t.equal(lines.filter((l) => /^packets=/.test(l)).length, 1);
   t.match(lines[0]!, /198\.18\.0\.12:55410 > 198\.18\.0\.11 UD_SEND_ONLY qp=0x000001 .*deth\[qkey=0x80010000 srcqp=0x000001\] \[CM REQ\] len=256 icrc=ok/);
-  t.ok(lines.some((l) => /RC_ACKNOWLEDGE .*aeth\[ACK msn=\d+\]/.test(l)), 'AETH decoded');
+  t.ok(
+    lines.some((l) => /RC_ACKNOWLEDGE .*aeth\[ACK msn=\d+\]/.test(l)),
+    'AETH decoded',
+  );
   t.end();
 });
 
@@ -27,7 +30,10 @@ t.test('--json: one object per packet, same summary line last', (t) => {
   const objs = lines.slice(0, -1).map((l) => JSON.parse(l) as { opcodeName: string; icrc: string; reth?: { rkey: number } });
   t.equal(objs.length, 125);
   t.ok(objs.every((o) => o.icrc === 'ok'));
-  t.ok(objs.some((o) => o.opcodeName === 'RC_RDMA_READ_REQUEST' && o.reth && o.reth.rkey > 0), 'RETH fields');
+  t.ok(
+    objs.some((o) => o.opcodeName === 'RC_RDMA_READ_REQUEST' && o.reth && o.reth.rkey > 0),
+    'RETH fields',
+  );
   t.end();
 });
 
@@ -52,9 +58,13 @@ t.test('wire demo verifies and catches the corrupted packet', (t) => {
 
 t.test('npm start: RDMA between two loopback devices, its recording verified', (t) => {
   // Not the default 127.0.0.1/127.0.0.2: test/readme.test.ts runs the README's example there.
-  const r = spawnSync(process.execPath, [bin, 'demo'], { encoding: 'utf8', env: { ...process.env, SOFTROCE_DEVICES: 'softroce0=lo:127.0.72.1,softroce1=lo:127.0.72.2' } });
+  const r = spawnSync(process.execPath, [bin, 'demo'], {
+    encoding: 'utf8',
+    env: { ...process.env, SOFTROCE_DEVICES: 'softroce0=lo:127.0.72.1,softroce1=lo:127.0.72.2' },
+  });
   t.equal(r.status, 0, r.stderr);
-  for (const op of ['SEND/RECV', 'RDMA WRITE', 'RDMA READ', 'FETCH_AND_ADD', 'CMP_AND_SWP']) t.match(r.stdout, new RegExp(`${op.replace('/', '\\/')}\\s+SUCCESS`), op);
+  for (const op of ['SEND/RECV', 'RDMA WRITE', 'RDMA READ', 'FETCH_AND_ADD', 'CMP_AND_SWP'])
+    t.match(r.stdout, new RegExp(`${op.replace('/', '\\/')}\\s+SUCCESS`), op);
   t.match(r.stdout, /FETCH_AND_ADD\s+SUCCESS: returned 41, remote now 42/);
   t.match(r.stdout, /CMP_AND_SWP\s+SUCCESS: compare 42 swap 1000 returned 42, remote now 1000/);
   t.match(r.stdout, /packets=18 roce=18 icrc_ok=18 icrc_bad=0 malformed=0/);

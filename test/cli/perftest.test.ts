@@ -11,20 +11,37 @@ import { perftest, type PerfTest } from '../../src/cli/perftest.js';
 process.env['SOFTROCE_DEVICES'] = 'pt_a=lo:127.0.70.1,pt_b=lo:127.0.70.2';
 let nextPort = 23_400 + Math.floor(Math.random() * 400);
 
-interface Run { code: number; out: string; err: string }
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+}
 
 async function pair(test: PerfTest, args: string[]): Promise<{ server: Run; client: Run }> {
   const port = String(nextPort++);
   const mk = (): { r: Run; out: (s: string) => void; err: (s: string) => void } => {
     const r: Run = { code: -1, out: '', err: '' };
-    return { r, out: (s) => { r.out += s + '\n'; }, err: (s) => { r.err += s + '\n'; } };
+    return {
+      r,
+      out: (s) => {
+        r.out += s + '\n';
+      },
+      err: (s) => {
+        r.err += s + '\n';
+      },
+    };
   };
-  const s = mk(), c = mk();
-  const sp = perftest(test, ['-d', 'pt_a', '-p', port, ...args], s.out, s.err).then((code) => { s.r.code = code; });
+  const s = mk(),
+    c = mk();
+  const sp = perftest(test, ['-d', 'pt_a', '-p', port, ...args], s.out, s.err).then((code) => {
+    s.r.code = code;
+  });
   // The server listens before the client connects (perftest's client does not retry).
-  for (let i = 0; i < 100 && !s.r.out.includes('Waiting for client') && !s.r.out.includes('\n') ; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 100 && !s.r.out.includes('Waiting for client') && !s.r.out.includes('\n'); i++) await new Promise((r) => setTimeout(r, 10));
   await new Promise((r) => setTimeout(r, 50));
-  const cp = perftest(test, ['-d', 'pt_b', '-p', port, ...args, '127.0.70.1'], c.out, c.err).then((code) => { c.r.code = code; });
+  const cp = perftest(test, ['-d', 'pt_b', '-p', port, ...args, '127.0.70.1'], c.out, c.err).then((code) => {
+    c.r.code = code;
+  });
   await Promise.all([sp, cp]);
   return { server: s.r, client: c.r };
 }
@@ -72,7 +89,11 @@ t.test('each tool runs against itself and prints its result row', async (t) => {
 t.test('-a sweeps the sizes, -q spreads over QPs, -D runs for a time', async (t) => {
   const a = await pair('write_bw', ['-a', '-n', '5']);
   t.equal(a.client.code, 0, a.client.err);
-  t.same(rows(a.client.out).map((r) => r[0]), Array.from({ length: 23 }, (_, i) => 2 ** (i + 1)), 'write_bw -a: 2 B to 8 MiB');
+  t.same(
+    rows(a.client.out).map((r) => r[0]),
+    Array.from({ length: 23 }, (_, i) => 2 ** (i + 1)),
+    'write_bw -a: 2 B to 8 MiB',
+  );
   const l = await pair('send_lat', ['-a', '-n', '5']);
   t.equal(l.client.code, 0, l.client.err);
   t.equal(rows(l.client.out).length, 23, 'send_lat -a: 23 sizes');
@@ -91,7 +112,8 @@ t.test('-b: both sides run and print the sum of both directions', async (t) => {
     const r = await pair(tool, ['-b', '-n', '300']);
     t.equal(r.client.code, 0, `ib_${tool} -b client ${r.client.err}`);
     t.equal(r.server.code, 0, `ib_${tool} -b server ${r.server.err}`);
-    const cr = rows(r.client.out), sr = rows(r.server.out);
+    const cr = rows(r.client.out),
+      sr = rows(r.server.out);
     t.equal(cr.length, 1, `ib_${tool} -b: one row`);
     t.same(sr, cr, `ib_${tool} -b: both sides print the same combined row`);
     t.ok(cr[0]![3]! > 0, `ib_${tool} -b: bandwidth measured`);
@@ -99,7 +121,13 @@ t.test('-b: both sides run and print the sum of both directions', async (t) => {
 });
 
 t.test('UC and UD where perftest allows them', async (t) => {
-  for (const [tool, conn] of [['send_bw', 'UC'], ['send_bw', 'UD'], ['write_bw', 'UC'], ['send_lat', 'UD'], ['write_lat', 'UC']] as const) {
+  for (const [tool, conn] of [
+    ['send_bw', 'UC'],
+    ['send_bw', 'UD'],
+    ['write_bw', 'UC'],
+    ['send_lat', 'UD'],
+    ['write_lat', 'UC'],
+  ] as const) {
     const r = await pair(tool, ['-c', conn, '-n', '200']);
     t.equal(r.client.code, 0, `ib_${tool} -c ${conn} ${r.client.err}`);
     t.match(r.client.out, new RegExp(`Connection type : ${conn}`));
@@ -130,7 +158,14 @@ t.test('misuse is a clear error', async (t) => {
   ];
   for (const [tool, args, re] of cases) {
     let err = '';
-    const code = await perftest(tool, args, () => undefined, (s) => { err += s; });
+    const code = await perftest(
+      tool,
+      args,
+      () => undefined,
+      (s) => {
+        err += s;
+      },
+    );
     t.equal(code, 1, `ib_${tool} ${args.join(' ')} exits 1`);
     t.match(err, re, `ib_${tool} ${args.join(' ')} says why`);
   }

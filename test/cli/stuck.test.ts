@@ -18,12 +18,21 @@ function gidIndex(dev: string, ip: string): number {
   return line ? Number(line.split('\t')[2]) : -1;
 }
 
-interface Proc { p: ChildProcess; out: string; err: string; code: Promise<number | null> }
+interface Proc {
+  p: ChildProcess;
+  out: string;
+  err: string;
+  code: Promise<number | null>;
+}
 function run(args: string[], tool = 'ibv_rc_pingpong'): Proc {
   const p = spawn(process.execPath, [bin(tool), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const r: Proc = { p, out: '', err: '', code: new Promise((res) => p.on('exit', (c) => res(c))) };
-  p.stdout!.on('data', (d: Buffer) => { r.out += d.toString(); });
-  p.stderr!.on('data', (d: Buffer) => { r.err += d.toString(); });
+  p.stdout!.on('data', (d: Buffer) => {
+    r.out += d.toString();
+  });
+  p.stderr!.on('data', (d: Buffer) => {
+    r.err += d.toString();
+  });
   return r;
 }
 
@@ -58,9 +67,18 @@ t.test('a SIGTERMed ping-pong prints its QP trace under "stuck: trace"', async (
   t.ok(trace.length > 0 && trace.length <= 32, `trace lines printed (${trace.length}, at most 32)`);
   for (const l of trace) t.match(l, /^stuck: trace qp 0x[0-9a-f]+ #\d+ (req|comp|resp) [A-Z_]+ (RC_[A-Z_]+|-) psn 0x[0-9a-f]{6} [a-z_]+( x\d+)?$/);
   // A ping-pong in progress: it sent SENDs, had them acknowledged, and received the peer's.
-  t.ok(trace.some((l) => / req SEND RC_SEND_(LAST|ONLY) .* sent$/.test(l)), 'requester: sent');
-  t.ok(trace.some((l) => / comp COMP_ACK RC_ACKNOWLEDGE .* acked/.test(l)), 'completer: ACK completed');
-  t.ok(trace.some((l) => / resp ACKNOWLEDGE RC_SEND_(LAST|ONLY) .* ack_queued/.test(l)), 'responder: SEND received and acknowledged');
+  t.ok(
+    trace.some((l) => / req SEND RC_SEND_(LAST|ONLY) .* sent$/.test(l)),
+    'requester: sent',
+  );
+  t.ok(
+    trace.some((l) => / comp COMP_ACK RC_ACKNOWLEDGE .* acked/.test(l)),
+    'completer: ACK completed',
+  );
+  t.ok(
+    trace.some((l) => / resp ACKNOWLEDGE RC_SEND_(LAST|ONLY) .* ack_queued/.test(l)),
+    'responder: SEND received and acknowledged',
+  );
   // The trace follows the QP's own stuck line.
   const first = lines.findIndex((l) => l.startsWith('stuck: trace '));
   t.match(lines[first - 1] ?? '', /^stuck: qp 0x[0-9a-f]+ RTS /);
@@ -89,6 +107,12 @@ t.test('a SIGTERMed ib_write_bw prints its QP trace under "stuck: trace"', async
   }
   const trace = client.err.split('\n').filter((l) => l.startsWith('stuck: trace '));
   t.ok(trace.length > 0 && trace.length <= 32, `trace lines printed (${trace.length})`);
-  t.ok(trace.some((l) => / req SEND RC_RDMA_WRITE_(LAST|ONLY) /.test(l)), 'requester: WRITEs sent');
-  t.ok(trace.some((l) => / comp COMP_ACK RC_ACKNOWLEDGE .* acked/.test(l)), 'completer: ACKs');
+  t.ok(
+    trace.some((l) => / req SEND RC_RDMA_WRITE_(LAST|ONLY) /.test(l)),
+    'requester: WRITEs sent',
+  );
+  t.ok(
+    trace.some((l) => / comp COMP_ACK RC_ACKNOWLEDGE .* acked/.test(l)),
+    'completer: ACKs',
+  );
 });

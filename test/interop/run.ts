@@ -21,21 +21,37 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const LAB_DIR = process.env['SOFTROCE_LAB'] ?? resolve(ROOT, '..', 'shared', 'lab');
 const LAB = join(LAB_DIR, 'lab');
 const HOST_IP = '198.18.0.1';
-const GUEST_SERVER = 1, GUEST_CLIENT = 2;
+const GUEST_SERVER = 1,
+  GUEST_CLIENT = 2;
 const GUEST_IP = (g: number): string => `198.18.0.${10 + g}`;
 const DEVS = `SOFTROCE_DEVICES=rxe0=labbr0:${HOST_IP}`;
 
-interface Res { code: number | null; out: string; err: string }
+interface Res {
+  code: number | null;
+  out: string;
+  err: string;
+}
 
 function sh(cmd: string, args: string[], timeoutMs: number, env: NodeJS.ProcessEnv = process.env): Promise<Res> {
   return new Promise((res) => {
     const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    let out = '',
+      err = '';
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    p.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
     const t = setTimeout(() => p.kill('SIGTERM'), timeoutMs);
-    p.on('close', (code) => { clearTimeout(t); res({ code, out, err }); });
-    p.on('error', (e) => { clearTimeout(t); res({ code: -1, out, err: err + String(e) }); });
+    p.on('close', (code) => {
+      clearTimeout(t);
+      res({ code, out, err });
+    });
+    p.on('error', (e) => {
+      clearTimeout(t);
+      res({ code: -1, out, err: err + String(e) });
+    });
   });
 }
 const lab = (args: string[], ms = 120_000): Promise<Res> => sh(LAB, args, ms);
@@ -46,7 +62,11 @@ function cannotRun(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, qemu taps)';
   if (!existsSync('/dev/net/tun')) return 'no /dev/net/tun';
   if (!existsSync(LAB)) return `no lab at ${LAB_DIR} (set SOFTROCE_LAB)`;
-  try { accessSync(LAB, constants.X_OK); } catch { return `${LAB} is not executable`; }
+  try {
+    accessSync(LAB, constants.X_OK);
+  } catch {
+    return `${LAB} is not executable`;
+  }
   return null;
 }
 
@@ -61,7 +81,14 @@ async function waitListen(where: 'host' | number, ms = 30_000): Promise<boolean>
   return false;
 }
 
-interface Case { kind: 'rc' | 'uc' | 'ud' | 'srq' | 'perftest'; tool?: string; args: string; lossy?: boolean; jumbo?: boolean; validate?: boolean }
+interface Case {
+  kind: 'rc' | 'uc' | 'ud' | 'srq' | 'perftest';
+  tool?: string;
+  args: string;
+  lossy?: boolean;
+  jumbo?: boolean;
+  validate?: boolean;
+}
 
 function cases(): Case[] {
   const c: Case[] = [];
@@ -75,7 +102,8 @@ function cases(): Case[] {
   }
   c.push({ kind: 'rc', args: '-c -n 200', lossy: true, validate: true });
   // perftest (issue 5): softroce's ib_* tools against perftest's, TCP exchange.
-  for (const tool of ['ib_send_bw', 'ib_write_bw', 'ib_read_bw', 'ib_atomic_bw', 'ib_send_lat', 'ib_write_lat', 'ib_read_lat', 'ib_atomic_lat']) c.push({ kind: 'perftest', tool, args: '-n 200' });
+  for (const tool of ['ib_send_bw', 'ib_write_bw', 'ib_read_bw', 'ib_atomic_bw', 'ib_send_lat', 'ib_write_lat', 'ib_read_lat', 'ib_atomic_lat'])
+    c.push({ kind: 'perftest', tool, args: '-n 200' });
   c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-s 1024 -n 500 --report_gbits' });
   c.push({ kind: 'perftest', tool: 'ib_write_bw', args: '-q 4 -n 200' });
   c.push({ kind: 'perftest', tool: 'ib_send_bw', args: '-q 2 -n 200' });
@@ -104,7 +132,13 @@ const tail = (s: string): string => {
   if (firstStuck < 0) return lines.slice(-2).join(' | ');
   return [...lines.slice(Math.max(0, firstStuck - 2), firstStuck), ...lines.slice(firstStuck)].join(' | ');
 };
-const oneLine = (s: string): string => s.trim().split('\n').map((l) => l.trim()).filter(Boolean).join(' | ');
+const oneLine = (s: string): string =>
+  s
+    .trim()
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(' | ');
 
 /**
  * Whether both guests still reach the host side. Under TCG a guest's NIC has been seen to stop
@@ -153,7 +187,16 @@ async function runCase(c: Case, dir: 'softroce-server' | 'rxe-server', gidx: num
     client = await guest(GUEST_CLIENT, `${theirs} ${HOST_IP}`, ms);
   }
   const srv = await server;
-  const sides: Array<[string, Res]> = dir === 'rxe-server' ? [['rxe server', srv], ['softroce client', client]] : [['softroce server', srv], ['rxe client', client]];
+  const sides: Array<[string, Res]> =
+    dir === 'rxe-server'
+      ? [
+          ['rxe server', srv],
+          ['softroce client', client],
+        ]
+      : [
+          ['softroce server', srv],
+          ['rxe client', client],
+        ];
   for (const [name, r] of sides) {
     if (r.code !== 0) return `${name} exited ${r.code}: ${tail(r.err || r.out)}`;
     // READ and atomic latency servers only serve: perftest prints no result there.
@@ -177,7 +220,9 @@ async function main(): Promise<number> {
     return 3;
   }
   const native = loadNative() !== null && process.env['SOFTROCE_NO_NATIVE'] !== '1';
-  console.log(`interop: lab ${LAB_DIR}; mode: ${native ? 'native addon (IP_PMTUDISC_DO: IPv4 ID 0), ipid0 rule OFF' : 'pure JS (dgram) with the lab ipid0 nftables rule ON (crutch)'}`);
+  console.log(
+    `interop: lab ${LAB_DIR}; mode: ${native ? 'native addon (IP_PMTUDISC_DO: IPv4 ID 0), ipid0 rule OFF' : 'pure JS (dgram) with the lab ipid0 nftables rule ON (crutch)'}`,
+  );
   if (process.env['CI']) await lab(['down']); // a fresh lab: nothing left from an earlier run
   const up = await lab(['up', '2'], 900_000);
   if (up.code !== 0) {
@@ -195,18 +240,26 @@ async function main(): Promise<number> {
     return 1;
   }
   console.log(`interop: softroce GID index ${gidx} (::ffff:${HOST_IP}, RoCE v2); rxe GID index 1`);
-  let pass = 0, fail = 0;
-  let jumbo = false, lossy = false;
+  let pass = 0,
+    fail = 0;
+  let jumbo = false,
+    lossy = false;
   let restarts = 0;
   /** After a failure: if a guest lost its network, a fresh lab (at most 3 times); false if that failed. */
   const healLab = async (): Promise<boolean> => {
     const sick = await labSick();
     if (sick === null) return true;
-    if (++restarts > 3) { console.log(`interop: lab: ${sick}; already restarted 3 times`); return false; }
+    if (++restarts > 3) {
+      console.log(`interop: lab: ${sick}; already restarted 3 times`);
+      return false;
+    }
     console.log(`interop: lab: ${sick}; restarting the lab (restart ${restarts})`);
     await lab(['down']);
     const again = await lab(['up', '2'], 900_000);
-    if (again.code !== 0) { console.log(`interop: lab: did not come up again: ${tail(again.err || again.out)}`); return false; }
+    if (again.code !== 0) {
+      console.log(`interop: lab: did not come up again: ${tail(again.err || again.out)}`);
+      return false;
+    }
     await lab(['ipid0', native ? 'off' : 'on']);
     if (jumbo) await setJumbo(true);
     if (lossy) await setLossy(true);
@@ -215,12 +268,24 @@ async function main(): Promise<number> {
   const only = process.env['INTEROP_ONLY'];
   for (const c of cases()) {
     if (only && !`${c.tool ?? c.kind} ${c.args}`.includes(only)) continue;
-    if (!!c.jumbo !== jumbo) { await setJumbo(!!c.jumbo); jumbo = !!c.jumbo; }
-    if (!!c.lossy !== lossy) { await setLossy(!!c.lossy); lossy = !!c.lossy; }
+    if (!!c.jumbo !== jumbo) {
+      await setJumbo(!!c.jumbo);
+      jumbo = !!c.jumbo;
+    }
+    if (!!c.lossy !== lossy) {
+      await setLossy(!!c.lossy);
+      lossy = !!c.lossy;
+    }
     for (const dir of ['softroce-server', 'rxe-server'] as const) {
       const name = `${(c.tool ?? c.kind).padEnd(3)} ${(c.args || 'defaults').padEnd(16)}${c.lossy ? ' lossy(netem 3%)' : ''}${c.jumbo ? ' mtu9000' : ''} ${dir}`;
       const t0 = Date.now();
-      const attempt = async (): Promise<string | null> => { try { return await runCase(c, dir, gidx); } catch (e) { return String(e); } };
+      const attempt = async (): Promise<string | null> => {
+        try {
+          return await runCase(c, dir, gidx);
+        } catch (e) {
+          return String(e);
+        }
+      };
       let why = await attempt();
       // Under TCG a guest can be slow to listen or to answer; like the lab's selftest, try a failed case once more and say so.
       // The lossy case gets the same single retry as every other one (issue 10): it used to need
@@ -238,9 +303,19 @@ async function main(): Promise<number> {
       }
       if (firsts.length) note = ` after ${firsts.length} retr${firsts.length === 1 ? 'y' : 'ies'} (first: ${firsts.join(' / ')})`;
       const dt = ((Date.now() - t0) / 1000).toFixed(1);
-      if (why === null) { pass++; console.log(`PASS ${name} (${dt}s)${note}`); } else { fail++; console.log(`FAIL ${name} (${dt}s): ${why}${note}`); }
+      if (why === null) {
+        pass++;
+        console.log(`PASS ${name} (${dt}s)${note}`);
+      } else {
+        fail++;
+        console.log(`FAIL ${name} (${dt}s): ${why}${note}`);
+      }
       await cleanup();
-      if (why !== null && !(await healLab())) { console.log('interop: the lab could not be restarted; stopping'); console.log(`${pass} passed, ${fail + 1} failed`); return 1; }
+      if (why !== null && !(await healLab())) {
+        console.log('interop: the lab could not be restarted; stopping');
+        console.log(`${pass} passed, ${fail + 1} failed`);
+        return 1;
+      }
     }
   }
   if (jumbo) await setJumbo(false);
@@ -251,4 +326,11 @@ async function main(): Promise<number> {
   return fail ? 1 : 0;
 }
 
-main().then((c) => process.exit(c), (e: unknown) => { console.error(e); console.log('0 passed, 1 failed'); process.exit(1); });
+main().then(
+  (c) => process.exit(c),
+  (e: unknown) => {
+    console.error(e);
+    console.log('0 passed, 1 failed');
+    process.exit(1);
+  },
+);

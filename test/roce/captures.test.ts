@@ -15,10 +15,21 @@ import { capturesDir, goldenFiles, Rng } from '../helpers.js';
 
 /** RoCE packets per file as tshark counts them (`tshark -r F -Y infiniband | wc -l`). */
 const TSHARK_ROCE: Record<string, number> = {
-  'ib_atomic_bw.pcap': 20, 'ib_atomic_bw_rdma_cm.pcap': 94, 'ib_read_bw.pcap': 50, 'ib_read_bw_rdma_cm.pcap': 124,
-  'ib_send_lat.pcap': 40, 'ib_send_lat_rdma_cm.pcap': 94, 'ib_write_bw.pcap': 50, 'ib_write_bw_rdma_cm.pcap': 125,
-  'rc_pingpong.pcap': 100, 'rc_pingpong_small.pcap': 40, 'rping.pcap': 125, 'rxe_to_host_udp.pcap': 116,
-  'ucmatose.pcap': 45, 'ud_pingpong.pcap': 20, 'udaddy.pcap': 22,
+  'ib_atomic_bw.pcap': 20,
+  'ib_atomic_bw_rdma_cm.pcap': 94,
+  'ib_read_bw.pcap': 50,
+  'ib_read_bw_rdma_cm.pcap': 124,
+  'ib_send_lat.pcap': 40,
+  'ib_send_lat_rdma_cm.pcap': 94,
+  'ib_write_bw.pcap': 50,
+  'ib_write_bw_rdma_cm.pcap': 125,
+  'rc_pingpong.pcap': 100,
+  'rc_pingpong_small.pcap': 40,
+  'rping.pcap': 125,
+  'rxe_to_host_udp.pcap': 116,
+  'ucmatose.pcap': 45,
+  'ud_pingpong.pcap': 20,
+  'udaddy.pcap': 22,
 };
 
 const files = goldenFiles();
@@ -65,8 +76,13 @@ t.test('IPv4 ID and DF are recovered from the ICRC of every golden IPv4 packet',
       const ip = d.frame.ipv4;
       const ib = Buffer.from(r.data.subarray(ibOffset(d.frame), ibOffset(d.frame) + d.frame.udp.length - 8));
       const got = inferIpv4Id(
-        Buffer.from(ip.src).readUInt32BE(0), Buffer.from(ip.dst).readUInt32BE(0),
-        d.frame.udp.srcPort, d.frame.udp.dstPort, ib, 0, ib.length - 4,
+        Buffer.from(ip.src).readUInt32BE(0),
+        Buffer.from(ip.dst).readUInt32BE(0),
+        d.frame.udp.srcPort,
+        d.frame.udp.dstPort,
+        ib,
+        0,
+        ib.length - 4,
       );
       n++;
       const df = (ip.flags >> 1) & 1;
@@ -102,7 +118,11 @@ t.test('corrupted copies are reported as bad ICRC, masked fields are not', (t) =
 
   // Covered and masked IPv4 fields, on the first RoCE frame.
   const first = cap.records.find((r) => decodeFrame(r.data, r.linkType).roce)!;
-  const at = (off: number): Buffer => { const b = Buffer.from(first.data); b[14 + off]! ^= 0x01; return b; };
+  const at = (off: number): Buffer => {
+    const b = Buffer.from(first.data);
+    b[14 + off]! ^= 0x01;
+    return b;
+  };
   t.equal(decodeFrame(at(4), 1).icrc, 'bad', 'IPv4 Identification is covered by the ICRC');
   t.equal(decodeFrame(at(8), 1).icrc, 'ok', 'IPv4 TTL is masked');
   t.equal(decodeFrame(at(1), 1).icrc, 'ok', 'IPv4 TOS is masked');

@@ -18,16 +18,17 @@ import t from 'tap';
 import { readFileSync, closeSync } from 'node:fs';
 import { deviceRx } from '../../src/roce/transport/recv.js';
 import { C } from '../../src/roce/counters.js';
-import {
-  Ipv4IdWindow, checkIcrcV4, icrcIdDelta, icrcV2Ipv4Parts, inferIpv4Id, inferIpv4IdDf, writeIcrc,
-} from '../../src/roce/icrc.js';
+import { Ipv4IdWindow, checkIcrcV4, icrcIdDelta, icrcV2Ipv4Parts, inferIpv4Id, inferIpv4IdDf, writeIcrc } from '../../src/roce/icrc.js';
 import { readCapture } from '../../src/roce/pcap.js';
 import { decodeFrame, ibOffset } from '../../src/roce/framing.js';
 import { openDevice, type Device, type Port } from '../../src/verbs/device.js';
 import { loadNative } from '../../src/native.js';
 import { goldenFiles, Rng } from '../helpers.js';
 
-const SRC = 0x7f000a01, DST = 0x7f000a02, SPORT = 0xc123, DPORT = 4791;
+const SRC = 0x7f000a01,
+  DST = 0x7f000a02,
+  SPORT = 0xc123,
+  DPORT = 4791;
 const SRC_STR = '127.0.10.1';
 
 /** An RC SEND_ONLY packet of n bytes (BTH … ICRC, n % 4 === 0) to QP 0x11, ICRC for `id` with DF. */
@@ -35,7 +36,8 @@ function packet(n: number, seed: number, id: number, srcPort = SPORT): Buffer {
   const p = Buffer.alloc(n);
   const r = new Rng(seed);
   p[0] = 0x04; // RC SEND_ONLY
-  p[2] = 0xff; p[3] = 0xff; // default P_Key
+  p[2] = 0xff;
+  p[3] = 0xff; // default P_Key
   p[7] = 0x11; // destination QP
   p[8] = 0x80; // AckReq
   p.writeUIntBE(r.int(0x1000000), 9, 3);
@@ -49,8 +51,12 @@ function receiver(mode: 'infer-id' | 'id-zero') {
   const v = new Float64Array(64);
   const dev = { closed: false, icrcIpv4: mode, qps: new Map(), gsi: null } as unknown as Device;
   const port = {
-    num: 1, counters: { v }, link: { family: 4, localPort: DPORT }, ipNum: DST,
-    addrBytes: new Uint8Array([127, 0, 10, 2]), recorderRx: null,
+    num: 1,
+    counters: { v },
+    link: { family: 4, localPort: DPORT },
+    ipNum: DST,
+    addrBytes: new Uint8Array([127, 0, 10, 2]),
+    recorderRx: null,
   } as unknown as Port;
   return {
     v,
@@ -63,7 +69,12 @@ function receiver(mode: 'infer-id' | 'id-zero') {
   };
 }
 
-interface Way { name: string; mode: 'infer-id' | 'id-zero'; id: number; known: boolean }
+interface Way {
+  name: string;
+  mode: 'infer-id' | 'id-zero';
+  id: number;
+  known: boolean;
+}
 const WAYS: Way[] = [
   { name: 'ID known (raw receive), ID 0x1234', mode: 'infer-id', id: 0x1234, known: true },
   { name: 'ID known (raw receive), ID 0', mode: 'infer-id', id: 0, known: true },
@@ -76,7 +87,12 @@ const WAYS: Way[] = [
 const LENGTHS = [64, 176, 300, 1840, 4112];
 
 t.test('the old check (ID and DF solved for) absorbs byte 173 bit 3 and byte 1834 bit 6', (t) => {
-  for (const [n, byte, bit] of [[176, 173, 3], [1840, 1834, 6], [4112, 173, 3], [4112, 1834, 6]] as const) {
+  for (const [n, byte, bit] of [
+    [176, 173, 3],
+    [1840, 1834, 6],
+    [4112, 173, 3],
+    [4112, 1834, 6],
+  ] as const) {
     const p = packet(n, n, 0);
     p[byte]! ^= 1 << bit;
     t.not(inferIpv4Id(SRC, DST, SPORT, DPORT, p, 0, n - 4), -1, `n=${n}: inferIpv4Id explains byte ${byte} bit ${bit} by a DF/ID change`);
@@ -89,7 +105,8 @@ for (const w of WAYS) {
   t.test(`every single-bit error is rejected: ${w.name}`, (t) => {
     const rx = receiver(w.mode);
     const known = w.known ? w.id | 0x10000 : undefined;
-    let passed = 0, tried = 0;
+    let passed = 0,
+      tried = 0;
     const first: string[] = [];
     for (const n of LENGTHS) {
       const clean = packet(n, n * 7 + w.id, w.id);
@@ -100,7 +117,10 @@ for (const w of WAYS) {
           const q = Buffer.from(clean);
           q[o]! ^= 1 << b;
           tried++;
-          if (rx.pass(q, known)) { passed++; if (first.length < 5) first.push(`n=${n} byte ${o} bit ${b}`); }
+          if (rx.pass(q, known)) {
+            passed++;
+            if (first.length < 5) first.push(`n=${n} byte ${o} bit ${b}`);
+          }
         }
       }
       t.ok(rx.pass(clean, known), `n=${n}: the clean packet still passes after its corrupted copies`);
@@ -115,7 +135,8 @@ for (const w of WAYS) {
     const rx = receiver(w.mode);
     const known = w.known ? w.id | 0x10000 : undefined;
     const r = new Rng(0xb0057 + w.id);
-    let passed = 0, tried = 0;
+    let passed = 0,
+      tried = 0;
     for (const n of [300, 1840, 4112]) {
       const clean = packet(n, n + 1, w.id);
       t.ok(rx.pass(clean, known), `n=${n}: the clean packet passes`);
@@ -126,7 +147,7 @@ for (const w of WAYS) {
           const q = Buffer.from(clean);
           for (let i = 0; i < len; i++) {
             // Both ends of the burst flipped; the inside all ones (k = 0) or random.
-            if (i === 0 || i === len - 1 || k === 0 || (r.next() & 1)) q[(start + i) >>> 3]! ^= 1 << ((start + i) & 7);
+            if (i === 0 || i === len - 1 || k === 0 || r.next() & 1) q[(start + i) >>> 3]! ^= 1 << ((start + i) & 7);
           }
           tried++;
           if (rx.pass(q, known)) passed++;
@@ -148,11 +169,20 @@ function burstFor(pkt: Buffer, start: number, target: number): number[] {
     q[(start + i) >>> 3]! ^= 1 << ((start + i) & 7);
     let v = (icrcV2Ipv4Parts(SRC, DST, 0, 0x4000, SPORT, DPORT, q, 0, n - 4) ^ base) | 0;
     let bits = 1 << i;
-    for (const row of rows) if (v & (row.v & -row.v)) { v ^= row.v; bits ^= row.bits; }
+    for (const row of rows)
+      if (v & (row.v & -row.v)) {
+        v ^= row.v;
+        bits ^= row.bits;
+      }
     if (v !== 0) rows.push({ v, bits });
   }
-  let v = target | 0, bits = 0;
-  for (const row of rows) if (v & (row.v & -row.v)) { v ^= row.v; bits ^= row.bits; }
+  let v = target | 0,
+    bits = 0;
+  for (const row of rows)
+    if (v & (row.v & -row.v)) {
+      v ^= row.v;
+      bits ^= row.bits;
+    }
   if (v !== 0) return [];
   const out: number[] = [];
   for (let i = 0; i < 32; i++) if ((bits >>> i) & 1) out.push(start + i);
@@ -163,7 +193,8 @@ t.test('what a bounded window does not guarantee: one burst per accepted foreign
   // For each ID the window accepts besides the true one, exactly one pattern of <= 32 bits at each
   // position has that ID change's CRC syndrome (x is invertible mod the CRC polynomial). Built here
   // for the true ID + 1, then shown to pass the window and fail the check with the real ID.
-  const n = 1840, id = 0xbeef;
+  const n = 1840,
+    id = 0xbeef;
   const clean = packet(n, 99, id);
   const flips = burstFor(clean, 8 * 600 + 3, icrcIdDelta(16 + 8 + n - 4, id ^ (id + 1)));
   t.ok(flips.length > 0 && flips.at(-1)! - flips[0]! < 32, `a burst of ${flips.length} flips within ${flips.length ? flips.at(-1)! - flips[0]! + 1 : 0} bits`);
@@ -176,7 +207,8 @@ t.test('what a bounded window does not guarantee: one burst per accepted foreign
   t.notOk(raw.pass(q, id | 0x10000), 'with the real ID from the IP header it is rejected');
   // The same construction for ID changes outside the window: what the old unbounded inference let
   // through (65535 patterns per position), the window rejects.
-  let built = 0, passed = 0;
+  let built = 0,
+    passed = 0;
   for (const far of [0x5a5a, 0x0100, 0x8000, 0xffff, 0x1234]) {
     const f = burstFor(clean, 8 * 900 + 5, icrcIdDelta(16 + 8 + n - 4, far));
     if (f.length === 0 || f.at(-1)! - f[0]! >= 32) continue;
@@ -196,19 +228,30 @@ t.test('proof: no single-bit error passes with DF fixed, for every IB packet len
   // the 16 ID-bit syndromes: then no ID set, however large, lets a single-bit error through.
   // Syndromes from the end of the CRC input: S[m*8+b] for bit b of the byte m bytes before the ICRC.
   const T = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) { let c = i; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; T[i] = c >>> 0; }
-  const MAXN = 4200, M = MAXN + 32;
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    T[i] = c >>> 0;
+  }
+  const MAXN = 4200,
+    M = MAXN + 32;
   const S = new Int32Array(M * 8);
   for (let b = 0; b < 8; b++) {
     let c = T[1 << b]!;
-    for (let m = 0; m < M; m++) { S[m * 8 + b] = c | 0; c = (T[c & 0xff]! ^ (c >>> 8)) >>> 0; }
+    for (let m = 0; m < M; m++) {
+      S[m * 8 + b] = c | 0;
+      c = (T[c & 0xff]! ^ (c >>> 8)) >>> 0;
+    }
   }
   // The model is the real CRC: spot checks against icrcV2Ipv4Parts and icrcIdDelta.
   const r = new Rng(5);
   let modelOk = 0;
   for (let k = 0; k < 40; k++) {
-    const n = 64 + 4 * r.int((MAXN - 64) / 4), o = 12 + r.int(n - 16), b = r.int(8);
-    const p = packet(n, k, 0), q = Buffer.from(p);
+    const n = 64 + 4 * r.int((MAXN - 64) / 4),
+      o = 12 + r.int(n - 16),
+      b = r.int(8);
+    const p = packet(n, k, 0),
+      q = Buffer.from(p);
     q[o]! ^= 1 << b;
     const d = icrcV2Ipv4Parts(SRC, DST, 0, 0x4000, SPORT, DPORT, q, 0, n - 4) ^ icrcV2Ipv4Parts(SRC, DST, 0, 0x4000, SPORT, DPORT, p, 0, n - 4);
     const tail = 16 + 8 + n - 4;
@@ -220,8 +263,12 @@ t.test('proof: no single-bit error passes with DF fixed, for every IB packet len
 
   const run = (withDf: boolean): string[] => {
     const hits: string[] = [];
-    const vec = new Int32Array(17), piv = new Int32Array(17);
-    const R0 = new Int32Array(256), R1 = new Int32Array(256), R2 = new Int32Array(256), R3 = new Int32Array(256);
+    const vec = new Int32Array(17),
+      piv = new Int32Array(17);
+    const R0 = new Int32Array(256),
+      R1 = new Int32Array(256),
+      R2 = new Int32Array(256),
+      R3 = new Int32Array(256);
     for (let n = 64; n <= MAXN; n++) {
       const tail = 16 + 8 + n - 4;
       // Reduced row echelon basis of the ID-bit syndromes (and DF's, for the old check).
@@ -232,11 +279,22 @@ t.test('proof: no single-bit error passes with DF fixed, for every IB packet len
         if (v === 0) continue;
         const p = v & -v;
         for (let i = 0; i < k; i++) if (vec[i]! & p) vec[i]! ^= v;
-        vec[k] = v; piv[k] = p; k++;
+        vec[k] = v;
+        piv[k] = p;
+        k++;
       }
       // s is in the span iff reduce(s) = 0; reduce is linear, so tabulate it per byte of s.
-      const red = (s: number): number => { let x = s; for (let i = 0; i < k; i++) if (s & piv[i]!) x ^= vec[i]!; return x; };
-      for (let x = 0; x < 256; x++) { R0[x] = red(x); R1[x] = red(x << 8); R2[x] = red(x << 16); R3[x] = red(x << 24); }
+      const red = (s: number): number => {
+        let x = s;
+        for (let i = 0; i < k; i++) if (s & piv[i]!) x ^= vec[i]!;
+        return x;
+      };
+      for (let x = 0; x < 256; x++) {
+        R0[x] = red(x);
+        R1[x] = red(x << 8);
+        R2[x] = red(x << 16);
+        R3[x] = red(x << 24);
+      }
       const inSpan = (s: number): boolean => (R0[s & 0xff]! ^ R1[(s >>> 8) & 0xff]! ^ R2[(s >>> 16) & 0xff]! ^ R3[s >>> 24]!) === 0;
       // Every bit of the IB packet before the ICRC (BTH byte 4 is masked, so not covered) ...
       for (let m = 0; m < n - 4; m++) {
@@ -249,17 +307,27 @@ t.test('proof: no single-bit error passes with DF fixed, for every IB packet len
     return hits;
   };
   const now = run(false);
-  t.same(now, [], `DF fixed: no single-bit error (${((MAXN - 63) * (MAXN + 64) / 2 * 8 / 1e6).toFixed(0)} M cases) is absorbed by any ID`);
+  t.same(now, [], `DF fixed: no single-bit error (${(((((MAXN - 63) * (MAXN + 64)) / 2) * 8) / 1e6).toFixed(0)} M cases) is absorbed by any ID`);
   const old = run(true);
   // For the old check: the data positions at any length (the dependence only involves the offset
   // from the ID field), and a flip of the ICRC itself at a few lengths.
   const data = new Set(old.filter((s) => !s.includes('ICRC')).map((s) => s.replace(/^n=\d+ /, '')));
   t.same([...data].sort(), ['byte 173 bit 3', 'byte 1834 bit 6'].sort(), 'the old check (DF solved for) absorbs these two data positions');
   // The same two positions seen from the end: the packet ends inside the flipped byte's 32-bit reach.
-  t.same(old.filter((s) => s.includes('ICRC')), [
-    'n=174 ICRC bit 27', 'n=175 ICRC bit 19', 'n=176 ICRC bit 11', 'n=177 ICRC bit 3',
-    'n=1835 ICRC bit 30', 'n=1836 ICRC bit 22', 'n=1837 ICRC bit 14', 'n=1838 ICRC bit 6',
-  ], 'and a flip of the ICRC itself at these lengths');
+  t.same(
+    old.filter((s) => s.includes('ICRC')),
+    [
+      'n=174 ICRC bit 27',
+      'n=175 ICRC bit 19',
+      'n=176 ICRC bit 11',
+      'n=177 ICRC bit 3',
+      'n=1835 ICRC bit 30',
+      'n=1836 ICRC bit 22',
+      'n=1837 ICRC bit 14',
+      'n=1838 ICRC bit 6',
+    ],
+    'and a flip of the ICRC itself at these lengths',
+  );
   t.end();
 });
 
@@ -289,7 +357,9 @@ t.test('Ipv4IdWindow: what Linux counters produce is accepted, the rest is not',
 });
 
 t.test('the golden rxe captures: every IPv4 packet passes the bounded check, with its real ID', (t) => {
-  let n = 0, wrong = 0, rejected = 0;
+  let n = 0,
+    wrong = 0,
+    rejected = 0;
   for (const path of goldenFiles()) {
     // One receiving port per destination address; the capture's own clock (ms from its start).
     const recs = readCapture(readFileSync(path)).records;
@@ -301,12 +371,25 @@ t.test('the golden rxe captures: every IPv4 packet passes the bounded check, wit
       const ip = d.frame.ipv4;
       const dstKey = Buffer.from(ip.dst).toString('hex');
       let w = wins.get(dstKey);
-      if (!w) { w = new Ipv4IdWindow(); wins.set(dstKey, w); }
+      if (!w) {
+        w = new Ipv4IdWindow();
+        wins.set(dstKey, w);
+      }
       const now = (r.time - t0) * 1000;
       w.clock = () => now;
       const ib = Buffer.from(r.data.subarray(ibOffset(d.frame), ibOffset(d.frame) + d.frame.udp.length - 8));
-      const got = checkIcrcV4('infer-id', w, -1, Buffer.from(ip.src).readUInt32BE(0), Buffer.from(ip.dst).readUInt32BE(0),
-        d.frame.udp.srcPort, d.frame.udp.dstPort, ib, 0, ib.length - 4);
+      const got = checkIcrcV4(
+        'infer-id',
+        w,
+        -1,
+        Buffer.from(ip.src).readUInt32BE(0),
+        Buffer.from(ip.dst).readUInt32BE(0),
+        d.frame.udp.srcPort,
+        d.frame.udp.dstPort,
+        ib,
+        0,
+        ib.length - 4,
+      );
       n++;
       if (got < 0) rejected++;
       else if (got !== (ip.id | (((ip.flags >> 1) & 1) << 16))) wrong++;
@@ -365,10 +448,15 @@ t.test('raw receive on loopback: the real IPv4 ID is used', { skip: rawSkip }, a
   // Overflow: 20000 packets while this loop is busy sending them overflow both sockets' buffers.
   // The datagrams the UDP socket kept must still be matched to their own raw copies (a wrong match
   // would show as an ICRC drop), and once the queues are drained every datagram has its ID again.
-  let known = 0, unknown = 0;
+  let known = 0,
+    unknown = 0;
   const l = dev.ports[0]!.link as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
   const inner = l.rx;
-  l.rx = (b, len, ip, port, id) => { if (id !== undefined && id >= 0) known++; else unknown++; inner(b, len, ip, port, id); };
+  l.rx = (b, len, ip, port, id) => {
+    if (id !== undefined && id >= 0) known++;
+    else unknown++;
+    inner(b, len, ip, port, id);
+  };
   const before = counters()['rcvd_unknown_qp']!;
   for (let k = 0; k < 20000; k++) n.sendPackets(fd, [mk(0, 1000 + k)], [1840], 1, dst, DPORT, 0);
   for (let i = 0; i < 50; i++) await new Promise((r) => setTimeout(r, 10));
@@ -400,17 +488,34 @@ t.test('raw receive without UDP GRO (as off loopback): a GSO send is one raw cop
     writeIcrc(p, p.length - 4, icrcV2Ipv4Parts(0x7f002c03, dst, id, 0x4000, sport, DPORT, p, 0, p.length - 4));
     return p;
   };
-  let known = 0, unknown = 0;
+  let known = 0,
+    unknown = 0;
   const l = dev.ports[0]!.link as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
   const inner = l.rx;
-  l.rx = (b, len, ip, port, id) => { if (id !== undefined && id >= 0) known++; else unknown++; inner(b, len, ip, port, id); };
+  l.rx = (b, len, ip, port, id) => {
+    if (id !== undefined && id >= 0) known++;
+    else unknown++;
+    inner(b, len, ip, port, id);
+  };
   for (let k = 0; k < 20; k++) {
     const segs = [0, 1, 2, 3, 4].map((i) => mk(i, 100 * k + i));
-    n.sendPackets(fd, segs, segs.map(() => 1840), 5, dst, DPORT, 1840);
+    n.sendPackets(
+      fd,
+      segs,
+      segs.map(() => 1840),
+      5,
+      dst,
+      DPORT,
+      1840,
+    );
   }
   for (let i = 0; i < 200 && dev.counters()['rcvd_unknown_qp']! < 100; i++) await new Promise((r) => setTimeout(r, 10));
   t.equal(dev.counters()['rcvd_unknown_qp'], 100, '20 GSO sends of 5 segments: all 100 pass');
-  t.same({ known, unknown, icrcErr: dev.counters()['rcvd_icrc_err'] }, { known: 100, unknown: 0, icrcErr: 0 }, 'each with its real ID (segment k: first ID + k)');
+  t.same(
+    { known, unknown, icrcErr: dev.counters()['rcvd_icrc_err'] },
+    { known: 100, unknown: 0, icrcErr: 0 },
+    'each with its real ID (segment k: first ID + k)',
+  );
   closeSync(fd);
   await dev.close();
 });

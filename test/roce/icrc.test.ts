@@ -2,7 +2,18 @@
 import t from 'tap';
 import * as zlib from 'node:zlib';
 import {
-  ICRC_SEED, crc32, crc32Js, icrcV1, icrcV2Ipv4, icrcV2Ipv4Parts, icrcV2Ipv6, icrcV2Ipv6Parts, inferIpv4Id, icrcIdDelta, readIcrc, writeIcrc,
+  ICRC_SEED,
+  crc32,
+  crc32Js,
+  icrcV1,
+  icrcV2Ipv4,
+  icrcV2Ipv4Parts,
+  icrcV2Ipv6,
+  icrcV2Ipv6Parts,
+  inferIpv4Id,
+  icrcIdDelta,
+  readIcrc,
+  writeIcrc,
 } from '../../src/roce/icrc.js';
 import { decodeFrame, LinkType } from '../../src/roce/framing.js';
 import { gidFromString } from '../../src/roce/gid.js';
@@ -11,8 +22,8 @@ import { Rng } from '../helpers.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
-t.test('the masked-LRH seed is rxe\'s 0xDEBB20E3 state', (t) => {
-  t.equal((~ICRC_SEED) >>> 0, 0xdebb20e3);
+t.test("the masked-LRH seed is rxe's 0xDEBB20E3 state", (t) => {
+  t.equal(~ICRC_SEED >>> 0, 0xdebb20e3);
   t.end();
 });
 
@@ -52,10 +63,7 @@ t.test('scapy UC SEND_ONLY packet: IPv4 and UDP checksums, ICRC round trip', (t)
 
 t.test('RoCEv2/IPv6 and RoCEv1 vectors (roce-wire.md d.4)', (t) => {
   const bthPay = hex('0400ffff00000011 80123456 70696e67');
-  const v6 = Buffer.concat([
-    hex('60012345 001c 11 40'), gidFromString('fd00::1'), gidFromString('fd00::2'),
-    hex('d87212b7001c0000'), bthPay, Buffer.alloc(4),
-  ]);
+  const v6 = Buffer.concat([hex('60012345 001c 11 40'), gidFromString('fd00::1'), gidFromString('fd00::2'), hex('d87212b7001c0000'), bthPay, Buffer.alloc(4)]);
   t.equal(icrcV2Ipv6(v6, 0, 48, v6.length - 4), 0xbdc8cbf5);
   t.equal(icrcV2Ipv6Parts(gidFromString('fd00::1'), gidFromString('fd00::2'), 0xd872, 4791, v6, 48, v6.length - 4), 0xbdc8cbf5, 'from parts');
   const grh = Buffer.concat([hex('60012345 0014 1b 40'), gidFromString('fd00::1'), gidFromString('fd00::2')]);

@@ -26,7 +26,12 @@ import { loadNative } from '../../src/native.js';
 const MSG = 8192;
 const N = 24;
 
-interface End { dev: Device; qp: Qp; cq: Cq; mr: Mr }
+interface End {
+  dev: Device;
+  qp: Qp;
+  cq: Cq;
+  mr: Mr;
+}
 function end(dev: Device): End {
   const pd = dev.allocPd();
   const cq = dev.createCq({ depth: 2 * N });
@@ -60,7 +65,13 @@ async function run(t: Tap, order: 'fault(pcap(mem))' | 'pcap(fault(mem))', file:
   connectQp(B.qp, { pathMtu: 1024, timeout: 8, retryCnt: 7 }, { qpn: A.qp.qpn, psn: A.qp.sqPsn, gid: '10.77.0.1' });
   for (let i = 0; i < A.mr.buffer.length; i++) A.mr.buffer[i] = (i * 7 + 3) & 0xff;
   for (let i = 0; i < N; i++) {
-    A.qp.postSend({ wrId: i, opcode: 'RDMA_WRITE', signaled: true, sg: [{ mr: A.mr, offset: i * MSG, length: MSG }], remote: { addr: B.mr.addr + BigInt(i * MSG), rkey: B.mr.rkey } });
+    A.qp.postSend({
+      wrId: i,
+      opcode: 'RDMA_WRITE',
+      signaled: true,
+      sg: [{ mr: A.mr, offset: i * MSG, length: MSG }],
+      remote: { addr: B.mr.addr + BigInt(i * MSG), rkey: B.mr.rkey },
+    });
   }
   const wcs = Array.from({ length: 8 }, () => new Wc());
   const statuses: string[] = [];
@@ -71,7 +82,10 @@ async function run(t: Tap, order: 'fault(pcap(mem))' | 'pcap(fault(mem))', file:
   }
   t.same(statuses, new Array<string>(N).fill('SUCCESS'), `${order}: every WRITE completes through the faults`);
   t.ok(B.mr.buffer.equals(A.mr.buffer), `${order}: the data arrived intact`);
-  t.ok(fault.stats.dropped > 0 && fault.stats.corrupted > 0, `${order}: the injector dropped (${fault.stats.dropped}) and corrupted (${fault.stats.corrupted}) packets`);
+  t.ok(
+    fault.stats.dropped > 0 && fault.stats.corrupted > 0,
+    `${order}: the injector dropped (${fault.stats.dropped}) and corrupted (${fault.stats.corrupted}) packets`,
+  );
   const cb = B.dev.counters();
   await A.dev.close();
   await B.dev.close();
@@ -142,39 +156,69 @@ t.test('caps per backend', async (t) => {
 
   const off = await UdpLink.open({ address: '127.0.77.1', port: 0, native: 'off' });
   t.ok(off instanceof DgramLink, "native 'off': Node dgram");
-  t.same(off.caps, { backend: 'dgram', family: 4, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false }, "native 'off': nothing the addon does");
+  t.same(
+    off.caps,
+    { backend: 'dgram', family: 4, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false },
+    "native 'off': nothing the addon does",
+  );
   await off.close();
 
   t.test('with the addon', { skip: native ? false : 'no native addon (SOFTROCE_NO_NATIVE=1 or not built): the dgram caps are checked above' }, async (t) => {
     const nl = await UdpLink.open({ address: '127.0.77.2', port: 0 });
     t.ok(nl instanceof NativeLink, "IPv4 'auto': the addon's socket");
-    t.same(nl.caps, {
-      backend: 'native', family: 4, ipv4IdZero: true, gsoIcrcFixup: process.env['SOFTROCE_GSO'] !== '0', batchSend: true,
-      rawRx: rawOk && process.env['SOFTROCE_RAW_RX'] !== '0', perPacketTos: true,
-    }, `native socket (raw receive ${rawOk ? 'permitted' : 'not permitted'} here)`);
+    t.same(
+      nl.caps,
+      {
+        backend: 'native',
+        family: 4,
+        ipv4IdZero: true,
+        gsoIcrcFixup: process.env['SOFTROCE_GSO'] !== '0',
+        batchSend: true,
+        rawRx: rawOk && process.env['SOFTROCE_RAW_RX'] !== '0',
+        perPacketTos: true,
+      },
+      `native socket (raw receive ${rawOk ? 'permitted' : 'not permitted'} here)`,
+    );
 
     // The caps are what the backend does: a datagram from the native socket arrives with ID 0 + DF,
     // which the raw-receiving side reads from its IP header.
-    await t.test('ipv4IdZero and rawRx hold on the wire', { skip: nl.caps.rawRx ? false : 'no raw receive here (CAP_NET_RAW): the IPv4 ID cannot be read' }, async (t) => {
-      const tx = await UdpLink.open({ address: '127.0.77.3', port: 0 });
-      const got = new Promise<number>((res) => nl.setReceiver((_b, _l, _ip, _p, ipIdDf) => res(ipIdDf ?? -2)));
-      const b = tx.allocTx()!;
-      b.fill(0x5a, 0, 64);
-      tx.send(b, 64, '127.0.77.2', nl.localPort);
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<number>((r) => { timer = setTimeout(() => r(-3), 1500); });
-      t.equal(await Promise.race([got, late]), 0x10000, 'IPv4 ID 0 with DF, as read from the IP header (-3: nothing arrived in 1.5 s)');
-      clearTimeout(timer);
-      await tx.close();
-    });
+    await t.test(
+      'ipv4IdZero and rawRx hold on the wire',
+      { skip: nl.caps.rawRx ? false : 'no raw receive here (CAP_NET_RAW): the IPv4 ID cannot be read' },
+      async (t) => {
+        const tx = await UdpLink.open({ address: '127.0.77.3', port: 0 });
+        const got = new Promise<number>((res) => nl.setReceiver((_b, _l, _ip, _p, ipIdDf) => res(ipIdDf ?? -2)));
+        const b = tx.allocTx()!;
+        b.fill(0x5a, 0, 64);
+        tx.send(b, 64, '127.0.77.2', nl.localPort);
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<number>((r) => {
+          timer = setTimeout(() => r(-3), 1500);
+        });
+        t.equal(await Promise.race([got, late]), 0x10000, 'IPv4 ID 0 with DF, as read from the IP header (-3: nothing arrived in 1.5 s)');
+        clearTimeout(timer);
+        await tx.close();
+      },
+    );
 
     const old = process.env['SOFTROCE_NATIVE_RX'];
     process.env['SOFTROCE_NATIVE_RX'] = '0';
     try {
       const dl = await UdpLink.open({ address: '127.0.77.4', port: 0 });
       t.ok(dl instanceof DgramLink, 'SOFTROCE_NATIVE_RX=0: Node dgram');
-      t.same(dl.caps, { backend: 'native', family: 4, ipv4IdZero: true, gsoIcrcFixup: false, batchSend: process.env['SOFTROCE_NO_BATCH'] !== '1', rawRx: false, perPacketTos: process.env['SOFTROCE_NO_BATCH'] !== '1' },
-        "dgram with the addon's options: ID 0, batched sendmmsg, no GSO, no raw receive");
+      t.same(
+        dl.caps,
+        {
+          backend: 'native',
+          family: 4,
+          ipv4IdZero: true,
+          gsoIcrcFixup: false,
+          batchSend: process.env['SOFTROCE_NO_BATCH'] !== '1',
+          rawRx: false,
+          perPacketTos: process.env['SOFTROCE_NO_BATCH'] !== '1',
+        },
+        "dgram with the addon's options: ID 0, batched sendmmsg, no GSO, no raw receive",
+      );
       await dl.close();
     } finally {
       if (old === undefined) delete process.env['SOFTROCE_NATIVE_RX'];
@@ -182,7 +226,11 @@ t.test('caps per backend', async (t) => {
     }
     const v6 = await UdpLink.open({ address: '::1', port: 0 });
     t.ok(v6 instanceof DgramLink, 'IPv6: Node dgram');
-    t.same(v6.caps, { backend: 'native', family: 6, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false }, 'IPv6 with the addon');
+    t.same(
+      v6.caps,
+      { backend: 'native', family: 6, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false },
+      'IPv6 with the addon',
+    );
     await v6.close();
     await nl.close();
   });
@@ -193,11 +241,17 @@ t.test('bind errors are the errno a C caller gets (os.constants.errno), on both 
   for (const mode of modes) {
     const first = await UdpLink.open({ address: '127.0.77.5', port: 0, native: mode });
     t.equal(first.caps.backend, mode === 'off' ? 'dgram' : 'native');
-    await t.rejects(UdpLink.open({ address: '127.0.77.5', port: first.localPort, native: mode }),
-      { name: 'VerbsError', code: 'EADDRINUSE', argument: 'address' }, `native '${mode}': the port is taken`);
+    await t.rejects(
+      UdpLink.open({ address: '127.0.77.5', port: first.localPort, native: mode }),
+      { name: 'VerbsError', code: 'EADDRINUSE', argument: 'address' },
+      `native '${mode}': the port is taken`,
+    );
     await first.close();
     // TEST-NET-1 (RFC 5737) is on no interface here: the bind fails, nothing is sent.
-    await t.rejects(UdpLink.open({ address: '192.0.2.1', port: 0, native: mode }),
-      { name: 'VerbsError', code: 'EADDRNOTAVAIL', argument: 'address' }, `native '${mode}': not a local address`);
+    await t.rejects(
+      UdpLink.open({ address: '192.0.2.1', port: 0, native: mode }),
+      { name: 'VerbsError', code: 'EADDRNOTAVAIL', argument: 'address' },
+      `native '${mode}': not a local address`,
+    );
   }
 });

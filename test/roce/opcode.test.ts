@@ -46,8 +46,18 @@ function randomInit(rng: Rng, opcode: number): IbInit {
   if (has(Hdr.IETH)) i.ieth = rng.next();
   if (has(Hdr.FETH)) i.feth = { selectivity: rng.int(4), placement: rng.int(16) };
   const mtu = [256, 512, 1024, 2048, 4096][rng.int(5)]!;
-  const len = e.payload === Payload.MTU ? mtu : e.payload === Payload.LAST ? 1 + rng.int(mtu) : e.payload === Payload.ONLY ? rng.int(mtu + 1)
-    : e.payload === Payload.FIXED8 ? 8 : e.payload === Payload.CNP16 ? 16 : 0;
+  const len =
+    e.payload === Payload.MTU
+      ? mtu
+      : e.payload === Payload.LAST
+        ? 1 + rng.int(mtu)
+        : e.payload === Payload.ONLY
+          ? rng.int(mtu + 1)
+          : e.payload === Payload.FIXED8
+            ? 8
+            : e.payload === Payload.CNP16
+              ? 16
+              : 0;
   i.payload = rng.bytes(len);
   return i;
 }
@@ -56,8 +66,13 @@ t.test('every opcode round-trips over RoCEv2/IPv4, RoCEv2/IPv6 and RoCEv1', (t) 
   const rng = new Rng(2024);
   const eth = { src: new Uint8Array([2, 0, 0, 0, 0, 1]), dst: new Uint8Array([2, 0, 0, 0, 0, 2]) };
   const nets = [
-    (ib: ReturnType<typeof makeIb>) => buildRoceV2({ src: new Uint8Array([10, 0, 0, 1]), dst: new Uint8Array([10, 0, 0, 2]), srcPort: 0xc123, ipId: rng.int(0x10000), tclass: rng.int(256), eth }, ib),
-    (ib: ReturnType<typeof makeIb>) => buildRoceV2({ src: gidFromString('fd00::1'), dst: gidFromString('fd00::2'), srcPort: 0xd872, flowLabel: rng.int(0x100000), udpChecksum: 'compute' }, ib),
+    (ib: ReturnType<typeof makeIb>) =>
+      buildRoceV2(
+        { src: new Uint8Array([10, 0, 0, 1]), dst: new Uint8Array([10, 0, 0, 2]), srcPort: 0xc123, ipId: rng.int(0x10000), tclass: rng.int(256), eth },
+        ib,
+      ),
+    (ib: ReturnType<typeof makeIb>) =>
+      buildRoceV2({ src: gidFromString('fd00::1'), dst: gidFromString('fd00::2'), srcPort: 0xd872, flowLabel: rng.int(0x100000), udpChecksum: 'compute' }, ib),
     (ib: ReturnType<typeof makeIb>) => buildRoceV1({ sgid: ipv4ToGid('10.0.0.1'), dgid: ipv4ToGid('10.0.0.2'), eth: { ...eth, vlan: 5 } }, ib),
   ];
   let n = 0;

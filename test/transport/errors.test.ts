@@ -29,12 +29,21 @@ t.test('a peer that stops answering: RETRY_EXC_ERR after retry_cnt retries, then
   const p = await makePair({ retryCnt: 3, timeout: 10 });
   const { a } = p;
   p.net!.filter = () => false; // the peer is gone
-  a.qp.postSend([{ wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 10 }] }, { wrId: 2, opcode: 'SEND', sg: [] }]);
+  a.qp.postSend([
+    { wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 10 }] },
+    { wrId: 2, opcode: 'SEND', sg: [] },
+  ]);
   const per = ackTimeoutMs(10);
   await settle(p, per * 3.5);
   t.equal(a.scq.length, 0, 'still retrying after 3 timeouts');
   const w = await waitWc(p, a.scq, 2);
-  t.same(w.map((x) => [x.wrId, x.status]), [[1, 'RETRY_EXC_ERR'], [2, 'WR_FLUSH_ERR']]);
+  t.same(
+    w.map((x) => [x.wrId, x.status]),
+    [
+      [1, 'RETRY_EXC_ERR'],
+      [2, 'WR_FLUSH_ERR'],
+    ],
+  );
   const c = a.dev.counters();
   t.equal(c['timeouts'], 4, 'one timeout plus 3 retries');
   t.equal(c['retry_exceeded_err'], 1);
@@ -102,9 +111,10 @@ t.test('bad R_Keys and out-of-bounds addresses never touch memory; the requester
     // An atomic's target must be 8-byte aligned at post (EINVAL, as rdma-core's rxe provider): its kind 2 is the first aligned address past the end.
     const tail = op === 'ATOMIC_FETCH_AND_ADD' ? 0 : 4;
     const addr = kind === 1 ? b.mr.addr + BigInt(b.mr.length + rng.int(1 << 17) * 8) : kind === 2 ? b.mr.addr + BigInt(b.mr.length - tail) : b.mr.addr;
-    const wr = op === 'ATOMIC_FETCH_AND_ADD'
-      ? { wrId: i, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const
-      : { wrId: i, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const;
+    const wr =
+      op === 'ATOMIC_FETCH_AND_ADD'
+        ? ({ wrId: i, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const)
+        : ({ wrId: i, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const);
     a.qp.postSend(wr);
     const w = await waitWc(p, a.scq, 1);
     if (w[0]?.status === 'REM_ACCESS_ERR') n++;
@@ -115,7 +125,13 @@ t.test('bad R_Keys and out-of-bounds addresses never touch memory; the requester
   t.ok(guard.buffer.equals(Buffer.alloc(4096)), 'the region without remote access is unchanged');
   t.ok(events.includes('QP_ACCESS_ERR'), 'the responder raised QP_ACCESS_ERR');
   await reconnect(p);
-  const misaligned = { wrId: 99, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr: b.mr.addr + 4n, rkey: b.mr.rkey } } as const;
+  const misaligned = {
+    wrId: 99,
+    opcode: 'ATOMIC_FETCH_AND_ADD',
+    compareAdd: 1n,
+    sg: [{ mr: a.mr, offset: 0, length: 8 }],
+    remote: { addr: b.mr.addr + 4n, rkey: b.mr.rkey },
+  } as const;
   t.throws(() => a.qp.postSend(misaligned), { code: 'EINVAL', argument: 'remote' }, 'a misaligned atomic is refused at post');
   // A requester without that check (another stack) still sends one: post an aligned one and misalign the
   // queued WQE before the requester runs (the fake clock runs it on the next advance).
@@ -134,11 +150,21 @@ t.test('REM_INV_REQ_ERR (no remote write permission), LOC_LEN_ERR at the receive
   t.equal(b.qp.state, 'ERR');
 
   await reconnect(p);
-  b.qp.postRecv([{ wrId: 5, sg: [{ mr: b.mr, offset: 0, length: 10 }] }, { wrId: 6, sg: [{ mr: b.mr, offset: 0, length: 10 }] }]);
+  b.qp.postRecv([
+    { wrId: 5, sg: [{ mr: b.mr, offset: 0, length: 10 }] },
+    { wrId: 6, sg: [{ mr: b.mr, offset: 0, length: 10 }] },
+  ]);
   a.qp.postSend({ wrId: 2, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 100 }] });
   t.equal((await waitWc(p, a.scq, 1))[0]!.status, 'REM_INV_REQ_ERR', 'message longer than the receive buffer');
   const rw = await waitWc(p, b.rcq, 2);
-  t.same(rw.map((w) => [w.wrId, w.status]), [[5, 'LOC_LEN_ERR'], [6, 'WR_FLUSH_ERR']], 'receiver: length error, then the rest flushed');
+  t.same(
+    rw.map((w) => [w.wrId, w.status]),
+    [
+      [5, 'LOC_LEN_ERR'],
+      [6, 'WR_FLUSH_ERR'],
+    ],
+    'receiver: length error, then the rest flushed',
+  );
 
   await reconnect(p);
   a.qp.postSend([
@@ -146,7 +172,14 @@ t.test('REM_INV_REQ_ERR (no remote write permission), LOC_LEN_ERR at the receive
     { wrId: 4, opcode: 'SEND', sg: [] },
   ]);
   const w = await waitWc(p, a.scq, 2);
-  t.same(w.map((x) => [x.wrId, x.status]), [[3, 'LOC_PROT_ERR'], [4, 'WR_FLUSH_ERR']], 'SGE outside its MR');
+  t.same(
+    w.map((x) => [x.wrId, x.status]),
+    [
+      [3, 'LOC_PROT_ERR'],
+      [4, 'WR_FLUSH_ERR'],
+    ],
+    'SGE outside its MR',
+  );
   await p.close();
 });
 
@@ -160,14 +193,26 @@ t.test('REM_OP_ERR and BAD_RESP_ERR from a misbehaving responder', async (t) => 
   };
   a.qp.postSend({ wrId: 1, opcode: 'SEND', sg: [] });
   await settle(p, 0.5);
-  p.net!.inject('10.0.0.2', 4791, '10.0.0.1', 4791, ibBytes('10.0.0.2', '10.0.0.1', { opcode: 0x11, destQp: a.qp.qpn, psn, aeth: { syndrome: aethNak(NakCode.REMOTE_OPERATIONAL_ERROR), msn: 0 } }));
+  p.net!.inject(
+    '10.0.0.2',
+    4791,
+    '10.0.0.1',
+    4791,
+    ibBytes('10.0.0.2', '10.0.0.1', { opcode: 0x11, destQp: a.qp.qpn, psn, aeth: { syndrome: aethNak(NakCode.REMOTE_OPERATIONAL_ERROR), msn: 0 } }),
+  );
   t.equal((await waitWc(p, a.scq, 1))[0]!.status, 'REM_OP_ERR');
 
   await reconnect(p);
   a.qp.postSend({ wrId: 2, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
   await settle(p, 0.5);
   // A READ response longer than what was asked.
-  p.net!.inject('10.0.0.2', 4791, '10.0.0.1', 4791, ibBytes('10.0.0.2', '10.0.0.1', { opcode: 0x10, destQp: a.qp.qpn, psn, aeth: { syndrome: aethAck(), msn: 1 }, payload: new Uint8Array(200) }));
+  p.net!.inject(
+    '10.0.0.2',
+    4791,
+    '10.0.0.1',
+    4791,
+    ibBytes('10.0.0.2', '10.0.0.1', { opcode: 0x10, destQp: a.qp.qpn, psn, aeth: { syndrome: aethAck(), msn: 1 }, payload: new Uint8Array(200) }),
+  );
   t.equal((await waitWc(p, a.scq, 1))[0]!.status, 'BAD_RESP_ERR');
   await p.close();
 });
@@ -176,12 +221,24 @@ t.test('duplicates: a SEND is not delivered twice, an ATOMIC never runs twice, a
   const p = await makePair();
   const { a, b } = p;
   const seen: Buffer[] = [];
-  p.net!.filter = (pkt, src) => { if (src === '10.0.0.1') seen.push(Buffer.from(pkt)); return true; };
-  b.qp.postRecv([{ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 100 }] }, { wrId: 2, sg: [{ mr: b.mr, offset: 0, length: 100 }] }]);
+  p.net!.filter = (pkt, src) => {
+    if (src === '10.0.0.1') seen.push(Buffer.from(pkt));
+    return true;
+  };
+  b.qp.postRecv([
+    { wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 100 }] },
+    { wrId: 2, sg: [{ mr: b.mr, offset: 0, length: 100 }] },
+  ]);
   b.mem.writeBigUInt64LE(1000n, 512);
   a.qp.postSend([
     { wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 50 }] },
-    { wrId: 2, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: a.mr, offset: 512, length: 8 }], remote: { addr: b.mr.addr + 512n, rkey: b.mr.rkey } },
+    {
+      wrId: 2,
+      opcode: 'ATOMIC_FETCH_AND_ADD',
+      compareAdd: 1n,
+      sg: [{ mr: a.mr, offset: 512, length: 8 }],
+      remote: { addr: b.mr.addr + 512n, rkey: b.mr.rkey },
+    },
     { wrId: 3, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 1024, length: 3000 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } },
   ]);
   t.equal((await waitWc(p, a.scq, 3)).filter((w) => w.status === 'SUCCESS').length, 3);
@@ -203,7 +260,8 @@ t.test('garbage on the wire is counted and dropped; the QP keeps working', async
   const rng = new Rng(5);
   const good = ibBytes('10.0.0.1', '10.0.0.2', { opcode: 0x04, destQp: b.qp.qpn, psn: 0, payload: new Uint8Array(8) });
   for (let i = 0; i < 200; i++) p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, rng.bytes(rng.int(80)));
-  const badIcrc = Buffer.from(good); badIcrc[20]! ^= 1;
+  const badIcrc = Buffer.from(good);
+  badIcrc[20]! ^= 1;
   p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, badIcrc);
   p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, ibBytes('10.0.0.1', '10.0.0.2', { opcode: 0x04, destQp: 0x7777, psn: 0 }));
   p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, ibBytes('10.0.0.1', '10.0.0.2', { opcode: 0x04, destQp: b.qp.qpn, psn: 0, pkey: 0x1234 }));
@@ -228,8 +286,14 @@ t.test('UC: a PSN gap drops the message in progress', async (t) => {
   fill(a.mem, 3);
   let k = 0;
   p.net!.filter = (_pkt, src) => !(src === '10.0.0.1' && ++k === 2); // lose the 2nd packet
-  b.qp.postRecv([{ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 5000 }] }, { wrId: 2, sg: [{ mr: b.mr, offset: 8000, length: 5000 }] }]);
-  a.qp.postSend([{ wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 3000 }] }, { wrId: 2, opcode: 'SEND', sg: [{ mr: a.mr, offset: 100, length: 2000 }] }]);
+  b.qp.postRecv([
+    { wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 5000 }] },
+    { wrId: 2, sg: [{ mr: b.mr, offset: 8000, length: 5000 }] },
+  ]);
+  a.qp.postSend([
+    { wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 3000 }] },
+    { wrId: 2, opcode: 'SEND', sg: [{ mr: a.mr, offset: 100, length: 2000 }] },
+  ]);
   t.equal((await waitWc(p, a.scq, 2)).length, 2, 'UC sends complete without ACKs');
   const rw = await waitWc(p, b.rcq, 1);
   await settle(p, 5);
@@ -249,7 +313,10 @@ t.test('a late ACK from before a go-back-N rewind keeps PSNs consistent (regress
   fill(a.mem, 8);
   let pass = false;
   p.net!.filter = (_pkt, src) => pass || src !== '10.0.0.2'; // responses held back for now
-  b.qp.postRecv([{ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 8192 }] }, { wrId: 2, sg: [{ mr: b.mr, offset: 8192, length: 8192 }] }]);
+  b.qp.postRecv([
+    { wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 8192 }] },
+    { wrId: 2, sg: [{ mr: b.mr, offset: 8192, length: 8192 }] },
+  ]);
   const P = a.qp.req.psn;
   a.qp.postSend([
     { wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 5000 }] }, // 5 packets: P .. P+4
@@ -275,22 +342,34 @@ t.test('a late ACK from before a go-back-N rewind keeps PSNs consistent (regress
   a.dev.kick(a.qp);
   const sw = await waitWc(p, a.scq, 2);
   const rw = await waitWc(p, b.rcq, 2);
-  t.same(sw.map((w) => w.status), ['SUCCESS', 'SUCCESS']);
-  t.same(rw.map((w) => [w.wrId, w.status, w.byteLen]), [[1, 'SUCCESS', 5000], [2, 'SUCCESS', 3000]]);
+  t.same(
+    sw.map((w) => w.status),
+    ['SUCCESS', 'SUCCESS'],
+  );
+  t.same(
+    rw.map((w) => [w.wrId, w.status, w.byteLen]),
+    [
+      [1, 'SUCCESS', 5000],
+      [2, 'SUCCESS', 3000],
+    ],
+  );
   t.ok(b.mem.subarray(8192, 11192).equals(a.mem.subarray(5000, 8000)), 'message 2 intact');
   t.equal(b.qp.state, 'RTS', 'no sequence error at the responder');
   await p.close();
 });
 
-t.test('a responder that closes its QP right after its last receive completion still acknowledges it (coalesced ACK flushed on close; regression)', async (t) => {
-  const p = await makePair({ mode: 'udp', addrs: ['127.0.10.5', '127.0.10.6'], retryCnt: 1, timeout: 14 });
-  const { a, b } = p;
-  b.qp.postRecv({ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 64 }] });
-  // Close from inside the completion notification: before the event loop's next turn, where a coalesced ACK would go out.
-  b.rcq.once('notify', () => b.qp.close());
-  b.rcq.reqNotify();
-  a.qp.postSend({ wrId: 7, opcode: 'SEND', signaled: true, sg: [{ mr: a.mr, offset: 0, length: 64 }] });
-  const [w] = await waitWc(p, a.scq, 1, 5000);
-  t.equal(w?.status, 'SUCCESS', 'the sender got its ACK (no RETRY_EXC_ERR)');
-  await p.close();
-});
+t.test(
+  'a responder that closes its QP right after its last receive completion still acknowledges it (coalesced ACK flushed on close; regression)',
+  async (t) => {
+    const p = await makePair({ mode: 'udp', addrs: ['127.0.10.5', '127.0.10.6'], retryCnt: 1, timeout: 14 });
+    const { a, b } = p;
+    b.qp.postRecv({ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 64 }] });
+    // Close from inside the completion notification: before the event loop's next turn, where a coalesced ACK would go out.
+    b.rcq.once('notify', () => b.qp.close());
+    b.rcq.reqNotify();
+    a.qp.postSend({ wrId: 7, opcode: 'SEND', signaled: true, sg: [{ mr: a.mr, offset: 0, length: 64 }] });
+    const [w] = await waitWc(p, a.scq, 1, 5000);
+    t.equal(w?.status, 'SUCCESS', 'the sender got its ACK (no RETRY_EXC_ERR)');
+    await p.close();
+  },
+);

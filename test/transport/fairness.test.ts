@@ -46,10 +46,18 @@ class SlowLink extends EventEmitter implements Link {
   }
   private readonly inner: MemLink;
   private readonly sched: FakeScheduler;
-  get up(): boolean { return this.inner.up; }
-  allocTx(): Buffer | null { return this.pool.alloc(); }
-  freeTx(b: Buffer): void { this.pool.release(b); }
-  setReceiver(h: RxHandler): void { this.inner.setReceiver(h); }
+  get up(): boolean {
+    return this.inner.up;
+  }
+  allocTx(): Buffer | null {
+    return this.pool.alloc();
+  }
+  freeTx(b: Buffer): void {
+    this.pool.release(b);
+  }
+  setReceiver(h: RxHandler): void {
+    this.inner.setReceiver(h);
+  }
   send(b: Buffer, len: number, ip: string, port: number): void {
     this.q.push({ b, len, ip, port });
     if (!this.busy) this.next();
@@ -68,10 +76,18 @@ class SlowLink extends EventEmitter implements Link {
       else this.busy = false;
     });
   }
-  async close(): Promise<void> { await this.inner.close(); this.pool.dispose(); }
+  async close(): Promise<void> {
+    await this.inner.close();
+    this.pool.dispose();
+  }
 }
 
-interface Side { dev: Device; qps: Qp[]; cq: Cq; mr: Mr }
+interface Side {
+  dev: Device;
+  qps: Qp[];
+  cq: Cq;
+  mr: Mr;
+}
 
 async function side(dev: Device): Promise<Side> {
   const pd = dev.allocPd();
@@ -95,7 +111,13 @@ t.test('80 QPs on 4 tx buffers: every QP progresses every round, no ACK timeout 
   }
   const idx = new Map(A.qps.map((q, i) => [q.qpn, i]));
   const post = (i: number): void => {
-    A.qps[i]!.postSend({ wrId: i, opcode: 'RDMA_WRITE', signaled: true, sg: [{ mr: A.mr, offset: (i % 8) * MSG, length: MSG }], remote: { addr: B.mr.addr + BigInt((i % 8) * MSG), rkey: B.mr.rkey } });
+    A.qps[i]!.postSend({
+      wrId: i,
+      opcode: 'RDMA_WRITE',
+      signaled: true,
+      sg: [{ mr: A.mr, offset: (i % 8) * MSG, length: MSG }],
+      remote: { addr: B.mr.addr + BigInt((i % 8) * MSG), rkey: B.mr.rkey },
+    });
   };
   for (let i = 0; i < N; i++) for (let k = 0; k < DEPTH; k++) post(i);
 
@@ -110,12 +132,18 @@ t.test('80 QPs on 4 tx buffers: every QP progresses every round, no ACK timeout 
       for (let j = 0; j < k; j++) {
         const wc = wcs[j]!;
         const i = idx.get(wc.qpn)!;
-        if (wc.status !== 'SUCCESS') { if (bad.length < 5) bad.push(`QP #${i}: ${wc.status}`); continue; }
+        if (wc.status !== 'SUCCESS') {
+          if (bad.length < 5) bad.push(`QP #${i}: ${wc.status}`);
+          continue;
+        }
         perRound[i]!++;
         post(i);
       }
     }
-    if (Math.round((ms + 0.1) * 10) % (ROUND_MS * 10) === 0) { rounds.push(perRound); perRound = new Array<number>(N).fill(0); }
+    if (Math.round((ms + 0.1) * 10) % (ROUND_MS * 10) === 0) {
+      rounds.push(perRound);
+      perRound = new Array<number>(N).fill(0);
+    }
   }
   const c = A.dev.counters();
   t.same(bad, [], 'no WRITE completes in error (no RETRY_EXC_ERR)');
@@ -129,7 +157,7 @@ t.test('80 QPs on 4 tx buffers: every QP progresses every round, no ACK timeout 
     t.same(starved, [], `round ${n}: every QP completed a WRITE (min ${Math.min(...r)}, max ${Math.max(...r)})`);
   });
   const total = rounds.flat().reduce((a, b) => a + b, 0);
-  t.ok(total * MSG / (RUN_MS / 1000) > 0.7 * (4096 / WIRE_MS) * 1000, `the wire stays busy: ${total} WRITEs`);
+  t.ok((total * MSG) / (RUN_MS / 1000) > 0.7 * (4096 / WIRE_MS) * 1000, `the wire stays busy: ${total} WRITEs`);
   await A.dev.close();
   await B.dev.close();
 });
@@ -152,13 +180,27 @@ class HoldLink extends EventEmitter implements Link {
     this.localIp = inner.localIp;
     this.localPort = inner.localPort;
   }
-  get up(): boolean { return this.inner.up; }
-  allocTx(): Buffer | null { return this.inner.allocTx(); }
-  freeTx(b: Buffer): void { this.inner.freeTx(b); }
-  setReceiver(h: RxHandler): void { this.inner.setReceiver(h); }
+  get up(): boolean {
+    return this.inner.up;
+  }
+  allocTx(): Buffer | null {
+    return this.inner.allocTx();
+  }
+  freeTx(b: Buffer): void {
+    this.inner.freeTx(b);
+  }
+  setReceiver(h: RxHandler): void {
+    this.inner.setReceiver(h);
+  }
   send(b: Buffer, len: number, ip: string, port: number): void {
-    if (!this.holding) { this.inner.send(b, len, ip, port); return; }
-    if (this.held.length === 0) { this.since = this.sched.now(); this.tick(); }
+    if (!this.holding) {
+      this.inner.send(b, len, ip, port);
+      return;
+    }
+    if (this.held.length === 0) {
+      this.since = this.sched.now();
+      this.tick();
+    }
     this.held.push({ b, len, ip, port });
   }
   private tick(): void {
@@ -174,7 +216,9 @@ class HoldLink extends EventEmitter implements Link {
     for (const p of this.held.splice(0)) this.inner.send(p.b, p.len, p.ip, p.port);
     this.emit('late', this.sched.now() - this.since);
   }
-  async close(): Promise<void> { await this.inner.close(); }
+  async close(): Promise<void> {
+    await this.inner.close();
+  }
 }
 
 t.test("packets the link holds for 20 ms (socket full) do not time out at timeout 10 (4.2 ms): the link's 'late' re-arms the ACK timer", async (t) => {
@@ -190,7 +234,8 @@ t.test("packets the link holds for 20 ms (socket full) do not time out at timeou
     const mr = pd.regMr(Buffer.alloc(MSG), ['LOCAL_WRITE', 'REMOTE_WRITE']);
     return { qp: pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 1 } }), cq, mr };
   };
-  const a = mk(da), b = mk(db);
+  const a = mk(da),
+    b = mk(db);
   connectQp(a.qp, { pathMtu: 4096, timeout: 10, retryCnt: 3 }, { qpn: b.qp.qpn, psn: b.qp.sqPsn, gid: '10.9.1.2' });
   connectQp(b.qp, { pathMtu: 4096, timeout: 10, retryCnt: 3 }, { qpn: a.qp.qpn, psn: a.qp.sqPsn, gid: '10.9.1.1' });
   b.mr.buffer.fill(0);
@@ -206,7 +251,10 @@ t.test("packets the link holds for 20 ms (socket full) do not time out at timeou
   t.equal(wc[0]!.status, 'SUCCESS');
   t.equal(da.counters()['timeouts'], 0, 'and no timeout after it');
   t.equal(db.counters()['duplicate_request'], 0, 'nothing was sent twice');
-  t.ok(b.mr.buffer.every((x) => x === 0x5a), 'the data arrived');
+  t.ok(
+    b.mr.buffer.every((x) => x === 0x5a),
+    'the data arrived',
+  );
   await da.close();
   await db.close();
 });

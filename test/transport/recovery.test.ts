@@ -19,18 +19,32 @@ for (const timeout of [8, 11, 14]) {
     const seed = seedBase + timeout;
     t.comment(`seed ${seed}`);
     const p = await makePair({
-      mtu: 1024, memSize: 4 << 20, timeout, retryCnt: 7, sendWr: 256, recvWr: 256, maxRdAtomic: 16,
+      mtu: 1024,
+      memSize: 4 << 20,
+      timeout,
+      retryCnt: 7,
+      sendWr: 256,
+      recvWr: 256,
+      maxRdAtomic: 16,
       faults: { seed, dropPct: 3, reorderPct: 3, dupPct: 1, delayMs: 3, delayPct: 3 },
     });
     const { a, b } = p;
     const rng = new Rng(seed);
     for (let i = 0; i < REGION; i++) b.mem[i] = (i * 7 + (i >> 10)) & 0xff;
     b.mem.writeBigUInt64LE(0n, 3 << 20);
-    let readReqs = 0, readWrs = 0;
-    p.net!.filter = (pkt, src) => { if (src === '10.0.0.1' && pkt[0] === 0x0c) readReqs++; return true; };
+    let readReqs = 0,
+      readWrs = 0;
+    p.net!.filter = (pkt, src) => {
+      if (src === '10.0.0.1' && pkt[0] === 0x0c) readReqs++;
+      return true;
+    };
     const TARGET_RESENDS = Number(process.env['RECOVERY_RESENDS'] ?? 1500);
     const expect: Array<{ wrId: number; check: () => boolean }> = [];
-    let next = 0, done = 0, adds = 0n, bad = 0, sends = 0;
+    let next = 0,
+      done = 0,
+      adds = 0n,
+      bad = 0,
+      sends = 0;
     const out: Wc[] = [];
     // Receive slots for SENDs: 64 of 16 KiB at 2 MiB in B.
     for (let i = 0; i < 64; i++) b.qp.postRecv({ wrId: i, sg: [{ mr: b.mr, offset: (2 << 20) + i * 16384, length: 16384 }] });
@@ -63,7 +77,13 @@ for (const timeout of [8, 11, 14]) {
           expect.push({ wrId: id, check: () => true });
         } else {
           adds += 1n;
-          wr = { wrId: id, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: a.mr, offset: (3 << 20) + (id % 32) * 8, length: 8 }], remote: { addr: b.mr.addr + BigInt(3 << 20), rkey: b.mr.rkey } };
+          wr = {
+            wrId: id,
+            opcode: 'ATOMIC_FETCH_AND_ADD',
+            compareAdd: 1n,
+            sg: [{ mr: a.mr, offset: (3 << 20) + (id % 32) * 8, length: 8 }],
+            remote: { addr: b.mr.addr + BigInt(3 << 20), rkey: b.mr.rkey },
+          };
           expect.push({ wrId: id, check: () => true });
         }
         a.qp.postSend(wr);
@@ -72,7 +92,10 @@ for (const timeout of [8, 11, 14]) {
       tms++;
       // Keep B's receive queue topped up.
       const rw = await waitWc(p, b.rcq, 0, 0);
-      for (const w of rw) { if (w.status !== 'SUCCESS') bad++; b.qp.postRecv({ wrId: w.wrId, sg: [{ mr: b.mr, offset: (2 << 20) + (w.wrId % 64) * 16384, length: 16384 }] }); }
+      for (const w of rw) {
+        if (w.status !== 'SUCCESS') bad++;
+        b.qp.postRecv({ wrId: w.wrId, sg: [{ mr: b.mr, offset: (2 << 20) + (w.wrId % 64) * 16384, length: 16384 }] });
+      }
       out.length = 0;
       for (const w of await waitWc(p, a.scq, 0, 0)) {
         const e = expect[done]!;
@@ -104,7 +127,10 @@ t.test('tail-loss probe: a lost last packet or a lost ACK costs a few round trip
     p.net!.filter = (pkt, src) => {
       const isAck = pkt[0] === 0x11;
       const hit = what === 'the ACK' ? src === '10.0.0.2' && isAck : src === '10.0.0.1' && (pkt[0] === 0x08 || pkt[0] === 0x0a);
-      if (hit && !dropped) { dropped = true; return false; }
+      if (hit && !dropped) {
+        dropped = true;
+        return false;
+      }
       return true;
     };
     const t0 = p.fake!.now();
@@ -112,7 +138,11 @@ t.test('tail-loss probe: a lost last packet or a lost ACK costs a few round trip
     const w = await waitWc(p, a.scq, 1, 60);
     const ms = p.fake!.now() - t0;
     t.ok(dropped, `${what} was lost`);
-    t.same(w.map((x) => x.status), ['SUCCESS'], 'the WRITE completed');
+    t.same(
+      w.map((x) => x.status),
+      ['SUCCESS'],
+      'the WRITE completed',
+    );
     t.ok(ms < 5, `in ${ms.toFixed(2)} ms (the ACK timer is 67 ms)`);
     t.equal(a.dev.counters()['timeouts'], 0, 'no ACK timeout');
     t.ok(a.dev.counters()['tail_probes']! >= 1, 'a probe found it');
@@ -124,7 +154,8 @@ t.test('a READ that loses responses asks again only for the holes, not for the r
   const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
   const { a, b } = p;
   for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * 13 + (i >> 9)) & 0xff;
-  let responses = 0, seen = 0;
+  let responses = 0,
+    seen = 0;
   const lose = new Set([10, 11, 100, 200]); // the nth response packet on the wire
   p.net!.filter = (pkt, src) => {
     if (src !== '10.0.0.2' || pkt[0]! < 0x0d || pkt[0]! > 0x10) return true;
@@ -133,7 +164,10 @@ t.test('a READ that loses responses asks again only for the holes, not for the r
   };
   a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 256 * 1024 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
   const w = await waitWc(p, a.scq, 1, 500);
-  t.same(w.map((x) => x.status), ['SUCCESS']);
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+  );
   t.ok(a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)), 'every byte right');
   t.ok(responses <= 256 + 4 + 2, `${responses} response packets for 256 needed and 4 lost`);
   const holes = a.dev.counters()['read_hole_requests']!;
@@ -146,18 +180,29 @@ t.test('a request reordered by a couple of packets costs no NAK and no resend (t
   const p = await makePair({ timeout: 14, mtu: 1024 });
   const { a, b } = p;
   fill(a.mem, 31);
-  let held: Buffer | null = null, n = 0, sent = 0;
+  let held: Buffer | null = null,
+    n = 0,
+    sent = 0;
   p.net!.filter = (pkt, src) => {
     if (src !== '10.0.0.1') return true;
     sent++;
     n++;
-    if (n === 1) { held = Buffer.from(pkt); return false; } // the first packet of the WRITE arrives last
-    if (n === 3 && held) { p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, held); held = null; }
+    if (n === 1) {
+      held = Buffer.from(pkt);
+      return false;
+    } // the first packet of the WRITE arrives last
+    if (n === 3 && held) {
+      p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, held);
+      held = null;
+    }
     return true;
   };
   a.qp.postSend({ wrId: 1, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 3000 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
   const w = await waitWc(p, a.scq, 1, 50);
-  t.same(w.map((x) => x.status), ['SUCCESS']);
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+  );
   t.ok(b.mem.subarray(0, 3000).equals(a.mem.subarray(0, 3000)), 'landed in order');
   t.equal(sent, 3, 'three packets sent, none resent');
   t.equal(a.dev.counters()['rcvd_seq_err'], 0, 'no sequence NAK');

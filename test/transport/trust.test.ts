@@ -22,7 +22,9 @@ function ibBytes(src: string, dst: string, init: Parameters<typeof makeIb>[0]): 
   const f = buildRoceV2({ src: addrBytes(src), dst: addrBytes(dst), srcPort: 4791 }, makeIb(init));
   return emitFrame(f).subarray(src.includes(':') ? 48 : 28);
 }
-const A = '10.0.0.1', B = '10.0.0.2', EVIL = '10.0.0.3';
+const A = '10.0.0.1',
+  B = '10.0.0.2',
+  EVIL = '10.0.0.3';
 const PSN_A = 0x00fff0; // a's first request PSN (pair.ts)
 
 t.test('a forged ACK from another address completes nothing (completer check_addr)', async (t) => {
@@ -45,10 +47,19 @@ t.test('a forged READ response from another address lands nowhere', async (t) =>
   a.mem.fill(0x55, 0, 64);
   a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 64 }], remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey } });
   await settle(p, 0.01);
-  p.net!.inject(EVIL, 4791, A, 4791, ibBytes(EVIL, A, { opcode: 0x10, destQp: a.qp.qpn, psn: PSN_A, aeth: { syndrome: aethAck(), msn: 1 }, payload: new Uint8Array(64).fill(0xee) }));
+  p.net!.inject(
+    EVIL,
+    4791,
+    A,
+    4791,
+    ibBytes(EVIL, A, { opcode: 0x10, destQp: a.qp.qpn, psn: PSN_A, aeth: { syndrome: aethAck(), msn: 1 }, payload: new Uint8Array(64).fill(0xee) }),
+  );
   await settle(p, 0.01);
   t.equal(a.scq.length, 0, 'the READ did not complete');
-  t.ok(a.mem.subarray(0, 64).every((x) => x === 0x55), 'the local buffer is untouched');
+  t.ok(
+    a.mem.subarray(0, 64).every((x) => x === 0x55),
+    'the local buffer is untouched',
+  );
   t.equal(a.dev.counters()['rcvd_bad_addr'], 1);
   await p.close();
 });
@@ -80,7 +91,11 @@ t.test('a NAK with nothing outstanding completes no slot', async (t) => {
   p.b.qp.postRecv({ wrId: 1, sg: [{ mr: p.b.mr, offset: 0, length: 10 }] });
   a.qp.postSend({ wrId: 7, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 10 }] });
   const w = await waitWc(p, a.scq, 1);
-  t.same(w.map((x) => [x.wrId, x.status]), [[7, 'SUCCESS']], 'the next real WR completes as itself');
+  t.same(
+    w.map((x) => [x.wrId, x.status]),
+    [[7, 'SUCCESS']],
+    'the next real WR completes as itself',
+  );
   await p.close();
 });
 
@@ -88,7 +103,12 @@ t.test('an ACK that arrives while the requester is going back completes the WQEs
   const p = await makePair({ timeout: 8 });
   const { a } = p;
   p.net!.filter = (_pkt, src) => src !== A; // a fake peer: b never sees anything
-  const wr = (id: number) => ({ wrId: id, opcode: 'RDMA_WRITE' as const, sg: [{ mr: a.mr, offset: 0, length: 3000 }], remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey } });
+  const wr = (id: number) => ({
+    wrId: id,
+    opcode: 'RDMA_WRITE' as const,
+    sg: [{ mr: a.mr, offset: 0, length: 3000 }],
+    remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey },
+  });
   a.qp.postSend([wr(1), wr(2)]); // PSN_A..PSN_A+2 and PSN_A+3..PSN_A+5
   await settle(p, 0.01);
   // Hold the send queue (SQD: no message starts) so that after the timeout's go-back-N both WRITEs
@@ -100,12 +120,25 @@ t.test('an ACK that arrives while the requester is going back completes the WQEs
   // The peer's ACK for the last PSN of the second WRITE (sent before the timeout) arrives now.
   p.net!.inject(B, 4791, A, 4791, ibBytes(B, A, { opcode: 0x11, destQp: a.qp.qpn, psn: PSN_A + 5, aeth: { syndrome: aethAck(), msn: 2 } }));
   const w = await waitWc(p, a.scq, 2, 5);
-  t.same(w.map((x) => [x.wrId, x.status]), [[1, 'SUCCESS'], [2, 'SUCCESS']], 'both WRITEs complete');
+  t.same(
+    w.map((x) => [x.wrId, x.status]),
+    [
+      [1, 'SUCCESS'],
+      [2, 'SUCCESS'],
+    ],
+    'both WRITEs complete',
+  );
   await p.close();
 });
 
 /** Two devices on ::1 (UDP 4791 and 4792) with a connected RC QP each. */
-async function ipv6Pair(): Promise<{ devs: Device[]; qps: Qp[]; mems: Buffer[]; mrs: ReturnType<Device['allocPd']>['regMr'] extends (...a: never[]) => infer R ? R[] : never; cqs: ReturnType<Device['createCq']>[] }> {
+async function ipv6Pair(): Promise<{
+  devs: Device[];
+  qps: Qp[];
+  mems: Buffer[];
+  mrs: ReturnType<Device['allocPd']>['regMr'] extends (...a: never[]) => infer R ? R[] : never;
+  cqs: ReturnType<Device['createCq']>[];
+}> {
   const devs = [await openDevice({ address: '::1', udpPort: 4791 }), await openDevice({ address: '::1', udpPort: 4792 })];
   const pds = devs.map((d) => d.allocPd());
   const cqs = devs.map((d) => d.createCq({ depth: 256 }));
@@ -143,10 +176,24 @@ t.test('RC over RoCEv2/IPv6 (::1) between two softroce devices: every opcode', a
       { wrId: 1, opcode: 'RDMA_WRITE', sg: [{ mr: ma, offset: 0, length: 1 << 20 }], remote: { addr: mb.addr + 65536n, rkey: mb.rkey } },
       { wrId: 2, opcode: 'SEND', sg: [{ mr: ma, offset: 0, length: 5000 }] },
       { wrId: 3, opcode: 'RDMA_READ', sg: [{ mr: ma, offset: 1_500_000, length: 100_000 }], remote: { addr: mb.addr + 65536n, rkey: mb.rkey } },
-      { wrId: 4, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 3n, sg: [{ mr: ma, offset: 1_900_000, length: 8 }], remote: { addr: mb.addr + 2_000_000n, rkey: mb.rkey } },
+      {
+        wrId: 4,
+        opcode: 'ATOMIC_FETCH_AND_ADD',
+        compareAdd: 3n,
+        sg: [{ mr: ma, offset: 1_900_000, length: 8 }],
+        remote: { addr: mb.addr + 2_000_000n, rkey: mb.rkey },
+      },
     ]);
     const w = await pollN(cqs[0]!, 4, 20_000);
-    t.same(w.map((x) => [x.wrId, x.status]), [[1, 'SUCCESS'], [2, 'SUCCESS'], [3, 'SUCCESS'], [4, 'SUCCESS']]);
+    t.same(
+      w.map((x) => [x.wrId, x.status]),
+      [
+        [1, 'SUCCESS'],
+        [2, 'SUCCESS'],
+        [3, 'SUCCESS'],
+        [4, 'SUCCESS'],
+      ],
+    );
     t.ok(mems[1]!.subarray(65536, 65536 + (1 << 20)).equals(mems[0]!.subarray(0, 1 << 20)), 'WRITE landed byte for byte');
     t.ok(mems[1]!.subarray(0, 5000).equals(mems[0]!.subarray(0, 5000)), 'SEND landed');
     t.ok(mems[0]!.subarray(1_500_000, 1_600_000).equals(mems[0]!.subarray(0, 100_000)), 'READ brought back what the WRITE put there');
@@ -172,7 +219,11 @@ t.test('an MR deregistered while a 16 MiB WRITE lands: no byte after dereg, REM_
   p.net!.filter = null;
   const atDereg = Buffer.from(b.mem);
   const w = await waitWc(p, a.scq, 1);
-  t.same(w.map((x) => x.status), ['REM_ACCESS_ERR'], 'the sender learns it');
+  t.same(
+    w.map((x) => x.status),
+    ['REM_ACCESS_ERR'],
+    'the sender learns it',
+  );
   t.ok(b.mem.equals(atDereg), 'no byte landed after dereg');
   t.equal(b.qp.state, 'ERR');
   await p.close();
@@ -191,7 +242,10 @@ t.test('a READ whose remote MR is deregistered mid-stream serves nothing written
   p.net!.filter = null;
   b.mem.fill(0x99); // the memory is reused for something else
   const w = await waitWc(p, a.scq, 1);
-  t.same(w.map((x) => x.status), ['REM_ACCESS_ERR']);
+  t.same(
+    w.map((x) => x.status),
+    ['REM_ACCESS_ERR'],
+  );
   t.equal(a.mem.indexOf(0x99), -1, 'no byte written after dereg was served');
   await p.close();
 });
@@ -206,9 +260,19 @@ t.test('a receive whose MR was closed after the post: LOC_PROT_ERR, nothing land
   fill(a.mem, 2);
   a.qp.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 2000 }] });
   const rw = await waitWc(p, b.rcq, 1);
-  t.same(rw.map((x) => [x.wrId, x.status]), [[5, 'LOC_PROT_ERR']]);
-  t.ok(mem.every((x) => x === 0x33), 'nothing landed in the closed MR');
-  t.same((await waitWc(p, a.scq, 1)).map((x) => x.status), ['REM_OP_ERR'], 'the sender is told (remote operational error)');
+  t.same(
+    rw.map((x) => [x.wrId, x.status]),
+    [[5, 'LOC_PROT_ERR']],
+  );
+  t.ok(
+    mem.every((x) => x === 0x33),
+    'nothing landed in the closed MR',
+  );
+  t.same(
+    (await waitWc(p, a.scq, 1)).map((x) => x.status),
+    ['REM_OP_ERR'],
+    'the sender is told (remote operational error)',
+  );
   await p.close();
 });
 
@@ -224,7 +288,13 @@ t.test('a send whose MR was closed after the post: LOC_PROT_ERR, no byte leaves'
   mr.close();
   p.net!.filter = null;
   const w = await waitWc(p, a.scq, 2);
-  t.same(w.map((x) => [x.wrId, x.status]), [[1, 'SUCCESS'], [2, 'LOC_PROT_ERR']]);
+  t.same(
+    w.map((x) => [x.wrId, x.status]),
+    [
+      [1, 'SUCCESS'],
+      [2, 'LOC_PROT_ERR'],
+    ],
+  );
   t.equal(b.mem.indexOf(0x44), -1);
   await p.close();
 });
@@ -237,12 +307,27 @@ t.test('an atomic result is scattered over a two-SGE local buffer; SGEs end at M
   const m1 = a.pd.regMr(big.subarray(0, 16), ['LOCAL_WRITE']);
   const m2 = a.pd.regMr(big.subarray(32, 48), ['LOCAL_WRITE']);
   b.mem.writeBigUInt64LE(0x1122334455667788n, 64);
-  a.qp.postSend({ wrId: 1, opcode: 'ATOMIC_FETCH_AND_ADD', compareAdd: 1n, sg: [{ mr: m1, offset: 12, length: 4 }, { mr: m2, offset: 12, length: 4 }], remote: { addr: b.mr.addr + 64n, rkey: b.mr.rkey } });
+  a.qp.postSend({
+    wrId: 1,
+    opcode: 'ATOMIC_FETCH_AND_ADD',
+    compareAdd: 1n,
+    sg: [
+      { mr: m1, offset: 12, length: 4 },
+      { mr: m2, offset: 12, length: 4 },
+    ],
+    remote: { addr: b.mr.addr + 64n, rkey: b.mr.rkey },
+  });
   const w = await waitWc(p, a.scq, 1);
-  t.same(w.map((x) => x.status), ['SUCCESS']);
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+  );
   const got = Buffer.concat([big.subarray(12, 16), big.subarray(44, 48)]).readBigUInt64LE(0);
   t.equal(got, 0x1122334455667788n, 'the original value, spread over both SGEs');
-  t.ok(big.subarray(0, 12).every((x) => x === 0xaa) && big.subarray(16, 44).every((x) => x === 0xaa) && big.subarray(48).every((x) => x === 0xaa), 'nothing outside the SGEs changed');
+  t.ok(
+    big.subarray(0, 12).every((x) => x === 0xaa) && big.subarray(16, 44).every((x) => x === 0xaa) && big.subarray(48).every((x) => x === 0xaa),
+    'nothing outside the SGEs changed',
+  );
   t.equal(a.dev.counters()['rcvd_internal_err'], 0);
   await p.close();
 });
@@ -256,9 +341,20 @@ t.test('zero-byte WRITE, WRITE_WITH_IMM and READ need no valid R_Key (IBA C9-88)
     { wrId: 2, opcode: 'RDMA_WRITE_WITH_IMM', imm: 0x0d00b311, sg: [], remote: { addr: 0n, rkey: 0 } },
     { wrId: 3, opcode: 'RDMA_READ', sg: [], remote: { addr: 0n, rkey: 0 } },
   ]);
-  t.same((await waitWc(p, a.scq, 3)).map((x) => [x.wrId, x.status]), [[1, 'SUCCESS'], [2, 'SUCCESS'], [3, 'SUCCESS']]);
+  t.same(
+    (await waitWc(p, a.scq, 3)).map((x) => [x.wrId, x.status]),
+    [
+      [1, 'SUCCESS'],
+      [2, 'SUCCESS'],
+      [3, 'SUCCESS'],
+    ],
+  );
   const rw = await waitWc(p, b.rcq, 1);
-  t.same(rw.map((x) => [x.wrId, x.status, x.opcode, x.imm, x.byteLen]), [[9, 'SUCCESS', 'RECV_RDMA_WITH_IMM', 0x0d00b311, 0]], 'the doorbell rang');
+  t.same(
+    rw.map((x) => [x.wrId, x.status, x.opcode, x.imm, x.byteLen]),
+    [[9, 'SUCCESS', 'RECV_RDMA_WITH_IMM', 0x0d00b311, 0]],
+    'the doorbell rang',
+  );
   t.equal(a.qp.state, 'RTS');
   t.equal(b.qp.state, 'RTS');
   await p.close();
@@ -271,7 +367,10 @@ t.test('SEND_WITH_INV: an ordinary MR cannot be invalidated (REM_INV_REQ_ERR); a
     b.qp.postRecv({ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 64 }] });
     const plain = b.pd.regMr(Buffer.alloc(64), ['LOCAL_WRITE']);
     a.qp.postSend({ wrId: 1, opcode: 'SEND_WITH_INV', invalidateRkey: plain.rkey, sg: [] });
-    t.same((await waitWc(p, a.scq, 1)).map((x) => x.status), ['REM_INV_REQ_ERR']);
+    t.same(
+      (await waitWc(p, a.scq, 1)).map((x) => x.status),
+      ['REM_INV_REQ_ERR'],
+    );
     t.equal(plain.valid, true, 'the ordinary MR is untouched');
     await p.close();
   }
@@ -282,11 +381,17 @@ t.test('SEND_WITH_INV: an ordinary MR cannot be invalidated (REM_INV_REQ_ERR); a
     const inv = b.pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_WRITE'], { invalidatable: true });
     b.qp.postRecv({ wrId: 1, sg: [{ mr: b.mr, offset: 0, length: 64 }] });
     a.qp.postSend({ wrId: 1, opcode: 'SEND_WITH_INV', invalidateRkey: inv.rkey, sg: [] });
-    t.same((await waitWc(p, a.scq, 1)).map((x) => x.status), ['SUCCESS']);
+    t.same(
+      (await waitWc(p, a.scq, 1)).map((x) => x.status),
+      ['SUCCESS'],
+    );
     t.equal(inv.valid, false);
     // Local use of the invalidated MR: LOC_PROT_ERR, nothing leaves.
     b.qp.postSend({ wrId: 2, opcode: 'SEND', sg: [{ mr: inv, offset: 0, length: 64 }] });
-    t.same((await waitWc(p, b.scq, 1)).map((x) => x.status), ['LOC_PROT_ERR']);
+    t.same(
+      (await waitWc(p, b.scq, 1)).map((x) => x.status),
+      ['LOC_PROT_ERR'],
+    );
     await p.close();
   }
 });
@@ -296,7 +401,8 @@ t.test('CQ overflow: CQ_ERR, the QP goes to ERR with QP_FATAL, nothing vanishes 
   const { a } = p;
   const events: string[] = [];
   a.dev.on('async', (e: { type: string }) => events.push(e.type));
-  for (let i = 0; i < 10; i++) a.qp.postSend({ wrId: i, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey } });
+  for (let i = 0; i < 10; i++)
+    a.qp.postSend({ wrId: i, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr: p.b.mr.addr, rkey: p.b.mr.rkey } });
   await settle(p, 1);
   t.same(events.slice(0, 2), ['CQ_ERR', 'QP_FATAL']);
   t.equal(a.qp.state, 'ERR', 'the QP whose completion was lost is in ERR');
@@ -331,11 +437,32 @@ t.test('every completion path with SGEs exactly at MR boundaries: data right, gu
   a.qp.postSend([
     { wrId: 1, opcode: 'SEND', sg },
     { wrId: 2, opcode: 'RDMA_WRITE_WITH_IMM', imm: 5, sg, remote: { addr: rtarget.mr.addr, rkey: rtarget.mr.rkey } },
-    { wrId: 3, opcode: 'RDMA_READ', sg: rdst.map((d) => ({ mr: d.mr, offset: 0, length: d.mem.length })), remote: { addr: rtarget.mr.addr, rkey: rtarget.mr.rkey } },
-    { wrId: 4, opcode: 'ATOMIC_CMP_AND_SWP', compareAdd: 41n, swap: 42n, sg: ares.map((d) => ({ mr: d.mr, offset: 0, length: 4 })), remote: { addr: atom.mr.addr, rkey: atom.mr.rkey } },
+    {
+      wrId: 3,
+      opcode: 'RDMA_READ',
+      sg: rdst.map((d) => ({ mr: d.mr, offset: 0, length: d.mem.length })),
+      remote: { addr: rtarget.mr.addr, rkey: rtarget.mr.rkey },
+    },
+    {
+      wrId: 4,
+      opcode: 'ATOMIC_CMP_AND_SWP',
+      compareAdd: 41n,
+      swap: 42n,
+      sg: ares.map((d) => ({ mr: d.mr, offset: 0, length: 4 })),
+      remote: { addr: atom.mr.addr, rkey: atom.mr.rkey },
+    },
   ]);
-  t.same((await waitWc(p, a.scq, 4)).map((x) => x.status), ['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']);
-  t.same((await waitWc(p, b.rcq, 2)).map((x) => [x.status, x.byteLen]), [['SUCCESS', 562], ['SUCCESS', 562]]);
+  t.same(
+    (await waitWc(p, a.scq, 4)).map((x) => x.status),
+    ['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS'],
+  );
+  t.same(
+    (await waitWc(p, b.rcq, 2)).map((x) => [x.status, x.byteLen]),
+    [
+      ['SUCCESS', 562],
+      ['SUCCESS', 562],
+    ],
+  );
   const msg = Buffer.concat(srcs.map((s) => s.mem));
   t.ok(Buffer.concat(dsts.map((d) => d.mem)).equals(msg), 'SEND scattered over three SGEs');
   t.ok(rtarget.mem.equals(msg), 'WRITE landed');

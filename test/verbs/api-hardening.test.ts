@@ -16,7 +16,10 @@ import { makePair, waitWc } from './pair.js';
 
 /** Asserts fn throws a VerbsError with this code and argument (not a TypeError from inside). */
 /** The bits of a tap Test the helpers use. */
-interface Asserts { fail(m: string): unknown; match(a: unknown, b: unknown, m: string): unknown }
+interface Asserts {
+  fail(m: string): unknown;
+  match(a: unknown, b: unknown, m: string): unknown;
+}
 
 function rejects(t: Asserts, fn: () => unknown, argument: string, code = 'EINVAL', msg = argument): void {
   try {
@@ -53,7 +56,12 @@ t.test('openDevice checks its options before opening anything', async (t) => {
   const base = (ip: string) => ({ scheduler: fake, link: net.attach(ip) });
   await rejectsAsync(t, () => openDevice(any({ ...base('10.9.1.1'), address: 123 })), 'address');
   await rejectsAsync(t, () => openDevice(any({ ...base('10.9.1.2'), address: 'not an ip' })), 'address');
-  await rejectsAsync(t, () => openDevice({ ...base('10.9.1.3'), address: '10.9.1.3', udpPort: 70000 }), 'udpPort', 'udpPort 70000 (the socket would take it modulo 65536)');
+  await rejectsAsync(
+    t,
+    () => openDevice({ ...base('10.9.1.3'), address: '10.9.1.3', udpPort: 70000 }),
+    'udpPort',
+    'udpPort 70000 (the socket would take it modulo 65536)',
+  );
   await rejectsAsync(t, () => openDevice({ ...base('10.9.1.4'), address: '10.9.1.4', udpPort: 0 }), 'udpPort');
   await rejectsAsync(t, () => openDevice(any({ ...base('10.9.1.5'), address: '10.9.1.5', native: 'yes' })), 'native');
   await rejectsAsync(t, () => openDevice(any({ ...base('10.9.1.6'), address: '10.9.1.6', icrcIpv4: 'none' })), 'icrcIpv4');
@@ -82,7 +90,13 @@ t.test('device, PD, CQ, SRQ and AH verbs reject wrong types with the argument na
   const inv = pd.regMr(Buffer.alloc(64), ['LOCAL_WRITE', 'REMOTE_WRITE'], { invalidatable: true });
   t.equal(plain.invalidatable, false, 'MRs are not invalidatable by default');
   t.equal(inv.invalidatable, true, 'regMr(..., { invalidatable: true })');
-  rejects(t, () => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, srq: any({}), cap: { maxSendWr: 1, maxRecvWr: 1 } }), 'srq', 'EINVAL', 'createQp with srq: {}');
+  rejects(
+    t,
+    () => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, srq: any({}), cap: { maxSendWr: 1, maxRecvWr: 1 } }),
+    'srq',
+    'EINVAL',
+    'createQp with srq: {}',
+  );
   rejects(t, () => pd.createQp(any(null)), 'options');
   rejects(t, () => pd.createQp(any({ type: 'RC', sendCq: cq, recvCq: cq })), 'cap');
   rejects(t, () => pd.createQp(any({ type: 'RC', sendCq: cq, recvCq: cq, sigAll: 'yes', cap: { maxSendWr: 1, maxRecvWr: 1 } })), 'sigAll');
@@ -171,8 +185,20 @@ t.test('posts: every WR checked completely before any is queued', async (t) => {
   rejects(t, () => send({ wrId: 1, opcode: 'SEND_WITH_INV', sg, invalidateRkey: -1 }), 'invalidateRkey');
   rejects(t, () => send({ wrId: 1, opcode: 'ATOMIC_FETCH_AND_ADD', sg, remote, compareAdd: 1 }), 'compareAdd');
   rejects(t, () => send({ wrId: 1, opcode: 'ATOMIC_CMP_AND_SWP', sg, remote, compareAdd: 1n }), 'swap');
-  rejects(t, () => send({ wrId: 1, opcode: 'ATOMIC_FETCH_AND_ADD', sg, remote: { addr: b.mr.addr + 4n, rkey: b.mr.rkey }, compareAdd: 1n }), 'remote', 'EINVAL', 'atomic target not 8-byte aligned');
-  rejects(t, () => send({ wrId: 1, opcode: 'ATOMIC_FETCH_AND_ADD', sg: [{ mr: a.mr, offset: 0, length: 4 }], remote, compareAdd: 1n }), 'sg', 'EINVAL', 'atomic local buffer not 8 bytes');
+  rejects(
+    t,
+    () => send({ wrId: 1, opcode: 'ATOMIC_FETCH_AND_ADD', sg, remote: { addr: b.mr.addr + 4n, rkey: b.mr.rkey }, compareAdd: 1n }),
+    'remote',
+    'EINVAL',
+    'atomic target not 8-byte aligned',
+  );
+  rejects(
+    t,
+    () => send({ wrId: 1, opcode: 'ATOMIC_FETCH_AND_ADD', sg: [{ mr: a.mr, offset: 0, length: 4 }], remote, compareAdd: 1n }),
+    'sg',
+    'EINVAL',
+    'atomic local buffer not 8 bytes',
+  );
   t.equal(a.qp.outstanding, 0, 'nothing queued by the rejected posts');
   // A list whose second WR is bad queues nothing (it used to queue the first, then throw a TypeError).
   const good: SendWr = { wrId: 10, opcode: 'ATOMIC_FETCH_AND_ADD', sg, remote, compareAdd: 1n };
@@ -181,7 +207,7 @@ t.test('posts: every WR checked completely before any is queued', async (t) => {
   await p.close();
 });
 
-t.test('receive posts check each SGE against the QP\'s PD and LOCAL_WRITE', async (t) => {
+t.test("receive posts check each SGE against the QP's PD and LOCAL_WRITE", async (t) => {
   const p = await makePair({ addrs: ['10.9.6.1', '10.9.6.2'] });
   const { a, b } = p;
   const ro = a.pd.regMr(Buffer.alloc(64), []);
@@ -227,23 +253,62 @@ t.test('internal state is read-only from outside', async (t) => {
   const cq = dev.createCq({ depth: 8 });
   const qp = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4 } });
   const mr = pd.regMr(Buffer.alloc(64));
-  t.throws(() => {
-    // @ts-expect-error Qp.state has no public setter
-    qp.state = 'RTS';
-  }, TypeError, 'assigning qp.state throws (getter only)');
+  t.throws(
+    () => {
+      // @ts-expect-error Qp.state has no public setter
+      qp.state = 'RTS';
+    },
+    TypeError,
+    'assigning qp.state throws (getter only)',
+  );
   t.equal(qp.state, 'RESET', 'and changes nothing');
   rejects(t, () => qp.postSend({ wrId: 1, opcode: 'SEND', sg: [] }), 'qp', 'EINVAL', 'a RESET QP still cannot post');
-  const writes: Array<[string, () => void]> = [ // [what, the write]
-    ['qp.closed', () => { any(qp).closed = true; }],
-    ['qp.timeout', () => { any(qp).timeout = 5; }],
-    ['qp.sqPsn', () => { any(qp).sqPsn = 5; }],
-    ['mr.valid', () => { any(mr).valid = false; }],
-    ['pd.closed', () => { any(pd).closed = true; }],
-    ['cq.users', () => { any(cq).users = 0; }],
+  const writes: Array<[string, () => void]> = [
+    // [what, the write]
+    [
+      'qp.closed',
+      () => {
+        any(qp).closed = true;
+      },
+    ],
+    [
+      'qp.timeout',
+      () => {
+        any(qp).timeout = 5;
+      },
+    ],
+    [
+      'qp.sqPsn',
+      () => {
+        any(qp).sqPsn = 5;
+      },
+    ],
+    [
+      'mr.valid',
+      () => {
+        any(mr).valid = false;
+      },
+    ],
+    [
+      'pd.closed',
+      () => {
+        any(pd).closed = true;
+      },
+    ],
+    [
+      'cq.users',
+      () => {
+        any(cq).users = 0;
+      },
+    ],
   ];
   // Getter-only properties throw in strict code; whatever a write does, the value must not change.
   for (const [, w] of writes) {
-    try { w(); } catch { /* a getter-only property throws in strict code: fine */ }
+    try {
+      w();
+    } catch {
+      /* a getter-only property throws in strict code: fine */
+    }
   }
   t.equal(qp.closed, false, 'qp.closed unchanged');
   t.equal(qp.timeout, 0, 'qp.timeout unchanged');
@@ -274,12 +339,19 @@ t.test('initial PSNs are random; endpoints are JSON and connect', async (t) => {
   const cq = da.createCq({ depth: 4 });
   for (let i = 0; i < 16; i++) extra.push(pd.createQp({ type: 'UC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1 } }));
   const psns = extra.map((q) => q.endpoint().psn);
-  t.ok(psns.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 24), 'PSNs are 24-bit');
+  t.ok(
+    psns.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 24),
+    'PSNs are 24-bit',
+  );
   t.ok(new Set(psns).size > 8, `initial PSNs differ (${psns.map((x) => x.toString(16)).join(' ')})`);
-  t.ok(psns.some((x) => x !== 0), 'not the old fixed 0');
+  t.ok(
+    psns.some((x) => x !== 0),
+    'not the old fixed 0',
+  );
   for (const q of extra) q.close();
 
-  const A = side(da), B = side(db);
+  const A = side(da),
+    B = side(db);
   const epA = JSON.parse(JSON.stringify(A.qp.endpoint())) as QpEndpoint;
   const epB = JSON.parse(JSON.stringify(B.qp.endpoint({ mr: B.mr }))) as QpEndpoint & MrEndpoint;
   t.same(Object.keys(epB).sort(), ['addr', 'gid', 'psn', 'qpn', 'rkey'], 'endpoint({ mr }) fields');
@@ -304,10 +376,17 @@ t.test('initial PSNs are random; endpoints are JSON and connect', async (t) => {
   const pair = { fake, a: null, b: null, sched: fake, net, close: async () => {} } as unknown as Parameters<typeof waitWc>[0];
   const wa = await waitWc(pair, A.cq, 2, 1000);
   const wb = await waitWc(pair, B.cq, 1, 10);
-  t.same(wa.map((w) => w.status), ['SUCCESS', 'SUCCESS'], 'SEND and WRITE completed');
+  t.same(
+    wa.map((w) => w.status),
+    ['SUCCESS', 'SUCCESS'],
+    'SEND and WRITE completed',
+  );
   t.equal(wb[0]?.status, 'SUCCESS');
   t.equal(B.mem.toString('utf8', 0, 4), 'ping');
-  t.ok(B.mem.subarray(1000, 1100).every((x) => x === 7), 'WRITE landed where remoteOf(ep, 1000) points');
+  t.ok(
+    B.mem.subarray(1000, 1100).every((x) => x === 7),
+    'WRITE landed where remoteOf(ep, 1000) points',
+  );
   await da.close();
   await db.close();
 });

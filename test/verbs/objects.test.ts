@@ -42,7 +42,10 @@ t.test('device and port attributes, as ibv_query_device / ibv_query_port report 
   t.equal(activeMtuFor(1500), 1024, 'an Ethernet MTU of 1500 gives 1024, as rxe');
   t.equal(activeMtuFor(9000), 4096);
   const tbl = buildGidTable('lo', new Uint8Array(6), '127.0.0.1');
-  t.ok(tbl.every((e, i) => e.index === i && e.netdev === 'lo'), 'indices and netdev');
+  t.ok(
+    tbl.every((e, i) => e.index === i && e.netdev === 'lo'),
+    'indices and netdev',
+  );
   t.ok(tbl.filter((e) => e.type === 'RoCE v1').length === tbl.filter((e) => e.type === 'RoCE v2').length, 'one entry per RoCE type');
   await dev.close();
   t.throws(() => dev.query(), { code: 'EBADF' }, 'closed device');
@@ -51,9 +54,13 @@ t.test('device and port attributes, as ibv_query_device / ibv_query_port report 
 
 t.test('device list from SOFTROCE_DEVICES, defaults without configuration', (t) => {
   t.same(getDeviceList({ SOFTROCE_DEVICES: 'rxe0=eth0:10.0.0.1,rxe1=lo:127.0.0.1', SOFTROCE_CONFIG: '/nonexistent' }), [
-    { name: 'rxe0', netdev: 'eth0', address: '10.0.0.1' }, { name: 'rxe1', netdev: 'lo', address: '127.0.0.1' },
+    { name: 'rxe0', netdev: 'eth0', address: '10.0.0.1' },
+    { name: 'rxe1', netdev: 'lo', address: '127.0.0.1' },
   ]);
-  t.same(getDeviceList({ SOFTROCE_CONFIG: '/nonexistent' }).map((d) => d.address), ['127.0.0.1', '127.0.0.2']);
+  t.same(
+    getDeviceList({ SOFTROCE_CONFIG: '/nonexistent' }).map((d) => d.address),
+    ['127.0.0.1', '127.0.0.2'],
+  );
   t.throws(() => getDeviceList({ SOFTROCE_DEVICES: 'nonsense' }), { code: 'EINVAL', argument: 'SOFTROCE_DEVICES' });
   t.end();
 });
@@ -90,8 +97,14 @@ t.test('typed errors name the argument', async (t) => {
   t.throws(() => dev.createCq({ depth: 0 }), { code: 'EINVAL', argument: 'depth' });
   t.throws(() => pd.createQp({ type: 'XX' as 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1 } }), { code: 'EINVAL', argument: 'type' });
   t.throws(() => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 0x4001, maxRecvWr: 1 } }), { code: 'EINVAL', argument: 'cap.maxSendWr' });
-  t.throws(() => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1, maxSendSge: 33 } }), { code: 'EINVAL', argument: 'cap.maxSendSge' });
-  t.throws(() => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1, maxInline: 4096 } }), { code: 'EINVAL', argument: 'cap.maxInline' });
+  t.throws(() => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1, maxSendSge: 33 } }), {
+    code: 'EINVAL',
+    argument: 'cap.maxSendSge',
+  });
+  t.throws(() => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1, maxInline: 4096 } }), {
+    code: 'EINVAL',
+    argument: 'cap.maxInline',
+  });
   t.throws(() => pd.regMr(Buffer.alloc(8), ['REMOTE_WRITE']), { code: 'EINVAL', argument: 'access' }, 'remote write needs local write');
   t.throws(() => pd.regMr(Buffer.alloc(8), ['BOGUS' as 'LOCAL_WRITE']), { code: 'EINVAL', argument: 'access' });
   t.throws(() => pd.createAh({ gid: 'not a gid' }), { code: 'EINVAL', argument: 'gid' });
@@ -99,13 +112,28 @@ t.test('typed errors name the argument', async (t) => {
   const mr = pd.regMr(Buffer.alloc(64));
   t.throws(() => qp.postSend({ wrId: 1, opcode: 'SEND', sg: [] }), { code: 'EINVAL', argument: 'qp' }, 'sends need RTS');
   qp.toInit({ accessFlags: ['LOCAL_WRITE'] });
-  qp.postRecv([{ wrId: 1, sg: [{ mr, offset: 0, length: 8 }] }, { wrId: 2, sg: [] }]);
+  qp.postRecv([
+    { wrId: 1, sg: [{ mr, offset: 0, length: 8 }] },
+    { wrId: 2, sg: [] },
+  ]);
   t.throws(() => qp.postRecv({ wrId: 3, sg: [] }), { code: 'ENOMEM', argument: 'wr' }, 'receive queue full');
-  t.throws(() => qp.modify({ state: 'RTR', pathMtu: 1024, destQpn: 5, rqPsn: 0, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2' }, qkey: 1 }),
-    { code: 'EINVAL', notAllowed: ['qkey'] }, 'an attribute the transition does not take');
-  t.throws(() => qp.modify({ state: 'RTR', pathMtu: 1000 as 1024, destQpn: 5, rqPsn: 0, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2' } }), { code: 'EINVAL', argument: 'pathMtu' });
-  t.throws(() => qp.modify({ state: 'RTR', pathMtu: 1024, destQpn: 5, rqPsn: 1 << 24, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2' } }), { code: 'EINVAL', argument: 'rqPsn' });
-  t.throws(() => qp.modify({ state: 'RTR', pathMtu: 1024, destQpn: 5, rqPsn: 0, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2', sgidIndex: 999 } }), { code: 'EINVAL', argument: 'av' });
+  t.throws(
+    () => qp.modify({ state: 'RTR', pathMtu: 1024, destQpn: 5, rqPsn: 0, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2' }, qkey: 1 }),
+    { code: 'EINVAL', notAllowed: ['qkey'] },
+    'an attribute the transition does not take',
+  );
+  t.throws(() => qp.modify({ state: 'RTR', pathMtu: 1000 as 1024, destQpn: 5, rqPsn: 0, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2' } }), {
+    code: 'EINVAL',
+    argument: 'pathMtu',
+  });
+  t.throws(() => qp.modify({ state: 'RTR', pathMtu: 1024, destQpn: 5, rqPsn: 1 << 24, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2' } }), {
+    code: 'EINVAL',
+    argument: 'rqPsn',
+  });
+  t.throws(
+    () => qp.modify({ state: 'RTR', pathMtu: 1024, destQpn: 5, rqPsn: 0, maxDestRdAtomic: 1, minRnrTimer: 12, av: { dgid: '10.1.0.2', sgidIndex: 999 } }),
+    { code: 'EINVAL', argument: 'av' },
+  );
   t.equal(qp.state, 'INIT', 'failed modifies changed nothing');
   t.equal(qp.query().pathMtu, 1024);
   await dev.close();
@@ -116,8 +144,21 @@ function attrsFor(qp: Qp, to: QpState): QpAttrs {
   const rule = QP_TRANSITIONS[qp.state]?.[to]?.[qp.type];
   const a: QpAttrs = { state: to };
   const values: Record<string, unknown> = {
-    port: 1, pkeyIndex: 0, qkey: 0x11111111, accessFlags: ['LOCAL_WRITE'], av: { dgid: '10.1.0.2' }, pathMtu: 1024, destQpn: 0x33,
-    rqPsn: 1, sqPsn: 2, maxDestRdAtomic: 1, minRnrTimer: 12, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1,
+    port: 1,
+    pkeyIndex: 0,
+    qkey: 0x11111111,
+    accessFlags: ['LOCAL_WRITE'],
+    av: { dgid: '10.1.0.2' },
+    pathMtu: 1024,
+    destQpn: 0x33,
+    rqPsn: 1,
+    sqPsn: 2,
+    maxDestRdAtomic: 1,
+    minRnrTimer: 12,
+    timeout: 14,
+    retryCnt: 7,
+    rnrRetry: 7,
+    maxRdAtomic: 1,
   };
   for (const k of rule?.required ?? []) (a as Record<string, unknown>)[k] = values[k];
   return a;
@@ -127,8 +168,17 @@ t.test('every QP state transition, valid and invalid, on real QPs of each type',
   const { dev } = await memDevice();
   const pd = dev.allocPd();
   const cq = dev.createCq({ depth: 64 });
-  const path: Record<QpState, QpState[]> = { RESET: [], INIT: ['INIT'], RTR: ['INIT', 'RTR'], RTS: ['INIT', 'RTR', 'RTS'], SQD: ['INIT', 'RTR', 'RTS', 'SQD'], SQE: [], ERR: ['ERR'] };
-  let valid = 0, invalid = 0;
+  const path: Record<QpState, QpState[]> = {
+    RESET: [],
+    INIT: ['INIT'],
+    RTR: ['INIT', 'RTR'],
+    RTS: ['INIT', 'RTR', 'RTS'],
+    SQD: ['INIT', 'RTR', 'RTS', 'SQD'],
+    SQE: [],
+    ERR: ['ERR'],
+  };
+  let valid = 0,
+    invalid = 0;
   for (const type of ['RC', 'UC', 'UD'] as const) {
     for (const from of QP_STATES) {
       if (from === 'SQE') continue; // entered only by the transport on a UD/UC send error
@@ -172,7 +222,10 @@ t.test('CQ overflow is the CQ_ERR async event; poll fills preallocated WCs', asy
   t.equal(qp.state, 'ERR');
   const out = [new Wc(), new Wc(), new Wc()];
   t.equal(cq.poll(out), 2);
-  t.same(out.slice(0, 2).map((w) => w.wrId), [0, 1]);
+  t.same(
+    out.slice(0, 2).map((w) => w.wrId),
+    [0, 1],
+  );
   await a.close();
   await b.close();
 });
@@ -219,9 +272,13 @@ t.test('async events: COMM_EST, SQ_DRAINED, LAST_WQE_REACHED, PORT_ERR / PORT_AC
     const qp = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, ...(s ? { srq: s } : {}), cap: { maxSendWr: 4, maxRecvWr: 4 } });
     return { pd, cq, qp, s, mr: pd.regMr(Buffer.alloc(64)) };
   };
-  const A = mk(a, false), B = mk(b, true);
+  const A = mk(a, false),
+    B = mk(b, true);
   // B stays in RTR: its first received packet raises COMM_EST (IBA 11.6.3).
-  A.qp.toInit({ accessFlags: [] }).toRtr({ remote: { qpn: B.qp.qpn, gid: '10.1.0.2' }, rqPsn: 0 }).toRts({ sqPsn: 0 });
+  A.qp
+    .toInit({ accessFlags: [] })
+    .toRtr({ remote: { qpn: B.qp.qpn, gid: '10.1.0.2' }, rqPsn: 0 })
+    .toRts({ sqPsn: 0 });
   B.qp.toInit({ accessFlags: [] }).toRtr({ remote: { qpn: A.qp.qpn, gid: '10.1.0.1' }, rqPsn: 0 });
   B.s!.postRecv({ wrId: 1, sg: [] });
   A.qp.postSend({ wrId: 1, opcode: 'SEND', sg: [] });

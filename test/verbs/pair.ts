@@ -11,9 +11,22 @@ import { MemNetwork } from '../../src/roce/link/link.js';
 import type { FaultOptions } from '../../src/roce/link/fault-link.js';
 import type { Mtu } from '../../src/roce/opcode.js';
 
-export interface Side { dev: Device; pd: Pd; scq: Cq; rcq: Cq; qp: Qp; mem: Buffer; mr: Mr; srq?: Srq }
+export interface Side {
+  dev: Device;
+  pd: Pd;
+  scq: Cq;
+  rcq: Cq;
+  qp: Qp;
+  mem: Buffer;
+  mr: Mr;
+  srq?: Srq;
+}
 export interface Pair {
-  a: Side; b: Side; sched: Scheduler; fake: FakeScheduler | null; net: MemNetwork | null;
+  a: Side;
+  b: Side;
+  sched: Scheduler;
+  fake: FakeScheduler | null;
+  net: MemNetwork | null;
   /** A `size`-byte Buffer inside a larger one, with random guard bytes before and after that checkGuards() verifies. */
   guarded(size: number): Buffer;
   /** One line per guarded buffer whose guard bytes changed (an out-of-region write); empty when all are intact. */
@@ -79,7 +92,10 @@ export class Guards {
     this.list.forEach((e, i) => {
       const pre = e.whole.subarray(0, GUARD_BYTES);
       const post = e.whole.subarray(GUARD_BYTES + e.size);
-      const first = (x: Buffer, y: Buffer): number => { for (let k = 0; k < x.length; k++) if (x[k] !== y[k]) return k; return -1; };
+      const first = (x: Buffer, y: Buffer): number => {
+        for (let k = 0; k < x.length; k++) if (x[k] !== y[k]) return k;
+        return -1;
+      };
       const b = first(pre, e.before);
       const a = first(post, e.after);
       if (b >= 0) out.push(`buffer ${i} (${e.size} B): guard before changed, first at ${b - GUARD_BYTES} from the start`);
@@ -112,7 +128,11 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
     const rcq = dev.createCq({ depth });
     const srq = o.srq ? pd.createSrq({ maxWr: o.recvWr ?? 1024, maxSge: o.maxSge ?? 4 }) : undefined;
     const qp = pd.createQp({
-      type, sendCq: scq, recvCq: rcq, ...(srq ? { srq } : {}), sigAll: o.sigAll ?? true,
+      type,
+      sendCq: scq,
+      recvCq: rcq,
+      ...(srq ? { srq } : {}),
+      sigAll: o.sigAll ?? true,
       cap: { maxSendWr: o.sendWr ?? 1024, maxRecvWr: o.recvWr ?? 1024, maxSendSge: o.maxSge ?? 4, maxRecvSge: o.maxSge ?? 4, maxInline: o.maxInline ?? 256 },
     });
     const mem = o.guard ? guards.alloc(o.memSize ?? 1 << 20) : Buffer.alloc(o.memSize ?? 1 << 20);
@@ -126,17 +146,31 @@ export async function makePair(o: PairOptions = {}): Promise<Pair> {
     for (const s of [a, b]) s.qp.toInit({ qkey: 0x11111111 }).toRtr().toRts({ sqPsn: 0 });
   } else {
     const local = (psn: number) => ({
-      psn, pathMtu: mtu, timeout: o.timeout ?? 10, retryCnt: o.retryCnt ?? 7, rnrRetry: o.rnrRetry ?? 7,
-      minRnrTimer: o.minRnrTimer ?? 1, maxRdAtomic: o.maxRdAtomic ?? 16, maxDestRdAtomic: 16, accessFlags: o.access ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'],
+      psn,
+      pathMtu: mtu,
+      timeout: o.timeout ?? 10,
+      retryCnt: o.retryCnt ?? 7,
+      rnrRetry: o.rnrRetry ?? 7,
+      minRnrTimer: o.minRnrTimer ?? 1,
+      maxRdAtomic: o.maxRdAtomic ?? 16,
+      maxDestRdAtomic: 16,
+      accessFlags: o.access ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'],
     });
     connectQp(a.qp, local(0x00fff0), { qpn: b.qp.qpn, psn: 0xfffff0, gid: ipB, ...(o.ports ? { udpPort: o.ports[1] } : {}) });
     connectQp(b.qp, local(0xfffff0), { qpn: a.qp.qpn, psn: 0x00fff0, gid: ipA, ...(o.ports ? { udpPort: o.ports[0] } : {}) });
   }
   return {
-    a, b, sched: fake ?? da.sched, fake, net,
+    a,
+    b,
+    sched: fake ?? da.sched,
+    fake,
+    net,
     guarded: (size) => guards.alloc(size),
     checkGuards: () => guards.check(),
-    async close() { await da.close(); await db.close(); },
+    async close() {
+      await da.close();
+      await db.close();
+    },
   };
 }
 
@@ -149,7 +183,10 @@ export async function waitWc(p: Pair, cq: Cq, n: number, timeoutMs = 20_000): Pr
     while ((k = cq.poll(buf)) > 0) for (let i = 0; i < k; i++) out.push(Object.assign(new Wc(), buf[i]!));
   };
   if (p.fake) {
-    for (let t = 0; t < timeoutMs && out.length < n; t += 1) { p.fake.advance(1); take(); }
+    for (let t = 0; t < timeoutMs && out.length < n; t += 1) {
+      p.fake.advance(1);
+      take();
+    }
     take();
     return out;
   }
@@ -171,7 +208,11 @@ export async function settle(p: Pair, ms: number): Promise<void> {
 export function fill(buf: Buffer, seed: number): void {
   let x = seed >>> 0 || 1;
   for (let i = 0; i < buf.length; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     buf[i] = x & 0xff;
   }
 }

@@ -39,7 +39,10 @@ t.test('RESET clears every role field a new QP starts without (oosMax, oosCount,
     { wrId: 2, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 4096, length: 100 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } },
   ]);
   const wc = await waitWc(p, a.scq, 2);
-  t.same(wc.map((w) => w.status), ['SUCCESS', 'SUCCESS']);
+  t.same(
+    wc.map((w) => w.status),
+    ['SUCCESS', 'SUCCESS'],
+  );
   // The traffic moved the responder's state off its initial values (else the test proves nothing).
   t.equal(b.qp.resp.writeLen, 3000, 'the WRITE set writeLen');
   t.ok(b.qp.resp.resNext > 0, 'the READ took a responder resource');

@@ -3,23 +3,43 @@ import t from 'tap';
 import { QP_STATES, QP_TYPES, QP_TRANSITIONS, assertQpTransition, checkQpTransition, type QpState } from '../../src/verbs/qp-state.js';
 import { InvalidQpAttrError, InvalidQpTransitionError, RdmaError, VerbsError } from '../../src/verbs/errors.js';
 
-t.test('valid transitions are exactly the kernel\'s', (t) => {
+t.test("valid transitions are exactly the kernel's", (t) => {
   const valid = new Set<string>();
   for (const from of QP_STATES) for (const to of QP_STATES) if (QP_TRANSITIONS[from]?.[to]?.RC) valid.add(`${from}>${to}`);
-  t.same([...valid].sort(), [
-    'ERR>ERR', 'ERR>RESET',
-    'INIT>ERR', 'INIT>INIT', 'INIT>RESET', 'INIT>RTR',
-    'RESET>ERR', 'RESET>INIT', 'RESET>RESET',
-    'RTR>ERR', 'RTR>RESET', 'RTR>RTS',
-    'RTS>ERR', 'RTS>RESET', 'RTS>RTS', 'RTS>SQD',
-    'SQD>ERR', 'SQD>RESET', 'SQD>RTS', 'SQD>SQD',
-    'SQE>ERR', 'SQE>RESET',
-  ], 'RC: every valid (from, to)');
+  t.same(
+    [...valid].sort(),
+    [
+      'ERR>ERR',
+      'ERR>RESET',
+      'INIT>ERR',
+      'INIT>INIT',
+      'INIT>RESET',
+      'INIT>RTR',
+      'RESET>ERR',
+      'RESET>INIT',
+      'RESET>RESET',
+      'RTR>ERR',
+      'RTR>RESET',
+      'RTR>RTS',
+      'RTS>ERR',
+      'RTS>RESET',
+      'RTS>RTS',
+      'RTS>SQD',
+      'SQD>ERR',
+      'SQD>RESET',
+      'SQD>RTS',
+      'SQD>SQD',
+      'SQE>ERR',
+      'SQE>RESET',
+    ],
+    'RC: every valid (from, to)',
+  );
   t.ok(QP_TRANSITIONS.SQE?.RTS?.UD && QP_TRANSITIONS.SQE?.RTS?.UC, 'SQE -> RTS exists for UD and UC only');
   // Every state can be reset and errored, for every type.
-  for (const ty of QP_TYPES) for (const s of QP_STATES) {
-    t.ok(QP_TRANSITIONS[s]?.RESET?.[ty] && QP_TRANSITIONS[s]?.ERR?.[ty], `${ty} ${s} -> RESET/ERR`);
-  }
+  for (const ty of QP_TYPES)
+    for (const s of QP_STATES) {
+      t.ok(QP_TRANSITIONS[s]?.RESET?.[ty] && QP_TRANSITIONS[s]?.ERR?.[ty], `${ty} ${s} -> RESET/ERR`);
+    }
   t.end();
 });
 
@@ -43,13 +63,24 @@ t.test('required and optional attributes, as ibv_rc_pingpong and rdma_cm use the
 });
 
 t.test('typed errors', (t) => {
-  const skip: Array<[QpState, QpState]> = [['RESET', 'RTR'], ['INIT', 'RTS'], ['RESET', 'RTS'], ['RTR', 'SQD'], ['ERR', 'RTS'], ['RESET', 'SQD']];
+  const skip: Array<[QpState, QpState]> = [
+    ['RESET', 'RTR'],
+    ['INIT', 'RTS'],
+    ['RESET', 'RTS'],
+    ['RTR', 'SQD'],
+    ['ERR', 'RTS'],
+    ['RESET', 'SQD'],
+  ];
   for (const [from, to] of skip) {
     t.throws(() => assertQpTransition('RC', from, to, []), { code: 'EINVAL', from, to, qpType: 'RC' }, `${from} -> ${to} is not a transition`);
   }
   t.throws(() => assertQpTransition('RC', 'SQE', 'RTS', []), InvalidQpTransitionError, 'RC QPs have no SQE -> RTS');
   let e: unknown;
-  try { assertQpTransition('RC', 'INIT', 'RTR', ['av', 'pathMtu', 'qkey']); } catch (x) { e = x; }
+  try {
+    assertQpTransition('RC', 'INIT', 'RTR', ['av', 'pathMtu', 'qkey']);
+  } catch (x) {
+    e = x;
+  }
   t.ok(e instanceof InvalidQpAttrError && e instanceof VerbsError && e instanceof RdmaError, 'class hierarchy');
   const ae = e as InvalidQpAttrError;
   t.equal(ae.code, 'EINVAL');

@@ -53,7 +53,11 @@ async function cyclesChild(): Promise<void> {
     const open = (): Promise<Device> => openDevice({ address: '127.0.93.9', udpPort: 4791, native });
     // Warm-up: module loading, the first JIT tiers, the allocator's arenas.
     let backend = '';
-    for (let i = 0; i < 20; i++) { const d = await open(); backend = d.queryPort().backend; await d.close(); }
+    for (let i = 0; i < 20; i++) {
+      const d = await open();
+      backend = d.queryPort().backend;
+      await d.close();
+    }
     if (seen.has(backend)) continue; // SOFTROCE_NO_NATIVE=1: 'auto' is the pure-JS backend already
     seen.add(backend);
     await settle();
@@ -65,7 +69,11 @@ async function cyclesChild(): Promise<void> {
       const d = await open();
       await d.close();
       // Stop early when it clearly leaks (the old code kept 4.6 MB a cycle): the figure is made.
-      if (cycles % 50 === 49 && mem().ab - before.ab > 400) { aborted = true; cycles++; break; }
+      if (cycles % 50 === 49 && mem().ab - before.ab > 400) {
+        aborted = true;
+        cycles++;
+        break;
+      }
     }
     const ms = performance.now() - t0;
     await settle();
@@ -124,7 +132,12 @@ if (process.argv.includes(CHILD_FLAG)) {
   t.test('openDevice with a pcap path it cannot create: typed ENOENT, UDP 4791 and every fd released', async (t) => {
     const addr = '127.0.93.1';
     const fds = fdCount();
-    await t.rejects(openDevice({ address: addr, pcap: '/nonexistent/x.pcap' }), { name: 'VerbsError', code: 'ENOENT', argument: 'pcap', op: 'ibv_open_device' });
+    await t.rejects(openDevice({ address: addr, pcap: '/nonexistent/x.pcap' }), {
+      name: 'VerbsError',
+      code: 'ENOENT',
+      argument: 'pcap',
+      op: 'ibv_open_device',
+    });
     t.equal(fdCount(), fds, 'no descriptor left open (socket, file)');
     t.ok(await canBind(addr), 'the address is free: a second open of it succeeds (was EADDRINUSE)');
     // The same with an in-memory link the caller passed and injected faults: the caller's link
@@ -132,10 +145,15 @@ if (process.argv.includes(CHILD_FLAG)) {
     const sched = new FakeScheduler();
     const net = new MemNetwork(sched);
     const link = net.attach('10.93.0.1');
-    await t.rejects(openDevice({ address: '10.93.0.1', scheduler: sched, link, faults: { seed: 1, delayMs: 5, delayPct: 100 }, pcap: '/nonexistent/y.pcap' }),
-      { code: 'ENOENT', argument: 'pcap' });
+    await t.rejects(openDevice({ address: '10.93.0.1', scheduler: sched, link, faults: { seed: 1, delayMs: 5, delayPct: 100 }, pcap: '/nonexistent/y.pcap' }), {
+      code: 'ENOENT',
+      argument: 'pcap',
+    });
     t.equal(net.links.get('10.93.0.1:4791'), link, "the caller's link is not closed");
-    t.notOk(Object.hasOwn(link, 'setReceiver') && link.setReceiver !== Object.getPrototypeOf(link).setReceiver, "the fault injector gave the link's setReceiver back");
+    t.notOk(
+      Object.hasOwn(link, 'setReceiver') && link.setReceiver !== Object.getPrototypeOf(link).setReceiver,
+      "the fault injector gave the link's setReceiver back",
+    );
     t.equal(sched.pendingTimers(), 0);
   });
 
@@ -176,15 +194,24 @@ if (process.argv.includes(CHILD_FLAG)) {
       const cq2 = dev.createCq({ depth: 4 });
       const errs: unknown[] = [];
       cq2.on('error', (e) => errs.push(e));
-      cq2.on('notify', () => { throw new Error('handler bug'); });
+      cq2.on('notify', () => {
+        throw new Error('handler bug');
+      });
       t.doesNotThrow(() => cq2.close());
       t.ok(cq2.closed);
       await new Promise((r) => setImmediate(r));
       t.match(errs, [{ message: 'handler bug' }], "the handler's error is reported, not swallowed");
       // for-await over a CQ that closes ends the loop instead of throwing EBADF from poll().
       const cq3 = dev.createCq({ depth: 4 });
-      const loop = (async (): Promise<number> => { let n = 0; for await (const _ of cq3) n++; return n; })();
-      const loop2 = (async (): Promise<string> => { for await (const _ of cq3.notifications()) cq3.poll(wcs); return 'ended'; })();
+      const loop = (async (): Promise<number> => {
+        let n = 0;
+        for await (const _ of cq3) n++;
+        return n;
+      })();
+      const loop2 = (async (): Promise<string> => {
+        for await (const _ of cq3.notifications()) cq3.poll(wcs);
+        return 'ended';
+      })();
       await new Promise((r) => setImmediate(r));
       cq3.close();
       t.equal(await loop, 0, 'for await (const wc of cq) ends');
@@ -200,12 +227,21 @@ if (process.argv.includes(CHILD_FLAG)) {
       const thrown: unknown[] = [];
       dev.on('error', (e) => thrown.push(e));
       cq4.on('error', (e) => thrown.push(e));
-      dev.on('async', () => { throw new Error('async listener bug'); });
-      cq4.on('notify', () => { throw new Error('notify handler bug'); });
+      dev.on('async', () => {
+        throw new Error('async listener bug');
+      });
+      cq4.on('notify', () => {
+        throw new Error('notify handler bug');
+      });
       cq4.reqNotify();
       t.doesNotThrow(() => qp.close(), 'qp.close() with throwing listeners');
       t.ok(qp.closed && !dev.qps.has(qp.qpn) && srq.users === 0 && cq4.users === 0, 'the QP is gone and its CQ and SRQ are free');
-      t.doesNotThrow(() => { srq.close(); mr.close(); pd.close(); cq4.close(); }, 'SRQ, MR, PD, CQ close');
+      t.doesNotThrow(() => {
+        srq.close();
+        mr.close();
+        pd.close();
+        cq4.close();
+      }, 'SRQ, MR, PD, CQ close');
       await new Promise((r) => setImmediate(r));
       t.ok(thrown.length >= 1, `the listeners' errors were reported (${thrown.length})`);
       await dev.close();
@@ -224,18 +260,29 @@ if (process.argv.includes(CHILD_FLAG)) {
     const qp2 = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 8, maxRecvWr: 8 } });
     const ah = pd.createAh({ gid: '127.0.93.4' });
     connectQp(qp2, {}, { qpn: 0x99, psn: 0, gid: '127.0.93.4' });
-    qp2.postRecv([{ wrId: 1, sg: [{ mr, offset: 0, length: 100 }] }, { wrId: 2, sg: [{ mr, offset: 100, length: 100 }] }]);
+    qp2.postRecv([
+      { wrId: 1, sg: [{ mr, offset: 0, length: 100 }] },
+      { wrId: 2, sg: [{ mr, offset: 100, length: 100 }] },
+    ]);
     qp.toInit({});
     srq.postRecv({ wrId: 3, sg: [{ mr, offset: 200, length: 100 }] });
     const wcs = Array.from({ length: 8 }, () => new Wc());
     const polled: Array<number | string> = [];
     cq.on('notify', () => {
-      try { polled.push(cq.poll(wcs)); cq.reqNotify(); } catch (e) { polled.push((e as VerbsError).code); }
+      try {
+        polled.push(cq.poll(wcs));
+        cq.reqNotify();
+      } catch (e) {
+        polled.push((e as VerbsError).code);
+      }
     });
     cq.reqNotify();
     const events: string[] = [];
     const errs: unknown[] = [];
-    dev.on('async', (e: { type: string }) => { events.push(e.type); throw new Error(`listener bug on ${e.type}`); });
+    dev.on('async', (e: { type: string }) => {
+      events.push(e.type);
+      throw new Error(`listener bug on ${e.type}`);
+    });
     dev.on('error', (e) => errs.push(e));
     const p1 = dev.close();
     const p2 = dev.close();
@@ -246,7 +293,10 @@ if (process.argv.includes(CHILD_FLAG)) {
     t.ok(events.includes('LAST_WQE_REACHED'), 'the flush raised LAST_WQE_REACHED (its listener threw)');
     t.notOk(polled.includes('EBADF'), `the notify handler never got EBADF (${polled.join(',')})`);
     t.equal(polled.at(-1), 0, "the CQ's close woke the handler with an empty poll");
-    t.ok(polled.some((n) => typeof n === 'number' && n > 0), 'flush completions were polled before the CQ closed');
+    t.ok(
+      polled.some((n) => typeof n === 'number' && n > 0),
+      'flush completions were polled before the CQ closed',
+    );
     await new Promise((r) => setImmediate(r));
     t.ok(errs.length > 0 && errs.every((e) => /listener bug/.test((e as Error).message)), "the listener's errors came back as the device's 'error' event");
     t.equal(dev.close(), p1, 'close() after close: the same promise');
@@ -278,10 +328,14 @@ if (process.argv.includes(CHILD_FLAG)) {
     b.qp.postRecv(Array.from({ length: 8 }, (_, i) => ({ wrId: i, sg: [{ mr: b.mr, offset: i * 512, length: 512 }] })));
     const ah = a.pd.createAh({ gid: '127.0.93.6' });
     const N = 5;
-    for (let i = 0; i < N; i++) a.qp.postSend({ wrId: i, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 64 }], ud: { ah, remoteQpn: b.qp.qpn, remoteQkey: 0x1234 } });
+    for (let i = 0; i < N; i++)
+      a.qp.postSend({ wrId: i, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 64 }], ud: { ah, remoteQpn: b.qp.qpn, remoteQkey: 0x1234 } });
     const wcs = Array.from({ length: 8 }, () => new Wc());
     let got = 0;
-    for (let k = 0; k < 2000 && got < N; k++) { got += b.cq.poll(wcs); if (got < N) await new Promise((r) => setTimeout(r, 1)); }
+    for (let k = 0; k < 2000 && got < N; k++) {
+      got += b.cq.poll(wcs);
+      if (got < N) await new Promise((r) => setTimeout(r, 1));
+    }
     t.equal(got, N, 'the peer received the sends');
     const p1 = dev.close();
     const p2 = dev.close();
@@ -303,7 +357,9 @@ if (process.argv.includes(CHILD_FLAG)) {
     t.ok(p.a.dev.faults!.stats.delayed + p.b.dev.faults!.stats.delayed > 0, 'packets are held in delay timers');
     t.ok(p.fake!.pendingTimers() > 0);
     let woke = false;
-    const waiter = p.b.dev.nextRx().then(() => { woke = true; });
+    const waiter = p.b.dev.nextRx().then(() => {
+      woke = true;
+    });
     await p.close();
     t.equal(p.fake!.pendingTimers(), 0, 'no timer outlives the devices (fault delays, ACK and RNR timers)');
     await Promise.race([waiter, new Promise((r) => setTimeout(r, 1000))]);
@@ -331,12 +387,24 @@ if (process.argv.includes(CHILD_FLAG)) {
     const r = spawnSync(process.execPath, ['--expose-gc', fileURLToPath(import.meta.url), CHILD_FLAG], { env, encoding: 'utf8', timeout: 240_000 });
     const line = r.stdout.split('\n').find((l) => l.startsWith('CYCLES '));
     if (!t.ok(line, `child printed its figures (status ${r.status}, stderr: ${r.stderr.slice(0, 500)})`)) return t.end();
-    const res = JSON.parse(line!.slice(7)) as Record<string, { native: string; cycles: number; aborted: boolean; ms: number; before: { rss: number; ab: number; fds: number }; after: { rss: number; ab: number; fds: number } }>;
+    const res = JSON.parse(line!.slice(7)) as Record<
+      string,
+      {
+        native: string;
+        cycles: number;
+        aborted: boolean;
+        ms: number;
+        before: { rss: number; ab: number; fds: number };
+        after: { rss: number; ab: number; fds: number };
+      }
+    >;
     t.ok(res['dgram'], 'the pure-JS backend was measured');
     if (loadNative()) t.ok(res['native'], 'the native backend was measured');
     for (const [backend, m] of Object.entries(res)) {
       const f = (x: number): string => x.toFixed(1);
-      t.comment(`${backend} (native '${m.native}'): ${m.cycles} cycles in ${m.ms} ms; RSS ${f(m.before.rss)} -> ${f(m.after.rss)} MB, ArrayBuffers ${f(m.before.ab)} -> ${f(m.after.ab)} MB, fds ${m.before.fds} -> ${m.after.fds}`);
+      t.comment(
+        `${backend} (native '${m.native}'): ${m.cycles} cycles in ${m.ms} ms; RSS ${f(m.before.rss)} -> ${f(m.after.rss)} MB, ArrayBuffers ${f(m.before.ab)} -> ${f(m.after.ab)} MB, fds ${m.before.fds} -> ${m.after.fds}`,
+      );
       t.notOk(m.aborted, `${backend}: all ${CYCLES} cycles ran without keeping 400 MB of ArrayBuffers`);
       t.ok(m.after.rss - m.before.rss < 50, `${backend}: RSS growth ${f(m.after.rss - m.before.rss)} MB < 50 MB`);
       t.ok(m.after.ab - m.before.ab < 16, `${backend}: ArrayBuffer growth ${f(m.after.ab - m.before.ab)} MB < 16 MB (a device's pools are 4.3 MB and more)`);

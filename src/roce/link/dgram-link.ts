@@ -29,8 +29,14 @@ export class DgramLink extends UdpLinkBase {
     await new Promise<void>((resolve, reject) => {
       const onErr = (e: NodeJS.ErrnoException): void => {
         sock.close();
-        reject(new VerbsError(e.code === 'EADDRINUSE' ? 'EADDRINUSE' : e.code === 'EADDRNOTAVAIL' ? 'EADDRNOTAVAIL' : 'ENODEV',
-          'ibv_open_device', `cannot bind UDP ${o.address}:${o.port ?? 4791}: ${e.message}`, 'address'));
+        reject(
+          new VerbsError(
+            e.code === 'EADDRINUSE' ? 'EADDRINUSE' : e.code === 'EADDRNOTAVAIL' ? 'EADDRNOTAVAIL' : 'ENODEV',
+            'ibv_open_device',
+            `cannot bind UDP ${o.address}:${o.port ?? 4791}: ${e.message}`,
+            'address',
+          ),
+        );
       };
       sock.once('error', onErr);
       sock.bind({ address: o.address, port: o.port ?? 4791, exclusive: true }, () => {
@@ -41,7 +47,12 @@ export class DgramLink extends UdpLinkBase {
     try {
       link.localPort = sock.address().port;
       const bufBytes = o.socketBufferBytes ?? 4 << 20;
-      try { sock.setRecvBufferSize(bufBytes); sock.setSendBufferSize(bufBytes); } catch { /* capped by rmem_max: fine */ }
+      try {
+        sock.setRecvBufferSize(bufBytes);
+        sock.setSendBufferSize(bufBytes);
+      } catch {
+        /* capped by rmem_max: fine */
+      }
       link.applyNative(o);
     } catch (e) {
       // A bound socket must not outlive a failed open (native 'on' without the addon, SO_BINDTODEVICE):
@@ -58,7 +69,9 @@ export class DgramLink extends UdpLinkBase {
   private readonly onMessage = (msg: Buffer, rinfo: dgram.RemoteInfo): void => {
     if (this.rx && this.up) this.rx(msg, msg.length, rinfo.address, rinfo.port);
   };
-  private readonly onSockError = (e: Error): void => { this.emit('error', e); };
+  private readonly onSockError = (e: Error): void => {
+    this.emit('error', e);
+  };
 
   /** The addon's socket options and send batching on Node's socket, when the addon is built. */
   private applyNative(o: UdpLinkOptions): void {
@@ -134,6 +147,12 @@ export class DgramLink extends UdpLinkBase {
     sock.off('message', this.onMessage);
     sock.off('error', this.onSockError);
     // close() of a socket whose bind failed throws ERR_SOCKET_DGRAM_NOT_RUNNING: it is closed already.
-    await new Promise<void>((r) => { try { sock.close(() => r()); } catch { r(); } });
+    await new Promise<void>((r) => {
+      try {
+        sock.close(() => r());
+      } catch {
+        r();
+      }
+    });
   }
 }

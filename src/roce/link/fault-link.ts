@@ -55,7 +55,11 @@ export class FaultInjector extends LinkWrapper {
   }
   private rand(): number {
     let x = this.s;
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     this.s = x;
     return x / 4294967296;
   }
@@ -71,7 +75,10 @@ export class FaultInjector extends LinkWrapper {
       } else i++;
     }
     const pct = (): number => this.rand() * 100;
-    if (pct() < this.o.dropPct) { this.stats.dropped++; return; }
+    if (pct() < this.o.dropPct) {
+      this.stats.dropped++;
+      return;
+    }
     let b = buf;
     let l = len;
     if (pct() < this.o.corruptPct) {
@@ -89,7 +96,10 @@ export class FaultInjector extends LinkWrapper {
     if (this.o.delayMs > 0 && pct() < this.o.delayPct) {
       this.stats.delayed++;
       const copy = Buffer.from(b.subarray(0, l));
-      const t = this.sched.setTimer(this.o.delayMs, () => { this.timers.delete(t); h(copy, copy.length, ip, port, ipIdDf); });
+      const t = this.sched.setTimer(this.o.delayMs, () => {
+        this.timers.delete(t);
+        h(copy, copy.length, ip, port, ipIdDf);
+      });
       this.timers.add(t);
       return;
     }

@@ -57,8 +57,15 @@ export interface LinkCaps {
 
 /** what the batching did, for the bench and ibv_devinfo (the UDP backends) */
 export interface BatchStats {
-  gsoCalls: number; gsoPackets: number; mmsgCalls: number; mmsgPackets: number; dgramPackets: number;
-  rxCalls: number; rxDatagrams: number; rxGroSegments: number; sendErrors: number;
+  gsoCalls: number;
+  gsoPackets: number;
+  mmsgCalls: number;
+  mmsgPackets: number;
+  dgramPackets: number;
+  rxCalls: number;
+  rxDatagrams: number;
+  rxGroSegments: number;
+  sendErrors: number;
 }
 
 export interface LinkInfo {
@@ -108,19 +115,37 @@ export abstract class LinkWrapper implements Link {
   constructor(inner: Link) {
     this.inner = inner;
   }
-  get localIp(): string { return this.inner.localIp; }
-  get family(): 4 | 6 { return this.inner.family; }
-  get localPort(): number { return this.inner.localPort; }
-  get caps(): LinkCaps { return this.inner.caps; }
-  get up(): boolean { return this.inner.up; }
+  get localIp(): string {
+    return this.inner.localIp;
+  }
+  get family(): 4 | 6 {
+    return this.inner.family;
+  }
+  get localPort(): number {
+    return this.inner.localPort;
+  }
+  get caps(): LinkCaps {
+    return this.inner.caps;
+  }
+  get up(): boolean {
+    return this.inner.up;
+  }
   /** the backend's batching figures, when it has them (perftest prints them) */
-  get batchStats(): BatchStats | undefined { return this.inner.batchStats; }
-  allocTx(): Buffer | null { return this.inner.allocTx(); }
-  freeTx(buf: Buffer): void { this.inner.freeTx(buf); }
+  get batchStats(): BatchStats | undefined {
+    return this.inner.batchStats;
+  }
+  allocTx(): Buffer | null {
+    return this.inner.allocTx();
+  }
+  freeTx(buf: Buffer): void {
+    this.inner.freeTx(buf);
+  }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {
     this.inner.send(buf, len, dstIp, dstPort, tos);
   }
-  setReceiver(h: RxHandler): void { this.inner.setReceiver(h); }
+  setReceiver(h: RxHandler): void {
+    this.inner.setReceiver(h);
+  }
   rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
     this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
   }
@@ -135,7 +160,11 @@ export abstract class LinkWrapper implements Link {
   /** Stops what the wrapper itself holds (timers, a file), leaving the inner link open. Idempotent. */
   abstract detach(): Promise<void>;
   async close(): Promise<void> {
-    try { await this.detach(); } finally { await this.inner.close(); }
+    try {
+      await this.detach();
+    } finally {
+      await this.inner.close();
+    }
   }
 }
 

@@ -53,7 +53,8 @@ export class NativeLink extends UdpLinkBase {
     link.localPort = n.localPort!(fd);
     link.mcaps.ipv4IdZero = true;
     link.batchOn(n, fd, process.env['SOFTROCE_GSO'] !== '0');
-    const slots = 32, slotSize = 65536;
+    const slots = 32,
+      slotSize = 65536;
     // Not zero-filled: the kernel writes a slot before JS reads it, and untouched pages of an
     // idle device's 2 MB cost no RSS.
     link.rxData = Buffer.allocUnsafeSlow(slots * slotSize);
@@ -81,15 +82,22 @@ export class NativeLink extends UdpLinkBase {
 
   /** k datagrams are in the slots (k < 0: the socket is writable again). */
   private onNativeRx(k: number): void {
-    if (k < 0) { this.sendPending(); return; }
+    if (k < 0) {
+      this.sendPending();
+      return;
+    }
     const meta = this.rxMeta!;
     const st = this.batchStats;
     st.rxCalls++;
     st.rxDatagrams += k;
     for (let i = 0; i < k; i++) {
-      const len = meta[4 * i]!, segw = meta[4 * i + 1]!, ipNum = meta[4 * i + 2]!, portw = meta[4 * i + 3]!;
+      const len = meta[4 * i]!,
+        segw = meta[4 * i + 1]!,
+        ipNum = meta[4 * i + 2]!,
+        portw = meta[4 * i + 3]!;
       // Raw receive marks a datagram whose IP header it saw: bit 31 known, bit 30 DF, ID in the port word's top half.
-      const seg = segw & 0xffff, port = portw & 0xffff;
+      const seg = segw & 0xffff,
+        port = portw & 0xffff;
       const ipIdDf = segw & 0x80000000 ? (portw >>> 16) | ((segw >>> 14) & 0x10000) : -1;
       if (len === 0 || !this.rx || !this.up) continue;
       // One string per peer, not per packet.
@@ -98,7 +106,10 @@ export class NativeLink extends UdpLinkBase {
         this.lastIpStr = `${ipNum >>> 24}.${(ipNum >>> 16) & 0xff}.${(ipNum >>> 8) & 0xff}.${ipNum & 0xff}`;
       }
       const slot = this.rxSlots[i]!;
-      if (seg === 0 || seg >= len) { this.rx(slot, len, this.lastIpStr, port, ipIdDf); continue; }
+      if (seg === 0 || seg >= len) {
+        this.rx(slot, len, this.lastIpStr, port, ipIdDf);
+        continue;
+      }
       // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter.
       const segBuf = this.rxSeg!;
       for (let off = 0; off < len; off += seg) {
@@ -140,7 +151,10 @@ export class NativeLink extends UdpLinkBase {
     const held = performance.now() - this.heldSince;
     if (allOut) {
       this.heldSince = -1;
-      if (this.lateTimer) { clearInterval(this.lateTimer); this.lateTimer = null; }
+      if (this.lateTimer) {
+        clearInterval(this.lateTimer);
+        this.lateTimer = null;
+      }
     }
     if (held > 1) this.emit('late', held);
   }
@@ -163,7 +177,8 @@ export class NativeLink extends UdpLinkBase {
     let i = 0;
     for (; i < this.pend.length; i++) {
       const p = this.pend[i]!;
-      this.sb[0] = p.buf; this.sl[0] = p.len;
+      this.sb[0] = p.buf;
+      this.sl[0] = p.len;
       const r = nat.sendPackets(this.fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0, p.tos);
       if (r === -EAGAIN) break;
       if (r < 0) this.batchStats.sendErrors++;
@@ -183,7 +198,10 @@ export class NativeLink extends UdpLinkBase {
     if (this.closed) return;
     this.flushForClose();
     this.releaseQueues();
-    if (this.lateTimer) { clearInterval(this.lateTimer); this.lateTimer = null; }
+    if (this.lateTimer) {
+      clearInterval(this.lateTimer);
+      this.lateTimer = null;
+    }
     this.pend.length = 0;
     const h = this.rxHandle;
     this.rxHandle = null;

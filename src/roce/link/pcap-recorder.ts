@@ -28,14 +28,21 @@ export class PcapRecorder extends LinkWrapper {
   private constructor(stream: WriteStream, inner: Link) {
     super(inner);
     this.stream = stream;
-    this.w = new PcapWriter(LinkType.RAW, 65535, (b) => { if (this.error === null) stream.write(b); });
+    this.w = new PcapWriter(LinkType.RAW, 65535, (b) => {
+      if (this.error === null) stream.write(b);
+    });
     // Without a listener a write error would be an uncaught 'error' event that takes the process down.
-    stream.on('error', (e) => { this.error ??= e; });
+    stream.on('error', (e) => {
+      this.error ??= e;
+    });
   }
   /** Rejects with the fs error (ENOENT, EACCES, ...) when the file cannot be created; nothing stays open then. */
   static async open(path: string, inner: Link): Promise<PcapRecorder> {
     const s = createWriteStream(path);
-    await new Promise<void>((res, rej) => { s.once('open', () => res()); s.once('error', rej); });
+    await new Promise<void>((res, rej) => {
+      s.once('open', () => res());
+      s.once('error', rej);
+    });
     return new PcapRecorder(s, inner);
   }
   override send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {
@@ -86,11 +93,14 @@ export class PcapRecorder extends LinkWrapper {
    * link stays open (close() closes both).
    */
   detach(): Promise<void> {
-    return this.closing ??= new Promise<void>((r) => {
+    return (this.closing ??= new Promise<void>((r) => {
       const s = this.stream;
-      if (s.closed) { r(); return; }
+      if (s.closed) {
+        r();
+        return;
+      }
       s.once('close', () => r());
       if (!s.destroyed) s.end();
-    });
+    }));
   }
 }

@@ -60,7 +60,17 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   protected readonly sl: number[] = [];
   private readonly flushFn = (): void => this.flush();
   /** what the batching did, for the bench and ibv_devinfo */
-  readonly batchStats: BatchStats = { gsoCalls: 0, gsoPackets: 0, mmsgCalls: 0, mmsgPackets: 0, dgramPackets: 0, rxCalls: 0, rxDatagrams: 0, rxGroSegments: 0, sendErrors: 0 };
+  readonly batchStats: BatchStats = {
+    gsoCalls: 0,
+    gsoPackets: 0,
+    mmsgCalls: 0,
+    mmsgPackets: 0,
+    dgramPackets: 0,
+    rxCalls: 0,
+    rxDatagrams: 0,
+    rxGroSegments: 0,
+    sendErrors: 0,
+  };
 
   protected constructor(o: UdpLinkOptions, backend: LinkBackend) {
     super();
@@ -113,12 +123,25 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     this.rx = h;
   }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos = 0): void {
-    if (this.closed) { this.pool.release(buf); return; }
-    if (!this.native) { this.sendOne(buf, len, dstIp, dstPort); return; } // dgram cannot set a per-packet TOS
+    if (this.closed) {
+      this.pool.release(buf);
+      return;
+    }
+    if (!this.native) {
+      this.sendOne(buf, len, dstIp, dstPort);
+      return;
+    } // dgram cannot set a per-packet TOS
     const i = this.qn++;
-    this.qBuf[i] = buf; this.qLen[i] = len; this.qIp[i] = dstIp; this.qPort[i] = dstPort; this.qTos[i] = tos;
+    this.qBuf[i] = buf;
+    this.qLen[i] = len;
+    this.qIp[i] = dstIp;
+    this.qPort[i] = dstPort;
+    this.qTos[i] = tos;
     if (this.qn === 64) this.flush();
-    else if (!this.flushing) { this.flushing = true; queueMicrotask(this.flushFn); }
+    else if (!this.flushing) {
+      this.flushing = true;
+      queueMicrotask(this.flushFn);
+    }
   }
 
   /**
@@ -133,17 +156,24 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     this.qn = 0;
     let k = 0;
     // Still waiting for the socket: everything queues behind, in order.
-    while (k < n && this.queueBehind(this.qBuf[k]!, this.qLen[k]!, this.qIp[k]!, this.qPort[k]!, this.qTos[k]!)) { this.qBuf[k] = undefined as unknown as Buffer; k++; }
+    while (k < n && this.queueBehind(this.qBuf[k]!, this.qLen[k]!, this.qIp[k]!, this.qPort[k]!, this.qTos[k]!)) {
+      this.qBuf[k] = undefined as unknown as Buffer;
+      k++;
+    }
     if (k > 0) return;
     let i = 0;
     const wasEmpty = this.pool.available === 0;
     while (i < n) {
-      const ip = this.qIp[i]!, port = this.qPort[i]!, tos = this.qTos[i]!;
+      const ip = this.qIp[i]!,
+        port = this.qPort[i]!,
+        tos = this.qTos[i]!;
       let j = i + 1;
       while (j < n && this.qIp[j] === ip && this.qPort[j] === port && this.qTos[j] === tos) j++;
       i = this.sendRun(i, j, ip, port, tos);
     }
-    for (let m = 0; m < n; m++) { this.qBuf[m] = undefined as unknown as Buffer; }
+    for (let m = 0; m < n; m++) {
+      this.qBuf[m] = undefined as unknown as Buffer;
+    }
     if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
 
@@ -161,24 +191,39 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
       if (e < j && e - k < maxSeg && this.qLen[e]! < L) e++; // a shorter last segment is allowed
       let cnt = e - k;
       let r: number;
-      const sb = this.sb, sl = this.sl;
+      const sb = this.sb,
+        sl = this.sl;
       if (cnt >= 2 && this.mcaps.gsoIcrcFixup) {
-        for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
+        for (let m = 0; m < cnt; m++) {
+          sb[m] = this.qBuf[k + m]!;
+          sl[m] = this.qLen[k + m]!;
+        }
         // Segment m leaves with IPv4 ID m: correct its ICRC (the last 4 bytes, little-endian) for that ID.
         for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m));
         r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L, tos);
-        if (r > 0) { this.batchStats.gsoCalls++; this.batchStats.gsoPackets += r; }
-        else {
+        if (r > 0) {
+          this.batchStats.gsoCalls++;
+          this.batchStats.gsoPackets += r;
+        } else {
           for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m)); // not sent: back to ID 0
-          if (r !== -EAGAIN) { this.mcaps.gsoIcrcFixup = false; continue; } // no UDP GSO here: sendmmsg from now on
+          if (r !== -EAGAIN) {
+            this.mcaps.gsoIcrcFixup = false;
+            continue;
+          } // no UDP GSO here: sendmmsg from now on
         }
       } else {
         // sendmmsg for everything to this destination that is left (up to 64).
         e = Math.min(j, k + 64);
         cnt = e - k;
-        for (let m = 0; m < cnt; m++) { sb[m] = this.qBuf[k + m]!; sl[m] = this.qLen[k + m]!; }
+        for (let m = 0; m < cnt; m++) {
+          sb[m] = this.qBuf[k + m]!;
+          sl[m] = this.qLen[k + m]!;
+        }
         r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, 0, tos);
-        if (r > 0) { this.batchStats.mmsgCalls++; this.batchStats.mmsgPackets += r; }
+        if (r > 0) {
+          this.batchStats.mmsgCalls++;
+          this.batchStats.mmsgPackets += r;
+        }
       }
       if (r < 0 && r !== -EAGAIN && this.dropRefused) {
         this.batchStats.sendErrors++;

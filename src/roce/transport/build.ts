@@ -14,11 +14,16 @@ import type { PortLike as Port, Dest } from './types.js';
 export function writeBth(b: Buffer, opcode: number, se: boolean, padCnt: number, destQp: number, ackReq: boolean, psn: number): void {
   b[0] = opcode;
   b[1] = (se ? 0x80 : 0) | (padCnt << 4);
-  b[2] = 0xff; b[3] = 0xff; // P_Key: default partition, full member (rxe sends 0xFFFF)
+  b[2] = 0xff;
+  b[3] = 0xff; // P_Key: default partition, full member (rxe sends 0xFFFF)
   b[4] = 0;
-  b[5] = (destQp >>> 16) & 0xff; b[6] = (destQp >>> 8) & 0xff; b[7] = destQp & 0xff;
+  b[5] = (destQp >>> 16) & 0xff;
+  b[6] = (destQp >>> 8) & 0xff;
+  b[7] = destQp & 0xff;
   b[8] = ackReq ? 0x80 : 0;
-  b[9] = (psn >>> 16) & 0xff; b[10] = (psn >>> 8) & 0xff; b[11] = psn & 0xff;
+  b[9] = (psn >>> 16) & 0xff;
+  b[10] = (psn >>> 8) & 0xff;
+  b[11] = psn & 0xff;
 }
 
 const txAeth = new AethView();
@@ -63,9 +68,10 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   const icrcOff = end + pad;
   b[1] = (b[1]! & 0xcf) | (pad << 4);
   const link = port.link;
-  const c = d.family === 4
-    ? icrcV2Ipv4Parts(port.ipNum, d.ipNum, 0, 0x4000, link.localPort, d.port, b, 0, icrcOff)
-    : icrcV2Ipv6Parts(port.addrBytes, d.bytes, link.localPort, d.port, b, 0, icrcOff);
+  const c =
+    d.family === 4
+      ? icrcV2Ipv4Parts(port.ipNum, d.ipNum, 0, 0x4000, link.localPort, d.port, b, 0, icrcOff)
+      : icrcV2Ipv6Parts(port.addrBytes, d.bytes, link.localPort, d.port, b, 0, icrcOff);
   writeIcrc(b, icrcOff, c);
   const len = icrcOff + 4;
   port.counters.v[C.sent_pkts]!++;

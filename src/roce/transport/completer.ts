@@ -55,9 +55,11 @@ export function armRetransmit(qp: Qp): void {
   c.deadline = now + ms;
   if (!c.timer) startAckTimer(qp, ms);
   // Time one packet at a time for the round-trip estimate (not one resent: Karn).
-  if (c.sampleP < 0 && c.retriedAt < 0) { c.sampleP = psnAdd(qp.req.psn, -1); c.sampleT = now; }
+  if (c.sampleP < 0 && c.retriedAt < 0) {
+    c.sampleP = psnAdd(qp.req.psn, -1);
+    c.sampleT = now;
+  }
 }
-
 
 /**
  * The ACK timer is lazy: every ACK that makes progress moves the deadline
@@ -67,14 +69,20 @@ export function armRetransmit(qp: Qp): void {
  */
 function startAckTimer(qp: Qp, ms: number): void {
   const c = qp.comp;
-  c.timer = qp.device.sched.setTimer(ms, c.onTimer ??= (): void => {
-    c.timer = null;
-    if (c.deadline === Infinity) return;
-    const left = c.deadline - qp.device.sched.now();
-    if (left > 0.5) { startAckTimer(qp, left); return; }
-    c.deadline = Infinity;
-    onTimeout(qp);
-  });
+  c.timer = qp.device.sched.setTimer(
+    ms,
+    (c.onTimer ??= (): void => {
+      c.timer = null;
+      if (c.deadline === Infinity) return;
+      const left = c.deadline - qp.device.sched.now();
+      if (left > 0.5) {
+        startAckTimer(qp, left);
+        return;
+      }
+      c.deadline = Infinity;
+      onTimeout(qp);
+    }),
+  );
 }
 
 /** Stops the ACK timer (retry, RNR wait, flush, reset, close). */
@@ -121,10 +129,16 @@ export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
     } else lost = true;
   }
   wqe.state = WqeState.DONE;
-  if (wqe.rdCounted) { wqe.rdCounted = false; qp.req.rdAtomic--; }
+  if (wqe.rdCounted) {
+    wqe.rdCounted = false;
+    qp.req.rdAtomic--;
+  }
   qp.sqHead++;
   if (qp.req.idx < qp.sqHead) qp.req.idx = qp.sqHead;
-  if (lost) { completionLost(qp); return; }
+  if (lost) {
+    completionLost(qp);
+    return;
+  }
   if (status !== St.SUCCESS) {
     if (qp.state !== 'ERR') qp.setState('ERR');
     return;
@@ -162,7 +176,11 @@ export function flushQp(qp: Qp): void {
     const wqe = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
     const w = qp.sendCq.slot();
     if (w) {
-      w.wrId = wqe.wrId; w.status = 'WR_FLUSH_ERR'; w.opcode = wcOpcodeFor(wqe.op); w.byteLen = 0; w.qpn = qp.qpn;
+      w.wrId = wqe.wrId;
+      w.status = 'WR_FLUSH_ERR';
+      w.opcode = wcOpcodeFor(wqe.op);
+      w.byteLen = 0;
+      w.qpn = qp.qpn;
       qp.sendCq.commit(true);
     } else qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
     wqe.state = WqeState.DONE;
@@ -188,8 +206,15 @@ export function flushQp(qp: Qp): void {
 
 function flushRecv(qp: Qp, r: { wrId: number }): void {
   const w = qp.recvCq.slot();
-  if (!w) { qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++; return; }
-  w.wrId = r.wrId; w.status = 'WR_FLUSH_ERR'; w.opcode = 'RECV'; w.byteLen = 0; w.qpn = qp.qpn;
+  if (!w) {
+    qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
+    return;
+  }
+  w.wrId = r.wrId;
+  w.status = 'WR_FLUSH_ERR';
+  w.opcode = 'RECV';
+  w.byteLen = 0;
+  w.qpn = qp.qpn;
   qp.recvCq.commit(true);
 }
 
@@ -253,7 +278,10 @@ function ackUpTo(qp: Qp, psn: number, inclusive: boolean): boolean {
       // A partial ACK of a multi-packet SEND/WRITE moves comp.psn inside it.
       if (!isRdAtomic(w.op) && psnDiff(psn, w.firstPsn) >= 0) {
         const np = inclusive ? psnAdd(psn, 1) : psn;
-        if (psnDiff(np, qp.comp.psn) > 0) { qp.comp.psn = np; progress = true; }
+        if (psnDiff(np, qp.comp.psn) > 0) {
+          qp.comp.psn = np;
+          progress = true;
+        }
       }
       break;
     }
@@ -278,7 +306,10 @@ function madeProgress(qp: Qp): void {
   // restart the requester from comp.psn so PSNs keep matching their packets.
   if (psnDiff(qp.comp.psn, qp.req.psn) > 0) rewind(qp);
   // Additive increase: one more PSN of window per window's worth of progress.
-  if (qp.req.window < MAX_WINDOW && ++qp.req.grow >= qp.req.window >> 3) { qp.req.grow = 0; qp.req.window++; }
+  if (qp.req.window < MAX_WINDOW && ++qp.req.grow >= qp.req.window >> 3) {
+    qp.req.grow = 0;
+    qp.req.window++;
+  }
   // rxe resets the retry budgets whenever the peer makes progress.
   qp.comp.retryCnt = qp.retryCnt;
   qp.comp.rnrRetry = qp.rnrRetry;
@@ -315,15 +346,24 @@ function readBit(w: SendWqe, i: number): boolean {
 function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counters: Float64Array): number {
   const total = w.lastPsn === w.firstPsn ? 1 : psnDiff(w.lastPsn, w.firstPsn) + 1;
   const done = psnDiff(qp.comp.psn, w.firstPsn); // responses in order so far
-  if (idx < done || readBit(w, idx)) { counters[C.rcvd_stale_resp]!++; return Reason.STALE; } // a duplicate
+  if (idx < done || readBit(w, idx)) {
+    counters[C.rcvd_stale_resp]!++;
+    return Reason.STALE;
+  } // a duplicate
   const mtu = qp.pathMtu;
   const off = idx * mtu;
   const n = p.payloadLen;
   // Every response carries a full MTU but the last of the READ (a replayed part ends with a LAST
   // of a full MTU: where a response ends its own request is not where the READ ends).
-  if (n > mtu || off + n > w.length || (n < mtu && off + n !== w.length)) { completeWqe(qp, w, St.BAD_RESP_ERR); return Reason.BAD_RESPONSE; }
+  if (n > mtu || off + n > w.length || (n < mtu && off + n !== w.length)) {
+    completeWqe(qp, w, St.BAD_RESP_ERR);
+    return Reason.BAD_RESPONSE;
+  }
   // The READ's local buffer may have been deregistered since the post: nothing lands in it.
-  if (!sglUsable(w.sg, qp.pd, true)) { completeWqe(qp, w, St.LOC_PROT_ERR); return Reason.LOC_PROT; }
+  if (!sglUsable(w.sg, qp.pd, true)) {
+    completeWqe(qp, w, St.LOC_PROT_ERR);
+    return Reason.LOC_PROT;
+  }
   scatterSgl(w.sg, off, p.buf, p.payloadOff, n);
   if (idx > w.rdMaxSeen) w.rdMaxSeen = idx;
   if (idx !== done) {
@@ -417,7 +457,11 @@ export function onResponse(qp: Qp, p: PktInfo): void {
 /** GET_ACK: the QP takes responses only in RTS, SQD and SQE. */
 function getAck(c: CompCtx): number {
   const st = c.qp.state;
-  if (st !== 'RTS' && st !== 'SQD' && st !== 'SQE') { c.v[C.rcvd_bad_state]!++; c.reason = Reason.BAD_STATE; return CompState.DROP; }
+  if (st !== 'RTS' && st !== 'SQD' && st !== 'SQE') {
+    c.v[C.rcvd_bad_state]!++;
+    c.reason = Reason.BAD_STATE;
+    return CompState.DROP;
+  }
   return CompState.CHECK_PSN;
 }
 
@@ -428,9 +472,17 @@ function getAck(c: CompCtx): number {
  */
 function checkPsn(c: CompCtx): number {
   const qp = c.qp;
-  if (qp.sqHead >= qp.sqTail || psnDiff(c.psn, qp.req.maxPsn) >= 0) { c.v[C.rcvd_bad_psn]!++; c.reason = Reason.BAD_PSN; return CompState.DROP; }
+  if (qp.sqHead >= qp.sqTail || psnDiff(c.psn, qp.req.maxPsn) >= 0) {
+    c.v[C.rcvd_bad_psn]!++;
+    c.reason = Reason.BAD_PSN;
+    return CompState.DROP;
+  }
   // Older than anything outstanding: a duplicate.
-  if (psnDiff(c.psn, qp.comp.psn) < 0) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  if (psnDiff(c.psn, qp.comp.psn) < 0) {
+    c.v[C.rcvd_stale_resp]!++;
+    c.reason = Reason.STALE;
+    return CompState.DROP;
+  }
   return CompState.CHECK_ACK;
 }
 
@@ -473,7 +525,10 @@ function checkAck(c: CompCtx): number {
       c.v[C.rcvd_seq_err]!++;
       // A NAK for a PSN we already went back to is stale unless we have resent past it since
       // (then our resend was lost as well and the responder says so again).
-      if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) { c.reason = Reason.SEQ_NAK; return CompState.ERROR_RETRY; }
+      if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) {
+        c.reason = Reason.SEQ_NAK;
+        return CompState.ERROR_RETRY;
+      }
       c.reason = Reason.SEQ_NAK_STALE;
       return CompState.DONE;
     }
@@ -499,7 +554,10 @@ const NAK_STATUS: readonly (readonly [status: number, reason: number] | undefine
 /** COMP_ACK: an ACK completes every SEND/WRITE up to its PSN; one that would pass a READ/ATOMIC is an implicit NAK. */
 function compAck(c: CompCtx): number {
   const qp = c.qp;
-  if (!ackUpTo(qp, c.psn, true) && qp.comp.retriedAt !== qp.comp.psn) { c.reason = Reason.IMPLICIT_NAK; return CompState.ERROR_RETRY; }
+  if (!ackUpTo(qp, c.psn, true) && qp.comp.retriedAt !== qp.comp.psn) {
+    c.reason = Reason.IMPLICIT_NAK;
+    return CompState.ERROR_RETRY;
+  }
   c.reason = Reason.ACKED;
   return CompState.DONE;
 }
@@ -507,7 +565,11 @@ function compAck(c: CompCtx): number {
 /** GET_WQE: the head WQE a READ response or atomic ACK is for. */
 function getWqe(c: CompCtx): number {
   const qp = c.qp;
-  if (qp.sqHead >= qp.sqTail) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  if (qp.sqHead >= qp.sqTail) {
+    c.v[C.rcvd_stale_resp]!++;
+    c.reason = Reason.STALE;
+    return CompState.DROP;
+  }
   c.wqe = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
   if (c.p.mask & Op.READ) return CompState.READ;
   if (c.p.opcode === OPC.RC_ATOMIC_ACKNOWLEDGE) return CompState.ATOMIC;
@@ -518,7 +580,11 @@ function getWqe(c: CompCtx): number {
 function readState(c: CompCtx): number {
   const w = c.wqe!;
   const psn = c.psn;
-  if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
+  if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) {
+    c.v[C.rcvd_stale_resp]!++;
+    c.reason = Reason.STALE;
+    return CompState.DROP;
+  }
   c.reason = readResponse(c.qp, w, c.p, psnDiff(psn, w.firstPsn), c.v);
   return CompState.DONE;
 }
@@ -530,8 +596,16 @@ function atomicState(c: CompCtx): number {
   const qp = c.qp;
   const w = c.wqe!;
   const psn = c.psn;
-  if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) { c.v[C.rcvd_stale_resp]!++; c.reason = Reason.STALE; return CompState.DROP; }
-  if (!sglUsable(w.sg, qp.pd, true)) { c.status = St.LOC_PROT_ERR; c.reason = Reason.LOC_PROT; return CompState.ERROR; }
+  if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) {
+    c.v[C.rcvd_stale_resp]!++;
+    c.reason = Reason.STALE;
+    return CompState.DROP;
+  }
+  if (!sglUsable(w.sg, qp.pd, true)) {
+    c.status = St.LOC_PROT_ERR;
+    c.reason = Reason.LOC_PROT;
+    return CompState.ERROR;
+  }
   // The original value lands in host order, as ibv atomics deliver it, scattered over the
   // WR's SGEs (8 bytes in all, checked at post) as rxe's completer copies it.
   atomicOrig.writeBigUInt64LE(atomicOrigView.bind(c.p.buf, c.p.bthOff + hdrOff(c.p.opcode, Hdr.ATMACK)).origData, 0);
@@ -600,4 +674,3 @@ const COMP_STEPS: readonly CompStep[] = (() => {
   t[CompState.DROP] = compDrop;
   return t;
 })();
-

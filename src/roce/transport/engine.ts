@@ -45,8 +45,14 @@ export class Engine {
     qp.req.scheduled = true;
     this.runq.push(qp);
     if (soon && this.turnLeft > 0) {
-      if (!this.pumpSoonPending) { this.pumpSoonPending = true; this.host.sched.soon(this.pumpSoonFn); }
-    } else if (!this.pumpPending) { this.pumpPending = true; this.host.sched.defer(this.pumpFn); }
+      if (!this.pumpSoonPending) {
+        this.pumpSoonPending = true;
+        this.host.sched.soon(this.pumpSoonFn);
+      }
+    } else if (!this.pumpPending) {
+      this.pumpPending = true;
+      this.host.sched.defer(this.pumpFn);
+    }
   }
 
   /**
@@ -107,8 +113,15 @@ export class Engine {
     if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false;
     // Counts go stale when a QP leaves without a last run (close, error): recount now and then.
     const now = this.host.sched.now();
-    if (now - this.recountAt > 5) { this.recountAt = now; this.recount(); if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false; }
-    if (!this.capWaitSet.has(qp)) { this.capWaitSet.add(qp); this.capWait.push(qp); }
+    if (now - this.recountAt > 5) {
+      this.recountAt = now;
+      this.recount();
+      if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false;
+    }
+    if (!this.capWaitSet.has(qp)) {
+      this.capWaitSet.add(qp);
+      this.capWait.push(qp);
+    }
     return true;
   }
   private account(qp: TransportQp): void {
@@ -157,7 +170,8 @@ export class Engine {
     if (c.deadline !== Infinity || qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD') || psnDiff(qp.req.psn, c.psn) <= 0) return;
     // It could not send after all (fence, max_rd_atomic): the ACK timer runs again from now. Not
     // a round-trip sample: no packet left now.
-    const sp = c.sampleP, st = c.sampleT;
+    const sp = c.sampleP,
+      st = c.sampleT;
     armRetransmit(qp);
     c.sampleP = sp;
     c.sampleT = st;
@@ -202,7 +216,11 @@ export class Engine {
       const qp = q[this.runqHead]!;
       q[this.runqHead++] = undefined as unknown as TransportQp;
       qp.req.scheduled = false;
-      if (qp.closed) { this.parked.delete(qp); this.account(qp); continue; }
+      if (qp.closed) {
+        this.parked.delete(qp);
+        this.account(qp);
+        continue;
+      }
       this.account(qp);
       // A smaller share per run while many QPs wait, so one round over all of them stays short.
       const waiting = q.length - this.runqHead;
@@ -214,10 +232,20 @@ export class Engine {
       // Every run costs at least one token: runs that find nothing to send are bounded too.
       this.turnLeft -= Math.max(1, sent);
     }
-    if (this.runqHead === q.length) { q.length = 0; this.runqHead = 0; }
-    else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) { q.splice(0, this.runqHead); this.runqHead = 0; }
+    if (this.runqHead === q.length) {
+      q.length = 0;
+      this.runqHead = 0;
+    } else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) {
+      q.splice(0, this.runqHead);
+      this.runqHead = 0;
+    }
     if (this.host.closed) {
-      q.length = 0; this.runqHead = 0; this.parked.clear(); this.capWait.length = 0; this.capWaitSet.clear(); this.outBy.clear();
+      q.length = 0;
+      this.runqHead = 0;
+      this.parked.clear();
+      this.capWait.length = 0;
+      this.capWaitSet.clear();
+      this.outBy.clear();
       this.host.sched.clearTimer(this.capTimer);
       this.capTimer = null;
       return;
@@ -234,7 +262,10 @@ export class Engine {
       });
     }
     if (q.length > 0) {
-      if (!this.pumpPending) { this.pumpPending = true; this.host.sched.defer(this.pumpFn); }
+      if (!this.pumpPending) {
+        this.pumpPending = true;
+        this.host.sched.defer(this.pumpFn);
+      }
     } else if (this.turnLeft < start && !this.refillPending && !this.pumpPending) {
       // Tokens taken outside a deferred pump (an application's post) come back on the next turn.
       this.refillPending = true;
@@ -254,12 +285,18 @@ export class Engine {
     for (const w of [this.txWait[p.num] ?? [], this.txWaitBack[p.num] ?? []]) {
       for (let i = 0; i < w.length; i++) {
         const qp = w[i]!;
-        if (qp.req.waitingDrain) { qp.req.waitingDrain = false; this.kick(qp); }
+        if (qp.req.waitingDrain) {
+          qp.req.waitingDrain = false;
+          this.kick(qp);
+        }
       }
       w.length = 0;
     }
     for (const qp of this.host.qps.values()) {
-      if (qp.resp.waitingDrain) { qp.resp.waitingDrain = false; runReads(qp); }
+      if (qp.resp.waitingDrain) {
+        qp.resp.waitingDrain = false;
+        runReads(qp);
+      }
     }
   }
 

@@ -37,50 +37,88 @@ function transportOk(type: string, opcode: number): boolean {
   return OPCODE_TRANSPORT[opcode] === qpTransportPrefix(type);
 }
 
-let lastSrcIp = '', lastSrc = -1;
+let lastSrcIp = '',
+  lastSrc = -1;
 
 /** Per port: which inferred IPv4 IDs each peer address may send (icrc.ts Ipv4IdWindow). */
 const windows = new WeakMap<object, Ipv4IdWindow>();
-let lastWinPort: object | null = null, lastWin: Ipv4IdWindow | undefined;
+let lastWinPort: object | null = null,
+  lastWin: Ipv4IdWindow | undefined;
 
 /** ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. */
 export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1): void {
   const v = port.counters.v;
   v[C.rcvd_pkts]!++;
   if (dev.closed) return;
-  if (parseIb(info, buf, 0, len) !== 0) { v[C.rcvd_malformed]!++; return; }
-  let ipId = 0, df = 1;
+  if (parseIb(info, buf, 0, len) !== 0) {
+    v[C.rcvd_malformed]!++;
+    return;
+  }
+  let ipId = 0,
+    df = 1;
   let srcBytes: Uint8Array;
   if (port.link.family === 4) {
     // dgram hands us a new string per datagram; most come from the same peer.
     let src: number;
     if (srcIp === lastSrcIp) src = lastSrc;
-    else { src = parseIpv4(srcIp); lastSrcIp = srcIp; lastSrc = src; }
-    if (src < 0) { v[C.rcvd_bad_addr]!++; return; }
+    else {
+      src = parseIpv4(srcIp);
+      lastSrcIp = srcIp;
+      lastSrc = src;
+    }
+    if (src < 0) {
+      v[C.rcvd_bad_addr]!++;
+      return;
+    }
     // The real IPv4 ID when the link read the IP header (full CRC-32), else a bounded inference (icrc.ts).
     let win = port === lastWinPort ? lastWin : windows.get(port);
-    if (win === undefined) { win = new Ipv4IdWindow(); windows.set(port, win); }
-    lastWinPort = port; lastWin = win;
+    if (win === undefined) {
+      win = new Ipv4IdWindow();
+      windows.set(port, win);
+    }
+    lastWinPort = port;
+    lastWin = win;
     const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
-    if (r < 0) { v[C.rcvd_icrc_err]!++; return; }
+    if (r < 0) {
+      v[C.rcvd_icrc_err]!++;
+      return;
+    }
     ipId = r & 0xffff;
     df = r >>> 16;
-    v4bytes[0] = src >>> 24; v4bytes[1] = (src >>> 16) & 0xff; v4bytes[2] = (src >>> 8) & 0xff; v4bytes[3] = src & 0xff;
+    v4bytes[0] = src >>> 24;
+    v4bytes[1] = (src >>> 16) & 0xff;
+    v4bytes[2] = (src >>> 8) & 0xff;
+    v4bytes[3] = src & 0xff;
     srcBytes = v4bytes;
   } else {
     srcBytes = v6(srcIp);
     const c = icrcV2Ipv6Parts(srcBytes, port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
-    if (c !== readIcrc(buf, info.icrcOff)) { v[C.rcvd_icrc_err]!++; return; }
+    if (c !== readIcrc(buf, info.icrcOff)) {
+      v[C.rcvd_icrc_err]!++;
+      return;
+    }
   }
-  port.link.rxAccepted?.(buf, len, srcIp, srcPort, ipId | df << 16);
+  port.link.rxAccepted?.(buf, len, srcIp, srcPort, ipId | (df << 16));
   // P_Key: our table has the default partition only; the membership bit is not compared (rxe check_keys).
   const bth = rxBth.bind(buf, info.bthOff);
-  if ((bth.pkey & 0x7fff) !== 0x7fff) { v[C.rcvd_bad_pkey]!++; return; }
+  if ((bth.pkey & 0x7fff) !== 0x7fff) {
+    v[C.rcvd_bad_pkey]!++;
+    return;
+  }
   const qpn = bth.destQp;
   const qp = qpn === 1 ? dev.gsi : qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
-  if (!qp || qp.closed) { v[C.rcvd_unknown_qp]!++; return; }
-  if (!transportOk(qp.type, info.opcode)) { v[C.rcvd_bad_opcode]!++; return; }
-  if (qp.port !== port.num) { v[C.rcvd_bad_state]!++; return; }
+  if (!qp || qp.closed) {
+    v[C.rcvd_unknown_qp]!++;
+    return;
+  }
+  if (!transportOk(qp.type, info.opcode)) {
+    v[C.rcvd_bad_opcode]!++;
+    return;
+  }
+  if (qp.port !== port.num) {
+    v[C.rcvd_bad_state]!++;
+    return;
+  }
   // rxe check_addr: a connected QP takes packets (requests and responses alike) only from the
   // address in its AV. Compared as bytes: an address string has many spellings ("::1" and
   // "0:0:0:0:0:0:0:1"), a GID has one. A QP without an AV (RESET, INIT) is refused by state below.

@@ -69,7 +69,8 @@ let lastOpcode = NO_OPCODE;
  */
 export function runRequester(qp: Qp, max = BUDGET): number {
   if (qp.state !== 'RTS' && qp.state !== 'SQD') return 0;
-  if (qp.comp.rnrTimer) { // waiting out an RNR NAK
+  if (qp.comp.rnrTimer) {
+    // waiting out an RNR NAK
     if (qp.req.idx < qp.sqTail) qp.traceRing.record(Role.REQ, ReqState.WAIT, NO_OPCODE, qp.req.psn, Reason.RNR_WAIT);
     return 0;
   }
@@ -97,7 +98,11 @@ export function runRequester(qp: Qp, max = BUDGET): number {
       continue;
     }
     const buf = port.link.allocTx();
-    if (!buf) { qp.device.waitTx(qp, port, budget < max); wait = Reason.TX_POOL_EMPTY; break; }
+    if (!buf) {
+      qp.device.waitTx(qp, port, budget < max);
+      wait = Reason.TX_POOL_EMPTY;
+      break;
+    }
     sendPacket(qp, port, wqe, buf);
     budget--;
   }
@@ -119,7 +124,10 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
     const n = wqe.op === WrOp.RDMA_READ ? packetsFor(wqe.length, qp.pathMtu) : isRdAtomic(wqe.op) ? 1 : packetsFor(wqe.length, qp.pathMtu);
     wqe.lastPsn = psnAdd(wqe.firstPsn, n - 1);
     wqe.state = WqeState.PROCESSING;
-    if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.type === 'RC') { wqe.rdCounted = true; qp.req.rdAtomic++; }
+    if (isRdAtomic(wqe.op) && !wqe.rdCounted && qp.type === 'RC') {
+      wqe.rdCounted = true;
+      qp.req.rdAtomic++;
+    }
   }
   SENDERS[wqe.op]!(qp, port, wqe, b, wqe.ah ? wqe.ah.dest : qp.dest);
 }
@@ -188,8 +196,10 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
   if (rc) {
     // Ask for an ACK four times per window, so one lost ACK does not stall a small window until the timer.
     // And on the packet that fills the window: otherwise nothing would be acknowledged until the timer.
-    if (last || ++qp.req.sinceAckReq >= Math.min(MAX_PKT_PER_ACK, qp.req.window >> 2) ||
-        psnDiff(psnAdd(psn, 1), qp.comp.psn) >= qp.req.window) { ackReq = true; qp.req.sinceAckReq = 0; }
+    if (last || ++qp.req.sinceAckReq >= Math.min(MAX_PKT_PER_ACK, qp.req.window >> 2) || psnDiff(psnAdd(psn, 1), qp.comp.psn) >= qp.req.window) {
+      ackReq = true;
+      qp.req.sinceAckReq = 0;
+    }
   }
   const se = last && wqe.solicited && (wqe.op <= WrOp.SEND_WITH_INV || wqe.op === WrOp.RDMA_WRITE_WITH_IMM);
   writeBth(b, opc, se, 0, destQp, ackReq, psn);
@@ -213,7 +223,10 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
     if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.v[C.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
-  if (rc) { armRetransmit(qp); armProbe(qp); }
+  if (rc) {
+    armRetransmit(qp);
+    armProbe(qp);
+  }
 }
 
 /** The path of each WR opcode (WrOp order). */
@@ -257,14 +270,20 @@ function armProbe(qp: Qp): void {
 
 function startProbeTimer(qp: Qp, ms: number): void {
   const c = qp.comp;
-  c.probeTimer = qp.device.sched.setTimer(ms, c.onProbe ??= (): void => {
-    c.probeTimer = null;
-    if (c.probeAt === Infinity) return;
-    const left = c.probeAt - qp.device.sched.now();
-    if (left > 0.05) { startProbeTimer(qp, left); return; }
-    c.probeAt = Infinity;
-    probe(qp);
-  });
+  c.probeTimer = qp.device.sched.setTimer(
+    ms,
+    (c.onProbe ??= (): void => {
+      c.probeTimer = null;
+      if (c.probeAt === Infinity) return;
+      const left = c.probeAt - qp.device.sched.now();
+      if (left > 0.05) {
+        startProbeTimer(qp, left);
+        return;
+      }
+      c.probeAt = Infinity;
+      probe(qp);
+    }),
+  );
 }
 
 function probe(qp: Qp): void {
@@ -323,4 +342,3 @@ export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: n
   if (wqe.inline) wqe.inline.copy(dst, at, from, from + n);
   else gatherSgl(wqe.sg, from, dst, at, n);
 }
-

@@ -31,7 +31,10 @@ export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn
   if (qp.resp.ackPending) flushAck(qp);
   const p = port(qp);
   const b = p.link.allocTx();
-  if (!b) { p.counters.v[C.ack_deferred]!++; return; }
+  if (!b) {
+    p.counters.v[C.ack_deferred]!++;
+    return;
+  }
   writeBth(b, OPC.RC_ACKNOWLEDGE, false, 0, qp.destQpn, false, psn);
   finishAndSend(p, b, writeAeth(b, OPC.RC_ACKNOWLEDGE, syndrome, msn), 0, qp.dest);
 }
@@ -48,12 +51,15 @@ export function queueAck(qp: Qp, psn: number): void {
   const r = qp.resp;
   // The app closed the QP (or moved it to ERR) from this request's completion: answer now, the
   // request was delivered and its sender waits for the ACK.
-  if (qp.closed || qp.state === 'ERR') { sendAck(qp, aethAck(), psn, r.msn); return; }
+  if (qp.closed || qp.state === 'ERR') {
+    sendAck(qp, aethAck(), psn, r.msn);
+    return;
+  }
   r.ackPsn = psn;
   r.ackMsn = r.msn;
   if (r.ackPending) return;
   r.ackPending = true;
-  qp.device.sched.defer(r.ackFlush ??= (): void => flushAck(qp));
+  qp.device.sched.defer((r.ackFlush ??= (): void => flushAck(qp)));
 }
 
 /** Sends the coalesced ACK, if one waits and the QP can still answer. */
@@ -69,7 +75,10 @@ export function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): v
   if (qp.resp.ackPending) flushAck(qp);
   const p = port(qp);
   const b = p.link.allocTx();
-  if (!b) { p.counters.v[C.ack_deferred]!++; return; }
+  if (!b) {
+    p.counters.v[C.ack_deferred]!++;
+    return;
+  }
   writeBth(b, OPC.RC_ATOMIC_ACKNOWLEDGE, false, 0, qp.destQpn, false, psn);
   const at = writeAeth(b, OPC.RC_ATOMIC_ACKNOWLEDGE, aethAck(), msn); // AtomicAckETH follows the AETH (IBA 9.3.6)
   b.writeBigUInt64BE(orig, at);
@@ -88,9 +97,22 @@ export function fatalNak(qp: Qp, code: number, psn: number): void {
 }
 
 /** Posts a receive completion; false when the CQ had no room (the QP then goes to ERR: completionLost). */
-export function completeRecv(qp: Qp, wqe: RecvWqe, status: number, byteLen: number, opFlags: number, solicited: boolean, imm = 0, srcQp = qp.destQpn, invRkey = 0): boolean {
+export function completeRecv(
+  qp: Qp,
+  wqe: RecvWqe,
+  status: number,
+  byteLen: number,
+  opFlags: number,
+  solicited: boolean,
+  imm = 0,
+  srcQp = qp.destQpn,
+  invRkey = 0,
+): boolean {
   const w = qp.recvCq.slot();
-  if (!w) { completionLost(qp); return false; }
+  if (!w) {
+    completionLost(qp);
+    return false;
+  }
   w.wrId = wqe.wrId;
   w.status = WC_STATUS[status]!;
   w.opcode = opFlags & Op.WRITE ? 'RECV_RDMA_WITH_IMM' : 'RECV';

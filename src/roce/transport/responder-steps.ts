@@ -17,7 +17,17 @@ import { BthView } from '../wire/bth.js';
 import { Reason, RespState } from './role-states.js';
 import { Role } from './trace.js';
 import {
-  abandonMessage, completeRecv, fatalNak, nextResource, port, queueAck, recvFailed, scatterRecv, sendAck, sendAtomicAck, udGrh,
+  abandonMessage,
+  completeRecv,
+  fatalNak,
+  nextResource,
+  port,
+  queueAck,
+  recvFailed,
+  scatterRecv,
+  sendAck,
+  sendAtomicAck,
+  udGrh,
 } from './responder-answers.js';
 
 /** out-of-sequence packets past a gap before its sequence NAK (TCP's duplicate-ACK threshold) */
@@ -164,7 +174,11 @@ function getReq(c: RespCtx): number {
   const qp = c.qp;
   if (c.row.qkey) {
     const deth = c.deth.bind(c.p.buf, c.p.bthOff + hdrOff(c.op, Hdr.DETH));
-    if (deth.qkey !== qp.qkey) { c.v[C.rcvd_bad_qkey]!++; c.reason = Reason.BAD_QKEY; return RespState.DROP; }
+    if (deth.qkey !== qp.qkey) {
+      c.v[C.rcvd_bad_qkey]!++;
+      c.reason = Reason.BAD_QKEY;
+      return RespState.DROP;
+    }
   }
   // (RC/UC: the source address was checked against the AV on the receive path, recv.ts.)
   if (qp.state === 'RTR' && !qp.commEst) {
@@ -194,10 +208,19 @@ function chkPsnUc(c: RespCtx): number {
     c.v[C.out_of_sequence]!++;
     abandonMessage(c.qp);
     r.psn = c.psn;
-    if (!start) { r.dropMsg = true; r.psn = psnAdd(c.psn, 1); c.reason = Reason.UC_PSN_GAP; return RespState.DROP; }
+    if (!start) {
+      r.dropMsg = true;
+      r.psn = psnAdd(c.psn, 1);
+      c.reason = Reason.UC_PSN_GAP;
+      return RespState.DROP;
+    }
   }
   if (r.dropMsg) {
-    if (!start) { r.psn = psnAdd(c.psn, 1); c.reason = Reason.UC_DROPPING; return RespState.DROP; }
+    if (!start) {
+      r.psn = psnAdd(c.psn, 1);
+      c.reason = Reason.UC_DROPPING;
+      return RespState.DROP;
+    }
     r.dropMsg = false;
   }
   return RespState.CHK_OP_SEQ;
@@ -224,7 +247,12 @@ function chkOpSeq(c: RespCtx): number {
   const prev = r.lastOp >= 0 ? OPCODE_MASK[r.lastOp]! : Op.END;
   const inMsg = (prev & Op.END) === 0;
   const bad = mask & Op.START ? inMsg : !inMsg || (prev & KIND) !== (mask & KIND);
-  if (bad) { c.reason = Reason.BAD_OP_SEQ; c.abandon = true; c.dropRest = true; return RespState.ERR_NAK_INVALID; }
+  if (bad) {
+    c.reason = Reason.BAD_OP_SEQ;
+    c.abandon = true;
+    c.dropRest = true;
+    return RespState.ERR_NAK_INVALID;
+  }
   return RespState.CHK_OP_VALID;
 }
 
@@ -232,7 +260,11 @@ function chkOpSeq(c: RespCtx): number {
 function chkOpValid(c: RespCtx): number {
   const mask = c.mask;
   const need = mask & Op.WRITE ? ACCESS.REMOTE_WRITE : mask & Op.READ ? ACCESS.REMOTE_READ : mask & Op.ATOMIC ? ACCESS.REMOTE_ATOMIC : 0;
-  if (need && !(c.qp.accessFlags & need)) { c.reason = Reason.OP_NOT_PERMITTED; c.dropRest = true; return RespState.ERR_NAK_INVALID; }
+  if (need && !(c.qp.accessFlags & need)) {
+    c.reason = Reason.OP_NOT_PERMITTED;
+    c.dropRest = true;
+    return RespState.ERR_NAK_INVALID;
+  }
   return afterOpChecks(c);
 }
 
@@ -244,7 +276,11 @@ function chkResource(c: RespCtx): number {
     if (!(c.mask & Op.START)) return RespState.EXECUTE;
     // A UC message dropped half-way leaves its receive WQE to the next message.
     const wqe = r.wqe ?? qp.takeRecv();
-    if (!wqe) { c.reason = Reason.NO_RECV_WQE; c.dropRest = true; return RespState.ERR_NAK_RNR; }
+    if (!wqe) {
+      c.reason = Reason.NO_RECV_WQE;
+      c.dropRest = true;
+      return RespState.ERR_NAK_RNR;
+    }
     r.wqe = wqe;
     r.offset = 0;
     if (c.row.grh) {
@@ -257,7 +293,11 @@ function chkResource(c: RespCtx): number {
   }
   // WRITE with immediate consumes a receive WQE at its last packet (IBA 9.4.3): check before placing.
   const wqe = qp.takeRecv();
-  if (!wqe) { c.reason = Reason.NO_RECV_WQE; c.dropRest = false; return RespState.ERR_NAK_RNR; }
+  if (!wqe) {
+    c.reason = Reason.NO_RECV_WQE;
+    c.dropRest = false;
+    return RespState.ERR_NAK_RNR;
+  }
   c.wqe = wqe;
   return RespState.CHK_LENGTH;
 }
@@ -266,7 +306,7 @@ function chkResource(c: RespCtx): number {
 function chkLength(c: RespCtx): number {
   const r = c.qp.resp;
   const n = c.p.payloadLen;
-  if (n > r.resid || ((c.mask & Op.END) && n !== r.resid) || (!r.mr && n > 0)) {
+  if (n > r.resid || (c.mask & Op.END && n !== r.resid) || (!r.mr && n > 0)) {
     if (c.wqe) c.qp.returnRecv(c.wqe);
     c.reason = Reason.BAD_LENGTH;
     c.dropRest = !(c.mask & Op.END);
@@ -283,8 +323,14 @@ function chkRkey(c: RespCtx): number {
   if (mask & Op.ATOMIC) {
     const a = c.atm.bind(c.p.buf, c.p.bthOff + hdrOff(c.op, Hdr.ATMETH));
     c.off = checkRkey(c, a.rkey, a.va, 8, ACCESS.REMOTE_ATOMIC);
-    if (c.off < 0) { c.reason = Reason.BAD_RKEY; return RespState.ERR_NAK_ACCESS; }
-    if ((c.off & 7) !== 0) { c.reason = Reason.MISALIGNED; return RespState.ERR_NAK_INVALID; } // IBA 9.4.5: 8-byte aligned
+    if (c.off < 0) {
+      c.reason = Reason.BAD_RKEY;
+      return RespState.ERR_NAK_ACCESS;
+    }
+    if ((c.off & 7) !== 0) {
+      c.reason = Reason.MISALIGNED;
+      return RespState.ERR_NAK_INVALID;
+    } // IBA 9.4.5: 8-byte aligned
     return RespState.ATOMIC_REPLY;
   }
   const reth = c.reth.bind(c.p.buf, c.p.bthOff + hdrOff(c.op, Hdr.RETH));
@@ -293,10 +339,17 @@ function chkRkey(c: RespCtx): number {
   c.off = len === 0 ? 0 : checkRkey(c, reth.rkey, reth.va, len, mask & Op.READ ? ACCESS.REMOTE_READ : ACCESS.REMOTE_WRITE);
   if (len === 0) c.mr = null;
   if (mask & Op.READ) {
-    if (c.off < 0 || len > qp.device.attr.maxMsgSize) { c.reason = Reason.BAD_RKEY; return RespState.ERR_NAK_ACCESS; }
+    if (c.off < 0 || len > qp.device.attr.maxMsgSize) {
+      c.reason = Reason.BAD_RKEY;
+      return RespState.ERR_NAK_ACCESS;
+    }
     return RespState.READ_REPLY;
   }
-  if (c.off < 0) { c.reason = Reason.BAD_RKEY; c.dropRest = !(mask & Op.END); return RespState.ERR_NAK_ACCESS; }
+  if (c.off < 0) {
+    c.reason = Reason.BAD_RKEY;
+    c.dropRest = !(mask & Op.END);
+    return RespState.ERR_NAK_ACCESS;
+  }
   r.mr = c.mr;
   r.mrOff = c.off;
   r.resid = len;
@@ -357,19 +410,28 @@ function complete(c: RespCtx): number {
       // Only an MR that can be invalidated (registered `invalidatable`, softroce's stand-in for a
       // fast-registration MR) may be; rxe refuses a user MR the same way (rxe_invalidate_mr).
       const mr = qp.device.mrByRkey.get(inv);
-      if (!mr || mr.pd !== qp.pd || !mr.invalidatable) { c.reason = Reason.BAD_INV_RKEY; return RespState.ERR_NAK_INVALID; }
+      if (!mr || mr.pd !== qp.pd || !mr.invalidatable) {
+        c.reason = Reason.BAD_INV_RKEY;
+        return RespState.ERR_NAK_INVALID;
+      }
       mr.invalidate(); // IBA 10.6.5: the remote invalidation takes the R_Key out of use
     }
     const imm = mask & Op.IMM ? b.readUInt32BE(o + hdrOff(c.op, Hdr.IMMDT)) : 0;
     const srcQp = c.row.qkey ? c.deth.srcQp : qp.destQpn;
     r.wqe = null;
-    if (!completeRecv(qp, wqe, St.SUCCESS, r.offset, mask, c.se, imm, srcQp, inv)) { c.reason = Reason.CQ_FULL; return RespState.DONE; }
+    if (!completeRecv(qp, wqe, St.SUCCESS, r.offset, mask, c.se, imm, srcQp, inv)) {
+      c.reason = Reason.CQ_FULL;
+      return RespState.DONE;
+    }
     r.msn = (r.msn + 1) & 0xffffff;
     c.v[C.rdma_recvs]!++;
     return RespState.ACKNOWLEDGE;
   }
   r.mr = null;
-  if (c.wqe && !completeRecv(qp, c.wqe, St.SUCCESS, r.writeLen, mask, c.se, b.readUInt32BE(o + hdrOff(c.op, Hdr.IMMDT)))) { c.reason = Reason.CQ_FULL; return RespState.DONE; }
+  if (c.wqe && !completeRecv(qp, c.wqe, St.SUCCESS, r.writeLen, mask, c.se, b.readUInt32BE(o + hdrOff(c.op, Hdr.IMMDT)))) {
+    c.reason = Reason.CQ_FULL;
+    return RespState.DONE;
+  }
   r.msn = (r.msn + 1) & 0xffffff;
   return RespState.ACKNOWLEDGE;
 }
@@ -380,8 +442,10 @@ function acknowledge(c: RespCtx): number {
   r.psn = psnAdd(c.psn, 1);
   r.lastOp = c.op;
   r.nakPsn = -1;
-  if (c.row.acks && c.ackReq) { queueAck(c.qp, c.psn); c.reason = Reason.ACK_QUEUED; }
-  else if (c.reason === Reason.NONE) c.reason = Reason.NO_ACK_REQ;
+  if (c.row.acks && c.ackReq) {
+    queueAck(c.qp, c.psn);
+    c.reason = Reason.ACK_QUEUED;
+  } else if (c.reason === Reason.NONE) c.reason = Reason.NO_ACK_REQ;
   return RespState.DONE;
 }
 
@@ -451,7 +515,10 @@ function errNakPsn(c: RespCtx): number {
   const d = psnDiff(psn, r.psn);
   c.v[C.out_of_sequence]!++;
   stashAhead(qp, c.p, psn, d);
-  if (r.gapPsn !== r.psn) { r.gapPsn = r.psn; r.oosCount = 0; }
+  if (r.gapPsn !== r.psn) {
+    r.gapPsn = r.psn;
+    r.oosCount = 0;
+  }
   const first = r.nakPsn !== r.psn;
   c.reason = Reason.PSN_GAP_HELD;
   if (first ? ++r.oosCount >= NAK_AFTER : (psnDiff(psn, r.oosMax) < 0 && d <= 4) || ++r.oosCount >= 16) {
@@ -561,7 +628,10 @@ function duplicate(c: RespCtx): void {
   c.reason = Reason.DUP_IGNORED;
   if (mask & Op.ATOMIC) {
     const res = r.res.find((x) => x.atomic && x.psn === psn);
-    if (res) { sendAtomicAck(qp, psn, res.msn, res.orig); c.reason = Reason.DUP_ATOMIC_REPLAYED; } // the saved result: the atomic does not run again
+    if (res) {
+      sendAtomicAck(qp, psn, res.msn, res.orig);
+      c.reason = Reason.DUP_ATOMIC_REPLAYED;
+    } // the saved result: the atomic does not run again
     return;
   }
   if (mask & Op.READ) {
@@ -578,7 +648,11 @@ function duplicate(c: RespCtx): void {
     const mr = len === 0 ? null : c.mr;
     // The MR went away (dereg, invalidation) since the first request: the replay is a remote
     // access error like any later access, not silence the requester would retry into forever.
-    if (off < 0) { c.reason = Reason.BAD_RKEY; fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn); return; }
+    if (off < 0) {
+      c.reason = Reason.BAD_RKEY;
+      fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, psn);
+      return;
+    }
     // rxe's replay: the stream for what is asked restarts at the PSN asked for, and a stream still
     // sending any of those PSNs stops: never a second stream for the same responses (that
     // multiplied READ traffic under loss). A requester that asks for a hole below the stream in

@@ -58,7 +58,14 @@ export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ip
       return;
     }
     if (qp.resp.backlog.length < BACKLOG_MAX) {
-      qp.resp.backlog.push({ buf: Buffer.from(p.buf.subarray(p.bthOff, p.bthOff + p.len)), len: p.len, srcIp, srcPort, ipId, srcBytes: Uint8Array.from(srcBytes) });
+      qp.resp.backlog.push({
+        buf: Buffer.from(p.buf.subarray(p.bthOff, p.bthOff + p.len)),
+        len: p.len,
+        srcIp,
+        srcPort,
+        ipId,
+        srcBytes: Uint8Array.from(srcBytes),
+      });
     }
     return;
   }
@@ -73,7 +80,10 @@ function drainStash(qp: Qp): void {
   const st = r.stash;
   let budget = STASH_MAX;
   while (st.size > 0 && budget-- > 0 && r.reads.length === 0 && r.backlog.length === 0) {
-    if (qp.state !== 'RTR' && qp.state !== 'RTS' && qp.state !== 'SQD') { st.clear(); return; }
+    if (qp.state !== 'RTR' && qp.state !== 'RTS' && qp.state !== 'SQD') {
+      st.clear();
+      return;
+    }
     const b = st.get(r.psn);
     if (b === undefined) break;
     st.delete(r.psn);
@@ -96,14 +106,23 @@ export function runReads(qp: Qp): void {
   const mtu = qp.pathMtu;
   let budget = READ_BUDGET;
   while (r.reads.length > 0 && budget > 0) {
-    if (qp.state === 'ERR' || qp.state === 'RESET') { r.reads.length = 0; break; }
+    if (qp.state === 'ERR' || qp.state === 'RESET') {
+      r.reads.length = 0;
+      break;
+    }
     const rd = r.reads[0]!;
     // Deregistered or invalidated since the request: no byte of it is served after that; the
     // requester gets a remote access NAK for the response it would have had (rxe checks the MR
     // state per response packet).
-    if (rd.mr !== null && !rd.mr.allows(ACCESS.REMOTE_READ)) { fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, rd.sentPsn); return; }
+    if (rd.mr !== null && !rd.mr.allows(ACCESS.REMOTE_READ)) {
+      fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, rd.sentPsn);
+      return;
+    }
     const b = pt.link.allocTx();
-    if (!b) { r.waitingDrain = true; return; }
+    if (!b) {
+      r.waitingDrain = true;
+      return;
+    }
     const idx = psnDiff(rd.sentPsn, rd.psn);
     const off = idx * mtu;
     const rest = rd.len - off;
@@ -148,4 +167,3 @@ function drainBacklog(qp: Qp): void {
   if (r.backlog.length > 0 && r.reads.length === 0) scheduleReads(qp);
   if (r.backlog.length === 0 && r.reads.length === 0 && r.stash.size > 0) drainStash(qp);
 }
-

@@ -26,7 +26,10 @@ export function gatherSgl(sg: readonly Sge[], from: number, dst: Buffer, at: num
   let skip = from;
   for (const s of sg) {
     if (n === 0) return;
-    if (skip >= s.length) { skip -= s.length; continue; }
+    if (skip >= s.length) {
+      skip -= s.length;
+      continue;
+    }
     const take = Math.min(s.length - skip, n);
     s.mr.buffer.copy(dst, at, s.offset + skip, s.offset + skip + take);
     at += take;
@@ -40,7 +43,10 @@ export function scatterSgl(sg: readonly Sge[], at: number, src: Buffer, from: nu
   let skip = at;
   for (const s of sg) {
     if (n === 0) return;
-    if (skip >= s.length) { skip -= s.length; continue; }
+    if (skip >= s.length) {
+      skip -= s.length;
+      continue;
+    }
     const take = Math.min(s.length - skip, n);
     src.copy(s.mr.buffer, s.offset + skip, from, from + take);
     from += take;

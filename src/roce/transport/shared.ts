@@ -16,8 +16,14 @@ export const ACCESS = { LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, REMOTE_
 
 /** Internal WR opcode numbers (a send WQE's `op`). */
 export const WrOp = {
-  SEND: 0, SEND_WITH_IMM: 1, SEND_WITH_INV: 2, RDMA_WRITE: 3, RDMA_WRITE_WITH_IMM: 4, RDMA_READ: 5,
-  ATOMIC_CMP_AND_SWP: 6, ATOMIC_FETCH_AND_ADD: 7,
+  SEND: 0,
+  SEND_WITH_IMM: 1,
+  SEND_WITH_INV: 2,
+  RDMA_WRITE: 3,
+  RDMA_WRITE_WITH_IMM: 4,
+  RDMA_READ: 5,
+  ATOMIC_CMP_AND_SWP: 6,
+  ATOMIC_FETCH_AND_ADD: 7,
 } as const;
 
 /** A WR that takes a responder resource and waits for a response (READ, the atomics): counted against max_rd_atomic. */
@@ -25,10 +31,28 @@ export const isRdAtomic = (op: number): boolean => op === WrOp.RDMA_READ || op =
 
 /** ibv_wc_status, in libibverbs' order. */
 export const WC_STATUS = [
-  'SUCCESS', 'LOC_LEN_ERR', 'LOC_QP_OP_ERR', 'LOC_EEC_OP_ERR', 'LOC_PROT_ERR', 'WR_FLUSH_ERR', 'MW_BIND_ERR',
-  'BAD_RESP_ERR', 'LOC_ACCESS_ERR', 'REM_INV_REQ_ERR', 'REM_ACCESS_ERR', 'REM_OP_ERR', 'RETRY_EXC_ERR',
-  'RNR_RETRY_EXC_ERR', 'LOC_RDD_VIOL_ERR', 'REM_INV_RD_REQ_ERR', 'REM_ABORT_ERR', 'INV_EECN_ERR',
-  'INV_EEC_STATE_ERR', 'FATAL_ERR', 'RESP_TIMEOUT_ERR', 'GENERAL_ERR',
+  'SUCCESS',
+  'LOC_LEN_ERR',
+  'LOC_QP_OP_ERR',
+  'LOC_EEC_OP_ERR',
+  'LOC_PROT_ERR',
+  'WR_FLUSH_ERR',
+  'MW_BIND_ERR',
+  'BAD_RESP_ERR',
+  'LOC_ACCESS_ERR',
+  'REM_INV_REQ_ERR',
+  'REM_ACCESS_ERR',
+  'REM_OP_ERR',
+  'RETRY_EXC_ERR',
+  'RNR_RETRY_EXC_ERR',
+  'LOC_RDD_VIOL_ERR',
+  'REM_INV_RD_REQ_ERR',
+  'REM_ABORT_ERR',
+  'INV_EECN_ERR',
+  'INV_EEC_STATE_ERR',
+  'FATAL_ERR',
+  'RESP_TIMEOUT_ERR',
+  'GENERAL_ERR',
 ] as const;
 export type WcStatus = (typeof WC_STATUS)[number];
 /** Work completion status name -> its index in WC_STATUS (what the roles pass around). */
@@ -40,11 +64,17 @@ export type WcOpcode = (typeof WC_OPCODE)[number];
 /** The work completion opcode of a send WQE's WR opcode (ibv_wc_opcode). */
 export function wcOpcodeFor(op: number): WcOpcode {
   switch (op) {
-    case WrOp.RDMA_WRITE: case WrOp.RDMA_WRITE_WITH_IMM: return 'RDMA_WRITE';
-    case WrOp.RDMA_READ: return 'RDMA_READ';
-    case WrOp.ATOMIC_CMP_AND_SWP: return 'COMP_SWAP';
-    case WrOp.ATOMIC_FETCH_AND_ADD: return 'FETCH_ADD';
-    default: return 'SEND';
+    case WrOp.RDMA_WRITE:
+    case WrOp.RDMA_WRITE_WITH_IMM:
+      return 'RDMA_WRITE';
+    case WrOp.RDMA_READ:
+      return 'RDMA_READ';
+    case WrOp.ATOMIC_CMP_AND_SWP:
+      return 'COMP_SWAP';
+    case WrOp.ATOMIC_FETCH_AND_ADD:
+      return 'FETCH_ADD';
+    default:
+      return 'SEND';
   }
 }
 
@@ -68,10 +98,16 @@ export interface MemoryRegion {
 }
 
 /** A scatter/gather element: a byte range of registered memory. */
-export interface SgeLike { readonly mr: MemoryRegion; readonly offset: number; readonly length: number }
+export interface SgeLike {
+  readonly mr: MemoryRegion;
+  readonly offset: number;
+  readonly length: number;
+}
 
 /** How a remote R_Key resolves to memory (the device's R_Key table). */
-export interface KeyResolver { get(key: number): MemoryRegion | undefined }
+export interface KeyResolver {
+  get(key: number): MemoryRegion | undefined;
+}
 
 /** The work completion slot a CQ hands out (verbs Wc). */
 export interface WcSlot {
@@ -96,7 +132,16 @@ export interface CompletionSink {
 }
 
 /** A UD WR's address handle (verbs Ah): where its packets go. */
-export interface AddressHandle { readonly dest: Dest }
+export interface AddressHandle {
+  readonly dest: Dest;
+}
 
 /** Where a QP's or AH's packets go: address, UDP port, and the AV's traffic class (IPv4 TOS). */
-export interface Dest { ip: string; ipNum: number; family: 4 | 6; port: number; bytes: Uint8Array; tos: number }
+export interface Dest {
+  ip: string;
+  ipNum: number;
+  family: 4 | 6;
+  port: number;
+  bytes: Uint8Array;
+  tos: number;
+}

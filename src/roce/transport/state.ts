@@ -83,9 +83,22 @@ export class CompState {
 }
 
 /** A READ whose responses are still to be sent (responder.ts runReads). */
-export interface PendingRead { psn: number; mr: MemoryRegion | null; off: number; len: number; sentPsn: number }
+export interface PendingRead {
+  psn: number;
+  mr: MemoryRegion | null;
+  off: number;
+  len: number;
+  sentPsn: number;
+}
 /** A request that arrived while READ responses were being sent (kept in order). */
-export interface BackloggedRequest { buf: Buffer; len: number; srcIp: string; srcPort: number; ipId: number; srcBytes: Uint8Array }
+export interface BackloggedRequest {
+  buf: Buffer;
+  len: number;
+  srcIp: string;
+  srcPort: number;
+  ipId: number;
+  srcBytes: Uint8Array;
+}
 
 /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
 export class RespState {

@@ -79,7 +79,8 @@ export class TraceRing {
     const from = this.#n > TRACE_SIZE ? this.#n - TRACE_SIZE : 0;
     for (let k = from; k < this.#n; k++) {
       const i = (k % TRACE_SIZE) * 2;
-      const w0 = w[i]!, w1 = w[i + 1]!;
+      const w0 = w[i]!,
+        w1 = w[i + 1]!;
       const role = w0 >>> 30;
       const op = w0 & 0xff;
       out.push({
@@ -101,5 +102,7 @@ export const STUCK_TRACE_LINES = 32;
 
 /** One line per entry: `#12 resp ERR_NAK_PSN RC_SEND_ONLY psn 0x000123 psn_gap_naked x3`. */
 export function formatTrace(entries: readonly TraceEntry[]): string[] {
-  return entries.map((e) => `#${e.seq} ${e.role} ${e.state} ${e.opcode} psn 0x${e.psn.toString(16).padStart(6, '0')} ${e.reason}${e.count > 1 ? ` x${e.count}` : ''}`);
+  return entries.map(
+    (e) => `#${e.seq} ${e.role} ${e.state} ${e.opcode} psn 0x${e.psn.toString(16).padStart(6, '0')} ${e.reason}${e.count > 1 ? ` x${e.count}` : ''}`,
+  );
 }

@@ -20,7 +20,10 @@ export * from './shared.js';
 
 /** What the transport reports to the verbs layer about a QP (ibv_get_async_event's QP events). */
 export type QpEventType = 'COMM_EST' | 'QP_FATAL' | 'QP_REQ_ERR' | 'QP_ACCESS_ERR' | 'SQ_DRAINED' | 'LAST_WQE_REACHED';
-export interface QpEvent { type: QpEventType; qp: TransportQp }
+export interface QpEvent {
+  type: QpEventType;
+  qp: TransportQp;
+}
 
 /** A RoCE port as the transport sends and receives on it (verbs Port). */
 export interface PortLike {

@@ -62,43 +62,86 @@ export class BthView {
     this.off = off;
     return this;
   }
-  get opcode(): number { return this.buf[this.off]!; }
-  set opcode(v: number) { this.buf[this.off] = v; }
-  get se(): boolean { return (this.buf[this.off + 1]! & 0x80) !== 0; }
-  set se(v: boolean) { this.setBits(1, 0x80, v ? 0x80 : 0); }
-  get migReq(): boolean { return (this.buf[this.off + 1]! & 0x40) !== 0; }
-  set migReq(v: boolean) { this.setBits(1, 0x40, v ? 0x40 : 0); }
-  get padCnt(): number { return (this.buf[this.off + 1]! >> 4) & 3; }
-  set padCnt(v: number) { this.setBits(1, 0x30, (v & 3) << 4); }
-  get tver(): number { return this.buf[this.off + 1]! & 0x0f; }
-  set tver(v: number) { this.setBits(1, 0x0f, v & 0x0f); }
-  get pkey(): number { return this.buf.readUInt16BE(this.off + 2); }
-  set pkey(v: number) { this.buf.writeUInt16BE(v & 0xffff, this.off + 2); }
-  get fecn(): boolean { return (this.buf[this.off + 4]! & 0x80) !== 0; }
-  set fecn(v: boolean) { this.setBits(4, 0x80, v ? 0x80 : 0); }
-  get becn(): boolean { return (this.buf[this.off + 4]! & 0x40) !== 0; }
-  set becn(v: boolean) { this.setBits(4, 0x40, v ? 0x40 : 0); }
+  get opcode(): number {
+    return this.buf[this.off]!;
+  }
+  set opcode(v: number) {
+    this.buf[this.off] = v;
+  }
+  get se(): boolean {
+    return (this.buf[this.off + 1]! & 0x80) !== 0;
+  }
+  set se(v: boolean) {
+    this.setBits(1, 0x80, v ? 0x80 : 0);
+  }
+  get migReq(): boolean {
+    return (this.buf[this.off + 1]! & 0x40) !== 0;
+  }
+  set migReq(v: boolean) {
+    this.setBits(1, 0x40, v ? 0x40 : 0);
+  }
+  get padCnt(): number {
+    return (this.buf[this.off + 1]! >> 4) & 3;
+  }
+  set padCnt(v: number) {
+    this.setBits(1, 0x30, (v & 3) << 4);
+  }
+  get tver(): number {
+    return this.buf[this.off + 1]! & 0x0f;
+  }
+  set tver(v: number) {
+    this.setBits(1, 0x0f, v & 0x0f);
+  }
+  get pkey(): number {
+    return this.buf.readUInt16BE(this.off + 2);
+  }
+  set pkey(v: number) {
+    this.buf.writeUInt16BE(v & 0xffff, this.off + 2);
+  }
+  get fecn(): boolean {
+    return (this.buf[this.off + 4]! & 0x80) !== 0;
+  }
+  set fecn(v: boolean) {
+    this.setBits(4, 0x80, v ? 0x80 : 0);
+  }
+  get becn(): boolean {
+    return (this.buf[this.off + 4]! & 0x40) !== 0;
+  }
+  set becn(v: boolean) {
+    this.setBits(4, 0x40, v ? 0x40 : 0);
+  }
   get destQp(): number {
-    const b = this.buf, o = this.off;
+    const b = this.buf,
+      o = this.off;
     return (b[o + 5]! << 16) | (b[o + 6]! << 8) | b[o + 7]!;
   }
   set destQp(v: number) {
-    const b = this.buf, o = this.off;
-    b[o + 5] = (v >>> 16) & 0xff; b[o + 6] = (v >>> 8) & 0xff; b[o + 7] = v & 0xff;
+    const b = this.buf,
+      o = this.off;
+    b[o + 5] = (v >>> 16) & 0xff;
+    b[o + 6] = (v >>> 8) & 0xff;
+    b[o + 7] = v & 0xff;
   }
-  get ackReq(): boolean { return (this.buf[this.off + 8]! & 0x80) !== 0; }
-  set ackReq(v: boolean) { this.setBits(8, 0x80, v ? 0x80 : 0); }
+  get ackReq(): boolean {
+    return (this.buf[this.off + 8]! & 0x80) !== 0;
+  }
+  set ackReq(v: boolean) {
+    this.setBits(8, 0x80, v ? 0x80 : 0);
+  }
   get psn(): number {
-    const b = this.buf, o = this.off;
+    const b = this.buf,
+      o = this.off;
     return (b[o + 9]! << 16) | (b[o + 10]! << 8) | b[o + 11]!;
   }
   set psn(v: number) {
-    const b = this.buf, o = this.off;
-    b[o + 9] = (v >>> 16) & 0xff; b[o + 10] = (v >>> 8) & 0xff; b[o + 11] = v & 0xff;
+    const b = this.buf,
+      o = this.off;
+    b[o + 9] = (v >>> 16) & 0xff;
+    b[o + 10] = (v >>> 8) & 0xff;
+    b[o + 11] = v & 0xff;
   }
   private setBits(i: number, mask: number, v: number): void {
     const o = this.off + i;
     this.buf[o] = (this.buf[o]! & ~mask) | v;
   }
 }
-

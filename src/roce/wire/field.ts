@@ -19,8 +19,7 @@
  *  `[name, byteOffset, 0, 64]` for 64-bit fields (bigint),
  *  `[name, byteOffset, 'bytes', length]` for raw byte strings (GIDs, MACs). */
 export type FieldSpec =
-  | readonly [name: string, offset: number, shift: number, width: number]
-  | readonly [name: string, offset: number, kind: 'bytes', length: number];
+  readonly [name: string, offset: number, shift: number, width: number] | readonly [name: string, offset: number, kind: 'bytes', length: number];
 
 export interface HeaderSpec {
   readonly name: string;

@@ -21,7 +21,11 @@ export const ROCEV2_UDP_PORT = 4791;
 export const ETH_SPEC: HeaderSpec = {
   name: 'Ethernet',
   length: ETH_LEN,
-  fields: [['dst', 0, 'bytes', 6], ['src', 6, 'bytes', 6], ['ethertype', 12, 0, 16]],
+  fields: [
+    ['dst', 0, 'bytes', 6],
+    ['src', 6, 'bytes', 6],
+    ['ethertype', 12, 0, 16],
+  ],
 };
 export interface EthRepr {
   dst: Uint8Array;
@@ -96,7 +100,12 @@ export interface Ipv6Repr {
 export const UDP_SPEC: HeaderSpec = {
   name: 'UDP',
   length: UDP_LEN,
-  fields: [['srcPort', 0, 0, 16], ['dstPort', 2, 0, 16], ['length', 4, 0, 16], ['checksum', 6, 0, 16]],
+  fields: [
+    ['srcPort', 0, 0, 16],
+    ['dstPort', 2, 0, 16],
+    ['length', 4, 0, 16],
+    ['checksum', 6, 0, 16],
+  ],
 };
 export interface UdpRepr {
   srcPort: number;
