@@ -23,7 +23,8 @@ import { ReqState, CompState, RespState } from '../roce/transport/state.js';
 import type { TransportQp } from '../roce/transport/types.js';
 import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';
 import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
-import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
+import { flushQp } from '../roce/transport/flush.js';
+import { stopAckTimer } from '../roce/transport/retry.js';
 import { flushAck } from '../roce/transport/responder.js';
 import {
   checkQpAttrValues,

@@ -9,7 +9,7 @@
 import { psnDiff } from '../psn.js';
 import { C } from '../counters.js';
 import { runRequester } from './requester.js';
-import { ackTimeoutMs, armRetransmit } from './completer.js';
+import { ackTimeoutMs, armRetransmit } from './retry.js';
 import { runReads } from './responder.js';
 import type { TimerHandle } from '../sched.js';
 import type { PortLike, TransportDevice, TransportQp } from './types.js';

@@ -15,7 +15,7 @@ import { finishAndSend, payloadOff, writeAeth, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import type { RecvWqe } from './wqe.js';
 import { scatterSgl, sglUsable } from './sgl.js';
-import { completionLost } from './completer.js';
+import { completionLost } from './complete.js';
 import type { PortLike as Port } from './types.js';
 
 export function port(qp: Qp): Port {
