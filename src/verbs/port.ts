@@ -3,7 +3,7 @@
  * built from the interface's MAC and addresses, the port's counters, and what ibv_query_port
  * reports about it. The transport sees it as a PortLike (src/roce/transport/types.ts).
  */
-import { C, Counters } from '../roce/counters.js';
+import { Ctr, Counters } from '../roce/counters.js';
 import type { Link, RxHandler } from '../roce/link/link.js';
 import type { PortLike } from '../roce/transport/types.js';
 import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
@@ -84,7 +84,7 @@ export function wireLink(p: Port, h: PortHandlers): () => void {
   // the transport recovers from: counted, never thrown (an 'error' event nobody hears would
   // take the process down).
   const onError = (): void => {
-    p.counters.v[C.send_err]!++;
+    p.counters.counts[Ctr.send_err]!++;
   };
   link.on('drain', onDrain);
   link.on('late', onLate);

@@ -4,13 +4,13 @@
  */
 import { WqeState, type SendWqe } from './wqe.js';
 import { wcOpcodeFor, type TransportQp as Qp } from './types.js';
-import { St, WC_STATUS } from './types.js';
-import { C } from '../counters.js';
+import { WcStatusIdx, WC_STATUS } from './types.js';
+import { Ctr } from '../counters.js';
 
 /** Posts the completion of the head send WQE (errors always; success when signaled). */
 export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
   let lost = false;
-  if (status !== St.SUCCESS || wqe.signaled) {
+  if (status !== WcStatusIdx.SUCCESS || wqe.signaled) {
     const w = qp.sendCq.slot();
     if (w) {
       w.wrId = wqe.wrId;
@@ -18,7 +18,7 @@ export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
       w.opcode = wcOpcodeFor(wqe.op);
       w.byteLen = wqe.length;
       w.qpn = qp.qpn;
-      qp.sendCq.commit(status !== St.SUCCESS);
+      qp.sendCq.commit(status !== WcStatusIdx.SUCCESS);
     } else lost = true;
   }
   wqe.state = WqeState.DONE;
@@ -27,16 +27,16 @@ export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
     qp.req.rdAtomic--;
   }
   qp.sqHead++;
-  if (qp.req.idx < qp.sqHead) qp.req.idx = qp.sqHead;
+  if (qp.req.nextWqe < qp.sqHead) qp.req.nextWqe = qp.sqHead;
   if (lost) {
     completionLost(qp);
     return;
   }
-  if (status !== St.SUCCESS) {
+  if (status !== WcStatusIdx.SUCCESS) {
     if (qp.state !== 'ERR') qp.setState('ERR');
     return;
   }
-  if (qp.state === 'SQD' && qp.sqHead === qp.req.idx && qp.sqDrainNotify) qp.device.asyncEvent({ type: 'SQ_DRAINED', qp });
+  if (qp.state === 'SQD' && qp.sqHead === qp.req.nextWqe && qp.sqDrainNotify) qp.device.asyncEvent({ type: 'SQ_DRAINED', qp });
 }
 
 /**
@@ -45,7 +45,7 @@ export function completeWqe(qp: Qp, wqe: SendWqe, status: number): void {
  * QP_FATAL. Completions after that are flushes into the same full CQ and are dropped with it.
  */
 export function completionLost(qp: Qp): void {
-  qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
+  qp.device.ports[qp.port - 1]!.counters.counts[Ctr.cq_overflow]!++;
   if (qp.state === 'ERR' || qp.state === 'RESET') return;
   qp.setState('ERR');
   qp.device.asyncEvent({ type: 'QP_FATAL', qp });
@@ -53,9 +53,9 @@ export function completionLost(qp: Qp): void {
 
 /** UC and UD: a send WQE is done once its last packet is out (no ACKs). */
 export function completeUnacked(qp: Qp): void {
-  while (qp.sqHead < qp.req.idx) {
+  while (qp.sqHead < qp.req.nextWqe) {
     const w = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
     if (w.state !== WqeState.PENDING) break;
-    completeWqe(qp, w, St.SUCCESS);
+    completeWqe(qp, w, WcStatusIdx.SUCCESS);
   }
 }

@@ -16,11 +16,11 @@
  */
 import type { SendWqe } from './wqe.js';
 import { isRdAtomic, type TransportQp as Qp } from './types.js';
-import { St, WrOp } from './types.js';
+import { WcStatusIdx, WrOp } from './types.js';
 import { AethType, NakCode, RNR_TIMER_US } from '../aeth.js';
 import { Hdr, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import type { PktInfo } from '../packet.js';
 import { scatterSgl, sglUsable } from './sgl.js';
 import { OPC } from '../opcode.js';
@@ -67,7 +67,7 @@ function ackUpTo(qp: Qp, psn: number, inclusive: boolean): boolean {
       return false;
     }
     qp.comp.psn = psnAdd(w.lastPsn, 1);
-    completeWqe(qp, w, St.SUCCESS);
+    completeWqe(qp, w, WcStatusIdx.SUCCESS);
     progress = true;
     if (qp.state !== 'RTS' && qp.state !== 'SQD') return true;
   }
@@ -85,7 +85,7 @@ type CompStep = (c: CompCtx) => number;
 class CompCtx {
   qp!: Qp;
   p!: PktInfo;
-  v!: Float64Array;
+  counts!: Float64Array;
   readonly bth = new BthView();
   readonly aeth = new AethView();
   psn = 0;
@@ -108,10 +108,10 @@ export function onResponse(qp: Qp, p: PktInfo): void {
   try {
     c.qp = qp;
     c.p = p;
-    c.v = qp.device.ports[qp.port - 1]!.counters.v;
+    c.counts = qp.device.ports[qp.port - 1]!.counters.counts;
     c.psn = c.bth.bind(p.buf, p.bthOff).psn;
     c.wqe = null;
-    c.status = St.SUCCESS;
+    c.status = WcStatusIdx.SUCCESS;
     c.val = 0;
     c.reason = Reason.NONE;
     let s: number = CompState.GET_ACK;
@@ -130,7 +130,7 @@ export function onResponse(qp: Qp, p: PktInfo): void {
 function getAck(c: CompCtx): number {
   const st = c.qp.state;
   if (st !== 'RTS' && st !== 'SQD' && st !== 'SQE') {
-    c.v[C.rcvd_bad_state]!++;
+    c.counts[Ctr.rcvd_bad_state]!++;
     c.reason = Reason.BAD_STATE;
     return CompState.DROP;
   }
@@ -145,13 +145,13 @@ function getAck(c: CompCtx): number {
 function checkPsn(c: CompCtx): number {
   const qp = c.qp;
   if (qp.sqHead >= qp.sqTail || psnDiff(c.psn, qp.req.maxPsn) >= 0) {
-    c.v[C.rcvd_bad_psn]!++;
+    c.counts[Ctr.rcvd_bad_psn]!++;
     c.reason = Reason.BAD_PSN;
     return CompState.DROP;
   }
   // Older than anything outstanding: a duplicate.
   if (psnDiff(c.psn, qp.comp.psn) < 0) {
-    c.v[C.rcvd_stale_resp]!++;
+    c.counts[Ctr.rcvd_stale_resp]!++;
     c.reason = Reason.STALE;
     return CompState.DROP;
   }
@@ -185,7 +185,7 @@ function checkAck(c: CompCtx): number {
   const head = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
   // A NAK names the PSN of a request that was sent: the head WQE must hold it.
   if (qp.sqHead >= qp.sqTail || !head.psnAssigned || psnDiff(c.psn, head.firstPsn) < 0 || psnDiff(c.psn, head.lastPsn) > 0) {
-    c.v[C.rcvd_bad_psn]!++;
+    c.counts[Ctr.rcvd_bad_psn]!++;
     c.reason = Reason.BAD_PSN;
     return CompState.DROP;
   }
@@ -194,7 +194,7 @@ function checkAck(c: CompCtx): number {
   if (type === AethType.NAK) {
     const code = c.val;
     if (code === NakCode.PSN_SEQ_ERROR) {
-      c.v[C.rcvd_seq_err]!++;
+      c.counts[Ctr.rcvd_seq_err]!++;
       // A NAK for a PSN we already went back to is stale unless we have resent past it since
       // (then our resend was lost as well and the responder says so again).
       if (qp.comp.retriedAt !== qp.comp.psn || psnDiff(qp.req.psn, qp.comp.psn) >= 2) {
@@ -205,11 +205,11 @@ function checkAck(c: CompCtx): number {
       return CompState.DONE;
     }
     const row = NAK_STATUS[code];
-    c.status = row ? row[0] : St.BAD_RESP_ERR;
+    c.status = row ? row[0] : WcStatusIdx.BAD_RESP_ERR;
     c.reason = row ? row[1] : Reason.BAD_RESPONSE;
     return CompState.ERROR;
   }
-  c.status = St.BAD_RESP_ERR; // the reserved AETH type
+  c.status = WcStatusIdx.BAD_RESP_ERR; // the reserved AETH type
   c.reason = Reason.BAD_RESPONSE;
   return CompState.ERROR;
 }
@@ -217,9 +217,9 @@ function checkAck(c: CompCtx): number {
 /** The completion status a NAK code gives the head WQE (IBA 9.7.5.2.4, table 9.9), and the trace reason. */
 const NAK_STATUS: readonly (readonly [status: number, reason: number] | undefined)[] = (() => {
   const t: (readonly [number, number])[] = [];
-  t[NakCode.INVALID_REQUEST] = [St.REM_INV_REQ_ERR, Reason.NAK_INVALID];
-  t[NakCode.REMOTE_ACCESS_ERROR] = [St.REM_ACCESS_ERR, Reason.NAK_ACCESS];
-  t[NakCode.REMOTE_OPERATIONAL_ERROR] = [St.REM_OP_ERR, Reason.NAK_OPERATIONAL];
+  t[NakCode.INVALID_REQUEST] = [WcStatusIdx.REM_INV_REQ_ERR, Reason.NAK_INVALID];
+  t[NakCode.REMOTE_ACCESS_ERROR] = [WcStatusIdx.REM_ACCESS_ERR, Reason.NAK_ACCESS];
+  t[NakCode.REMOTE_OPERATIONAL_ERROR] = [WcStatusIdx.REM_OP_ERR, Reason.NAK_OPERATIONAL];
   return t;
 })();
 
@@ -238,7 +238,7 @@ function compAck(c: CompCtx): number {
 function getWqe(c: CompCtx): number {
   const qp = c.qp;
   if (qp.sqHead >= qp.sqTail) {
-    c.v[C.rcvd_stale_resp]!++;
+    c.counts[Ctr.rcvd_stale_resp]!++;
     c.reason = Reason.STALE;
     return CompState.DROP;
   }
@@ -253,11 +253,11 @@ function readState(c: CompCtx): number {
   const w = c.wqe!;
   const psn = c.psn;
   if (w.op !== WrOp.RDMA_READ || psnDiff(psn, w.firstPsn) < 0 || psnDiff(psn, w.lastPsn) > 0) {
-    c.v[C.rcvd_stale_resp]!++;
+    c.counts[Ctr.rcvd_stale_resp]!++;
     c.reason = Reason.STALE;
     return CompState.DROP;
   }
-  c.reason = readResponse(c.qp, w, c.p, psnDiff(psn, w.firstPsn), c.v);
+  c.reason = readResponse(c.qp, w, c.p, psnDiff(psn, w.firstPsn), c.counts);
   return CompState.DONE;
 }
 
@@ -269,12 +269,12 @@ function atomicState(c: CompCtx): number {
   const w = c.wqe!;
   const psn = c.psn;
   if (!(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD) || psn !== w.firstPsn || psn !== qp.comp.psn) {
-    c.v[C.rcvd_stale_resp]!++;
+    c.counts[Ctr.rcvd_stale_resp]!++;
     c.reason = Reason.STALE;
     return CompState.DROP;
   }
   if (!sglUsable(w.sg, qp.pd, true)) {
-    c.status = St.LOC_PROT_ERR;
+    c.status = WcStatusIdx.LOC_PROT_ERR;
     c.reason = Reason.LOC_PROT;
     return CompState.ERROR;
   }
@@ -283,7 +283,7 @@ function atomicState(c: CompCtx): number {
   atomicOrig.writeBigUInt64LE(atomicOrigView.bind(c.p.buf, c.p.bthOff + hdrOff(c.p.opcode, Hdr.ATMACK)).origData, 0);
   scatterSgl(w.sg, 0, atomicOrig, 0, 8);
   qp.comp.psn = psnAdd(psn, 1);
-  completeWqe(qp, w, St.SUCCESS);
+  completeWqe(qp, w, WcStatusIdx.SUCCESS);
   madeProgress(qp);
   c.reason = Reason.ATOMIC_DONE;
   return CompState.DONE;
@@ -305,11 +305,11 @@ function errorRetry(c: CompCtx): number {
 function rnrRetry(c: CompCtx): number {
   const qp = c.qp;
   const head = c.wqe!;
-  c.v[C.rcvd_rnr_err]!++;
+  c.counts[Ctr.rcvd_rnr_err]!++;
   if (qp.comp.rnrRetry <= 0) {
-    c.v[C.retry_rnr_exceeded_err]!++;
+    c.counts[Ctr.retry_rnr_exceeded_err]!++;
     c.reason = Reason.RNR_EXCEEDED;
-    completeWqe(qp, head, St.RNR_RETRY_EXC_ERR);
+    completeWqe(qp, head, WcStatusIdx.RNR_RETRY_EXC_ERR);
     return CompState.DONE;
   }
   c.reason = Reason.RNR_NAK;

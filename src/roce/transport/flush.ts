@@ -4,7 +4,7 @@
  */
 import { WqeState } from './wqe.js';
 import { wcOpcodeFor, type TransportQp as Qp } from './types.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { stopAckTimer } from './retry.js';
 
 /** Moving to ERR (IBA 10.3.1): every outstanding WR completes with WR_FLUSH_ERR. */
@@ -22,12 +22,12 @@ export function flushQp(qp: Qp): void {
       w.byteLen = 0;
       w.qpn = qp.qpn;
       qp.sendCq.commit(true);
-    } else qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
+    } else qp.device.ports[qp.port - 1]!.counters.counts[Ctr.cq_overflow]!++;
     wqe.state = WqeState.DONE;
     wqe.rdCounted = false;
     qp.sqHead++;
   }
-  qp.req.idx = qp.sqHead;
+  qp.req.nextWqe = qp.sqHead;
   qp.req.rdAtomic = 0;
   if (qp.resp.wqe) {
     flushRecv(qp, qp.resp.wqe);
@@ -47,7 +47,7 @@ export function flushQp(qp: Qp): void {
 function flushRecv(qp: Qp, r: { wrId: number }): void {
   const w = qp.recvCq.slot();
   if (!w) {
-    qp.device.ports[qp.port - 1]!.counters.v[C.cq_overflow]!++;
+    qp.device.ports[qp.port - 1]!.counters.counts[Ctr.cq_overflow]!++;
     return;
   }
   w.wrId = r.wrId;

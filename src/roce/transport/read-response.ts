@@ -4,9 +4,9 @@
  */
 import type { SendWqe } from './wqe.js';
 import type { TransportQp as Qp } from './types.js';
-import { St } from './types.js';
+import { WcStatusIdx } from './types.js';
 import { psnAdd, psnDiff } from '../psn.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import type { PktInfo } from '../packet.js';
 import { scatterSgl, sglUsable } from './sgl.js';
 import { sendReadRequest } from './build.js';
@@ -35,7 +35,7 @@ export function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counte
   const total = w.lastPsn === w.firstPsn ? 1 : psnDiff(w.lastPsn, w.firstPsn) + 1;
   const done = psnDiff(qp.comp.psn, w.firstPsn); // responses in order so far
   if (idx < done || readBit(w, idx)) {
-    counters[C.rcvd_stale_resp]!++;
+    counters[Ctr.rcvd_stale_resp]!++;
     return Reason.STALE;
   } // a duplicate
   const mtu = qp.pathMtu;
@@ -44,12 +44,12 @@ export function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counte
   // Every response carries a full MTU but the last of the READ (a replayed part ends with a LAST
   // of a full MTU: where a response ends its own request is not where the READ ends).
   if (n > mtu || off + n > w.length || (n < mtu && off + n !== w.length)) {
-    completeWqe(qp, w, St.BAD_RESP_ERR);
+    completeWqe(qp, w, WcStatusIdx.BAD_RESP_ERR);
     return Reason.BAD_RESPONSE;
   }
   // The READ's local buffer may have been deregistered since the post: nothing lands in it.
   if (!sglUsable(w.sg, qp.pd, true)) {
-    completeWqe(qp, w, St.LOC_PROT_ERR);
+    completeWqe(qp, w, WcStatusIdx.LOC_PROT_ERR);
     return Reason.LOC_PROT;
   }
   scatterSgl(w.sg, off, p.buf, p.payloadOff, n);
@@ -70,7 +70,7 @@ export function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counte
   while (k < total && readBit(w, k)) k++;
   w.sent = Math.min(w.length, k * mtu);
   qp.comp.psn = psnAdd(w.firstPsn, k);
-  if (k === total) completeWqe(qp, w, St.SUCCESS);
+  if (k === total) completeWqe(qp, w, WcStatusIdx.SUCCESS);
   else if (w.rdMaxSeen - k > READ_REORDER_SLACK || w.rdMaxSeen === total - 1) askReadHole(qp, w, k, total);
   madeProgress(qp);
   return Reason.READ_DATA;
@@ -87,6 +87,6 @@ function askReadHole(qp: Qp, w: SendWqe, from: number, total: number): void {
   const port = qp.device.ports[qp.port - 1]!;
   if (!sendReadRequest(port, qp.dest, qp.destQpn, psnAdd(w.firstPsn, from), w.remoteAddr + BigInt(off), w.rkey, len)) return;
   w.rdAsked = from;
-  port.counters.v[C.read_hole_requests]!++;
+  port.counters.counts[Ctr.read_hole_requests]!++;
   armRetransmit(qp);
 }

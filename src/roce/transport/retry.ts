@@ -7,9 +7,9 @@
  */
 import { WqeState } from './wqe.js';
 import type { TransportQp as Qp } from './types.js';
-import { St, WrOp } from './types.js';
+import { WcStatusIdx, WrOp } from './types.js';
 import { psnAdd, psnDiff } from '../psn.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { CompState, Reason } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
 import { completeWqe } from './complete.js';
@@ -89,7 +89,7 @@ function restartRetransmit(qp: Qp): void {
 function onTimeout(qp: Qp): void {
   if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
   if (!unacked(qp)) return;
-  qp.device.ports[qp.port - 1]!.counters.v[C.timeouts]!++;
+  qp.device.ports[qp.port - 1]!.counters.counts[Ctr.timeouts]!++;
   qp.traceRing.record(Role.COMP, CompState.ERROR_RETRY, NO_OPCODE, qp.comp.psn, Reason.TIMEOUT);
   retry(qp);
 }
@@ -113,25 +113,25 @@ export function rewind(qp: Qp): void {
       w.state = WqeState.POSTED;
     }
   }
-  qp.req.idx = qp.sqHead;
+  qp.req.nextWqe = qp.sqHead;
   qp.req.psn = qp.comp.psn;
   qp.req.sinceAckReq = 0;
 }
 
 /** A transport retry (timeout, sequence NAK, implicit NAK): counted against retry_cnt. */
 export function retry(qp: Qp): void {
-  const counters = qp.device.ports[qp.port - 1]!.counters.v;
+  const counters = qp.device.ports[qp.port - 1]!.counters.counts;
   const head = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
   if (qp.comp.retryCnt <= 0) {
-    counters[C.retry_exceeded_err]!++;
+    counters[Ctr.retry_exceeded_err]!++;
     qp.traceRing.record(Role.COMP, CompState.ERROR, NO_OPCODE, qp.comp.psn, Reason.RETRY_EXCEEDED);
-    completeWqe(qp, head, St.RETRY_EXC_ERR);
+    completeWqe(qp, head, WcStatusIdx.RETRY_EXC_ERR);
     return;
   }
   // retry_cnt = 7 retries forever, as rxe does (rxe_comp.c; what ibv_rc_pingpong and perftest
   // ask for). The IBA reads 7 as a count; rxe is the reference here (README, "differs").
   if (qp.retryCnt !== 7) qp.comp.retryCnt--;
-  counters[C.completer_retry_err]!++;
+  counters[Ctr.completer_retry_err]!++;
   qp.req.window = Math.max(MIN_WINDOW, qp.req.window >> 1);
   qp.comp.retriedAt = qp.comp.psn;
   qp.comp.sampleP = -1; // Karn: no round-trip sample across a resend
@@ -148,8 +148,8 @@ export function madeProgress(qp: Qp): void {
   // restart the requester from comp.psn so PSNs keep matching their packets.
   if (psnDiff(qp.comp.psn, qp.req.psn) > 0) rewind(qp);
   // Additive increase: one more PSN of window per window's worth of progress.
-  if (qp.req.window < MAX_WINDOW && ++qp.req.grow >= qp.req.window >> 3) {
-    qp.req.grow = 0;
+  if (qp.req.window < MAX_WINDOW && ++qp.req.windowCredit >= qp.req.window >> 3) {
+    qp.req.windowCredit = 0;
     qp.req.window++;
   }
   // rxe resets the retry budgets whenever the peer makes progress.
