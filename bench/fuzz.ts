@@ -853,7 +853,7 @@ export async function runLiveFuzz(o: FuzzOptions): Promise<FuzzResult> {
         return;
       }
       res.kinds[d.kind] = (res.kinds[d.kind] ?? 0) + 1;
-      const v = t.dev.ports[0]!.counters.v;
+      const v = t.dev.ports[0]!.counters.counts;
       prev.set(v);
       const qp = qpOf(t, d.buf);
       fingerprint(qp, fpA);

@@ -41,22 +41,24 @@ export const COUNTER_NAMES = [
   'rcvd_no_recv_wqe',
   // tail-loss probes sent (requester.ts)
   'tail_probes',
-  // READ holes asked for again (completer.ts askReadHole)
+  // READ holes asked for again (read-response.ts askReadHole)
   'read_hole_requests',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
-export const C = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as { readonly [K in CounterName]: number };
+/** Counter name -> its index in `counts` (`port.counters.counts[Ctr.send_err]++`: an array store, no lookup by string). */
+export const Ctr = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as { readonly [K in CounterName]: number };
 
 export class Counters {
-  readonly v = new Float64Array(COUNTER_NAMES.length);
+  /** the counters' values, indexed by Ctr */
+  readonly counts = new Float64Array(COUNTER_NAMES.length);
   snapshot(): Record<CounterName, number> {
     const o = {} as Record<CounterName, number>;
     COUNTER_NAMES.forEach((n, i) => {
-      o[n] = this.v[i]!;
+      o[n] = this.counts[i]!;
     });
     return o;
   }
   reset(): void {
-    this.v.fill(0);
+    this.counts.fill(0);
   }
 }

@@ -84,3 +84,16 @@ export const ATTR: Omit<DeviceAttr, 'nodeGuid' | 'sysImageGuid'> = {
   physPortCnt: 1,
   maxMsgSize: 0x80000000,
 };
+
+/** The node GUID rxe derives from the netdev's MAC (EUI-64: the U/L bit flipped, FF:FE in the middle). */
+export function guidFromMac(mac: Uint8Array): bigint {
+  return (
+    (BigInt(mac[0]! ^ 2) << 56n) |
+    (BigInt(mac[1]!) << 48n) |
+    (BigInt(mac[2]!) << 40n) |
+    (0xfffen << 24n) |
+    (BigInt(mac[3]!) << 16n) |
+    (BigInt(mac[4]!) << 8n) |
+    BigInt(mac[5]!)
+  );
+}

@@ -8,29 +8,26 @@
  * Devices have an array of ports so a bonded device (LAG) can have two.
  */
 import { EventEmitter } from 'node:events';
-import { VerbsError, type ErrnoCode } from './errors.js';
+import { VerbsError } from './errors.js';
 import { emitGuarded } from './emit.js';
 import { Cq } from './cq.js';
-import { Pd, Srq, type Ah } from './objects.js';
+import { Pd, Srq } from './objects.js';
 import * as V from './validate.js';
-import { isIP } from 'node:net';
 import { Qp, type CreateQpOptions } from './qp.js';
 import { checkCreateQp, checkOpenGsi, type GsiOptions } from './qp-create.js';
 import type { Mr } from './mr.js';
-import { Counters, C } from '../roce/counters.js';
-import { RealScheduler, type Scheduler } from '../roce/sched.js';
-import { UdpLink } from '../roce/link/udp-link.js';
-import type { Link, RxHandler } from '../roce/link/link.js';
-import { FaultInjector, type FaultOptions } from '../roce/link/fault-link.js';
-import { PcapRecorder } from '../roce/link/pcap-recorder.js';
+import type { Scheduler } from '../roce/sched.js';
+import type { FaultInjector } from '../roce/link/fault-link.js';
+import type { PcapRecorder } from '../roce/link/pcap-recorder.js';
+import type { Link } from '../roce/link/link.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { Engine } from '../roce/transport/engine.js';
 import type { PortLike, QpEvent, TransportDevice, TransportQp } from '../roce/transport/types.js';
-import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
-import type { Mtu } from '../roce/opcode.js';
-import { ATTR, type DeviceAttr, type PortAttr } from './device-attr.js';
-import { activeMtuFor, buildGidTable, getDeviceList, netdevMtu, sysNetdevFor, type DeviceDescriptor, type GidEntry } from './discovery.js';
+import { ATTR, guidFromMac, type DeviceAttr, type PortAttr } from './device-attr.js';
+import { activeMtuFor, buildGidTable, netdevMtu, type GidEntry } from './discovery.js';
 import type { QpState } from './qp-state.js';
+import { defaultSgid, Port, portAttr, wireLink } from './port.js';
+import { openDeviceWith, releaseLinks, releaseObjects, type OpenDeviceOptions } from './open.js';
 
 export type AsyncEventType =
   | 'COMM_EST'
@@ -50,44 +47,6 @@ export interface AsyncEvent {
   cq?: Cq;
   srq?: Srq;
   port?: number;
-}
-
-export class Port implements PortLike {
-  readonly num: number;
-  readonly link: Link;
-  readonly netdev: string;
-  readonly address: string;
-  readonly ipNum: number;
-  readonly addrBytes: Uint8Array;
-  readonly gids: GidEntry[];
-  readonly counters = new Counters();
-  readonly activeMtu: Mtu;
-  readonly mac: Uint8Array;
-  constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidEntry[], activeMtu: Mtu) {
-    this.num = num;
-    this.link = link;
-    this.netdev = netdev;
-    this.address = link.localIp;
-    this.ipNum = link.family === 4 ? ipv4ToNumber(link.localIp) : 0;
-    this.addrBytes = link.family === 4 ? ipv4ToGid(link.localIp).subarray(12) : gidFromString(link.localIp);
-    this.gids = gids;
-    this.activeMtu = activeMtu;
-    this.mac = mac;
-  }
-}
-
-export interface OpenDeviceOptions {
-  name?: string;
-  netdev?: string;
-  address?: string;
-  udpPort?: number;
-  native?: 'auto' | 'on' | 'off';
-  /** for tests: a fake clock, an in-memory link, injected faults, a capture */
-  scheduler?: Scheduler;
-  link?: Link;
-  faults?: FaultOptions;
-  pcap?: string;
-  icrcIpv4?: 'infer-id' | 'id-zero';
 }
 
 let nextPdHandle = 1;
@@ -160,14 +119,7 @@ export class Device extends EventEmitter implements TransportDevice {
     super();
     this.name = name;
     this.sched = sched;
-    const guid =
-      (BigInt(mac[0]! ^ 2) << 56n) |
-      (BigInt(mac[1]!) << 48n) |
-      (BigInt(mac[2]!) << 40n) |
-      (0xfffen << 24n) |
-      (BigInt(mac[3]!) << 16n) |
-      (BigInt(mac[4]!) << 8n) |
-      BigInt(mac[5]!);
+    const guid = guidFromMac(mac);
     this.attr = { ...ATTR, nodeGuid: guid, sysImageGuid: guid };
   }
 
@@ -175,36 +127,22 @@ export class Device extends EventEmitter implements TransportDevice {
   addPort(link: Link, netdev: string, mac: Uint8Array): Port {
     const p = new Port(this.ports.length + 1, link, netdev, mac, buildGidTable(netdev, mac, link.localIp), activeMtuFor(netdevMtu(netdev)));
     this.ports.push(p);
-    link.setReceiver((buf, len, srcIp, srcPort, ipIdDf) => {
-      deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf);
-      const w = this.rxWaiter;
-      if (w !== null) {
-        this.rxWaiter = null;
-        w();
-      }
-    });
-    // The link's tx pool drained, or its socket held packets late: the transport's scheduling reacts (engine.ts).
-    const onDrain = (): void => this.engine.drained(p);
-    const onLate = (heldMs: unknown): void => this.engine.late(p, heldMs as number);
-    const onLink = (up: unknown): void => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num });
-    // A socket error (an ICMP error reported on a later send, say) is the datagram's loss, which
-    // the transport recovers from: counted, never thrown (an 'error' event nobody hears would
-    // take the process down).
-    const onError = (): void => {
-      p.counters.v[C.send_err]!++;
-    };
-    link.on('drain', onDrain);
-    link.on('late', onLate);
-    link.on('link', onLink);
-    link.on('error', onError);
-    // A link outlives the device when the caller passed it in (or something holds it): it must not hold the device.
-    this.unwire.push(() => {
-      link.off('drain', onDrain);
-      link.off('late', onLate);
-      link.off('link', onLink);
-      link.off('error', onError);
-      link.setReceiver(dropRx);
-    });
+    this.unwire.push(
+      wireLink(p, {
+        rx: (buf, len, srcIp, srcPort, ipIdDf) => {
+          deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf);
+          const w = this.rxWaiter;
+          if (w !== null) {
+            this.rxWaiter = null;
+            w();
+          }
+        },
+        // The link's tx pool drained, or its socket held packets late: the transport's scheduling reacts (engine.ts).
+        drain: () => this.engine.drained(p),
+        late: (heldMs) => this.engine.late(p, heldMs),
+        link: (up) => this.asyncEvent({ type: up ? 'PORT_ACTIVE' : 'PORT_ERR', port: p.num }),
+      }),
+    );
     return p;
   }
 
@@ -220,26 +158,7 @@ export class Device extends EventEmitter implements TransportDevice {
   queryPort(port = 1): PortAttr {
     this.live('ibv_query_port');
     V.int('ibv_query_port', 'port', port, 1, this.ports.length);
-    const p = this.ports[port - 1]!;
-    return {
-      state: p.link.up ? 'ACTIVE' : 'DOWN',
-      maxMtu: 4096,
-      activeMtu: p.activeMtu,
-      gidTblLen: 1024,
-      portCapFlags: 0x00010000 | 0x04000000,
-      maxMsgSz: this.attr.maxMsgSize,
-      pkeyTblLen: 1,
-      lid: 0,
-      smLid: 0,
-      lmc: 0,
-      linkLayer: 'Ethernet',
-      activeWidth: '1X',
-      activeSpeed: '2.5 Gbps',
-      physState: p.link.up ? 'LINK_UP' : 'DISABLED',
-      netdev: p.netdev,
-      address: p.address,
-      backend: p.link.caps.backend,
-    };
+    return portAttr(this.ports[port - 1]!, this.attr.maxMsgSize);
   }
 
   gidTable(port = 1): readonly GidEntry[] {
@@ -250,10 +169,7 @@ export class Device extends EventEmitter implements TransportDevice {
   /** The RoCE v2 GID of the bound address: what QPs use unless told otherwise. */
   defaultSgidIndex(port = 1): number {
     V.int('ibv_query_gid', 'port', port, 1, this.ports.length);
-    const p = this.ports[port - 1]!;
-    const want = p.link.family === 4 ? ipv4ToGid(p.address) : gidFromString(p.address);
-    const e = p.gids.find((g) => g.type === 'RoCE v2' && Buffer.from(g.gid).equals(Buffer.from(want)));
-    return e ? e.index : 0;
+    return defaultSgid(this.ports[port - 1]!);
   }
 
   allocPd(): Pd {
@@ -419,42 +335,13 @@ export class Device extends EventEmitter implements TransportDevice {
         failures.push(e);
       }
     };
-    for (const qp of [...this.qps.values()]) step(() => qp.close());
-    for (const pd of [...this.pds]) {
-      for (const ah of [...pd.ahs] as Ah[]) step(() => ah.close());
-      for (const mr of [...pd.mrs]) step(() => mr.close());
-      for (const s of [...pd.srqs]) step(() => s.close());
-    }
-    for (const pd of [...this.pds]) step(() => pd.close());
-    for (const cq of [...this.cqs]) step(() => cq.close());
-    this.qps.clear();
-    this.mrByLkey.clear();
-    this.mrByRkey.clear();
-    this.pds.clear();
-    this.cqs.clear();
+    releaseObjects(this, step);
     this.gsi = null;
     // A nextRx() waiter would otherwise wait forever: it wakes to a closed device.
     const w = this.rxWaiter;
     this.rxWaiter = null;
     if (w !== null) step(w);
-    // The wrappers stop (timers, the file) whether or not the links below them close.
-    if (this.faults) step(() => void this.faults!.detach()); // synchronous: nothing arrives after it
-    for (const u of this.unwire) step(u);
-    this.unwire.length = 0;
-    try {
-      await this.recorder?.detach();
-    } catch (e) {
-      failures.push(e);
-    }
-    if (closeLinks) {
-      for (const p of this.ports) {
-        try {
-          await p.link.close();
-        } catch (e) {
-          failures.push(e);
-        }
-      }
-    }
+    await releaseLinks(this, this.unwire, closeLinks, step, failures);
     if (failures.length > 0) throw failures[0];
   }
   async [Symbol.asyncDispose](): Promise<void> {
@@ -462,94 +349,15 @@ export class Device extends EventEmitter implements TransportDevice {
   }
 }
 
-/** openDevice's argument checks: all before a socket is bound. */
-function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
-  const op = 'ibv_open_device';
-  V.obj(op, 'options', o);
-  V.optStr(op, 'name', o.name);
-  V.optStr(op, 'netdev', o.netdev);
-  V.optStr(op, 'address', o.address);
-  if (o.address !== undefined && isIP(o.address) === 0) V.fail(op, 'address', `must be an IPv4 or IPv6 address, got ${JSON.stringify(o.address)}`);
-  V.optInt(op, 'udpPort', o.udpPort, 1, 65535);
-  V.optOneOf(op, 'native', o.native, ['auto', 'on', 'off'] as const);
-  V.optOneOf(op, 'icrcIpv4', o.icrcIpv4, ['infer-id', 'id-zero'] as const);
-  V.optStr(op, 'pcap', o.pcap);
-  if (o.pcap === '') V.fail(op, 'pcap', 'must be a file name');
-  V.optObj(op, 'scheduler', o.scheduler);
-  V.optObj(op, 'link', o.link);
-  if (o.faults !== undefined) {
-    const f = o.faults;
-    V.obj(op, 'faults', f);
-    V.int(op, 'faults.seed', f.seed, Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
-    for (const k of ['dropPct', 'dupPct', 'reorderPct', 'corruptPct', 'delayPct'] as const) V.pct(op, `faults.${k}`, f[k]);
-    if (f.delayMs !== undefined && (typeof f.delayMs !== 'number' || !Number.isFinite(f.delayMs) || f.delayMs < 0 || f.delayMs > 60_000)) {
-      V.fail(op, 'faults.delayMs', `must be a number of ms in 0..60000, got ${String(f.delayMs)}`);
-    }
-  }
-}
-
-/** Opens a device: by name from the device list, or by address (binding UDP 4791 there). */
-export async function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
-  checkOpenDeviceOptions(o);
-  let desc: DeviceDescriptor | undefined;
-  if (o.name && !o.address) {
-    desc = getDeviceList().find((d) => d.name === o.name);
-    if (!desc) throw new VerbsError('ENODEV', 'ibv_open_device', `no device named ${o.name}`, 'name');
-  }
-  const address = o.address ?? desc?.address ?? '127.0.0.1';
-  const sched = o.scheduler ?? new RealScheduler();
-  const found = sysNetdevFor(address);
-  const netdev = o.netdev ?? desc?.netdev ?? found.netdev;
-  // UdpLink.open releases its socket itself when it fails.
-  const base: Link = o.link ?? (await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' }));
-  // From here on, whatever fails releases what was taken (the socket, the injector's timers, the
-  // recorder's file): a failed open must not leave UDP 4791 bound. A link the caller passed in
-  // stays theirs: it is detached from the device, not closed.
-  let dev: Device | null = null;
-  try {
-    const name = o.name ?? desc?.name ?? `softroce_${address}`;
-    dev = new Device(name, sched, found.mac);
-    // The port's link is the backend wrapped: pcap(faults(base)), so the capture holds what the
-    // device received after the faults and what it sent.
-    let link = base;
-    if (o.faults) link = dev.faults = new FaultInjector(link, o.faults, sched);
-    if (o.pcap) {
-      link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => {
-        throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap');
-      });
-    }
-    dev.addPort(link, netdev || 'lo', found.mac);
-    if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
-    return dev;
-  } catch (e) {
-    if (dev)
-      await dev.abortOpen(o.link === undefined).catch(() => {
-        /* the open's own error is the one to report */
-      });
-    // Not yet a port's link (the recorder's file failed), so the teardown did not close it.
-    if (o.link === undefined && (dev === null || dev.ports.length === 0))
-      await base.close().catch(() => {
-        /* as above */
-      });
-    throw e;
-  }
-}
-
-/** A closed device's links drop what still arrives. */
-const dropRx: RxHandler = () => {
-  /* device closed */
-};
-
-const FS_ERRNO: ReadonlySet<string> = new Set<ErrnoCode>(['ENOENT', 'EACCES', 'EPERM', 'EEXIST', 'ENOSPC', 'EINVAL', 'EBUSY']);
-
-/** A Node fs error as the VerbsError a C caller would see: its errno when we model it, else EINVAL (e.g. EISDIR). */
-function fsError(e: unknown, op: string, what: string, argument: string): VerbsError {
-  const code = (e as NodeJS.ErrnoException | null)?.code ?? '';
-  const msg = e instanceof Error ? e.message : String(e);
-  return new VerbsError(FS_ERRNO.has(code) ? (code as ErrnoCode) : 'EINVAL', op, `cannot open ${what}: ${msg}`, argument);
+/** Opens a device: by name from the device list, or by address (binding UDP 4791 there). The steps are in open.ts. */
+export function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
+  return openDeviceWith(o, (name, sched, mac) => new Device(name, sched, mac));
 }
 
 export type { QpState };
+// The port and opening a device live in port.ts and open.ts; their public names stay importable from here.
+export { Port } from './port.js';
+export type { OpenDeviceOptions } from './open.js';
 // Discovery lives in discovery.ts; its public names stay importable from here.
 export { getDeviceList, buildGidTable, activeMtuFor } from './discovery.js';
 export type { GidType, GidEntry, DeviceDescriptor } from './discovery.js';

@@ -6,16 +6,13 @@
  * over a Qp through the TransportQp interface it implements.
  */
 import { randomInt } from 'node:crypto';
-import { VerbsError, InvalidQpAttrError } from './errors.js';
-import { assertQpTransition, QP_STATES, type QpState, type QpType } from './qp-state.js';
-import { ACCESS, accessBits, type Access, type RecvWr, type SendWr, type Sge } from './types.js';
-import { checkRecvWr, type Pd, type Srq } from './objects.js';
+import { VerbsError } from './errors.js';
+import type { QpState, QpType } from './qp-state.js';
+import { accessBits, type RecvWr, type SendWr } from './types.js';
+import type { Pd, Srq } from './objects.js';
 import type { Cq } from './cq.js';
 import type { Device } from './device.js';
-import { Mr } from './mr.js';
-import * as V from './validate.js';
-import { gidFromString, gidToIpv4Number, gidToString, type Gid } from '../roce/gid.js';
-import { gidToAddress } from './objects.js';
+import type { Mr } from './mr.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
 import type { Dest } from '../roce/transport/types.js';
@@ -23,22 +20,18 @@ import { ReqState, CompState, RespState } from '../roce/transport/state.js';
 import type { TransportQp } from '../roce/transport/types.js';
 import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';
 import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
-import { flushQp, stopAckTimer } from '../roce/transport/completer.js';
+import { flushQp } from '../roce/transport/flush.js';
+import { stopAckTimer } from '../roce/transport/retry.js';
 import { flushAck } from '../roce/transport/responder.js';
-import {
-  checkQpAttrValues,
-  checkRemoteEndpoint,
-  type Av,
-  type CreateQpOptions,
-  type MrEndpoint,
-  type QpAttrs,
-  type QpCap,
-  type QpEndpoint,
-} from './qp-attrs.js';
-import { checkSendWr, fillSendWqe } from './send-wr.js';
+import type { CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
+import { checkModify, destOf, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
+import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
+import { postRecvList, postSendList } from './qp-post.js';
 
 // The attribute types moved to qp-attrs.ts; importable from here as before.
 export type { Av, CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
+export type { InitOptions, QpAv, RtrOptions, RtsOptions } from './qp-modify.js';
+export type { QpInfo } from './qp-query.js';
 
 export class Qp implements TransportQp {
   readonly device: Device;
@@ -73,7 +66,7 @@ export class Qp implements TransportQp {
   #rnrRetry = 0;
   #maxRdAtomic = 0;
   #sqDrainNotify = false;
-  #av: (Required<Omit<Av, 'dgid'>> & { dgid: Gid }) | null = null;
+  #av: QpAv | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
   #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0 };
 
@@ -138,7 +131,7 @@ export class Qp implements TransportQp {
   get sqDrainNotify(): boolean {
     return this.#sqDrainNotify;
   }
-  get av(): Readonly<Required<Omit<Av, 'dgid'>> & { dgid: Gid }> | null {
+  get av(): Readonly<QpAv> | null {
     return this.#av;
   }
   /** @internal where RC/UC packets go */
@@ -183,19 +176,8 @@ export class Qp implements TransportQp {
   /** ibv_modify_qp. The keys present are the attribute mask; nothing changes unless all checks pass. */
   modify(attrs: QpAttrs): void {
     this.live('ibv_modify_qp');
-    V.obj('ibv_modify_qp', 'attrs', attrs);
-    V.optOneOf('ibv_modify_qp', 'state', attrs.state, QP_STATES);
-    V.optOneOf('ibv_modify_qp', 'curState', attrs.curState, QP_STATES);
-    const keys = Object.keys(attrs).filter((k) => (attrs as Record<string, unknown>)[k] !== undefined && k !== 'state');
-    const from = attrs.curState ?? this.state;
-    if (attrs.curState !== undefined && attrs.curState !== this.state) {
-      throw new VerbsError('EINVAL', 'ibv_modify_qp', `curState ${attrs.curState} is not the QP's state ${this.state}`, 'curState');
-    }
-    const to = attrs.state ?? this.state;
-    if (attrs.state === undefined && keys.length === 0) return;
-    assertQpTransition(this.type, from, to, keys);
-    checkQpAttrValues(attrs, this.device, this.port);
-    this.apply(attrs, to);
+    const to = checkModify(this, attrs);
+    if (to !== null) this.apply(attrs, to);
   }
 
   private apply(a: QpAttrs, to: QpState): void {
@@ -222,25 +204,8 @@ export class Qp implements TransportQp {
     if (a.maxRdAtomic !== undefined) this.#maxRdAtomic = a.maxRdAtomic;
     if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
     if (a.av !== undefined) {
-      const g = typeof a.av.dgid === 'string' ? gidFromString(a.av.dgid) : a.av.dgid;
-      this.#av = {
-        dgid: g,
-        sgidIndex: a.av.sgidIndex ?? 0,
-        hopLimit: a.av.hopLimit ?? 64,
-        trafficClass: a.av.trafficClass ?? 0,
-        flowLabel: a.av.flowLabel ?? 0,
-        sl: a.av.sl ?? 0,
-        udpPort: a.av.udpPort ?? 4791,
-      };
-      const addr = gidToAddress(g);
-      this.#dest = {
-        ip: addr.ip,
-        ipNum: addr.family === 4 ? gidToIpv4Number(g) : 0,
-        family: addr.family,
-        port: this.#av.udpPort,
-        bytes: g,
-        tos: this.#av.trafficClass & 0xff,
-      };
+      this.#av = qpAv(a.av);
+      this.#dest = destOf(this.#av);
     }
     if (a.rqPsn !== undefined) {
       this.#rqPsn = a.rqPsn;
@@ -281,13 +246,8 @@ export class Qp implements TransportQp {
     this.#commEst = false;
   }
 
-  toInit(o: { port?: number; pkeyIndex?: number; accessFlags?: readonly Access[]; qkey?: number } = {}): this {
-    V.obj('ibv_modify_qp', 'options', o);
-    const a: QpAttrs = { state: 'INIT', port: o.port ?? 1, pkeyIndex: o.pkeyIndex ?? 0 };
-    if (this.type === 'UD' || this.type === 'GSI') a.qkey = o.qkey ?? 0;
-    else a.accessFlags = o.accessFlags ?? [];
-    if (this.type === 'GSI') delete a.port;
-    this.modify(a);
+  toInit(o: InitOptions = {}): this {
+    this.modify(initAttrs(this, o));
     return this;
   }
   /**
@@ -295,57 +255,13 @@ export class Qp implements TransportQp {
    * its JSON); the receive PSN is `rqPsn`, else `remote.psn`: there is no default, since a wrong
    * expected PSN silently drops the peer's first messages (and a fixed one can be guessed).
    */
-  toRtr(
-    o: {
-      remote?: { qpn: number; psn?: number; gid: Gid | string; udpPort?: number };
-      pathMtu?: Mtu;
-      rqPsn?: number;
-      maxDestRdAtomic?: number;
-      minRnrTimer?: number;
-      sgidIndex?: number;
-      hopLimit?: number;
-      trafficClass?: number;
-    } = {},
-  ): this {
-    const op = 'ibv_modify_qp';
-    V.obj(op, 'options', o);
-    if (this.type === 'UD' || this.type === 'GSI') {
-      this.modify({ state: 'RTR' });
-      return this;
-    }
-    if (o.remote === undefined) throw new InvalidQpAttrError(this.state, 'RTR', ['av', 'destQpn'], []);
-    checkRemoteEndpoint(op, 'remote', o.remote);
-    V.optInt(op, 'sgidIndex', o.sgidIndex, 0, 0xffff);
-    V.optInt(op, 'hopLimit', o.hopLimit, 0, 255);
-    V.optInt(op, 'trafficClass', o.trafficClass, 0, 255);
-    const rqPsn = o.rqPsn ?? o.remote.psn;
-    if (rqPsn === undefined) V.fail(op, 'rqPsn', "the peer's initial PSN is required (rqPsn or remote.psn)");
-    const av: Av = {
-      dgid: o.remote.gid,
-      sgidIndex: o.sgidIndex ?? this.device.defaultSgidIndex(),
-      hopLimit: o.hopLimit ?? 64,
-      trafficClass: o.trafficClass ?? 0,
-    };
-    if (o.remote.udpPort !== undefined) av.udpPort = o.remote.udpPort;
-    const a: QpAttrs = { state: 'RTR', av, pathMtu: o.pathMtu ?? 1024, destQpn: o.remote.qpn, rqPsn };
-    if (this.type === 'RC') {
-      a.maxDestRdAtomic = o.maxDestRdAtomic ?? 1;
-      a.minRnrTimer = o.minRnrTimer ?? 12;
-    }
-    this.modify(a);
+  toRtr(o: RtrOptions = {}): this {
+    this.modify(rtrAttrs(this, o));
     return this;
   }
   /** RTR → RTS. `sqPsn` defaults to this QP's random initial PSN, the one endpoint() gave the peer. */
-  toRts(o: { sqPsn?: number; timeout?: number; retryCnt?: number; rnrRetry?: number; maxRdAtomic?: number } = {}): this {
-    V.obj('ibv_modify_qp', 'options', o);
-    const a: QpAttrs = { state: 'RTS', sqPsn: o.sqPsn ?? this.sqPsn };
-    if (this.type === 'RC') {
-      a.timeout = o.timeout ?? 14;
-      a.retryCnt = o.retryCnt ?? 7;
-      a.rnrRetry = o.rnrRetry ?? 7;
-      a.maxRdAtomic = o.maxRdAtomic ?? 1;
-    }
-    this.modify(a);
+  toRts(o: RtsOptions = {}): this {
+    this.modify(rtsAttrs(this, o));
     return this;
   }
 
@@ -359,21 +275,7 @@ export class Qp implements TransportQp {
   endpoint(o: { mr: Mr; sgidIndex?: number }): QpEndpoint & MrEndpoint;
   endpoint(o: { mr?: Mr; sgidIndex?: number }): QpEndpoint & Partial<MrEndpoint>;
   endpoint(o: { mr?: Mr; sgidIndex?: number } = {}): QpEndpoint & Partial<MrEndpoint> {
-    const op = 'endpoint';
-    V.obj(op, 'options', o);
-    const gids = this.device.ports[this.port - 1]!.gids;
-    V.optInt(op, 'sgidIndex', o.sgidIndex, 0, gids.length - 1);
-    const ep: QpEndpoint & Partial<MrEndpoint> = {
-      qpn: this.qpn,
-      psn: this.sqPsn,
-      gid: gidToString(gids[o.sgidIndex ?? this.device.defaultSgidIndex(this.port)]!.gid),
-    };
-    if (o.mr !== undefined) {
-      if (!(o.mr instanceof Mr) || o.mr.closed) V.fail(op, 'mr', 'must be a registered, open MR');
-      ep.addr = '0x' + o.mr.addr.toString(16);
-      ep.rkey = o.mr.rkey;
-    }
-    return ep;
+    return qpEndpoint(this, o);
   }
 
   /**
@@ -385,33 +287,9 @@ export class Qp implements TransportQp {
     return this.traceRing.entries();
   }
 
-  query(): Readonly<
-    Omit<QpAttrs, 'accessFlags' | 'av'> & { state: QpState; accessFlags: Access[]; av: Qp['av']; qpn: number; type: QpType; cap: Required<QpCap> }
-  > {
+  query(): QpInfo {
     this.live('ibv_query_qp');
-    const flags = (Object.keys(ACCESS) as Access[]).filter((k) => this.accessFlags & ACCESS[k]);
-    return {
-      state: this.state,
-      qpn: this.qpn,
-      type: this.type,
-      cap: { ...this.cap },
-      port: this.port,
-      pkeyIndex: this.pkeyIndex,
-      qkey: this.qkey,
-      accessFlags: flags,
-      av: this.av,
-      pathMtu: this.pathMtu,
-      destQpn: this.destQpn,
-      rqPsn: this.resp.psn,
-      sqPsn: this.req.psn,
-      maxDestRdAtomic: this.maxDestRdAtomic,
-      minRnrTimer: this.minRnrTimer,
-      timeout: this.timeout,
-      retryCnt: this.retryCnt,
-      rnrRetry: this.rnrRetry,
-      maxRdAtomic: this.maxRdAtomic,
-      enSqdAsyncNotify: this.sqDrainNotify,
-    };
+    return queryQp(this);
   }
 
   /**
@@ -420,39 +298,13 @@ export class Qp implements TransportQp {
    */
   postSend(wr: SendWr | readonly SendWr[]): void {
     this.live('ibv_post_send');
-    const op = 'ibv_post_send';
-    const list: readonly SendWr[] = Array.isArray(wr) ? wr : [wr as SendWr];
-    if (this.state === 'RESET' || this.state === 'INIT' || this.state === 'RTR') {
-      throw new VerbsError('EINVAL', op, `QP ${this.qpn} is in ${this.state}; sends need RTS`, 'qp');
-    }
-    if (this.sqTail - this.sqHead + list.length > this.cap.maxSendWr) throw new VerbsError('ENOMEM', op, 'send queue is full', 'wr');
-    // Validate every WR before queueing any (a failed post queues nothing).
-    for (const w of list) checkSendWr(this, w);
-    for (const w of list) {
-      fillSendWqe(this, this.sq[this.sqTail % this.cap.maxSendWr]!, w);
-      this.sqTail++;
-    }
-    if (this.state === 'ERR') flushQp(this);
-    else this.device.kick(this, true);
+    postSendList(this, wr);
   }
 
   /** ibv_post_recv. A list is all-or-nothing; every SGE must be writable memory of this QP's PD. */
   postRecv(wr: RecvWr | readonly RecvWr[]): void {
     this.live('ibv_post_recv');
-    const op = 'ibv_post_recv';
-    if (this.srq) throw new VerbsError('EINVAL', op, 'this QP uses an SRQ: post to the SRQ', 'qp');
-    if (this.state === 'RESET') throw new VerbsError('EINVAL', op, 'QP is in RESET', 'qp');
-    const list: readonly RecvWr[] = Array.isArray(wr) ? wr : [wr as RecvWr];
-    if (this.rqCount + list.length > this.cap.maxRecvWr) throw new VerbsError('ENOMEM', op, 'receive queue is full', 'wr');
-    for (const w of list) checkRecvWr(w, this.pd, this.cap.maxRecvSge, op);
-    for (const w of list) {
-      const e = this.rq[(this.rqHead + this.rqCount) % this.cap.maxRecvWr]!;
-      e.wrId = w.wrId;
-      e.sg = w.sg.slice();
-      e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
-      this.rqCount++;
-    }
-    if (this.state === 'ERR') flushQp(this);
+    postRecvList(this, wr);
   }
 
   /** Transport: the next receive WQE, from the SRQ or the RQ. */

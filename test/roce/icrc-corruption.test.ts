@@ -17,7 +17,7 @@
 import t from 'tap';
 import { readFileSync, closeSync } from 'node:fs';
 import { deviceRx } from '../../src/roce/transport/recv.js';
-import { C } from '../../src/roce/counters.js';
+import { Ctr } from '../../src/roce/counters.js';
 import { Ipv4IdWindow, checkIcrcV4, icrcIdDelta, icrcV2Ipv4Parts, inferIpv4Id, inferIpv4IdDf, writeIcrc } from '../../src/roce/icrc.js';
 import { readCapture } from '../../src/roce/pcap.js';
 import { decodeFrame, ibOffset } from '../../src/roce/framing.js';
@@ -48,23 +48,23 @@ function packet(n: number, seed: number, id: number, srcPort = SPORT): Buffer {
 
 /** deviceRx with a device that has no QPs: a packet that passes parsing and the ICRC ends as rcvd_unknown_qp. */
 function receiver(mode: 'infer-id' | 'id-zero') {
-  const v = new Float64Array(64);
+  const counts = new Float64Array(64);
   const dev = { closed: false, icrcIpv4: mode, qps: new Map(), gsi: null } as unknown as Device;
   const port = {
     num: 1,
-    counters: { v },
+    counters: { counts },
     link: { family: 4, localPort: DPORT },
     ipNum: DST,
     addrBytes: new Uint8Array([127, 0, 10, 2]),
     recorderRx: null,
   } as unknown as Port;
   return {
-    v,
+    counts,
     /** Whether the packet got past the parser and the ICRC check. ipIdDf: what a raw socket saw, if anything. */
     pass(pkt: Buffer, ipIdDf?: number): boolean {
-      const before = v[C.rcvd_icrc_err]! + v[C.rcvd_malformed]!;
+      const before = counts[Ctr.rcvd_icrc_err]! + counts[Ctr.rcvd_malformed]!;
       deviceRx(dev, port, pkt, pkt.length, SRC_STR, SPORT, ipIdDf);
-      return v[C.rcvd_icrc_err]! + v[C.rcvd_malformed]! === before;
+      return counts[Ctr.rcvd_icrc_err]! + counts[Ctr.rcvd_malformed]! === before;
     },
   };
 }

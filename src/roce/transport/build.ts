@@ -7,7 +7,7 @@ import { OPCODE_LEN, OPCODES, Hdr, OPC, TRANSPORT_PREFIX } from '../opcode.js';
 import { AethView, RethView } from '../wire/exth.js';
 import { padFor } from '../psn.js';
 import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import type { PortLike as Port, Dest } from './types.js';
 
 /** Writes the BTH (IBA 9.2) at 0. */
@@ -74,7 +74,7 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
       : icrcV2Ipv6Parts(port.addrBytes, d.bytes, link.localPort, d.port, b, 0, icrcOff);
   writeIcrc(b, icrcOff, c);
   const len = icrcOff + 4;
-  port.counters.v[C.sent_pkts]!++;
+  port.counters.counts[Ctr.sent_pkts]!++;
   link.send(b, len, d.ip, d.port, d.tos);
 }
 

@@ -7,9 +7,9 @@
  * Device, which owns one Engine and forwards kick / waitTx / holdNew to it.
  */
 import { psnDiff } from '../psn.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { runRequester } from './requester.js';
-import { ackTimeoutMs, armRetransmit } from './completer.js';
+import { ackTimeoutMs, armRetransmit } from './retry.js';
 import { runReads } from './responder.js';
 import type { TimerHandle } from '../sched.js';
 import type { PortLike, TransportDevice, TransportQp } from './types.js';
@@ -97,7 +97,7 @@ export class Engine {
     if (now - this.capAt < 2) return;
     this.capAt = now;
     let r = 0;
-    for (const p of this.host.ports) r += p.counters.v[C.completer_retry_err]!;
+    for (const p of this.host.ports) r += p.counters.counts[Ctr.completer_retry_err]!;
     if (r !== this.capRetries) this.cap = Math.max(INFLIGHT_MIN, this.cap >> 1);
     else if (this.cap < INFLIGHT_MAX) this.cap += 8;
     this.capRetries = r;
@@ -158,7 +158,7 @@ export class Engine {
   private park(qp: TransportQp): void {
     const c = qp.comp;
     if (c.deadline === Infinity && c.probeAt === Infinity) return;
-    if (qp.req.idx >= qp.sqTail || psnDiff(qp.req.psn, c.psn) >= qp.req.window || c.rnrTimer) return; // nothing it could send now
+    if (qp.req.nextWqe >= qp.sqTail || psnDiff(qp.req.psn, c.psn) >= qp.req.window || c.rnrTimer) return; // nothing it could send now
     c.deadline = Infinity;
     c.probeAt = Infinity;
     this.parked.add(qp);

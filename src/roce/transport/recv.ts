@@ -10,7 +10,7 @@ import { Op } from '../opcode.js';
 import { OPCODE_TRANSPORT } from '../opcode.js';
 import { qpTransportPrefix } from './build.js';
 import { BthView } from '../wire/bth.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
 import { onResponse } from './completer.js';
@@ -47,11 +47,11 @@ let lastWinPort: object | null = null,
 
 /** ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. */
 export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1): void {
-  const v = port.counters.v;
-  v[C.rcvd_pkts]!++;
+  const counts = port.counters.counts;
+  counts[Ctr.rcvd_pkts]!++;
   if (dev.closed) return;
   if (parseIb(info, buf, 0, len) !== 0) {
-    v[C.rcvd_malformed]!++;
+    counts[Ctr.rcvd_malformed]!++;
     return;
   }
   let ipId = 0,
@@ -67,7 +67,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
       lastSrc = src;
     }
     if (src < 0) {
-      v[C.rcvd_bad_addr]!++;
+      counts[Ctr.rcvd_bad_addr]!++;
       return;
     }
     // The real IPv4 ID when the link read the IP header (full CRC-32), else a bounded inference (icrc.ts).
@@ -80,7 +80,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     lastWin = win;
     const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (r < 0) {
-      v[C.rcvd_icrc_err]!++;
+      counts[Ctr.rcvd_icrc_err]!++;
       return;
     }
     ipId = r & 0xffff;
@@ -94,7 +94,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     srcBytes = v6(srcIp);
     const c = icrcV2Ipv6Parts(srcBytes, port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (c !== readIcrc(buf, info.icrcOff)) {
-      v[C.rcvd_icrc_err]!++;
+      counts[Ctr.rcvd_icrc_err]!++;
       return;
     }
   }
@@ -102,28 +102,31 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   // P_Key: our table has the default partition only; the membership bit is not compared (rxe check_keys).
   const bth = rxBth.bind(buf, info.bthOff);
   if ((bth.pkey & 0x7fff) !== 0x7fff) {
-    v[C.rcvd_bad_pkey]!++;
+    counts[Ctr.rcvd_bad_pkey]!++;
     return;
   }
   const qpn = bth.destQp;
-  const qp = qpn === 1 ? dev.gsi : qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
+  // QP1 (GSI) needs no case of its own: openGsi registers it in qps under QPN 1 like any QP, and no
+  // other QP gets a QPN below 0x11 (device.createQpFor). QP0 (SMI) does not exist on RoCE and
+  // 0xFFFFFF is the multicast QPN, which softroce does not join.
+  const qp = qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
   if (!qp || qp.closed) {
-    v[C.rcvd_unknown_qp]!++;
+    counts[Ctr.rcvd_unknown_qp]!++;
     return;
   }
   if (!transportOk(qp.type, info.opcode)) {
-    v[C.rcvd_bad_opcode]!++;
+    counts[Ctr.rcvd_bad_opcode]!++;
     return;
   }
   if (qp.port !== port.num) {
-    v[C.rcvd_bad_state]!++;
+    counts[Ctr.rcvd_bad_state]!++;
     return;
   }
   // rxe check_addr: a connected QP takes packets (requests and responses alike) only from the
   // address in its AV. Compared as bytes: an address string has many spellings ("::1" and
   // "0:0:0:0:0:0:0:1"), a GID has one. A QP without an AV (RESET, INIT) is refused by state below.
   if ((qp.type === 'RC' || qp.type === 'UC') && qp.av !== null && !fromPeer(qp.dest.bytes, srcBytes)) {
-    v[C.rcvd_bad_addr]!++;
+    counts[Ctr.rcvd_bad_addr]!++;
     return;
   }
   // Last line of defence: a bug in a role must not take the process (or another QP) down. The
@@ -132,7 +135,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipId, srcBytes);
     else onResponse(qp, info);
   } catch {
-    v[C.rcvd_internal_err]!++;
+    counts[Ctr.rcvd_internal_err]!++;
     qpFatal(qp);
   }
 }

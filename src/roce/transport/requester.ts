@@ -15,9 +15,10 @@ import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
 import { gatherSgl, sglUsable } from './sgl.js';
-import { ackTimeoutMs, armRetransmit, completeUnacked, completeWqe } from './completer.js';
-import { St } from './types.js';
-import { C } from '../counters.js';
+import { ackTimeoutMs, armRetransmit } from './retry.js';
+import { completeUnacked, completeWqe } from './complete.js';
+import { WcStatusIdx } from './types.js';
+import { Ctr } from '../counters.js';
 import type { PortLike as Port } from './types.js';
 import { MESSAGE_OPCODES, OPC, type MessageOpcodes } from '../opcode.js';
 import { qpTransportPrefix, writeReth } from './build.js';
@@ -71,7 +72,7 @@ export function runRequester(qp: Qp, max = BUDGET): number {
   if (qp.state !== 'RTS' && qp.state !== 'SQD') return 0;
   if (qp.comp.rnrTimer) {
     // waiting out an RNR NAK
-    if (qp.req.idx < qp.sqTail) qp.traceRing.record(Role.REQ, ReqState.WAIT, NO_OPCODE, qp.req.psn, Reason.RNR_WAIT);
+    if (qp.req.nextWqe < qp.sqTail) qp.traceRing.record(Role.REQ, ReqState.WAIT, NO_OPCODE, qp.req.psn, Reason.RNR_WAIT);
     return 0;
   }
   const port = qp.device.ports[qp.port - 1]!;
@@ -79,11 +80,11 @@ export function runRequester(qp: Qp, max = BUDGET): number {
   let budget = max;
   let wait: number = Reason.NONE;
   while (budget > 0) {
-    if (qp.req.idx >= qp.sqTail) break;
-    const wqe = qp.sq[qp.req.idx % cap]!;
+    if (qp.req.nextWqe >= qp.sqTail) break;
+    const wqe = qp.sq[qp.req.nextWqe % cap]!;
     if (wqe.localErr) {
       // A WR that failed local checks completes in error once everything before it has (IBA 10.8.3).
-      if (qp.req.idx === qp.sqHead) {
+      if (qp.req.nextWqe === qp.sqHead) {
         qp.traceRing.record(Role.REQ, ReqState.ERROR, NO_OPCODE, qp.req.psn, Reason.LOCAL_ERR);
         completeWqe(qp, wqe, wqe.localErr);
       }
@@ -94,7 +95,7 @@ export function runRequester(qp: Qp, max = BUDGET): number {
     // An MR deregistered (or invalidated) after the post: no byte of it leaves (IBA 10.6.3.4,
     // rxe's requester fails the WQE with LOC_PROT_ERR when its L_Key no longer resolves).
     if (wqe.inline === null && wqe.length > 0 && !isRdAtomic(wqe.op) && !sglUsable(wqe.sg, qp.pd, false)) {
-      wqe.localErr = St.LOC_PROT_ERR;
+      wqe.localErr = WcStatusIdx.LOC_PROT_ERR;
       continue;
     }
     const buf = port.link.allocTx();
@@ -137,7 +138,7 @@ type Sender = (qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest) => void;
 /** A READ or ATOMIC request is out: one request per WQE, it waits for its response (PENDING). */
 function requestSent(qp: Qp, wqe: SendWqe): void {
   wqe.state = WqeState.PENDING;
-  qp.req.idx++;
+  qp.req.nextWqe++;
   qp.req.sinceAckReq = 0;
   armRetransmit(qp);
   armProbe(qp);
@@ -219,8 +220,8 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
   finishAndSend(port, b, p + n, n, d);
   if (last) {
     wqe.state = WqeState.PENDING;
-    qp.req.idx++;
-    if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.v[C.rdma_sends]!++;
+    qp.req.nextWqe++;
+    if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
   if (rc) {
@@ -291,7 +292,7 @@ function probe(qp: Qp): void {
   // The oldest unacknowledged packet, once it has been sent (since the last go-back-N rewind).
   if (psnDiff(qp.req.psn, qp.comp.psn) <= 0) return;
   qp.comp.probes++;
-  qp.device.ports[qp.port - 1]!.counters.v[C.tail_probes]!++;
+  qp.device.ports[qp.port - 1]!.counters.counts[Ctr.tail_probes]!++;
   qp.traceRing.record(Role.REQ, ReqState.PROBE, NO_OPCODE, qp.comp.psn, Reason.NONE);
   resendAt(qp, qp.comp.psn);
 }
@@ -316,15 +317,15 @@ function resendAt(qp: Qp, target: number): void {
   const port = qp.device.ports[qp.port - 1]!;
   const buf = port.link.allocTx();
   if (!buf) return;
-  const saved = { psn: qp.req.psn, idx: qp.req.idx, since: qp.req.sinceAckReq, state: w.state, sent: w.sent };
+  const saved = { psn: qp.req.psn, nextWqe: qp.req.nextWqe, since: qp.req.sinceAckReq, state: w.state, sent: w.sent };
   qp.req.psn = target;
-  qp.req.idx = n;
+  qp.req.nextWqe = n;
   qp.req.sinceAckReq = 1 << 30; // this packet asks for an ACK
   w.state = WqeState.PROCESSING;
   w.sent = isRdAtomic(w.op) && w.op !== WrOp.RDMA_READ ? 0 : psnDiff(target, w.firstPsn) * qp.pathMtu;
   sendPacket(qp, port, w, buf);
   qp.req.psn = saved.psn;
-  qp.req.idx = saved.idx;
+  qp.req.nextWqe = saved.nextWqe;
   qp.req.sinceAckReq = saved.since;
   w.state = saved.state;
   w.sent = saved.sent;

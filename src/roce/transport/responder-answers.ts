@@ -6,16 +6,16 @@
  */
 import { RdResource } from './wqe.js';
 import type { TransportQp as Qp } from './types.js';
-import { St, WC_STATUS } from './types.js';
+import { WcStatusIdx, WC_STATUS } from './types.js';
 import { aethAck, aethNak, NakCode } from '../aeth.js';
 import { Op, OPC } from '../opcode.js';
 import { psnAdd } from '../psn.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { finishAndSend, payloadOff, writeAeth, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import type { RecvWqe } from './wqe.js';
 import { scatterSgl, sglUsable } from './sgl.js';
-import { completionLost } from './completer.js';
+import { completionLost } from './complete.js';
 import type { PortLike as Port } from './types.js';
 
 export function port(qp: Qp): Port {
@@ -32,7 +32,7 @@ export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn
   const p = port(qp);
   const b = p.link.allocTx();
   if (!b) {
-    p.counters.v[C.ack_deferred]!++;
+    p.counters.counts[Ctr.ack_deferred]!++;
     return;
   }
   writeBth(b, OPC.RC_ACKNOWLEDGE, false, 0, qp.destQpn, false, psn);
@@ -76,7 +76,7 @@ export function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): v
   const p = port(qp);
   const b = p.link.allocTx();
   if (!b) {
-    p.counters.v[C.ack_deferred]!++;
+    p.counters.counts[Ctr.ack_deferred]!++;
     return;
   }
   writeBth(b, OPC.RC_ATOMIC_ACKNOWLEDGE, false, 0, qp.destQpn, false, psn);
@@ -89,7 +89,7 @@ export function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): v
 export function fatalNak(qp: Qp, code: number, psn: number): void {
   sendAck(qp, aethNak(code), psn);
   if (qp.resp.wqe) {
-    completeRecv(qp, qp.resp.wqe, code === NakCode.REMOTE_ACCESS_ERROR ? St.REM_ACCESS_ERR : St.REM_INV_REQ_ERR, 0, 0, false);
+    completeRecv(qp, qp.resp.wqe, code === NakCode.REMOTE_ACCESS_ERROR ? WcStatusIdx.REM_ACCESS_ERR : WcStatusIdx.REM_INV_REQ_ERR, 0, 0, false);
     qp.resp.wqe = null;
   }
   qp.device.asyncEvent({ type: code === NakCode.REMOTE_ACCESS_ERROR ? 'QP_ACCESS_ERR' : 'QP_REQ_ERR', qp });
@@ -125,7 +125,7 @@ export function completeRecv(
   w.invalidatedRkey = invRkey;
   w.grh = qp.type === 'UD' || qp.type === 'GSI';
   w.solicited = solicited;
-  qp.recvCq.commit(solicited || status !== St.SUCCESS);
+  qp.recvCq.commit(solicited || status !== WcStatusIdx.SUCCESS);
   return true;
 }
 
@@ -135,10 +135,10 @@ export function completeRecv(
  * QP's PD with LOCAL_WRITE (an MR closed after the post: checked on every packet, nothing lands).
  */
 export function scatterRecv(qp: Qp, wqe: RecvWqe, at: number, src: Buffer, from: number, n: number): number {
-  if (!sglUsable(wqe.sg, qp.pd, true)) return St.LOC_PROT_ERR;
-  if (at + n > wqe.length) return St.LOC_LEN_ERR;
+  if (!sglUsable(wqe.sg, qp.pd, true)) return WcStatusIdx.LOC_PROT_ERR;
+  if (at + n > wqe.length) return WcStatusIdx.LOC_LEN_ERR;
   scatterSgl(wqe.sg, at, src, from, n);
-  return St.SUCCESS;
+  return WcStatusIdx.SUCCESS;
 }
 
 /**
@@ -150,9 +150,9 @@ export function scatterRecv(qp: Qp, wqe: RecvWqe, at: number, src: Buffer, from:
 export function recvFailed(qp: Qp, wqe: RecvWqe, status: number, psn: number, byteLen: number, mask: number, se: boolean): void {
   const r = qp.resp;
   r.wqe = null;
-  if (qp.type === 'RC') sendAck(qp, aethNak(status === St.LOC_LEN_ERR ? NakCode.INVALID_REQUEST : NakCode.REMOTE_OPERATIONAL_ERROR), psn);
+  if (qp.type === 'RC') sendAck(qp, aethNak(status === WcStatusIdx.LOC_LEN_ERR ? NakCode.INVALID_REQUEST : NakCode.REMOTE_OPERATIONAL_ERROR), psn);
   if (!completeRecv(qp, wqe, status, byteLen, mask, se)) return;
-  if (qp.type === 'RC' || status === St.LOC_PROT_ERR) qp.setState('ERR');
+  if (qp.type === 'RC' || status === WcStatusIdx.LOC_PROT_ERR) qp.setState('ERR');
   else if (qp.type === 'UC') {
     // UC: the message is over (its WQE completed with the error), so the opcode sequence restarts
     // too; left inside the message, a following MIDDLE/LAST would be scattered into the WQE just

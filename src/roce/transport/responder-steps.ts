@@ -4,12 +4,12 @@
  * UC and UD is one row per QP type (TypeRow), not branches inside the steps.
  */
 import type { TransportQp as Qp, MemoryRegion as Mr } from './types.js';
-import { ACCESS, St } from './types.js';
+import { ACCESS, WcStatusIdx } from './types.js';
 import { aethAck, aethNak, aethRnrNak, NakCode } from '../aeth.js';
 import { Hdr, OPCODE_MASK, Op, OPC } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import type { PktInfo } from '../packet.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { hdrOff } from './build.js';
 import type { RecvWqe } from './wqe.js';
 import { AtomicEthView, DethView, RethView } from '../wire/exth.js';
@@ -95,7 +95,7 @@ type Step = (c: RespCtx) => number;
 class RespCtx {
   qp!: Qp;
   p!: PktInfo;
-  v!: Float64Array;
+  counts!: Float64Array;
   row!: TypeRow;
   readonly bth = new BthView();
   readonly reth = new RethView();
@@ -139,7 +139,7 @@ export function runRequestSteps(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint
     const bth = c.bth.bind(p.buf, p.bthOff);
     c.qp = qp;
     c.p = p;
-    c.v = port(qp).counters.v;
+    c.counts = port(qp).counters.counts;
     c.row = qp.type === 'RC' ? RC_ROW : qp.type === 'UC' ? UC_ROW : UD_ROW;
     c.ipId = ipId;
     c.srcBytes = srcBytes;
@@ -175,7 +175,7 @@ function getReq(c: RespCtx): number {
   if (c.row.qkey) {
     const deth = c.deth.bind(c.p.buf, c.p.bthOff + hdrOff(c.op, Hdr.DETH));
     if (deth.qkey !== qp.qkey) {
-      c.v[C.rcvd_bad_qkey]!++;
+      c.counts[Ctr.rcvd_bad_qkey]!++;
       c.reason = Reason.BAD_QKEY;
       return RespState.DROP;
     }
@@ -205,7 +205,7 @@ function chkPsnUc(c: RespCtx): number {
   const r = c.qp.resp;
   const start = (c.mask & Op.START) !== 0;
   if (c.psn !== r.psn) {
-    c.v[C.out_of_sequence]!++;
+    c.counts[Ctr.out_of_sequence]!++;
     abandonMessage(c.qp);
     r.psn = c.psn;
     if (!start) {
@@ -286,7 +286,7 @@ function chkResource(c: RespCtx): number {
     if (c.row.grh) {
       const g = udGrh(qp, c.p.payloadLen, c.ipId, c.srcBytes);
       const st = scatterRecv(qp, wqe, 0, g, 0, 40);
-      if (st !== St.SUCCESS) return recvError(c, wqe, st, 0);
+      if (st !== WcStatusIdx.SUCCESS) return recvError(c, wqe, st, 0);
       r.offset = 40;
     }
     return RespState.EXECUTE;
@@ -366,7 +366,7 @@ function execute(c: RespCtx): number {
   if (c.mask & Op.SEND) {
     const wqe = r.wqe!;
     const st = scatterRecv(qp, wqe, r.offset, p.buf, p.payloadOff, p.payloadLen);
-    if (st !== St.SUCCESS) return recvError(c, wqe, st, r.offset);
+    if (st !== WcStatusIdx.SUCCESS) return recvError(c, wqe, st, r.offset);
     r.offset += p.payloadLen;
     return end ? RespState.COMPLETE : RespState.ACKNOWLEDGE;
   }
@@ -391,8 +391,8 @@ function recvError(c: RespCtx, wqe: RecvWqe, status: number, byteLen: number): n
   c.wqe = wqe;
   c.status = status;
   c.byteLen = byteLen;
-  c.reason = status === St.LOC_LEN_ERR ? Reason.LOC_LEN : Reason.LOC_PROT;
-  return status === St.LOC_LEN_ERR ? RespState.ERR_LENGTH : RespState.ERR_MALFORMED_WQE;
+  c.reason = status === WcStatusIdx.LOC_LEN_ERR ? Reason.LOC_LEN : Reason.LOC_PROT;
+  return status === WcStatusIdx.LOC_LEN_ERR ? RespState.ERR_LENGTH : RespState.ERR_MALFORMED_WQE;
 }
 
 /** COMPLETE: the last packet of a SEND or a WRITE with immediate completes its receive WQE; the MSN moves on. */
@@ -419,16 +419,16 @@ function complete(c: RespCtx): number {
     const imm = mask & Op.IMM ? b.readUInt32BE(o + hdrOff(c.op, Hdr.IMMDT)) : 0;
     const srcQp = c.row.qkey ? c.deth.srcQp : qp.destQpn;
     r.wqe = null;
-    if (!completeRecv(qp, wqe, St.SUCCESS, r.offset, mask, c.se, imm, srcQp, inv)) {
+    if (!completeRecv(qp, wqe, WcStatusIdx.SUCCESS, r.offset, mask, c.se, imm, srcQp, inv)) {
       c.reason = Reason.CQ_FULL;
       return RespState.DONE;
     }
     r.msn = (r.msn + 1) & 0xffffff;
-    c.v[C.rdma_recvs]!++;
+    c.counts[Ctr.rdma_recvs]!++;
     return RespState.ACKNOWLEDGE;
   }
   r.mr = null;
-  if (c.wqe && !completeRecv(qp, c.wqe, St.SUCCESS, r.writeLen, mask, c.se, b.readUInt32BE(o + hdrOff(c.op, Hdr.IMMDT)))) {
+  if (c.wqe && !completeRecv(qp, c.wqe, WcStatusIdx.SUCCESS, r.writeLen, mask, c.se, b.readUInt32BE(o + hdrOff(c.op, Hdr.IMMDT)))) {
     c.reason = Reason.CQ_FULL;
     return RespState.DONE;
   }
@@ -513,7 +513,7 @@ function errNakPsn(c: RespCtx): number {
   const r = qp.resp;
   const psn = c.psn;
   const d = psnDiff(psn, r.psn);
-  c.v[C.out_of_sequence]!++;
+  c.counts[Ctr.out_of_sequence]!++;
   stashAhead(qp, c.p, psn, d);
   if (r.gapPsn !== r.psn) {
     r.gapPsn = r.psn;
@@ -557,11 +557,11 @@ function errNakAccess(c: RespCtx): number {
 function errNakRnr(c: RespCtx): number {
   const qp = c.qp;
   if (c.row.nak) {
-    c.v[C.send_rnr_err]!++;
+    c.counts[Ctr.send_rnr_err]!++;
     sendAck(qp, aethRnrNak(qp.minRnrTimer), c.psn);
     return RespState.DONE;
   }
-  c.v[C.rcvd_no_recv_wqe]!++;
+  c.counts[Ctr.rcvd_no_recv_wqe]!++;
   if (c.row.dropsMessage) ucDrop(c);
   return RespState.DONE;
 }
@@ -577,7 +577,7 @@ function drop(): number {
 }
 
 function duplicateRequest(c: RespCtx): number {
-  c.v[C.duplicate_request]!++;
+  c.counts[Ctr.duplicate_request]!++;
   duplicate(c);
   return RespState.DONE;
 }
@@ -656,7 +656,7 @@ function duplicate(c: RespCtx): void {
     // rxe's replay: the stream for what is asked restarts at the PSN asked for, and a stream still
     // sending any of those PSNs stops: never a second stream for the same responses (that
     // multiplied READ traffic under loss). A requester that asks for a hole below the stream in
-    // progress (a part of the READ, completer.ts askReadHole) gets it first; the stream then goes on.
+    // progress (a part of the READ, read-response.ts askReadHole) gets it first; the stream then goes on.
     const last = psnAdd(psn, packetsFor(len, qp.pathMtu) - 1);
     for (let i = r.reads.length - 1; i >= 0; i--) {
       const e = r.reads[i]!;

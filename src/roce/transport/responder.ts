@@ -25,7 +25,7 @@ import { aethAck, NakCode } from '../aeth.js';
 import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
-import { C } from '../counters.js';
+import { Ctr } from '../counters.js';
 import { finishAndSend, payloadOff, writeAeth, writeBth } from './build.js';
 import { READ_RESPONSE_OPCODE, hdrBit } from '../opcode.js';
 import { BthView } from '../wire/bth.js';
@@ -46,7 +46,7 @@ const peekBth = new BthView();
 export function onRequest(qp: Qp, p: PktInfo, srcIp: string, srcPort: number, ipId: number, srcBytes: Uint8Array): void {
   const st = qp.state;
   if (st !== 'RTR' && st !== 'RTS' && st !== 'SQD' && st !== 'SQE') {
-    port(qp).counters.v[C.rcvd_bad_state]!++;
+    port(qp).counters.counts[Ctr.rcvd_bad_state]!++;
     qp.traceRing.record(Role.RESP, RespState.ERR_STATE, p.opcode, peekBth.bind(p.buf, p.bthOff).psn, Reason.BAD_STATE);
     return;
   }

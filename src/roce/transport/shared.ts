@@ -56,7 +56,7 @@ export const WC_STATUS = [
 ] as const;
 export type WcStatus = (typeof WC_STATUS)[number];
 /** Work completion status name -> its index in WC_STATUS (what the roles pass around). */
-export const St = Object.fromEntries(WC_STATUS.map((s, i) => [s, i])) as { readonly [K in WcStatus]: number };
+export const WcStatusIdx = Object.fromEntries(WC_STATUS.map((s, i) => [s, i])) as { readonly [K in WcStatus]: number };
 
 export const WC_OPCODE = ['SEND', 'RDMA_WRITE', 'RDMA_READ', 'COMP_SWAP', 'FETCH_ADD', 'BIND_MW', 'LOCAL_INV', 'RECV', 'RECV_RDMA_WITH_IMM'] as const;
 export type WcOpcode = (typeof WC_OPCODE)[number];

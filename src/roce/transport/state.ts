@@ -18,8 +18,8 @@ export class ReqState {
   psn = 0;
   /** the PSN after the highest ever sent: responses at or above it are forged */
   maxPsn = 0;
-  /** the absolute index of the next send WQE to send (sq[idx % cap]) */
-  idx = 0;
+  /** the absolute index of the next send WQE to send (sq[nextWqe % cap]): between sqHead and sqTail */
+  nextWqe = 0;
   /** READ and ATOMIC WQEs sent and not yet completed (against max_rd_atomic) */
   rdAtomic = 0;
   /** packets since the last one that asked for an ACK */
@@ -28,20 +28,20 @@ export class ReqState {
   scheduled = false;
   /** waiting in a port's tx-wait list for the link's 'drain' */
   waitingDrain = false;
-  /** PSNs that may be unacknowledged (halved on retry, grown back by ACKs: completer.ts) */
+  /** PSNs that may be unacknowledged (halved on retry, grown back by ACKs: retry.ts) */
   window = INITIAL_WINDOW;
-  /** ACKed packets toward the next window increment */
-  grow = 0;
+  /** progress credited toward the next one-PSN increment of `window` (additive increase, retry.ts madeProgress) */
+  windowCredit = 0;
 
   /** RESET: the run-queue flags stay (a queued QP stays queued; its run finds nothing to do). */
   reset(): void {
     this.psn = 0;
     this.maxPsn = 0;
-    this.idx = 0;
+    this.nextWqe = 0;
     this.rdAtomic = 0;
     this.sinceAckReq = 0;
     this.window = INITIAL_WINDOW;
-    this.grow = 0;
+    this.windowCredit = 0;
   }
 }
 
@@ -56,7 +56,7 @@ export class CompState {
   rnrTimer: TimerHandle | null = null;
   /** the PSN the last retry started from (-1: none) */
   retriedAt = -1;
-  /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (completer.ts) */
+  /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (retry.ts) */
   deadline = Infinity;
   onTimer: (() => void) | null = null;
   /** round-trip estimate (ms, 0 = none yet) and the one packet being timed (PSN, send time) */
@@ -70,7 +70,7 @@ export class CompState {
   probes = 0;
 
   /**
-   * RESET (the caller stops the timers first: completer.ts stopAckTimer, and the RNR timer). The
+   * RESET (the caller stops the timers first: retry.ts stopAckTimer, and the RNR timer). The
    * retry budgets are attributes (set again by the modify that sets retry_cnt); the round-trip
    * estimate is of the path and stays.
    */

@@ -43,9 +43,8 @@ export interface TransportDevice {
   readonly ports: readonly PortLike[];
   readonly attr: { readonly maxMsgSize: number };
   readonly icrcIpv4: 'infer-id' | 'id-zero';
-  /** QPN -> QP, and QP1 while open */
+  /** QPN -> QP, QP1 (the GSI QP) included while open */
   readonly qps: { get(qpn: number): TransportQp | undefined; values(): Iterable<TransportQp> };
-  readonly gsi: TransportQp | null;
   readonly mrByRkey: KeyResolver;
   /** schedule the requester of `qp` (engine.ts) */
   kick(qp: TransportQp, soon?: boolean): void;

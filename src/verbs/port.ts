@@ -1,0 +1,106 @@
+/**
+ * A port of a device: one link (a UDP socket on one address, or an in-memory one), the GID table
+ * built from the interface's MAC and addresses, the port's counters, and what ibv_query_port
+ * reports about it. The transport sees it as a PortLike (src/roce/transport/types.ts).
+ */
+import { Ctr, Counters } from '../roce/counters.js';
+import type { Link, RxHandler } from '../roce/link/link.js';
+import type { PortLike } from '../roce/transport/types.js';
+import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
+import type { Mtu } from '../roce/opcode.js';
+import type { PortAttr } from './device-attr.js';
+import type { GidEntry } from './discovery.js';
+
+export class Port implements PortLike {
+  readonly num: number;
+  readonly link: Link;
+  readonly netdev: string;
+  readonly address: string;
+  readonly ipNum: number;
+  readonly addrBytes: Uint8Array;
+  readonly gids: GidEntry[];
+  readonly counters = new Counters();
+  readonly activeMtu: Mtu;
+  readonly mac: Uint8Array;
+  constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidEntry[], activeMtu: Mtu) {
+    this.num = num;
+    this.link = link;
+    this.netdev = netdev;
+    this.address = link.localIp;
+    this.ipNum = link.family === 4 ? ipv4ToNumber(link.localIp) : 0;
+    this.addrBytes = link.family === 4 ? ipv4ToGid(link.localIp).subarray(12) : gidFromString(link.localIp);
+    this.gids = gids;
+    this.activeMtu = activeMtu;
+    this.mac = mac;
+  }
+}
+
+/** ibv_query_port of `p` (rxe's values: one Ethernet port, RoCE, 4096-byte maximum MTU). */
+export function portAttr(p: Port, maxMsgSz: number): PortAttr {
+  return {
+    state: p.link.up ? 'ACTIVE' : 'DOWN',
+    maxMtu: 4096,
+    activeMtu: p.activeMtu,
+    gidTblLen: 1024,
+    portCapFlags: 0x00010000 | 0x04000000,
+    maxMsgSz,
+    pkeyTblLen: 1,
+    lid: 0,
+    smLid: 0,
+    lmc: 0,
+    linkLayer: 'Ethernet',
+    activeWidth: '1X',
+    activeSpeed: '2.5 Gbps',
+    physState: p.link.up ? 'LINK_UP' : 'DISABLED',
+    netdev: p.netdev,
+    address: p.address,
+    backend: p.link.caps.backend,
+  };
+}
+
+/** The RoCE v2 GID of the port's bound address: what QPs use unless told otherwise (its index; 0 if absent). */
+export function defaultSgid(p: Port): number {
+  const want = p.link.family === 4 ? ipv4ToGid(p.address) : gidFromString(p.address);
+  const e = p.gids.find((g) => g.type === 'RoCE v2' && Buffer.from(g.gid).equals(Buffer.from(want)));
+  return e ? e.index : 0;
+}
+
+/** What a device does with the events of its port's link (device.addPort). */
+export interface PortHandlers {
+  rx: RxHandler;
+  drain(): void;
+  late(heldMs: number): void;
+  link(up: boolean): void;
+}
+
+/** Wires the port's link to `h`; returns what undoes it (device teardown). */
+export function wireLink(p: Port, h: PortHandlers): () => void {
+  const link = p.link;
+  link.setReceiver(h.rx);
+  const onDrain = (): void => h.drain();
+  const onLate = (heldMs: unknown): void => h.late(heldMs as number);
+  const onLink = (up: unknown): void => h.link(up as boolean);
+  // A socket error (an ICMP error reported on a later send, say) is the datagram's loss, which
+  // the transport recovers from: counted, never thrown (an 'error' event nobody hears would
+  // take the process down).
+  const onError = (): void => {
+    p.counters.counts[Ctr.send_err]!++;
+  };
+  link.on('drain', onDrain);
+  link.on('late', onLate);
+  link.on('link', onLink);
+  link.on('error', onError);
+  // A link outlives the device when the caller passed it in (or something holds it): it must not hold the device.
+  return () => {
+    link.off('drain', onDrain);
+    link.off('late', onLate);
+    link.off('link', onLink);
+    link.off('error', onError);
+    link.setReceiver(dropRx);
+  };
+}
+
+/** A closed device's links drop what still arrives. */
+const dropRx: RxHandler = () => {
+  /* device closed */
+};
