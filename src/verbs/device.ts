@@ -191,7 +191,7 @@ export class Device extends EventEmitter implements TransportDevice {
   /** @internal pd.createQp (the checks of ibv_create_qp come first, all before anything is allocated: qp-create.ts) */
   createQpFor(pd: Pd, o: CreateQpOptions): Qp {
     const cap = checkCreateQp(this, pd, o);
-    while (this.qps.has(this.nextQpn) || this.nextQpn < 0x11) this.nextQpn = this.nextQpn >= 0xfffffe ? 0x11 : this.nextQpn + 1;
+    while (this.qps.has(this.nextQpn) || this.nextQpn < 0x11 || this.nextQpn > 0xfffffe) this.nextQpn = this.nextQpn >= 0xfffffe ? 0x11 : this.nextQpn + 1;
     const qp = new Qp(this, pd, this.nextQpn++, o.type, o, cap, o.sendCq, o.recvCq);
     this.register(qp, pd);
     return qp;

@@ -16,7 +16,7 @@ import type { Mr } from './mr.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
 import type { Dest } from '../roce/transport/types.js';
-import { ReqState, CompState, RespState } from '../roce/transport/state.js';
+import { ReqInfo, CompInfo, RespInfo } from '../roce/transport/state.js';
 import type { TransportQp } from '../roce/transport/types.js';
 import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';
 import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
@@ -149,9 +149,9 @@ export class Qp implements TransportQp {
   rqCount = 0;
 
   /** requester (rxe req), completer (rxe comp) and responder (rxe resp) state: src/roce/transport/state.ts */
-  readonly req = new ReqState();
-  readonly comp = new CompState();
-  readonly resp = new RespState();
+  readonly req = new ReqInfo();
+  readonly comp = new CompInfo();
+  readonly resp = new RespInfo();
   /** the three roles' last decisions (src/roce/transport/trace.ts), for qp.trace() and stuck dumps */
   readonly traceRing = new TraceRing();
 

@@ -9,7 +9,7 @@ import { ACCESS, type WcOpcode, type WcStatus } from '../roce/transport/types.js
 
 // The tables the transport shares with the verbs API are defined with the transport (it may not
 // import verbs); these are their public names.
-export { ACCESS, WrOp, WC_STATUS, WcStatusIdx, WC_OPCODE } from '../roce/transport/types.js';
+export { ACCESS, WrOp, WC_STATUS, WC_OPCODE } from '../roce/transport/types.js';
 export type { WcStatus, WcOpcode } from '../roce/transport/types.js';
 
 export type Access = keyof typeof ACCESS;

@@ -297,3 +297,18 @@ t.test('async events: COMM_EST, SQ_DRAINED, LAST_WQE_REACHED, PORT_ERR / PORT_AC
   await a.close();
   await b.close();
 });
+
+t.test('QPNs wrap below 0xffffff: that QPN is the multicast one, the receive path drops every packet for it', async (t) => {
+  const { dev } = await memDevice('10.1.0.9');
+  const pd = dev.allocPd();
+  const cq = dev.createCq({ depth: 8 });
+  // Start the allocator just below the top of the 24-bit space (a device that has made ~16 M QPs).
+  (dev as unknown as { nextQpn: number }).nextQpn = 0xfffffe;
+  const mk = (): number => pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 1, maxRecvWr: 1 } }).qpn;
+  const qpns = [mk(), mk(), mk()];
+  t.equal(qpns[0], 0xfffffe);
+  t.not(qpns[1], 0xffffff, 'never the multicast QPN');
+  t.ok(qpns[1]! >= 0x11 && qpns[1]! < 0xffffff, `wrapped to the low range (got 0x${qpns[1]!.toString(16)})`);
+  t.equal(new Set(qpns).size, 3, 'all distinct');
+  await dev.close();
+});

@@ -13,7 +13,7 @@ import { RdResource, type RecvWqe } from './wqe.js';
 const INITIAL_WINDOW = 128;
 
 /** requester (rxe req): next PSN, next WQE to send, READ/ATOMIC outstanding */
-export class ReqState {
+export class ReqInfo {
   /** the next PSN to send */
   psn = 0;
   /** the PSN after the highest ever sent: responses at or above it are forged */
@@ -46,7 +46,7 @@ export class ReqState {
 }
 
 /** completer (rxe comp): oldest unacknowledged PSN, retry budget, timers */
-export class CompState {
+export class CompInfo {
   /** the oldest unacknowledged PSN */
   psn = 0;
   /** retries left (the QP's retry_cnt / rnr_retry when set; 7 = forever) */
@@ -101,7 +101,7 @@ export interface BackloggedRequest {
 }
 
 /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
-export class RespState {
+export class RespInfo {
   /** the expected PSN */
   psn = 0;
   msn = 0;

@@ -10,7 +10,7 @@ import type { Counters } from '../counters.js';
 import type { Link } from '../link/link.js';
 import type { Mtu } from '../opcode.js';
 import type { Scheduler } from '../sched.js';
-import type { ReqState, CompState, RespState } from './state.js';
+import type { ReqInfo, CompInfo, RespInfo } from './state.js';
 import type { SendWqe, RecvWqe } from './wqe.js';
 import type { TraceRing } from './trace.js';
 import type { CompletionSink, Dest, KeyResolver, QpState, QpType } from './shared.js';
@@ -94,9 +94,9 @@ export interface TransportQp {
   sqHead: number;
   readonly sqTail: number;
   readonly rqCount: number;
-  readonly req: ReqState;
-  readonly comp: CompState;
-  readonly resp: RespState;
+  readonly req: ReqInfo;
+  readonly comp: CompInfo;
+  readonly resp: RespInfo;
   /** the three roles' last decisions (trace.ts), for qp.trace() and the CLIs' stuck dumps */
   readonly traceRing: TraceRing;
   setState(to: QpState): void;
