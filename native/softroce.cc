@@ -18,6 +18,9 @@
 //  - UDP_NO_CHECK6_RX: rxe sends IPv6 RoCE with a zero UDP checksum, which a
 //    normal UDPv6 socket drops.
 //  - SO_BINDTODEVICE: LAG ports pin each socket to one slave interface.
+//  - NETLINK_ROUTE address and link events: the GID table follows the
+//    interfaces' addresses as the kernel's roce_gid_mgmt does (it listens to
+//    the same notifier chains), without polling getifaddrs.
 #include <napi.h>
 #include <errno.h>
 #include <string.h>
@@ -32,6 +35,8 @@
 #include <unistd.h>
 #include <uv.h>
 #include <vector>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -549,6 +554,94 @@ static Napi::Value SendPackets(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r < 0 ? -errno : r);
 }
 
+// ------------------------------------------------------------ address events
+
+// One NETLINK_ROUTE socket subscribed to the IPv4/IPv6 address groups and the link group
+// (RTM_NEWADDR / RTM_DELADDR, and RTM_NEWLINK for what changes which netdevs are tied to a
+// port: a bond's active slave, a VLAN created or moved). JS re-reads the address list on each
+// report rather than applying the messages one by one, so a lost message (ENOBUFS when the
+// socket overflowed) costs nothing but that re-read.
+struct AddrWatch {
+  uv_poll_t poll;
+  int fd;
+  napi_env env;
+  Napi::FunctionReference cb;
+  bool closing;
+};
+
+static void OnAddrPoll(uv_poll_t* h, int status, int events) {
+  AddrWatch* w = static_cast<AddrWatch*>(h->data);
+  if (w->closing || status < 0 || !(events & UV_READABLE)) return;
+  uint32_t addr = 0, link = 0, lost = 0;
+  alignas(struct nlmsghdr) char buf[16384];
+  // Bounded: 64 reads per readable event; level-triggered, so anything left comes back next turn.
+  for (int i = 0; i < 64; i++) {
+    ssize_t r = recv(w->fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == ENOBUFS) { lost++; continue; }
+      break;
+    }
+    int len = (int)r;
+    for (struct nlmsghdr* m = (struct nlmsghdr*)buf; NLMSG_OK(m, len); m = NLMSG_NEXT(m, len)) {
+      if (m->nlmsg_type == RTM_NEWADDR || m->nlmsg_type == RTM_DELADDR) addr++;
+      else if (m->nlmsg_type == RTM_NEWLINK || m->nlmsg_type == RTM_DELLINK) link++;
+    }
+  }
+  if (addr == 0 && link == 0 && lost == 0) return;
+  Napi::Env env(w->env);
+  Napi::HandleScope scope(env);
+  w->cb.MakeCallback(env.Global(), { Napi::Number::New(env, addr), Napi::Number::New(env, link), Napi::Number::New(env, lost) });
+  if (env.IsExceptionPending()) {
+    Napi::Error e = env.GetAndClearPendingException();
+    napi_fatal_exception(w->env, e.Value());
+  }
+}
+
+// addrWatchStart(cb(addrMsgs, linkMsgs, overflows)) -> handle, or -errno
+// The poll handle is unref'd: watching addresses never keeps the process alive.
+static Napi::Value AddrWatchStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) return Napi::Number::New(env, -EINVAL);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  struct sockaddr_nl a;
+  memset(&a, 0, sizeof a);
+  a.nl_family = AF_NETLINK;
+  a.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+  if (bind(fd, (struct sockaddr*)&a, sizeof a) < 0) { int e = errno; close(fd); return Napi::Number::New(env, -e); }
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) { close(fd); return Napi::Number::New(env, -EINVAL); }
+  AddrWatch* w = new AddrWatch();
+  w->fd = fd;
+  w->env = env;
+  w->closing = false;
+  w->cb = Napi::Persistent(info[0].As<Napi::Function>());
+  if (uv_poll_init(loop, &w->poll, fd) != 0) { close(fd); delete w; return Napi::Number::New(env, -EINVAL); }
+  w->poll.data = w;
+  uv_poll_start(&w->poll, UV_READABLE, OnAddrPoll);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  return Napi::External<AddrWatch>::New(env, w);
+}
+
+static void OnAddrClosed(uv_handle_t* h) {
+  AddrWatch* w = static_cast<AddrWatch*>(h->data);
+  close(w->fd);
+  w->cb.Reset();
+  delete w;
+}
+
+// addrWatchStop(handle): stops watching and closes the socket.
+static Napi::Value AddrWatchStop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsExternal()) return env.Undefined();
+  AddrWatch* w = info[0].As<Napi::External<AddrWatch>>().Data();
+  if (w->closing) return env.Undefined();
+  w->closing = true;
+  uv_poll_stop(&w->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnAddrClosed);
+  return env.Undefined();
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
@@ -560,6 +653,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rxStop", Napi::Function::New(env, RxStop));
   exports.Set("rawOpen4", Napi::Function::New(env, RawOpen4));
   exports.Set("rxAttachRaw", Napi::Function::New(env, RxAttachRaw));
+  exports.Set("addrWatchStart", Napi::Function::New(env, AddrWatchStart));
+  exports.Set("addrWatchStop", Napi::Function::New(env, AddrWatchStop));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

@@ -24,6 +24,12 @@ export interface NativeAddon {
   rawOpen4?(ipv4: number, port: number, netdev: string, bufBytes?: number): number;
   /** rx watch `h` also reads rawFd and reports each datagram's IPv4 ID in meta (the watch closes rawFd); keepGro: on loopback */
   rxAttachRaw?(h: object, rawFd: number, keepGro?: boolean): number;
+  /**
+   * a NETLINK_ROUTE socket on the address and link groups, watched on Node's loop (unref'd):
+   * cb(addrMsgs, linkMsgs, overflows) after each batch of RTM_NEWADDR/DELADDR/NEWLINK/DELLINK; or -errno
+   */
+  addrWatchStart?(cb: (addr: number, link: number, lost: number) => void): object | number;
+  addrWatchStop?(h: object): void;
   constants: Record<string, number>;
 }
 

@@ -38,7 +38,7 @@ export async function runDemo(o: { a?: string; b?: string } = {}): Promise<numbe
     b = await openDevice({ name: 'softroce1', address: ipB });
     for (const d of [a, b]) {
       const p = d.queryPort();
-      const g = d.gidTable()[d.defaultSgidIndex()]!;
+      const g = d.queryGid(d.defaultSgidIndex())!;
       console.log(`${d.name}: ${p.address} on ${p.netdev}, active_mtu ${p.activeMtu}, GID[${g.index}] ${gidToString(g.gid)} (${g.type}), backend ${p.backend}`);
     }
     const side = (d: Device) => {

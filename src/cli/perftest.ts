@@ -342,7 +342,7 @@ export async function perftest(
     const rdAtomic = Math.min(outs, d.attr.maxQpRdAtom);
     const zero = new Uint8Array(16);
     if (gidx < 0) gidx = d.defaultSgidIndex(ibPort);
-    const gid = d.gidTable(ibPort)[gidx]?.gid ?? zero;
+    const gid = d.gidTable(ibPort).find((g) => g.index === gidx)?.gid ?? zero;
     const access = conn === 'RC' ? (['REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC', 'LOCAL_WRITE'] as const) : (['REMOTE_WRITE', 'LOCAL_WRITE'] as const);
     const qps: Qp[] = [];
     const my: PerfDest[] = [];

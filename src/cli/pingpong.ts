@@ -320,11 +320,11 @@ export async function pingpong(
       return 1;
     }
     const zero = new Uint8Array(16);
-    if (gidx >= 0 && !d.gidTable(ibPort)[gidx]) {
+    if (gidx >= 0 && !d.gidTable(ibPort).some((g) => g.index === gidx)) {
       err(`can't read sgid of index ${gidx}`);
       return 1;
     }
-    const gid = gidx >= 0 ? d.gidTable(ibPort)[gidx]!.gid : zero;
+    const gid = gidx >= 0 ? d.gidTable(ibPort).find((g) => g.index === gidx)!.gid : zero;
     const my: Dest[] = qps.map((qp) => ({ lid: portAttr.lid, qpn: qp.qpn, psn: randomInt(0, 0x1000000), gid }));
     for (const m of my) out(fmtAddr(kind, 'local', m));
 

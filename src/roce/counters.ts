@@ -43,6 +43,10 @@ export const COUNTER_NAMES = [
   'tail_probes',
   // READ holes asked for again (read-response.ts askReadHole)
   'read_hole_requests',
+  // the GID table (issue 12): packets not sent because their source GID entry is gone (build.ts
+  // finishAndSend); addresses a full GID table refused (verbs/gid-table.ts, once per address)
+  'sent_sgid_gone',
+  'gid_table_full',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 /** Counter name -> its index in `counts` (`port.counters.counts[Ctr.send_err]++`: an array store, no lookup by string). */

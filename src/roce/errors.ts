@@ -24,6 +24,7 @@ export type ErrnoCode =
   | 'ENOENT'
   | 'EEXIST'
   | 'ENOSPC'
+  | 'ENODATA'
   | 'ERANGE'
   | 'EPROTO';
 

@@ -9,6 +9,7 @@ import { Qp } from './qp.js';
 import { checkRemoteEndpoint } from './qp-attrs.js';
 import type { Gid } from '../roce/gid.js';
 import type { Mtu } from '../roce/opcode.js';
+import { checkSgidIndex } from './gid-table.js';
 
 /**
  * The `remote` of an RDMA work request from a peer's endpoint JSON: `{ addr: BigInt(ep.addr) + offset,
@@ -66,7 +67,7 @@ export function connectQp(qp: Qp, local: ConnectLocal, remote: { qpn: number; ps
   V.optInt(op, 'minRnrTimer', local.minRnrTimer, 0, 31);
   V.optInt(op, 'maxRdAtomic', local.maxRdAtomic, 0, qp.device.attr.maxQpInitRdAtom);
   V.optInt(op, 'maxDestRdAtomic', local.maxDestRdAtomic, 0, qp.device.attr.maxQpRdAtom);
-  V.optInt(op, 'sgidIndex', local.sgidIndex, 0, qp.device.ports[qp.port - 1]!.gids.length - 1);
+  checkSgidIndex(op, 'sgidIndex', local.sgidIndex, qp.device.ports[qp.port - 1]!.gids);
   if (qp.state !== 'RESET') V.fail(op, 'qp', `QP ${qp.qpn} is in ${qp.state}, not RESET`);
   qp.toInit({ accessFlags: local.accessFlags ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'] });
   const rtr: Parameters<Qp['toRtr']>[0] = { remote, pathMtu: local.pathMtu ?? 1024, rqPsn: remote.psn };

@@ -8,6 +8,7 @@
  * Devices have an array of ports so a bonded device (LAG) can have two.
  */
 import { EventEmitter } from 'node:events';
+import { Ctr } from '../roce/counters.js';
 import { VerbsError } from './errors.js';
 import { emitGuarded } from './emit.js';
 import { Cq } from './cq.js';
@@ -24,7 +25,9 @@ import { deviceRx } from '../roce/transport/recv.js';
 import { Engine } from '../roce/transport/engine.js';
 import type { PortLike, QpEvent, TransportDevice, TransportQp } from '../roce/transport/types.js';
 import { ATTR, guidFromMac, type DeviceAttr, type PortAttr } from './device-attr.js';
-import { activeMtuFor, buildGidTable, netdevMtu, type GidEntry } from './discovery.js';
+import { activeMtuFor, netdevMtu, portGids, type GidEntry } from './discovery.js';
+import { DEFAULT_GID_TBL_LEN, GidTable, type GidSyncResult } from './gid-table.js';
+import { hostAddressSource, wantedGids, type AddressSource } from './addr-watch.js';
 import type { QpState } from './qp-state.js';
 import { defaultSgid, Port, portAttr, wireLink } from './port.js';
 import { openDeviceWith, releaseLinks, releaseObjects, type OpenDeviceOptions } from './open.js';
@@ -123,10 +126,19 @@ export class Device extends EventEmitter implements TransportDevice {
     this.attr = { ...ATTR, nodeGuid: guid, sysImageGuid: guid };
   }
 
-  /** @internal adds a port over a link */
-  addPort(link: Link, netdev: string, mac: Uint8Array): Port {
-    const p = new Port(this.ports.length + 1, link, netdev, mac, buildGidTable(netdev, mac, link.localIp), activeMtuFor(netdevMtu(netdev)));
+  /**
+   * @internal adds a port over a link. Its GID table starts with the addresses `addresses` lists
+   * now and follows them while the device is open (gid-table.ts, addr-watch.ts).
+   */
+  addPort(link: Link, netdev: string, mac: Uint8Array, o: { gidTblLen?: number; addresses?: AddressSource } = {}): Port {
+    const gids = new GidTable(o.gidTblLen ?? DEFAULT_GID_TBL_LEN, netdev, mac);
+    const p = new Port(this.ports.length + 1, link, netdev, mac, gids, activeMtuFor(netdevMtu(netdev)));
+    const src = o.addresses ?? hostAddressSource;
+    const first = portGids(netdev, link.localIp, src);
+    p.pinnedGid = first.pinned;
+    this.applyGids(p, gids.sync(first.want), false);
     this.ports.push(p);
+    this.unwire.push(src.watch(() => this.refreshGids(p, src)));
     this.unwire.push(
       wireLink(p, {
         rx: (buf, len, srcIp, srcPort, ipIdDf) => {
@@ -146,6 +158,33 @@ export class Device extends EventEmitter implements TransportDevice {
     return p;
   }
 
+  /**
+   * @internal the addresses may have changed: the port's table follows them. A GID_CHANGE async
+   * event when an entry came or went (the kernel dispatches IB_EVENT_GID_CHANGE per port).
+   */
+  refreshGids(p: Port, src: AddressSource): void {
+    if (this.closed) return;
+    // The bound address is pinned only if it was not listed at open (portGids); one that was
+    // listed comes and goes with the interface like any other.
+    const want = wantedGids(p.netdev, src);
+    const pin = p.pinnedGid;
+    if (pin !== null && !want.some((w) => Buffer.from(w.gid).equals(Buffer.from(pin.gid)))) want.push(pin);
+    this.applyGids(p, p.gids.sync(want), true);
+  }
+
+  /**
+   * What a sync did, reported: each address a full table refused counts once in the port's
+   * `gid_table_full` and comes as a VerbsError (ENOSPC) on the device's 'gidTableFull' event;
+   * a change raises GID_CHANGE (not for the table a port starts with).
+   */
+  private applyGids(p: Port, r: GidSyncResult, notify: boolean): void {
+    for (const e of r.refused) {
+      p.counters.counts[Ctr.gid_table_full]!++;
+      emitGuarded(this, 'gidTableFull', e);
+    }
+    if (r.changed && notify) this.asyncEvent({ type: 'GID_CHANGE', port: p.num });
+  }
+
   private live(op: string): void {
     if (this.closed) throw new VerbsError('EBADF', op, `device ${this.name} is closed`, 'device');
   }
@@ -161,9 +200,18 @@ export class Device extends EventEmitter implements TransportDevice {
     return portAttr(this.ports[port - 1]!, this.attr.maxMsgSize);
   }
 
+  /** The port's valid GID entries in index order, as they are now (a snapshot: the table is live). */
   gidTable(port = 1): readonly GidEntry[] {
     V.int('ibv_query_gid', 'port', port, 1, this.ports.length);
-    return this.ports[port - 1]?.gids ?? [];
+    return this.ports[port - 1]!.gids.entries();
+  }
+
+  /** ibv_query_gid: the entry at `index`, or null for an empty slot (where ibv_query_gid gives the zero GID). */
+  queryGid(index: number, port = 1): GidEntry | null {
+    V.int('ibv_query_gid', 'port', port, 1, this.ports.length);
+    const t = this.ports[port - 1]!.gids;
+    V.int('ibv_query_gid', 'index', index, 0, t.len - 1);
+    return t.get(index);
   }
 
   /** The RoCE v2 GID of the bound address: what QPs use unless told otherwise. */

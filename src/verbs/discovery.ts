@@ -8,16 +8,12 @@ import { networkInterfaces, homedir } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VerbsError } from './errors.js';
-import { gidFromString, ipv4ToGid, macToDefaultGid, type Gid } from '../roce/gid.js';
+import { gidFromString, ipv4ToGid } from '../roce/gid.js';
 import { MTU_VALUES, type Mtu } from '../roce/opcode.js';
+import { DEFAULT_GID_TBL_LEN, GidTable, type GidEntry, type WantedGid } from './gid-table.js';
+import { hostAddressSource, wantedGids, type AddressSource } from './addr-watch.js';
 
-export type GidType = 'RoCE v1' | 'RoCE v2';
-export interface GidEntry {
-  index: number;
-  gid: Gid;
-  type: GidType;
-  netdev: string;
-}
+export type { GidType, GidEntry } from './gid-table.js';
 
 export interface DeviceDescriptor {
   name: string;
@@ -54,22 +50,30 @@ export function activeMtuFor(netdevMtu: number): Mtu {
 }
 
 /**
+ * The addresses a port's GID table holds: those of the netdevs tied to the port (addr-watch.ts),
+ * and the port's bound address when it is not among them (a 127/8 address other than 127.0.0.1,
+ * which `lo` does not list; an in-memory link's address). Such a pinned address stays for the
+ * port's life; an address the interface lists comes and goes with it.
+ */
+export function portGids(netdev: string, boundAddress: string, src: AddressSource): { want: WantedGid[]; pinned: WantedGid | null } {
+  const want = wantedGids(netdev, src);
+  const gid = boundAddress.includes(':') ? gidFromString(boundAddress) : ipv4ToGid(boundAddress);
+  const listed = want.some((w) => Buffer.from(w.gid).equals(Buffer.from(gid)));
+  const pinned = listed ? null : { gid, netdev };
+  if (pinned) want.push(pinned);
+  return { want, pinned };
+}
+
+/**
  * The GID table as roce_gid_mgmt builds it for a port that supports both RoCE
  * versions: the default GID (fe80::/64 + EUI-64 of the MAC) first, then every
- * address of the interface, each once per RoCE type (v1, then v2).
+ * address of the interface, each once per RoCE type (v1, then v2). A snapshot of
+ * what a port opened now would start with (gid-table.ts keeps it live).
  */
-export function buildGidTable(netdev: string, mac: Uint8Array, boundAddress: string): GidEntry[] {
-  const out: GidEntry[] = [];
-  const add = (gid: Gid): void => {
-    if (out.some((e) => Buffer.from(e.gid).equals(Buffer.from(gid)))) return;
-    for (const type of ['RoCE v1', 'RoCE v2'] as const) out.push({ index: out.length, gid, type, netdev });
-  };
-  add(macToDefaultGid(mac));
-  const addrs = networkInterfaces()[netdev] ?? [];
-  for (const a of addrs) if (a.family === 'IPv4') add(ipv4ToGid(a.address));
-  for (const a of addrs) if (a.family === 'IPv6') add(gidFromString(a.address.split('%')[0]!));
-  add(boundAddress.includes(':') ? gidFromString(boundAddress) : ipv4ToGid(boundAddress));
-  return out;
+export function buildGidTable(netdev: string, mac: Uint8Array, boundAddress: string, src: AddressSource = hostAddressSource): GidEntry[] {
+  const t = new GidTable(DEFAULT_GID_TBL_LEN, netdev, mac);
+  t.sync(portGids(netdev, boundAddress, src).want);
+  return t.entries();
 }
 
 /**

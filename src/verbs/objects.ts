@@ -13,6 +13,7 @@ import type { Qp, CreateQpOptions } from './qp.js';
 import type { Dest } from '../roce/transport/types.js';
 import { RecvWqe } from '../roce/transport/wqe.js';
 import type { AddressHandle } from '../roce/transport/types.js';
+import { checkSgidIndex } from './gid-table.js';
 
 /** Checks a scatter/gather list's shape (types, counts); returns its total length. */
 export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
@@ -110,7 +111,7 @@ export class Pd {
     const op = 'ibv_create_ah';
     V.obj(op, 'options', o);
     V.gid(op, 'gid', o.gid);
-    V.optInt(op, 'sgidIndex', o.sgidIndex, 0, (this.device.ports[0]?.gids.length ?? 1) - 1);
+    checkSgidIndex(op, 'sgidIndex', o.sgidIndex, this.device.ports[0]!.gids);
     V.optInt(op, 'hopLimit', o.hopLimit, 0, 255);
     V.optInt(op, 'trafficClass', o.trafficClass, 0, 255);
     V.optInt(op, 'flowLabel', o.flowLabel, 0, 0xfffff);
@@ -262,7 +263,18 @@ export class Ah implements AddressHandle {
     this.flowLabel = o.flowLabel ?? 0;
     this.sgidIndex = o.sgidIndex ?? 0;
     this.udpPort = o.udpPort ?? 4791;
-    this.dest = { ip: this.ip, ipNum: this.ipNum, family: this.family, port: this.udpPort, bytes: g, tos: this.trafficClass & 0xff };
+    // The source GID's generation now: a UD send through this AH after its entry went is dropped (build.ts).
+    const sgidGen = pd.device.ports[0]?.gidGen[this.sgidIndex] ?? 0;
+    this.dest = {
+      ip: this.ip,
+      ipNum: this.ipNum,
+      family: this.family,
+      port: this.udpPort,
+      bytes: g,
+      tos: this.trafficClass & 0xff,
+      sgidIndex: this.sgidIndex,
+      sgidGen,
+    };
   }
   get closed(): boolean {
     return this.#closed;

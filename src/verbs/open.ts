@@ -14,6 +14,7 @@ import type { Link } from '../roce/link/link.js';
 import { FaultInjector, type FaultOptions } from '../roce/link/fault-link.js';
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import { getDeviceList, sysNetdevFor, type DeviceDescriptor } from './discovery.js';
+import type { AddressSource } from './addr-watch.js';
 
 export interface OpenDeviceOptions {
   name?: string;
@@ -27,6 +28,10 @@ export interface OpenDeviceOptions {
   faults?: FaultOptions;
   pcap?: string;
   icrcIpv4?: 'infer-id' | 'id-zero';
+  /** gid_tbl_len of the port (ibv_query_port): 128 by default, the Mellanox manual's per-port hardware limit */
+  gidTblLen?: number;
+  /** for tests: where the GID table's addresses come from (default: the host's, by netlink or a 500 ms poll) */
+  addresses?: AddressSource;
 }
 
 /** openDevice's argument checks: all before a socket is bound. */
@@ -44,6 +49,8 @@ function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
   if (o.pcap === '') V.fail(op, 'pcap', 'must be a file name');
   V.optObj(op, 'scheduler', o.scheduler);
   V.optObj(op, 'link', o.link);
+  V.optInt(op, 'gidTblLen', o.gidTblLen, 2, 4096);
+  V.optObj(op, 'addresses', o.addresses);
   if (o.faults !== undefined) {
     const f = o.faults;
     V.obj(op, 'faults', f);
@@ -89,7 +96,10 @@ export async function openDeviceWith(o: OpenDeviceOptions, create: (name: string
         throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap');
       });
     }
-    dev.addPort(link, netdev || 'lo', found.mac);
+    const portOpts: { gidTblLen?: number; addresses?: AddressSource } = {};
+    if (o.gidTblLen !== undefined) portOpts.gidTblLen = o.gidTblLen;
+    if (o.addresses !== undefined) portOpts.addresses = o.addresses;
+    dev.addPort(link, netdev || 'lo', found.mac, portOpts);
     if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
     return dev;
   } catch (e) {

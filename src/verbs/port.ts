@@ -1,7 +1,8 @@
 /**
  * A port of a device: one link (a UDP socket on one address, or an in-memory one), the GID table
- * built from the interface's MAC and addresses, the port's counters, and what ibv_query_port
- * reports about it. The transport sees it as a PortLike (src/roce/transport/types.ts).
+ * (the default GID from the interface's MAC, then the addresses of the netdevs tied to it, kept
+ * live: gid-table.ts, addr-watch.ts), the port's counters, and what ibv_query_port reports about
+ * it. The transport sees it as a PortLike (src/roce/transport/types.ts).
  */
 import { Ctr, Counters } from '../roce/counters.js';
 import type { Link, RxHandler } from '../roce/link/link.js';
@@ -9,7 +10,7 @@ import type { PortLike } from '../roce/transport/types.js';
 import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
 import type { Mtu } from '../roce/opcode.js';
 import type { PortAttr } from './device-attr.js';
-import type { GidEntry } from './discovery.js';
+import type { GidTable, WantedGid } from './gid-table.js';
 
 export class Port implements PortLike {
   readonly num: number;
@@ -18,11 +19,15 @@ export class Port implements PortLike {
   readonly address: string;
   readonly ipNum: number;
   readonly addrBytes: Uint8Array;
-  readonly gids: GidEntry[];
+  readonly gids: GidTable;
+  /** per GID index, the generation of the entry there (0: empty): the transport's check before a send */
+  readonly gidGen: Uint32Array;
+  /** the bound address when the netdev does not list it: kept in the table for the port's life (discovery.ts portGids) */
+  pinnedGid: WantedGid | null = null;
   readonly counters = new Counters();
   readonly activeMtu: Mtu;
   readonly mac: Uint8Array;
-  constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidEntry[], activeMtu: Mtu) {
+  constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidTable, activeMtu: Mtu) {
     this.num = num;
     this.link = link;
     this.netdev = netdev;
@@ -30,6 +35,7 @@ export class Port implements PortLike {
     this.ipNum = link.family === 4 ? ipv4ToNumber(link.localIp) : 0;
     this.addrBytes = link.family === 4 ? ipv4ToGid(link.localIp).subarray(12) : gidFromString(link.localIp);
     this.gids = gids;
+    this.gidGen = gids.gen;
     this.activeMtu = activeMtu;
     this.mac = mac;
   }
@@ -41,7 +47,7 @@ export function portAttr(p: Port, maxMsgSz: number): PortAttr {
     state: p.link.up ? 'ACTIVE' : 'DOWN',
     maxMtu: 4096,
     activeMtu: p.activeMtu,
-    gidTblLen: 1024,
+    gidTblLen: p.gids.len,
     portCapFlags: 0x00010000 | 0x04000000,
     maxMsgSz,
     pkeyTblLen: 1,
@@ -61,8 +67,8 @@ export function portAttr(p: Port, maxMsgSz: number): PortAttr {
 /** The RoCE v2 GID of the port's bound address: what QPs use unless told otherwise (its index; 0 if absent). */
 export function defaultSgid(p: Port): number {
   const want = p.link.family === 4 ? ipv4ToGid(p.address) : gidFromString(p.address);
-  const e = p.gids.find((g) => g.type === 'RoCE v2' && Buffer.from(g.gid).equals(Buffer.from(want)));
-  return e ? e.index : 0;
+  const i = p.gids.indexOf(want, 'RoCE v2');
+  return i >= 0 ? i : 0;
 }
 
 /** What a device does with the events of its port's link (device.addPort). */

@@ -10,6 +10,7 @@ import type { Srq } from './objects.js';
 import type { Cq } from './cq.js';
 import * as V from './validate.js';
 import type { Gid } from '../roce/gid.js';
+import { checkSgidIndex, type GidTable } from './gid-table.js';
 import type { Mtu } from '../roce/opcode.js';
 
 export interface QpCap {
@@ -84,11 +85,11 @@ export function checkRemoteEndpoint(op: string, arg: string, x: unknown, needPsn
   V.optInt(op, arg, r['udpPort'], 1, 65535);
 }
 
-function checkAv(op: string, arg: string, x: unknown, gidCount: number): void {
+function checkAv(op: string, arg: string, x: unknown, gids: GidTable): void {
   V.obj(op, arg, x);
   const av = x as Record<string, unknown>;
   V.gid(op, arg, av['dgid']);
-  V.optInt(op, arg, av['sgidIndex'], 0, gidCount - 1);
+  checkSgidIndex(op, arg, av['sgidIndex'], gids);
   V.optInt(op, arg, av['hopLimit'], 0, 255);
   V.optInt(op, arg, av['trafficClass'], 0, 255);
   V.optInt(op, arg, av['flowLabel'], 0, 0xfffff);
@@ -124,5 +125,5 @@ export function checkQpAttrValues(a: QpAttrs, dev: Device, curPort: number): voi
     V.list(op, 'accessFlags', a.accessFlags);
     accessBits(a.accessFlags, 'accessFlags', op, (c, o, m, arg) => new VerbsError(c, o, m, arg));
   }
-  if (a.av !== undefined) checkAv(op, 'av', a.av, dev.ports[(a.port ?? curPort) - 1]!.gids.length);
+  if (a.av !== undefined) checkAv(op, 'av', a.av, dev.ports[(a.port ?? curPort) - 1]!.gids);
 }

@@ -7,6 +7,7 @@ import { VerbsError, InvalidQpAttrError } from './errors.js';
 import { assertQpTransition, QP_STATES, type QpState } from './qp-state.js';
 import type { Access } from './types.js';
 import type { Qp } from './qp.js';
+import type { Port } from './port.js';
 import * as V from './validate.js';
 import { gidFromString, gidToIpv4Number, type Gid } from '../roce/gid.js';
 import { gidToAddress } from './objects.js';
@@ -50,8 +51,11 @@ export function qpAv(av: Av): QpAv {
   };
 }
 
-/** Where RC/UC packets go: derived from the AV once, at modify(), not per packet. */
-export function destOf(av: QpAv): Dest {
+/**
+ * Where RC/UC packets go: derived from the AV once, at modify(), not per packet; with the
+ * generation of the source GID entry now, which each send compares (build.ts finishAndSend).
+ */
+export function destOf(av: QpAv, port: Port): Dest {
   const addr = gidToAddress(av.dgid);
   return {
     ip: addr.ip,
@@ -60,6 +64,8 @@ export function destOf(av: QpAv): Dest {
     port: av.udpPort,
     bytes: av.dgid,
     tos: av.trafficClass & 0xff,
+    sgidIndex: av.sgidIndex,
+    sgidGen: port.gidGen[av.sgidIndex] ?? 0,
   };
 }
 
@@ -107,7 +113,7 @@ export function rtrAttrs(qp: Qp, o: RtrOptions): QpAttrs {
   if (rqPsn === undefined) V.fail(op, 'rqPsn', "the peer's initial PSN is required (rqPsn or remote.psn)");
   const av: Av = {
     dgid: o.remote.gid,
-    sgidIndex: o.sgidIndex ?? qp.device.defaultSgidIndex(),
+    sgidIndex: o.sgidIndex ?? qp.device.defaultSgidIndex(qp.port),
     hopLimit: o.hopLimit ?? 64,
     trafficClass: o.trafficClass ?? 0,
   };

@@ -9,6 +9,7 @@ import { Mr } from './mr.js';
 import * as V from './validate.js';
 import { gidToString } from '../roce/gid.js';
 import type { MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
+import { checkSgidIndex } from './gid-table.js';
 
 /** What qp.query() returns. */
 export type QpInfo = Readonly<
@@ -47,11 +48,11 @@ export function qpEndpoint(qp: Qp, o: { mr?: Mr; sgidIndex?: number }): QpEndpoi
   const op = 'endpoint';
   V.obj(op, 'options', o);
   const gids = qp.device.ports[qp.port - 1]!.gids;
-  V.optInt(op, 'sgidIndex', o.sgidIndex, 0, gids.length - 1);
+  checkSgidIndex(op, 'sgidIndex', o.sgidIndex, gids);
   const ep: QpEndpoint & Partial<MrEndpoint> = {
     qpn: qp.qpn,
     psn: qp.sqPsn,
-    gid: gidToString(gids[o.sgidIndex ?? qp.device.defaultSgidIndex(qp.port)]!.gid),
+    gid: gidToString(gids.get(o.sgidIndex ?? qp.device.defaultSgidIndex(qp.port))!.gid),
   };
   if (o.mr !== undefined) {
     if (!(o.mr instanceof Mr) || o.mr.closed) V.fail(op, 'mr', 'must be a registered, open MR');

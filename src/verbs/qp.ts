@@ -68,7 +68,7 @@ export class Qp implements TransportQp {
   #sqDrainNotify = false;
   #av: QpAv | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
-  #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0 };
+  #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0, sgidIndex: 0, sgidGen: 0 };
 
   get state(): QpState {
     return this.#state;
@@ -205,7 +205,7 @@ export class Qp implements TransportQp {
     if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
     if (a.av !== undefined) {
       this.#av = qpAv(a.av);
-      this.#dest = destOf(this.#av);
+      this.#dest = destOf(this.#av, this.device.ports[this.#port - 1]!);
     }
     if (a.rqPsn !== undefined) {
       this.#rqPsn = a.rqPsn;

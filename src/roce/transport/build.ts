@@ -61,8 +61,19 @@ export function payloadOff(opcode: number): number {
   return OPCODE_LEN[opcode]!;
 }
 
-/** Pads, computes the ICRC and hands the packet to the link. `end` = payload end. */
+/**
+ * Pads, computes the ICRC and hands the packet to the link. `end` = payload end. A packet whose
+ * source GID entry is gone (its address left the interface, or its slot holds another address
+ * since the AV was set) is not sent: the buffer goes back to the pool and `sent_sgid_gone`
+ * counts it. The transport carries on as after a loss on the wire (an RC QP retries, then fails
+ * with RETRY_EXC_ERR), which is what rxe's QP sees when its source address has gone.
+ */
 export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: number, d: Dest): void {
+  if (port.gidGen[d.sgidIndex] !== d.sgidGen) {
+    port.link.freeTx(b);
+    port.counters.counts[Ctr.sent_sgid_gone]!++;
+    return;
+  }
   const pad = padFor(payloadLen);
   for (let i = 0; i < pad; i++) b[end + i] = 0;
   const icrcOff = end + pad;

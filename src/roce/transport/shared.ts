@@ -136,7 +136,11 @@ export interface AddressHandle {
   readonly dest: Dest;
 }
 
-/** Where a QP's or AH's packets go: address, UDP port, and the AV's traffic class (IPv4 TOS). */
+/**
+ * Where a QP's or AH's packets go: address, UDP port, and the AV's traffic class (IPv4 TOS); and
+ * the source GID they leave from: its index in the port's GID table and the generation the entry
+ * there had when the AV was set (PortLike.gidGen: a send whose entry is gone is dropped).
+ */
 export interface Dest {
   ip: string;
   ipNum: number;
@@ -144,4 +148,6 @@ export interface Dest {
   port: number;
   bytes: Uint8Array;
   tos: number;
+  sgidIndex: number;
+  sgidGen: number;
 }

@@ -34,6 +34,8 @@ export interface PortLike {
   readonly ipNum: number;
   readonly addrBytes: Uint8Array;
   readonly counters: Counters;
+  /** per GID index, the generation of the entry there (0: empty); a Dest whose sgidGen differs sends nothing */
+  readonly gidGen: Uint32Array;
 }
 
 /** The device as the transport uses it: ports, clock, tables, the run queue, events. */
