@@ -1,0 +1,124 @@
+/**
+ * The GID table follows real address changes (issue 12 item 3, "done when": `ip addr add` / `ip
+ * addr del` in a namespace changes the table within 1 s, raises GID_CHANGE, and a QP on the new
+ * address works). A namespace of this test's own (srgid<pid>) with a dummy link and addresses in
+ * 198.19.0.0/16; a device opened inside it by gid-netns-child.ts under `ip netns exec`. With the
+ * addon the change arrives by netlink, without it (SOFTROCE_NO_NATIVE=1) by the 500 ms poll.
+ * Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for `ip netns`); it says so and skips otherwise.
+ * The namespace is deleted at the end, on exit, and by the next run if this one was killed.
+ */
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+const PREFIX = 'srgid';
+const ns = `${PREFIX}${process.pid}`;
+const ip = (...args: string[]): { ok: boolean; err: string } => {
+  const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+  return { ok: r.status === 0, err: (r.stderr ?? '') + (r.error ? String(r.error) : '') };
+};
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+/** Namespaces of earlier runs that were killed before their cleanup: ours by name, their process gone. */
+function sweep(): void {
+  const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  for (const line of (r.stdout ?? '').split('\n')) {
+    const m = new RegExp(`^${PREFIX}(\\d+)\\b`).exec(line.trim());
+    if (m && Number(m[1]) !== process.pid && !alive(Number(m[1]))) ip('netns', 'del', `${PREFIX}${m[1]}`);
+  }
+}
+
+function setup(): string | null {
+  if (process.getuid?.() !== 0) return 'needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to create a network namespace';
+  if (spawnSync('ip', ['-V']).status !== 0) return 'needs the ip tool (iproute2)';
+  sweep();
+  const add = ip('netns', 'add', ns);
+  if (!add.ok) return `cannot create a network namespace: ${add.err.trim()}`;
+  process.on('exit', () => void ip('netns', 'del', ns));
+  // A dummy link, else a veth pair, inside the namespace: its names are the namespace's own.
+  let link = ip('-n', ns, 'link', 'add', 'sgd0', 'type', 'dummy');
+  if (!link.ok) link = ip('-n', ns, 'link', 'add', 'sgd0', 'type', 'veth', 'peer', 'name', 'sgd1');
+  if (!link.ok) return `cannot create a dummy or veth link: ${link.err.trim()}`;
+  for (const a of [
+    ['-n', ns, 'link', 'set', 'lo', 'up'],
+    ['-n', ns, 'link', 'set', 'sgd0', 'up'],
+    ['-n', ns, 'addr', 'add', '198.19.0.1/24', 'dev', 'sgd0'],
+  ]) {
+    const r = ip(...a);
+    if (!r.ok) return `ip ${a.join(' ')}: ${r.err.trim()}`;
+  }
+  // sgd1 (veth case) comes up too, or sgd0 stays without carrier.
+  ip('-n', ns, 'link', 'set', 'sgd1', 'up');
+  return null;
+}
+
+const why = setup();
+t.teardown(() => void ip('netns', 'del', ns));
+// Not run (no root, no ip, no namespaces): reported as skipped, with the reason.
+t.test(
+  'ip addr add / del in a namespace: the GID table follows within 1 s, GID_CHANGE, a QP on the new address',
+  why === null ? {} : { skip: why },
+  async (t) => {
+    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, join(dirname(fileURLToPath(import.meta.url)), 'gid-netns-child.js'), '198.19.0.1'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+    const next = async (ev: string, ms: number): Promise<Record<string, unknown>> => {
+      const end = Date.now() + ms;
+      for (;;) {
+        const left = end - Date.now();
+        if (left <= 0) throw new Error(`no '${ev}' from the child within ${ms} ms`);
+        const r = await Promise.race([lines.next(), new Promise<null>((res) => setTimeout(() => res(null), left).unref())]);
+        if (r === null) throw new Error(`no '${ev}' from the child within ${ms} ms`);
+        if (r.done) throw new Error(`the child ended before '${ev}'`);
+        const o = JSON.parse(r.value) as Record<string, unknown>;
+        if (o['ev'] === ev) return o;
+      }
+    };
+    const has = (o: Record<string, unknown>, key: string, addr: string): boolean => (o[key] as string[]).some((r) => r.includes(`::ffff:${addr} RoCE v2`));
+
+    const ready = await next('ready', 10_000);
+    t.comment(`address changes reach the device by ${ready['netlink'] ? 'netlink' : 'polling'}`);
+    t.equal(ready['netlink'], process.env['SOFTROCE_NO_NATIVE'] !== '1', 'netlink with the addon, polling without');
+    t.ok(has(ready, 'table', '198.19.0.1'), 'the first address is in the table');
+    t.equal(ready['gidTblLen'], 128);
+
+    let t0 = performance.now();
+    t.ok(ip('-n', ns, 'addr', 'add', '198.19.0.2/24', 'dev', 'sgd0').ok, 'ip addr add');
+    const added = await next('gid', 3000);
+    const addMs = performance.now() - t0;
+    t.ok(addMs < 1000, `GID_CHANGE after ip addr add in ${addMs.toFixed(0)} ms (< 1 s)`);
+    t.ok(has(added, 'table', '198.19.0.2'), 'the new address is in the table');
+
+    child.stdin.write('qp 198.19.0.2\n');
+    const qp = await next('qp', 10_000);
+    t.equal(qp['status'], 'SUCCESS', 'an RC WRITE from a QP on the new address completes');
+    t.equal(qp['landed'], true, 'and its bytes landed');
+
+    t0 = performance.now();
+    t.ok(ip('-n', ns, 'addr', 'del', '198.19.0.2/24', 'dev', 'sgd0').ok, 'ip addr del');
+    const removed = await next('gid', 3000);
+    const delMs = performance.now() - t0;
+    t.ok(delMs < 1000, `GID_CHANGE after ip addr del in ${delMs.toFixed(0)} ms (< 1 s)`);
+    t.notOk(has(removed, 'table', '198.19.0.2'), 'the address left the table');
+
+    child.stdin.write('send\n');
+    const sent = await next('sent', 5000);
+    t.ok((sent['sgidGone'] as number) >= 1, `the QP on the deleted address sends nothing: sent_sgid_gone ${String(sent['sgidGone'])}`);
+
+    child.stdin.write('quit\n');
+    await next('bye', 5000);
+  },
+);
