@@ -138,7 +138,16 @@ export class Device extends EventEmitter implements TransportDevice {
     p.pinnedGid = first.pinned;
     this.applyGids(p, gids.sync(first.want), false);
     this.ports.push(p);
-    this.unwire.push(src.watch(() => this.refreshGids(p, src)));
+    this.unwire.push(
+      src.watch(() => {
+        try {
+          this.refreshGids(p, src);
+        } catch {
+          // The address list could not be read (getifaddrs failed): the table stays as it is
+          // and the next event or poll reads it again. Nothing to throw into the event loop.
+        }
+      }),
+    );
     this.unwire.push(
       wireLink(p, {
         rx: (buf, len, srcIp, srcPort, ipIdDf) => {

@@ -160,5 +160,5 @@ function full(w: WantedGid, type: GidType, len: number): VerbsError {
  */
 export function checkSgidIndex(op: string, arg: string, x: unknown, gids: GidTable): void {
   V.optInt(op, arg, x, 0, gids.len - 1);
-  if (x !== undefined && gids.get(x as number) === null) throw new VerbsError('ENODATA', op, `GID index ${String(x)} is empty`, arg);
+  if (x !== undefined && gids.get(x as number) === null) throw new VerbsError('ENODATA', op, `GID index ${x as number} is empty`, arg);
 }

@@ -102,6 +102,19 @@ t.test(
     t.ok(addMs < 1000, `GID_CHANGE after ip addr add in ${addMs.toFixed(0)} ms (< 1 s)`);
     t.ok(has(added, 'table', '198.19.0.2'), 'the new address is in the table');
 
+    // The tools read the table too: a device on the new address, opened by name as a user would.
+    const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+    const tool = (name: string, ...args: string[]): string =>
+      spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(root, 'bin', `${name}.js`), ...args], {
+        encoding: 'utf8',
+        timeout: 20_000,
+        env: { ...process.env, SOFTROCE_DEVICES: 'gidns0=sgd0:198.19.0.2' },
+      }).stdout;
+    const gids = tool('show_gids', 'gidns0');
+    t.match(gids, /gidns0\t1\t\d+\t0000:0000:0000:0000:0000:ffff:c613:0001\t198\.19\.0\.1\s+\tv2\tsgd0/, 'show_gids lists the first address');
+    t.match(gids, /gidns0\t1\t\d+\t0000:0000:0000:0000:0000:ffff:c613:0002\t198\.19\.0\.2\s+\tv1\tsgd0/, 'and the new one, v1');
+    t.match(tool('ibv_devinfo', '-v', '-d', 'gidns0'), /GID\[\s*\d+\]:\s+::ffff:198\.19\.0\.2, RoCE v2/, 'ibv_devinfo -v lists the new address');
+
     child.stdin.write('qp 198.19.0.2\n');
     const qp = await next('qp', 10_000);
     t.equal(qp['status'], 'SUCCESS', 'an RC WRITE from a QP on the new address completes');

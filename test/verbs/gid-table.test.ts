@@ -48,7 +48,6 @@ class FakeHost implements AddressSource {
   }
 }
 
-const MAC = new Uint8Array([0x02, 0x00, 0xc6, 0x13, 0x00, 0x01]);
 const rows = (d: Device): string[] => d.gidTable().map((g) => `${g.index} ${gidToString(g.gid)} ${g.type === 'RoCE v1' ? 'v1' : 'v2'} ${g.netdev}`);
 
 async function open(host: FakeHost, o: { address?: string; gidTblLen?: number; net?: MemNetwork; sched?: FakeScheduler } = {}): Promise<Device> {
