@@ -127,6 +127,26 @@ t.test(
     t.ok(delMs < 1000, `GID_CHANGE after ip addr del in ${delMs.toFixed(0)} ms (< 1 s)`);
     t.notOk(has(removed, 'table', '198.19.0.2'), 'the address left the table');
 
+    // A device above the port's netdev counts for the port (roce_gid_mgmt: an upper device that is
+    // not a bond), one beside it does not; read from /sys/class/net in the namespace. A VLAN where
+    // the kernel has 8021q, else a bridge the port's netdev joins.
+    const unrelated = ip('-n', ns, 'link', 'add', 'sgbx', 'type', 'bridge');
+    let upper = ip('-n', ns, 'link', 'add', 'link', 'sgd0', 'name', 'sgup', 'type', 'vlan', 'id', '7');
+    if (!upper.ok) {
+      upper = ip('-n', ns, 'link', 'add', 'sgup', 'type', 'bridge');
+      if (upper.ok) upper = ip('-n', ns, 'link', 'set', 'sgd0', 'master', 'sgup');
+    }
+    if (!upper.ok || !unrelated.ok) t.comment(`upper-device part not run: cannot create a VLAN or bridge (${upper.err.trim()}${unrelated.err.trim()})`);
+    else {
+      for (const l of ['sgup', 'sgbx']) ip('-n', ns, 'link', 'set', l, 'up');
+      t.ok(ip('-n', ns, 'addr', 'add', '198.19.8.1/24', 'dev', 'sgbx').ok, 'an address on a device not tied to the port');
+      t.ok(ip('-n', ns, 'addr', 'add', '198.19.7.1/24', 'dev', 'sgup').ok, 'an address on a device above the port');
+      let got: Record<string, unknown> = { table: [] };
+      for (let i = 0; i < 5 && !has(got, 'table', '198.19.7.1'); i++) got = await next('gid', 3000).catch(() => ({ table: [] }));
+      t.ok(has(got, 'table', '198.19.7.1'), "the upper device's address joined the port's table");
+      t.notOk(has(got, 'table', '198.19.8.1'), "the other device's did not");
+    }
+
     child.stdin.write('send\n');
     const sent = await next('sent', 5000);
     t.ok((sent['sgidGone'] as number) >= 1, `the QP on the deleted address sends nothing: sent_sgid_gone ${String(sent['sgidGone'])}`);
