@@ -1,7 +1,7 @@
 /**
  * The GID table follows real address changes (issue 12 item 3, "done when": `ip addr add` / `ip
  * addr del` in a namespace changes the table within 1 s, raises GID_CHANGE, and a QP on the new
- * address works). A namespace of this test's own (srgid<pid>) with a dummy link and addresses in
+ * address works). A namespace of this test's own (srgid<pid>) with a dummy (else veth) link, addresses in
  * 198.19.0.0/16; a device opened inside it by gid-netns-child.ts under `ip netns exec`. With the
  * addon the change arrives by netlink, without it (SOFTROCE_NO_NATIVE=1) by the 500 ms poll.
  * Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for `ip netns`); it says so and skips otherwise.
