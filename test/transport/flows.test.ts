@@ -319,3 +319,22 @@ t.test(`UDP (${backend}): 1,000 QPs on one device, descriptors bounded by the de
   await b.close();
   t.ok(fdCount() - before <= 2, 'closed devices leave no send socket open');
 });
+
+t.test('UDP over IPv6 (Node sockets in the pool): the datagram arrives from the flow port', async (t) => {
+  const rx = await UdpLink.open({ address: '::1', port: 0 });
+  const got: number[] = [];
+  rx.setReceiver((_b, _l, _ip, sport) => got.push(sport));
+  const tx = await UdpLink.open({ address: '::1', port: 0 });
+  t.equal(tx.caps.flowSrcPort, true);
+  const want = 0xc000 + 0x2a5; // a port no other test here uses
+  const sp = tx.sourcePort(want);
+  t.equal(sp, want);
+  const b = tx.allocTx()!;
+  b.fill(0, 0, 16);
+  tx.send(b, 16, '::1', rx.localPort, 0, sp);
+  for (const end = performance.now() + 3000; got.length < 1 && performance.now() < end; ) await new Promise((r) => setTimeout(r, 5));
+  t.same(got, [want]);
+  t.equal(tx.txSocketCount, 1);
+  await tx.close();
+  await rx.close();
+});
