@@ -154,6 +154,18 @@ export class DgramLink extends UdpLinkBase {
   /** the flow socket each buffer Node still holds went out on (its inflight count, for the pool's eviction) */
   private readonly via = new Map<Buffer, { inflight: number }>();
 
+  /**
+   * A flow socket of Node's is bound (no addon batching: IPv6, SOFTROCE_NO_BATCH=1, no addon): it
+   * gets what the port's own socket got from the addon, so its IPv4 datagrams carry ID 0 + DF too
+   * (the ICRC was computed for that; rxe drops anything else).
+   */
+  protected override txSocketBound(sock: dgram.Socket): void {
+    if (this.family !== 4 || !this.caps.ipv4IdZero) return;
+    const n = loadNative();
+    const fd = n ? dgramFd(sock) : -1;
+    if (n && fd >= 0) n.setIntSockopt(fd, n.constants['IPPROTO_IP']!, n.constants['IP_MTU_DISCOVER']!, n.constants['IP_PMTUDISC_DO']!);
+  }
+
   /** A flow socket's bind failed: Node dropped the sends it queued without calling back; their buffers come back here. */
   protected override txSocketFailed(e: TxSocket): void {
     const wasEmpty = this.pool.available === 0;

@@ -220,6 +220,9 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     return want;
   }
 
+  /** Node's send socket is bound: the backend applies the options its own socket has (DgramLink: IP_PMTUDISC_DO). */
+  protected txSocketBound(_sock: dgram.Socket): void {}
+
   /** Node's send socket `e` failed (its bind): the buffers it held will never come back by callback. */
   protected txSocketFailed(_e: TxSocket): void {}
 
@@ -255,19 +258,24 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     // SO_REUSEADDR), Node drops that queue without calling back: txSocketFailed gives the buffers back.
     const sock = dgram.createSocket({ type: this.family === 6 ? 'udp6' : 'udp4', reuseAddr: true, ipv6Only: this.family === 6 });
     const e: TxSocket = { port, fd: -1, sock, ready: true, lastTurn: this.turn, inflight: 0 };
-    sock.once('error', () => {
+    let failed = false;
+    sock.on('error', () => {
+      if (failed) return;
+      failed = true;
       if (this.txs.get(port) === e) this.txs.delete(port);
       this.failedPorts.add(port);
       this.txStats.bindErrors++;
       this.closeTxSocket(e);
       if (!this.closed) this.txSocketFailed(e);
     });
+    // The bind callback runs before Node sends what it queued (both wait for 'listening', this first).
     sock.bind({ address: this.localIp, port, exclusive: true }, () => {
       try {
         sock.setSendBufferSize(this.socketBufferBytes);
       } catch {
         /* capped by wmem_max: fine */
       }
+      if (!failed) this.txSocketBound(sock);
     });
     return e;
   }
