@@ -85,6 +85,47 @@ static Napi::Value UdpOpen4(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// udpOpenTx4(ipv4: number, port: number, bufBytes: number, netdev: string) -> fd or -errno
+// A send-only socket for one flow source port (the per-QP UDP source port of
+// RoCEv2, flow.ts): IPv4 UDP bound to ip:port with IP_PMTUDISC_DO (DF and ID
+// 0, as on the port's own socket: the ICRC covers the ID) and SO_REUSEADDR, so
+// every device and process on the address that hashes a QP to this port can
+// hold one (Linux lets UDP sockets that all set it share a port). A socket
+// filter that accepts nothing keeps anything sent to the port from queueing
+// here: receive stays on 4791.
+static Napi::Value UdpOpenTx4(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) return Napi::Number::New(env, -EINVAL);
+  uint32_t ip = info[0].As<Napi::Number>().Uint32Value();
+  int port = info[1].As<Napi::Number>().Int32Value();
+  int bytes = info[2].As<Napi::Number>().Int32Value();
+  std::string ifname = info[3].As<Napi::String>().Utf8Value();
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  int one = 1;
+  int pmtu = IP_PMTUDISC_DO;
+  struct sock_filter none[] = { BPF_STMT(BPF_RET | BPF_K, 0) };
+  struct sock_fprog prog;
+  prog.len = 1;
+  prog.filter = none;
+  if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) {
+    int e = errno; close(fd); return Napi::Number::New(env, -e);
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) < 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+  if (!ifname.empty() && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname.c_str(), (socklen_t)ifname.size()) < 0) {
+    int e = errno; close(fd); return Napi::Number::New(env, -e);
+  }
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(ip);
+  if (bind(fd, (struct sockaddr*)&a, sizeof a) < 0) { int e = errno; close(fd); return Napi::Number::New(env, -e); }
+  return Napi::Number::New(env, fd);
+}
+
 // localPort(fd) -> the bound UDP port or -errno
 static Napi::Value LocalPort(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -648,6 +689,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("bindToDevice", Napi::Function::New(env, BindToDevice));
   exports.Set("udpOpen4", Napi::Function::New(env, UdpOpen4));
   exports.Set("localPort", Napi::Function::New(env, LocalPort));
+  exports.Set("udpOpenTx4", Napi::Function::New(env, UdpOpenTx4));
   exports.Set("rxStart", Napi::Function::New(env, RxStart));
   exports.Set("rxWantWrite", Napi::Function::New(env, RxWantWrite));
   exports.Set("rxStop", Napi::Function::New(env, RxStop));

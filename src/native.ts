@@ -15,6 +15,8 @@ export interface NativeAddon {
   sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number, tos?: number): number;
   /** a bound, non-blocking IPv4 UDP socket (IP_PMTUDISC_DO, UDP_GRO), or -errno */
   udpOpen4?(ipv4: number, port: number, bufBytes: number, netdev: string): number;
+  /** a send-only IPv4 UDP socket bound to ipv4:port for a flow source port (IP_PMTUDISC_DO, SO_REUSEADDR, receives nothing), or -errno */
+  udpOpenTx4?(ipv4: number, port: number, bufBytes: number, netdev: string): number;
   localPort?(fd: number): number;
   /** watch fd on Node's loop: cb(n) with n datagrams in data/meta, cb(-1) when writable again */
   rxStart?(fd: number, data: Buffer, meta: Uint32Array, slots: number, slotSize: number, cb: (n: number) => void): object | null;

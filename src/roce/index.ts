@@ -13,3 +13,4 @@ export * from './gid.js';
 export * from './framing.js';
 export * from './pcap.js';
 export * from './dump.js';
+export * from './flow.js';

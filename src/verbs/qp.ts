@@ -15,6 +15,7 @@ import type { Device } from './device.js';
 import type { Mr } from './mr.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
+import { flowSourcePort, qpSourcePort } from '../roce/flow.js';
 import type { Dest } from '../roce/transport/types.js';
 import { ReqInfo, CompInfo, RespInfo } from '../roce/transport/state.js';
 import type { TransportQp } from '../roce/transport/types.js';
@@ -69,6 +70,8 @@ export class Qp implements TransportQp {
   #av: QpAv | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
   #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0, sgidIndex: 0, sgidGen: 0 };
+  /** the UDP source port of this QP's packets: rxe's hash of the QPN at creation, the AV's flow label once it has one */
+  #srcPort: number;
 
   get state(): QpState {
     return this.#state;
@@ -138,6 +141,10 @@ export class Qp implements TransportQp {
   get dest(): Dest {
     return this.#dest;
   }
+  /** The UDP source port of everything this QP sends (src/roce/flow.ts); a flow label in the AV sets it (rxe_modify_qp). */
+  get srcPort(): number {
+    return this.#srcPort;
+  }
 
   // send queue: absolute counters, index = n % cap
   readonly sq: SendWqe[];
@@ -159,6 +166,7 @@ export class Qp implements TransportQp {
     this.device = device;
     this.pd = pd;
     this.qpn = qpn;
+    this.#srcPort = qpSourcePort(qpn);
     this.type = type;
     this.sendCq = sendCq;
     this.recvCq = recvCq;
@@ -206,6 +214,7 @@ export class Qp implements TransportQp {
     if (a.av !== undefined) {
       this.#av = qpAv(a.av);
       this.#dest = destOf(this.#av, this.device.ports[this.#port - 1]!);
+      this.#srcPort = flowSourcePort(this.qpn, this.#av.flowLabel);
     }
     if (a.rqPsn !== undefined) {
       this.#rqPsn = a.rqPsn;

@@ -151,14 +151,18 @@ const rawOk = ((): boolean => {
 t.test('caps per backend', async (t) => {
   const sched = new FakeScheduler();
   const mem = new MemNetwork(sched).attach('10.77.2.1');
-  t.same(mem.caps, { backend: 'memory', family: 4, ipv4IdZero: true, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false }, 'in-memory');
+  t.same(
+    mem.caps,
+    { backend: 'memory', family: 4, ipv4IdZero: true, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false, flowSrcPort: true },
+    'in-memory',
+  );
   await mem.close();
 
   const off = await UdpLink.open({ address: '127.0.77.1', port: 0, native: 'off' });
   t.ok(off instanceof DgramLink, "native 'off': Node dgram");
   t.same(
     off.caps,
-    { backend: 'dgram', family: 4, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false },
+    { backend: 'dgram', family: 4, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false, flowSrcPort: true },
     "native 'off': nothing the addon does",
   );
   await off.close();
@@ -176,6 +180,7 @@ t.test('caps per backend', async (t) => {
         batchSend: true,
         rawRx: rawOk && process.env['SOFTROCE_RAW_RX'] !== '0',
         perPacketTos: true,
+        flowSrcPort: true,
       },
       `native socket (raw receive ${rawOk ? 'permitted' : 'not permitted'} here)`,
     );
@@ -216,6 +221,7 @@ t.test('caps per backend', async (t) => {
           batchSend: process.env['SOFTROCE_NO_BATCH'] !== '1',
           rawRx: false,
           perPacketTos: process.env['SOFTROCE_NO_BATCH'] !== '1',
+          flowSrcPort: true,
         },
         "dgram with the addon's options: ID 0, batched sendmmsg, no GSO, no raw receive",
       );
@@ -228,7 +234,7 @@ t.test('caps per backend', async (t) => {
     t.ok(v6 instanceof DgramLink, 'IPv6: Node dgram');
     t.same(
       v6.caps,
-      { backend: 'native', family: 6, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false },
+      { backend: 'native', family: 6, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false, flowSrcPort: true },
       'IPv6 with the addon',
     );
     await v6.close();

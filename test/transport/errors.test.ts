@@ -244,7 +244,7 @@ t.test('duplicates: a SEND is not delivered twice, an ATOMIC never runs twice, a
   t.equal((await waitWc(p, a.scq, 3)).filter((w) => w.status === 'SUCCESS').length, 3);
   t.equal((await waitWc(p, b.rcq, 1)).length, 1);
   const sentBefore = b.dev.counters()['sent_pkts']!;
-  for (const pkt of seen) p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, pkt);
+  for (const pkt of seen) p.net!.inject('10.0.0.1', a.qp.srcPort, '10.0.0.2', 4791, pkt); // replayed from the QP's flow port (the ICRC covers it)
   await settle(p, 5);
   t.equal(b.rcq.length, 0, 'the duplicate SEND was acknowledged, not delivered');
   t.equal(b.mem.readBigUInt64LE(512), 1001n, 'the duplicate FETCH_ADD did not add again');

@@ -192,7 +192,7 @@ t.test('a request reordered by a couple of packets costs no NAK and no resend (t
       return false;
     } // the first packet of the WRITE arrives last
     if (n === 3 && held) {
-      p.net!.inject('10.0.0.1', 4791, '10.0.0.2', 4791, held);
+      p.net!.inject('10.0.0.1', a.qp.srcPort, '10.0.0.2', 4791, held); // from the QP's flow port: its ICRC covers it
       held = null;
     }
     return true;

@@ -9,7 +9,8 @@
 import * as dgram from 'node:dgram';
 import { dgramFd, loadNative } from '../../native.js';
 import { VerbsError } from '../errors.js';
-import { UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
+import { parseIpv4 } from '../gid.js';
+import { UdpLinkBase, type TxSocket, type UdpLinkOptions } from './udp-base.js';
 
 export class DgramLink extends UdpLinkBase {
   private readonly sock: dgram.Socket;
@@ -102,12 +103,43 @@ export class DgramLink extends UdpLinkBase {
     if (this.family === 4 && process.env['SOFTROCE_NO_BATCH'] !== '1') this.batchOn(n, fd, false);
   }
 
-  protected sendOne(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
+  protected sendOne(buf: Buffer, len: number, dstIp: string, dstPort: number, sport: number): void {
+    let sock = this.sock;
+    let via: { inflight: number } | null = null;
+    if (sport !== this.localPort) {
+      // A QP's flow port: its socket in the pool (udp-base.ts), Node's or the addon's.
+      const e = this.txSocket(sport);
+      if (e === null) {
+        // closed meanwhile (the pool's cap): lost, as UDP would lose it; RC retransmits
+        this.batchStats.sendErrors++;
+        this.pool.release(buf);
+        return;
+      }
+      if (e.sock === null) {
+        this.sb[0] = buf;
+        this.sl[0] = len;
+        const r = this.native!.sendPackets(e.fd, this.sb, this.sl, 1, parseIpv4(dstIp), dstPort, 0, 0);
+        if (r < 0) this.batchStats.sendErrors++;
+        else this.batchStats.dgramPackets++;
+        const wasEmpty = this.pool.available === 0;
+        this.pool.release(buf);
+        if (wasEmpty) this.emit('drain');
+        return;
+      }
+      sock = e.sock;
+      via = e;
+      e.inflight++;
+    }
     // dgram keeps a reference to buf until the callback: the pool buffer is not reused before.
     // One callback per pool buffer, made once, so a send allocates no closure.
     let done = this.sent.get(buf);
     if (!done) {
       done = () => {
+        const v = this.via.get(buf);
+        if (v) {
+          v.inflight--;
+          this.via.delete(buf);
+        }
         if (this.closed) return; // the pool is gone (close()); nobody waits for 'drain'
         const wasEmpty = this.pool.available === 0;
         this.pool.release(buf);
@@ -115,8 +147,36 @@ export class DgramLink extends UdpLinkBase {
       };
       this.sent.set(buf, done);
     }
+    if (via !== null) this.via.set(buf, via);
     this.batchStats.dgramPackets++;
-    this.sock.send(buf, 0, len, dstPort, dstIp, done);
+    sock.send(buf, 0, len, dstPort, dstIp, done);
+  }
+  /** the flow socket each buffer Node still holds went out on (its inflight count, for the pool's eviction) */
+  private readonly via = new Map<Buffer, { inflight: number }>();
+
+  /**
+   * A flow socket of Node's is bound (no addon batching: IPv6, SOFTROCE_NO_BATCH=1, no addon): it
+   * gets what the port's own socket got from the addon, so its IPv4 datagrams carry ID 0 + DF too
+   * (the ICRC was computed for that; rxe drops anything else).
+   */
+  protected override txSocketBound(sock: dgram.Socket): void {
+    if (this.family !== 4 || !this.caps.ipv4IdZero) return;
+    const n = loadNative();
+    const fd = n ? dgramFd(sock) : -1;
+    if (n && fd >= 0) n.setIntSockopt(fd, n.constants['IPPROTO_IP']!, n.constants['IP_MTU_DISCOVER']!, n.constants['IP_PMTUDISC_DO']!);
+  }
+
+  /** A flow socket's bind failed: Node dropped the sends it queued without calling back; their buffers come back here. */
+  protected override txSocketFailed(e: TxSocket): void {
+    const wasEmpty = this.pool.available === 0;
+    for (const [buf, v] of this.via) {
+      if (v !== e) continue;
+      this.via.delete(buf);
+      this.batchStats.sendErrors++;
+      this.pool.release(buf);
+    }
+    e.inflight = 0;
+    if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
   /** libuv still holds earlier sends queued: a batch on the fd would overtake them. */
   protected sendBlocked(): boolean {
@@ -126,8 +186,8 @@ export class DgramLink extends UdpLinkBase {
   protected queueBehind(): boolean {
     return false;
   }
-  protected sendAside(buf: Buffer, len: number, ip: string, port: number): void {
-    this.sendOne(buf, len, ip, port);
+  protected sendAside(buf: Buffer, len: number, ip: string, port: number, _tos: number, sport: number): void {
+    this.sendOne(buf, len, ip, port, sport);
   }
 
   /**
@@ -143,6 +203,7 @@ export class DgramLink extends UdpLinkBase {
     this.flushForClose();
     this.releaseQueues();
     this.sent.clear();
+    this.via.clear();
     const sock = this.sock;
     sock.off('message', this.onMessage);
     sock.off('error', this.onSockError);

@@ -53,6 +53,12 @@ export interface LinkCaps {
   readonly rawRx: boolean;
   /** send()'s `tos` reaches the wire (IP_TOS per datagram). */
   readonly perPacketTos: boolean;
+  /**
+   * send()'s `srcPort` reaches the wire: a QP's datagrams leave from its flow port (flow.ts), through
+   * a bounded pool of send sockets (udp-base.ts TxSockets) or, in memory, as given. Absent or false:
+   * every datagram leaves from localPort (sourcePort() says which port a datagram gets).
+   */
+  readonly flowSrcPort?: boolean;
 }
 
 /** what the batching did, for the bench and ibv_devinfo (the UDP backends) */
@@ -71,15 +77,25 @@ export interface BatchStats {
 export interface LinkInfo {
   readonly localIp: string;
   readonly family: 4 | 6;
-  /** the UDP port datagrams leave from (the ICRC covers it) and arrive on */
+  /** the UDP port datagrams arrive on, and leave from when they have no flow port of their own */
   readonly localPort: number;
   readonly caps: LinkCaps;
 }
 
 export interface Link extends LinkInfo {
   allocTx(): Buffer | null;
-  /** tos: the IPv4 TOS / IPv6 traffic class byte (DSCP + ECN) of the AV; reaches the wire when caps.perPacketTos */
-  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void;
+  /**
+   * tos: the IPv4 TOS / IPv6 traffic class byte (DSCP + ECN) of the AV; reaches the wire when caps.perPacketTos.
+   * srcPort: the UDP source port, as sourcePort() returned it for this datagram (default localPort).
+   */
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number, srcPort?: number): void;
+  /**
+   * The UDP source port a datagram handed to send() now leaves from when its flow wants `want`:
+   * `want` when the link can send from it (caps.flowSrcPort; a send socket of the pool is open or
+   * opens now), else localPort. The sender computes the ICRC for the port returned (it covers the
+   * UDP header) and passes that port to send(). Absent: always localPort.
+   */
+  sourcePort?(want: number): number;
   /** return an unsent tx buffer */
   freeTx(buf: Buffer): void;
   setReceiver(h: RxHandler): void;
@@ -140,8 +156,11 @@ export abstract class LinkWrapper implements Link {
   freeTx(buf: Buffer): void {
     this.inner.freeTx(buf);
   }
-  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {
-    this.inner.send(buf, len, dstIp, dstPort, tos);
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number, srcPort?: number): void {
+    this.inner.send(buf, len, dstIp, dstPort, tos, srcPort);
+  }
+  sourcePort(want: number): number {
+    return this.inner.sourcePort !== undefined ? this.inner.sourcePort(want) : this.inner.localPort;
   }
   setReceiver(h: RxHandler): void {
     this.inner.setReceiver(h);
@@ -207,8 +226,8 @@ export class TxPool {
 export class MemNetwork {
   readonly links = new Map<string, MemLink>();
   readonly sched: Scheduler;
-  /** Tests: see every datagram; return false to drop it. */
-  filter: ((pkt: Buffer, srcIp: string, dstIp: string) => boolean) | null = null;
+  /** Tests: see every datagram (with its UDP ports); return false to drop it. */
+  filter: ((pkt: Buffer, srcIp: string, dstIp: string, srcPort: number, dstPort: number) => boolean) | null = null;
   /** Tests: one-way delay of every datagram in (fake) ms; 0 delivers on the next deferred turn. */
   latencyMs = 0;
   constructor(sched: Scheduler) {
@@ -242,8 +261,18 @@ export class MemLink extends EventEmitter implements Link {
     this.localIp = ip;
     this.localPort = port;
     this.family = ip.includes(':') ? 6 : 4;
-    // The in-memory network carries the packet as built: ID 0 + DF is what the ICRC assumed.
-    this.caps = { backend: 'memory', family: this.family, ipv4IdZero: true, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false };
+    // The in-memory network carries the packet as built: ID 0 + DF is what the ICRC assumed, and
+    // the source port the sender gave (no sockets: every flow port is available).
+    this.caps = {
+      backend: 'memory',
+      family: this.family,
+      ipv4IdZero: true,
+      gsoIcrcFixup: false,
+      batchSend: false,
+      rawRx: false,
+      perPacketTos: false,
+      flowSrcPort: true,
+    };
   }
   allocTx(): Buffer | null {
     return this.pool.alloc();
@@ -254,11 +283,14 @@ export class MemLink extends EventEmitter implements Link {
   receive(buf: Buffer, len: number, srcIp: string, srcPort: number): void {
     if (this.up && this.rx) this.rx(buf, len, srcIp, srcPort);
   }
-  send(buf: Buffer, len: number, dstIp: string, dstPort: number): void {
+  sourcePort(want: number): number {
+    return want;
+  }
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, _tos?: number, srcPort = this.localPort): void {
     const dst = this.net.links.get(addrKey(dstIp, dstPort));
     const deliver = (b: Buffer): void => {
-      const pass = this.net.filter ? this.net.filter(b.subarray(0, len), this.localIp, dstIp) : true;
-      if (pass && dst && dst.up && this.up && dst.rx) dst.rx(b, len, this.localIp, this.localPort);
+      const pass = this.net.filter ? this.net.filter(b.subarray(0, len), this.localIp, dstIp, srcPort, dstPort) : true;
+      if (pass && dst && dst.up && this.up && dst.rx) dst.rx(b, len, this.localIp, srcPort);
     };
     const release = (): void => {
       const wasEmpty = this.pool.available === 0;

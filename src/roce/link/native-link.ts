@@ -15,7 +15,7 @@ import { parseIpv4 } from '../gid.js';
 import { VerbsError } from '../errors.js';
 import { EAGAIN, UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
 
-const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES } = osConstants.errno;
+const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES, EBADF } = osConstants.errno;
 
 export class NativeLink extends UdpLinkBase {
   protected readonly dropRefused = true;
@@ -27,7 +27,7 @@ export class NativeLink extends UdpLinkBase {
   private rxSeg: Buffer | null = null;
   private lastIpNum = -1;
   private lastIpStr = '';
-  private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number }> = [];
+  private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number; sport: number }> = [];
   /** when the oldest packet still in `pend` was handed over; -1: none */
   private heldSince = -1;
   /** while packets are held: 'late' every millisecond, so no ACK timer expires over them */
@@ -42,6 +42,7 @@ export class NativeLink extends UdpLinkBase {
     const ip = parseIpv4(o.address);
     const port = o.port ?? 4791;
     const fd = ip < 0 ? -EINVAL : n.udpOpen4!(ip, port, o.socketBufferBytes ?? 4 << 20, o.netdev ?? '');
+    // (Sends from a QP's flow port go through the pool of udp-base.ts: udpOpenTx4 sockets, opened on demand.)
     if (fd < 0) {
       // SO_BINDTODEVICE without CAP_NET_RAW: EPERM (or EACCES)
       const devErr = fd === -EPERM || fd === -EACCES;
@@ -125,19 +126,19 @@ export class NativeLink extends UdpLinkBase {
   }
 
   /** Every send is batched on this socket (send() never gets here). */
-  protected sendOne(buf: Buffer, len: number, ip: string, port: number): void {
-    this.hold(buf, len, ip, port, 0);
+  protected sendOne(buf: Buffer, len: number, ip: string, port: number, sport: number): void {
+    this.hold(buf, len, ip, port, 0, sport);
   }
   protected sendBlocked(): boolean {
     return false;
   }
-  protected queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number): boolean {
+  protected queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): boolean {
     if (this.pend.length === 0) return false;
-    this.pend.push({ buf, len, ip, port, tos });
+    this.pend.push({ buf, len, ip, port, tos, sport });
     return true;
   }
-  protected sendAside(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
-    this.hold(buf, len, ip, port, tos);
+  protected sendAside(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): void {
+    this.hold(buf, len, ip, port, tos, sport);
   }
 
   /**
@@ -160,17 +161,22 @@ export class NativeLink extends UdpLinkBase {
   }
 
   /** Keeps a packet the socket could not take (EAGAIN) until it is writable. */
-  private hold(buf: Buffer, len: number, ip: string, port: number, tos: number): void {
+  private hold(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): void {
     if (this.pend.length === 0) {
       this.heldSince = performance.now();
       this.lateTimer ??= setInterval(() => this.emit('late', performance.now() - this.heldSince), 1);
       this.lateTimer.unref();
     }
-    this.pend.push({ buf, len, ip, port, tos });
+    this.pend.push({ buf, len, ip, port, tos, sport });
     if (this.pend.length === 1 && this.rxHandle) this.native!.rxWantWrite!(this.rxHandle);
   }
 
-  /** Writable again: sends what waited, in order (one datagram per call: this is the slow path). */
+  /**
+   * Writable again: sends what waited, in order (one datagram per call: this is the slow path).
+   * Writability is watched on the port's own socket; a flow port's socket shares its fate (same
+   * route, same buffer size) closely enough for a wake-up. A datagram whose flow socket was closed
+   * meanwhile (the pool's cap) is lost and counted (sendErrors), as UDP would lose it.
+   */
   private sendPending(): void {
     const wasEmpty = this.pool.available === 0;
     const nat = this.native!;
@@ -179,7 +185,8 @@ export class NativeLink extends UdpLinkBase {
       const p = this.pend[i]!;
       this.sb[0] = p.buf;
       this.sl[0] = p.len;
-      const r = nat.sendPackets(this.fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0, p.tos);
+      const fd = this.fdFor(p.sport);
+      const r = fd < 0 ? -EBADF : nat.sendPackets(fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0, p.tos);
       if (r === -EAGAIN) break;
       if (r < 0) this.batchStats.sendErrors++;
       this.pool.release(p.buf);

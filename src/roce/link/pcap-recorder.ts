@@ -45,9 +45,10 @@ export class PcapRecorder extends LinkWrapper {
     });
     return new PcapRecorder(s, inner);
   }
-  override send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number): void {
-    if (!this.closing) this.record(buf, len, this.inner.localIp, this.inner.localPort, dstIp, dstPort, 0, 1);
-    this.inner.send(buf, len, dstIp, dstPort, tos);
+  /** srcPort: the port the datagram leaves from (the sender's sourcePort() answer), which its ICRC covers */
+  override send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number, srcPort?: number): void {
+    if (!this.closing) this.record(buf, len, this.inner.localIp, srcPort ?? this.inner.localPort, dstIp, dstPort, 0, 1);
+    this.inner.send(buf, len, dstIp, dstPort, tos, srcPort);
   }
   /** ipIdDf: `id | df << 16` as the receiver's ICRC check verified it */
   override rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {

@@ -7,6 +7,8 @@
  * (`sendAside`) and when it must not batch at all (`sendBlocked`).
  */
 import { EventEmitter } from 'node:events';
+import * as dgram from 'node:dgram';
+import { closeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { TxPool, type BatchStats, type Link, type LinkBackend, type LinkCaps, type RxHandler } from './link.js';
 import type { NativeAddon } from '../../native.js';
@@ -31,7 +33,41 @@ export interface UdpLinkOptions {
   rawRx?: 'auto' | 'on' | 'off';
   txBuffers?: number;
   socketBufferBytes?: number;
+  /**
+   * Most send sockets open at once for flow source ports (TxSockets below); default 256.
+   * 0: every datagram leaves from the port's own socket (localPort).
+   */
+  txSockets?: number;
 }
+
+/**
+ * One send socket of the pool: bound to (local address, flow source port), shared by every QP of
+ * the link whose flow hashes to that port.
+ */
+export interface TxSocket {
+  readonly port: number;
+  /** the addon's socket (IPv4 with the addon), or -1 */
+  fd: number;
+  /** Node's socket (without the addon, IPv6), or null */
+  sock: dgram.Socket | null;
+  /** datagrams can leave from it (false once closed) */
+  ready: boolean;
+  /** the flush turn it was last chosen in (native batching: queued packets still need it) */
+  lastTurn: number;
+  /** sends Node still holds a buffer for (Node's socket): closing it then would lose the buffer */
+  inflight: number;
+}
+
+/** What the flow-port pool did (tests, ibv_devinfo): sockets opened, closed to stay under the cap, and datagrams that left from localPort instead. */
+export interface TxSocketStats {
+  opened: number;
+  evicted: number;
+  fallbacks: number;
+  bindErrors: number;
+}
+
+/** Default bound on a link's flow-port send sockets (file descriptors). */
+export const TX_SOCKET_CAP = 256;
 
 /** caps as the backend fills them in while it opens */
 export type MutableCaps = { -readonly [K in keyof LinkCaps]: LinkCaps[K] };
@@ -54,7 +90,23 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   private readonly qIp: string[] = [];
   private readonly qPort: number[] = [];
   private readonly qTos: number[] = [];
+  private readonly qSport: number[] = [];
   private qn = 0;
+  /**
+   * The flow-port pool: a send socket per flow source port, opened on demand, at most `txCap`
+   * open. Past the cap the least recently chosen socket that nothing waits on is closed for the
+   * new port; when every open one is busy (chosen in this turn, or Node holds a send on it), the
+   * datagram leaves from localPort instead (counted: txStats.fallbacks) with its ICRC computed for
+   * that port, so it is still a valid RoCEv2 packet. A port that cannot be bound (another
+   * program's socket holds it without SO_REUSEADDR) falls back the same way, for good.
+   */
+  protected readonly txs = new Map<number, TxSocket>();
+  private readonly failedPorts = new Set<number>();
+  protected readonly txCap: number;
+  private turn = 0;
+  protected readonly socketBufferBytes: number;
+  protected readonly netdev: string;
+  readonly txStats: TxSocketStats = { opened: 0, evicted: 0, fallbacks: 0, bindErrors: 0 };
   private flushing = false;
   protected readonly sb: Buffer[] = [];
   protected readonly sl: number[] = [];
@@ -78,7 +130,19 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     this.family = o.address.includes(':') ? 6 : 4;
     this.localPort = o.port ?? 4791;
     this.pool = new TxPool(o.txBuffers ?? 1024);
-    this.mcaps = { backend, family: this.family, ipv4IdZero: false, gsoIcrcFixup: false, batchSend: false, rawRx: false, perPacketTos: false };
+    this.txCap = o.txSockets ?? TX_SOCKET_CAP;
+    this.socketBufferBytes = o.socketBufferBytes ?? 4 << 20;
+    this.netdev = o.netdev ?? '';
+    this.mcaps = {
+      backend,
+      family: this.family,
+      ipv4IdZero: false,
+      gsoIcrcFixup: false,
+      batchSend: false,
+      rawRx: false,
+      perPacketTos: false,
+      flowSrcPort: this.txCap > 0,
+    };
     this.caps = this.mcaps;
   }
 
@@ -100,13 +164,13 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   }
 
   /** A packet a batch did not send, in order: held for the socket (native) or handed to dgram. */
-  protected abstract sendAside(buf: Buffer, len: number, ip: string, port: number, tos: number): void;
-  /** Unbatched send (no addon batching). */
-  protected abstract sendOne(buf: Buffer, len: number, ip: string, port: number): void;
+  protected abstract sendAside(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): void;
+  /** Unbatched send (no addon batching), from flow port `sport` (localPort: the port's own socket). */
+  protected abstract sendOne(buf: Buffer, len: number, ip: string, port: number, sport: number): void;
   /** Earlier packets still wait in the backend's own queue: a batch must not overtake them. */
   protected abstract sendBlocked(): boolean;
   /** Packets still wait for the socket: true when this one queued behind them (native socket only). */
-  protected abstract queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number): boolean;
+  protected abstract queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): boolean;
   /**
    * A datagram the kernel refused (unreachable, too big, ...) is lost, as UDP would lose it
    * (native socket); false: the rest goes the unbatched way (dgram).
@@ -122,13 +186,137 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   setReceiver(h: RxHandler): void {
     this.rx = h;
   }
-  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos = 0): void {
+  /** The open send socket of flow port `sport`, or null (localPort's own socket is not in the pool). */
+  protected txSocket(sport: number): TxSocket | null {
+    const e = this.txs.get(sport);
+    return e !== undefined && e.ready ? e : null;
+  }
+
+  /** The number of file descriptors the flow-port pool holds now (tests and the fd figure of issue 12). */
+  get txSocketCount(): number {
+    return this.txs.size;
+  }
+
+  sourcePort(want: number): number {
+    if (want === this.localPort || this.closed) return this.localPort;
+    let e = this.txs.get(want);
+    if (e === undefined) {
+      if (this.txCap <= 0 || this.failedPorts.has(want) || (this.txs.size >= this.txCap && !this.evictOne())) {
+        this.txStats.fallbacks++;
+        return this.localPort;
+      }
+      const opened = this.openTxSocket(want);
+      if (opened === null) {
+        this.failedPorts.add(want);
+        this.txStats.bindErrors++;
+        this.txStats.fallbacks++;
+        return this.localPort;
+      }
+      e = opened;
+      this.txs.set(want, e);
+      this.txStats.opened++;
+    }
+    e.lastTurn = this.turn;
+    return want;
+  }
+
+  /** Node's send socket is bound: the backend applies the options its own socket has (DgramLink: IP_PMTUDISC_DO). */
+  protected txSocketBound(_sock: dgram.Socket): void {}
+
+  /** Node's send socket `e` failed (its bind): the buffers it held will never come back by callback. */
+  protected txSocketFailed(_e: TxSocket): void {}
+
+  /** Closes the least recently chosen send socket nothing waits on (LRU); false when all are busy. */
+  private evictOne(): boolean {
+    let victim: TxSocket | null = null;
+    for (const e of this.txs.values()) {
+      // Batched (the addon): packets of this turn wait in the queue for the sockets chosen in it.
+      // Unbatched: send() follows sourcePort() at once; Node holds only what `inflight` counts.
+      if ((this.native !== null && e.lastTurn >= this.turn) || e.inflight > 0 || !e.ready) continue;
+      if (victim === null || e.lastTurn < victim.lastTurn) victim = e;
+    }
+    if (victim === null) return false;
+    this.txs.delete(victim.port);
+    this.closeTxSocket(victim);
+    this.txStats.evicted++;
+    return true;
+  }
+
+  /**
+   * A send socket bound to (localIp, port): the addon's (IPv4, sync) when batching through it,
+   * else Node's (a bind error closes it and marks the port failed). null when the addon's bind fails.
+   */
+  private openTxSocket(port: number): TxSocket | null {
+    const n = this.native;
+    if (n !== null && n.udpOpenTx4 !== undefined && this.family === 4) {
+      const fd = n.udpOpenTx4(parseIpv4(this.localIp), port, this.socketBufferBytes, this.netdev);
+      if (fd < 0) return null;
+      return { port, fd, sock: null, ready: true, lastTurn: this.turn, inflight: 0 };
+    }
+    // Node's socket binds asynchronously but queues what is sent meanwhile and sends it once bound,
+    // so the port is usable at once. If the bind fails (a foreign socket holds the port without
+    // SO_REUSEADDR), Node drops that queue without calling back: txSocketFailed gives the buffers back.
+    const sock = dgram.createSocket({ type: this.family === 6 ? 'udp6' : 'udp4', reuseAddr: true, ipv6Only: this.family === 6 });
+    const e: TxSocket = { port, fd: -1, sock, ready: true, lastTurn: this.turn, inflight: 0 };
+    let failed = false;
+    sock.on('error', () => {
+      if (failed) return;
+      failed = true;
+      if (this.txs.get(port) === e) this.txs.delete(port);
+      this.failedPorts.add(port);
+      this.txStats.bindErrors++;
+      this.closeTxSocket(e);
+      if (!this.closed) this.txSocketFailed(e);
+    });
+    // The bind callback runs before Node sends what it queued (both wait for 'listening', this first).
+    sock.bind({ address: this.localIp, port, exclusive: true }, () => {
+      try {
+        sock.setSendBufferSize(this.socketBufferBytes);
+      } catch {
+        /* capped by wmem_max: fine */
+      }
+      if (!failed) this.txSocketBound(sock);
+    });
+    return e;
+  }
+
+  private closeTxSocket(e: TxSocket): void {
+    e.ready = false;
+    if (e.fd >= 0) {
+      closeSync(e.fd);
+      e.fd = -1;
+    }
+    if (e.sock !== null) {
+      const sock = e.sock;
+      e.sock = null;
+      try {
+        sock.close();
+      } catch {
+        /* never bound */
+      }
+    }
+  }
+
+  /** Closes every send socket of the pool (close()). */
+  protected closeTxSockets(): void {
+    for (const e of this.txs.values()) this.closeTxSocket(e);
+    this.txs.clear();
+  }
+
+  /** The fd a batch to flow port `sport` goes out on: the port's own for localPort, -1 when its socket is gone. */
+  protected fdFor(sport: number): number {
+    if (sport === this.localPort) return this.fd;
+    const e = this.txs.get(sport);
+    return e !== undefined && e.ready ? e.fd : -1;
+  }
+
+  send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos = 0, srcPort = this.localPort): void {
     if (this.closed) {
       this.pool.release(buf);
       return;
     }
     if (!this.native) {
-      this.sendOne(buf, len, dstIp, dstPort);
+      this.sendOne(buf, len, dstIp, dstPort, srcPort);
       return;
     } // dgram cannot set a per-packet TOS
     const i = this.qn++;
@@ -137,6 +325,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     this.qIp[i] = dstIp;
     this.qPort[i] = dstPort;
     this.qTos[i] = tos;
+    this.qSport[i] = srcPort;
     if (this.qn === 64) this.flush();
     else if (!this.flushing) {
       this.flushing = true;
@@ -156,34 +345,41 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     this.qn = 0;
     let k = 0;
     // Still waiting for the socket: everything queues behind, in order.
-    while (k < n && this.queueBehind(this.qBuf[k]!, this.qLen[k]!, this.qIp[k]!, this.qPort[k]!, this.qTos[k]!)) {
+    while (k < n && this.queueBehind(this.qBuf[k]!, this.qLen[k]!, this.qIp[k]!, this.qPort[k]!, this.qTos[k]!, this.qSport[k]!)) {
       this.qBuf[k] = undefined as unknown as Buffer;
       k++;
     }
-    if (k > 0) return;
+    if (k > 0) {
+      this.turn++;
+      return;
+    }
     let i = 0;
     const wasEmpty = this.pool.available === 0;
     while (i < n) {
       const ip = this.qIp[i]!,
         port = this.qPort[i]!,
-        tos = this.qTos[i]!;
+        tos = this.qTos[i]!,
+        sport = this.qSport[i]!;
       let j = i + 1;
-      while (j < n && this.qIp[j] === ip && this.qPort[j] === port && this.qTos[j] === tos) j++;
-      i = this.sendRun(i, j, ip, port, tos);
+      while (j < n && this.qIp[j] === ip && this.qPort[j] === port && this.qTos[j] === tos && this.qSport[j] === sport) j++;
+      i = this.sendRun(i, j, ip, port, tos, sport);
     }
     for (let m = 0; m < n; m++) {
       this.qBuf[m] = undefined as unknown as Buffer;
     }
+    // The sockets chosen for this turn's packets may be closed for other ports from now on.
+    this.turn++;
     if (wasEmpty && this.pool.available > 0) this.emit('drain');
   }
 
-  /** Sends queued packets [i, j) to one destination; returns j. */
-  private sendRun(i: number, j: number, ip: string, port: number, tos: number): number {
+  /** Sends queued packets [i, j) to one destination from flow port `sport`; returns j. */
+  private sendRun(i: number, j: number, ip: string, port: number, tos: number, sport: number): number {
     const nat = this.native!;
     const ipNum = parseIpv4(ip);
+    const fd = this.fdFor(sport);
     let k = i;
     while (k < j) {
-      if (ipNum < 0 || this.sendBlocked()) break;
+      if (ipNum < 0 || fd < 0 || this.sendBlocked()) break;
       const L = this.qLen[k]!;
       let e = k + 1;
       const maxSeg = Math.max(1, Math.min(64, Math.floor(65000 / L)));
@@ -200,7 +396,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
         }
         // Segment m leaves with IPv4 ID m: correct its ICRC (the last 4 bytes, little-endian) for that ID.
         for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m));
-        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, L, tos);
+        r = nat.sendPackets(fd, sb, sl, cnt, ipNum, port, L, tos);
         if (r > 0) {
           this.batchStats.gsoCalls++;
           this.batchStats.gsoPackets += r;
@@ -219,7 +415,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
           sb[m] = this.qBuf[k + m]!;
           sl[m] = this.qLen[k + m]!;
         }
-        r = nat.sendPackets(this.fd, sb, sl, cnt, ipNum, port, 0, tos);
+        r = nat.sendPackets(fd, sb, sl, cnt, ipNum, port, 0, tos);
         if (r > 0) {
           this.batchStats.mmsgCalls++;
           this.batchStats.mmsgPackets += r;
@@ -235,13 +431,14 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
       for (let m = 0; m < r; m++) this.pool.release(this.qBuf[k + m]!);
       k += r;
     }
-    for (; k < j; k++) this.sendAside(this.qBuf[k]!, this.qLen[k]!, ip, port, tos);
+    for (; k < j; k++) this.sendAside(this.qBuf[k]!, this.qLen[k]!, ip, port, tos, sport);
     return j;
   }
 
   /** Drops every buffer and queued packet (close()): whatever still holds the link must not hold them. */
   protected releaseQueues(): void {
     this.closed = true;
+    this.closeTxSockets();
     this.rx = null;
     this.pool.dispose();
     for (let k = 0; k < this.qBuf.length; k++) this.qBuf[k] = undefined as unknown as Buffer;

@@ -62,13 +62,15 @@ export function payloadOff(opcode: number): number {
 }
 
 /**
- * Pads, computes the ICRC and hands the packet to the link. `end` = payload end. A packet whose
- * source GID entry is gone (its address left the interface, or its slot holds another address
- * since the AV was set) is not sent: the buffer goes back to the pool and `sent_sgid_gone`
- * counts it. The transport carries on as after a loss on the wire (an RC QP retries, then fails
- * with RETRY_EXC_ERR), which is what rxe's QP sees when its source address has gone.
+ * Pads, computes the ICRC and hands the packet to the link. `end` = payload end. `srcPort`: the
+ * sending QP's flow port (flow.ts); the link says which port the datagram really leaves from
+ * (Link.sourcePort: its own port when it cannot send from that one), and the ICRC, which covers
+ * the UDP header (IBA A17.3.3), is computed for that one.
+ * A packet whose source GID entry is gone (its address left the interface, or its slot holds
+ * another address since the AV was set) is not sent: the buffer goes back to the pool and
+ * `sent_sgid_gone` counts it; an RC QP then retries and fails with RETRY_EXC_ERR, as rxe's does.
  */
-export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: number, d: Dest): void {
+export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: number, d: Dest, srcPort: number): void {
   if (port.gidGen[d.sgidIndex] !== d.sgidGen) {
     port.link.freeTx(b);
     port.counters.counts[Ctr.sent_sgid_gone]!++;
@@ -79,14 +81,15 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   const icrcOff = end + pad;
   b[1] = (b[1]! & 0xcf) | (pad << 4);
   const link = port.link;
+  const sp = link.sourcePort !== undefined ? link.sourcePort(srcPort) : link.localPort;
   const c =
     d.family === 4
-      ? icrcV2Ipv4Parts(port.ipNum, d.ipNum, 0, 0x4000, link.localPort, d.port, b, 0, icrcOff)
-      : icrcV2Ipv6Parts(port.addrBytes, d.bytes, link.localPort, d.port, b, 0, icrcOff);
+      ? icrcV2Ipv4Parts(port.ipNum, d.ipNum, 0, 0x4000, sp, d.port, b, 0, icrcOff)
+      : icrcV2Ipv6Parts(port.addrBytes, d.bytes, sp, d.port, b, 0, icrcOff);
   writeIcrc(b, icrcOff, c);
   const len = icrcOff + 4;
   port.counters.counts[Ctr.sent_pkts]!++;
-  link.send(b, len, d.ip, d.port, d.tos);
+  link.send(b, len, d.ip, d.port, d.tos, sp);
 }
 
 /**
@@ -94,11 +97,11 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
  * for a hole in a READ's responses with it (a part of the original request, which a responder
  * replays: rxe's duplicate_request). AckReq is set, as on every READ request.
  */
-export function sendReadRequest(port: Port, d: Dest, destQp: number, psn: number, va: bigint, rkey: number, len: number): boolean {
+export function sendReadRequest(port: Port, d: Dest, srcPort: number, destQp: number, psn: number, va: bigint, rkey: number, len: number): boolean {
   const b = port.link.allocTx();
   if (!b) return false;
   writeBth(b, OPC.RC_RDMA_READ_REQUEST, false, 0, destQp, true, psn);
   writeReth(b, OPC.RC_RDMA_READ_REQUEST, va, rkey, len);
-  finishAndSend(port, b, payloadOff(OPC.RC_RDMA_READ_REQUEST), 0, d);
+  finishAndSend(port, b, payloadOff(OPC.RC_RDMA_READ_REQUEST), 0, d, srcPort);
   return true;
 }

@@ -85,7 +85,7 @@ function askReadHole(qp: Qp, w: SendWqe, from: number, total: number): void {
   const off = from * mtu;
   const len = Math.min(w.length, to * mtu) - off;
   const port = qp.device.ports[qp.port - 1]!;
-  if (!sendReadRequest(port, qp.dest, qp.destQpn, psnAdd(w.firstPsn, from), w.remoteAddr + BigInt(off), w.rkey, len)) return;
+  if (!sendReadRequest(port, qp.dest, qp.srcPort, qp.destQpn, psnAdd(w.firstPsn, from), w.remoteAddr + BigInt(off), w.rkey, len)) return;
   w.rdAsked = from;
   port.counters.counts[Ctr.read_hole_requests]!++;
   armRetransmit(qp);

@@ -153,7 +153,7 @@ function sendRead(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
   writeBth(b, opc, false, 0, qp.destQpn, true, psn);
   writeReth(b, opc, wqe.remoteAddr + BigInt(wqe.sent), wqe.rkey, rest);
   advancePsn(qp, psnAdd(psn, packetsFor(rest, qp.pathMtu)));
-  finishAndSend(port, b, payloadOff(opc), 0, d);
+  finishAndSend(port, b, payloadOff(opc), 0, d, qp.srcPort);
   requestSent(qp, wqe);
 }
 
@@ -174,7 +174,7 @@ function sendAtomic(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void 
   a.swapAdd = cas ? wqe.swap : wqe.compareAdd;
   a.compare = cas ? wqe.compareAdd : 0n;
   advancePsn(qp, psnAdd(psn, 1));
-  finishAndSend(port, b, payloadOff(opc), 0, d);
+  finishAndSend(port, b, payloadOff(opc), 0, d, qp.srcPort);
   requestSent(qp, wqe);
 }
 
@@ -217,7 +217,7 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
   gather(wqe, wqe.sent, b, p, n);
   wqe.sent += n;
   advancePsn(qp, psnAdd(psn, 1));
-  finishAndSend(port, b, p + n, n, d);
+  finishAndSend(port, b, p + n, n, d, qp.srcPort);
   if (last) {
     wqe.state = WqeState.PENDING;
     qp.req.nextWqe++;

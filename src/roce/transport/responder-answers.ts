@@ -36,7 +36,7 @@ export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn
     return;
   }
   writeBth(b, OPC.RC_ACKNOWLEDGE, false, 0, qp.destQpn, false, psn);
-  finishAndSend(p, b, writeAeth(b, OPC.RC_ACKNOWLEDGE, syndrome, msn), 0, qp.dest);
+  finishAndSend(p, b, writeAeth(b, OPC.RC_ACKNOWLEDGE, syndrome, msn), 0, qp.dest, qp.srcPort);
 }
 
 /**
@@ -82,7 +82,7 @@ export function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): v
   writeBth(b, OPC.RC_ATOMIC_ACKNOWLEDGE, false, 0, qp.destQpn, false, psn);
   const at = writeAeth(b, OPC.RC_ATOMIC_ACKNOWLEDGE, aethAck(), msn); // AtomicAckETH follows the AETH (IBA 9.3.6)
   b.writeBigUInt64BE(orig, at);
-  finishAndSend(p, b, payloadOff(OPC.RC_ATOMIC_ACKNOWLEDGE), 0, qp.dest);
+  finishAndSend(p, b, payloadOff(OPC.RC_ATOMIC_ACKNOWLEDGE), 0, qp.dest, qp.srcPort);
 }
 
 /** A class C error (rxe do_class_ac_error): NAK, then the responder QP goes to ERR. */

@@ -134,7 +134,7 @@ export function runReads(qp: Qp): void {
     // FIRST, LAST and ONLY carry an AETH (IBA 9.3.5), MIDDLE none: the opcode table says which.
     const p = OPCODE_MASK[opc]! & hdrBit(Hdr.AETH) ? writeAeth(b, opc, aethAck(), r.msn) : payloadOff(opc);
     if (n > 0) rd.mr!.buffer.copy(b, p, rd.off + off, rd.off + off + n);
-    finishAndSend(pt, b, p + n, n, qp.dest);
+    finishAndSend(pt, b, p + n, n, qp.dest, qp.srcPort);
     rd.sentPsn = psnAdd(rd.sentPsn, 1);
     if (last) r.reads.shift();
     budget--;

@@ -87,6 +87,11 @@ export interface TransportQp {
   readonly av: object | null;
   /** where RC/UC packets go */
   readonly dest: Dest;
+  /**
+   * the UDP source port of everything this QP sends, requests and responses (flow.ts: rxe's hash of
+   * the QPN, or the AV's flow label); the ICRC covers it
+   */
+  readonly srcPort: number;
   readonly cap: { readonly maxSendWr: number };
   readonly sendCq: CompletionSink;
   readonly recvCq: CompletionSink;
