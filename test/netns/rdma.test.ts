@@ -3,8 +3,9 @@
  * 198.19.1.2/24), a softroce device in each, opened by a separate process on its namespace's address
  * (test/netns/fixtures/rdma-peer.js, on the backend of this run: the addon, or SOFTROCE_NO_NATIVE=1).
  * An RC WRITE + SEND crosses the veth and the bytes that landed are checked against what the test sent.
- * Then the responder's link goes down: the next WRITE + SEND stalls and the requester retries on its ACK
- * timer (retryCnt 7: forever, as rxe); the link comes back up and the transfer completes, bytes checked.
+ * Then the responder's link goes down (later the requester's own): the next WRITE + SEND stalls and the
+ * requester retries on its ACK timer (retryCnt 7: forever, as rxe); the link comes back up and the
+ * transfer completes, bytes checked.
  */
 import t from 'tap';
 import { createHash } from 'node:crypto';
@@ -64,29 +65,45 @@ t.test('RC WRITE + SEND between two namespaces; link down stalls and retries, li
   send(client, { t: 'xfer', tag: 1, data: Buffer.from(d1).toString('base64') });
   await x1;
 
-  // 2. The responder's end goes down: the client's packets go nowhere, no ACK comes back.
-  send(client, { t: 'counters', tag: 1 });
-  const before = (await next(client, 'counters', 5000, 1))['c'] as Record<string, number>;
-  net.setLink(b, 'sr1', 'down');
-  const d2 = rng.bytes(100_000);
-  let finished = false;
-  const x2 = xfer(2, d2, 30_000).finally(() => (finished = true));
-  send(client, { t: 'xfer', tag: 2, data: Buffer.from(d2).toString('base64') });
-  await new Promise((r) => setTimeout(r, 1500));
-  t.notOk(finished, 'with the link down the transfer does not complete');
-  t.notOk(client.out.includes('"t":"done","tag":2'), 'no completion for it yet');
-  send(client, { t: 'counters', tag: 2 });
-  const during = (await next(client, 'counters', 5000, 2))['c'] as Record<string, number>;
-  const retries = (during['completer_retry_err'] ?? 0) - (before['completer_retry_err'] ?? 0);
-  // 1.5 s of 16.8 ms ACK timeouts: dozens of retries; ask for a few, the timer is coarse under load.
-  t.ok(retries >= 3, `the requester retried on its ACK timer (${retries} retries in 1.5 s)`);
-  t.equal(during['retry_exceeded_err'] ?? 0, before['retry_exceeded_err'] ?? 0, 'and never gave up (retryCnt 7)');
-
-  // 3. Link up: the next retry gets through and the transfer completes, bounded.
-  const up = Date.now();
-  net.setLink(b, 'sr1', 'up');
-  await x2;
-  t.ok(Date.now() - up < 30_000, `completed ${Date.now() - up} ms after the link came up`);
+  // 2. A link goes down: the next WRITE + SEND stalls while the requester retries on its ACK timer (retry_cnt 7:
+  // forever, as rxe), never giving up; 3. the link comes back up: the next retry gets through, bounded.
+  // First the responder's end (the requester's packets go out and are lost on the dead veth, no ACK comes
+  // back), then the requester's own end (its sends fail at once: no route; counted, never thrown).
+  const outage = async (tag: number, ns: string, dev: string, who: string): Promise<void> => {
+    send(client, { t: 'counters', tag: tag * 10 });
+    const before = (await next(client, 'counters', 5000, tag * 10))['c'] as Record<string, number>;
+    net.setLink(ns, dev, 'down');
+    const data = rng.bytes(100_000);
+    let finished = false;
+    const x = xfer(tag, data, 30_000).finally(() => (finished = true));
+    send(client, { t: 'xfer', tag, data: Buffer.from(data).toString('base64') });
+    await new Promise((r) => setTimeout(r, 1500));
+    t.notOk(finished, `${who} link down: the transfer does not complete`);
+    t.notOk(client.out.includes(`"t":"done","tag":${tag}`), `${who} link down: no completion for it yet`);
+    send(client, { t: 'counters', tag: tag * 10 + 1 });
+    const during = (await next(client, 'counters', 5000, tag * 10 + 1))['c'] as Record<string, number>;
+    const d = (k: string): number => (during[k] ?? 0) - (before[k] ?? 0);
+    // 1.5 s of 16.8 ms ACK timeouts: dozens of retries; ask for a few, the timer is coarse under load.
+    t.ok(
+      d('completer_retry_err') >= 3,
+      `${who} link down: the requester retried on its ACK timer (${d('completer_retry_err')} retries in 1.5 s, send_err +${d('send_err')})`,
+    );
+    t.equal(d('retry_exceeded_err'), 0, `${who} link down: and never gave up`);
+    if (ns === a) {
+      // With its own link down the requester's sendto() fails at once (ENETUNREACH: the connected route went
+      // with the link). rxe counts a failed transmit as send_err (rxe_xmit_packet); the links here drop the
+      // error (dgram-link.ts's send callback ignores it), so this is a known gap, left to the link's owner.
+      t.ok(d('send_err') > 0, `${who} link down: failed sends counted as send_err (+${d('send_err')})`, {
+        todo: 'the UDP links ignore sendto errors (ENETUNREACH); rxe counts them as send_err',
+      });
+    }
+    const up = Date.now();
+    net.setLink(ns, dev, 'up');
+    await x;
+    t.ok(Date.now() - up < 30_000, `${who} link up: completed ${Date.now() - up} ms later`);
+  };
+  await outage(2, b, 'sr1', "responder's");
+  await outage(3, a, 'sr0', "requester's");
 
   client.proc.stdin!.end();
   server.proc.stdin!.end();
