@@ -259,6 +259,23 @@ export class Netns {
     this.setLink(b, devB, 'up');
   }
 
+  /** Move link `dev` from namespace `from` to namespace `to` (it arrives down, without addresses). */
+  moveLink(from: string, dev: string, to: string): void {
+    this.own(from);
+    this.own(to);
+    ip(['-n', from, 'link', 'set', 'dev', dev, 'netns', to]);
+  }
+
+  /**
+   * Any other iproute2 command inside one of this harness's namespaces (`ip -n ns ...args`): a bond, a VLAN,
+   * a route, a qdisc. Returns its stdout; throws with its stderr. Addresses given here are the caller's to
+   * keep inside 198.19.0.0/16.
+   */
+  ip(ns: string, args: string[]): string {
+    this.own(ns);
+    return ip(['-n', ns, ...args]);
+  }
+
   setLink(ns: string, dev: string, state: 'up' | 'down'): void {
     this.own(ns);
     ip(['-n', ns, 'link', 'set', 'dev', dev, state]);

@@ -81,6 +81,27 @@ t.test('link down and up, address add and del', { skip }, async (t) => {
   t.throws(() => net.addAddress(a, 'l0', '198.18.0.7/24'), /only addresses in 198\.19\.0\.0\/16/);
   t.throws(() => net.addAddress(a, 'l0', '10.1.2.3/24'), /only addresses in 198\.19\.0\.0\/16/);
   t.throws(() => net.setLink('roce-lab', 'lo', 'down'), /not one of this harness's/, 'namespaces it did not make are refused');
+  t.match(net.ip(a, ['-4', 'route']), /^198\.19\.11\.0\/24 dev l0 /m, 'ip(ns, args) runs iproute2 inside the namespace');
+  t.throws(
+    () => net.ip(a, ['link', 'set', 'dev', 'nosuch0', 'up']),
+    /ip -n .* link set dev nosuch0 up: .*nosuch0/,
+    "a failing command throws with ip's message",
+  );
+});
+
+t.test('a link moves from one namespace to another', { skip }, async (t) => {
+  const net = Netns.open({ tag: 'move' }, t);
+  const a = net.addNamespace();
+  const b = net.addNamespace();
+  net.ip(a, ['link', 'add', 'm0', 'type', 'veth', 'peer', 'name', 'm1']);
+  net.moveLink(a, 'm1', b);
+  t.throws(() => net.linkState(a, 'm1'), 'm1 left namespace a');
+  t.equal(net.linkState(b, 'm1').up, false, 'm1 arrives in b, down');
+  net.addAddress(a, 'm0', '198.19.12.1/24');
+  net.addAddress(b, 'm1', '198.19.12.2/24');
+  net.setLink(a, 'm0', 'up');
+  net.setLink(b, 'm1', 'up');
+  t.ok(await until(() => net.linkState(a, 'm0').oper === 'UP' && net.linkState(b, 'm1').oper === 'UP', 5000), 'the pair is up across the two namespaces');
 });
 
 /** Run test/netns/fixtures/owner.js in `mode`; resolves with what it made once it has printed it. */
