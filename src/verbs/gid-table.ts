@@ -64,6 +64,8 @@ export class GidTable {
   readonly gen: Uint32Array;
   readonly #slots: Array<GidEntry | null>;
   #nextGen = 1;
+  /** per slot, the entry that last left it and its generation (a flapping link brings it back: sync) */
+  readonly #last: ({ e: GidEntry; gen: number } | null)[];
   /** addresses refused because the table was full, by key: counted and reported once, until they go away */
   readonly #refused = new Set<string>();
 
@@ -73,6 +75,7 @@ export class GidTable {
     this.len = len;
     this.gen = new Uint32Array(len);
     this.#slots = new Array<GidEntry | null>(len).fill(null);
+    this.#last = new Array<{ e: GidEntry; gen: number } | null>(len).fill(null);
     const gid = macToDefaultGid(mac);
     TYPES.forEach((type, index) => this.#put(index, { index, gid, type, netdev }));
   }
@@ -108,6 +111,7 @@ export class GidTable {
       const e = this.#slots[i];
       if (e && !wanted(e)) {
         this.#slots[i] = null;
+        this.#last[i] = { e, gen: this.gen[i]! };
         this.gen[i] = 0;
         changed = true;
       }
@@ -116,6 +120,19 @@ export class GidTable {
     for (const w of want) {
       for (const type of TYPES) {
         if (this.#find(w.gid, type, w.netdev) >= 0) continue;
+        // An address that comes back takes the slot it left, with the generation it had there, if
+        // nothing took that slot meanwhile: os.networkInterfaces() (libuv) lists only interfaces
+        // that are up and running, so a link that goes down and up again looks like a delete and
+        // an add, while on Linux the addresses and the GID table stay as they were. QPs on the
+        // address carry on after the flap (their sends while it was gone were dropped and counted).
+        const back = this.#lastSlot(w.gid, type, w.netdev);
+        if (back >= 0) {
+          this.#slots[back] = { index: back, gid: w.gid, type, netdev: w.netdev };
+          this.gen[back] = this.#last[back]!.gen;
+          this.#last[back] = null;
+          changed = true;
+          continue;
+        }
         const free = this.#slots.indexOf(null, RESERVED);
         const key = `${Buffer.from(w.gid).toString('hex')}/${w.netdev}/${type}`;
         if (free < 0) {
@@ -141,8 +158,18 @@ export class GidTable {
     return -1;
   }
 
+  /** The empty slot this GID, type and netdev last held, or -1. */
+  #lastSlot(gid: Gid, type: GidType, netdev: string): number {
+    for (let i = RESERVED; i < this.len; i++) {
+      const l = this.#last[i];
+      if (l && this.#slots[i] === null && l.e.type === type && l.e.netdev === netdev && sameGid(l.e.gid, gid)) return i;
+    }
+    return -1;
+  }
+
   #put(index: number, e: GidEntry): void {
     this.#slots[index] = e;
+    this.#last[index] = null;
     this.gen[index] = this.#nextGen;
     // Never 0 (the empty mark), and unequal to what a slot held before for 2^32 - 1 adds.
     this.#nextGen = this.#nextGen === 0xffffffff ? 1 : this.#nextGen + 1;

@@ -307,3 +307,49 @@ t.test('the watch stops when the device closes', async (t) => {
   t.equal(host.watchers, 0);
   host.changed(); // a late trigger on a closed device does nothing
 });
+
+t.test('a link flap (the address gone from os.networkInterfaces() while down) brings it back to its slot with its generation', async (t) => {
+  const { GidTable } = await import('../../src/verbs/gid-table.js');
+  const { ipv4ToGid } = await import('../../src/roce/gid.js');
+  const table = new GidTable(16, 'veth0', new Uint8Array([2, 0, 0, 0, 0, 1]));
+  const a = { gid: ipv4ToGid('198.19.5.1'), netdev: 'veth0' };
+  const b = { gid: ipv4ToGid('198.19.5.2'), netdev: 'veth0' };
+  table.sync([a]);
+  const slots = table
+    .entries()
+    .filter((e) => e.index >= 2)
+    .map((e) => e.index);
+  t.same(slots, [2, 3], 'v1 and v2 of the address after the default GID');
+  const gens = slots.map((i) => table.gen[i]);
+  table.sync([]); // link down: libuv lists only interfaces that are up and running
+  t.same(
+    slots.map((i) => table.gen[i]),
+    [0, 0],
+    'gone while down: sends from it are dropped and counted',
+  );
+  table.sync([a]); // link up again
+  t.same(
+    slots.map((i) => table.gen[i]),
+    gens,
+    'back in the same slots with the same generations: QPs on it carry on',
+  );
+  table.sync([]);
+  table.sync([b]); // another address takes the slots meanwhile
+  t.ok(
+    slots.every((i, k) => table.gen[i] !== 0 && table.gen[i] !== gens[k]),
+    'another address in those slots gets new generations',
+  );
+  table.sync([b, a]);
+  t.same(
+    table
+      .entries()
+      .filter((e) => e.index >= 2)
+      .map((e) => e.index),
+    [2, 3, 4, 5],
+    'the first address then takes free slots',
+  );
+  t.ok(
+    [4, 5].every((i, k) => table.gen[i] !== gens[k]),
+    'with new generations: a QP made before cannot send from a different slot',
+  );
+});
