@@ -32,7 +32,25 @@ export function flowLabelToSourcePort(flowLabel: number): number {
   return ((fl & 0x3fff) ^ (fl >>> 14)) | FLOW_SPORT_BASE;
 }
 
-/** A QP's source port: from the AV's flow label when it has one, else rxe's hash of the QPN. */
-export function flowSourcePort(qpn: number, flowLabel: number): number {
-  return flowLabel !== 0 ? flowLabelToSourcePort(flowLabel) : qpSourcePort(qpn);
+/**
+ * The flow label the kernel derives for a connection whose AV has none (rdma_calc_flow_label,
+ * ib_verbs.h): the product of the two QPNs folded to 20 bits. 48-bit arithmetic, hence BigInt; it
+ * runs once per modify_qp, not per packet.
+ */
+export function calcFlowLabel(lqpn: number, rqpn: number): number {
+  let fl = BigInt(lqpn >>> 0) * BigInt(rqpn >>> 0);
+  fl ^= fl >> 20n;
+  fl ^= fl >> 40n;
+  return Number(fl & 0xfffffn);
+}
+
+/**
+ * A connected (RC/UC) QP's source port once its AV is set, as rxe_modify_qp sets it:
+ * rdma_get_udp_sport(flow_label, qp_num, dest_qp_num), i.e. the AV's flow label mapped to a port,
+ * or, when the AV has none, the label derived from both QPNs (calcFlowLabel). Seen on the wire:
+ * rxe's QP 0x11 talking to QP 0x11 sends from 0xC121 (17 x 17 = 0x121), not from hash_32(0x11).
+ * Before that (and for UD, whose AV comes per WR) the QP keeps qpSourcePort.
+ */
+export function flowSourcePort(qpn: number, flowLabel: number, destQpn: number): number {
+  return flowLabelToSourcePort(flowLabel !== 0 ? flowLabel : calcFlowLabel(qpn, destQpn));
 }

@@ -70,7 +70,7 @@ export class Qp implements TransportQp {
   #av: QpAv | null = null;
   /** where RC/UC packets go: derived from the AV once, at modify() */
   #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0, sgidIndex: 0, sgidGen: 0 };
-  /** the UDP source port of this QP's packets: rxe's hash of the QPN at creation, the AV's flow label once it has one */
+  /** the UDP source port of this QP's packets: rxe's hash of the QPN at creation; once the AV is set, its flow label or the one derived from both QPNs (flow.ts) */
   #srcPort: number;
 
   get state(): QpState {
@@ -214,7 +214,7 @@ export class Qp implements TransportQp {
     if (a.av !== undefined) {
       this.#av = qpAv(a.av);
       this.#dest = destOf(this.#av, this.device.ports[this.#port - 1]!);
-      this.#srcPort = flowSourcePort(this.qpn, this.#av.flowLabel);
+      this.#srcPort = flowSourcePort(this.qpn, this.#av.flowLabel, this.#destQpn);
     }
     if (a.rqPsn !== undefined) {
       this.#rqPsn = a.rqPsn;

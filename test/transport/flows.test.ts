@@ -12,7 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { makePair, waitWc, type Pair } from '../verbs/pair.js';
-import { flowLabelToSourcePort, hash32, qpSourcePort } from '../../src/roce/flow.js';
+import { calcFlowLabel, flowLabelToSourcePort, flowSourcePort, hash32, qpSourcePort } from '../../src/roce/flow.js';
+
+/** A connected QP's port once its AV is set (rxe_modify_qp: rdma_get_udp_sport(0, qpn, destQpn)). */
+const connPort = (qpn: number, destQpn: number): number => flowSourcePort(qpn, 0, destQpn);
 import { icrcV2Ipv4Parts, readIcrc } from '../../src/roce/icrc.js';
 import { parseIpv4 } from '../../src/roce/gid.js';
 import { Ctr } from '../../src/roce/counters.js';
@@ -28,6 +31,14 @@ t.test('the formulas: Linux hash_32 (GOLDEN_RATIO_32) and the flow-label mapping
   // hash_32(1, 14) = 0x61C88647 >> 18 = 0x1872: QP1 sends from 0xD872 in every rxe capture.
   t.equal(hash32(1, 14), 0x1872);
   t.equal(qpSourcePort(1), 0xd872);
+  // Connected QPs (rxe_modify_qp, rdma_get_udp_sport): rxe's QP 0x11 talking to QP 0x11 was seen
+  // sending from 0xC121 in the lab (17 x 17 = 0x121); 48-bit products fold to 20 bits.
+  t.equal(calcFlowLabel(0x11, 0x11), 0x121);
+  t.equal(flowSourcePort(0x11, 0, 0x11), 0xc121);
+  const big = BigInt(0xabcdef) * BigInt(0x123456);
+  const fold = big ^ (big >> 20n);
+  t.equal(calcFlowLabel(0xabcdef, 0x123456), Number((fold ^ (fold >> 40n)) & 0xfffffn));
+  t.equal(flowSourcePort(0x11, 0x12345, 0x11), flowLabelToSourcePort(0x12345), 'an AV flow label wins');
   // Against an exact reference (BigInt product mod 2^32): QPNs up to 2^24 lose no precision.
   const ref = (q: number): number => Number((BigInt(q) * 0x61c88647n) & 0xffffffffn) >>> 18;
   for (const q of [0x11, 0x12, 0x1234, 0xabcdef, 0xfffffe]) {
@@ -98,16 +109,16 @@ for (const type of ['RC', 'UC'] as const) {
     const fromB = seen.filter((s) => s.src === '10.0.0.2');
     t.ok(fromA.length >= 5, `${fromA.length} packets from A`);
     t.not(a.qp.srcPort, 4791);
-    t.equal(a.qp.srcPort, qpSourcePort(a.qp.qpn), "A's port is rxe's hash of its QPN");
-    t.equal(b.qp.srcPort, qpSourcePort(b.qp.qpn));
-    t.same([...new Set(fromA.map((s) => s.sport))], [qpSourcePort(a.qp.qpn)], 'every request leaves from A QP port');
+    t.equal(a.qp.srcPort, connPort(a.qp.qpn, b.qp.qpn), "A's port: the flow label rxe derives from both QPNs");
+    t.equal(b.qp.srcPort, connPort(b.qp.qpn, a.qp.qpn));
+    t.same([...new Set(fromA.map((s) => s.sport))], [connPort(a.qp.qpn, b.qp.qpn)], 'every request leaves from A QP port');
     t.ok(
       fromA.every((s) => s.dport === 4791),
       'to 4791',
     );
     if (type === 'RC') {
       t.ok(fromB.length > 0, 'B answered (ACKs, READ responses, atomic ACK)');
-      t.same([...new Set(fromB.map((s) => s.sport))], [qpSourcePort(b.qp.qpn)], "every response leaves from B's QP port");
+      t.same([...new Set(fromB.map((s) => s.sport))], [connPort(b.qp.qpn, a.qp.qpn)], "every response leaves from B's QP port");
     } else t.equal(fromB.length, 0, 'UC: no responses');
     t.ok(
       seen.every((s) => s.icrcOk),
@@ -146,7 +157,7 @@ t.test('an AV flow label picks the port (mlx5 mapping), for requests and respons
     q.modify({ state: 'RTR', av: { dgid: gid, flowLabel: fl }, pathMtu: 1024, destQpn: peer.qpn, rqPsn: 500, maxDestRdAtomic: 1, minRnrTimer: 1 });
     q.toRts({ sqPsn: 500 });
   };
-  t.equal(a.qp.srcPort, qpSourcePort(a.qp.qpn));
+  t.equal(a.qp.srcPort, connPort(a.qp.qpn, b.qp.qpn));
   reconnect(a.qp, b.qp, '10.0.0.2', 0x12345);
   reconnect(b.qp, a.qp, '10.0.0.1', 0xabcde);
   t.equal(a.qp.srcPort, 0xc000 | (0x2345 ^ 0x4));
@@ -220,15 +231,19 @@ t.test(`UDP loopback (${backend}): a capture through the pcap recorder, checked 
     const out = res.packets.filter((p) => p.src === ipA && p.destQp === bq.qpn);
     const back = res.packets.filter((p) => p.src === ipB && p.destQp === aq.qpn);
     t.ok(out.length > 0 && back.length > 0, `QP ${i}: both directions captured`);
-    t.same([...new Set(out.map((p) => p.srcPort))], [qpSourcePort(aq.qpn)], `QP ${i}: requests from 0xC000 + hash_32(${aq.qpn}, 14)`);
-    t.same([...new Set(back.map((p) => p.srcPort))], [qpSourcePort(bq.qpn)], `QP ${i}: ACKs and READ responses from the responder's QP port`);
+    t.same(
+      [...new Set(out.map((p) => p.srcPort))],
+      [connPort(aq.qpn, bq.qpn)],
+      `QP ${i}: requests from the port of the flow label derived from QPNs ${aq.qpn} and ${bq.qpn}`,
+    );
+    t.same([...new Set(back.map((p) => p.srcPort))], [connPort(bq.qpn, aq.qpn)], `QP ${i}: ACKs and READ responses from the responder's QP port`);
   }
   // The same file through the command a user runs.
   const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'softroce.js'), 'dump', file], { encoding: 'utf8' });
   t.equal(r.status, 0);
   const last = r.stdout.trimEnd().split('\n').at(-1)!;
   t.match(last, new RegExp(`^packets=${res.summary.packets} roce=${res.summary.roce} icrc_ok=${res.summary.roce} icrc_bad=0 malformed=0`));
-  t.match(r.stdout, new RegExp(`${ipA.replace(/\./g, '\\.')}:${qpSourcePort(A.qps[0]!.qpn)} > ${ipB.replace(/\./g, '\\.')}`));
+  t.match(r.stdout, new RegExp(`${ipA.replace(/\./g, '\\.')}:${connPort(A.qps[0]!.qpn, B.qps[0]!.qpn)} > ${ipB.replace(/\./g, '\\.')}`));
 });
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
