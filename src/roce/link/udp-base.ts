@@ -177,6 +177,19 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
    */
   protected abstract readonly dropRefused: boolean;
 
+  /**
+   * A datagram the kernel refused (ENETUNREACH with the link down, EMSGSIZE, ...) or that had no
+   * socket left to leave from is lost, as UDP loses it; rxe counts such a failed transmit as send_err
+   * (rxe_xmit_packet). Counted here in the backend's figure and reported as 'error', which the
+   * device's port counts as send_err (port.ts wireLink). Not the hot path: an Error per failure is fine.
+   */
+  protected sendFailed(errno: number | Error | null): void {
+    this.batchStats.sendErrors++;
+    if (this.listenerCount('error') === 0) return;
+    const e = errno instanceof Error ? errno : new Error(`send failed (${errno === null ? 'no socket' : `errno ${-errno}`})`);
+    this.emit('error', e);
+  }
+
   allocTx(): Buffer | null {
     return this.pool.alloc();
   }
@@ -422,7 +435,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
         }
       }
       if (r < 0 && r !== -EAGAIN && this.dropRefused) {
-        this.batchStats.sendErrors++;
+        this.sendFailed(r);
         this.pool.release(this.qBuf[k]!);
         k++;
         continue;
