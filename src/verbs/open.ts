@@ -64,7 +64,8 @@ function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
     if (!Array.isArray(o.ports) || o.ports.length === 0 || o.ports.length > MAX_PORTS) V.fail(op, 'ports', `must be an array of 1..${MAX_PORTS} ports`);
     if (o.address !== undefined || o.link !== undefined) V.fail(op, 'ports', 'give ports, or address / link, not both');
     if (o.links !== undefined && (!Array.isArray(o.links) || o.links.length !== o.ports.length)) V.fail(op, 'links', 'must be one link per port');
-    o.ports.forEach((p, i) => {
+    const ports: readonly OpenPortOptions[] = o.ports;
+    ports.forEach((p, i) => {
       V.obj(op, `ports[${i}]`, p);
       if (typeof p.address !== 'string' || isIP(p.address) === 0)
         V.fail(op, `ports[${i}].address`, `must be an IPv4 or IPv6 address, got ${JSON.stringify(p.address)}`);
@@ -171,7 +172,7 @@ function portSpecs(o: OpenDeviceOptions, desc: DeviceDescriptor | undefined): Op
   if (o.ports !== undefined) return o.ports.map((p) => ({ ...p }));
   if (o.links !== undefined) return o.links.map((l) => ({ address: l.localIp }));
   if (desc !== undefined && o.address === undefined) {
-    const ps = portsOf(desc).map((p) => ({ ...p }) as OpenPortOptions);
+    const ps: OpenPortOptions[] = portsOf(desc).map((p) => ({ ...p }));
     if (o.netdev !== undefined) ps[0]!.netdev = o.netdev;
     if (o.udpPort !== undefined) ps[0]!.udpPort = o.udpPort;
     return ps;
