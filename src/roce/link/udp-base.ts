@@ -17,6 +17,10 @@ import { icrcIdDelta } from '../icrc.js';
 
 /** The addon returns -errno. */
 export const EAGAIN = osConstants.errno.EAGAIN;
+/** Send errors about the destination, not about UDP GSO: a GSO send refused with one of them keeps GSO on. */
+const NOT_GSO_ERRORS: ReadonlySet<number> = new Set(
+  (['ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EACCES', 'EPERM', 'ECONNREFUSED'] as const).map((n) => osConstants.errno[n]),
+);
 
 export interface UdpLinkOptions {
   address: string;
@@ -415,10 +419,13 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
           this.batchStats.gsoPackets += r;
         } else {
           for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m)); // not sent: back to ID 0
-          if (r !== -EAGAIN) {
+          // no UDP GSO here: sendmmsg from now on. Not for a refusal that says nothing about GSO
+          // (no route with the link down or an unreachable route, a firewall's EPERM): that one turned
+          // GSO off for the link's life after any outage; it is a lost datagram (below), GSO stays.
+          if (r !== -EAGAIN && !NOT_GSO_ERRORS.has(-r)) {
             this.mcaps.gsoIcrcFixup = false;
             continue;
-          } // no UDP GSO here: sendmmsg from now on
+          }
         }
       } else {
         // sendmmsg for everything to this destination that is left (up to 64).
