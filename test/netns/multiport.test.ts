@@ -56,6 +56,8 @@ t.test('two-port devices in two namespaces: RC and UD on QPs of both ports at on
   const [se, ce] = await Promise.all([next(server, (m) => m.t === 'ep', 15_000), next(client, (m) => m.t === 'ep', 15_000)]);
   const backend = process.env['SOFTROCE_NO_NATIVE'] === '1' ? 'dgram' : 'native';
   t.equal(ce['backend'], backend, `the peers run this suite's backend (${backend})`);
+  // With the addon (root here) each port's socket is bound to its veth (SO_BINDTODEVICE); Node's sockets alone cannot be.
+  t.same(ce['bound'], backend === 'native' ? ['mpa0', 'mpa1'] : ['', ''], `sockets bound to the ports' netdevs: ${JSON.stringify(ce['bound'])}`);
   const cp = ce['ports'] as Array<{ rc: { gid: string }; ud: { gid: string }; netdev: string }>;
   t.same(
     cp.map((p) => [p.netdev, p.rc.gid, p.ud.gid]),

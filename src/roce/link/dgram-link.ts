@@ -95,6 +95,7 @@ export class DgramLink extends UdpLinkBase {
     if (o.netdev) {
       const r = n.bindToDevice(fd, o.netdev);
       if (r < 0) throw new VerbsError('EPERM', 'ibv_open_device', `SO_BINDTODEVICE ${o.netdev} failed (${r})`, 'netdev');
+      this.mcaps.boundNetdev = o.netdev;
     }
     // The port reports the 'native' backend from here on (ibv_devinfo's softroce_backend: the
     // addon shapes what goes on the wire), though Node's socket carries it.
