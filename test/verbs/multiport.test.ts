@@ -10,7 +10,9 @@ import { Wc } from '../../src/verbs/types.js';
 import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
 import { ibdev2netdev, ibvDevinfo, showGids } from '../../src/cli/devtools.js';
-import { Rng } from '../helpers.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { ROOT, Rng } from '../helpers.js';
 
 const A = ['10.12.1.1', '10.12.2.1'];
 const B = ['10.12.1.2', '10.12.2.2'];
@@ -258,4 +260,37 @@ t.test('ibv_devinfo, show_gids and ibdev2netdev list every port', async (t) => {
     ['127.0.83.1', '127.0.83.2'],
   );
   await dev.close();
+});
+
+t.test('ibv_ud_pingpong -i 2: UD on port 2 of two-port loopback devices (the AH takes the QP port)', async (t) => {
+  const env = { ...process.env, SOFTROCE_DEVICES: 'mpud_a=lo:127.0.85.1+lo:127.0.85.2,mpud_b=lo:127.0.85.3+lo:127.0.85.4' };
+  const bin = (tool: string): string => join(ROOT, 'bin', `${tool}.js`);
+  const gidIndex = (dev: string, ip: string): number => {
+    const r = spawnSync(process.execPath, [bin('show_gids'), dev, '2'], { encoding: 'utf8', env });
+    const line = r.stdout.split('\n').find((l) => l.startsWith(`${dev}\t2\t`) && l.includes(ip) && /\tv2\t/.test(l));
+    return line ? Number(line.split('\t')[2]) : -1;
+  };
+  const ga = gidIndex('mpud_a', '127.0.85.2'),
+    gb = gidIndex('mpud_b', '127.0.85.4');
+  t.ok(ga >= 0 && gb >= 0, `port 2's v2 GID indexes found (${ga}, ${gb})`);
+  const run = (args: string[]): Promise<{ code: number | null; out: string }> =>
+    new Promise((res) => {
+      const p = spawn(process.execPath, [bin('ibv_ud_pingpong'), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      p.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const timer = setTimeout(() => p.kill('SIGKILL'), 30_000);
+      p.on('exit', (code) => {
+        clearTimeout(timer);
+        res({ code, out });
+      });
+    });
+  const common = ['-i', '2', '-p', '18573', '-n', '20', '-s', '512'];
+  const server = run(['-d', 'mpud_a', '-g', String(ga), ...common]);
+  await new Promise((r) => setTimeout(r, 1500)); // the server listens on its TCP port first
+  const client = run(['-d', 'mpud_b', '-g', String(gb), ...common, '127.0.0.1']);
+  const [s, c] = await Promise.all([server, client]);
+  t.equal(s.code, 0, `server exits 0${s.code === 0 ? '' : `: ${s.out}`}`);
+  t.equal(c.code, 0, `client exits 0${c.code === 0 ? '' : `: ${c.out}`}`);
+  t.match(c.out, /20 iters/, 'the client ran its 20 iterations');
 });
