@@ -62,7 +62,8 @@ function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
   V.optObj(op, 'link', o.link);
   if (o.ports !== undefined) {
     if (!Array.isArray(o.ports) || o.ports.length === 0 || o.ports.length > MAX_PORTS) V.fail(op, 'ports', `must be an array of 1..${MAX_PORTS} ports`);
-    if (o.address !== undefined || o.link !== undefined) V.fail(op, 'ports', 'give ports, or address / link, not both');
+    if (o.address !== undefined || o.link !== undefined || o.netdev !== undefined || o.udpPort !== undefined)
+      V.fail(op, 'ports', 'give ports, or address / netdev / udpPort / link, not both');
     if (o.links !== undefined && (!Array.isArray(o.links) || o.links.length !== o.ports.length)) V.fail(op, 'links', 'must be one link per port');
     const ports: readonly OpenPortOptions[] = o.ports;
     ports.forEach((p, i) => {

@@ -129,6 +129,9 @@ t.test('two ports per device: RC and UD on QPs of both ports at once, bytes chec
 });
 
 t.test("the receive path honours the QP's port; an AH of another port is refused; QP1 per port", async (t) => {
+  await t.rejects(openDevice({ ports: [{ address: '127.0.0.1' }], address: '127.0.0.1' }), { code: 'EINVAL', argument: 'ports' });
+  await t.rejects(openDevice({ ports: [], native: 'off' }), { code: 'EINVAL', argument: 'ports' });
+  await t.rejects(openDevice({ ports: [{ address: 'eth0' }] }), { code: 'EINVAL', argument: 'ports[0].address' });
   const { sched, a, b } = await twoPortPair();
   const pa = a.allocPd(),
     pb = b.allocPd();
