@@ -4,7 +4,7 @@
  * config file, see the README).
  */
 import './epipe.js';
-import { getDeviceList, openDevice, type Device } from '../verbs/device.js';
+import { getDeviceList, openDevice, portsOf, type Device } from '../verbs/device.js';
 import { gidToString, isIpv4Mapped } from '../roce/gid.js';
 import { mtuToEnum } from '../roce/opcode.js';
 import { parseArgs, runTool, toInt, type OptSpec } from './args.js';
@@ -27,7 +27,14 @@ async function withDevice<T>(name: string, fn: (d: Device) => T | Promise<T>): P
     const { RealScheduler } = await import('../roce/sched.js');
     const desc = getDeviceList().find((d) => d.name === name)!;
     const sched = new RealScheduler();
-    dev = await openDevice({ name, address: desc.address, netdev: desc.netdev, scheduler: sched, link: new MemNetwork(sched).attach(desc.address) });
+    const net = new MemNetwork(sched);
+    const ports = portsOf(desc);
+    dev = await openDevice({
+      name,
+      scheduler: sched,
+      ports: ports.map((p) => ({ address: p.address, netdev: p.netdev })),
+      links: ports.map((p) => net.attach(p.address)),
+    });
   }
   try {
     return await fn(dev);

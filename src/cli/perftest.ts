@@ -402,7 +402,7 @@ export async function perftest(
         const r = rem[i]!;
         if (conn === 'UD') {
           qp.toRtr().toRts({ sqPsn: my[i]!.psn });
-          ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos }));
+          ahs.push(pd.createAh({ gid: r.gid, port: ibPort, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos }));
           return;
         }
         qp.toRtr({

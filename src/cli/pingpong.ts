@@ -338,7 +338,7 @@ export async function pingpong(
           throw new Error("Failed to modify QP to RTR (RoCE needs the peer's GID: run both sides with -g)");
         if (ud) {
           qp.toRtr().toRts({ sqPsn: my[i]!.psn });
-          ahs.push(pd.createAh({ gid: r.gid, sgidIndex: gidx, hopLimit: 1 }));
+          ahs.push(pd.createAh({ gid: r.gid, port: ibPort, sgidIndex: gidx, hopLimit: 1 }));
           continue;
         }
         const rtr: Parameters<Qp['toRtr']>[0] = { remote: { qpn: r.qpn, gid: r.gid }, pathMtu: mtu!, rqPsn: r.psn, sgidIndex: gidx, hopLimit: 1 };

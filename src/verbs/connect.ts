@@ -41,6 +41,8 @@ export interface ConnectLocal {
   maxRdAtomic?: number;
   maxDestRdAtomic?: number;
   sgidIndex?: number;
+  /** the port the QP uses (set at RESET -> INIT, as ibv_modify_qp's port_num); default 1 */
+  port?: number;
 }
 
 /**
@@ -67,9 +69,10 @@ export function connectQp(qp: Qp, local: ConnectLocal, remote: { qpn: number; ps
   V.optInt(op, 'minRnrTimer', local.minRnrTimer, 0, 31);
   V.optInt(op, 'maxRdAtomic', local.maxRdAtomic, 0, qp.device.attr.maxQpInitRdAtom);
   V.optInt(op, 'maxDestRdAtomic', local.maxDestRdAtomic, 0, qp.device.attr.maxQpRdAtom);
-  checkSgidIndex(op, 'sgidIndex', local.sgidIndex, qp.device.ports[qp.port - 1]!.gids);
+  V.optInt(op, 'port', local.port, 1, qp.device.ports.length);
+  checkSgidIndex(op, 'sgidIndex', local.sgidIndex, qp.device.ports[(local.port ?? 1) - 1]!.gids);
   if (qp.state !== 'RESET') V.fail(op, 'qp', `QP ${qp.qpn} is in ${qp.state}, not RESET`);
-  qp.toInit({ accessFlags: local.accessFlags ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'] });
+  qp.toInit({ port: local.port ?? 1, accessFlags: local.accessFlags ?? ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC'] });
   const rtr: Parameters<Qp['toRtr']>[0] = { remote, pathMtu: local.pathMtu ?? 1024, rqPsn: remote.psn };
   if (local.maxDestRdAtomic !== undefined) rtr.maxDestRdAtomic = local.maxDestRdAtomic;
   if (local.minRnrTimer !== undefined) rtr.minRnrTimer = local.minRnrTimer;

@@ -64,17 +64,23 @@ export class Device extends EventEmitter implements TransportDevice {
   readonly mrByRkey = new Map<number, Mr>();
   readonly pds = new Set<Pd>();
   readonly cqs = new Set<Cq>();
-  #gsi: Qp | null = null;
+  /** QP1 of each port (index: port - 1), null when not open */
+  readonly #gsis: Array<Qp | null> = [];
   #icrcIpv4: 'infer-id' | 'id-zero' = 'infer-id';
   #faults: FaultInjector | null = null;
   #recorder: PcapRecorder | null = null;
   #closed = false;
-  /** QP1 while open (openGsi) */
+  /** QP1 of port 1 while open (openGsi) */
   get gsi(): Qp | null {
-    return this.#gsi;
+    return this.gsiOn(1);
   }
-  private set gsi(v: Qp | null) {
-    this.#gsi = v;
+  /** QP1 of port `port` while open (openGsi({ port })), else null */
+  gsiOn(port: number): Qp | null {
+    return this.#gsis[port - 1] ?? null;
+  }
+  /** every open QP1, one per port at most (teardown) */
+  get gsis(): Qp[] {
+    return this.#gsis.filter((q): q is Qp => q !== null);
   }
   /**
    * How an incoming RoCEv2/IPv4 ICRC is checked when the link cannot show the real IPv4 ID (with
@@ -254,18 +260,24 @@ export class Device extends EventEmitter implements TransportDevice {
     return qp;
   }
 
-  /** QP1, the GSI QP (a special UD QP with Q_Key 0x80010000) that carries CM MADs. */
+  /**
+   * QP1, the GSI QP (a special UD QP with Q_Key 0x80010000) that carries CM MADs, of port `o.port`
+   * (default 1). Each port has its own, bound to it from creation (a GSI QP has no port attribute to
+   * modify); a MAD is delivered to the QP1 of the port it arrived on. Not in `qps`: QPN 1 is per port.
+   */
   openGsi(pd: Pd, o: GsiOptions): Qp {
     this.live('ibv_create_qp');
     const cap = checkOpenGsi(this, pd, o);
     const qp = new Qp(this, pd, 1, 'GSI', null, cap, o.sendCq, o.recvCq);
-    this.gsi = qp;
+    const port = o.port ?? 1;
+    qp.bindGsiPort(port);
+    this.#gsis[port - 1] = qp;
     this.register(qp, pd);
     return qp;
   }
 
   private register(qp: Qp, pd: Pd): void {
-    this.qps.set(qp.qpn, qp);
+    if (qp.type !== 'GSI') this.qps.set(qp.qpn, qp);
     pd.qps.add(qp);
     qp.sendCq.addUser(1);
     qp.recvCq.addUser(1);
@@ -274,8 +286,9 @@ export class Device extends EventEmitter implements TransportDevice {
 
   /** @internal qp.close */
   destroyQp(qp: Qp): void {
-    this.qps.delete(qp.qpn);
-    if (this.gsi === qp) this.gsi = null;
+    if (qp.type === 'GSI') {
+      if (this.#gsis[qp.port - 1] === qp) this.#gsis[qp.port - 1] = null;
+    } else this.qps.delete(qp.qpn);
     qp.pd.qps.delete(qp);
     qp.sendCq.addUser(-1);
     qp.recvCq.addUser(-1);
@@ -393,7 +406,7 @@ export class Device extends EventEmitter implements TransportDevice {
       }
     };
     releaseObjects(this, step);
-    this.gsi = null;
+    this.#gsis.length = 0;
     // A nextRx() waiter would otherwise wait forever: it wakes to a closed device.
     const w = this.rxWaiter;
     this.rxWaiter = null;
@@ -414,8 +427,8 @@ export function openDevice(o: OpenDeviceOptions = {}): Promise<Device> {
 export type { QpState };
 // The port and opening a device live in port.ts and open.ts; their public names stay importable from here.
 export { Port } from './port.js';
-export type { OpenDeviceOptions } from './open.js';
+export type { OpenDeviceOptions, OpenPortOptions } from './open.js';
 // Discovery lives in discovery.ts; its public names stay importable from here.
-export { getDeviceList, buildGidTable, activeMtuFor } from './discovery.js';
-export type { GidType, GidEntry, DeviceDescriptor } from './discovery.js';
+export { getDeviceList, buildGidTable, activeMtuFor, portsOf, interfaceDevices } from './discovery.js';
+export type { GidType, GidEntry, DeviceDescriptor, PortDescriptor } from './discovery.js';
 export type { DeviceAttr, PortAttr } from './device-attr.js';

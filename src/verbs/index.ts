@@ -1,9 +1,9 @@
 /** The verbs object model: devices, PD, MR, CQ, QP, SRQ, AH. */
 export { openDevice, Device, Port } from './device.js';
-export { getDeviceList, buildGidTable, activeMtuFor } from './discovery.js';
-export type { AsyncEvent, AsyncEventType, OpenDeviceOptions } from './device.js';
+export { getDeviceList, buildGidTable, activeMtuFor, portsOf, interfaceDevices } from './discovery.js';
+export type { AsyncEvent, AsyncEventType, OpenDeviceOptions, OpenPortOptions } from './device.js';
 export type { DeviceAttr, PortAttr } from './device-attr.js';
-export type { GidEntry, GidType, DeviceDescriptor } from './discovery.js';
+export type { GidEntry, GidType, DeviceDescriptor, PortDescriptor } from './discovery.js';
 export { Pd, Srq, Ah } from './objects.js';
 export { Mr } from './mr.js';
 export { Cq } from './cq.js';

@@ -106,12 +106,23 @@ export class Pd {
     return s;
   }
   /** ibv_create_ah: where UD sends go. `gid` is a GID or an IP address string. */
-  createAh(o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; sl?: number; udpPort?: number }): Ah {
+  createAh(o: {
+    gid: Gid | string;
+    port?: number;
+    sgidIndex?: number;
+    hopLimit?: number;
+    trafficClass?: number;
+    flowLabel?: number;
+    sl?: number;
+    udpPort?: number;
+  }): Ah {
     this.live('ibv_create_ah');
     const op = 'ibv_create_ah';
     V.obj(op, 'options', o);
     V.gid(op, 'gid', o.gid);
-    checkSgidIndex(op, 'sgidIndex', o.sgidIndex, this.device.ports[0]!.gids);
+    // ibv_ah_attr.port_num: the port whose GID table sgidIndex indexes (a UD QP sends through AHs of its own port).
+    V.optInt(op, 'port', o.port, 1, this.device.ports.length);
+    checkSgidIndex(op, 'sgidIndex', o.sgidIndex, this.device.ports[(o.port ?? 1) - 1]!.gids);
     V.optInt(op, 'hopLimit', o.hopLimit, 0, 255);
     V.optInt(op, 'trafficClass', o.trafficClass, 0, 255);
     V.optInt(op, 'flowLabel', o.flowLabel, 0, 0xfffff);
@@ -241,11 +252,17 @@ export class Ah implements AddressHandle {
   readonly flowLabel: number;
   readonly sgidIndex: number;
   readonly udpPort: number;
+  /** the port (1-based) whose GID table sgidIndex indexes */
+  readonly port: number;
   /** where UD sends through this AH go (the requester's view of it) */
   readonly dest: Dest;
   #closed = false;
-  constructor(pd: Pd, o: { gid: Gid | string; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; udpPort?: number }) {
+  constructor(
+    pd: Pd,
+    o: { gid: Gid | string; port?: number; sgidIndex?: number; hopLimit?: number; trafficClass?: number; flowLabel?: number; udpPort?: number },
+  ) {
     this.pd = pd;
+    this.port = o.port ?? 1;
     let g: Gid;
     try {
       g = typeof o.gid === 'string' ? gidFromString(o.gid) : o.gid;
@@ -264,7 +281,7 @@ export class Ah implements AddressHandle {
     this.sgidIndex = o.sgidIndex ?? 0;
     this.udpPort = o.udpPort ?? 4791;
     // The source GID's generation now: a UD send through this AH after its entry went is dropped (build.ts).
-    const sgidGen = pd.device.ports[0]?.gidGen[this.sgidIndex] ?? 0;
+    const sgidGen = pd.device.ports[this.port - 1]?.gidGen[this.sgidIndex] ?? 0;
     this.dest = {
       ip: this.ip,
       ipNum: this.ipNum,

@@ -13,18 +13,29 @@ import { UdpLink } from '../roce/link/udp-link.js';
 import type { Link } from '../roce/link/link.js';
 import { FaultInjector, type FaultOptions } from '../roce/link/fault-link.js';
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
-import { getDeviceList, sysNetdevFor, type DeviceDescriptor } from './discovery.js';
+import { getDeviceList, portsOf, sysNetdevFor, type DeviceDescriptor } from './discovery.js';
 import type { AddressSource } from './addr-watch.js';
+
+/** One port of openDevice({ ports }): the address its socket binds, the netdev it sits on (default: the address's). */
+export interface OpenPortOptions {
+  address: string;
+  netdev?: string;
+  udpPort?: number;
+}
 
 export interface OpenDeviceOptions {
   name?: string;
   netdev?: string;
   address?: string;
   udpPort?: number;
+  /** a device with several ports, port 1 first (instead of address / netdev / udpPort, which describe a one-port device) */
+  ports?: readonly OpenPortOptions[];
   native?: 'auto' | 'on' | 'off';
   /** for tests: a fake clock, an in-memory link, injected faults, a capture */
   scheduler?: Scheduler;
   link?: Link;
+  /** for tests: one in-memory link per port (a device with several ports; instead of `link`) */
+  links?: readonly Link[];
   faults?: FaultOptions;
   pcap?: string;
   icrcIpv4?: 'infer-id' | 'id-zero';
@@ -49,6 +60,25 @@ function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
   if (o.pcap === '') V.fail(op, 'pcap', 'must be a file name');
   V.optObj(op, 'scheduler', o.scheduler);
   V.optObj(op, 'link', o.link);
+  if (o.ports !== undefined) {
+    if (!Array.isArray(o.ports) || o.ports.length === 0 || o.ports.length > MAX_PORTS) V.fail(op, 'ports', `must be an array of 1..${MAX_PORTS} ports`);
+    if (o.address !== undefined || o.link !== undefined || o.netdev !== undefined || o.udpPort !== undefined)
+      V.fail(op, 'ports', 'give ports, or address / netdev / udpPort / link, not both');
+    if (o.links !== undefined && (!Array.isArray(o.links) || o.links.length !== o.ports.length)) V.fail(op, 'links', 'must be one link per port');
+    const ports: readonly OpenPortOptions[] = o.ports;
+    ports.forEach((p, i) => {
+      V.obj(op, `ports[${i}]`, p);
+      if (typeof p.address !== 'string' || isIP(p.address) === 0)
+        V.fail(op, `ports[${i}].address`, `must be an IPv4 or IPv6 address, got ${JSON.stringify(p.address)}`);
+      V.optStr(op, `ports[${i}].netdev`, p.netdev);
+      V.optInt(op, `ports[${i}].udpPort`, p.udpPort, 1, 65535);
+    });
+  }
+  if (o.links !== undefined) {
+    if (!Array.isArray(o.links) || o.links.length === 0 || o.links.length > MAX_PORTS) V.fail(op, 'links', `must be an array of 1..${MAX_PORTS} links`);
+    if (o.link !== undefined) V.fail(op, 'links', 'give link or links, not both');
+    o.links.forEach((l, i) => V.obj(op, `links[${i}]`, l));
+  }
   V.optInt(op, 'gidTblLen', o.gidTblLen, 2, 4096);
   V.optObj(op, 'addresses', o.addresses);
   if (o.faults !== undefined) {
@@ -70,50 +100,114 @@ function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
 export async function openDeviceWith(o: OpenDeviceOptions, create: (name: string, sched: Scheduler, mac: Uint8Array) => Device): Promise<Device> {
   checkOpenDeviceOptions(o);
   let desc: DeviceDescriptor | undefined;
-  if (o.name && !o.address) {
+  if (o.name && !o.address && !o.ports) {
     desc = getDeviceList().find((d) => d.name === o.name);
     if (!desc) throw new VerbsError('ENODEV', 'ibv_open_device', `no device named ${o.name}`, 'name');
   }
-  const address = o.address ?? desc?.address ?? '127.0.0.1';
+  const specs = portSpecs(o, desc);
   const sched = o.scheduler ?? new RealScheduler();
-  const found = sysNetdevFor(address);
-  const netdev = o.netdev ?? desc?.netdev ?? found.netdev;
-  // UdpLink.open releases its socket itself when it fails.
-  const base: Link = o.link ?? (await UdpLink.open({ address, port: o.udpPort ?? desc?.udpPort ?? 4791, native: o.native ?? 'auto' }));
-  // From here on, whatever fails releases what was taken (the socket, the injector's timers, the
-  // recorder's file): a failed open must not leave UDP 4791 bound. A link the caller passed in
-  // stays theirs: it is detached from the device, not closed.
+  const given = o.links ?? (o.link !== undefined ? [o.link] : null);
+  // Each port's link: the caller's, or a UDP socket per port on its address (and its netdev: udpLinkOn).
+  // A failed open releases the sockets already bound: none must stay taken.
+  const bases: Link[] = [];
+  if (given !== null) bases.push(...given);
+  else {
+    try {
+      for (const p of specs) bases.push(await udpLinkOn(p.address, p.udpPort, p.netdev, specs.length > 1, o.native ?? 'auto'));
+    } catch (e) {
+      for (const l of bases)
+        await l.close().catch(() => {
+          /* the open's own error is the one to report */
+        });
+      throw e;
+    }
+  }
+  // From here on, whatever fails releases what was taken (the sockets, the injector's timers, the
+  // recorder's file): a failed open must not leave UDP 4791 bound. Links the caller passed in
+  // stay theirs: they are detached from the device, not closed.
   let dev: Device | null = null;
   try {
-    const name = o.name ?? desc?.name ?? `softroce_${address}`;
-    dev = create(name, sched, found.mac);
-    // The port's link is the backend wrapped: pcap(faults(base)), so the capture holds what the
-    // device received after the faults and what it sent.
-    let link = base;
-    if (o.faults) link = dev.faults = new FaultInjector(link, o.faults, sched);
-    if (o.pcap) {
-      link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => {
-        throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap');
-      });
+    const first = sysNetdevFor(bases[0]!.localIp);
+    const name = o.name ?? desc?.name ?? `softroce_${specs[0]?.address ?? bases[0]!.localIp}`;
+    dev = create(name, sched, first.mac);
+    for (let i = 0; i < bases.length; i++) {
+      // Port 1's link is the backend wrapped: pcap(faults(base)), so the capture holds what the
+      // device received after the faults and what it sent. The other ports' links are not wrapped.
+      let link = bases[i]!;
+      if (i === 0 && o.faults) link = dev.faults = new FaultInjector(link, o.faults, sched);
+      if (i === 0 && o.pcap) {
+        link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => {
+          throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap');
+        });
+      }
+      const found = sysNetdevFor(bases[i]!.localIp);
+      const netdev = specs[i]?.netdev ?? found.netdev;
+      const portOpts: { gidTblLen?: number; addresses?: AddressSource } = {};
+      if (o.gidTblLen !== undefined) portOpts.gidTblLen = o.gidTblLen;
+      if (o.addresses !== undefined) portOpts.addresses = o.addresses;
+      dev.addPort(link, netdev || 'lo', found.mac, portOpts);
     }
-    const portOpts: { gidTblLen?: number; addresses?: AddressSource } = {};
-    if (o.gidTblLen !== undefined) portOpts.gidTblLen = o.gidTblLen;
-    if (o.addresses !== undefined) portOpts.addresses = o.addresses;
-    dev.addPort(link, netdev || 'lo', found.mac, portOpts);
     if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
     return dev;
   } catch (e) {
     if (dev)
-      await dev.abortOpen(o.link === undefined).catch(() => {
+      await dev.abortOpen(given === null).catch(() => {
         /* the open's own error is the one to report */
       });
-    // Not yet a port's link (the recorder's file failed), so the teardown did not close it.
-    if (o.link === undefined && (dev === null || dev.ports.length === 0))
-      await base.close().catch(() => {
-        /* as above */
-      });
+    // Not yet a port's link (the recorder's file failed, say), so the teardown did not close it.
+    if (given === null)
+      for (const l of bases.slice(dev === null ? 0 : dev.ports.length))
+        await l.close().catch(() => {
+          /* as above */
+        });
     throw e;
   }
+}
+
+/** The most ports a device has here (rxe has one; a bonded device two; this leaves room). */
+export const MAX_PORTS = 16;
+
+/** What each port binds: openDevice({ ports }), else address / netdev / udpPort, else the device list's entry, else 127.0.0.1. */
+function portSpecs(o: OpenDeviceOptions, desc: DeviceDescriptor | undefined): OpenPortOptions[] {
+  // ports with links (tests): each port's netdev from ports, its link given.
+  if (o.ports !== undefined) return o.ports.map((p) => ({ ...p }));
+  if (o.links !== undefined) return o.links.map((l) => ({ address: l.localIp }));
+  if (desc !== undefined && o.address === undefined) {
+    const ps: OpenPortOptions[] = portsOf(desc).map((p) => ({ ...p }));
+    if (o.netdev !== undefined) ps[0]!.netdev = o.netdev;
+    if (o.udpPort !== undefined) ps[0]!.udpPort = o.udpPort;
+    return ps;
+  }
+  const p: OpenPortOptions = { address: o.address ?? o.link?.localIp ?? '127.0.0.1' };
+  if (o.netdev !== undefined) p.netdev = o.netdev;
+  if (o.udpPort !== undefined) p.udpPort = o.udpPort;
+  return [p];
+}
+
+/**
+ * A port's UDP socket. A port of a device with several ports is bound to its netdev too
+ * (SO_BINDTODEVICE, through the addon), so what it sends leaves by that interface whatever the
+ * routing table prefers, as rxe sends through the port's netdev. Binding to a device needs the addon
+ * and CAP_NET_RAW; without them (EPERM, or no addon) the socket stays bound to the address only,
+ * which on distinct subnets takes the same way. A one-port device keeps its address binding alone.
+ */
+async function udpLinkOn(
+  address: string,
+  udpPort: number | undefined,
+  netdev: string | undefined,
+  multi: boolean,
+  native: 'auto' | 'on' | 'off',
+): Promise<Link> {
+  const port = udpPort ?? 4791;
+  const dev = netdev ?? sysNetdevFor(address).netdev;
+  if (multi && dev !== '' && dev !== 'lo' && native !== 'off') {
+    try {
+      return await UdpLink.open({ address, port, native, netdev: dev });
+    } catch (e) {
+      if (!(e instanceof VerbsError) || e.argument !== 'netdev') throw e;
+    }
+  }
+  return UdpLink.open({ address, port, native });
 }
 
 const FS_ERRNO: ReadonlySet<string> = new Set<ErrnoCode>(['ENOENT', 'EACCES', 'EPERM', 'EEXIST', 'ENOSPC', 'EINVAL', 'EBUSY']);
@@ -130,7 +224,7 @@ function fsError(e: unknown, op: string, what: string, argument: string): VerbsE
  * step's error collected by `step` so one failure does not stop the rest; then the tables are emptied.
  */
 export function releaseObjects(dev: Device, step: (f: () => void) => void): void {
-  for (const qp of [...dev.qps.values()]) step(() => qp.close());
+  for (const qp of [...dev.qps.values(), ...dev.gsis]) step(() => qp.close());
   for (const pd of [...dev.pds]) {
     for (const ah of [...pd.ahs] as Ah[]) step(() => ah.close());
     for (const mr of [...pd.mrs]) step(() => mr.close());

@@ -14,6 +14,8 @@ export interface GsiOptions {
   sendCq: Cq;
   recvCq: Cq;
   cap?: Partial<QpCap>;
+  /** the port this QP1 serves (each port has its own, as each has its own GSI agent in ib_mad); default 1 */
+  port?: number;
 }
 
 export function checkCreateQp(dev: Device, pd: Pd, o: CreateQpOptions): Required<QpCap> {
@@ -60,7 +62,8 @@ export function checkOpenGsi(dev: Device, pd: Pd, o: GsiOptions): Required<QpCap
     V.optInt(op, 'cap.maxSendWr', o.cap.maxSendWr, 1, dev.attr.maxQpWr);
     V.optInt(op, 'cap.maxRecvWr', o.cap.maxRecvWr, 1, dev.attr.maxQpWr);
   }
-  if (dev.gsi) throw new VerbsError('EBUSY', 'ibv_create_qp', 'QP1 is already open', 'qp');
+  V.optInt(op, 'port', o.port, 1, dev.ports.length);
+  if (dev.gsiOn(o.port ?? 1)) throw new VerbsError('EBUSY', 'ibv_create_qp', `QP1 of port ${o.port ?? 1} is already open`, 'qp');
   const cap: Required<QpCap> = { maxSendWr: o.cap?.maxSendWr ?? 256, maxRecvWr: o.cap?.maxRecvWr ?? 256, maxSendSge: 1, maxRecvSge: 1, maxInline: 0 };
   return cap;
 }

@@ -44,15 +44,18 @@ export function queryQp(qp: Qp): QpInfo {
 }
 
 /** qp.endpoint(): the QP's number, initial send PSN and GID as text; with `mr`, the region's address and R_Key. */
-export function qpEndpoint(qp: Qp, o: { mr?: Mr; sgidIndex?: number }): QpEndpoint & Partial<MrEndpoint> {
+export function qpEndpoint(qp: Qp, o: { mr?: Mr; sgidIndex?: number; port?: number }): QpEndpoint & Partial<MrEndpoint> {
   const op = 'endpoint';
   V.obj(op, 'options', o);
-  const gids = qp.device.ports[qp.port - 1]!.gids;
+  // `port`: the port the QP will be connected on (connectQp({ port })) while it is still in RESET.
+  V.optInt(op, 'port', o.port, 1, qp.device.ports.length);
+  const port = o.port ?? qp.port;
+  const gids = qp.device.ports[port - 1]!.gids;
   checkSgidIndex(op, 'sgidIndex', o.sgidIndex, gids);
   const ep: QpEndpoint & Partial<MrEndpoint> = {
     qpn: qp.qpn,
     psn: qp.sqPsn,
-    gid: gidToString(gids.get(o.sgidIndex ?? qp.device.defaultSgidIndex(qp.port))!.gid),
+    gid: gidToString(gids.get(o.sgidIndex ?? qp.device.defaultSgidIndex(port))!.gid),
   };
   if (o.mr !== undefined) {
     if (!(o.mr instanceof Mr) || o.mr.closed) V.fail(op, 'mr', 'must be a registered, open MR');

@@ -188,6 +188,11 @@ export class Qp implements TransportQp {
     if (to !== null) this.apply(attrs, to);
   }
 
+  /** @internal device.openGsi: QP1 belongs to its port from creation (no port attribute at INIT for GSI) */
+  bindGsiPort(port: number): void {
+    if (this.type === 'GSI' && this.#state === 'RESET') this.#port = port;
+  }
+
   private apply(a: QpAttrs, to: QpState): void {
     if (a.port !== undefined) this.#port = a.port;
     // UD and GSI messages are bounded by the port's MTU, not a path MTU (rxe's get_mtu()).
@@ -281,9 +286,9 @@ export class Qp implements TransportQp {
    * random initial send PSN; connectQp/toRts use it unless told otherwise.
    */
   endpoint(): QpEndpoint;
-  endpoint(o: { mr: Mr; sgidIndex?: number }): QpEndpoint & MrEndpoint;
-  endpoint(o: { mr?: Mr; sgidIndex?: number }): QpEndpoint & Partial<MrEndpoint>;
-  endpoint(o: { mr?: Mr; sgidIndex?: number } = {}): QpEndpoint & Partial<MrEndpoint> {
+  endpoint(o: { mr: Mr; sgidIndex?: number; port?: number }): QpEndpoint & MrEndpoint;
+  endpoint(o: { mr?: Mr; sgidIndex?: number; port?: number }): QpEndpoint & Partial<MrEndpoint>;
+  endpoint(o: { mr?: Mr; sgidIndex?: number; port?: number } = {}): QpEndpoint & Partial<MrEndpoint> {
     return qpEndpoint(this, o);
   }
 

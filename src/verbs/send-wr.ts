@@ -18,6 +18,7 @@ export interface SendQueueOwner {
   readonly cap: Required<QpCap>;
   readonly sigAll: boolean;
   readonly pathMtu: number;
+  readonly port: number;
   readonly device: { readonly attr: { readonly maxMsgSize: number } };
 }
 
@@ -62,6 +63,8 @@ export function checkSendWr(qp: SendQueueOwner, w: SendWr): void {
     if (w.ud === undefined) throw new VerbsError('EINVAL', op, 'a UD send needs ud: { ah, remoteQpn, remoteQkey }', 'ud');
     V.obj(op, 'ud', w.ud);
     if (!(w.ud.ah instanceof Ah) || w.ud.ah.closed || w.ud.ah.pd !== qp.pd) throw new VerbsError('EINVAL', op, 'AH is closed or of another PD', 'ud');
+    // The AH's source GID is an entry of its port's table; the QP sends through its own port's link.
+    if (w.ud.ah.port !== qp.port) throw new VerbsError('EINVAL', op, `AH is of port ${w.ud.ah.port}, the QP of port ${qp.port}`, 'ud');
     V.int(op, 'ud', w.ud.remoteQpn, 0, 0xffffff);
     V.u32(op, 'ud', w.ud.remoteQkey);
     if (len > qp.pathMtu) throw new VerbsError('EINVAL', op, `UD message of ${len} bytes > path MTU ${qp.pathMtu}`, 'sg');

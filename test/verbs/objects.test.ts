@@ -58,7 +58,7 @@ t.test('device list from SOFTROCE_DEVICES, defaults without configuration', (t) 
     { name: 'rxe1', netdev: 'lo', address: '127.0.0.1' },
   ]);
   t.same(
-    getDeviceList({ SOFTROCE_CONFIG: '/nonexistent' }).map((d) => d.address),
+    getDeviceList({ SOFTROCE_CONFIG: '/nonexistent' }, {}).map((d) => d.address),
     ['127.0.0.1', '127.0.0.2'],
   );
   t.throws(() => getDeviceList({ SOFTROCE_DEVICES: 'nonsense' }), { code: 'EINVAL', argument: 'SOFTROCE_DEVICES' });

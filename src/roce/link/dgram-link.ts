@@ -14,7 +14,7 @@ import { UdpLinkBase, type TxSocket, type UdpLinkOptions } from './udp-base.js';
 
 export class DgramLink extends UdpLinkBase {
   private readonly sock: dgram.Socket;
-  private readonly sent = new Map<Buffer, () => void>();
+  private readonly sent = new Map<Buffer, (err: Error | null) => void>();
   protected readonly dropRefused = false;
 
   private constructor(o: UdpLinkOptions, sock: dgram.Socket) {
@@ -95,6 +95,7 @@ export class DgramLink extends UdpLinkBase {
     if (o.netdev) {
       const r = n.bindToDevice(fd, o.netdev);
       if (r < 0) throw new VerbsError('EPERM', 'ibv_open_device', `SO_BINDTODEVICE ${o.netdev} failed (${r})`, 'netdev');
+      this.mcaps.boundNetdev = o.netdev;
     }
     // The port reports the 'native' backend from here on (ibv_devinfo's softroce_backend: the
     // addon shapes what goes on the wire), though Node's socket carries it.
@@ -111,7 +112,7 @@ export class DgramLink extends UdpLinkBase {
       const e = this.txSocket(sport);
       if (e === null) {
         // closed meanwhile (the pool's cap): lost, as UDP would lose it; RC retransmits
-        this.batchStats.sendErrors++;
+        this.sendFailed(null);
         this.pool.release(buf);
         return;
       }
@@ -119,7 +120,7 @@ export class DgramLink extends UdpLinkBase {
         this.sb[0] = buf;
         this.sl[0] = len;
         const r = this.native!.sendPackets(e.fd, this.sb, this.sl, 1, parseIpv4(dstIp), dstPort, 0, 0);
-        if (r < 0) this.batchStats.sendErrors++;
+        if (r < 0) this.sendFailed(r);
         else this.batchStats.dgramPackets++;
         const wasEmpty = this.pool.available === 0;
         this.pool.release(buf);
@@ -134,7 +135,10 @@ export class DgramLink extends UdpLinkBase {
     // One callback per pool buffer, made once, so a send allocates no closure.
     let done = this.sent.get(buf);
     if (!done) {
-      done = () => {
+      // Node reports a failed sendto (ENETUNREACH with the link down, ...) only here, not as the
+      // socket's 'error' event: counted as send_err like the addon's refusals (sendFailed).
+      done = (err: Error | null) => {
+        if (err && !this.closed) this.sendFailed(err);
         const v = this.via.get(buf);
         if (v) {
           v.inflight--;
@@ -172,7 +176,7 @@ export class DgramLink extends UdpLinkBase {
     for (const [buf, v] of this.via) {
       if (v !== e) continue;
       this.via.delete(buf);
-      this.batchStats.sendErrors++;
+      this.sendFailed(null);
       this.pool.release(buf);
     }
     e.inflight = 0;

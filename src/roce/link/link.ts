@@ -59,6 +59,8 @@ export interface LinkCaps {
    * every datagram leaves from localPort (sourcePort() says which port a datagram gets).
    */
   readonly flowSrcPort?: boolean;
+  /** The interface the socket is bound to (SO_BINDTODEVICE: what it sends leaves by it); absent or '': none. */
+  readonly boundNetdev?: string;
 }
 
 /** what the batching did, for the bench and ibv_devinfo (the UDP backends) */

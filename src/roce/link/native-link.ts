@@ -53,6 +53,7 @@ export class NativeLink extends UdpLinkBase {
     const link = new NativeLink(o);
     link.localPort = n.localPort!(fd);
     link.mcaps.ipv4IdZero = true;
+    if (o.netdev) link.mcaps.boundNetdev = o.netdev;
     link.batchOn(n, fd, process.env['SOFTROCE_GSO'] !== '0');
     const slots = 32,
       slotSize = 65536;
@@ -188,7 +189,7 @@ export class NativeLink extends UdpLinkBase {
       const fd = this.fdFor(p.sport);
       const r = fd < 0 ? -EBADF : nat.sendPackets(fd, this.sb, this.sl, 1, parseIpv4(p.ip), p.port, 0, p.tos);
       if (r === -EAGAIN) break;
-      if (r < 0) this.batchStats.sendErrors++;
+      if (r < 0) this.sendFailed(r);
       this.pool.release(p.buf);
     }
     this.pend.splice(0, i);

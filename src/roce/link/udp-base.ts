@@ -17,6 +17,10 @@ import { icrcIdDelta } from '../icrc.js';
 
 /** The addon returns -errno. */
 export const EAGAIN = osConstants.errno.EAGAIN;
+/** Send errors about the destination, not about UDP GSO: a GSO send refused with one of them keeps GSO on. */
+const NOT_GSO_ERRORS: ReadonlySet<number> = new Set(
+  (['ENETUNREACH', 'EHOSTUNREACH', 'ENETDOWN', 'EACCES', 'EPERM', 'ECONNREFUSED'] as const).map((n) => osConstants.errno[n]),
+);
 
 export interface UdpLinkOptions {
   address: string;
@@ -176,6 +180,19 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
    * (native socket); false: the rest goes the unbatched way (dgram).
    */
   protected abstract readonly dropRefused: boolean;
+
+  /**
+   * A datagram the kernel refused (ENETUNREACH with the link down, EMSGSIZE, ...) or that had no
+   * socket left to leave from is lost, as UDP loses it; rxe counts such a failed transmit as send_err
+   * (rxe_xmit_packet). Counted here in the backend's figure and reported as 'error', which the
+   * device's port counts as send_err (port.ts wireLink). Not the hot path: an Error per failure is fine.
+   */
+  protected sendFailed(errno: number | Error | null): void {
+    this.batchStats.sendErrors++;
+    if (this.listenerCount('error') === 0) return;
+    const e = errno instanceof Error ? errno : new Error(`send failed (${errno === null ? 'no socket' : `errno ${-errno}`})`);
+    this.emit('error', e);
+  }
 
   allocTx(): Buffer | null {
     return this.pool.alloc();
@@ -402,10 +419,13 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
           this.batchStats.gsoPackets += r;
         } else {
           for (let m = 1; m < cnt; m++) xorIcrc(sb[m]!, sl[m]!, icrcIdDelta(sl[m]! + 20, m)); // not sent: back to ID 0
-          if (r !== -EAGAIN) {
+          // no UDP GSO here: sendmmsg from now on. Not for a refusal that says nothing about GSO
+          // (no route with the link down or an unreachable route, a firewall's EPERM): that one turned
+          // GSO off for the link's life after any outage; it is a lost datagram (below), GSO stays.
+          if (r !== -EAGAIN && !NOT_GSO_ERRORS.has(-r)) {
             this.mcaps.gsoIcrcFixup = false;
             continue;
-          } // no UDP GSO here: sendmmsg from now on
+          }
         }
       } else {
         // sendmmsg for everything to this destination that is left (up to 64).
@@ -422,7 +442,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
         }
       }
       if (r < 0 && r !== -EAGAIN && this.dropRefused) {
-        this.batchStats.sendErrors++;
+        this.sendFailed(r);
         this.pool.release(this.qBuf[k]!);
         k++;
         continue;

@@ -106,10 +106,10 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     return;
   }
   const qpn = bth.destQp;
-  // QP1 (GSI) needs no case of its own: openGsi registers it in qps under QPN 1 like any QP, and no
-  // other QP gets a QPN below 0x11 (device.createQpFor). QP0 (SMI) does not exist on RoCE and
+  // QP1 (GSI) is per port: a MAD goes to the QP1 of the port it arrived on (IBA 13.4.6.1), so the
+  // lookup takes the port; no other QP gets a QPN below 0x11 (device.createQpFor). QP0 (SMI) does not exist on RoCE and
   // 0xFFFFFF is the multicast QPN, which softroce does not join.
-  const qp = qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
+  const qp = qpn === 1 ? dev.gsiOn(port.num) : qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
   if (!qp || qp.closed) {
     counts[Ctr.rcvd_unknown_qp]!++;
     return;

@@ -45,8 +45,10 @@ export interface TransportDevice {
   readonly ports: readonly PortLike[];
   readonly attr: { readonly maxMsgSize: number };
   readonly icrcIpv4: 'infer-id' | 'id-zero';
-  /** QPN -> QP, QP1 (the GSI QP) included while open */
+  /** QPN -> QP (QP1 is per port: gsiOn) */
   readonly qps: { get(qpn: number): TransportQp | undefined; values(): Iterable<TransportQp> };
+  /** QP1 (the GSI QP) of port `port` while open, else null: a port has its own (IBA 13.4.6.1) */
+  gsiOn(port: number): TransportQp | null;
   readonly mrByRkey: KeyResolver;
   /** schedule the requester of `qp` (engine.ts) */
   kick(qp: TransportQp, soon?: boolean): void;
