@@ -6,6 +6,7 @@
  */
 import { Ctr, Counters } from '../roce/counters.js';
 import type { Link, RxHandler } from '../roce/link/link.js';
+import type { RoceV1Link } from '../roce/link/rocev1-link.js';
 import type { PortLike } from '../roce/transport/types.js';
 import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
 import type { Mtu } from '../roce/opcode.js';
@@ -27,6 +28,8 @@ export class Port implements PortLike {
   readonly counters = new Counters();
   readonly activeMtu: Mtu;
   readonly mac: Uint8Array;
+  /** the RoCEv1 path under the port's link (rocev1-link.ts), when the port has one (a UDP link with the addon) */
+  v1: RoceV1Link | null = null;
   constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidTable, activeMtu: Mtu) {
     this.num = num;
     this.link = link;

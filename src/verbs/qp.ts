@@ -25,7 +25,7 @@ import { flushQp } from '../roce/transport/flush.js';
 import { stopAckTimer } from '../roce/transport/retry.js';
 import { flushAck } from '../roce/transport/responder.js';
 import type { CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
-import { checkModify, destOf, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
+import { checkModify, destOf, openRoceV1, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
 import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
 import { postRecvList, postSendList } from './qp-post.js';
 
@@ -185,6 +185,10 @@ export class Qp implements TransportQp {
   modify(attrs: QpAttrs): void {
     this.live('ibv_modify_qp');
     const to = checkModify(this, attrs);
+    if (to !== null && attrs.av !== undefined) {
+      const port = attrs.port ?? this.#port;
+      openRoceV1('ibv_modify_qp', 'av.sgidIndex', attrs.av.sgidIndex ?? 0, this.device.ports[port - 1]!);
+    }
     if (to !== null) this.apply(attrs, to);
   }
 
