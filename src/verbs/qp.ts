@@ -25,7 +25,19 @@ import { flushQp } from '../roce/transport/flush.js';
 import { stopAckTimer } from '../roce/transport/retry.js';
 import { flushAck } from '../roce/transport/responder.js';
 import type { CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
-import { checkModify, destOf, openRoceV1, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
+import {
+  checkModify,
+  destOf,
+  openRoceV1,
+  initAttrs,
+  qpAv,
+  rtrAttrs,
+  rtsAttrs,
+  type InitOptions,
+  type QpAv,
+  type RtrOptions,
+  type RtsOptions,
+} from './qp-modify.js';
 import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
 import { postRecvList, postSendList } from './qp-post.js';
 

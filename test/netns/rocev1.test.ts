@@ -107,6 +107,17 @@ t.test('RC SEND, WRITE, READ and atomics over RoCEv1 between two namespaces; the
   const out = spawnSync(process.execPath, [BIN, 'dump', pcap], { encoding: 'utf8' });
   t.equal(out.status, 0);
   const last = out.stdout.trimEnd().split('\n').at(-1)!;
+  // tshark (when installed) dissects every frame as InfiniBand over RoCE, none malformed.
+  const ts = spawnSync('tshark', ['-r', pcap, '-T', 'fields', '-e', 'frame.protocols', '-e', '_ws.malformed'], { encoding: 'utf8' });
+  if (ts.error) t.comment(`tshark not run: ${ts.error.message}`);
+  else {
+    const rows = ts.stdout.trimEnd().split('\n');
+    t.equal(rows.length, roce.length, 'tshark reads as many frames');
+    t.ok(
+      rows.every((r) => /^eth:ethertype:infiniband/.test(r) && !/\t\S/.test(r)),
+      'tshark: every frame eth:ethertype:infiniband, none malformed',
+    );
+  }
   t.match(last, new RegExp(`^packets=${roce.length} roce=${roce.length} icrc_ok=${roce.length} icrc_bad=0 malformed=0$`), `softroce dump: ${last}`);
 });
 

@@ -66,7 +66,8 @@ export class PcapRecorder extends LinkWrapper {
   }
   /** ipIdDf: `id | df << 16` as the receiver's ICRC check verified it */
   override rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
-    if (!this.closing && srcPort !== ROCEV1_PORT) this.record(buf, len, srcIp, srcPort, this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
+    if (!this.closing && srcPort !== ROCEV1_PORT)
+      this.record(buf, len, srcIp, srcPort, this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
     this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
   }
   private record(buf: Buffer, len: number, src: string, sport: number, dst: string, dport: number, id: number, df: number): void {

@@ -274,7 +274,14 @@ export class RoceV1Link extends LinkWrapper {
         continue;
       }
       const payLen = d.readUInt16BE(g + 4);
-      if (d[g]! >> 4 !== 6 || d[g + 6] !== GRH_NXTHDR_BTH || payLen < 12 + ICRC_LEN || ETH_LEN + GRH_LEN + payLen > len || payLen > TX_BUF_SIZE || !this.ours(d, g + 24)) {
+      if (
+        d[g]! >> 4 !== 6 ||
+        d[g + 6] !== GRH_NXTHDR_BTH ||
+        payLen < 12 + ICRC_LEN ||
+        ETH_LEN + GRH_LEN + payLen > len ||
+        payLen > TX_BUF_SIZE ||
+        !this.ours(d, g + 24)
+      ) {
         this.v1Stats.rxDropped++;
         continue;
       }
