@@ -3,7 +3,7 @@
  * transition, attribute values), the attribute sets of the toInit/toRtr/toRts shortcuts, and the
  * address vector and destination a connected QP's AV gives.
  */
-import { VerbsError, InvalidQpAttrError, type ErrnoCode } from './errors.js';
+import { VerbsError, InvalidQpAttrError } from './errors.js';
 import { ROCEV1_PORT } from '../roce/link/link.js';
 import { assertQpTransition, QP_STATES, type QpState } from './qp-state.js';
 import type { Access } from './types.js';
@@ -71,27 +71,6 @@ export function destOf(av: QpAv, port: Port): Dest {
     sgidIndex: av.sgidIndex,
     sgidGen: port.gidGen[av.sgidIndex] ?? 0,
   };
-}
-
-/**
- * An AV whose source GID is a RoCE v1 entry needs the port's packet socket (rocev1-link.ts): it is
- * opened here, before anything changes, so a modify that cannot have it fails whole: EPERM without
- * CAP_NET_RAW, EOPNOTSUPP without the addon or on a port that is not a UDP link (in-memory tests).
- */
-export function openRoceV1(op: string, arg: string, sgidIndex: number, port: Port): void {
-  if (port.gids.get(sgidIndex)?.type !== 'RoCE v1') return;
-  const r = port.v1 ? port.v1.enable() : -95;
-  if (r === 0) return;
-  const why =
-    r === -1
-      ? 'needs CAP_NET_RAW (an AF_PACKET socket sends and receives its Ethernet frames)'
-      : r === -95
-        ? port.v1
-          ? 'needs the native addon (AF_PACKET sockets); the pure JS backend has only RoCE v2'
-          : "is not available on this port (its link is not the host's network)"
-        : `could not open an AF_PACKET socket on ${port.netdev} (errno ${-r})`;
-  const code: ErrnoCode = r === -1 ? 'EPERM' : r === -95 ? 'EOPNOTSUPP' : r === -19 ? 'ENODEV' : 'EINVAL';
-  throw new VerbsError(code, op, `sgidIndex ${sgidIndex} is a RoCE v1 GID: RoCE v1 ${why}`, arg);
 }
 
 /** qp.toInit's options. */

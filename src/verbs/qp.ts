@@ -25,21 +25,10 @@ import { flushQp } from '../roce/transport/flush.js';
 import { stopAckTimer } from '../roce/transport/retry.js';
 import { flushAck } from '../roce/transport/responder.js';
 import type { CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
-import {
-  checkModify,
-  destOf,
-  openRoceV1,
-  initAttrs,
-  qpAv,
-  rtrAttrs,
-  rtsAttrs,
-  type InitOptions,
-  type QpAv,
-  type RtrOptions,
-  type RtsOptions,
-} from './qp-modify.js';
+import { checkModify, destOf, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
 import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
 import { postRecvList, postSendList } from './qp-post.js';
+import { openRoceV1 } from './port.js';
 
 // The attribute types moved to qp-attrs.ts; importable from here as before.
 export type { Av, CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';

@@ -26,6 +26,11 @@ const BIN = join(ROOT, 'bin', 'softroce.js');
 const NATIVE = process.env['SOFTROCE_NO_NATIVE'] !== '1';
 type Msg = Record<string, unknown> & { t: string };
 
+/** Waits (bounded) until both veth ends run: a device opened before that finds its address on no netdev. */
+async function running(net: Netns, ends: [string, string][]): Promise<void> {
+  for (let i = 0; i < 100 && !ends.every(([ns, dev]) => net.linkState(ns, dev).oper === 'UP'); i++) await new Promise((r) => setTimeout(r, 50));
+}
+
 async function next(p: NsProcess, type: string | string[], ms: number): Promise<Msg> {
   const types = Array.isArray(type) ? type : [type];
   const line = await p.waitFor((l) => l.startsWith('{') && types.includes((JSON.parse(l) as Msg).t), ms);
@@ -41,6 +46,10 @@ t.test('RC SEND, WRITE, READ and atomics over RoCEv1 between two namespaces; the
   const a = net.addNamespace();
   const b = net.addNamespace();
   net.addVeth(a, 'v1a', b, 'v1b', '198.19.4.1/24', '198.19.4.2/24');
+  await running(net, [
+    [a, 'v1a'],
+    [b, 'v1b'],
+  ]);
   const dir = mkdtempSync(join(tmpdir(), 'softroce-v1-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const pcap = join(dir, 'client.pcap');
@@ -55,6 +64,9 @@ t.test('RC SEND, WRITE, READ and atomics over RoCEv1 between two namespaces; the
   const [sr, cr] = await Promise.all([next(server, ['ready', 'refused'], 5000), next(client, ['ready', 'refused'], 5000)]);
   if (!NATIVE) {
     // Node has no AF_PACKET socket: a RoCE v1 AV is refused whole, typed, naming the attribute.
+    send(client, { t: 'ud', data: 'AAAA', udQpn: se['udQpn'] });
+    const ur = JSON.parse(await client.waitFor((l) => l.startsWith('{') && (JSON.parse(l) as Msg)['argument'] === 'sgidIndex', 5000)) as Msg;
+    t.same([ur['code'], ur['argument']], ['EOPNOTSUPP', 'sgidIndex'], 'ibv_create_ah on the RoCE v1 GID: refused too');
     for (const r of [sr, cr]) {
       t.equal(r.t, 'refused');
       t.equal(r['code'], 'EOPNOTSUPP');
@@ -78,6 +90,17 @@ t.test('RC SEND, WRITE, READ and atomics over RoCEv1 between two namespaces; the
   t.equal(ran['cmpSwap'], '1005', 'CMP_AND_SWAP saw 1005 (1000 + 5) and swapped');
   send(server, { t: 'peek' });
   t.equal((await next(server, 'peek', 5000))['atom'], '42', "the server's word holds the swapped value");
+
+  // UD through an AH on the RoCE v1 GID: the datagram arrives with the GRH it carried on the wire.
+  const ud = new Rng(0x5eed42).bytes(1000); // within the UD path MTU (1024 on a 1500-byte veth)
+  const udRecv = next(server, 'udRecv', 10_000);
+  send(client, { t: 'ud', data: Buffer.from(ud).toString('base64'), udQpn: se['udQpn'] });
+  t.equal((await next(client, 'udSent', 10_000))['status'], 'SUCCESS', 'the UD SEND completes');
+  const u = await udRecv;
+  t.equal(u['status'], 'SUCCESS');
+  t.equal(u['byteLen'], 40 + ud.length, 'GRH + payload');
+  t.equal(u['sha256'], sha(ud), 'the UD payload landed unchanged');
+  t.equal(u['sgid'], '00000000000000000000ffffc6130401', "the GRH's SGID is the client's v1 GID (::ffff:198.19.4.1)");
 
   send(client, { t: 'stats' });
   const st = (await next(client, 'stats', 5000)) as Msg & { v1: Record<string, number>; counters: Record<string, number> };
@@ -126,6 +149,10 @@ t.test('without CAP_NET_RAW a RoCE v1 GID is refused with a typed EPERM', { skip
   const a = net.addNamespace();
   const b = net.addNamespace();
   net.addVeth(a, 'v1c', b, 'v1d', '198.19.5.1/24', '198.19.5.2/24');
+  await running(net, [
+    [a, 'v1c'],
+    [b, 'v1d'],
+  ]);
   // setpriv drops CAP_NET_RAW from the bounding set, so the exec'd node does not have it, root or not.
   const drop = ['setpriv', '--inh-caps=-net_raw', '--bounding-set=-net_raw', '--'];
   const server = net.spawn(b, [process.execPath, PEER, '198.19.5.2', 'server']);

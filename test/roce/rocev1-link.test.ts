@@ -82,6 +82,7 @@ function setup(openResult = 7): { link: RoceV1Link; fake: Fake; arpReads: () => 
       reads++;
       return ARP;
     },
+    macOf: (n) => (n === 'v1x' ? Uint8Array.of(0x02, 0, 0, 0, 0, 0x0e) : null),
   });
   return { link, fake, arpReads: () => reads };
 }
@@ -210,6 +211,22 @@ t.test('a QP on a port without a RoCEv1 path refuses a RoCE v1 source GID, typed
   t.equal(qp.state, 'INIT');
   qp.close();
   await p.close();
+});
+
+t.test("the socket binds to the RoCE v1 entry's netdev and takes its MAC; one netdev per port", (t) => {
+  const { link, fake } = setup();
+  t.equal(link.enable('v1x'), 0);
+  t.equal(link.netdev, 'v1x');
+  t.same(link.mac, Uint8Array.of(0x02, 0, 0, 0, 0, 0x0e), "the netdev's own MAC, not the one guessed at open");
+  t.equal(link.enable('v1x'), 0);
+  t.equal(link.enable('v1y'), -18, 'EXDEV: already bound to another netdev');
+  t.equal(fake.opened, 1);
+  const { buf, len } = ibPacket(link);
+  link.send(buf, len, 'fe80::211:22ff:fe33:4455', ROCEV1_PORT, 0, 0);
+  const f = decodeFrame(fake.sent[0]!, LinkType.ETHERNET).frame!;
+  t.same(f.eth!.src, link.mac);
+  t.same(f.grh!.sgid, macToDefaultGid(link.mac), "the link-local SGID follows the netdev's MAC");
+  t.end();
 });
 
 t.test('without CAP_NET_RAW (the addon says EPERM) enable() reports it and opens nothing', (t) => {

@@ -55,10 +55,12 @@ export interface RoceV1Stats {
 export interface RoceV1Options {
   /** the addon (tests pass a fake one); default: loadNative() */
   addon?: NativeAddon | null;
-  /** the netdev the packet socket binds to */
+  /** the netdev the packet socket binds to unless enable() names another (the port's netdev at open) */
   netdev: string;
-  /** the netdev's MAC: the frames' source and the link-local GID's EUI-64 */
+  /** the MAC when the netdev's cannot be read: the frames' source and the link-local GID's EUI-64 */
   mac: Uint8Array;
+  /** a netdev's MAC (tests); default reads /sys/class/net/NAME/address, which a netdev has even while down */
+  macOf?: (netdev: string) => Uint8Array | null;
   /** the neighbour table's text (tests); default reads /proc/net/arp */
   readArp?: () => string;
   socketBufferBytes?: number;
@@ -83,8 +85,9 @@ export function parseArp(text: string): Map<string, Uint8Array> {
 }
 
 export class RoceV1Link extends LinkWrapper {
-  readonly netdev: string;
-  readonly mac: Uint8Array;
+  /** the netdev the packet socket is bound to (once open) and its MAC */
+  netdev: string;
+  mac: Uint8Array;
   readonly v1Stats: RoceV1Stats = { txFrames: 0, txNoNeigh: 0, txErrors: 0, rxFrames: 0, rxIcrcErr: 0, rxDropped: 0 };
   /** sees every v1 frame sent and every one received with a good ICRC (the pcap recorder's Ethernet mode) */
   tap: ((frame: Buffer, len: number) => void) | null = null;
@@ -100,7 +103,8 @@ export class RoceV1Link extends LinkWrapper {
   private readonly rxPkt = Buffer.alloc(TX_BUF_SIZE);
   /** our GIDs a v1 frame may be addressed to: the address IPv4-mapped (or itself), and the link-local default GID */
   private readonly sgidAddr: Uint8Array;
-  private readonly sgidLl: Uint8Array;
+  private sgidLl: Uint8Array;
+  private readonly macOf: (netdev: string) => Uint8Array | null;
   private readonly neigh = new Map<string, { mac: Uint8Array; at: number }>();
   private readonly asked = new Map<string, number>();
   private readonly dgids = new Map<string, Uint8Array>();
@@ -116,6 +120,7 @@ export class RoceV1Link extends LinkWrapper {
     this.bufBytes = o.socketBufferBytes ?? 4 << 20;
     this.sgidAddr = inner.family === 4 ? ipv4ToGid(inner.localIp) : gidFromString(inner.localIp);
     this.sgidLl = macToDefaultGid(o.mac);
+    this.macOf = o.macOf ?? sysMac;
   }
 
   /** the packet socket is open: v1 frames can be sent and are received */
@@ -124,17 +129,25 @@ export class RoceV1Link extends LinkWrapper {
   }
 
   /**
-   * Opens the packet socket (once; later calls return 0): 0, or -errno: EOPNOTSUPP without the
-   * addon, EPERM without CAP_NET_RAW, ENODEV when the netdev is gone. The caller (verbs) turns it
-   * into a typed error naming the argument that asked for RoCE v1.
+   * Opens the packet socket on `netdev` (the netdev of the RoCE v1 GID entry: the port's netdev at
+   * open may have been a guess, made before the interface was up) once; later calls return 0 for
+   * the same netdev. 0, or -errno: EOPNOTSUPP without the addon, EPERM without CAP_NET_RAW, ENODEV
+   * when the netdev is gone, EXDEV when the socket is already bound to another netdev (one per
+   * port). The caller (verbs) turns it into a typed error naming the argument that asked for v1.
    */
-  enable(): number {
-    if (this.fd >= 0) return 0;
+  enable(netdev = this.netdev): number {
+    if (this.fd >= 0) return netdev === this.netdev ? 0 : -18; // EXDEV
     if (this.closed) return -9; // EBADF
     const a = this.addon;
     if (!a?.packetOpen || !a.packetSend || !a.rxStart) return -95; // EOPNOTSUPP
-    const fd = a.packetOpen(this.netdev, ETHERTYPE_ROCEV1, this.bufBytes);
+    const fd = a.packetOpen(netdev, ETHERTYPE_ROCEV1, this.bufBytes);
     if (fd < 0) return fd;
+    this.netdev = netdev;
+    const mac = this.macOf(netdev);
+    if (mac) {
+      this.mac = mac;
+      this.sgidLl = macToDefaultGid(mac);
+    }
     const w = a.rxStart(fd, this.rxData, this.rxMeta, RX_SLOTS, FRAME_MAX, (n) => this.onFrames(n));
     if (!w) {
       closeSync(fd);
@@ -308,6 +321,15 @@ export class RoceV1Link extends LinkWrapper {
     this.fd = -1;
     if (!w || !this.addon?.rxStop) return Promise.resolve();
     return new Promise<void>((r) => this.addon!.rxStop!(w, r));
+  }
+}
+
+function sysMac(netdev: string): Uint8Array | null {
+  try {
+    const m = readFileSync(`/sys/class/net/${netdev}/address`, 'utf8').trim().split(':');
+    return m.length === 6 ? Uint8Array.from(m.map((h) => parseInt(h, 16))) : null;
+  } catch {
+    return null;
   }
 }
 

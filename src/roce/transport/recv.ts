@@ -13,6 +13,7 @@ import { BthView } from '../wire/bth.js';
 import { Ctr } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
+import { IPID_ROCEV1 } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
 import { RX_ICRC_VERIFIED } from '../link/link.js';
@@ -145,7 +146,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   // Last line of defence: a bug in a role must not take the process (or another QP) down. The
   // QP whose packet broke it goes to ERR, as a local QP error would (IBA 10.3.1: QP_FATAL).
   try {
-    if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipId, srcBytes);
+    if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipIdDf === RX_ICRC_VERIFIED ? IPID_ROCEV1 : ipId, srcBytes);
     else onResponse(qp, info);
   } catch {
     counts[Ctr.rcvd_internal_err]!++;
