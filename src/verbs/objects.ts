@@ -119,7 +119,7 @@ export class Pd {
     V.optInt(op, 'flowLabel', o.flowLabel, 0, 0xfffff);
     V.optInt(op, 'sl', o.sl, 0, 15);
     V.optInt(op, 'udpPort', o.udpPort, 1, 65535);
-    openRoceV1(op, 'sgidIndex', o.sgidIndex ?? 0, this.device.ports[0]!);
+    openRoceV1(op, 'sgidIndex', o.sgidIndex ?? this.device.defaultSgidIndex(1), this.device.ports[0]!);
     const ah = new Ah(this, o);
     this.ahs.add(ah);
     return ah;
@@ -264,7 +264,8 @@ export class Ah implements AddressHandle {
     this.hopLimit = o.hopLimit ?? 64;
     this.trafficClass = o.trafficClass ?? 0;
     this.flowLabel = o.flowLabel ?? 0;
-    this.sgidIndex = o.sgidIndex ?? 0;
+    // Without one: the port's RoCE v2 GID of its address, as an RC QP's toRtr (index 0 is the default GID as RoCE v1).
+    this.sgidIndex = o.sgidIndex ?? pd.device.defaultSgidIndex(1);
     this.udpPort = o.udpPort ?? 4791;
     // The source GID's generation now: a UD send through this AH after its entry went is dropped (build.ts).
     const port = pd.device.ports[0];

@@ -39,11 +39,14 @@ export function checkModify(qp: Qp, attrs: QpAttrs): QpState | null {
   return to;
 }
 
-/** The AV a QP keeps: the caller's with rxe's defaults. */
-export function qpAv(av: Av): QpAv {
+/**
+ * The AV a QP keeps: the caller's with rxe's defaults. Without an sgidIndex, `defaultSgid`: the port's RoCE v2
+ * GID of its address (device.defaultSgidIndex), not index 0, which holds the default GID as RoCE v1.
+ */
+export function qpAv(av: Av, defaultSgid: number): QpAv {
   return {
     dgid: typeof av.dgid === 'string' ? gidFromString(av.dgid) : av.dgid,
-    sgidIndex: av.sgidIndex ?? 0,
+    sgidIndex: av.sgidIndex ?? defaultSgid,
     hopLimit: av.hopLimit ?? 64,
     trafficClass: av.trafficClass ?? 0,
     flowLabel: av.flowLabel ?? 0,

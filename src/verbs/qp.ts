@@ -188,7 +188,7 @@ export class Qp implements TransportQp {
     const to = checkModify(this, attrs);
     if (to !== null && attrs.av !== undefined) {
       const port = attrs.port ?? this.#port;
-      openRoceV1('ibv_modify_qp', 'av.sgidIndex', attrs.av.sgidIndex ?? 0, this.device.ports[port - 1]!);
+      openRoceV1('ibv_modify_qp', 'av.sgidIndex', attrs.av.sgidIndex ?? this.device.defaultSgidIndex(port), this.device.ports[port - 1]!);
     }
     if (to !== null) this.apply(attrs, to);
   }
@@ -217,7 +217,7 @@ export class Qp implements TransportQp {
     if (a.maxRdAtomic !== undefined) this.#maxRdAtomic = a.maxRdAtomic;
     if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
     if (a.av !== undefined) {
-      this.#av = qpAv(a.av);
+      this.#av = qpAv(a.av, this.device.defaultSgidIndex(this.#port));
       this.#dest = destOf(this.#av, this.device.ports[this.#port - 1]!);
       this.#srcPort = flowSourcePort(this.qpn, this.#av.flowLabel);
     }

@@ -123,6 +123,11 @@ export class RoceV1Link extends LinkWrapper {
     this.macOf = o.macOf ?? sysMac;
   }
 
+  /** the link RoCEv2 goes through (the port's UDP link) */
+  get udp(): Link {
+    return this.inner;
+  }
+
   /** the packet socket is open: v1 frames can be sent and are received */
   get v1Open(): boolean {
     return this.fd >= 0;
