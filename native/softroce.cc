@@ -561,6 +561,72 @@ static Napi::Value PacketSend(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r < 0 ? -errno : (double)r);
 }
 
+// neighLookup(family: 4 | 6, addr: Buffer (4 or 16 bytes), ifname: string) -> Buffer (6-byte MAC), null, or -errno
+// The kernel's neighbour table (ARP for IPv4, ND for IPv6) entry of addr on ifname, by one
+// RTM_GETNEIGH dump on a NETLINK_ROUTE socket: the MAC when the entry is usable (REACHABLE, STALE,
+// DELAY, PROBE, PERMANENT or NOARP), else null (absent, INCOMPLETE or FAILED: the caller triggers
+// resolution by sending to the address). RoCEv1 frames need the MAC, as rdma_addr's resolution does.
+static Napi::Value NeighLookup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[1].IsBuffer() || !info[2].IsString()) return Napi::Number::New(env, -EINVAL);
+  int fam = info[0].As<Napi::Number>().Int32Value() == 6 ? AF_INET6 : AF_INET;
+  Napi::Buffer<uint8_t> addr = info[1].As<Napi::Buffer<uint8_t>>();
+  size_t alen = fam == AF_INET6 ? 16 : 4;
+  if (addr.Length() != alen) return Napi::Number::New(env, -EINVAL);
+  unsigned idx = if_nametoindex(info[2].As<Napi::String>().Utf8Value().c_str());
+  if (idx == 0) return Napi::Number::New(env, -ENODEV);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  struct timeval tv = {1, 0};  // a dump of the table answers at once; never block the loop long
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct {
+    struct nlmsghdr nh;
+    struct ndmsg nd;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+  req.nh.nlmsg_type = RTM_GETNEIGH;
+  req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.nh.nlmsg_seq = 1;
+  req.nd.ndm_family = (uint8_t)fam;
+  if (send(fd, &req, req.nh.nlmsg_len, 0) < 0) {
+    int e = errno;
+    close(fd);
+    return Napi::Number::New(env, -e);
+  }
+  static const uint16_t USABLE = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
+  std::vector<uint8_t> buf(32768);
+  uint8_t mac[6];
+  bool found = false, done = false;
+  while (!done) {
+    ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) break;
+    for (struct nlmsghdr* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) {
+        done = true;
+        break;
+      }
+      if (h->nlmsg_type != RTM_NEWNEIGH || found) continue;
+      struct ndmsg* nd = reinterpret_cast<struct ndmsg*>(NLMSG_DATA(h));
+      if (nd->ndm_family != fam || (unsigned)nd->ndm_ifindex != idx || !(nd->ndm_state & USABLE)) continue;
+      const uint8_t* dst = nullptr;
+      const uint8_t* ll = nullptr;
+      int rlen = (int)RTM_PAYLOAD(h);
+      for (struct rtattr* a = reinterpret_cast<struct rtattr*>((char*)nd + NLMSG_ALIGN(sizeof(struct ndmsg))); RTA_OK(a, rlen); a = RTA_NEXT(a, rlen)) {
+        if (a->rta_type == NDA_DST && RTA_PAYLOAD(a) == alen) dst = reinterpret_cast<const uint8_t*>(RTA_DATA(a));
+        if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) ll = reinterpret_cast<const uint8_t*>(RTA_DATA(a));
+      }
+      if (dst && ll && memcmp(dst, addr.Data(), alen) == 0) {
+        memcpy(mac, ll, 6);
+        found = true;
+      }
+    }
+  }
+  close(fd);
+  if (!found) return env.Null();
+  return Napi::Buffer<uint8_t>::Copy(env, mac, 6);
+}
+
 // sendPackets(fd, bufs: Buffer[], lens: number[], n, ipv4: number, port, gsoSize, tos?)
 // Sends n packets (each bufs[i][0..lens[i])) to one IPv4 destination from the
 // socket fd. gsoSize > 0: one sendmsg whose payload is the packets back to
@@ -759,6 +825,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addrWatchStop", Napi::Function::New(env, AddrWatchStop));
   exports.Set("packetOpen", Napi::Function::New(env, PacketOpen));
   exports.Set("packetSend", Napi::Function::New(env, PacketSend));
+  exports.Set("neighLookup", Napi::Function::New(env, NeighLookup));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

@@ -145,6 +145,27 @@ t.test('a link-local destination takes its MAC from the EUI-64 and the link-loca
   t.end();
 });
 
+t.test("with the addon's neighbour lookup (RTM_GETNEIGH), IPv6 GIDs resolve too (ND), on the bound netdev", (t) => {
+  const { link, fake, arpReads } = setup();
+  const asked: string[] = [];
+  fake.addon.neighLookup = (family, addr, ifname) => {
+    asked.push(`${family} ${Buffer.from(addr).toString('hex')} ${ifname}`);
+    return family === 6 ? Buffer.from(PEER_MAC) : null;
+  };
+  link.enable();
+  const { buf, len } = ibPacket(link);
+  link.send(buf, len, '2001:db8::2', ROCEV1_PORT, 0, 0);
+  const f = decodeFrame(fake.sent[0]!, LinkType.ETHERNET).frame!;
+  t.same(f.eth!.dst, PEER_MAC);
+  t.same(f.grh!.dgid, gidFromString('2001:db8::2'));
+  t.same(asked, ['6 20010db8000000000000000000000002 v1a']);
+  t.equal(arpReads(), 0, '/proc/net/arp is the fallback only');
+  const p2 = ibPacket(link);
+  link.send(p2.buf, p2.len, '2001:db8::2', ROCEV1_PORT, 0, 0);
+  t.equal(asked.length, 1, 'cached');
+  t.end();
+});
+
 t.test('an unresolved destination drops the packet (counted), triggers resolution, rate-limited', (t) => {
   const { link, fake, arpReads } = setup();
   link.enable();

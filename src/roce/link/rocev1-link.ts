@@ -12,9 +12,10 @@
  * (icrc.ts icrcV1: the GRH masked as for IPv6, IBA 7.8.1): the one the transport wrote covered a UDP
  * header that v1 does not have. The tx buffer goes back to the pool at once (the frame is a copy),
  * so v1 sends never hold the pool. The destination MAC comes from the kernel's neighbour table
- * (/proc/net/arp) for IPv4-mapped GIDs, from the EUI-64 for link-local ones (fe80::/64), as the
- * kernel's rdma_addr_find_l2_eth_by_grh does; an unresolved destination drops the packet (counted,
- * the RC retry sends it again) and triggers ARP with a UDP datagram to the discard port.
+ * (the addon's RTM_GETNEIGH: ARP for IPv4-mapped GIDs, ND for IPv6 ones; /proc/net/arp without it),
+ * from the EUI-64 for link-local GIDs (fe80::/64), as the kernel's rdma_addr_find_l2_eth_by_grh
+ * does; an unresolved destination drops the packet (counted, the RC retry sends it again) and
+ * triggers ARP / ND with a UDP datagram to the discard port.
  *
  * Receiving: the frame's GRH is checked (version 6, NxtHdr BTH, PayLen within the frame, DGID one of
  * ours), the v1 ICRC verified here, and the IB packet handed to the receive path with srcPort
@@ -109,6 +110,7 @@ export class RoceV1Link extends LinkWrapper {
   private readonly asked = new Map<string, number>();
   private readonly dgids = new Map<string, Uint8Array>();
   private probe: dgram.Socket | null = null;
+  private probe6: dgram.Socket | null = null;
   private closed = false;
 
   constructor(inner: Link, o: RoceV1Options) {
@@ -165,7 +167,7 @@ export class RoceV1Link extends LinkWrapper {
 
   /** Starts resolving `ip`'s MAC ahead of the first packet (verbs calls it when a v1 AV is set). */
   prime(ip: string): void {
-    if (!ip.includes(':')) this.lookup(ip, Date.now());
+    if (!macFromLinkLocal(this.dgidOf(ip))) this.lookup(ip, Date.now());
   }
 
   override setReceiver(h: RxHandler): void {
@@ -202,9 +204,8 @@ export class RoceV1Link extends LinkWrapper {
     }
     const dgid = this.dgidOf(dstIp);
     const ll = macFromLinkLocal(dgid);
-    const dmac = ll ?? (isIpv4Mapped(dgid) ? this.lookup(dstIp, Date.now()) : null);
+    const dmac = ll ?? this.lookup(dstIp, Date.now());
     if (!dmac) {
-      // IPv6 global GIDs would need the ND table (netlink RTM_GETNEIGH): not there yet.
       this.v1Stats.txNoNeigh++;
       return;
     }
@@ -233,19 +234,13 @@ export class RoceV1Link extends LinkWrapper {
     this.tap?.(f, end);
   }
 
-  /** The MAC of IPv4 `ip` from the neighbour table, or null (resolution triggered, rate-limited). */
+  /** The MAC of `ip` (IPv4 or IPv6) from the neighbour table, or null (resolution triggered, rate-limited). */
   private lookup(ip: string, now: number): Uint8Array | null {
     const e = this.neigh.get(ip);
     if (e && now - e.at < NEIGH_TTL_MS) return e.mac;
     const last = this.asked.get(ip);
     if (e === undefined && last !== undefined && now - last < RESOLVE_EVERY_MS) return null;
-    let table: Map<string, Uint8Array>;
-    try {
-      table = parseArp(this.readArp());
-    } catch {
-      table = new Map();
-    }
-    const mac = table.get(ip);
+    const mac = this.readNeigh(ip);
     if (mac) {
       this.neigh.set(ip, { mac, at: now });
       return mac;
@@ -256,17 +251,38 @@ export class RoceV1Link extends LinkWrapper {
     return null;
   }
 
-  /** A UDP datagram to the discard port makes the kernel resolve `ip` (ARP); its answer, if any, is ignored. */
+  /** One read of the kernel's table: the addon's RTM_GETNEIGH on our netdev (IPv4, IPv6), else /proc/net/arp (IPv4). */
+  private readNeigh(ip: string): Uint8Array | null {
+    const v6 = ip.includes(':');
+    const a = this.addon;
+    if (a?.neighLookup) {
+      const dg = this.dgidOf(ip);
+      const r = a.neighLookup(v6 ? 6 : 4, Buffer.from(v6 ? dg : dg.subarray(12)), this.netdev);
+      return r instanceof Uint8Array ? r : null;
+    }
+    if (v6) return null;
+    try {
+      return parseArp(this.readArp()).get(ip) ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** A UDP datagram to the discard port makes the kernel resolve `ip` (ARP / ND); its answer, if any, is ignored. */
   private trigger(ip: string): void {
     if (this.closed) return;
-    if (!this.probe) {
-      this.probe = dgram.createSocket('udp4');
-      this.probe.on('error', () => {
+    const v6 = ip.includes(':');
+    let s = v6 ? this.probe6 : this.probe;
+    if (!s) {
+      s = dgram.createSocket(v6 ? 'udp6' : 'udp4');
+      s.on('error', () => {
         /* an ICMP unreachable or no route: resolution is all we wanted */
       });
-      this.probe.unref();
+      s.unref();
+      if (v6) this.probe6 = s;
+      else this.probe = s;
     }
-    this.probe.send(Buffer.alloc(1), 9, ip, () => {
+    s.send(Buffer.alloc(1), 9, ip, () => {
       /* as above */
     });
   }
@@ -320,7 +336,8 @@ export class RoceV1Link extends LinkWrapper {
   detach(): Promise<void> {
     this.closed = true;
     this.probe?.close();
-    this.probe = null;
+    this.probe6?.close();
+    this.probe = this.probe6 = null;
     const w = this.watch;
     this.watch = null;
     this.fd = -1;
