@@ -250,6 +250,19 @@ t.test("the socket binds to the RoCE v1 entry's netdev and takes its MAC; one ne
   t.end();
 });
 
+t.test('an AH or AV without sgidIndex takes the RoCE v2 GID of the address, never index 0 (the default GID as RoCE v1)', async (t) => {
+  const p = await makePair({ type: 'UD' });
+  const dev = p.a.dev;
+  const v2 = dev.defaultSgidIndex(1);
+  t.equal(dev.ports[0]!.gids.get(0)!.type, 'RoCE v1', 'index 0 is v1');
+  const ah = p.a.pd.createAh({ gid: '10.0.0.2' });
+  t.equal(ah.sgidIndex, v2);
+  t.equal(dev.ports[0]!.gids.get(ah.sgidIndex)!.type, 'RoCE v2');
+  t.equal(ah.dest.port, 4791, 'RoCEv2: a UDP destination port');
+  ah.close();
+  await p.close();
+});
+
 t.test('without CAP_NET_RAW (the addon says EPERM) enable() reports it and opens nothing', (t) => {
   const { link } = setup(-1);
   t.equal(link.enable(), -1);
