@@ -18,6 +18,9 @@
 //  - UDP_NO_CHECK6_RX: rxe sends IPv6 RoCE with a zero UDP checksum, which a
 //    normal UDPv6 socket drops.
 //  - SO_BINDTODEVICE: LAG ports pin each socket to one slave interface.
+//  - AF_PACKET (Ethertype 0x8915): RoCEv1 is not IP, so no IP socket can carry
+//    it; a packet socket bound to the netdev sends and receives the Ethernet
+//    frames (GRH + IB packet). Needs CAP_NET_RAW, as rxe's own RoCEv1 would.
 //  - NETLINK_ROUTE address and link events: the GID table follows the
 //    interfaces' addresses as the kernel's roce_gid_mgmt does (it listens to
 //    the same notifier chains), without polling getifaddrs.
@@ -37,6 +40,13 @@
 #include <vector>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -501,6 +511,122 @@ static Napi::Value BindToDevice(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r == 0 ? 0 : -errno);
 }
 
+// packetOpen(ifname: string, ethertype: number, bufBytes: number) -> fd or -errno
+// A non-blocking AF_PACKET SOCK_RAW socket bound to the netdev and to one
+// Ethertype (RoCEv1: 0x8915): it receives only those frames (with their
+// Ethernet header) and sends whole frames given with their Ethernet header.
+// Our own sends are not looped back to it (PACKET_IGNORE_OUTGOING, Linux 4.20;
+// older kernels: the JS side drops frames from its own MAC). EPERM without
+// CAP_NET_RAW; ENODEV when the netdev does not exist. Read it with rxStart.
+static Napi::Value PacketOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsString()) return Napi::Number::New(env, -EINVAL);
+  std::string ifname = info[0].As<Napi::String>().Utf8Value();
+  uint32_t proto = info[1].As<Napi::Number>().Uint32Value();
+  int bufBytes = info[2].As<Napi::Number>().Int32Value();
+  if (proto == 0 || proto > 0xffff) return Napi::Number::New(env, -EINVAL);
+  unsigned idx = if_nametoindex(ifname.c_str());
+  if (idx == 0) return Napi::Number::New(env, -ENODEV);
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons((uint16_t)proto));
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  int one = 1;
+  setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
+  if (bufBytes > 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufBytes, sizeof bufBytes);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufBytes, sizeof bufBytes);
+  }
+  struct sockaddr_ll sll;
+  memset(&sll, 0, sizeof sll);
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons((uint16_t)proto);
+  sll.sll_ifindex = (int)idx;
+  if (bind(fd, reinterpret_cast<struct sockaddr*>(&sll), sizeof sll) != 0) {
+    int e = errno;
+    close(fd);
+    return Napi::Number::New(env, -e);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// packetSend(fd, frame: Buffer, len) -> bytes sent or -errno (EAGAIN: the socket buffer is full)
+// One Ethernet frame out of a bound packet socket (the netdev and protocol of its bind).
+static Napi::Value PacketSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[1].IsBuffer()) return Napi::Number::New(env, -EINVAL);
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
+  uint32_t len = info[2].As<Napi::Number>().Uint32Value();
+  if (len > b.Length()) return Napi::Number::New(env, -EINVAL);
+  ssize_t r = send(fd, b.Data(), len, MSG_DONTWAIT);
+  return Napi::Number::New(env, r < 0 ? -errno : (double)r);
+}
+
+// neighLookup(family: 4 | 6, addr: Buffer (4 or 16 bytes), ifname: string) -> Buffer (6-byte MAC), null, or -errno
+// The kernel's neighbour table (ARP for IPv4, ND for IPv6) entry of addr on ifname, by one
+// RTM_GETNEIGH dump on a NETLINK_ROUTE socket: the MAC when the entry is usable (REACHABLE, STALE,
+// DELAY, PROBE, PERMANENT or NOARP), else null (absent, INCOMPLETE or FAILED: the caller triggers
+// resolution by sending to the address). RoCEv1 frames need the MAC, as rdma_addr's resolution does.
+static Napi::Value NeighLookup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[1].IsBuffer() || !info[2].IsString()) return Napi::Number::New(env, -EINVAL);
+  int fam = info[0].As<Napi::Number>().Int32Value() == 6 ? AF_INET6 : AF_INET;
+  Napi::Buffer<uint8_t> addr = info[1].As<Napi::Buffer<uint8_t>>();
+  size_t alen = fam == AF_INET6 ? 16 : 4;
+  if (addr.Length() != alen) return Napi::Number::New(env, -EINVAL);
+  unsigned idx = if_nametoindex(info[2].As<Napi::String>().Utf8Value().c_str());
+  if (idx == 0) return Napi::Number::New(env, -ENODEV);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  struct timeval tv = {1, 0};  // a dump of the table answers at once; never block the loop long
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct {
+    struct nlmsghdr nh;
+    struct ndmsg nd;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+  req.nh.nlmsg_type = RTM_GETNEIGH;
+  req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.nh.nlmsg_seq = 1;
+  req.nd.ndm_family = (uint8_t)fam;
+  if (send(fd, &req, req.nh.nlmsg_len, 0) < 0) {
+    int e = errno;
+    close(fd);
+    return Napi::Number::New(env, -e);
+  }
+  static const uint16_t USABLE = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
+  std::vector<uint8_t> buf(32768);
+  uint8_t mac[6];
+  bool found = false, done = false;
+  while (!done) {
+    ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) break;
+    for (struct nlmsghdr* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) {
+        done = true;
+        break;
+      }
+      if (h->nlmsg_type != RTM_NEWNEIGH || found) continue;
+      struct ndmsg* nd = reinterpret_cast<struct ndmsg*>(NLMSG_DATA(h));
+      if (nd->ndm_family != fam || (unsigned)nd->ndm_ifindex != idx || !(nd->ndm_state & USABLE)) continue;
+      const uint8_t* dst = nullptr;
+      const uint8_t* ll = nullptr;
+      int rlen = (int)RTM_PAYLOAD(h);
+      for (struct rtattr* a = reinterpret_cast<struct rtattr*>((char*)nd + NLMSG_ALIGN(sizeof(struct ndmsg))); RTA_OK(a, rlen); a = RTA_NEXT(a, rlen)) {
+        if (a->rta_type == NDA_DST && RTA_PAYLOAD(a) == alen) dst = reinterpret_cast<const uint8_t*>(RTA_DATA(a));
+        if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) ll = reinterpret_cast<const uint8_t*>(RTA_DATA(a));
+      }
+      if (dst && ll && memcmp(dst, addr.Data(), alen) == 0) {
+        memcpy(mac, ll, 6);
+        found = true;
+      }
+    }
+  }
+  close(fd);
+  if (!found) return env.Null();
+  return Napi::Buffer<uint8_t>::Copy(env, mac, 6);
+}
+
 // sendPackets(fd, bufs: Buffer[], lens: number[], n, ipv4: number, port, gsoSize, tos?)
 // Sends n packets (each bufs[i][0..lens[i])) to one IPv4 destination from the
 // socket fd. gsoSize > 0: one sendmsg whose payload is the packets back to
@@ -697,6 +823,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rxAttachRaw", Napi::Function::New(env, RxAttachRaw));
   exports.Set("addrWatchStart", Napi::Function::New(env, AddrWatchStart));
   exports.Set("addrWatchStop", Napi::Function::New(env, AddrWatchStop));
+  exports.Set("packetOpen", Napi::Function::New(env, PacketOpen));
+  exports.Set("packetSend", Napi::Function::New(env, PacketSend));
+  exports.Set("neighLookup", Napi::Function::New(env, NeighLookup));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

@@ -32,6 +32,16 @@ export interface NativeAddon {
    */
   addrWatchStart?(cb: (addr: number, link: number, lost: number) => void): object | number;
   addrWatchStop?(h: object): void;
+  /**
+   * an AF_PACKET socket bound to `ifname` and `ethertype` (RoCEv1: 0x8915), non-blocking, our own sends not
+   * looped back; read it with rxStart (meta's address words are meaningless for it); or -errno (EPERM without
+   * CAP_NET_RAW, ENODEV)
+   */
+  packetOpen?(ifname: string, ethertype: number, bufBytes: number): number;
+  /** one Ethernet frame (frame[0..len), header included) out of a packetOpen socket: bytes sent or -errno */
+  packetSend?(fd: number, frame: Buffer, len: number): number;
+  /** the neighbour table's MAC of `addr` (4 or 16 bytes) on `ifname` when usable, else null; or -errno */
+  neighLookup?(family: 4 | 6, addr: Buffer, ifname: string): Buffer | null | number;
   constants: Record<string, number>;
 }
 

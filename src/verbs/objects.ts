@@ -14,6 +14,8 @@ import type { Dest } from '../roce/transport/types.js';
 import { RecvWqe } from '../roce/transport/wqe.js';
 import type { AddressHandle } from '../roce/transport/types.js';
 import { checkSgidIndex } from './gid-table.js';
+import { openRoceV1 } from './port.js';
+import { ROCEV1_PORT } from '../roce/link/link.js';
 
 /** Checks a scatter/gather list's shape (types, counts); returns its total length. */
 export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
@@ -128,6 +130,8 @@ export class Pd {
     V.optInt(op, 'flowLabel', o.flowLabel, 0, 0xfffff);
     V.optInt(op, 'sl', o.sl, 0, 15);
     V.optInt(op, 'udpPort', o.udpPort, 1, 65535);
+    const portNum = o.port ?? 1;
+    openRoceV1(op, 'sgidIndex', o.sgidIndex ?? this.device.defaultSgidIndex(portNum), this.device.ports[portNum - 1]!);
     const ah = new Ah(this, o);
     this.ahs.add(ah);
     return ah;
@@ -278,15 +282,20 @@ export class Ah implements AddressHandle {
     this.hopLimit = o.hopLimit ?? 64;
     this.trafficClass = o.trafficClass ?? 0;
     this.flowLabel = o.flowLabel ?? 0;
-    this.sgidIndex = o.sgidIndex ?? 0;
+    // Without one: the port's RoCE v2 GID of its address, as an RC QP's toRtr (index 0 is the default GID as RoCE v1).
+    this.sgidIndex = o.sgidIndex ?? pd.device.defaultSgidIndex(this.port);
     this.udpPort = o.udpPort ?? 4791;
     // The source GID's generation now: a UD send through this AH after its entry went is dropped (build.ts).
-    const sgidGen = pd.device.ports[this.port - 1]?.gidGen[this.sgidIndex] ?? 0;
+    const port = pd.device.ports[this.port - 1];
+    const sgidGen = port?.gidGen[this.sgidIndex] ?? 0;
+    // A RoCE v1 source GID: the port's RoCEv1 link sends to ROCEV1_PORT as Ethernet + GRH (rocev1-link.ts).
+    const v1 = port?.gids.get(this.sgidIndex)?.type === 'RoCE v1';
+    if (v1) port?.v1?.prime(this.ip);
     this.dest = {
       ip: this.ip,
       ipNum: this.ipNum,
       family: this.family,
-      port: this.udpPort,
+      port: v1 ? ROCEV1_PORT : this.udpPort,
       bytes: g,
       tos: this.trafficClass & 0xff,
       sgidIndex: this.sgidIndex,

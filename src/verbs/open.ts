@@ -13,6 +13,7 @@ import { UdpLink } from '../roce/link/udp-link.js';
 import type { Link } from '../roce/link/link.js';
 import { FaultInjector, type FaultOptions } from '../roce/link/fault-link.js';
 import { PcapRecorder } from '../roce/link/pcap-recorder.js';
+import { RoceV1Link } from '../roce/link/rocev1-link.js';
 import { getDeviceList, portsOf, sysNetdevFor, type DeviceDescriptor } from './discovery.js';
 import type { AddressSource } from './addr-watch.js';
 
@@ -38,6 +39,8 @@ export interface OpenDeviceOptions {
   links?: readonly Link[];
   faults?: FaultOptions;
   pcap?: string;
+  /** the pcap file's link type: 'raw' (default; RoCEv2 only) or 'ethernet' (also the RoCEv1 frames, as sent and received) */
+  pcapLinkType?: 'raw' | 'ethernet';
   icrcIpv4?: 'infer-id' | 'id-zero';
   /** gid_tbl_len of the port (ibv_query_port): 128 by default, the Mellanox manual's per-port hardware limit */
   gidTblLen?: number;
@@ -57,6 +60,7 @@ function checkOpenDeviceOptions(o: OpenDeviceOptions): void {
   V.optOneOf(op, 'native', o.native, ['auto', 'on', 'off'] as const);
   V.optOneOf(op, 'icrcIpv4', o.icrcIpv4, ['infer-id', 'id-zero'] as const);
   V.optStr(op, 'pcap', o.pcap);
+  V.optOneOf(op, 'pcapLinkType', o.pcapLinkType, ['raw', 'ethernet'] as const);
   if (o.pcap === '') V.fail(op, 'pcap', 'must be a file name');
   V.optObj(op, 'scheduler', o.scheduler);
   V.optObj(op, 'link', o.link);
@@ -131,21 +135,27 @@ export async function openDeviceWith(o: OpenDeviceOptions, create: (name: string
     const name = o.name ?? desc?.name ?? `softroce_${specs[0]?.address ?? bases[0]!.localIp}`;
     dev = create(name, sched, first.mac);
     for (let i = 0; i < bases.length; i++) {
+      const base = bases[i]!;
+      const found = sysNetdevFor(base.localIp);
+      const netdev = specs[i]?.netdev ?? found.netdev;
+      // A UDP link of ours gets the RoCEv1 path under everything (rocev1-link.ts: its packet socket
+      // opens when a QP first uses a RoCE v1 GID); a caller's link keeps it if it is one.
+      const v1 = given === null ? new RoceV1Link(base, { netdev: netdev || 'lo', mac: found.mac }) : base instanceof RoceV1Link ? base : null;
       // Port 1's link is the backend wrapped: pcap(faults(base)), so the capture holds what the
       // device received after the faults and what it sent. The other ports' links are not wrapped.
-      let link = bases[i]!;
+      let link: Link = v1 ?? base;
       if (i === 0 && o.faults) link = dev.faults = new FaultInjector(link, o.faults, sched);
       if (i === 0 && o.pcap) {
-        link = dev.recorder = await PcapRecorder.open(o.pcap, link).catch((e: unknown) => {
+        const rec = await PcapRecorder.open(o.pcap, link, { ethernet: o.pcapLinkType === 'ethernet' }).catch((e: unknown) => {
           throw fsError(e, 'ibv_open_device', `pcap file ${o.pcap}`, 'pcap');
         });
+        link = dev.recorder = rec;
+        if (v1) v1.tap = (f, len) => rec.recordFrame(f, len);
       }
-      const found = sysNetdevFor(bases[i]!.localIp);
-      const netdev = specs[i]?.netdev ?? found.netdev;
       const portOpts: { gidTblLen?: number; addresses?: AddressSource } = {};
       if (o.gidTblLen !== undefined) portOpts.gidTblLen = o.gidTblLen;
       if (o.addresses !== undefined) portOpts.addresses = o.addresses;
-      dev.addPort(link, netdev || 'lo', found.mac, portOpts);
+      dev.addPort(link, netdev || 'lo', found.mac, portOpts).v1 = v1;
     }
     if (o.icrcIpv4) dev.icrcIpv4 = o.icrcIpv4;
     return dev;

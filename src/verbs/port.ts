@@ -5,7 +5,9 @@
  * it. The transport sees it as a PortLike (src/roce/transport/types.ts).
  */
 import { Ctr, Counters } from '../roce/counters.js';
+import { VerbsError, type ErrnoCode } from './errors.js';
 import type { Link, RxHandler } from '../roce/link/link.js';
+import type { RoceV1Link } from '../roce/link/rocev1-link.js';
 import type { PortLike } from '../roce/transport/types.js';
 import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
 import type { Mtu } from '../roce/opcode.js';
@@ -27,6 +29,8 @@ export class Port implements PortLike {
   readonly counters = new Counters();
   readonly activeMtu: Mtu;
   readonly mac: Uint8Array;
+  /** the RoCEv1 path under the port's link (rocev1-link.ts), when the port has one (a UDP link with the addon) */
+  v1: RoceV1Link | null = null;
   constructor(num: number, link: Link, netdev: string, mac: Uint8Array, gids: GidTable, activeMtu: Mtu) {
     this.num = num;
     this.link = link;
@@ -69,6 +73,30 @@ export function defaultSgid(p: Port): number {
   const want = p.link.family === 4 ? ipv4ToGid(p.address) : gidFromString(p.address);
   const i = p.gids.indexOf(want, 'RoCE v2');
   return i >= 0 ? i : 0;
+}
+
+/**
+ * An AV whose source GID is a RoCE v1 entry needs the port's packet socket (rocev1-link.ts): it is
+ * opened here, before anything changes, so a modify_qp or create_ah that cannot have it fails whole: EPERM without
+ * CAP_NET_RAW, EOPNOTSUPP without the addon or on a port that is not a UDP link (in-memory tests).
+ */
+export function openRoceV1(op: string, arg: string, sgidIndex: number, port: Port): void {
+  const e = port.gids.get(sgidIndex);
+  if (e?.type !== 'RoCE v1') return;
+  const r = port.v1 ? port.v1.enable(e.netdev) : -95;
+  if (r === 0) return;
+  const why =
+    r === -1
+      ? 'needs CAP_NET_RAW (an AF_PACKET socket sends and receives its Ethernet frames)'
+      : r === -95
+        ? port.v1
+          ? 'needs the native addon (AF_PACKET sockets); the pure JS backend has only RoCE v2'
+          : "is not available on this port (its link is not the host's network)"
+        : r === -18
+          ? `is already on ${port.v1?.netdev ?? '?'} on this port, not ${e.netdev} (one netdev per port)`
+          : `could not open an AF_PACKET socket on ${e.netdev} (errno ${-r})`;
+  const code: ErrnoCode = r === -1 ? 'EPERM' : r === -95 ? 'EOPNOTSUPP' : r === -19 ? 'ENODEV' : 'EINVAL';
+  throw new VerbsError(code, op, `sgidIndex ${sgidIndex} is a RoCE v1 GID: RoCE v1 ${why}`, arg);
 }
 
 /** What a device does with the events of its port's link (device.addPort). */

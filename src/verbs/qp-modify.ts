@@ -4,6 +4,7 @@
  * address vector and destination a connected QP's AV gives.
  */
 import { VerbsError, InvalidQpAttrError } from './errors.js';
+import { ROCEV1_PORT } from '../roce/link/link.js';
 import { assertQpTransition, QP_STATES, type QpState } from './qp-state.js';
 import type { Access } from './types.js';
 import type { Qp } from './qp.js';
@@ -38,11 +39,14 @@ export function checkModify(qp: Qp, attrs: QpAttrs): QpState | null {
   return to;
 }
 
-/** The AV a QP keeps: the caller's with rxe's defaults. */
-export function qpAv(av: Av): QpAv {
+/**
+ * The AV a QP keeps: the caller's with rxe's defaults. Without an sgidIndex, `defaultSgid`: the port's RoCE v2
+ * GID of its address (device.defaultSgidIndex), not index 0, which holds the default GID as RoCE v1.
+ */
+export function qpAv(av: Av, defaultSgid: number): QpAv {
   return {
     dgid: typeof av.dgid === 'string' ? gidFromString(av.dgid) : av.dgid,
-    sgidIndex: av.sgidIndex ?? 0,
+    sgidIndex: av.sgidIndex ?? defaultSgid,
     hopLimit: av.hopLimit ?? 64,
     trafficClass: av.trafficClass ?? 0,
     flowLabel: av.flowLabel ?? 0,
@@ -57,11 +61,14 @@ export function qpAv(av: Av): QpAv {
  */
 export function destOf(av: QpAv, port: Port): Dest {
   const addr = gidToAddress(av.dgid);
+  const v1 = port.gids.get(av.sgidIndex)?.type === 'RoCE v1';
+  if (v1) port.v1?.prime(addr.ip);
   return {
     ip: addr.ip,
     ipNum: addr.family === 4 ? gidToIpv4Number(av.dgid) : 0,
     family: addr.family,
-    port: av.udpPort,
+    // RoCE v1 has no UDP: the port's RoCEv1 link sends packets to this port as Ethernet + GRH frames
+    port: v1 ? ROCEV1_PORT : av.udpPort,
     bytes: av.dgid,
     tos: av.trafficClass & 0xff,
     sgidIndex: av.sgidIndex,

@@ -28,6 +28,7 @@ import type { CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './
 import { checkModify, destOf, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
 import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
 import { postRecvList, postSendList } from './qp-post.js';
+import { openRoceV1 } from './port.js';
 
 // The attribute types moved to qp-attrs.ts; importable from here as before.
 export type { Av, CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
@@ -185,6 +186,10 @@ export class Qp implements TransportQp {
   modify(attrs: QpAttrs): void {
     this.live('ibv_modify_qp');
     const to = checkModify(this, attrs);
+    if (to !== null && attrs.av !== undefined) {
+      const port = attrs.port ?? this.#port;
+      openRoceV1('ibv_modify_qp', 'av.sgidIndex', attrs.av.sgidIndex ?? this.device.defaultSgidIndex(port), this.device.ports[port - 1]!);
+    }
     if (to !== null) this.apply(attrs, to);
   }
 
@@ -217,7 +222,7 @@ export class Qp implements TransportQp {
     if (a.maxRdAtomic !== undefined) this.#maxRdAtomic = a.maxRdAtomic;
     if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
     if (a.av !== undefined) {
-      this.#av = qpAv(a.av);
+      this.#av = qpAv(a.av, this.device.defaultSgidIndex(this.#port));
       this.#dest = destOf(this.#av, this.device.ports[this.#port - 1]!);
       this.#srcPort = flowSourcePort(this.qpn, this.#av.flowLabel, this.#destQpn);
     }

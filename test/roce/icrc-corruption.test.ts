@@ -450,7 +450,7 @@ t.test('raw receive on loopback: the real IPv4 ID is used', { skip: rawSkip }, a
   // would show as an ICRC drop), and once the queues are drained every datagram has its ID again.
   let known = 0,
     unknown = 0;
-  const l = dev.ports[0]!.link as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
+  const l = dev.ports[0]!.v1!.udp as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
   const inner = l.rx;
   l.rx = (b, len, ip, port, id) => {
     if (id !== undefined && id >= 0) known++;
@@ -490,7 +490,7 @@ t.test('raw receive without UDP GRO (as off loopback): a GSO send is one raw cop
   };
   let known = 0,
     unknown = 0;
-  const l = dev.ports[0]!.link as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
+  const l = dev.ports[0]!.v1!.udp as unknown as { rx: (b: Buffer, len: number, ip: string, port: number, id?: number) => void };
   const inner = l.rx;
   l.rx = (b, len, ip, port, id) => {
     if (id !== undefined && id >= 0) known++;

@@ -324,8 +324,8 @@ t.test(`UDP (${backend}): 1,000 QPs on one device, descriptors bounded by the de
   }
   t.equal(done, n, 'every QP completed its WRITE');
   const during = fdCount() - before;
-  const la = a.ports[0]!.link as unknown as { txSocketCount: number };
-  const lb = b.ports[0]!.link as unknown as { txSocketCount: number };
+  const la = a.ports[0]!.v1!.udp as unknown as { txSocketCount: number };
+  const lb = b.ports[0]!.v1!.udp as unknown as { txSocketCount: number };
   t.comment(
     `1,000 QPs per device, ${ports.size} distinct flow ports: ${la.txSocketCount} + ${lb.txSocketCount} send sockets, ${during} fds for both devices (cap 256 each)`,
   );

@@ -416,7 +416,7 @@ if (process.argv.includes(CHILD_FLAG)) {
   t.test('a socket error on a link is counted, never an unhandled error event', async (t) => {
     const dev = await openDevice({ address: '127.0.77.9', udpPort: 4791 });
     try {
-      const link = dev.ports[0]!.link as unknown as { emit(ev: string, e: unknown): boolean };
+      const link = dev.ports[0]!.v1!.udp as unknown as { emit(ev: string, e: unknown): boolean };
       t.doesNotThrow(() => link.emit('error', Object.assign(new Error('send EHOSTUNREACH'), { code: 'EHOSTUNREACH' })));
       t.equal(dev.counters()['send_err'], 1);
     } finally {

@@ -26,6 +26,15 @@ function addrKey(ip: string, port: number): string {
 /** ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1. */
 export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number) => void;
 
+/**
+ * The Dest UDP port of a RoCE v1 AV (the source GID is a RoCE v1 entry): v1 has no UDP header, so no
+ * real port is 0; the RoCEv1 link (rocev1-link.ts) sends packets to it as Ethernet + GRH frames, and
+ * hands received v1 packets up with this as their source port.
+ */
+export const ROCEV1_PORT = 0;
+/** RxHandler's ipIdDf when the link verified the ICRC itself (RoCEv1: over the GRH, rocev1-link.ts). */
+export const RX_ICRC_VERIFIED = -2;
+
 export type LinkBackend = 'native' | 'dgram' | 'memory';
 
 /**

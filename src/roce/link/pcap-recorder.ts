@@ -1,5 +1,7 @@
 /**
- * Records what a device sends and receives as a classic pcap (LINKTYPE_RAW),
+ * Records what a device sends and receives as a classic pcap (LINKTYPE_RAW; or
+ * LINKTYPE_ETHERNET in the v1 mode, where RoCEv1 frames are recorded as the
+ * RoCEv1 link sent and received them, recordFrame),
  * synthesising the IPv4/IPv6 + UDP headers the socket never shows: sent
  * packets with IPv4 ID 0 and DF (what the ICRC was computed for), received
  * ones with the ID recovered from their ICRC, so `softroce dump` and
@@ -14,9 +16,17 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { PcapWriter } from '../pcap.js';
 import { LinkType } from '../framing.js';
-import { ipv4HeaderChecksum } from '../wire/net.js';
+import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, ipv4HeaderChecksum } from '../wire/net.js';
 import { gidFromString, ipv4ToNumber } from '../gid.js';
-import { LinkWrapper, type Link } from './link.js';
+import { LinkWrapper, ROCEV1_PORT, type Link } from './link.js';
+
+const EMPTY = Buffer.alloc(0);
+/** The Ethernet header of a RoCEv2 record in the Ethernet mode: the socket never shows the MACs, so they are zero. */
+function ethHeader(ethertype: number): Buffer {
+  const e = Buffer.alloc(14);
+  e.writeUInt16BE(ethertype, 12);
+  return e;
+}
 
 export class PcapRecorder extends LinkWrapper {
   private readonly w: PcapWriter;
@@ -25,10 +35,13 @@ export class PcapRecorder extends LinkWrapper {
   private closing: Promise<void> | null = null;
   /** the first write error (disk full, ...): recording stopped there; the device keeps running */
   error: Error | null = null;
-  private constructor(stream: WriteStream, inner: Link) {
+  /** LINKTYPE_ETHERNET (the v1 mode: RoCEv1 frames recorded as sent, RoCEv2 behind a zero-MAC header) or LINKTYPE_RAW */
+  readonly ethernet: boolean;
+  private constructor(stream: WriteStream, inner: Link, ethernet: boolean) {
     super(inner);
     this.stream = stream;
-    this.w = new PcapWriter(LinkType.RAW, 65535, (b) => {
+    this.ethernet = ethernet;
+    this.w = new PcapWriter(ethernet ? LinkType.ETHERNET : LinkType.RAW, 65535, (b) => {
       if (this.error === null) stream.write(b);
     });
     // Without a listener a write error would be an uncaught 'error' event that takes the process down.
@@ -37,22 +50,24 @@ export class PcapRecorder extends LinkWrapper {
     });
   }
   /** Rejects with the fs error (ENOENT, EACCES, ...) when the file cannot be created; nothing stays open then. */
-  static async open(path: string, inner: Link): Promise<PcapRecorder> {
+  static async open(path: string, inner: Link, o: { ethernet?: boolean } = {}): Promise<PcapRecorder> {
     const s = createWriteStream(path);
     await new Promise<void>((res, rej) => {
       s.once('open', () => res());
       s.once('error', rej);
     });
-    return new PcapRecorder(s, inner);
+    return new PcapRecorder(s, inner, o.ethernet ?? false);
   }
   /** srcPort: the port the datagram leaves from (the sender's sourcePort() answer), which its ICRC covers */
   override send(buf: Buffer, len: number, dstIp: string, dstPort: number, tos?: number, srcPort?: number): void {
-    if (!this.closing) this.record(buf, len, this.inner.localIp, srcPort ?? this.inner.localPort, dstIp, dstPort, 0, 1);
+    // A RoCEv1 packet has no IP/UDP header to synthesise: the v1 link hands its real frame to recordFrame.
+    if (!this.closing && dstPort !== ROCEV1_PORT) this.record(buf, len, this.inner.localIp, srcPort ?? this.inner.localPort, dstIp, dstPort, 0, 1);
     this.inner.send(buf, len, dstIp, dstPort, tos, srcPort);
   }
   /** ipIdDf: `id | df << 16` as the receiver's ICRC check verified it */
   override rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
-    if (!this.closing) this.record(buf, len, srcIp, srcPort, this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
+    if (!this.closing && srcPort !== ROCEV1_PORT)
+      this.record(buf, len, srcIp, srcPort, this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
     this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
   }
   private record(buf: Buffer, len: number, src: string, sport: number, dst: string, dport: number, id: number, df: number): void {
@@ -86,7 +101,12 @@ export class PcapRecorder extends LinkWrapper {
       h.writeUInt16BE(dport, 42);
       h.writeUInt16BE(8 + len, 44);
     }
-    this.w.write(Buffer.concat([h.subarray(0, hl), buf.subarray(0, len)]));
+    const eth = this.ethernet ? ethHeader(src.includes(':') ? ETHERTYPE_IPV6 : ETHERTYPE_IPV4) : EMPTY;
+    this.w.write(Buffer.concat([eth, h.subarray(0, hl), buf.subarray(0, len)]));
+  }
+  /** A whole Ethernet frame (a RoCEv1 frame as the v1 link sent or received it); recorded in the Ethernet mode only. */
+  recordFrame(frame: Buffer, len: number): void {
+    if (!this.closing && this.ethernet) this.w.write(frame.subarray(0, len));
   }
   /**
    * Flushes what is buffered and closes the file; resolves once the descriptor is closed

@@ -13,8 +13,10 @@ import { BthView } from '../wire/bth.js';
 import { Ctr } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
+import { IPID_ROCEV1 } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
+import { RX_ICRC_VERIFIED } from '../link/link.js';
 
 const info = new PktInfo();
 /** The BTH of the datagram being received (bound once per packet; the roles bind their own). */
@@ -57,7 +59,19 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   let ipId = 0,
     df = 1;
   let srcBytes: Uint8Array;
-  if (port.link.family === 4) {
+  if (ipIdDf === RX_ICRC_VERIFIED) {
+    // RoCEv1 (link/rocev1-link.ts): the link checked the ICRC over the GRH, which has no IPv4 ID or
+    // UDP port; srcIp is the source GID as an address (IPv4 when IPv4-mapped).
+    if (srcIp.includes(':')) srcBytes = v6(srcIp);
+    else {
+      const src = parseIpv4(srcIp);
+      v4bytes[0] = src >>> 24;
+      v4bytes[1] = (src >>> 16) & 0xff;
+      v4bytes[2] = (src >>> 8) & 0xff;
+      v4bytes[3] = src & 0xff;
+      srcBytes = v4bytes;
+    }
+  } else if (port.link.family === 4) {
     // dgram hands us a new string per datagram; most come from the same peer.
     let src: number;
     if (srcIp === lastSrcIp) src = lastSrc;
@@ -132,7 +146,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   // Last line of defence: a bug in a role must not take the process (or another QP) down. The
   // QP whose packet broke it goes to ERR, as a local QP error would (IBA 10.3.1: QP_FATAL).
   try {
-    if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipId, srcBytes);
+    if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipIdDf === RX_ICRC_VERIFIED ? IPID_ROCEV1 : ipId, srcBytes);
     else onResponse(qp, info);
   } catch {
     counts[Ctr.rcvd_internal_err]!++;

@@ -164,11 +164,24 @@ export function recvFailed(qp: Qp, wqe: RecvWqe, status: number, psn: number, by
 }
 
 const grh = Buffer.alloc(40);
-/** The 40-byte GRH at the head of a UD receive: for IPv4, 20 zero bytes then the IPv4 header (rxe_resp.c). */
+/** The ipId the receive path gives a request that came as RoCEv1 (link/rocev1-link.ts): no IP header, a GRH. */
+export const IPID_ROCEV1 = -1;
+/**
+ * The 40-byte GRH at the head of a UD receive: for IPv4, 20 zero bytes then the IPv4 header (rxe_resp.c).
+ * For a RoCEv1 packet, the IB GRH it came with (IBA 8.3; TClass, Flow Label and HopLmt are not kept by
+ * the link: 0, 0, 64): IPVer 6, NxtHdr 0x1B, the source and destination GIDs (IPv4-mapped for IPv4).
+ */
 export function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8Array): Buffer {
   const p = port(qp);
   grh.fill(0);
-  if (p.link.family === 4) {
+  if (ipId === IPID_ROCEV1) {
+    grh[0] = 0x60;
+    grh.writeUInt16BE(12 + 8 + payloadLen + ((4 - (payloadLen & 3)) & 3) + 4, 4); // BTH DETH payload pad ICRC
+    grh[6] = 0x1b;
+    grh[7] = 64;
+    putGid(srcBytes, 8);
+    putGid(p.addrBytes, 24);
+  } else if (p.link.family === 4) {
     const h = 20;
     grh[h] = 0x45;
     grh.writeUInt16BE(20 + 8 + 12 + 8 + payloadLen + 4 + ((4 - (payloadLen & 3)) & 3), h + 2);
@@ -188,6 +201,16 @@ export function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8A
     grh.set(p.addrBytes, 24);
   }
   return grh;
+}
+
+/** An address (4 bytes: IPv4-mapped, IBA A17.4.5.1) or a GID (16 bytes) into the UD GRH at `off`. */
+function putGid(a: Uint8Array, off: number): void {
+  if (a.length === 16) grh.set(a, off);
+  else {
+    grh[off + 10] = 0xff;
+    grh[off + 11] = 0xff;
+    grh.set(a.subarray(0, 4), off + 12);
+  }
 }
 
 export function abandonMessage(qp: Qp): void {
