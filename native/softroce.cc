@@ -627,6 +627,88 @@ static Napi::Value NeighLookup(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, mac, 6);
 }
 
+// addrList() -> [label, family (4 | 6), address string][] or -errno
+// Every interface address, by one RTM_GETADDR dump on a NETLINK_ROUTE socket. Unlike getifaddrs as
+// libuv filters it (os.networkInterfaces lists only interfaces that are up and running), this keeps
+// the addresses of a link without carrier: the kernel's GID table keeps them too (roce_gid_mgmt.c
+// removes GIDs on an address's NETDEV_DOWN, not on the link's), so a pulled cable must not empty
+// the port's table. IPv4 names are the address label (eth0:1 for an alias), IPv6 the device name.
+static Napi::Value AddrList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  struct timeval tv = {1, 0};  // a dump answers at once; never block the loop long
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct {
+    struct nlmsghdr nh;
+    struct ifaddrmsg ifa;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+  req.nh.nlmsg_type = RTM_GETADDR;
+  req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.nh.nlmsg_seq = 1;
+  req.ifa.ifa_family = AF_UNSPEC;
+  if (send(fd, &req, req.nh.nlmsg_len, 0) < 0) {
+    int e = errno;
+    close(fd);
+    return Napi::Number::New(env, -e);
+  }
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t count = 0;
+  std::vector<uint8_t> buf(65536);
+  bool done = false, failed = false;
+  while (!done) {
+    ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+    if (n <= 0) {
+      failed = true;
+      break;
+    }
+    for (struct nlmsghdr* h = reinterpret_cast<struct nlmsghdr*>(buf.data()); NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE) {
+        done = true;
+        break;
+      }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        done = failed = true;
+        break;
+      }
+      if (h->nlmsg_type != RTM_NEWADDR) continue;
+      struct ifaddrmsg* ifa = reinterpret_cast<struct ifaddrmsg*>(NLMSG_DATA(h));
+      if (ifa->ifa_family != AF_INET && ifa->ifa_family != AF_INET6) continue;
+      const void* local = nullptr;
+      const void* address = nullptr;
+      const char* label = nullptr;
+      int rlen = (int)IFA_PAYLOAD(h);
+      for (struct rtattr* a = IFA_RTA(ifa); RTA_OK(a, rlen); a = RTA_NEXT(a, rlen)) {
+        if (a->rta_type == IFA_LOCAL) local = RTA_DATA(a);
+        else if (a->rta_type == IFA_ADDRESS) address = RTA_DATA(a);
+        else if (a->rta_type == IFA_LABEL) label = reinterpret_cast<const char*>(RTA_DATA(a));
+      }
+      // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a point-to-point link.
+      const void* own = local ? local : address;
+      if (!own) continue;
+      char name[IF_NAMESIZE + 16];
+      if (label) {
+        strncpy(name, label, sizeof name - 1);
+        name[sizeof name - 1] = 0;
+      } else if (!if_indextoname(ifa->ifa_index, name)) {
+        continue;
+      }
+      char text[INET6_ADDRSTRLEN];
+      if (!inet_ntop(ifa->ifa_family, own, text, sizeof text)) continue;
+      Napi::Array row = Napi::Array::New(env, 3);
+      row.Set(0u, Napi::String::New(env, name));
+      row.Set(1u, Napi::Number::New(env, ifa->ifa_family == AF_INET6 ? 6 : 4));
+      row.Set(2u, Napi::String::New(env, text));
+      out.Set(count++, row);
+    }
+  }
+  close(fd);
+  if (failed) return Napi::Number::New(env, -EIO);
+  return out;
+}
+
 // sendPackets(fd, bufs: Buffer[], lens: number[], n, ipv4: number, port, gsoSize, tos?)
 // Sends n packets (each bufs[i][0..lens[i])) to one IPv4 destination from the
 // socket fd. gsoSize > 0: one sendmsg whose payload is the packets back to
@@ -826,6 +908,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("packetOpen", Napi::Function::New(env, PacketOpen));
   exports.Set("packetSend", Napi::Function::New(env, PacketSend));
   exports.Set("neighLookup", Napi::Function::New(env, NeighLookup));
+  exports.Set("addrList", Napi::Function::New(env, AddrList));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

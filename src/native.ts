@@ -42,6 +42,8 @@ export interface NativeAddon {
   packetSend?(fd: number, frame: Buffer, len: number): number;
   /** the neighbour table's MAC of `addr` (4 or 16 bytes) on `ifname` when usable, else null; or -errno */
   neighLookup?(family: 4 | 6, addr: Buffer, ifname: string): Buffer | null | number;
+  /** every interface address by an RTM_GETADDR dump, links without carrier included: [label, family, address][], or -errno */
+  addrList?(): [string, 4 | 6, string][] | number;
   constants: Record<string, number>;
 }
 

@@ -125,8 +125,15 @@ export const sysfsNetdevs: NetdevInfo = {
   },
 };
 
-/** os.networkInterfaces() flattened. */
+/**
+ * Every interface address: the addon's RTM_GETADDR dump, else os.networkInterfaces() flattened. The
+ * dump also lists the addresses of a link without carrier, which libuv's getifaddrs filter hides: the
+ * kernel's GID table keeps those (roce_gid_mgmt.c deletes a GID when its address goes, not when the
+ * link goes down), so without the addon a pulled cable empties the table until the link is back.
+ */
 function hostAddresses(): IfAddr[] {
+  const dumped = loadNative()?.addrList?.();
+  if (Array.isArray(dumped)) return dumped.map(([name, family, address]) => ({ name, family, address }));
   const out: IfAddr[] = [];
   for (const [name, addrs] of Object.entries(networkInterfaces())) {
     for (const a of addrs ?? []) out.push({ name, address: a.address, family: a.family === 'IPv4' ? 4 : 6 });

@@ -72,6 +72,8 @@ for await (const line of createInterface({ input: process.stdin })) {
     B.qp.postSend({ wrId: 2, opcode: 'RDMA_WRITE', sg: [{ mr: B.mr, offset: 0, length: 64 }], remote: { addr: A.mr.addr, rkey: A.mr.rkey } });
     await new Promise((r) => setTimeout(r, 200));
     say({ ev: 'sent', sgidGone: b!.counters().sent_sgid_gone, tableB: table(b!) });
+  } else if (cmd === 'table') {
+    say({ ev: 'table', table: table(a) });
   } else if (cmd === 'quit') {
     break;
   }

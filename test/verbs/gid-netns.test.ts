@@ -147,6 +147,27 @@ t.test(
       t.notOk(has(got, 'table', '198.19.8.1'), "the other device's did not");
     }
 
+    // A link without carrier keeps its addresses, and the kernel's GID table keeps their GIDs
+    // (roce_gid_mgmt.c acts on an address going, not on the link going down). The addon lists the
+    // addresses by netlink, carrier or not; os.networkInterfaces() (libuv) hides a link that is not
+    // running, so without the addon the entry goes until the carrier is back.
+    if (ip('-n', ns, 'link', 'show', 'sgd1').ok) {
+      const withAddon = process.env['SOFTROCE_NO_NATIVE'] !== '1';
+      t.ok(ip('-n', ns, 'link', 'set', 'sgd1', 'down').ok, "the veth's peer down: sgd0 loses its carrier");
+      await new Promise((r) => setTimeout(r, 1200));
+      child.stdin.write('table\n');
+      const lost = await next('table', 3000);
+      t.equal(
+        has(lost, 'table', '198.19.0.1'),
+        withAddon,
+        withAddon ? 'the GID stays while the link has no carrier' : 'without the addon the GID is hidden while the link has no carrier',
+      );
+      t.ok(ip('-n', ns, 'link', 'set', 'sgd1', 'up').ok, 'carrier back');
+      await new Promise((r) => setTimeout(r, 1200));
+      child.stdin.write('table\n');
+      t.ok(has(await next('table', 3000), 'table', '198.19.0.1'), 'the GID is there with the carrier back');
+    } else t.comment('carrier part not run: the namespace has a dummy link, not a veth pair');
+
     child.stdin.write('send\n');
     const sent = await next('sent', 5000);
     t.ok((sent['sgidGone'] as number) >= 1, `the QP on the deleted address sends nothing: sent_sgid_gone ${String(sent['sgidGone'])}`);
