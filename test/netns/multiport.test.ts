@@ -5,13 +5,20 @@
  * one port per veth, and runs an RC QP and a UD QP on each port, all at once: an RDMA WRITE + SEND and a UD SEND
  * per port, every byte checked by sha256 on the other side. Each port's counters show its own share (the
  * WRITE sizes differ per port, so a packet counted on the wrong port shows), and each veth carried its port's
- * packets (the kernel's per-link packet counts). ibdev2netdev run in the namespace lists both ports.
+ * packets (the kernel's per-link packet counts). ibdev2netdev run in the namespace lists both ports. tcpdump on
+ * both of B's veths (when installed) shows every packet's UDP source port as the flow formula says: an RC QP's
+ * rdma_get_udp_sport(0, qpn, dest_qpn), a UD QP's 0xC000 + hash_32(qpn, 14) (src/roce/flow.ts).
  */
 import t from 'tap';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ROOT, Rng } from '../helpers.js';
 import { Netns, netnsUnavailable, type NsProcess } from '../helpers/netns.js';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { readCapture } from '../../src/roce/pcap.js';
+import { flowSourcePort, qpSourcePort } from '../../src/roce/flow.js';
 
 const skip = netnsUnavailable() ?? false;
 if (skip) t.comment(`netns tests skipped: ${skip}`);
@@ -71,6 +78,20 @@ t.test('two-port devices in two namespaces: RC and UD on QPs of both ports at on
   send(client, { t: 'connect', ports: se['ports'] });
   await Promise.all([next(server, (m) => m.t === 'ready', 5000), next(client, (m) => m.t === 'ready', 5000)]);
 
+  // tcpdump on B's two veths while the traffic runs (Ethernet frames as they crossed each link).
+  const hasTcpdump = spawnSync('tcpdump', ['--version']).status === 0;
+  const capDir = mkdtempSync(join(tmpdir(), 'srt-mport-'));
+  t.teardown(() => rmSync(capDir, { recursive: true, force: true }));
+  const dumps = hasTcpdump
+    ? ['mpb0', 'mpb1'].map((dev) =>
+        net.spawn(b, ['tcpdump', '-i', dev, '--immediate-mode', '-s', '0', '-U', '-n', '-w', join(capDir, `${dev}.pcap`), 'udp port 4791']),
+      )
+    : [];
+  for (const d of dumps) {
+    for (let i = 0; i < 100 && !d.err.includes('listening on'); i++) await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!hasTcpdump) t.comment('source-port capture not checked: tcpdump is not installed');
+
   const counters = async (p: NsProcess, tag: number): Promise<Array<Record<string, number>>> =>
     (await next(p, (m) => m.t === 'counters' && m['tag'] === tag, 5000))['c'] as Array<Record<string, number>>;
   send(client, { t: 'counters', tag: 1 });
@@ -114,6 +135,57 @@ t.test('two-port devices in two namespaces: RC and UD on QPs of both ports at on
     t.ok(
       wire >= payload && wire <= payload + (want + 16) * 90,
       `veth ${i === 0 ? 'mpa0' : 'mpa1'} carried port ${i + 1}'s packets (+${wire} TX bytes for ${payload} payload bytes)`,
+    );
+  }
+
+  if (dumps.length > 0) {
+    // --immediate-mode hands each frame to tcpdump at once (a TPACKET_V3 block would still hold the last ones at SIGINT).
+    await new Promise((r) => setTimeout(r, 300));
+    for (const d of dumps) d.proc.kill('SIGINT');
+    await Promise.all(dumps.map((d) => d.exited));
+    // What each packet's source port must be: keyed by source address and destination QPN.
+    const sp = se['ports'] as Array<{ rc: { qpn: number }; ud: { qpn: number } }>;
+    const want = new Map<string, number>();
+    const addrs = [
+      ['198.19.21.1', '198.19.21.2'],
+      ['198.19.22.1', '198.19.22.2'],
+    ] as const;
+    const cq = ce['ports'] as Array<{ rc: { qpn: number }; ud: { qpn: number } }>;
+    for (let i = 0; i < 2; i++) {
+      const [ca, sa] = addrs[i]!;
+      want.set(`${ca}>${sp[i]!.rc.qpn}`, flowSourcePort(cq[i]!.rc.qpn, 0, sp[i]!.rc.qpn));
+      want.set(`${sa}>${cq[i]!.rc.qpn}`, flowSourcePort(sp[i]!.rc.qpn, 0, cq[i]!.rc.qpn));
+      want.set(`${ca}>${sp[i]!.ud.qpn}`, qpSourcePort(cq[i]!.ud.qpn));
+    }
+    const perDev: number[] = [];
+    const bad: string[] = [];
+    const ports = new Set<number>();
+    for (const dev of ['mpb0', 'mpb1']) {
+      perDev.push(0);
+      for (const rec of readCapture(readFileSync(join(capDir, `${dev}.pcap`))).records) {
+        const f = rec.data;
+        if (f.length < 14 + 20 + 8 + 12 || f.readUInt16BE(12) !== 0x0800) continue;
+        const ip = 14;
+        const udp = ip + (f[ip]! & 0x0f) * 4;
+        const src = `${f[ip + 12]}.${f[ip + 13]}.${f[ip + 14]}.${f[ip + 15]}`;
+        const sport = f.readUInt16BE(udp);
+        const dqpn = f.readUInt32BE(udp + 8 + 4) & 0xffffff;
+        const key = `${src}>${dqpn}`;
+        const w = want.get(key);
+        perDev[perDev.length - 1]!++;
+        ports.add(sport);
+        if (w !== sport || f.readUInt16BE(udp + 2) !== 4791)
+          bad.push(`${dev} #${rec.index} ${key} sport 0x${sport.toString(16)} want ${w === undefined ? 'none' : `0x${w.toString(16)}`}`);
+      }
+    }
+    t.ok(
+      perDev.every((n) => n >= 3),
+      `each veth's capture holds its port's packets (${perDev.join(' and ')} frames; a GSO batch is one frame)`,
+    );
+    t.same(
+      bad.slice(0, 5),
+      [],
+      `every captured packet's UDP source port follows the flow formula (${ports.size} source ports: ${[...ports].map((p) => `0x${p.toString(16)}`).join(' ')})`,
     );
   }
 
