@@ -415,7 +415,7 @@ export class CmMsgView<K extends CmMsgType> {
   }
   set<N extends FieldName<K>>(name: N, v: CmMsgOf<K>[N & keyof CmMsgOf<K>]): void {
     const f = this.#index.get(name)!;
-    checkValue(this.type, f, v as unknown);
+    checkValue(this.type, f, v);
     writeField(f, this.buf, this.off + MAD_HDR_LEN, v as never);
   }
 }
