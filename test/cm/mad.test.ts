@@ -216,6 +216,45 @@ t.test('views read and write the captured REQ in place', (t) => {
   t.end();
 });
 
+t.test('fields land where the kernel (ibta_vol1_c12.h) puts them', (t) => {
+  // [type, field, value, MAD byte offset, expected bytes there]; offsets are MAD offsets (CM data + 24)
+  const rows: [CmMsgType, string, number | bigint, number, number[]][] = [
+    ['REQ', 'localQpn', 0xabcdef, 24 + 32, [0xab, 0xcd, 0xef]],
+    ['REQ', 'remoteCmResponseTimeout', 0x1f, 24 + 43, [0xf8]],
+    ['REQ', 'retryCount', 7, 24 + 47, [0x07]],
+    ['REQ', 'pathMtu', 5, 24 + 50, [0x50]],
+    ['REQ', 'maxCmRetries', 15, 24 + 51, [0xf0]],
+    ['REQ', 'primaryFlowLabel', 0xfffff, 24 + 88, [0xff, 0xff, 0xf0, 0x00]],
+    ['REQ', 'primaryPacketRate', 0x3f, 24 + 91, [0x3f]],
+    ['REQ', 'primarySl', 0xf, 24 + 94, [0xf0]],
+    ['REQ', 'primaryLocalAckTimeout', 0x1f, 24 + 95, [0xf8]],
+    ['REQ', 'sapSupported', 1, 24 + 139, [0x04]],
+    ['MRA', 'messageMraed', 2, 24 + 8, [0x80]],
+    ['MRA', 'serviceTimeout', 24, 24 + 9, [0xc0]],
+    ['REJ', 'rejectInfoLength', 72, 24 + 9, [0x90]],
+    ['REJ', 'reason', 28, 24 + 10, [0x00, 0x1c]],
+    ['REP', 'rnrRetryCount', 7, 24 + 27, [0xe0]],
+    ['REP', 'srq', 1, 24 + 27, [0x10]],
+    ['REP', 'targetAckDelay', 15, 24 + 26, [0x78]],
+    ['REP', 'failoverAccepted', 3, 24 + 26, [0x06]],
+    ['DREQ', 'remoteQpn', 0x16, 24 + 8, [0x00, 0x00, 0x16, 0x00]],
+    ['LAP', 'alternateFlowLabel', 0xfffff, 24 + 56, [0xff, 0xff, 0xf0, 0x00]],
+    ['LAP', 'alternateTrafficClass', 0xab, 24 + 59, [0xab]],
+    ['LAP', 'alternateHopLimit', 0x40, 24 + 60, [0x40]],
+    ['LAP', 'alternatePacketRate', 0x3f, 24 + 61, [0x3f]],
+    ['LAP', 'alternateSl', 0xf, 24 + 62, [0xf0]],
+    ['LAP', 'alternateLocalAckTimeout', 0x1f, 24 + 63, [0xf8]],
+    ['SIDR_REP', 'qpn', 0x123456, 24 + 8, [0x12, 0x34, 0x56, 0x00]],
+    ['SIDR_REP', 'qkey', 0x01234567, 24 + 20, [0x01, 0x23, 0x45, 0x67]],
+    ['SIDR_REQ', 'serviceId', 0x0000000001111c06n, 24 + 8, [0, 0, 0, 0, 1, 0x11, 0x1c, 0x06]],
+  ];
+  for (const [type, field, value, off, bytes] of rows) {
+    const out = emitCmMad(makeCmMsg(type, { [field]: value } as never));
+    t.same([...out.subarray(off, off + bytes.length)], bytes, `${type}.${field}`);
+  }
+  t.end();
+});
+
 t.test('every bit of the header and of every message belongs to exactly one field', (t) => {
   const cover = (name: string, len: number, fields: readonly FieldSpec[]): void => {
     const owner = new Array<number>(len * 8).fill(0);

@@ -66,7 +66,7 @@ export type MadHeader = FieldsOf<typeof MAD_HDR_FIELDS>;
 
 // ---- message layouts (offsets relative to the CM data) ----
 
-/** A path record inside REQ (IBA 12.6.5 table 99 bytes 52-95 primary, 96-139 alternate) or LAP (12.8.1). */
+/** A path inside a REQ (IBA 12.6.5 table 99: bytes 52-95 primary, 96-139 alternate). */
 function pathFields<P extends string>(p: P, o: number) {
   return [
     [`${p}LocalLid`, o, 0, 16],
@@ -75,13 +75,13 @@ function pathFields<P extends string>(p: P, o: number) {
     [`${p}RemoteGid`, o + 20, 'bytes', 16],
     // word o+36: flow label bits 31-12, reserved 11-6, packet rate 5-0
     [`${p}FlowLabel`, o + 36, 12, 20],
-    [`${p}Resv36`, o + 38, 6, 6],
+    [`${p}ResvRate`, o + 38, 6, 6],
     [`${p}PacketRate`, o + 39, 0, 6],
     [`${p}TrafficClass`, o + 40, 0, 8],
     [`${p}HopLimit`, o + 41, 0, 8],
     [`${p}Sl`, o + 42, 4, 4],
     [`${p}SubnetLocal`, o + 42, 3, 1],
-    [`${p}Resv42`, o + 42, 0, 3],
+    [`${p}ResvSl`, o + 42, 0, 3],
     [`${p}LocalAckTimeout`, o + 43, 3, 5],
   ] as const;
 }
@@ -200,7 +200,22 @@ export const CM_LAP_FIELDS = [
   ['remoteCmResponseTimeout', 15, 3, 5],
   ['resv15', 15, 0, 3],
   ['resv16', 16, 0, 32],
-  ...pathFields('alternate', 20),
+  // The alternate path, packed tighter than REQ's (ibta_vol1_c12.h CM_LAP_*): the traffic class follows the
+  // flow label at byte 59, and the packet rate moves after the hop limit.
+  ['alternateLocalLid', 20, 0, 16],
+  ['alternateRemoteLid', 22, 0, 16],
+  ['alternateLocalGid', 24, 'bytes', 16],
+  ['alternateRemoteGid', 40, 'bytes', 16],
+  ['alternateFlowLabel', 56, 4, 20],
+  ['alternateResv58', 58, 0, 4],
+  ['alternateTrafficClass', 59, 0, 8],
+  ['alternateHopLimit', 60, 0, 8],
+  ['alternateResv61', 61, 6, 2],
+  ['alternatePacketRate', 61, 0, 6],
+  ['alternateSl', 62, 4, 4],
+  ['alternateSubnetLocal', 62, 3, 1],
+  ['alternateResv62', 62, 0, 3],
+  ['alternateLocalAckTimeout', 63, 3, 5],
   ['alternateResv63', 63, 0, 3],
   ['privateData', 64, 'bytes', 168],
 ] as const satisfies readonly FieldSpec[];
