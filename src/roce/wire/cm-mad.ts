@@ -8,7 +8,9 @@
  * re-exports it (src/cm/mad.ts).
  *
  * Each message is one table of `[name, byteOffset, bitShift, bitWidth]` rows (field.ts's FieldSpec; offsets
- * relative to the CM data, i.e. MAD byte − 24). Every bit of the 232 bytes, reserved bits included, belongs
+ * relative to the CM data, i.e. MAD byte − 24; the shift counts from the least significant bit of the
+ * big-endian word that ends at the field's last byte). Table numbers are IBTA vol1 release 1.4's, as the
+ * kernel's ibta_vol1_c12.h quotes them; the field positions match that file. Every bit of the 232 bytes, reserved bits included, belongs
  * to exactly one row (a test checks it), so parse → emit gives back the same 256 bytes. The message types
  * (CmReq, CmRep, ...) are derived from the tables, so a field cannot be in one and not the other.
  */
@@ -86,7 +88,7 @@ function pathFields<P extends string>(p: P, o: number) {
   ] as const;
 }
 
-/** REQ, IBA 12.6.5 (ConnectRequest). */
+/** REQ, IBA 12.6.5 table 106 (ConnectRequest). */
 export const CM_REQ_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['resv4', 4, 0, 8],
@@ -121,7 +123,7 @@ export const CM_REQ_FIELDS = [
   ['privateData', 140, 'bytes', 92],
 ] as const satisfies readonly FieldSpec[];
 
-/** MRA, IBA 12.6.6 (MessageReceiptAcknowledgement). */
+/** MRA, IBA 12.6.6 table 107 (MessageReceiptAcknowledgement). */
 export const CM_MRA_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
@@ -132,7 +134,7 @@ export const CM_MRA_FIELDS = [
   ['privateData', 10, 'bytes', 222],
 ] as const satisfies readonly FieldSpec[];
 
-/** REJ, IBA 12.6.7 (ConnectReject). */
+/** REJ, IBA 12.6.7 table 108 (ConnectReject). */
 export const CM_REJ_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
@@ -145,7 +147,7 @@ export const CM_REJ_FIELDS = [
   ['privateData', 84, 'bytes', 148],
 ] as const satisfies readonly FieldSpec[];
 
-/** REP, IBA 12.6.8 (ConnectReply). Vendor ID (ECE) is split over bytes 15, 19 and 23. */
+/** REP, IBA 12.6.8 table 110 (ConnectReply). Vendor ID (ECE) is split over bytes 15, 19 and 23. */
 export const CM_REP_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
@@ -168,14 +170,14 @@ export const CM_REP_FIELDS = [
   ['privateData', 36, 'bytes', 196],
 ] as const satisfies readonly FieldSpec[];
 
-/** RTU, IBA 12.6.9 (ReadyToUse). */
+/** RTU, IBA 12.6.9 table 111 (ReadyToUse). */
 export const CM_RTU_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
   ['privateData', 8, 'bytes', 224],
 ] as const satisfies readonly FieldSpec[];
 
-/** DREQ, IBA 12.6.10 (DisconnectRequest). */
+/** DREQ, IBA 12.6.10 table 112 (DisconnectRequest). */
 export const CM_DREQ_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
@@ -184,14 +186,14 @@ export const CM_DREQ_FIELDS = [
   ['privateData', 12, 'bytes', 220],
 ] as const satisfies readonly FieldSpec[];
 
-/** DREP, IBA 12.6.11 (DisconnectReply). */
+/** DREP, IBA 12.6.11 table 113 (DisconnectReply). */
 export const CM_DREP_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
   ['privateData', 8, 'bytes', 224],
 ] as const satisfies readonly FieldSpec[];
 
-/** LAP, IBA 12.8.1 (LoadAlternatePath). */
+/** LAP, IBA 12.8.1 table 115 (LoadAlternatePath). */
 export const CM_LAP_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
@@ -220,7 +222,7 @@ export const CM_LAP_FIELDS = [
   ['privateData', 64, 'bytes', 168],
 ] as const satisfies readonly FieldSpec[];
 
-/** APR, IBA 12.8.2 (AlternatePathResponse). */
+/** APR, IBA 12.8.2 table 116 (AlternatePathResponse). */
 export const CM_APR_FIELDS = [
   ['localCommId', 0, 0, 32],
   ['remoteCommId', 4, 0, 32],
@@ -231,7 +233,7 @@ export const CM_APR_FIELDS = [
   ['privateData', 84, 'bytes', 148],
 ] as const satisfies readonly FieldSpec[];
 
-/** SIDR_REQ, IBA 12.11.1 (ServiceIDResolutionRequest). */
+/** SIDR_REQ, IBA 12.11.1 table 119 (ServiceIDResolutionRequest). */
 export const CM_SIDR_REQ_FIELDS = [
   ['requestId', 0, 0, 32],
   ['pkey', 4, 0, 16],
@@ -240,7 +242,7 @@ export const CM_SIDR_REQ_FIELDS = [
   ['privateData', 16, 'bytes', 216],
 ] as const satisfies readonly FieldSpec[];
 
-/** SIDR_REP, IBA 12.11.2 (ServiceIDResolutionResponse). */
+/** SIDR_REP, IBA 12.11.2 table 120 (ServiceIDResolutionResponse). */
 export const CM_SIDR_REP_FIELDS = [
   ['requestId', 0, 0, 32],
   ['status', 4, 0, 8],
