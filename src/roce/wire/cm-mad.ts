@@ -10,9 +10,10 @@
  * Each message is one table of `[name, byteOffset, bitShift, bitWidth]` rows (field.ts's FieldSpec; offsets
  * relative to the CM data, i.e. MAD byte − 24; the shift counts from the least significant bit of the
  * big-endian word that ends at the field's last byte). Table numbers are IBTA vol1 release 1.4's, as the
- * kernel's ibta_vol1_c12.h quotes them; the field positions match that file. Every bit of the 232 bytes, reserved bits included, belongs
- * to exactly one row (a test checks it), so parse → emit gives back the same 256 bytes. The message types
- * (CmReq, CmRep, ...) are derived from the tables, so a field cannot be in one and not the other.
+ * kernel's ibta_vol1_c12.h quotes them; the field positions match that file. Every bit of the 232 bytes,
+ * reserved bits included, belongs to exactly one row (a test checks it), so parse → emit gives back the same
+ * 256 bytes. The message types (CmReq, CmRep, ...) are derived from the tables, so a field cannot be in one
+ * and not the other.
  */
 import type { FieldSpec } from './field.js';
 import { readField, writeField } from './field.js';
