@@ -370,6 +370,12 @@ export class CmAgent {
         return this.ids.get(m.remoteCommId); // the remote ID is learnt from this REP
       case 'REJ':
       case 'MRA': {
+        if (m.type === 'REJ' && m.reason === CmRejReason.TIMEOUT && m.rejectInfoLength >= 8) {
+          // cm_acquire_rejected_id: a peer that gave up on its REQ (ib_destroy_cm_id in REQ_SENT) names
+          // itself by its CA GUID in the ARI; it may not know our comm ID yet.
+          const guid = new DataView(m.ari.buffer, m.ari.byteOffset, 8).getBigUint64(0);
+          return this.remoteIds.get(remoteKey(m.localCommId, guid));
+        }
         const id = this.ids.get(m.remoteCommId);
         // A REJ or MRA of our REQ cannot name our peer's comm ID yet (cm_acquire_rejected_id / _mraed_id).
         const ofReq = m.type === 'REJ' ? m.messageRejected === CmMsgResponded.REQ : m.messageMraed === CmMsgResponded.REQ;
@@ -581,8 +587,11 @@ export class IbCmId {
     if (p.qpType !== 'RC' && p.qpType !== 'UC') throw new VerbsError('EINVAL', op, 'qpType must be RC or UC', 'qpType');
     if (path.port !== this.agent.port) throw new VerbsError('EINVAL', op, `path.port ${path.port} is not this agent's port ${this.agent.port}`, 'path.port');
     const mad = this.#emit(op, msg);
-    this.#localCommId = commId;
-    this.agent.ids.set(commId, this);
+    this.#setLocalCommId(commId);
+    this.#remoteCommId = 0;
+    this.#remoteGuid = 0n;
+    this.#remoteQpn = 0;
+    this.#lastRtu = this.#lastMra = null;
     this.#tid = tid;
     this.#serviceId = p.serviceId;
     this.#localQpn = p.qpn;
@@ -742,8 +751,7 @@ export class IbCmId {
     if (!(timeoutMs > 0)) throw new VerbsError('EINVAL', op, 'timeoutMs must be positive', 'timeoutMs');
     if (!Number.isInteger(retries) || retries < 0) throw new VerbsError('EINVAL', op, 'maxRetries must be a non-negative integer', 'maxRetries');
     const mad = this.#emit(op, msg);
-    this.#localCommId = commId;
-    this.agent.ids.set(commId, this);
+    this.#setLocalCommId(commId);
     this.#tid = tid;
     this.#serviceId = o.serviceId;
     this.#av = avFromPath(o.path);
@@ -985,6 +993,14 @@ export class IbCmId {
     a.track(this, false);
   }
 
+  /** A new comm ID for a new exchange (an IDLE id may connect again); the old one is released. */
+  #setLocalCommId(commId: number): void {
+    const ids = this.agent.ids;
+    if (this.#localCommId !== 0 && ids.get(this.#localCommId) === this) ids.delete(this.#localCommId);
+    this.#localCommId = commId;
+    ids.set(commId, this);
+  }
+
   #remember(remoteCommId: number, guid: bigint, remoteQpn: number): void {
     this.#remoteCommId = remoteCommId;
     this.#remoteGuid = guid;
@@ -998,8 +1014,7 @@ export class IbCmId {
   /** @internal CmAgent: a new passive id for a REQ a listener takes (cm_req_handler). */
   acceptReq(req: CmReq, src: MadSource, listen: IbCmId, sgidIndex: number, activeMtu: 1 | 2 | 3 | 4 | 5): void {
     const a = this.agent;
-    this.#localCommId = a.newCommId();
-    a.ids.set(this.#localCommId, this);
+    this.#setLocalCommId(a.newCommId());
     this.#remember(req.localCommId, req.localCaGuid, req.localQpn);
     this.#serviceId = req.serviceId;
     this.#tid = req.hdr.transactionId;

@@ -658,3 +658,62 @@ t.test('a handler that throws does not break the engine', async (t) => {
   t.equal(errs.length, 1);
   await n.close();
 });
+
+t.test('a REQ from a QP that is still connected here gets REJ 10 (stale, cm_insert_remote_qpn)', async (t) => {
+  const n = await cmNet();
+  const c = await connected(n);
+  const ra = recorder();
+  const a2 = n.agents[0]!.createId(ra.h);
+  a2.sendReq(reqParams(n)); // the same local QPN 0x11 and CA GUID as the live connection
+  n.flush();
+  t.same(ra.types(), ['REJ_RECEIVED']);
+  t.equal((ra.events[0] as Extract<IbCmEvent, { type: 'REJ_RECEIVED' }>).reason, CmRejReason.STALE_CONN);
+  t.equal(a2.state, 'TIMEWAIT', 'a REJ 10 sends the requester to TimeWait');
+  t.equal(c.rb.types().filter((x) => x === 'REQ_RECEIVED').length, 1, 'the listener never saw it');
+  t.equal(c.b.state, 'ESTABLISHED');
+  t.equal(n.agents[1]!.counters['rej_stale_qpn'], 1);
+  await n.close();
+});
+
+t.test('destroy in REQ_SENT: REJ 4 (timeout) with our GUID as ARI reaches the passive id that has the REQ', async (t) => {
+  const n = await cmNet();
+  const p = listenOn(n);
+  const a = n.agents[0]!.createId(() => {});
+  a.sendReq(reqParams(n));
+  n.flush();
+  const b = p.ids[0]!;
+  t.equal(b.state, 'REQ_RCVD');
+  a.destroy();
+  n.flush();
+  const rej = n.sent('REJ')[0]!.msg as CmMsgOf<'REJ'>;
+  t.same([rej.reason, rej.rejectInfoLength, rej.messageRejected, rej.remoteCommId], [CmRejReason.TIMEOUT, 8, 2, 0]);
+  t.equal(Buffer.from(rej.ari.subarray(0, 8)).readBigUInt64BE(0), n.devs[0]!.attr.nodeGuid);
+  const e = p.r.events.at(-1) as Extract<IbCmEvent, { type: 'REJ_RECEIVED' }>;
+  t.same([e.type, e.reason, Buffer.from(e.ari).readBigUInt64BE(0)], ['REJ_RECEIVED', 4, n.devs[0]!.attr.nodeGuid]);
+  t.equal(b.state, 'IDLE');
+  t.equal(n.agents[0]!.ids.size, 0, 'the destroyed id is gone');
+  t.throws(() => a.sendReq(reqParams(n)), { code: 'EINVAL', argument: 'id' });
+  await n.close();
+});
+
+t.test('an id that went back to IDLE can connect again with a new comm ID', async (t) => {
+  const n = await cmNet();
+  const ra = recorder();
+  const a = n.agents[0]!.createId((e) => {
+    ra.h(e);
+    if (e.type === 'REP_RECEIVED') a.sendRtu();
+  });
+  a.sendReq(reqParams(n)); // no listener yet: REJ 8
+  n.flush();
+  t.equal(a.state, 'IDLE');
+  const first = a.localCommId;
+  listenOn(n, (id, e) => {
+    if (e.type === 'REQ_RECEIVED') id.sendRep(repParams);
+  });
+  a.sendReq(reqParams(n));
+  n.flush();
+  t.equal(a.state, 'ESTABLISHED');
+  t.not(a.localCommId, first);
+  t.notOk(n.agents[0]!.ids.has(first), 'the old comm ID released');
+  await n.close();
+});
