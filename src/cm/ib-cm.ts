@@ -138,7 +138,9 @@ export type IbCmEvent =
   | { type: 'SIDR_REQ_RECEIVED'; id: IbCmId; listenId: IbCmId; sidrReq: CmSidrReq; path: CmPath; privateData: Uint8Array }
   | { type: 'SIDR_REP_RECEIVED'; status: number; qpn: number; qkey: number; privateData: Uint8Array };
 
-export type IbCmHandler = (ev: IbCmEvent) => void;
+/** An id's event handler; the id is passed too (as ib_cm's handler gets its cm_id), since an id made for a
+ *  received REQ starts with its listener's handler. */
+export type IbCmHandler = (ev: IbCmEvent, id: IbCmId) => void;
 
 /** -ETIMEDOUT, the status of the *_ERROR events when retries run out (IB_WC_RESP_TIMEOUT_ERR in cm.c). */
 export const CM_ETIMEDOUT = -110;
@@ -893,7 +895,7 @@ export class IbCmId {
   #emitEvent(ev: IbCmEvent): void {
     if (this.#destroyed) return;
     try {
-      this.#handler(ev);
+      this.#handler(ev, this);
     } catch (err) {
       process.nextTick(() => {
         throw err;

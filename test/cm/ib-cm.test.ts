@@ -33,11 +33,10 @@ const repParams: CmRepParams = { qpn: 0x22, startingPsn: 0x654321, responderReso
 function listenOn(n: CmNet, answer: (id: IbCmId, ev: IbCmEvent) => void = () => {}) {
   const r = recorder();
   const ids: IbCmId[] = [];
-  const l = n.agents[1]!.createId((e) => {
+  const l = n.agents[1]!.createId((e, id) => {
     r.h(e);
     if (e.type === 'REQ_RECEIVED' || e.type === 'SIDR_REQ_RECEIVED') ids.push(e.id);
-    const id = e.type === 'REQ_RECEIVED' || e.type === 'SIDR_REQ_RECEIVED' ? e.id : ids[ids.length - 1]!;
-    answer(id, e);
+    answer(e.type === 'REQ_RECEIVED' || e.type === 'SIDR_REQ_RECEIVED' ? e.id : id, e);
   });
   l.listen(SID);
   return { l, r, ids };
@@ -715,5 +714,34 @@ t.test('an id that went back to IDLE can connect again with a new comm ID', asyn
   t.equal(a.state, 'ESTABLISHED');
   t.not(a.localCommId, first);
   t.notOk(n.agents[0]!.ids.has(first), 'the old comm ID released');
+  await n.close();
+});
+
+t.test('300 connections opened, closed and destroyed leave no ids, table entries or timers behind', async (t) => {
+  const n = await cmNet();
+  const timers0 = n.sched.pendingTimers();
+  const p = listenOn(n, (id, e) => {
+    if (e.type === 'REQ_RECEIVED') id.sendRep(repParams);
+    if (e.type === 'DREQ_RECEIVED') id.sendDrep();
+    if (e.type === 'TIMEWAIT_EXIT') id.destroy();
+  });
+  for (let i = 0; i < 300; i++) {
+    const a: IbCmId = n.agents[0]!.createId((e) => {
+      if (e.type === 'REP_RECEIVED') a.sendRtu();
+    });
+    a.sendReq(reqParams(n, { qpn: 0x100 + i }));
+    n.flush();
+    if (a.state !== 'ESTABLISHED') return t.fail(`connection ${i}: ${a.state}`);
+    a.destroy(); // DREQ, then TimeWait while destroyed
+    n.flush();
+  }
+  n.sched.advance(TIMEWAIT + 1);
+  for (const ag of n.agents) {
+    t.same([ag.ids.size, ag.remoteIds.size, ag.remoteQpns.size, ag.remoteSidr.size], [0, 0, 0, 0]);
+  }
+  t.equal(n.agents[1]!.ids.size, 0);
+  t.equal(n.sched.pendingTimers(), timers0, 'no timer left');
+  t.equal(p.ids.length, 300);
+  t.equal(n.agents[1]!.listeners.size, 1, 'the listener stays');
   await n.close();
 });
