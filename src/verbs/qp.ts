@@ -378,12 +378,8 @@ export class Qp implements TransportQp {
    * Resolves once the port's link receives the group's datagrams (a UDP link's socket is bound and has
    * joined: a few event-loop turns after attachMcast); rejects with the link's error (VerbsError).
    */
-  mcastJoined(gid: string | Uint8Array): Promise<void> {
-    try {
-      return this.device.mcast.joined('ibv_attach_mcast', this, this.mcastArgs('ibv_attach_mcast', gid, 0));
-    } catch (e) {
-      return Promise.reject(e as Error);
-    }
+  async mcastJoined(gid: string | Uint8Array): Promise<void> {
+    await this.device.mcast.joined('ibv_attach_mcast', this, this.mcastArgs('ibv_attach_mcast', gid, 0));
   }
   /** ib_attach_mcast's checks: a live UD QP, a multicast GID, a 16-bit LID. */
   private mcastArgs(op: string, gid: string | Uint8Array, lid: number): Uint8Array {

@@ -343,7 +343,7 @@ export class MemLink extends EventEmitter implements Link {
     if (!isMulticastIp(groupIp) || groupIp.includes(':') !== (this.family === 6)) return -LINK_EINVAL;
     const key = addrKey(groupIp, this.localPort);
     let members = this.net.groups.get(key);
-    if (members === undefined) this.net.groups.set(key, (members = new Map()));
+    if (members === undefined) this.net.groups.set(key, (members = new Map<MemLink, number>()));
     members.set(this, (members.get(this) ?? 0) + 1);
     if (!this.joined.has(key)) this.joined.set(key, groupIp);
     return 0;
