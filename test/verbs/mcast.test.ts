@@ -4,6 +4,9 @@
  * copy each, with its GRH; detach, close, Q_Key and limits; the typed errors.
  */
 import t from 'tap';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { openDevice, type Device } from '../../src/verbs/device.js';
 import { VerbsError } from '../../src/verbs/errors.js';
 import { Wc } from '../../src/verbs/types.js';
@@ -239,4 +242,30 @@ t.test('limits as rxe reports them: max_mcast_qp_attach per group, max_mcast_grp
   t.throws(() => g.attachMcast('::ffff:239.21.0.1'), { code: 'ENOMEM', argument: 'gid' }, 'group 8193: ENOMEM (rxe_get_mcg)');
   t.doesNotThrow(() => g.attachMcast('::ffff:239.20.0.1'), 'an existing group still takes a QP');
   await w.close();
+});
+
+t.test('the group reaches the receive path through the link wrappers (fault injector, pcap recorder)', async (t) => {
+  const fake = new FakeScheduler();
+  const net = new MemNetwork(fake);
+  const dir = mkdtempSync(join(tmpdir(), 'mcast-'));
+  const pcap = join(dir, 'b.pcap');
+  const a = await openDevice({ address: '10.0.0.1', scheduler: fake, link: net.attach('10.0.0.1') });
+  const b = await openDevice({ address: '10.0.0.2', scheduler: fake, link: net.attach('10.0.0.2'), faults: { seed: 7 }, pcap });
+  const pa = a.allocPd();
+  const pb = b.allocPd();
+  const sender = udQp(a, pa);
+  const r = udQp(b, pb);
+  r.qp.attachMcast(MGID);
+  await r.qp.mcastJoined(MGID);
+  postRecvs(r, 2);
+  sendTo(sender, pa.createAh({ gid: MGID }), Buffer.from('wrapped'));
+  fake.advance(20);
+  t.equal(polled(r.cq).length, 1, 'delivered through both wrappers');
+  t.equal(b.counters()['rcvd_icrc_err'], 0, 'the ICRC was checked against the group (the wrappers passed it on)');
+  await a.close();
+  await b.close();
+  const f = readFileSync(pcap);
+  t.ok(f.length > 24 + 16 + 20, 'one packet recorded');
+  t.same([...f.subarray(24 + 16 + 16, 24 + 16 + 20)], [239, 19, 1, 1], 'recorded with the group as its IPv4 destination');
+  rmSync(dir, { recursive: true, force: true });
 });
