@@ -122,18 +122,21 @@ t.test('two-port devices in two namespaces: RC and UD on QPs of both ports at on
   const [c1, s1] = await Promise.all([counters(client, 2), counters(server, 2)]);
   const tx1 = [txBytes(net, a, 'mpa0'), txBytes(net, a, 'mpa1')];
   for (let i = 0; i < 2; i++) {
-    // Port i sends its WRITE at MTU 1024, one RC SEND and one UD SEND: its share, and only its share
-    // (a retransmission or two allowed on a loaded machine; the other port's WRITE is far bigger or smaller).
+    // Port i sends its WRITE at MTU 1024, one RC SEND and one UD SEND: its share, and not the other port's.
+    // Retransmissions are its own too, and a loaded machine makes some (a pure-JS run under load resent 136
+    // of 149), so the upper bound is less than its share plus the other port's: a stream counted or carried on
+    // the wrong port still shows, a retransmission burst does not fail the test.
     const want = Math.ceil(sizes[i]! / 1024) + 2;
+    const other = Math.ceil(sizes[1 - i]! / 1024) + 2;
     const sent = c1[i]!['sent_pkts']! - c0[i]!['sent_pkts']!;
     const rcvd = s1[i]!['rcvd_pkts']! - s0[i]!['rcvd_pkts']!;
-    t.ok(sent >= want && sent <= want + 16, `client port ${i + 1}: sent_pkts +${sent} (its share: ${want})`);
-    t.ok(rcvd >= want && rcvd <= want + 16, `server port ${i + 1}: rcvd_pkts +${rcvd} (its share: ${want})`);
+    t.ok(sent >= want && sent < want + other, `client port ${i + 1}: sent_pkts +${sent} (its share: ${want}; the other port's: ${other})`);
+    t.ok(rcvd >= want && rcvd < want + other, `server port ${i + 1}: rcvd_pkts +${rcvd} (its share: ${want}; the other port's: ${other})`);
     // On the wire: the WRITE's bytes plus per-packet headers (Ethernet 14 + IPv4 20 + UDP 8 + BTH/RETH/ICRC <= 32).
     const wire = tx1[i]! - tx0[i]!;
     const payload = sizes[i]! + ud[i]!.length;
     t.ok(
-      wire >= payload && wire <= payload + (want + 16) * 90,
+      wire >= payload && wire < payload + sizes[1 - i]! + (want + other) * 90,
       `veth ${i === 0 ? 'mpa0' : 'mpa1'} carried port ${i + 1}'s packets (+${wire} TX bytes for ${payload} payload bytes)`,
     );
   }
