@@ -43,7 +43,7 @@ export function parseCmAddr(op: string, arg: string, v: unknown): CmAddr {
   if (typeof address !== 'string' || isIP(address) === 0)
     throw new VerbsError('EINVAL', op, `${arg}.address must be an IPv4 or IPv6 address, got ${JSON.stringify(address)}`, arg);
   if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535))
-    throw new VerbsError('EINVAL', op, `${arg}.port must be an integer in 0..65535, got ${String(port)}`, `${arg}.port`);
+    throw new VerbsError('EINVAL', op, `${arg}.port must be an integer in 0..65535, got ${JSON.stringify(port) ?? typeof port}`, `${arg}.port`);
   return { address, port: port ?? 0, family: familyOf(address) };
 }
 

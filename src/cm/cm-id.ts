@@ -349,7 +349,7 @@ export class CmId implements PortOwner {
       dev = given;
       cmRef = given === this.#device && this.#cmRef;
     } else {
-      const got = await acquireCmSource(srcAddr, true);
+      const got = await acquireCmSource(srcAddr, !boundSpecific);
       dev = got.device;
       source = got.address;
       cmRef = true;

@@ -86,7 +86,7 @@ interface Member {
 
 interface Waiter {
   resolve(ev: CmEvent): void;
-  reject(e: unknown): void;
+  reject(e: Error): void;
 }
 
 const OP = 'rdma_get_cm_event';

@@ -84,7 +84,7 @@ export class PortTable {
 
   #ports(ps: PortSpace): Map<number, Set<PortOwner>> {
     let m = this.#spaces.get(ps);
-    if (m === undefined) this.#spaces.set(ps, (m = new Map()));
+    if (m === undefined) this.#spaces.set(ps, (m = new Map<number, Set<PortOwner>>()));
     return m;
   }
 

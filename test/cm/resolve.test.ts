@@ -6,7 +6,7 @@
  * same event.
  *
  * Loopback only. Devices the CM opens here bind 127.0.57.0/24 (no other test file uses it) on UDP
- * 4791, or 127.0.0.1 / 127.0.0.2 on a private UDP port (PRIVATE_UDP, through the test hook
+ * 4791, or 127.0.0.1 / 127.0.0.2 / ::1 on a private UDP port (PRIVATE_UDP, through the test hook
  * setCmDeviceOpener), so other tests holding UDP 4791 on 127.0.0.1 do not matter. 198.18.0.1 is only
  * looked up in the routing table (a UDP connect(), which sends nothing); nothing is sent there.
  */
@@ -27,9 +27,9 @@ const PRIVATE_UDP = 47957;
 const S1 = '127.0.57.1',
   S2 = '127.0.57.2';
 
-/** 127.0.0.1 and 127.0.0.2 on PRIVATE_UDP, named as the device list names them; other addresses as openDevice would. */
+/** 127.0.0.1, 127.0.0.2 and ::1 on PRIVATE_UDP, named as the device list names them; other addresses as openDevice would. */
 setCmDeviceOpener((address) => {
-  const name = address === '127.0.0.1' ? 'softroce0' : address === '127.0.0.2' ? 'softroce1' : undefined;
+  const name = address === '127.0.0.1' ? 'softroce0' : address === '127.0.0.2' ? 'softroce1' : address === '::1' ? 'softroce_v6' : undefined;
   return name !== undefined ? openDevice({ name, address, udpPort: PRIVATE_UDP }) : openDevice({ address });
 });
 t.teardown(() => setCmDeviceOpener(null));
@@ -189,6 +189,9 @@ t.test("loopback fallback: 127.0.0.1's UDP port taken by another process, the ac
   const bound = createId(ch);
   await t.rejects(bound.bind({ address: '127.0.0.1', port: 20103 }), { code: 'EADDRINUSE' });
   t.equal(bound.state, 'IDLE', 'the failed bind left the id IDLE');
+  await t.rejects(bound.resolveAddr({ src: '127.0.0.1', dst: '127.0.0.1', timeoutMs: 2000 }), { code: 'EADDRINUSE' }, 'nor for resolveAddr({ src })');
+  t.match(await ch.getEvent(), { event: 'ADDR_RESOLVED', id }, "the first id's event");
+  t.match(await ch.getEvent(), { event: 'ADDR_ERROR', id: bound, status: -errnoOf('EADDRINUSE') });
   id.close();
   bound.close();
   await cmIdle();
@@ -339,5 +342,84 @@ t.test('in-memory devices (fake addresses, fake clock): the bound address is the
   t.equal(id.route.sgidIndex, d1.defaultSgidIndex(1));
   t.equal(id.verbs, d1);
   id.close();
+  ch.close();
+});
+
+/** Is ::1 usable here (a UDP connect to it works)? */
+const v6 = await new Promise<boolean>((resolve) => {
+  const s = createSocket('udp6');
+  s.on('error', () => {
+    s.close();
+    resolve(false);
+  });
+  s.connect(9, '::1', (e?: Error) => {
+    s.close();
+    resolve(!e);
+  });
+});
+
+t.test('IPv6 loopback: ::1 resolves to a device on ::1 with the GID ::1', { skip: v6 ? false : 'this host has no IPv6 loopback (::1)' }, async (t) => {
+  const ch = createEventChannel();
+  const id = createId(ch);
+  await id.resolveAddr({ dst: { address: '::1', port: 7471 }, timeoutMs: 2000 });
+  t.equal(id.route.addr.src?.address, '::1');
+  t.equal(id.route.addr.src?.family, 6);
+  t.equal(id.route.sgid, '::1');
+  t.equal(id.route.sgidIndex, id.verbs!.defaultSgidIndex(1));
+  await id.resolveRoute({ timeoutMs: 1000 });
+  t.equal(id.route.path?.flowLabel, roceFlowLabel(id.getSrcPort(), 7471), 'IPv6 without a flow label of its own: the same formula');
+  t.equal(id.afOnly, false, 'an IPv6 id shares its port with IPv4 unless AFONLY (bindv6only 0)');
+  id.close();
+  await cmIdle();
+  ch.close();
+});
+
+t.test('event-driven use: the promises may be ignored (no unhandled rejection), the channel has everything', async (t) => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (e: unknown): void => void unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  t.teardown(() => void process.off('unhandledRejection', onUnhandled));
+  const ch = createEventChannel();
+  const ok = createId(ch);
+  const bad = createId(ch);
+  await bad.bind(S1);
+  void ok.resolveAddr({ src: S1, dst: S2, timeoutMs: 2000 });
+  void bad.resolveAddr({ dst: '198.18.0.1', timeoutMs: 2000 }); // a 127/8 source: refused by the routing table
+  const got = new Map<unknown, string>();
+  for await (const ev of ch) {
+    got.set(ev.id, ev.event);
+    if (ev.id === ok && ev.event === 'ADDR_RESOLVED') void ok.resolveRoute({ timeoutMs: 1000 });
+    if (got.get(ok) === 'ROUTE_RESOLVED' && got.get(bad) === 'ADDR_ERROR') break;
+  }
+  await new Promise((r) => setImmediate(r));
+  t.same(unhandled, [], 'the rejected promise nobody awaited was not reported');
+  ok.close();
+  bad.close();
+  await cmIdle();
+  ch.close();
+});
+
+t.test('500 ids resolved and closed on one device: no growth in listeners, ports, queued events, timers or devices', async (t) => {
+  const fake = new FakeScheduler();
+  const ch = createEventChannel({ scheduler: fake });
+  const holder = createId(ch);
+  await holder.bind(S1);
+  const dev = holder.verbs!;
+  const base = { close: dev.listenerCount('close'), refs: cmDevices()[0]!.refs };
+  for (let i = 0; i < 500; i++) {
+    const id = createId(ch);
+    await id.resolveAddr({ src: S1, dst: { address: S2, port: 7471 }, timeoutMs: 1000 });
+    await id.resolveRoute({ timeoutMs: 1000 });
+    if (i === 0) t.equal(dev.listenerCount('close'), base.close + 1, 'an id listens while it is on the device');
+    id.close();
+  }
+  t.equal(dev.listenerCount('close'), base.close, "every id's listener is gone");
+  t.equal(cmDevices().length, 1);
+  t.equal(cmDevices()[0]!.refs, base.refs, 'every reference given back');
+  t.equal(ch.pending, 0, "closed ids' events were dropped");
+  t.equal(fake.pendingTimers(), 0, 'every resolution timer cleared');
+  holder.close();
+  await cmIdle();
+  t.equal(dev.closed, true);
   ch.close();
 });
