@@ -42,6 +42,9 @@ export function parseCmAddr(op: string, arg: string, v: unknown): CmAddr {
   const { address, port } = o as { address?: unknown; port?: unknown };
   if (typeof address !== 'string' || isIP(address) === 0)
     throw new VerbsError('EINVAL', op, `${arg}.address must be an IPv4 or IPv6 address, got ${JSON.stringify(address)}`, arg);
+  // An IPv6 scope (fe80::1%eth0) would need the kernel's cma_check_linklocal (the scope names the netdev); not supported.
+  if (address.includes('%'))
+    throw new VerbsError('EINVAL', op, `${arg}.address: IPv6 scoped (link-local %netdev) addresses are not supported, got ${address}`, arg);
   if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535))
     throw new VerbsError('EINVAL', op, `${arg}.port must be an integer in 0..65535, got ${JSON.stringify(port) ?? typeof port}`, `${arg}.port`);
   return { address, port: port ?? 0, family: familyOf(address) };

@@ -1,7 +1,7 @@
 /**
  * The devices rdma_cm uses, process-wide (issue 13 module plan). librdmacm opens every RDMA device at
  * start; softroce opens one lazily, the first time an id needs the address it is bound to, and shares
- * it: `acquireCmDevice(address)` returns an open Device with a port on that address, reusing one the
+ * it: `cmDevice(address)` returns an open Device with a port on that address, reusing one the
  * CM already opened (ref-counted), and `releaseCmDevice` closes it when the last id using it lets go.
  *
  * Devices the application opened itself (openDevice) are not known here: an id uses one when it is
@@ -58,7 +58,7 @@ export function cmDevices(): Array<{ device: Device; refs: number }> {
  * call takes a reference that `releaseCmDevice` gives back. Rejects with the open's VerbsError
  * (EADDRINUSE when another process has UDP 4791 on the address).
  */
-export async function acquireCmDevice(address: string): Promise<Device> {
+export async function cmDevice(address: string): Promise<Device> {
   const key = addrKey(address);
   let e = byAddress.get(key);
   if (e === undefined) {
@@ -101,7 +101,7 @@ function forget(e: Entry): void {
 }
 
 /**
- * Gives back a reference `acquireCmDevice` took. The last one closes the device (in the background:
+ * Gives back a reference `cmDevice` took. The last one closes the device (in the background:
  * an id's close never waits; a later open of the same address waits for the port to be free).
  */
 export function releaseCmDevice(dev: Device): void {
@@ -143,11 +143,11 @@ const LOOPBACK_SOURCES = ['127.0.0.1', '127.0.0.2'] as const;
  */
 export async function acquireCmSource(address: string, fallback: boolean): Promise<{ device: Device; address: string }> {
   try {
-    return { device: await acquireCmDevice(address), address };
+    return { device: await cmDevice(address), address };
   } catch (e) {
     const i = LOOPBACK_SOURCES.indexOf(address as (typeof LOOPBACK_SOURCES)[number]);
     if (!fallback || i < 0 || !(e instanceof VerbsError) || e.code !== 'EADDRINUSE') throw e;
     const other = LOOPBACK_SOURCES[1 - i]!;
-    return { device: await acquireCmDevice(other), address: other };
+    return { device: await cmDevice(other), address: other };
   }
 }

@@ -132,6 +132,7 @@ t.test('an address this host does not have is EADDRNOTAVAIL; a privileged port n
     t.throws(() => void id.bind({ address: '0.0.0.0', port: 999 }), { code: 'EACCES', argument: 'addr' });
   }
   t.throws(() => void createId(ch).bind({ address: 'localhost' }), { code: 'EINVAL', argument: 'addr' });
+  t.throws(() => void createId(ch).bind({ address: 'fe80::1%lo' }), { code: 'EINVAL', argument: 'addr' }, 'a scoped IPv6 address: EINVAL, not a TypeError');
   t.throws(() => void createId(ch).bind({ address: A, port: 70000 }), { code: 'EINVAL', argument: 'addr.port' });
   id.close();
 });
