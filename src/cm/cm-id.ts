@@ -197,7 +197,7 @@ export class CmId implements PortOwner {
    * address this host does not have), EACCES (a port below 1024 without CAP_NET_BIND_SERVICE), ENODEV
    * (the createId device has no port with the address). The promise resolves once the device is the
    * id's (at once for the wildcard), or rejects when it cannot be opened (the port is then free again
-   * and the id IDLE). Other calls on the id wait for it (EINVAL until then).
+   * and the id IDLE). Until it settles, other calls on the id are refused (EINVAL): await it first.
    */
   bind(addr: CmAddrInput): Promise<void> {
     this.#check('bind');
