@@ -205,3 +205,21 @@ t.test('close() during bind(): the bind rejects, the device reference and the po
   await cmIdle();
   t.equal(cmDevices().length, 0);
 });
+
+t.test('the CM opens a device by its name in the device list when the list has the address (as 127.0.0.1 is softroce0)', async (t) => {
+  const saved = process.env['SOFTROCE_DEVICES'];
+  process.env['SOFTROCE_DEVICES'] = 'cmtest0=lo:127.0.56.9';
+  t.teardown(() => {
+    if (saved === undefined) delete process.env['SOFTROCE_DEVICES'];
+    else process.env['SOFTROCE_DEVICES'] = saved;
+  });
+  const id = createId(ch);
+  await id.bind({ address: '127.0.56.9', port: 20011 });
+  t.equal(id.verbs?.name, 'cmtest0');
+  const other = createId(ch);
+  await other.bind({ address: '127.0.56.8', port: 20011 });
+  t.equal(other.verbs?.name, 'softroce_127.0.56.8', 'an address the list does not have: opened by address');
+  id.close();
+  other.close();
+  await cmIdle();
+});

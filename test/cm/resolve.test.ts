@@ -423,3 +423,20 @@ t.test('500 ids resolved and closed on one device: no growth in listeners, ports
   t.equal(dev.closed, true);
   ch.close();
 });
+
+t.test('a two-port device given at createId: an id bound to port 2’s address is on port 2, with its GID', async (t) => {
+  const fake = new FakeScheduler();
+  const net = new MemNetwork(fake);
+  const dev = await openDevice({ scheduler: fake, links: [net.attach('10.57.1.1'), net.attach('10.57.2.1')] });
+  t.teardown(() => dev.close());
+  const ch = createEventChannel({ scheduler: fake });
+  const id = createId(ch, { device: dev });
+  await id.bind({ address: '10.57.2.1', port: 7000 });
+  t.equal(id.portNum, 2);
+  await id.resolveAddr({ dst: '10.57.2.9', timeoutMs: 1000 });
+  t.equal(id.portNum, 2);
+  t.equal(id.route.sgidIndex, dev.defaultSgidIndex(2));
+  t.equal(id.route.sgid, '::ffff:10.57.2.1');
+  id.close();
+  ch.close();
+});
