@@ -9,6 +9,7 @@ import { MALFORMED_NAME } from './packet.js';
 import { opcodeName } from './opcode.js';
 import { aethToString } from './aeth.js';
 import { gidToString, numberToIpv4 } from './gid.js';
+import { CM_PRIVATE_DATA_SIZE, cmAttrName, parseCmMad, privateDataExtent, type CmMsg } from './wire/cm-mad.js';
 
 export interface DumpSummary {
   packets: number;
@@ -47,6 +48,8 @@ export interface DumpPacket {
   imm?: number;
   invalidateRkey?: number;
   mad?: string;
+  /** a CM MAD decoded (QP1, class 0x07): see cmSummary */
+  cm?: CmSummary;
   payloadLen?: number;
   icrc: 'ok' | 'bad' | 'unverifiable' | 'malformed';
   icrcWire?: number;
@@ -61,21 +64,6 @@ export interface DumpResult {
   /** the capture file itself was damaged (decoding stopped there) */
   error?: string;
 }
-
-const CM_ATTR: Readonly<Record<number, string>> = {
-  0x01: 'ClassPortInfo',
-  0x10: 'REQ',
-  0x11: 'MRA',
-  0x12: 'REJ',
-  0x13: 'REP',
-  0x14: 'RTU',
-  0x15: 'DREQ',
-  0x16: 'DREP',
-  0x17: 'SIDR_REQ',
-  0x18: 'SIDR_REP',
-  0x19: 'LAP',
-  0x1a: 'APR',
-};
 
 function addr(f: FrameRepr | undefined, which: 'src' | 'dst'): string {
   if (!f) return '?';
@@ -117,16 +105,127 @@ export function describe(index: number, time: number, d: DecodedFrame): DumpPack
   if (ib.atomicAck) p.atomicAck = { origData: hex64(ib.atomicAck.origData) };
   if (ib.immDt) p.imm = ib.immDt.imm;
   if (ib.ieth) p.invalidateRkey = ib.ieth.rkey;
-  // QP1 carries MADs; name the IB CM ones (class 0x07) as rdma_cm users know them.
+  // QP1 carries MADs; name the IB CM ones (class 0x07) as rdma_cm users know them, and decode the fields
+  // that tie a handshake together (comm IDs, service ID, QPN, PSN) when the MAD parses.
   if (ib.deth && ib.bth.destQp === 1 && ib.payload.length >= 24 && ib.payload[1] === 0x07) {
     const attr = (ib.payload[16]! << 8) | ib.payload[17]!;
-    p.mad = `CM ${CM_ATTR[attr] ?? `attr 0x${attr.toString(16)}`}`;
+    p.mad = `CM ${cmAttrName(attr) ?? `attr 0x${attr.toString(16)}`}`;
+    const m = parseCmMad(ib.payload);
+    if (!(m instanceof Error)) p.cm = cmSummary(m);
   }
   p.payloadLen = ib.payload.length;
   p.icrc = d.icrc ?? 'unverifiable';
   p.icrcWire = ib.icrc;
   if (d.icrcComputed !== undefined) p.icrcComputed = d.icrcComputed;
   return p;
+}
+
+/** The fields of a CM message a reader of a capture follows a connection by. */
+export interface CmSummary {
+  type: CmMsg['type'];
+  tid: string;
+  localCommId?: number;
+  remoteCommId?: number;
+  /** SIDR_REQ / SIDR_REP */
+  requestId?: number;
+  serviceId?: string;
+  /** the sender's QPN (REQ, REP, SIDR_REP) or the QPN a DREQ is for */
+  qpn?: number;
+  psn?: number;
+  /** REJ reason, SIDR_REP status */
+  reason?: number;
+  status?: number;
+  /** private data: used (to its last non-zero byte; the MAD carries no length) and the message's maximum */
+  privateDataUsed: number;
+  privateDataMax: number;
+}
+
+/** Which message field fills which summary field, by message type (absent: the message has none). */
+const CM_SUMMARY: { readonly [K in CmMsg['type']]: readonly (readonly [keyof CmSummary, string])[] } = {
+  REQ: [
+    ['localCommId', 'localCommId'],
+    ['serviceId', 'serviceId'],
+    ['qpn', 'localQpn'],
+    ['psn', 'startingPsn'],
+  ],
+  REP: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+    ['qpn', 'localQpn'],
+    ['psn', 'startingPsn'],
+  ],
+  MRA: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+  ],
+  REJ: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+    ['reason', 'reason'],
+  ],
+  RTU: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+  ],
+  DREQ: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+    ['qpn', 'remoteQpn'],
+  ],
+  DREP: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+  ],
+  LAP: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+    ['qpn', 'remoteQpn'],
+  ],
+  APR: [
+    ['localCommId', 'localCommId'],
+    ['remoteCommId', 'remoteCommId'],
+    ['status', 'apStatus'],
+  ],
+  SIDR_REQ: [
+    ['requestId', 'requestId'],
+    ['serviceId', 'serviceId'],
+  ],
+  SIDR_REP: [
+    ['requestId', 'requestId'],
+    ['status', 'status'],
+    ['serviceId', 'serviceId'],
+    ['qpn', 'qpn'],
+  ],
+};
+
+export function cmSummary(m: CmMsg): CmSummary {
+  const pd = m.privateData;
+  const s: Record<string, unknown> = {
+    type: m.type,
+    tid: hex64(m.hdr.transactionId),
+    privateDataUsed: privateDataExtent(pd),
+    privateDataMax: CM_PRIVATE_DATA_SIZE[m.type],
+  };
+  const fields = m as unknown as Record<string, number | bigint>;
+  for (const [to, from] of CM_SUMMARY[m.type]) {
+    const v = fields[from]!;
+    s[to] = typeof v === 'bigint' ? hex64(v) : v;
+  }
+  return s as unknown as CmSummary;
+}
+
+function formatCm(c: CmSummary): string {
+  const parts: string[] = [`tid=${c.tid}`];
+  if (c.localCommId !== undefined) parts.push(`lcid=${hx(c.localCommId, 8)}`);
+  if (c.remoteCommId !== undefined) parts.push(`rcid=${hx(c.remoteCommId, 8)}`);
+  if (c.requestId !== undefined) parts.push(`reqid=${hx(c.requestId, 8)}`);
+  if (c.serviceId !== undefined) parts.push(`sid=${c.serviceId}`);
+  if (c.qpn !== undefined) parts.push(`qpn=${hx(c.qpn, 6)}`);
+  if (c.psn !== undefined) parts.push(`psn=${hx(c.psn, 6)}`);
+  if (c.reason !== undefined) parts.push(`reason=${c.reason}`);
+  if (c.status !== undefined) parts.push(`status=${c.status}`);
+  parts.push(`pdata=${c.privateDataUsed}/${c.privateDataMax}`);
+  return parts.join(' ');
 }
 
 const hx = (n: number, w: number): string => '0x' + n.toString(16).padStart(w, '0');
@@ -148,7 +247,7 @@ export function formatPacket(p: DumpPacket): string {
   if (p.atomicAck) parts.push(`orig=${p.atomicAck.origData}`);
   if (p.imm !== undefined) parts.push(`imm=${hx(p.imm, 8)}`);
   if (p.invalidateRkey !== undefined) parts.push(`inv_rkey=${hx(p.invalidateRkey, 8)}`);
-  if (p.mad) parts.push(`[${p.mad}]`);
+  if (p.mad) parts.push(p.cm ? `[${p.mad} ${formatCm(p.cm)}]` : `[${p.mad}]`);
   parts.push(`len=${p.payloadLen}`);
   parts.push(p.icrc === 'ok' ? 'icrc=ok' : p.icrc === 'bad' ? `icrc=BAD(wire ${hx(p.icrcWire!, 8)} computed ${hx(p.icrcComputed!, 8)})` : 'icrc=unverifiable');
   return parts.join(' ');

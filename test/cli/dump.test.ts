@@ -14,11 +14,40 @@ t.test('text output: one line per RoCE packet, then exactly one summary line', (
   t.equal(lines.length, 45 + 1);
   t.equal(lines.at(-1), 'packets=45 roce=45 icrc_ok=45 icrc_bad=0 malformed=0');
   t.equal(lines.filter((l) => /^packets=/.test(l)).length, 1);
-  t.match(lines[0]!, /198\.18\.0\.12:55410 > 198\.18\.0\.11 UD_SEND_ONLY qp=0x000001 .*deth\[qkey=0x80010000 srcqp=0x000001\] \[CM REQ\] len=256 icrc=ok/);
+  t.match(
+    lines[0]!,
+    /198\.18\.0\.12:55410 > 198\.18\.0\.11 UD_SEND_ONLY qp=0x000001 .*deth\[qkey=0x80010000 srcqp=0x000001\] \[CM REQ tid=0x[0-9a-f]{16} .*\] len=256 icrc=ok/,
+  );
   t.ok(
     lines.some((l) => /RC_ACKNOWLEDGE .*aeth\[ACK msn=\d+\]/.test(l)),
     'AETH decoded',
   );
+  t.end();
+});
+
+t.test('CM MADs decoded: message, comm IDs, service ID, QPN, PSN, private data (ucmatose.pcap)', (t) => {
+  const r = run('dump', join(capturesDir(), 'ucmatose.pcap'));
+  t.equal(r.status, 0);
+  const cm = r.stdout.split('\n').filter((l) => l.includes('[CM '));
+  const tail = (l: string): string => /\[CM [^\]]*\]/.exec(l)?.[0] ?? '';
+  t.same(cm.map(tail), [
+    '[CM REQ tid=0x000000021995e83d lcid=0x3de89519 sid=0x0000000001061d2f qpn=0x000016 psn=0x8a28ca pdata=36/92]',
+    '[CM REP tid=0x000000021995e83d lcid=0x0b7cd3bf rcid=0x3de89519 qpn=0x000016 psn=0x3bf976 pdata=0/196]',
+    '[CM RTU tid=0x000000021995e83d lcid=0x3de89519 rcid=0x0b7cd3bf pdata=0/224]',
+    '[CM DREQ tid=0x00000002bfd37c0b lcid=0x0b7cd3bf rcid=0x3de89519 qpn=0x000016 pdata=0/220]',
+    '[CM DREP tid=0x00000002bfd37c0b lcid=0x3de89519 rcid=0x0b7cd3bf pdata=0/224]',
+  ]);
+  const j = run('dump', join(capturesDir(), 'udaddy.pcap'), '--json');
+  const objs = j.stdout
+    .trimEnd()
+    .split('\n')
+    .slice(0, -1)
+    .map((l) => JSON.parse(l) as { cm?: Record<string, unknown> });
+  const sidr = objs.flatMap((o) => (o.cm ? [o.cm] : []));
+  t.match(sidr, [
+    { type: 'SIDR_REQ', serviceId: '0x0000000001111c06', requestId: 0x3fe89519, privateDataUsed: 36, privateDataMax: 216 },
+    { type: 'SIDR_REP', serviceId: '0x0000000001111c06', requestId: 0x3fe89519, status: 0, qpn: 0x18, privateDataMax: 136 },
+  ]);
   t.end();
 });
 
