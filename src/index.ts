@@ -12,3 +12,4 @@ export type { FaultOptions } from './roce/link/fault-link.js';
 export { PcapRecorder } from './roce/link/pcap-recorder.js';
 export { UdpLink, NativeLink, DgramLink } from './roce/link/udp-link.js';
 export { COUNTER_NAMES } from './roce/counters.js';
+export * from './cm/index.js';

@@ -13,6 +13,7 @@ export type ErrnoCode =
   | 'EOPNOTSUPP'
   | 'ETIMEDOUT'
   | 'ENETUNREACH'
+  | 'EHOSTUNREACH'
   | 'ECONNREFUSED'
   | 'ECONNRESET'
   | 'EBADF'

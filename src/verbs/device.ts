@@ -359,7 +359,8 @@ export class Device extends EventEmitter implements TransportDevice {
   }
 
   /**
-   * Cascading teardown, in pyverbs' order: QPs, AHs, MRs, SRQs, PDs, CQs, then the fault
+   * Cascading teardown, in pyverbs' order (a 'close' event first, once, for whoever uses the device
+   * without owning it: rdma_cm ids get DEVICE_REMOVAL from it): QPs, AHs, MRs, SRQs, PDs, CQs, then the fault
    * injector, the recorder (flushed and closed) and the links (the UDP port is free again when
    * the promise resolves). Idempotent; concurrent calls share one promise, so every caller
    * resumes only once everything is released.
@@ -397,6 +398,9 @@ export class Device extends EventEmitter implements TransportDevice {
   private async teardown(closeLinks: boolean): Promise<void> {
     this.closed = true;
     this.engine.stop();
+    // Users of the device that did not open it (rdma_cm ids: DEVICE_REMOVAL) hear of it now, while
+    // its objects still exist; the device is already closed to new work.
+    emitGuarded(this, 'close');
     const failures: unknown[] = [];
     const step = (f: () => void): void => {
       try {

@@ -1,0 +1,12 @@
+/** rdma_cm: event channels, ids, address and route resolution (issue 13). */
+export { createEventChannel, EventChannel, CM_EVENT_TYPES } from './event-channel.js';
+export type { CmEvent, CmEventType, CmEventParam, GetEventOptions, EventChannelOptions } from './event-channel.js';
+export { createId, CmId } from './cm-id.js';
+export type { CreateIdOptions, CmIdOptions, ResolveAddrOptions, CmRoute } from './cm-id.js';
+export type { CmAddr, CmAddrInput } from './addr.js';
+export { CMA_STATES, CALLS as CM_CALLS } from './cm-states.js';
+export type { CmaState } from './cm-states.js';
+export type { PortSpace } from './port-space.js';
+export { setRoceMode, roceMode, roceFlowLabel, iboeMtu, CMA_IBOE_PACKET_LIFETIME } from './route.js';
+export type { PathRecord, RoceMode } from './route.js';
+export { cmDevices, cmDevicesClosed } from './devices.js';

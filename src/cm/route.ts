@@ -1,0 +1,133 @@
+/**
+ * rdma_resolve_route on RoCE: no subnet manager to ask, so the path record is built locally, as the
+ * kernel's cma_resolve_iboe_route does (roce-wire.md h.4, cm-and-lag.md "Path fields on RoCE"):
+ *
+ * | field             | value                                                                          |
+ * | ----------------- | ------------------------------------------------------------------------------ |
+ * | sgid / dgid       | rdma_ip2gid of the source and destination addresses                            |
+ * | hopLimit          | the route's (addr.ts routeHopLimit: ip_default_ttl, 64)                        |
+ * | trafficClass      | the id's TOS (setOption({ tos })), else the port's default_roce_tos, 0         |
+ * | sl                | iboe_tos_to_sl: 0 (the netdev's prio→TC map is only set for VLANs / mqprio)    |
+ * | flowLabel         | (sport·31 + dport) & 0xFFFFF over the rdma_cm ports (cma_get_roce_udp_flow_label) |
+ * | pkey              | 0xFFFF                                                                         |
+ * | mtu               | iboe_get_mtu(netdev MTU): the MTU less 96 header bytes, down to an IB MTU      |
+ * | packetLifeTime    | ACK_TIMEOUT − 1 when setOption({ ackTimeout }) set a non-zero one, else 18     |
+ * | gidType           | the CM's RoCE type on the port (setRoceMode; v2 unless set, as cma_roce_mode)  |
+ *
+ * The RoCE type is per device port and process-wide, like the kernel's configfs
+ * /sys/kernel/config/rdma_cm/<dev>/ports/<n>/default_roce_mode.
+ */
+import type { Device } from '../verbs/device.js';
+import { netdevMtu, type GidType } from '../verbs/discovery.js';
+import { VerbsError } from '../verbs/errors.js';
+import type { Mtu } from '../roce/opcode.js';
+import { gidToString } from '../roce/gid.js';
+import { ipToGid, type CmAddr } from './addr.js';
+
+/** CMA_IBOE_PACKET_LIFETIME: 18 on the lab's 6.1 kernel (its REQs carry Local ACK Timeout 19); 16 on kernels since late 2022. */
+export const CMA_IBOE_PACKET_LIFETIME = 18;
+/** The P_Key of every RoCE path (the default partition). */
+export const ROCE_PKEY = 0xffff;
+/** The bytes iboe_get_mtu takes off the netdev MTU: GRH 40 + UDP 8 + BTH 12 + XRC ETH 4 + AtomicETH 28 + ICRC 4. */
+const IBOE_HEADER_BYTES = 96;
+const IB_MTUS: readonly Mtu[] = [4096, 2048, 1024, 512, 256];
+
+/** iboe_get_mtu: the largest IB MTU within the netdev MTU less the RoCE headers; 0 when not even 256 fits. */
+export function iboeMtu(netdevMtuBytes: number): Mtu | 0 {
+  const room = netdevMtuBytes - IBOE_HEADER_BYTES;
+  return IB_MTUS.find((m) => room >= m) ?? 0;
+}
+
+/** cma_get_roce_udp_flow_label for IPv4 (and IPv6 without a flow label of its own): (sport·31 + dport) & 0xFFFFF. */
+export function roceFlowLabel(sport: number, dport: number): number {
+  return (sport * 31 + dport) & 0xfffff;
+}
+
+/** The path's packet life time: ACK_TIMEOUT − 1 when one was set and is not 0, else CMA_IBOE_PACKET_LIFETIME. */
+export function packetLifeTime(ackTimeout: number | null): number {
+  return ackTimeout !== null && ackTimeout > 0 ? ackTimeout - 1 : CMA_IBOE_PACKET_LIFETIME;
+}
+
+/** A RoCE path record (struct ibv_sa_path_rec, the fields RoCE uses). GIDs are text, as endpoints carry them. */
+export interface PathRecord {
+  readonly sgid: string;
+  readonly dgid: string;
+  /** the source GID's index in the port's table (what the QP's AV will use) */
+  readonly sgidIndex: number;
+  readonly gidType: GidType;
+  readonly flowLabel: number;
+  readonly hopLimit: number;
+  readonly trafficClass: number;
+  readonly sl: number;
+  readonly pkey: number;
+  readonly mtu: Mtu;
+  readonly packetLifeTime: number;
+  readonly reversible: true;
+  readonly numbPath: 1;
+}
+
+/** What buildPath needs of a resolved id. */
+export interface PathInput {
+  src: CmAddr;
+  dst: CmAddr;
+  sgidIndex: number;
+  gidType: GidType;
+  netdev: string;
+  hopLimit: number;
+  tos: number;
+  ackTimeout: number | null;
+}
+
+/** cma_resolve_iboe_route's path record; EINVAL (as the kernel's) when the netdev's MTU leaves no IB MTU. */
+export function buildPath(i: PathInput): PathRecord {
+  const mtu = iboeMtu(netdevMtu(i.netdev));
+  if (mtu === 0) throw new VerbsError('EINVAL', 'rdma_resolve_route', `netdev ${i.netdev} has an MTU too small for RoCE`, 'id');
+  return {
+    sgid: gidToString(ipToGid(i.src.address)),
+    dgid: gidToString(ipToGid(i.dst.address)),
+    sgidIndex: i.sgidIndex,
+    gidType: i.gidType,
+    flowLabel: roceFlowLabel(i.src.port, i.dst.port),
+    hopLimit: i.hopLimit,
+    trafficClass: i.tos,
+    // iboe_tos_to_sl: rt_tos2priority(tos) through the netdev's egress map, which only a VLAN or an
+    // mqprio qdisc has; on a plain netdev (and on lo) it is 0, so the SL is 0 whatever the TOS.
+    sl: 0,
+    pkey: ROCE_PKEY,
+    mtu,
+    packetLifeTime: packetLifeTime(i.ackTimeout),
+    reversible: true,
+    numbPath: 1,
+  };
+}
+
+// ---- the RoCE type the CM uses per device port (cma_roce_mode) ----
+
+export type RoceMode = 'v1' | 'v2';
+const roceModes = new Map<string, RoceMode>();
+const modeKey = (device: Device | string, port: number): string => `${typeof device === 'string' ? device : device.name}/${port}`;
+
+/**
+ * The RoCE type rdma_cm ids use on a device port from now on (the kernel's configfs default_roce_mode):
+ * the GID they take at resolveAddr is the source address's entry of that type. Keyed by the device's
+ * name, so it holds for devices the CM opens later. v2 unless set.
+ */
+export function setRoceMode(device: Device | string, port: number, mode: RoceMode): void {
+  const op = 'cma_set_default_roce_mode';
+  if (typeof device !== 'string' && (typeof device !== 'object' || device === null || typeof device.name !== 'string'))
+    throw new VerbsError('EINVAL', op, 'device must be a Device or a device name', 'device');
+  if (!Number.isInteger(port) || port < 1 || port > 255) throw new VerbsError('EINVAL', op, `port must be an integer in 1..255, got ${String(port)}`, 'port');
+  if (mode !== 'v1' && mode !== 'v2') throw new VerbsError('EINVAL', op, `mode must be 'v1' or 'v2', got ${String(mode)}`, 'mode');
+  if (mode === 'v2') roceModes.delete(modeKey(device, port));
+  else roceModes.set(modeKey(device, port), mode);
+}
+
+/** The RoCE type the CM uses on a device port (cma_get_default_gid_type). */
+export function roceMode(device: Device | string, port: number): RoceMode {
+  return roceModes.get(modeKey(device, port)) ?? 'v2';
+}
+
+/** The GID type of a RoCE mode. */
+export function gidTypeOf(mode: RoceMode): GidType {
+  return mode === 'v1' ? 'RoCE v1' : 'RoCE v2';
+}
