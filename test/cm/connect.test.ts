@@ -129,3 +129,266 @@ t.test('connect / accept: events, private data with its real length, swapped con
   l.close();
   await n.close();
 });
+
+t.test('reject: REJ 28 with the private data; the active side gets REJECTED (status 28), its QP in ERR, the promise rejects ECONNREFUSED', async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT);
+  const a = await activeId(n, PORT);
+  a.createQp();
+  const p = a.connect({ privateData: Buffer.from('may I') });
+  n.flush();
+  const [req] = n.events(n.chB);
+  t.throws(() => req!.id.reject(Buffer.alloc(149)), { code: 'EINVAL', op: 'rdma_reject', argument: 'privateData' });
+  req!.id.reject(Buffer.from('no thanks'));
+  n.flush();
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e as { code: string; event: CmEvent },
+  );
+  t.match(err, { code: 'ECONNREFUSED' });
+  const [ev] = n.events(n.chA);
+  t.equal(ev, err!.event, 'the error carries the event');
+  t.match(ev, { event: 'REJECTED', status: 28 });
+  t.same(ev!.param?.privateData, Buffer.from('no thanks'));
+  t.equal(a.qp!.state, 'ERR');
+  const rej = n.wire.find((w) => w.msg.type === 'REJ')!.msg as { reason: number };
+  t.equal(rej.reason, 28);
+  a.close();
+  req!.id.close();
+  l.close();
+  await n.close();
+});
+
+t.test('no listener on the port: REJ 8 at once, REJECTED with status 8', async (t) => {
+  const n = await connNet();
+  // The CM runs on B (an id listens on another port there): its agent answers for the port nobody has.
+  const l = await listenerId(n, PORT);
+  const a = await activeId(n, 9999);
+  a.createQp();
+  const p = a.connect();
+  n.flush();
+  t.equal(n.sched.now(), 0, 'no time passed: the answer is immediate');
+  await t.rejects(p, { code: 'ECONNREFUSED' });
+  t.match(n.events(n.chA), [{ event: 'REJECTED', status: 8 }]);
+  t.same(n.events(n.chB), [], 'the listener on the other port hears nothing');
+  a.close();
+  l.close();
+  await n.close();
+});
+
+t.test('a malformed request (bad cma_hdr) is rejected with REJ 28 and reaches no listener', async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT);
+  const { CmAgent } = await import('../../src/cm/ib-cm.js');
+  const { cmPathOf } = await import('../../src/cm/conn.js');
+  const a = await activeId(n, PORT);
+  const agent = CmAgent.acquire(n.a, 1);
+  const got: string[] = [];
+  const ib = agent.createId((e) => got.push(e.type === 'REJ_RECEIVED' ? `REJ ${e.reason}` : e.type));
+  const bad = Buffer.alloc(40, 0);
+  bad[0] = 7; // cma_version 7
+  ib.sendReq({
+    serviceId: serviceId(RdmaPortSpace.TCP, PORT),
+    path: cmPathOf(a.route.path!, 1),
+    qpn: 0x1234,
+    qpType: 'RC',
+    startingPsn: 1,
+    responderResources: 0,
+    initiatorDepth: 0,
+    retryCount: 7,
+    rnrRetryCount: 7,
+    srq: false,
+    privateData: bad,
+  });
+  n.flush();
+  t.same(got, ['REJ 28']);
+  t.same(n.events(n.chB), [], 'no CONNECT_REQUEST');
+  ib.destroy();
+  agent.release();
+  a.close();
+  l.close();
+  await n.close();
+});
+
+t.test("unreachable: the peer never answers; the REQ is retried as the kernel's (every 6144 ms, 15 retries) and UNREACHABLE -ETIMEDOUT ends it", async (t) => {
+  const n = await connNet();
+  const a = await activeId(n, PORT);
+  a.createQp();
+  n.blackhole = n.ipB;
+  const p = a.connect();
+  n.sched.advance(6144 * 16 - 1);
+  t.same(n.events(n.chA), [], 'still trying');
+  n.sched.advance(1);
+  await t.rejects(p, { code: 'ETIMEDOUT' });
+  t.match(n.events(n.chA), [{ event: 'UNREACHABLE', status: -110 }]);
+  t.equal(n.wire.filter((w) => w.msg.type === 'REQ').length, 16);
+  t.equal(a.qp!.state, 'ERR');
+  a.close();
+  await n.close();
+});
+
+t.test('connect({ timeoutMs }) gives up sooner: UNREACHABLE, ETIMEDOUT, and the peer is told (REJ 4 "timeout")', async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT);
+  const a = await activeId(n, PORT);
+  a.createQp();
+  const p = a.connect(undefined, { timeoutMs: 500 });
+  n.flush();
+  const [req] = n.events(n.chB);
+  t.equal(req?.event, 'CONNECT_REQUEST', 'the listener has it and does not answer');
+  n.sched.advance(500);
+  await t.rejects(p, { code: 'ETIMEDOUT', argument: 'timeoutMs', op: 'rdma_connect' });
+  t.match(n.events(n.chA), [{ event: 'UNREACHABLE', status: -110 }]);
+  n.flush();
+  t.match(n.wire.at(-1)?.msg, { type: 'REJ', reason: 4 });
+  t.match(n.events(n.chB), [{ event: 'REJECTED', status: 4 }], "the request's id hears of it");
+  const ac = new AbortController();
+  const a2 = await activeId(n, PORT);
+  a2.createQp();
+  const p2 = a2.connect(undefined, { signal: ac.signal });
+  ac.abort(new Error('user'));
+  await t.rejects(p2, { name: 'AbortError' });
+  a.close();
+  a2.close();
+  req!.id.close();
+  l.close();
+  await n.close();
+});
+
+t.test("lost RTU: the passive QP's first receive establishes the connection (no REP retry needed)", async (t) => {
+  const n = await connNet();
+  n.drop = (m) => m.msg.type === 'RTU';
+  const l = await listenerId(n, PORT);
+  const a = await activeId(n, PORT);
+  a.createQp();
+  const pa = a.connect();
+  n.flush();
+  const [req] = n.events(n.chB);
+  const b = req!.id;
+  b.createQp();
+  const pb = b.accept();
+  n.flush();
+  await pa;
+  t.equal(a.state, 'ESTABLISHED');
+  t.equal(b.state, 'CONNECT', 'the RTU was lost');
+  n.sched.advance(1000);
+  t.equal(b.state, 'CONNECT', 'nothing received yet');
+  const mem = Buffer.alloc(8);
+  const mb = b.qp!.pd.regMr(mem, ['LOCAL_WRITE']);
+  const ma = a.qp!.pd.regMr(Buffer.from('x'), ['LOCAL_WRITE']);
+  b.qp!.postRecv({ wrId: 1, sg: [{ mr: mb, offset: 0, length: 8 }] });
+  a.qp!.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr: ma, offset: 0, length: 1 }] });
+  n.sched.advance(100);
+  t.equal(b.state, 'ESTABLISHED');
+  t.equal((await pb)?.event, 'ESTABLISHED');
+  t.equal(n.wire.filter((w) => w.msg.type === 'REP').length, 1, 'established before the REP was resent');
+  n.sched.advance(20_000);
+  t.equal(n.wire.filter((w) => w.msg.type === 'REP').length, 1, 'and the REP retries stopped');
+  ma.close();
+  mb.close();
+  a.close();
+  b.close();
+  l.close();
+  await n.close();
+});
+
+t.test('DREQs crossing: both sides disconnect at once; each gets DISCONNECTED once and both reach TimeWait', async (t) => {
+  const n = await connNet();
+  const { a, b, l } = await connected(n);
+  const pa = a.disconnect();
+  const pb = b.disconnect();
+  n.flush();
+  t.equal((await pa).event, 'DISCONNECTED');
+  t.equal((await pb).event, 'DISCONNECTED');
+  t.same(
+    n.events(n.chA).map((e) => e.event),
+    ['DISCONNECTED'],
+  );
+  t.same(
+    n.events(n.chB).map((e) => e.event),
+    ['DISCONNECTED'],
+  );
+  t.equal(n.wire.filter((w) => w.msg.type === 'DREQ').length, 2);
+  n.sched.advance(20_000);
+  t.same(
+    n.events(n.chA).map((e) => e.event),
+    ['TIMEWAIT_EXIT'],
+  );
+  t.same(
+    n.events(n.chB).map((e) => e.event),
+    ['TIMEWAIT_EXIT'],
+  );
+  a.close();
+  b.close();
+  l.close();
+  await n.close();
+});
+
+t.test('close() on a connected id sends the DREQ; the peer gets DISCONNECTED and its QP goes to ERR', async (t) => {
+  const n = await connNet();
+  const { a, b, l } = await connected(n);
+  a.close();
+  t.equal(a.qp, null, 'the QP the id made went with it');
+  n.flush();
+  t.same(
+    n.events(n.chB).map((e) => e.event),
+    ['DISCONNECTED'],
+  );
+  t.equal(b.qp!.state, 'ERR');
+  t.same(n.events(n.chA), [], 'no event for a closed id');
+  b.close();
+  n.flush();
+  t.match(n.wire.at(-1)?.msg, { type: 'DREP' }, "b's close answers the DREQ");
+  l.close();
+  await n.close();
+});
+
+t.test('an id without a QP: CONNECT_RESPONSE with the REP, establish() sends the RTU', async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT);
+  const a = await activeId(n, PORT);
+  t.throws(() => a.connect(), { code: 'EINVAL', argument: 'qpNum' });
+  const pa = a.connect({ qpNum: 0x77 });
+  n.flush();
+  const [req] = n.events(n.chB);
+  t.equal(req?.param?.conn?.qpNum, 0x77);
+  const pb = req!.id.accept({ qpNum: 0x99 });
+  n.flush();
+  const ev = await pa;
+  t.equal(ev.event, 'CONNECT_RESPONSE');
+  t.equal(ev.param?.conn?.qpNum, 0x99);
+  t.equal(a.state, 'CONNECT');
+  a.establish();
+  t.equal(a.state, 'ESTABLISHED');
+  n.flush();
+  t.equal((await pb)?.event, 'ESTABLISHED');
+  t.throws(() => a.establish(), { code: 'EINVAL', op: 'rdma_establish' });
+  a.close();
+  req!.id.close();
+  l.close();
+  await n.close();
+});
+
+t.test('argument checks: EINVAL naming the argument and the call; calls in the wrong state', async (t) => {
+  const n = await connNet();
+  const a = await activeId(n, PORT);
+  t.throws(() => a.accept(), { code: 'EINVAL', op: 'rdma_accept', argument: 'id' });
+  a.createQp();
+  t.throws(() => a.createQp(), { code: 'EINVAL', op: 'rdma_create_qp' });
+  t.throws(() => a.connect({ privateData: Buffer.alloc(57) }), { code: 'EINVAL', op: 'rdma_connect', argument: 'privateData' });
+  t.throws(() => a.connect({ retryCount: 8 }), { code: 'EINVAL', argument: 'retryCount' });
+  t.throws(() => a.connect({ initiatorDepth: 200 }), { code: 'EINVAL', argument: 'initiatorDepth' });
+  t.equal(a.state, 'ROUTE_RESOLVED', 'a refused connect changes nothing');
+  t.doesNotThrow(() => a.connect({ privateData: Buffer.alloc(56), initiatorDepth: 0xff, responderResources: 0xff }), '56 bytes and 0xFF (device max) are fine');
+  t.throws(() => a.connect(), { code: 'EINVAL', op: 'rdma_connect', argument: 'id' });
+  const req = n.wire.find((w) => w.msg.type === 'REQ');
+  t.equal(req, undefined, 'not sent yet (the clock has not run)');
+  n.flush();
+  t.match(n.wire[0]?.msg, { type: 'REQ', initiatorDepth: n.a.attr.maxQpInitRdAtom, responderResources: n.a.attr.maxQpRdAtom });
+  const idle = (await import('../../src/cm/cm-id.js')).createId(n.chA, { device: n.a });
+  t.throws(() => idle.createQp(), { code: 'EINVAL', op: 'rdma_create_qp', argument: 'id' });
+  t.throws(() => idle.disconnect(), { code: 'EINVAL', op: 'rdma_disconnect' });
+  idle.close();
+  a.close();
+  await n.close();
+});
