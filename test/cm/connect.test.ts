@@ -392,3 +392,109 @@ t.test('argument checks: EINVAL naming the argument and the call; calls in the w
   a.close();
   await n.close();
 });
+
+t.test('UD over SIDR: connect sends SIDR_REQ, accept answers with the QP and Q_Key 0x01234567, ESTABLISHED carries an AH that works', async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT, 'UDP');
+  const a = await activeId(n, PORT, 'UDP');
+  const qa = a.createQp(null, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
+  t.equal(qa.state, 'RTS', 'a UD QP is ready at once (ucma_init_ud_qp)');
+  t.equal(qa.qkey, 0x01234567);
+  t.throws(() => a.connect({ privateData: Buffer.alloc(181) }), { code: 'EINVAL', argument: 'privateData' });
+  const pa = a.connect({ privateData: Buffer.from('ud?') });
+  n.flush();
+  t.same(n.types(), ['SIDR_REQ']);
+  const [req] = n.events(n.chB);
+  t.match(req, { event: 'CONNECT_REQUEST', listenId: l });
+  t.same(req!.param?.privateData, Buffer.from('ud?'));
+  const b = req!.id;
+  const qb = b.createQp(null, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
+  t.equal(await b.accept({ privateData: Buffer.from('ok') }), null, 'no event on the passive side of UD');
+  n.flush();
+  const ev = await pa;
+  t.equal(ev.event, 'ESTABLISHED');
+  t.same(ev.param?.privateData, Buffer.from('ok'));
+  const ud = ev.param!.ud!;
+  t.match(ud, { qpNum: qb.qpn, qkey: 0x01234567, ahAttr: { dgid: a.route.path!.dgid, sgidIndex: a.route.sgidIndex } });
+  t.ok(ud.ah, "an AH on the QP's PD");
+  const mem = Buffer.alloc(64 + 40);
+  const mb = qb.pd.regMr(mem, ['LOCAL_WRITE']);
+  qb.postRecv({ wrId: 5, sg: [{ mr: mb, offset: 0, length: mem.length }] });
+  const ma = qa.pd.regMr(Buffer.from('datagram'), ['LOCAL_WRITE']);
+  qa.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr: ma, offset: 0, length: 8 }], ud: { ah: ud.ah!, remoteQpn: ud.qpNum, remoteQkey: ud.qkey } });
+  n.sched.advance(10);
+  const wc = [new Wc()];
+  t.equal(qb.recvCq.poll(wc, 1), 1);
+  t.match(wc[0], { status: 'SUCCESS', byteLen: 48, srcQp: qa.qpn });
+  t.equal(mem.subarray(40, 48).toString(), 'datagram');
+  ma.close();
+  mb.close();
+  // A reject: the active side hears UNREACHABLE with the SIDR_REP status (2, rejected).
+  const a2 = await activeId(n, PORT, 'UDP');
+  a2.createQp();
+  const p2 = a2.connect();
+  n.flush();
+  n.events(n.chB)[0]!.id.reject();
+  n.flush();
+  await t.rejects(p2, { code: 'EHOSTUNREACH' });
+  t.match(n.events(n.chA), [{ event: 'UNREACHABLE', status: 2 }]);
+  // No listener on a port: SIDR_REP "unsupported" (1).
+  const a3 = await activeId(n, PORT + 1, 'UDP');
+  const p3 = a3.connect();
+  n.flush();
+  await t.rejects(p3, { code: 'EHOSTUNREACH' });
+  t.match(n.events(n.chA), [{ event: 'UNREACHABLE', status: 1 }]);
+  for (const id of [a, a2, a3, b, l]) id.close();
+  await n.close();
+});
+
+t.test('1,000 connections opened and closed in a loop: no growth in CM ids, agents, timers, QPs or listeners', async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT);
+  const { CmAgent } = await import('../../src/cm/ib-cm.js');
+  const agentA = CmAgent.acquire(n.a, 1),
+    agentB = CmAgent.acquire(n.b, 1);
+  let base: number[] = [];
+  const measure = (): number[] => [
+    agentA.ids.size,
+    agentB.ids.size,
+    agentB.remoteIds.size,
+    n.a.qps.size,
+    n.b.qps.size,
+    n.a.cqs.size,
+    n.b.pds.size,
+    n.sched.pendingTimers(),
+    n.chA.listenerCount('event'),
+    n.a.listenerCount('close'),
+    n.b.listenerCount('close'),
+  ];
+  for (let i = 0; i < 1000; i++) {
+    const a = await activeId(n, PORT);
+    a.createQp();
+    const pa = a.connect();
+    n.flush();
+    const b = n.events(n.chB)[0]!.id;
+    b.createQp();
+    const pb = b.accept();
+    n.flush();
+    await pa;
+    await pb;
+    if (i % 2 === 0) a.close();
+    else b.close();
+    n.flush();
+    if (i % 2 === 0) b.close();
+    else a.close();
+    n.sched.advance(20_000); // TimeWait and the close linger
+    n.events(n.chA);
+    n.events(n.chB);
+    if (i === 9) base = measure();
+  }
+  t.same(measure(), base, 'the same counts after 1,000 as after 10');
+  t.equal(agentA.ids.size, 0, 'no CM id left on either side');
+  t.equal(agentB.ids.size, 0);
+  t.equal(agentB.listeners.size, 1, 'only the listener');
+  agentA.release();
+  agentB.release();
+  l.close();
+  await n.close();
+});
