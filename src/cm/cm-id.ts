@@ -28,6 +28,7 @@ import type { Ah, Pd, Srq } from '../verbs/objects.js';
 import type { Cq } from '../verbs/cq.js';
 import type { QpCap } from '../verbs/qp-attrs.js';
 import type { TimerHandle } from '../roce/sched.js';
+import { flushAck } from '../roce/transport/responder-answers.js';
 import { getDeviceList, portsOf } from '../verbs/discovery.js';
 import { CmAgent, CMA_CM_MRA_SERVICE_TIMEOUT, type IbCmEvent, type IbCmId } from './ib-cm.js';
 import { CMA_HDR_LEN, CmaHdrError, RdmaPortSpace, decodeCmaHdr, encodeCmaHdr, serviceId, type CmaHdr } from './cma-hdr.js';
@@ -1026,7 +1027,11 @@ export class CmId implements PortOwner {
 
   #qpToErr(): void {
     const qp = this.qp;
-    if (qp !== null && !qp.closed && qp.state !== 'RESET' && qp.state !== 'ERR') qp.modify({ state: 'ERR' });
+    if (qp === null || qp.closed || qp.state === 'RESET' || qp.state === 'ERR') return;
+    // The ACK the responder is holding back (coalesced) goes out first, as Qp.close() does: rxe ACKs as it
+    // receives, so the peer's last sends are acknowledged before our DREQ tells it the connection is over.
+    if (qp.resp.ackPending) flushAck(qp);
+    qp.modify({ state: 'ERR' });
   }
 
   /** The IB CM's events for this id's connection (cma_ib_handler / cma_sidr_rep_handler). */
@@ -1079,11 +1084,17 @@ export class CmId implements PortOwner {
         return;
       case 'DREQ_RECEIVED': {
         this.#stopWatch();
-        this.#qpToErr();
-        // Both sides disconnecting at once: answer now (the DREP the peer's DREQ waits for).
-        if (this.#state === 'DISCONNECT') this.#ib?.sendDrep();
-        this.#state = 'DISCONNECT';
-        this.#disconnectedEvent(pdParam(ev.privateData));
+        const param = pdParam(ev.privateData);
+        // One turn later: the packets that came before the DREQ (the ACK of our last SEND, say) are
+        // processed by the transport before the QP goes to ERR and flushes what is still outstanding.
+        this.#device!.sched.defer(() => {
+          if (this.#state === 'DESTROYING') return;
+          this.#qpToErr();
+          // Both sides disconnecting at once: answer now (the DREP the peer's DREQ waits for).
+          if (this.#state === 'DISCONNECT' && this.#ib?.state === 'DREQ_RCVD') this.#ib.sendDrep();
+          this.#state = 'DISCONNECT';
+          this.#disconnectedEvent(param);
+        });
         return;
       }
       case 'DREP_RECEIVED':
@@ -1262,9 +1273,9 @@ export class CmId implements PortOwner {
     this.#failWaiters(new VerbsError('EBADF', 'rdma_destroy_id', 'the id was closed', 'id'));
     // cm_destroy_id: a DREQ for a live connection, a DREP for one the peer is closing, a REJ for a request.
     const hadConn = this.#ib !== null;
+    this.#qpToErr();
     this.#dropIb();
     this.#unlisten();
-    this.#qpToErr();
     this.destroyQp();
     if (this.#boundPort !== 0) portTable.release(this.ps, this.#boundPort, this);
     this.#boundPort = 0;
