@@ -95,6 +95,7 @@ const DROP_COUNTERS: readonly CounterName[] = [
   'rcvd_icrc_err',
   'rcvd_malformed',
   'rcvd_unknown_qp',
+  'rcvd_mcast_no_qp',
   'rcvd_bad_state',
   'rcvd_bad_pkey',
   'rcvd_bad_qkey',

@@ -21,7 +21,7 @@ import { EventChannel, type CmEvent, type CmEventType } from './event-channel.js
 import { AFONLY_FROM, callAllowed, CALLS, EVENT_MOVES, reuseAddrAllowed, type CmaState, type CmCall } from './cm-states.js';
 import { isAnyAddr, portTable, PORT_SPACES, type PortOwner, type PortSpace } from './port-space.js';
 import { hasPortOn, ipToGid, isLocalAddress, parseCmAddr, portWithAddress, routeHopLimit, routeSource, type CmAddr, type CmAddrInput } from './addr.js';
-import { buildPath, gidTypeOf, roceMode, type PathRecord } from './route.js';
+import { buildPath, cmPathOf, gidTypeOf, roceMode, type PathRecord } from './route.js';
 import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice } from './devices.js';
 import { randomInt } from 'node:crypto';
 import type { Ah, Pd, Srq } from '../verbs/objects.js';
@@ -34,7 +34,6 @@ import { CmAgent, CMA_CM_MRA_SERVICE_TIMEOUT, type IbCmEvent, type IbCmId } from
 import { CMA_HDR_LEN, CmaHdrError, RdmaPortSpace, decodeCmaHdr, encodeCmaHdr, serviceId, type CmaHdr } from './cma-hdr.js';
 import { CmRejReason, SidrStatus, cmAckTimeout } from './cm-defs.js';
 import {
-  cmPathOf,
   connValues,
   leaveListen,
   mtuBytes,

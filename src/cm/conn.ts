@@ -2,17 +2,14 @@
  * What rdma_cm's connection calls need besides the id's state (cm-id.ts): conn params as librdmacm checks
  * and defaults them (ucma_valid_param, ucma_copy_conn_param_to_kern), the QP attributes the CM sets at
  * RTR and RTS from a handshake (the kernel's ib_cm_init_qp_attr: cm_init_qp_rtr_attr / _rts_attr, as
- * librdmacm's ucma_modify_qp_rtr / _rts apply them), the path record in the IB CM's form, and the
- * listeners shared per (CM agent, service ID).
+ * librdmacm's ucma_modify_qp_rtr / _rts apply them), and the listeners shared per (CM agent, service ID).
  */
 import { VerbsError } from '../verbs/errors.js';
 import type { Device } from '../verbs/device.js';
 import type { QpAttrs } from '../verbs/qp.js';
 import type { Access } from '../verbs/types.js';
 import type { Mtu } from '../roce/opcode.js';
-import { gidFromString } from '../roce/gid.js';
 import type { CmAgent, CmPath, IbCmEvent, IbCmId } from './ib-cm.js';
-import type { PathRecord } from './route.js';
 import type { CmAddr } from './addr.js';
 import { CMA_USER_PRIVATE_DATA } from './cma-hdr.js';
 
@@ -121,27 +118,9 @@ export const PRIVATE_DATA_MAX = {
   reject: CMA_USER_PRIVATE_DATA.REJ,
 } as const;
 
-const MTU_ENUM: Record<Mtu, 1 | 2 | 3 | 4 | 5> = { 256: 1, 512: 2, 1024: 3, 2048: 4, 4096: 5 };
 /** IBA's MTU enum (1..5) in bytes. */
 export function mtuBytes(e: number): Mtu {
   return (256 << (Math.min(5, Math.max(1, e)) - 1)) as Mtu;
-}
-
-/** A resolved route's path record in the IB CM's form (what goes into the REQ). */
-export function cmPathOf(p: PathRecord, port: number): CmPath {
-  return {
-    port,
-    sgidIndex: p.sgidIndex,
-    sgid: gidFromString(p.sgid),
-    dgid: gidFromString(p.dgid),
-    trafficClass: p.trafficClass,
-    hopLimit: p.hopLimit,
-    flowLabel: p.flowLabel,
-    sl: p.sl,
-    mtu: MTU_ENUM[p.mtu],
-    packetLifeTime: p.packetLifeTime,
-    pkey: p.pkey,
-  };
 }
 
 /** What both sides' RTR and RTS need from the handshake. */

@@ -23,29 +23,11 @@ import type { Scheduler, TimerHandle } from '../roce/sched.js';
 import type { CmId } from './cm-id.js';
 import type { ConnInfo } from './conn.js';
 import type { Ah } from '../verbs/objects.js';
+import { RDMA_CM_EVENT_NAMES, type RdmaCmEventName } from './cm-defs.js';
 
-/** The rdma_cm event types, in librdmacm's enum order (enum rdma_cm_event_type; roce-wire.md h.3): the index is the value. */
-export const CM_EVENT_TYPES = [
-  'ADDR_RESOLVED',
-  'ADDR_ERROR',
-  'ROUTE_RESOLVED',
-  'ROUTE_ERROR',
-  'CONNECT_REQUEST',
-  'CONNECT_RESPONSE',
-  'CONNECT_ERROR',
-  'UNREACHABLE',
-  'REJECTED',
-  'ESTABLISHED',
-  'DISCONNECTED',
-  'DEVICE_REMOVAL',
-  'MULTICAST_JOIN',
-  'MULTICAST_ERROR',
-  'ADDR_CHANGE',
-  'TIMEWAIT_EXIT',
-  'ADDRINFO_RESOLVED',
-  'ADDRINFO_ERROR',
-] as const;
-export type CmEventType = (typeof CM_EVENT_TYPES)[number];
+/** The rdma_cm event types, in librdmacm's enum order (enum rdma_cm_event_type; roce-wire.md h.3): the index is the value (cm-defs.ts). */
+export const CM_EVENT_TYPES = RDMA_CM_EVENT_NAMES;
+export type CmEventType = RdmaCmEventName;
 
 /**
  * What an event carries besides its type (struct rdma_cm_event's param). `privateData` is the private

@@ -7,7 +7,7 @@ export type { CmAddr, CmAddrInput } from './addr.js';
 export { CMA_STATES, CALLS as CM_CALLS } from './cm-states.js';
 export type { CmaState } from './cm-states.js';
 export type { PortSpace } from './port-space.js';
-export { setRoceMode, roceMode, roceFlowLabel, iboeMtu, CMA_IBOE_PACKET_LIFETIME } from './route.js';
+export { setRoceMode, roceMode, iboeMtu } from './route.js';
 export type { PathRecord, RoceMode } from './route.js';
 export { cmDevices, cmDevicesClosed } from './devices.js';
 export type { IdQpOptions, WaitOptions } from './cm-id.js';

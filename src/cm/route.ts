@@ -21,26 +21,18 @@ import type { Device } from '../verbs/device.js';
 import { netdevMtu, type GidType } from '../verbs/discovery.js';
 import { VerbsError } from '../verbs/errors.js';
 import type { Mtu } from '../roce/opcode.js';
-import { gidToString } from '../roce/gid.js';
+import { gidFromString, gidToString } from '../roce/gid.js';
 import { ipToGid, type CmAddr } from './addr.js';
+import { CMA_IBOE_PACKET_LIFETIME, flowLabelFromPorts, ibMtuFromBytes, ibMtuToBytes, iboeGetMtu, tosToSl } from './cm-defs.js';
+import type { CmPath } from './ib-cm.js';
 
-/** CMA_IBOE_PACKET_LIFETIME: 18 on the lab's 6.1 kernel (its REQs carry Local ACK Timeout 19); 16 on kernels since late 2022. */
-export const CMA_IBOE_PACKET_LIFETIME = 18;
+export { CMA_IBOE_PACKET_LIFETIME };
 /** The P_Key of every RoCE path (the default partition). */
 export const ROCE_PKEY = 0xffff;
-/** The bytes iboe_get_mtu takes off the netdev MTU: GRH 40 + UDP 8 + BTH 12 + XRC ETH 4 + AtomicETH 28 + ICRC 4. */
-const IBOE_HEADER_BYTES = 96;
-const IB_MTUS: readonly Mtu[] = [4096, 2048, 1024, 512, 256];
 
-/** iboe_get_mtu: the largest IB MTU within the netdev MTU less the RoCE headers; 0 when not even 256 fits. */
+/** iboe_get_mtu in bytes (cm-defs.ts iboeGetMtu gives the IB MTU enum): 0 when not even 256 fits. */
 export function iboeMtu(netdevMtuBytes: number): Mtu | 0 {
-  const room = netdevMtuBytes - IBOE_HEADER_BYTES;
-  return IB_MTUS.find((m) => room >= m) ?? 0;
-}
-
-/** cma_get_roce_udp_flow_label for IPv4 (and IPv6 without a flow label of its own): (sport·31 + dport) & 0xFFFFF. */
-export function roceFlowLabel(sport: number, dport: number): number {
-  return (sport * 31 + dport) & 0xfffff;
+  return ibMtuToBytes(iboeGetMtu(netdevMtuBytes)) as Mtu | 0;
 }
 
 /** The path's packet life time: ACK_TIMEOUT − 1 when one was set and is not 0, else CMA_IBOE_PACKET_LIFETIME. */
@@ -87,17 +79,34 @@ export function buildPath(i: PathInput): PathRecord {
     dgid: gidToString(ipToGid(i.dst.address)),
     sgidIndex: i.sgidIndex,
     gidType: i.gidType,
-    flowLabel: roceFlowLabel(i.src.port, i.dst.port),
+    flowLabel: flowLabelFromPorts(i.src.port, i.dst.port),
     hopLimit: i.hopLimit,
     trafficClass: i.tos,
     // iboe_tos_to_sl: rt_tos2priority(tos) through the netdev's egress map, which only a VLAN or an
-    // mqprio qdisc has; on a plain netdev (and on lo) it is 0, so the SL is 0 whatever the TOS.
-    sl: 0,
+    // mqprio qdisc has (not read here); on a plain netdev (and on lo) it is 0, so the SL is 0 whatever the TOS.
+    sl: tosToSl(i.tos),
     pkey: ROCE_PKEY,
     mtu,
     packetLifeTime: packetLifeTime(i.ackTimeout),
     reversible: true,
     numbPath: 1,
+  };
+}
+
+/** The path as the IB CM engine takes it (ib-cm.ts CmPath, for REQ / REP): GIDs as bytes, the MTU as the IB enum. */
+export function cmPathOf(p: PathRecord, port: number): CmPath {
+  return {
+    port,
+    sgidIndex: p.sgidIndex,
+    sgid: gidFromString(p.sgid),
+    dgid: gidFromString(p.dgid),
+    trafficClass: p.trafficClass,
+    hopLimit: p.hopLimit,
+    flowLabel: p.flowLabel,
+    sl: p.sl,
+    mtu: ibMtuFromBytes(p.mtu) as CmPath['mtu'],
+    packetLifeTime: p.packetLifeTime,
+    pkey: p.pkey,
   };
 }
 

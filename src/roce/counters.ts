@@ -47,6 +47,9 @@ export const COUNTER_NAMES = [
   // finishAndSend); addresses a full GID table refused (verbs/gid-table.ts, once per address)
   'sent_sgid_gone',
   'gid_table_full',
+  // a packet to the multicast QPN 0xFFFFFF whose destination group has no QP attached on the port
+  // (recv.ts mcastRx; rxe drops it without a count)
+  'rcvd_mcast_no_qp',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 /** Counter name -> its index in `counts` (`port.counters.counts[Ctr.send_err]++`: an array store, no lookup by string). */

@@ -33,6 +33,10 @@ export interface DeviceAttr {
   localCaAckDelay: number;
   physPortCnt: number;
   maxMsgSize: number;
+  /** UD multicast (mcast.ts): groups, QPs per group, attachments in all */
+  maxMcastGrp: number;
+  maxMcastQpAttach: number;
+  maxTotalMcastQpAttach: number;
 }
 
 export interface PortAttr {
@@ -83,6 +87,10 @@ export const ATTR: Omit<DeviceAttr, 'nodeGuid' | 'sysImageGuid'> = {
   localCaAckDelay: 15,
   physPortCnt: 1,
   maxMsgSize: 0x80000000,
+  // rxe_param.h RXE_MAX_MCAST_GRP, RXE_MAX_MCAST_QP_ATTACH, RXE_MAX_TOT_MCAST_QP_ATTACH (enforced in mcast.ts)
+  maxMcastGrp: 8192,
+  maxMcastQpAttach: 56,
+  maxTotalMcastQpAttach: 0x70000,
 };
 
 /** The node GUID rxe derives from the netdev's MAC (EUI-64: the U/L bit flipped, FF:FE in the middle). */

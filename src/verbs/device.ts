@@ -31,6 +31,7 @@ import { hostAddressSource, wantedGids, type AddressSource } from './addr-watch.
 import type { QpState } from './qp-state.js';
 import { defaultSgid, Port, portAttr, wireLink } from './port.js';
 import { openDeviceWith, releaseLinks, releaseObjects, type OpenDeviceOptions } from './open.js';
+import { McastTable } from './mcast.js';
 
 export type AsyncEventType =
   | 'COMM_EST'
@@ -58,6 +59,8 @@ export class Device extends EventEmitter implements TransportDevice {
   readonly name: string;
   readonly sched: Scheduler;
   readonly ports: Port[] = [];
+  /** @internal the multicast groups and their QPs (mcast.ts; qp.attachMcast) */
+  readonly mcast = new McastTable(this.ports);
   readonly attr: DeviceAttr;
   readonly qps = new Map<number, Qp>();
   readonly mrByLkey = new Map<number, Mr>();
@@ -77,6 +80,10 @@ export class Device extends EventEmitter implements TransportDevice {
   /** QP1 of port `port` while open (openGsi({ port })), else null */
   gsiOn(port: number): Qp | null {
     return this.#gsis[port - 1] ?? null;
+  }
+  /** @internal the QPs attached to a multicast group (the receive path's TransportDevice.mcastQps) */
+  mcastQps(group: string): readonly Qp[] | undefined {
+    return this.mcast.qps(group);
   }
   /** every open QP1, one per port at most (teardown) */
   get gsis(): Qp[] {
@@ -156,8 +163,8 @@ export class Device extends EventEmitter implements TransportDevice {
     );
     this.unwire.push(
       wireLink(p, {
-        rx: (buf, len, srcIp, srcPort, ipIdDf) => {
-          deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf);
+        rx: (buf, len, srcIp, srcPort, ipIdDf, group) => {
+          deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf, group);
           const w = this.rxWaiter;
           if (w !== null) {
             this.rxWaiter = null;
@@ -286,6 +293,7 @@ export class Device extends EventEmitter implements TransportDevice {
 
   /** @internal qp.close */
   destroyQp(qp: Qp): void {
+    this.mcast.detachAll(qp);
     if (qp.type === 'GSI') {
       if (this.#gsis[qp.port - 1] === qp) this.#gsis[qp.port - 1] = null;
     } else this.qps.delete(qp.qpn);

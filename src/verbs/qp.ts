@@ -29,6 +29,7 @@ import { checkModify, destOf, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOpti
 import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
 import { postRecvList, postSendList } from './qp-post.js';
 import { openRoceV1 } from './port.js';
+import { mcastGid } from './mcast.js';
 
 // The attribute types moved to qp-attrs.ts; importable from here as before.
 export type { Av, CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
@@ -353,6 +354,39 @@ export class Qp implements TransportQp {
   /** Send WQEs not completed yet. */
   get outstanding(): number {
     return this.sqTail - this.sqHead;
+  }
+
+  /**
+   * ibv_attach_mcast: this UD QP receives what is sent to the multicast group `gid` (an MGID: ff00::/8,
+   * or ::ffff:224.0.0.0/4 for an IPv4 group, as rdma_cm makes it) on its port, to QPN 0xFFFFFF, Q_Key
+   * checked as for any UD receive. The port's link joins the IP group when it is the group's first QP
+   * there (mcastJoined says when the membership is in place). `lid` is ignored on RoCE (no LIDs).
+   * Attaching again is a no-op (rxe). EINVAL: not a UD QP ('qp'), not a multicast GID ('gid'); limits
+   * as rxe's: ENOMEM past max_mcast_grp groups, EINVAL past max_mcast_qp_attach QPs in a group or
+   * max_total_mcast_qp_attach in the device (mcast.ts).
+   */
+  attachMcast(gid: string | Uint8Array, lid = 0): void {
+    const g = this.mcastArgs('ibv_attach_mcast', gid, lid);
+    this.device.mcast.attach('ibv_attach_mcast', this, g);
+  }
+  /** ibv_detach_mcast: EINVAL ('gid') when the QP is not attached to the group; the group's last QP on the port leaves the IP group. */
+  detachMcast(gid: string | Uint8Array, lid = 0): void {
+    const g = this.mcastArgs('ibv_detach_mcast', gid, lid);
+    this.device.mcast.detach('ibv_detach_mcast', this, g);
+  }
+  /**
+   * Resolves once the port's link receives the group's datagrams (a UDP link's socket is bound and has
+   * joined: a few event-loop turns after attachMcast); rejects with the link's error (VerbsError).
+   */
+  async mcastJoined(gid: string | Uint8Array): Promise<void> {
+    await this.device.mcast.joined('ibv_attach_mcast', this, this.mcastArgs('ibv_attach_mcast', gid, 0));
+  }
+  /** ib_attach_mcast's checks: a live UD QP, a multicast GID, a 16-bit LID. */
+  private mcastArgs(op: string, gid: string | Uint8Array, lid: number): Uint8Array {
+    this.live(op);
+    if (this.type !== 'UD') throw new VerbsError('EINVAL', op, `QP ${this.qpn} is ${this.type}: only UD QPs join multicast groups`, 'qp');
+    if (!Number.isInteger(lid) || lid < 0 || lid > 0xffff) throw new VerbsError('EINVAL', op, `lid ${lid} is not a 16-bit LID`, 'lid');
+    return mcastGid(op, gid);
   }
 
   close(): void {

@@ -9,7 +9,7 @@ import { activeId, connNet, listenerId, type ConnNet } from './conn-helpers.js';
 import type { CmEvent } from '../../src/cm/event-channel.js';
 import type { CmId } from '../../src/cm/cm-id.js';
 import { decodeCmaHdr, serviceId, RdmaPortSpace } from '../../src/cm/cma-hdr.js';
-import { roceFlowLabel } from '../../src/cm/route.js';
+import { flowLabelFromPorts as roceFlowLabel } from '../../src/cm/cm-defs.js';
 import { flowLabelToSourcePort } from '../../src/roce/flow.js';
 import { Wc } from '../../src/verbs/types.js';
 
@@ -180,7 +180,7 @@ t.test('a malformed request (bad cma_hdr) is rejected with REJ 28 and reaches no
   const n = await connNet();
   const l = await listenerId(n, PORT);
   const { CmAgent } = await import('../../src/cm/ib-cm.js');
-  const { cmPathOf } = await import('../../src/cm/conn.js');
+  const { cmPathOf } = await import('../../src/cm/route.js');
   const a = await activeId(n, PORT);
   const agent = CmAgent.acquire(n.a, 1);
   const got: string[] = [];

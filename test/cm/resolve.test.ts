@@ -18,7 +18,8 @@ import { createEventChannel, type CmEvent } from '../../src/cm/event-channel.js'
 import { createId } from '../../src/cm/cm-id.js';
 import { cmDevices, cmDevicesClosed, setCmDeviceOpener } from '../../src/cm/devices.js';
 import { localPortRange } from '../../src/cm/port-space.js';
-import { roceFlowLabel, setRoceMode } from '../../src/cm/route.js';
+import { cmPathOf, setRoceMode } from '../../src/cm/route.js';
+import { flowLabelFromPorts } from '../../src/cm/cm-defs.js';
 import { openDevice } from '../../src/verbs/device.js';
 import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
@@ -229,6 +230,12 @@ t.test('resolveRoute: the path record as cma_resolve_iboe_route builds it', asyn
   const loMtu = Number(readFileSync('/sys/class/net/lo/mtu', 'utf8'));
   t.equal(path.mtu, loMtu - 96 >= 4096 ? 4096 : loMtu - 96 >= 2048 ? 2048 : 1024, 'iboe_get_mtu(lo MTU)');
   t.equal(path.packetLifeTime, 18, 'CMA_IBOE_PACKET_LIFETIME without ACK_TIMEOUT');
+  // What the IB CM engine takes for the REQ (ib-cm.ts CmPath): the same path, GIDs as bytes, the MTU as the IB enum.
+  const cp = cmPathOf(path, id.portNum);
+  t.same([...cp.sgid], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 57, 1]);
+  t.same([...cp.dgid.subarray(12)], [127, 0, 57, 2]);
+  t.equal(cp.mtu, path.mtu === 4096 ? 5 : path.mtu === 2048 ? 4 : 3, 'the IB MTU enum');
+  t.match(cp, { port: 1, sgidIndex: path.sgidIndex, flowLabel: 630695, trafficClass: 0x48, hopLimit: path.hopLimit, sl: 0, pkey: 0xffff, packetLifeTime: 18 });
   t.throws(() => void id.resolveRoute({ timeoutMs: 100 }), { code: 'EINVAL', op: 'rdma_resolve_route' }, 'resolved already');
   id.close();
 
@@ -246,7 +253,7 @@ t.test('resolveRoute: the path record as cma_resolve_iboe_route builds it', asyn
     t.equal(r.route.path?.trafficClass, 0, 'TOS 0 unless set');
     r.close();
   }
-  t.equal(roceFlowLabel(60000, 65535), 876959, 'the flow label wraps at 20 bits');
+  t.equal(flowLabelFromPorts(60000, 65535), 876959, 'the flow label wraps at 20 bits');
   const ud = createId(ch, { ps: 'UDP' });
   t.throws(() => ud.setOption({ ackTimeout: 14 }), { code: 'EINVAL', argument: 'ackTimeout' }, 'ACK_TIMEOUT is for RC ids');
   const rc = createId(ch);
@@ -367,7 +374,7 @@ t.test('IPv6 loopback: ::1 resolves to a device on ::1 with the GID ::1', { skip
   t.equal(id.route.sgid, '::1');
   t.equal(id.route.sgidIndex, id.verbs!.defaultSgidIndex(1));
   await id.resolveRoute({ timeoutMs: 1000 });
-  t.equal(id.route.path?.flowLabel, roceFlowLabel(id.getSrcPort(), 7471), 'IPv6 without a flow label of its own: the same formula');
+  t.equal(id.route.path?.flowLabel, flowLabelFromPorts(id.getSrcPort(), 7471), 'IPv6 without a flow label of its own: the same formula');
   t.equal(id.afOnly, false, 'an IPv6 id shares its port with IPv4 unless AFONLY (bindv6only 0)');
   id.close();
   await cmIdle();

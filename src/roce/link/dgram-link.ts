@@ -55,6 +55,7 @@ export class DgramLink extends UdpLinkBase {
         /* capped by rmem_max: fine */
       }
       link.applyNative(o);
+      link.mcastSendSock(sock);
     } catch (e) {
       // A bound socket must not outlive a failed open (native 'on' without the addon, SO_BINDTODEVICE):
       // the address would stay taken until the process exits.

@@ -25,7 +25,7 @@ export interface FaultOptions {
 export class FaultInjector extends LinkWrapper {
   private s: number;
   readonly stats = { seen: 0, dropped: 0, duplicated: 0, reordered: 0, corrupted: 0, delayed: 0 };
-  private held: Array<{ b: Buffer; ip: string; port: number; after: number; ipIdDf: number | undefined }> = [];
+  private held: Array<{ b: Buffer; ip: string; port: number; after: number; ipIdDf: number | undefined; group: string | undefined }> = [];
   private readonly o: Required<FaultOptions>;
   private readonly sched: Scheduler;
   private timers = new Set<TimerHandle>();
@@ -37,7 +37,7 @@ export class FaultInjector extends LinkWrapper {
     this.sched = sched;
   }
   override setReceiver(h: RxHandler): void {
-    this.inner.setReceiver((buf, len, ip, port, ipIdDf) => this.rx(h, buf, len, ip, port, ipIdDf));
+    this.inner.setReceiver((buf, len, ip, port, ipIdDf, group) => this.rx(h, buf, len, ip, port, ipIdDf, group));
   }
   /**
    * Cancels the delay timers and drops held packets, so nothing reaches the device after its
@@ -63,7 +63,7 @@ export class FaultInjector extends LinkWrapper {
     this.s = x;
     return x / 4294967296;
   }
-  private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number, ipIdDf?: number): void {
+  private rx(h: RxHandler, buf: Buffer, len: number, ip: string, port: number, ipIdDf?: number, group?: string): void {
     if (this.detached) return;
     this.stats.seen++;
     // Release held packets whose turn has come.
@@ -71,7 +71,7 @@ export class FaultInjector extends LinkWrapper {
       const p = this.held[i]!;
       if (--p.after <= 0) {
         this.held.splice(i, 1);
-        h(p.b, p.b.length, p.ip, p.port, p.ipIdDf);
+        h(p.b, p.b.length, p.ip, p.port, p.ipIdDf, p.group);
       } else i++;
     }
     const pct = (): number => this.rand() * 100;
@@ -90,7 +90,7 @@ export class FaultInjector extends LinkWrapper {
     }
     if (pct() < this.o.reorderPct) {
       this.stats.reordered++;
-      this.held.push({ b: Buffer.from(b.subarray(0, l)), ip, port, after: 1 + Math.floor(this.rand() * 3), ipIdDf });
+      this.held.push({ b: Buffer.from(b.subarray(0, l)), ip, port, after: 1 + Math.floor(this.rand() * 3), ipIdDf, group });
       return;
     }
     if (this.o.delayMs > 0 && pct() < this.o.delayPct) {
@@ -98,15 +98,15 @@ export class FaultInjector extends LinkWrapper {
       const copy = Buffer.from(b.subarray(0, l));
       const t = this.sched.setTimer(this.o.delayMs, () => {
         this.timers.delete(t);
-        h(copy, copy.length, ip, port, ipIdDf);
+        h(copy, copy.length, ip, port, ipIdDf, group);
       });
       this.timers.add(t);
       return;
     }
-    h(b, l, ip, port, ipIdDf);
+    h(b, l, ip, port, ipIdDf, group);
     if (pct() < this.o.dupPct) {
       this.stats.duplicated++;
-      h(b, l, ip, port, ipIdDf);
+      h(b, l, ip, port, ipIdDf, group);
     }
   }
 }

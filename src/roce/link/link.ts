@@ -23,8 +23,23 @@ function addrKey(ip: string, port: number): string {
   return `${ip.includes(':') ? Buffer.from(gidFromString(ip.split('%')[0]!)).toString('hex') : ip}:${port}`;
 }
 
-/** ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1. */
-export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number) => void;
+/**
+ * ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1.
+ * group: the multicast group the datagram was sent to, as given to joinGroup (the same string); absent for a
+ * datagram to the link's own address.
+ */
+export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number, group?: string) => void;
+
+/** Whether `ip` is a multicast address: IPv4 224.0.0.0/4, IPv6 ff00::/8 (what joinGroup takes). */
+export function isMulticastIp(ip: string): boolean {
+  if (ip.includes(':')) return /^ff[0-9a-f]{2}:/i.test(ip);
+  const first = Number.parseInt(ip, 10);
+  return first >= 224 && first <= 239;
+}
+
+/** Linux errno values a link's joinGroup / leaveGroup return negated (the CM and verbs map them). */
+export const LINK_EINVAL = 22;
+export const LINK_EOPNOTSUPP = 95;
 
 /**
  * The Dest UDP port of a RoCE v1 AV (the source GID is a RoCE v1 entry): v1 has no UDP header, so no
@@ -115,7 +130,21 @@ export interface Link extends LinkInfo {
    * was handed, with the IPv4 `id | df << 16` the ICRC check verified (for IPv4 without raw
    * receive the ID is known only then). Wrappers pass it down; the pcap recorder records it.
    */
-  rxAccepted?(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void;
+  rxAccepted?(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number, group?: string): void;
+  /**
+   * Receive the datagrams sent to multicast group `groupIp` (IPv4 224/4 in the link's family; UDP port
+   * localPort) from now on, handed to the receiver with `group` set (RxHandler). Joins are counted: the
+   * n-th join of a group needs n leaves. 0, or -errno: -EINVAL for an address that is not a multicast
+   * group of the link's family, -EOPNOTSUPP where the backend cannot. A UDP link's membership
+   * (IP_ADD_MEMBERSHIP on the port's address) takes a few event-loop turns: groupJoined says when.
+   * Sending to a group needs nothing: send() to the group address (the UDP sockets keep
+   * IP_MULTICAST_LOOP on, so the host's other members, this link included, get a copy).
+   */
+  joinGroup?(groupIp: string): number;
+  /** Undoes one joinGroup; the last leave drops the membership (IGMP leave). 0, or -EINVAL when not joined. */
+  leaveGroup?(groupIp: string): number;
+  /** Resolves with 0 once the membership of a joined group is in place (the socket bound and joined), or -errno if it failed. */
+  groupJoined?(groupIp: string): Promise<number>;
   readonly up: boolean;
   /** what the UDP backends' batching did (perftest prints it); absent on links that do not batch */
   readonly batchStats?: BatchStats | undefined;
@@ -176,8 +205,17 @@ export abstract class LinkWrapper implements Link {
   setReceiver(h: RxHandler): void {
     this.inner.setReceiver(h);
   }
-  rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
-    this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
+  rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number, group?: string): void {
+    this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf, group);
+  }
+  joinGroup(groupIp: string): number {
+    return this.inner.joinGroup !== undefined ? this.inner.joinGroup(groupIp) : -LINK_EOPNOTSUPP;
+  }
+  leaveGroup(groupIp: string): number {
+    return this.inner.leaveGroup !== undefined ? this.inner.leaveGroup(groupIp) : -LINK_EINVAL;
+  }
+  groupJoined(groupIp: string): Promise<number> {
+    return this.inner.groupJoined !== undefined ? this.inner.groupJoined(groupIp) : Promise.resolve(this.inner.joinGroup !== undefined ? 0 : -LINK_EOPNOTSUPP);
   }
   on(ev: 'drain' | 'link' | 'error' | 'late', fn: (...a: unknown[]) => void): this {
     this.inner.on(ev, fn);
@@ -250,6 +288,8 @@ export class MemNetwork {
     const copy = Buffer.from(bytes);
     this.sched.defer(() => dst?.receive(copy, copy.length, srcIp, srcPort));
   }
+  /** multicast group (addrKey of group:port) -> the links that joined it, with their join counts */
+  readonly groups = new Map<string, Map<MemLink, number>>();
   attach(ip: string, port = 4791): MemLink {
     const l = new MemLink(this, ip, port);
     this.links.set(addrKey(ip, port), l);
@@ -297,7 +337,62 @@ export class MemLink extends EventEmitter implements Link {
   sourcePort(want: number): number {
     return want;
   }
+  /** A joined group's key -> the group string as joined (what the receiver is handed). */
+  private readonly joined = new Map<string, string>();
+  joinGroup(groupIp: string): number {
+    if (!isMulticastIp(groupIp) || groupIp.includes(':') !== (this.family === 6)) return -LINK_EINVAL;
+    const key = addrKey(groupIp, this.localPort);
+    let members = this.net.groups.get(key);
+    if (members === undefined) this.net.groups.set(key, (members = new Map<MemLink, number>()));
+    members.set(this, (members.get(this) ?? 0) + 1);
+    if (!this.joined.has(key)) this.joined.set(key, groupIp);
+    return 0;
+  }
+  leaveGroup(groupIp: string): number {
+    const key = addrKey(groupIp, this.localPort);
+    const members = this.net.groups.get(key);
+    const n = members?.get(this);
+    if (members === undefined || n === undefined) return -LINK_EINVAL;
+    if (n > 1) members.set(this, n - 1);
+    else {
+      members.delete(this);
+      this.joined.delete(key);
+      if (members.size === 0) this.net.groups.delete(key);
+    }
+    return 0;
+  }
+  groupJoined(groupIp: string): Promise<number> {
+    return Promise.resolve(this.joined.has(addrKey(groupIp, this.localPort)) ? 0 : -LINK_EINVAL);
+  }
+  /**
+   * A datagram to a group: a copy to every link that joined it, the sender's own included (as a UDP
+   * socket with IP_MULTICAST_LOOP on hands the host's members theirs), each told which group.
+   */
+  private sendGroup(buf: Buffer, len: number, dstIp: string, dstPort: number, srcPort: number): void {
+    const key = addrKey(dstIp, dstPort);
+    const copy = Buffer.from(buf.subarray(0, len));
+    const deliver = (): void => {
+      const members = this.net.groups.get(key);
+      if (members === undefined || !this.up) return;
+      for (const m of [...members.keys()]) {
+        const pass = this.net.filter ? this.net.filter(copy, this.localIp, dstIp, srcPort, dstPort) : true;
+        const group = m.joined.get(key);
+        if (pass && m.up && m.rx && group !== undefined) m.rx(Buffer.from(copy), len, this.localIp, srcPort, undefined, group);
+      }
+    };
+    this.net.sched.defer(() => {
+      const wasEmpty = this.pool.available === 0;
+      this.pool.release(buf);
+      if (wasEmpty) this.emit('drain');
+    });
+    if (this.net.latencyMs > 0) this.net.sched.setTimer(this.net.latencyMs, deliver);
+    else this.net.sched.defer(deliver);
+  }
   send(buf: Buffer, len: number, dstIp: string, dstPort: number, _tos?: number, srcPort = this.localPort): void {
+    if (isMulticastIp(dstIp)) {
+      this.sendGroup(buf, len, dstIp, dstPort, srcPort);
+      return;
+    }
     const dst = this.net.links.get(addrKey(dstIp, dstPort));
     const deliver = (b: Buffer): void => {
       const pass = this.net.filter ? this.net.filter(b.subarray(0, len), this.localIp, dstIp, srcPort, dstPort) : true;
@@ -333,6 +428,12 @@ export class MemLink extends EventEmitter implements Link {
     // Only our own entry: a new link may already have taken the address.
     const key = addrKey(this.localIp, this.localPort);
     if (this.net.links.get(key) === this) this.net.links.delete(key);
+    for (const k of this.joined.keys()) {
+      const members = this.net.groups.get(k);
+      members?.delete(this);
+      if (members?.size === 0) this.net.groups.delete(k);
+    }
+    this.joined.clear();
     this.rx = null;
     this.pool.dispose();
   }

@@ -53,6 +53,7 @@ export class NativeLink extends UdpLinkBase {
     const link = new NativeLink(o);
     link.localPort = n.localPort!(fd);
     link.mcaps.ipv4IdZero = true;
+    link.mcastSendFd(fd);
     if (o.netdev) link.mcaps.boundNetdev = o.netdev;
     link.batchOn(n, fd, process.env['SOFTROCE_GSO'] !== '0');
     const slots = 32,

@@ -65,10 +65,11 @@ export class PcapRecorder extends LinkWrapper {
     this.inner.send(buf, len, dstIp, dstPort, tos, srcPort);
   }
   /** ipIdDf: `id | df << 16` as the receiver's ICRC check verified it */
-  override rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number): void {
+  override rxAccepted(buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf: number, group?: string): void {
+    // A datagram to a joined multicast group is recorded with the group as its destination (the ICRC covers it).
     if (!this.closing && srcPort !== ROCEV1_PORT)
-      this.record(buf, len, srcIp, srcPort, this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
-    this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf);
+      this.record(buf, len, srcIp, srcPort, group ?? this.inner.localIp, this.inner.localPort, ipIdDf & 0xffff, ipIdDf >>> 16);
+    this.inner.rxAccepted?.(buf, len, srcIp, srcPort, ipIdDf, group);
   }
   private record(buf: Buffer, len: number, src: string, sport: number, dst: string, dport: number, id: number, df: number): void {
     const h = this.hdr;

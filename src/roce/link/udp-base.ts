@@ -10,8 +10,8 @@ import { EventEmitter } from 'node:events';
 import * as dgram from 'node:dgram';
 import { closeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { TxPool, type BatchStats, type Link, type LinkBackend, type LinkCaps, type RxHandler } from './link.js';
-import type { NativeAddon } from '../../native.js';
+import { TxPool, isMulticastIp, type BatchStats, type Link, type LinkBackend, type LinkCaps, type RxHandler } from './link.js';
+import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { icrcIdDelta } from '../icrc.js';
 
@@ -68,6 +68,27 @@ export interface TxSocketStats {
   evicted: number;
   fallbacks: number;
   bindErrors: number;
+}
+
+/**
+ * Linux's IPv4 multicast socket options (linux/in.h), not among the addon's constants: set through
+ * its setIntSockopt where the addon is built.
+ */
+export const IP_MULTICAST_TTL = 33;
+export const IP_MULTICAST_ALL = 49;
+/**
+ * The TTL of what a link sends to an IPv4 group: 64, the hop limit rdma_cm gives a RoCEv2 IPv4 group
+ * (cma_iboe_join_multicast: IPV6_DEFAULT_HOPLIMIT), which rxe puts in the IP header. Linux's default
+ * for a socket's multicast is 1. Per socket, not per AH (the AH's hop limit is not applied).
+ */
+export const MCAST_TTL = 64;
+
+/** A joined multicast group: its receive socket (Node's, bound to group:localPort with SO_REUSEADDR). */
+interface GroupSocket {
+  readonly sock: dgram.Socket;
+  refs: number;
+  /** 0 once bound and joined, or -errno */
+  readonly ready: Promise<number>;
 }
 
 /** Default bound on a link's flow-port send sockets (file descriptors). */
@@ -203,6 +224,99 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   setReceiver(h: RxHandler): void {
     this.rx = h;
   }
+
+  private readonly groups = new Map<string, GroupSocket>();
+
+  /**
+   * Link.joinGroup for IPv4: a socket of Node's bound to group:localPort (SO_REUSEADDR, so several
+   * devices of the host can each have theirs) that joins the group on the port's address
+   * (IP_ADD_MEMBERSHIP with imr_interface = localIp: the IGMP report leaves by that interface). Its
+   * datagrams go to the receiver like the unicast socket's, with `group` set. With the addon the socket
+   * also gets IP_MULTICAST_ALL off (else Linux hands it the group's datagrams that arrived on any
+   * interface where anyone on the host joined the group) and the port's netdev (SO_BINDTODEVICE) when
+   * the link has one. IPv6 groups: -EOPNOTSUPP (rdma_cm has no RoCEv2 IPv6 multicast either).
+   */
+  joinGroup(groupIp: string): number {
+    if (this.closed) return -osConstants.errno.EBADF;
+    if (!isMulticastIp(groupIp) || groupIp.includes(':') !== (this.family === 6)) return -osConstants.errno.EINVAL;
+    const had = this.groups.get(groupIp);
+    if (had !== undefined) {
+      had.refs++;
+      return 0;
+    }
+    if (this.family === 6) return -osConstants.errno.EOPNOTSUPP;
+    const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    const ready = new Promise<number>((resolve) => {
+      const fail = (e: NodeJS.ErrnoException): void => {
+        const code = e.code !== undefined ? osConstants.errno[e.code as keyof typeof osConstants.errno] : undefined;
+        resolve(-(code ?? osConstants.errno.EINVAL));
+        if (this.groups.get(groupIp)?.sock === sock) this.groups.delete(groupIp);
+        try {
+          sock.close();
+        } catch {
+          /* never bound */
+        }
+      };
+      sock.once('error', fail);
+      sock.bind({ address: groupIp, port: this.localPort }, () => {
+        try {
+          const n = loadNative();
+          const fd = n !== null ? dgramFd(sock) : -1;
+          if (n !== null && fd >= 0) {
+            n.setIntSockopt(fd, n.constants['IPPROTO_IP']!, IP_MULTICAST_ALL, 0);
+            if (this.netdev !== '') n.bindToDevice(fd, this.netdev);
+          }
+          sock.addMembership(groupIp, this.localIp);
+          sock.off('error', fail);
+          sock.on('error', () => {
+            /* a receive socket's late error: its datagrams are lost, as UDP loses them */
+          });
+          resolve(0);
+        } catch (e) {
+          fail(e as NodeJS.ErrnoException);
+        }
+      });
+    });
+    sock.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) => {
+      if (this.rx !== null && this.up) this.rx(msg, msg.length, rinfo.address, rinfo.port, -1, groupIp);
+    });
+    this.groups.set(groupIp, { sock, refs: 1, ready });
+    return 0;
+  }
+
+  leaveGroup(groupIp: string): number {
+    const g = this.groups.get(groupIp);
+    if (g === undefined) return -osConstants.errno.EINVAL;
+    if (--g.refs > 0) return 0;
+    this.groups.delete(groupIp);
+    closeGroupSocket(g.sock);
+    return 0;
+  }
+
+  groupJoined(groupIp: string): Promise<number> {
+    return this.groups.get(groupIp)?.ready ?? Promise.resolve(-osConstants.errno.EINVAL);
+  }
+
+  /** close(): every group socket goes (closing a socket drops its memberships: IGMP leave). */
+  protected closeGroups(): void {
+    for (const g of this.groups.values()) closeGroupSocket(g.sock);
+    this.groups.clear();
+  }
+
+  /** Multicast sends from the addon's socket `fd` leave with MCAST_TTL (IP_MULTICAST_LOOP is on by default). */
+  protected mcastSendFd(fd: number): void {
+    const n = this.native ?? loadNative();
+    if (n !== null && this.family === 4) n.setIntSockopt(fd, n.constants['IPPROTO_IP']!, IP_MULTICAST_TTL, MCAST_TTL);
+  }
+  /** The same for a socket of Node's (bound): TTL, and the port's address as the multicast interface. */
+  protected mcastSendSock(sock: dgram.Socket): void {
+    try {
+      sock.setMulticastTTL(MCAST_TTL);
+      if (this.family === 4) sock.setMulticastInterface(this.localIp);
+    } catch {
+      /* not bound any more */
+    }
+  }
   /** The open send socket of flow port `sport`, or null (localPort's own socket is not in the pool). */
   protected txSocket(sport: number): TxSocket | null {
     const e = this.txs.get(sport);
@@ -268,6 +382,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     if (n !== null && n.udpOpenTx4 !== undefined && this.family === 4) {
       const fd = n.udpOpenTx4(parseIpv4(this.localIp), port, this.socketBufferBytes, this.netdev);
       if (fd < 0) return null;
+      this.mcastSendFd(fd);
       return { port, fd, sock: null, ready: true, lastTurn: this.turn, inflight: 0 };
     }
     // Node's socket binds asynchronously but queues what is sent meanwhile and sends it once bound,
@@ -292,6 +407,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
       } catch {
         /* capped by wmem_max: fine */
       }
+      this.mcastSendSock(sock);
       if (!failed) this.txSocketBound(sock);
     });
     return e;
@@ -459,6 +575,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   protected releaseQueues(): void {
     this.closed = true;
     this.closeTxSockets();
+    this.closeGroups();
     this.rx = null;
     this.pool.dispose();
     for (let k = 0; k < this.qBuf.length; k++) this.qBuf[k] = undefined as unknown as Buffer;
@@ -471,6 +588,15 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   }
 
   abstract close(): Promise<void>;
+}
+
+function closeGroupSocket(sock: dgram.Socket): void {
+  sock.removeAllListeners('message');
+  try {
+    sock.close();
+  } catch {
+    /* never bound, or closed */
+  }
 }
 
 /** XORs `delta` into the little-endian ICRC that ends a packet of `len` bytes. */

@@ -13,7 +13,7 @@ import { BthView } from '../wire/bth.js';
 import { Ctr } from '../counters.js';
 import { gidFromString, parseIpv4 } from '../gid.js';
 import { onRequest } from './responder.js';
-import { IPID_ROCEV1 } from './responder-answers.js';
+import { IPID_ROCEV1, setRxDestination } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
 import { RX_ICRC_VERIFIED } from '../link/link.js';
@@ -34,6 +34,29 @@ function v6(s: string): Uint8Array {
   return b;
 }
 
+/** A multicast group as the link names it (RxHandler's `group`): its IPv4 number and its address bytes (4 or 16). */
+interface GroupAddr {
+  readonly num: number;
+  readonly bytes: Uint8Array;
+}
+const groupCache = new Map<string, GroupAddr>();
+function groupAddr(g: string): GroupAddr {
+  let a = groupCache.get(g);
+  if (a === undefined) {
+    if (g.includes(':')) a = { num: 0, bytes: v6(g) };
+    else {
+      const n = parseIpv4(g);
+      a = { num: n, bytes: Uint8Array.of(n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff) };
+    }
+    if (groupCache.size > 4096) groupCache.clear();
+    groupCache.set(g, a);
+  }
+  return a;
+}
+
+/** The multicast QPN (IBA 9.2.3.1 / rxe IB_MULTICAST_QPN): a packet to it goes to the QPs attached to its destination group. */
+export const MULTICAST_QPN = 0xffffff;
+
 /** QP type ↔ opcode transport (the opcode table's transport of the opcode: RC, UC, UD; never RD or CNP). */
 function transportOk(type: string, opcode: number): boolean {
   return OPCODE_TRANSPORT[opcode] === qpTransportPrefix(type);
@@ -47,8 +70,12 @@ const windows = new WeakMap<object, Ipv4IdWindow>();
 let lastWinPort: object | null = null,
   lastWin: Ipv4IdWindow | undefined;
 
-/** ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. */
-export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1): void {
+/**
+ * ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. group: the
+ * multicast group it was sent to (a group the link joined), absent for the port's own address: the
+ * ICRC covers the destination address, and a packet to QPN 0xFFFFFF is delivered by it.
+ */
+export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf = -1, group?: string): void {
   const counts = port.counters.counts;
   counts[Ctr.rcvd_pkts]!++;
   if (dev.closed) return;
@@ -59,6 +86,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   let ipId = 0,
     df = 1;
   let srcBytes: Uint8Array;
+  const dst = group === undefined ? null : groupAddr(group);
   if (ipIdDf === RX_ICRC_VERIFIED) {
     // RoCEv1 (link/rocev1-link.ts): the link checked the ICRC over the GRH, which has no IPv4 ID or
     // UDP port; srcIp is the source GID as an address (IPv4 when IPv4-mapped).
@@ -92,7 +120,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     }
     lastWinPort = port;
     lastWin = win;
-    const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, dst !== null ? dst.num : port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (r < 0) {
       counts[Ctr.rcvd_icrc_err]!++;
       return;
@@ -106,13 +134,13 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     srcBytes = v4bytes;
   } else {
     srcBytes = v6(srcIp);
-    const c = icrcV2Ipv6Parts(srcBytes, port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    const c = icrcV2Ipv6Parts(srcBytes, dst !== null ? dst.bytes : port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
     if (c !== readIcrc(buf, info.icrcOff)) {
       counts[Ctr.rcvd_icrc_err]!++;
       return;
     }
   }
-  port.link.rxAccepted?.(buf, len, srcIp, srcPort, ipId | (df << 16));
+  port.link.rxAccepted?.(buf, len, srcIp, srcPort, ipId | (df << 16), group);
   // P_Key: our table has the default partition only; the membership bit is not compared (rxe check_keys).
   const bth = rxBth.bind(buf, info.bthOff);
   if ((bth.pkey & 0x7fff) !== 0x7fff) {
@@ -120,10 +148,13 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     return;
   }
   const qpn = bth.destQp;
+  if (qpn === MULTICAST_QPN) {
+    mcastRx(dev, port, group, dst, srcIp, srcPort, ipIdDf === RX_ICRC_VERIFIED ? IPID_ROCEV1 : ipId, srcBytes);
+    return;
+  }
   // QP1 (GSI) is per port: a MAD goes to the QP1 of the port it arrived on (IBA 13.4.6.1), so the
-  // lookup takes the port; no other QP gets a QPN below 0x11 (device.createQpFor). QP0 (SMI) does not exist on RoCE and
-  // 0xFFFFFF is the multicast QPN, which softroce does not join.
-  const qp = qpn === 1 ? dev.gsiOn(port.num) : qpn === 0 || qpn === 0xffffff ? null : dev.qps.get(qpn);
+  // lookup takes the port; no other QP gets a QPN below 0x11 (device.createQpFor). QP0 (SMI) does not exist on RoCE.
+  const qp = qpn === 1 ? dev.gsiOn(port.num) : qpn === 0 ? null : dev.qps.get(qpn);
   if (!qp || qp.closed) {
     counts[Ctr.rcvd_unknown_qp]!++;
     return;
@@ -152,6 +183,54 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     counts[Ctr.rcvd_internal_err]!++;
     qpFatal(qp);
   }
+}
+
+/**
+ * A packet to the multicast QPN (rxe_rcv_mcast_pkt): the group is the datagram's destination (for
+ * RoCEv2 over IPv4 the MGID is ::ffff:<group>); every QP attached to it on this port gets the packet,
+ * each checked on its own (type, state, then the Q_Key in the responder's GET_REQ) and a failure of one
+ * does not stop the others. A QP attached on the sending device gets its copy too (rxe skips no QP: the
+ * sender's own copy comes back through the IP stack's multicast loopback). A datagram that was not sent
+ * to a joined group (a unicast one to QPN 0xFFFFFF, a RoCEv1 one) or whose group has no QP on this port
+ * is dropped: rcvd_mcast_no_qp (rxe drops it uncounted).
+ */
+function mcastRx(
+  dev: Device,
+  port: Port,
+  group: string | undefined,
+  dst: GroupAddr | null,
+  srcIp: string,
+  srcPort: number,
+  ipId: number,
+  srcBytes: Uint8Array,
+): void {
+  const counts = port.counters.counts;
+  // The device replaces the array on attach and detach: a completion handler that detaches a QP
+  // during this loop does not disturb it.
+  const qps = group === undefined ? undefined : dev.mcastQps(group);
+  let delivered = 0;
+  if (qps !== undefined && dst !== null) {
+    setRxDestination(dst.bytes);
+    try {
+      for (const qp of qps) {
+        if (qp.closed || qp.port !== port.num) continue;
+        delivered++;
+        if (!transportOk(qp.type, info.opcode) || (info.mask & Op.REQ) === 0) {
+          counts[Ctr.rcvd_bad_opcode]!++;
+          continue;
+        }
+        try {
+          onRequest(qp, info, srcIp, srcPort, ipId, srcBytes);
+        } catch {
+          counts[Ctr.rcvd_internal_err]!++;
+          qpFatal(qp);
+        }
+      }
+    } finally {
+      setRxDestination(null);
+    }
+  }
+  if (delivered === 0) counts[Ctr.rcvd_mcast_no_qp]!++;
 }
 
 /** Whether a source address (4 bytes IPv4, 16 bytes IPv6) is the RoCEv2 GID `gid` stands for. */

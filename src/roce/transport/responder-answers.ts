@@ -164,6 +164,16 @@ export function recvFailed(qp: Qp, wqe: RecvWqe, status: number, psn: number, by
 }
 
 const grh = Buffer.alloc(40);
+/**
+ * The destination of the datagram being received when it is not the port's own address (a multicast
+ * group: 4 bytes IPv4, 16 IPv6), set by the receive path around its delivery to each attached QP; the
+ * UD GRH carries it as the DGID, as rxe's copy of the IP header does. null: the port's address.
+ */
+let rxDst: Uint8Array | null = null;
+/** recv.ts: the datagram now delivered was sent to `dst` (null: to the port's address). */
+export function setRxDestination(dst: Uint8Array | null): void {
+  rxDst = dst;
+}
 /** The ipId the receive path gives a request that came as RoCEv1 (link/rocev1-link.ts): no IP header, a GRH. */
 export const IPID_ROCEV1 = -1;
 /**
@@ -180,7 +190,7 @@ export function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8A
     grh[6] = 0x1b;
     grh[7] = 64;
     putGid(srcBytes, 8);
-    putGid(p.addrBytes, 24);
+    putGid(rxDst ?? p.addrBytes, 24);
   } else if (p.link.family === 4) {
     const h = 20;
     grh[h] = 0x45;
@@ -190,7 +200,7 @@ export function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8A
     grh[h + 8] = 64; // the socket does not show the TTL
     grh[h + 9] = 17;
     grh.set(srcBytes.subarray(0, 4), h + 12);
-    grh.set(p.addrBytes, h + 16);
+    grh.set(rxDst ?? p.addrBytes, h + 16);
     grh.writeUInt16BE(ipv4HeaderChecksum(grh, h), h + 10);
   } else {
     grh[0] = 0x60;
@@ -198,7 +208,7 @@ export function udGrh(qp: Qp, payloadLen: number, ipId: number, srcBytes: Uint8A
     grh[6] = 17;
     grh[7] = 64;
     grh.set(srcBytes, 8);
-    grh.set(p.addrBytes, 24);
+    grh.set(rxDst ?? p.addrBytes, 24);
   }
   return grh;
 }

@@ -49,6 +49,12 @@ export interface TransportDevice {
   readonly qps: { get(qpn: number): TransportQp | undefined; values(): Iterable<TransportQp> };
   /** QP1 (the GSI QP) of port `port` while open, else null: a port has its own (IBA 13.4.6.1) */
   gsiOn(port: number): TransportQp | null;
+  /**
+   * The QPs attached to the multicast group `group` (ibv_attach_mcast), in attach order, or undefined when
+   * none is: `group` is the address as the link reports it (RxHandler's `group`: for an IPv4-mapped MGID
+   * the dotted IPv4 group, else the MGID as an IPv6 string). A packet to QPN 0xFFFFFF goes to each.
+   */
+  mcastQps(group: string): readonly TransportQp[] | undefined;
   readonly mrByRkey: KeyResolver;
   /** schedule the requester of `qp` (engine.ts) */
   kick(qp: TransportQp, soon?: boolean): void;
