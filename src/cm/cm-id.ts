@@ -24,6 +24,7 @@ import { hasPortOn, ipToGid, isLocalAddress, parseCmAddr, portWithAddress, route
 import { buildPath, cmPathOf, gidTypeOf, roceMode, type PathRecord } from './route.js';
 import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice } from './devices.js';
 import { randomInt } from 'node:crypto';
+import { isIP } from 'node:net';
 import type { Ah, Pd, Srq } from '../verbs/objects.js';
 import type { Cq } from '../verbs/cq.js';
 import type { QpCap } from '../verbs/qp-attrs.js';
@@ -189,6 +190,8 @@ export class CmId implements PortOwner {
   #waiters: Waiter[] = [];
   #watch: TimerHandle | null = null;
   #disconnected: CmEvent | null = null;
+  /** the multicast groups joined (rdma_join_multicast), by group address */
+  readonly #mcast = new Map<string, { mgid: string; attached: boolean }>();
 
   /** @internal createId */
   constructor(channel: EventChannel, ps: PortSpace, qpType: 'RC' | 'UD', context: unknown, device: Device | null) {
@@ -659,6 +662,10 @@ export class CmId implements PortOwner {
   destroyQp(): void {
     const qp = this.qp;
     this.qp = null;
+    for (const [addr, e] of this.#mcast) {
+      if (e.attached && qp !== null && !qp.closed) qp.detachMcast(e.mgid);
+      this.#mcast.delete(addr);
+    }
     if (qp !== null && !qp.closed) qp.close();
     for (const c of this.#ownCqs) if (!c.closed) c.close();
     this.#ownCqs = [];
@@ -1233,6 +1240,76 @@ export class CmId implements PortOwner {
       /* the event says it too */
     });
     return p;
+  }
+
+  /**
+   * rdma_join_multicast on RoCE (cma_iboe_join_multicast): a UD id (UDP port space) bound or resolved
+   * joins the IP multicast group `address` (IPv4 224.0.0.0/4): the MGID is ::ffff:<group>, the id's QP
+   * (when it has one) is attached to it (ibv_attach_mcast: the port's link joins the IP group, the kernel
+   * sends the IGMP report), and MULTICAST_JOIN follows once the membership is in place, its `param.ud`
+   * carrying QPN 0xFFFFFF, Q_Key 0x01234567, the AH attributes and an AH to send to the group with, and
+   * `param.context` the `context` given here. A failure is MULTICAST_ERROR with -errno. EINVAL for a TCP
+   * id, an address that is not a multicast group, or a group joined already; EADDRNOTAVAIL for an IPv6 group
+   * (the UDP links join IPv4 groups only).
+   */
+  joinMulticast(address: string, o: { context?: unknown } = {}): Promise<CmEvent> {
+    const op = CALLS.joinMulticast.op;
+    this.#check('joinMulticast');
+    if (this.qpType !== 'UD') throw new VerbsError('EINVAL', op, `multicast is for UD ids (ps 'UDP'), not ${this.ps}`, 'id');
+    if (typeof address !== 'string' || isIP(address) === 0) throw new VerbsError('EINVAL', op, 'address must be an IP address', 'address');
+    if (isIP(address) === 6) throw new VerbsError('EADDRNOTAVAIL', op, 'IPv6 multicast groups are not supported on RoCE links here', 'address');
+    if (Number(address.split('.')[0]) >>> 4 !== 0xe) throw new VerbsError('EINVAL', op, `${address} is not a multicast group (224.0.0.0/4)`, 'address');
+    if (this.#mcast.has(address)) throw new VerbsError('EADDRINUSE', op, `${address} is joined already`, 'address');
+    const dev = this.#device;
+    if (dev === null) throw new VerbsError('EINVAL', op, 'the id has no device yet', 'id');
+    const mgid = gidToString(ipToGid(address));
+    const qp = this.qp;
+    const entry = { mgid, attached: false };
+    this.#mcast.set(address, entry);
+    const fail = (e: unknown): CmEvent => {
+      this.#mcast.delete(address);
+      const err = e instanceof VerbsError ? e : new VerbsError('EINVAL', op, String(e), 'address');
+      return this.#emit('MULTICAST_ERROR', -err.errno, { context: o.context });
+    };
+    const p = (async (): Promise<CmEvent> => {
+      try {
+        if (qp !== null) {
+          qp.attachMcast(mgid);
+          entry.attached = true;
+          await qp.mcastJoined(mgid);
+        }
+      } catch (e) {
+        if (entry.attached && qp !== null && !qp.closed) qp.detachMcast(mgid);
+        throw fail(e);
+      }
+      if (this.#mcast.get(address) !== entry || this.#state === 'DESTROYING') throw new VerbsError('EBADF', op, 'left or closed meanwhile', 'id');
+      const sgidIndex = this.#sgidIndex ?? dev.defaultSgidIndex(this.#portNum);
+      // cma_iboe_join_multicast: the route's hop limit (64 on RoCE v2), traffic class = the id's TOS.
+      const ahAttr = { dgid: mgid, sgidIndex, hopLimit: 64, trafficClass: this.#tos ?? 0, flowLabel: 0, port: this.#portNum };
+      let ah: Ah | null = null;
+      try {
+        ah = this.#pdForAh()?.createAh({ gid: mgid, port: this.#portNum, sgidIndex, hopLimit: 64, trafficClass: ahAttr.trafficClass }) ?? null;
+        if (ah !== null) this.#ahs.push(ah);
+      } catch {
+        ah = null;
+      }
+      return this.#emit('MULTICAST_JOIN', 0, { ud: { qpNum: 0xffffff, qkey: RDMA_UDP_QKEY, ahAttr, ah }, context: o.context });
+    })();
+    p.catch(() => {
+      /* the event says it too */
+    });
+    return p;
+  }
+
+  /** rdma_leave_multicast: the QP is detached (the link leaves the IP group with its last QP); EINVAL when not joined. */
+  leaveMulticast(address: string): void {
+    const op = CALLS.leaveMulticast.op;
+    this.#check('leaveMulticast');
+    const e = this.#mcast.get(address);
+    if (e === undefined) throw new VerbsError('EINVAL', op, `${String(address)} is not joined`, 'address');
+    this.#mcast.delete(address);
+    const qp = this.qp;
+    if (e.attached && qp !== null && !qp.closed) qp.detachMcast(e.mgid);
   }
 
   /** The device closed under the id (rdma_cm's cma_process_remove): work in flight is cancelled, DEVICE_REMOVAL comes. */

@@ -84,6 +84,25 @@ export const CALLS = {
   // rdma_disconnect: a connection being made, up, or already going down (cma.c checks no state; the
   // IB CM refuses what its own state does not allow).
   disconnect: { op: 'rdma_disconnect', from: ['CONNECT', 'ESTABLISHED', 'DISCONNECT'], to: 'DISCONNECT' },
+  // rdma_join_multicast: cma_comp(ADDR_BOUND) || cma_comp(ADDR_RESOLVED); rdma_leave_multicast in any live state.
+  joinMulticast: { op: 'rdma_join_multicast', from: ['ADDR_BOUND', 'ADDR_RESOLVED'], to: null },
+  leaveMulticast: {
+    op: 'rdma_leave_multicast',
+    from: [
+      'IDLE',
+      'ADDR_QUERY',
+      'ADDR_RESOLVED',
+      'ROUTE_QUERY',
+      'ROUTE_RESOLVED',
+      'CONNECT',
+      'DISCONNECT',
+      'ADDR_BOUND',
+      'LISTEN',
+      'DEVICE_REMOVAL',
+      'ESTABLISHED',
+    ],
+    to: null,
+  },
 } as const satisfies Record<string, CallRow>;
 export type CmCall = keyof typeof CALLS;
 

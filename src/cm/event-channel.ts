@@ -49,6 +49,8 @@ export interface CmEventParam {
   readonly conn?: ConnInfo;
   /** ESTABLISHED of a UD id (SIDR_REP received), CONNECT_REQUEST of a UD listener: where to send */
   readonly ud?: UdParam;
+  /** MULTICAST_JOIN / MULTICAST_ERROR: the context given to joinMulticast (librdmacm's private_data pointer) */
+  readonly context?: unknown;
 }
 
 /** struct rdma_ud_param: the peer's QP and Q_Key, the address handle attributes, and an Ah made for them (the id's PD; closed with the id). */

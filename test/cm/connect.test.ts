@@ -498,3 +498,54 @@ t.test('1,000 connections opened and closed in a loop: no growth in CM ids, agen
   l.close();
   await n.close();
 });
+
+t.test(
+  'joinMulticast: UD ids join 239.19.59.1 (MGID ::ffff:239.19.59.1); MULTICAST_JOIN carries an AH to the group; a datagram to it reaches the other member; leave detaches',
+  async (t) => {
+    const n = await connNet();
+    const { createId } = await import('../../src/cm/cm-id.js');
+    const ida = createId(n.chA, { device: n.a, ps: 'UDP' });
+    const idb = createId(n.chB, { device: n.b, ps: 'UDP' });
+    await ida.bind({ address: n.ipA, port: 0 });
+    await idb.bind({ address: n.ipB, port: 0 });
+    const qa = ida.createQp(null, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
+    const qb = idb.createQp(null, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
+    const tcp = createId(n.chA, { device: n.a });
+    await tcp.bind({ address: n.ipA, port: 0 });
+    t.throws(() => tcp.joinMulticast('239.19.59.1'), { code: 'EINVAL', op: 'rdma_join_multicast', argument: 'id' });
+    t.throws(() => ida.joinMulticast('10.1.2.3'), { code: 'EINVAL', argument: 'address' });
+    const ja = ida.joinMulticast('239.19.59.1', { context: 'ctx-a' });
+    const jb = idb.joinMulticast('239.19.59.1');
+    t.throws(() => ida.joinMulticast('239.19.59.1'), { code: 'EADDRINUSE', argument: 'address' });
+    n.flush();
+    const [eva, evb] = await Promise.all([ja, jb]);
+    t.match(eva, {
+      event: 'MULTICAST_JOIN',
+      status: 0,
+      param: { context: 'ctx-a', ud: { qpNum: 0xffffff, qkey: 0x01234567, ahAttr: { dgid: '::ffff:239.19.59.1' } } },
+    });
+    t.match(n.events(n.chA), [{ event: 'MULTICAST_JOIN' }]);
+    t.ok(evb.param?.ud?.ah);
+    const mem = Buffer.alloc(40 + 16);
+    const mb = qb.pd.regMr(mem, ['LOCAL_WRITE']);
+    qb.postRecv({ wrId: 1, sg: [{ mr: mb, offset: 0, length: mem.length }] });
+    const ma = qa.pd.regMr(Buffer.from('to the group'), ['LOCAL_WRITE']);
+    const ud = eva.param!.ud!;
+    qa.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr: ma, offset: 0, length: 12 }], ud: { ah: ud.ah!, remoteQpn: ud.qpNum, remoteQkey: ud.qkey } });
+    n.sched.advance(10);
+    const wc = [new Wc()];
+    t.equal(qb.recvCq.poll(wc, 1), 1, "B's QP got the group's datagram");
+    t.match(wc[0], { status: 'SUCCESS', byteLen: 52, srcQp: qa.qpn });
+    t.equal(mem.subarray(40, 52).toString(), 'to the group');
+    idb.leaveMulticast('239.19.59.1');
+    t.throws(() => idb.leaveMulticast('239.19.59.1'), { code: 'EINVAL', op: 'rdma_leave_multicast' });
+    qb.postRecv({ wrId: 2, sg: [{ mr: mb, offset: 0, length: mem.length }] });
+    qa.postSend({ wrId: 2, opcode: 'SEND', sg: [{ mr: ma, offset: 0, length: 12 }], ud: { ah: ud.ah!, remoteQpn: ud.qpNum, remoteQkey: ud.qkey } });
+    n.sched.advance(10);
+    t.equal(qb.recvCq.poll(wc, 1), 0, 'after leaving: nothing');
+    ma.close();
+    mb.close();
+    for (const id of [ida, idb, tcp]) id.close();
+    await n.close();
+  },
+);
