@@ -1138,7 +1138,7 @@ export class CmId implements PortOwner {
             }) ?? null;
           if (ah !== null) this.#ahs.push(ah);
         } catch {
-          ah = null;
+          /* no AH (the PD or GID is gone): the attributes are there to make one */
         }
         this.#established({ ...pdParam(ev.privateData), ud: { qpNum: ev.qpn, qkey: ev.qkey, ahAttr, ah } });
         return;
@@ -1266,10 +1266,11 @@ export class CmId implements PortOwner {
     const qp = this.qp;
     const entry = { mgid, attached: false };
     this.#mcast.set(address, entry);
-    const fail = (e: unknown): CmEvent => {
+    const fail = (e: unknown): VerbsError => {
       this.#mcast.delete(address);
       const err = e instanceof VerbsError ? e : new VerbsError('EINVAL', op, String(e), 'address');
-      return this.#emit('MULTICAST_ERROR', -err.errno, { context: o.context });
+      this.#emit('MULTICAST_ERROR', -err.errno, { context: o.context });
+      return err;
     };
     const p = (async (): Promise<CmEvent> => {
       try {
@@ -1291,7 +1292,7 @@ export class CmId implements PortOwner {
         ah = this.#pdForAh()?.createAh({ gid: mgid, port: this.#portNum, sgidIndex, hopLimit: 64, trafficClass: ahAttr.trafficClass }) ?? null;
         if (ah !== null) this.#ahs.push(ah);
       } catch {
-        ah = null;
+        /* no AH (the PD or GID is gone): the attributes are there to make one */
       }
       return this.#emit('MULTICAST_JOIN', 0, { ud: { qpNum: 0xffffff, qkey: RDMA_UDP_QKEY, ahAttr, ah }, context: o.context });
     })();

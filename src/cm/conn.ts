@@ -67,7 +67,7 @@ export interface ConnValues {
 function int(op: string, name: string, v: unknown, lo: number, hi: number): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi)
-    throw new VerbsError('EINVAL', op, `${name} must be an integer in ${lo}..${hi}, got ${String(v)}`, name);
+    throw new VerbsError('EINVAL', op, `${name} must be an integer in ${lo}..${hi}, got ${typeof v === 'number' ? v : typeof v}`, name);
   return v;
 }
 
@@ -160,7 +160,7 @@ export function rtrAttrs(h: Handshake, activeMtu: Mtu, dev: Device): QpAttrs {
       flowLabel: h.path.flowLabel,
       sl: h.path.sl,
     },
-    pathMtu: (mtu < activeMtu ? mtu : activeMtu) as Mtu,
+    pathMtu: mtu < activeMtu ? mtu : activeMtu,
     destQpn: h.remoteQpn,
     rqPsn: h.remotePsn,
     maxDestRdAtomic: Math.min(h.responderResources, dev.attr.maxQpRdAtom),

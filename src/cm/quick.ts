@@ -18,7 +18,7 @@ import type { Qp, QpCap } from '../verbs/qp.js';
 import type { Cq } from '../verbs/cq.js';
 import type { Mr } from '../verbs/mr.js';
 import type { Pd } from '../verbs/objects.js';
-import { Wc, type WcOpcode, type WcStatus, type SendWr } from '../verbs/types.js';
+import { Wc, type WcOpcode, type WcStatus } from '../verbs/types.js';
 import { createEventChannel, type CmEvent, type EventChannel } from './event-channel.js';
 import { createId, type CmId } from './cm-id.js';
 import type { ConnParam } from './conn.js';
@@ -127,7 +127,7 @@ export class Endpoint extends EventEmitter {
       try {
         post(wrId);
       } catch (e) {
-        reject(e as Error);
+        reject(e instanceof Error ? e : new Error(String(e)));
         return;
       }
       this.#pending.set(wrId, { op, resolve, reject });
@@ -150,7 +150,7 @@ export class Endpoint extends EventEmitter {
   ): Promise<Completion> {
     return this.#post(op, (wrId) => {
       const sg = [this.#sg(op, mr, offset, length)];
-      this.qp.postSend({ ...wr, wrId, sg, signaled: true } as SendWr);
+      this.qp.postSend({ ...wr, wrId, sg, signaled: true });
     });
   }
 
