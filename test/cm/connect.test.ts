@@ -549,3 +549,68 @@ t.test(
     await n.close();
   },
 );
+
+t.test("setOption({ tos }) reaches the QP's AV (IP TOS of the data packets) and the REQ's traffic class; the SL stays 0", async (t) => {
+  const n = await connNet();
+  const l = await listenerId(n, PORT);
+  const { createId } = await import('../../src/cm/cm-id.js');
+  const a = createId(n.chA, { device: n.a });
+  a.setOption({ tos: 0x48 });
+  await a.resolveAddr({ dst: { address: n.ipB, port: PORT }, timeoutMs: 1000 });
+  await a.resolveRoute({ timeoutMs: 1000 });
+  a.createQp();
+  const pa = a.connect();
+  n.flush();
+  const b = n.events(n.chB).find((e) => e.event === 'CONNECT_REQUEST')!.id;
+  b.createQp();
+  void b.accept();
+  n.flush();
+  await pa;
+  t.match(n.wire[0]?.msg, { type: 'REQ', primaryTrafficClass: 0x48, primarySl: 0 });
+  t.equal(a.qp!.av?.trafficClass, 0x48);
+  t.equal(a.qp!.av?.sl, 0);
+  t.equal(b.qp!.av?.trafficClass, 0x48, "the passive side's AV from the REQ's path");
+  for (const id of [a, b, l]) id.close();
+  await n.close();
+});
+
+t.test('listen() on an IDLE id: the wildcard on every port of the createId device, an ephemeral port; a request for it is taken', async (t) => {
+  const n = await connNet();
+  const { createId } = await import('../../src/cm/cm-id.js');
+  const l = createId(n.chB, { device: n.b });
+  await l.listen(8);
+  t.equal(l.state, 'LISTEN');
+  t.equal(l.route.addr.src?.address, '0.0.0.0');
+  const port = l.getSrcPort();
+  t.ok(port > 0);
+  const a = await activeId(n, port);
+  a.createQp();
+  const pa = a.connect();
+  n.flush();
+  const [req] = n.events(n.chB);
+  t.match(req, { event: 'CONNECT_REQUEST', listenId: l });
+  t.equal(req!.id.route.addr.src?.address, n.ipB, "the new id's source is the request's destination");
+  req!.id.createQp();
+  void req!.id.accept();
+  n.flush();
+  t.equal((await pa).event, 'ESTABLISHED');
+  for (const id of [a, req!.id, l]) id.close();
+  await n.close();
+});
+
+t.test('the device closes under a connected id: DEVICE_REMOVAL, and a pending disconnect() rejects ENODEV', async (t) => {
+  const n = await connNet();
+  const { a, b, l } = await connected(n);
+  n.blackhole = n.ipB; // B will not answer the DREQ
+  const pd = a.disconnect();
+  await n.a.close();
+  await t.rejects(pd, { code: 'ENODEV' });
+  t.match(n.events(n.chA), [{ event: 'DEVICE_REMOVAL' }]);
+  t.equal(a.state, 'DEVICE_REMOVAL');
+  a.close();
+  b.close();
+  l.close();
+  n.chA.close();
+  n.chB.close();
+  await n.b.close();
+});
