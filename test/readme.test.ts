@@ -3,7 +3,8 @@
  * type-check against the package (with 'softroce' mapped to src/index.ts, as
  * strict as the project's own tsconfig), and every block not marked
  * ```ts no-run must run and exit 0. The verbs example binds 127.0.0.1 and
- * 127.0.0.2 (UDP 4791); no other test uses those two addresses.
+ * 127.0.0.2 (UDP 4791), the rdma_cm quick start 127.0.0.1; no other test uses those two addresses on 4791
+ * (test/cm/quick.test.ts's second process does, briefly, with the same bounded retry).
  */
 import t from 'tap';
 import ts from 'typescript';
@@ -45,6 +46,14 @@ t.test('README has a verbs example that runs and a wire example', (t) => {
     blocks.some((b) => !b.info.includes('no-run') && b.code.includes('connectQp')),
     'the verbs example is run',
   );
+  t.end();
+});
+
+t.test("the README's first example is the rdma_cm quick start, and it runs", (t) => {
+  const first = blocks[0]!;
+  t.match(first.code, /\blisten\(/, 'listen()');
+  t.match(first.code, /\bconnect\(/, 'connect()');
+  t.notOk(first.info.includes('no-run'), 'it is run below');
   t.end();
 });
 
@@ -106,6 +115,7 @@ t.test('the runnable blocks run as written', (t) => {
       r = spawnSync(process.execPath, [f], { encoding: 'utf8', timeout: 60_000 });
     }
     t.equal(r.status, 0, `block at README.md:${b.line} exits 0\n${r.stderr}`);
+    if (i === 0) t.match(r.stdout, /^server got: hello over rdma_cm$/m, 'the quick start: the SEND arrived through listen() / connect()');
     if (b.code.includes('connectQp')) {
       t.match(r.stdout, /^RECV SUCCESS: "hello over RoCEv2"$/m, 'the SEND arrived');
       t.match(r.stdout, /^SEND SUCCESS$/m, 'the SEND completed');

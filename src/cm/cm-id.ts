@@ -21,8 +21,35 @@ import { EventChannel, type CmEvent, type CmEventType } from './event-channel.js
 import { AFONLY_FROM, callAllowed, CALLS, EVENT_MOVES, reuseAddrAllowed, type CmaState, type CmCall } from './cm-states.js';
 import { isAnyAddr, portTable, PORT_SPACES, type PortOwner, type PortSpace } from './port-space.js';
 import { hasPortOn, ipToGid, isLocalAddress, parseCmAddr, portWithAddress, routeHopLimit, routeSource, type CmAddr, type CmAddrInput } from './addr.js';
-import { buildPath, gidTypeOf, roceMode, type PathRecord } from './route.js';
-import { acquireCmSource, releaseCmDevice } from './devices.js';
+import { buildPath, cmPathOf, gidTypeOf, roceMode, type PathRecord } from './route.js';
+import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice } from './devices.js';
+import { randomInt } from 'node:crypto';
+import { isIP } from 'node:net';
+import type { Ah, Pd, Srq } from '../verbs/objects.js';
+import type { Cq } from '../verbs/cq.js';
+import type { QpCap } from '../verbs/qp-attrs.js';
+import type { TimerHandle } from '../roce/sched.js';
+import { flushAck } from '../roce/transport/responder-answers.js';
+import { getDeviceList, portsOf } from '../verbs/discovery.js';
+import { CmAgent, CMA_CM_MRA_SERVICE_TIMEOUT, type IbCmEvent, type IbCmId } from './ib-cm.js';
+import { CMA_HDR_LEN, CmaHdrError, RdmaPortSpace, decodeCmaHdr, encodeCmaHdr, serviceId, type CmaHdr } from './cma-hdr.js';
+import { CmRejReason, SidrStatus, cmAckTimeout } from './cm-defs.js';
+import {
+  connValues,
+  leaveListen,
+  mtuBytes,
+  PRIVATE_DATA_MAX,
+  RDMA_UDP_QKEY,
+  rtrAttrs,
+  rtsAttrs,
+  sharedListen,
+  type ConnInfo,
+  type ConnParam,
+  type Handshake,
+  type SharedListen,
+} from './conn.js';
+import { addrKey, familyOf } from './port-space.js';
+import type { CmEventParam } from './event-channel.js';
 
 export interface CreateIdOptions {
   /** the port space (RDMA_PS_TCP: RC, RDMA_PS_UDP: UD, RDMA_PS_IB: either); default 'TCP' */
@@ -68,6 +95,47 @@ export interface CmRoute {
   readonly numPaths: number;
 }
 
+/** rdma_create_qp's options (struct ibv_qp_init_attr): what is not given is made for the id. */
+export interface IdQpOptions {
+  sendCq?: Cq;
+  recvCq?: Cq;
+  /** default { maxSendWr: 16, maxRecvWr: 16 } */
+  cap?: QpCap;
+  sigAll?: boolean;
+  srq?: Srq;
+  /** the id's QP type (RC for TCP, UD for UDP): anything else is EINVAL */
+  type?: 'RC' | 'UD';
+}
+
+/** How long a promise helper (connect, accept, disconnect) waits, and what aborts it. */
+export interface WaitOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+interface Waiter {
+  events: readonly CmEventType[];
+  settle(ev: CmEvent | null, err: Error | null): void;
+}
+
+/** The errno a failure event rejects a waiting promise with. */
+const FAILURES: Partial<Record<CmEventType, (ev: CmEvent) => VerbsError>> = {
+  REJECTED: (ev) => new VerbsError('ECONNREFUSED', 'rdma_cm', `rejected by the peer (reason ${ev.status})`, 'id'),
+  UNREACHABLE: (ev) =>
+    ev.status === -ETIMEDOUT
+      ? new VerbsError('ETIMEDOUT', 'rdma_cm', 'the peer did not answer (retries spent)', 'id')
+      : new VerbsError('EHOSTUNREACH', 'rdma_cm', `unreachable (status ${ev.status})`, 'id'),
+  CONNECT_ERROR: (ev) => new VerbsError('ECONNRESET', 'rdma_cm', `the connection could not be completed (status ${ev.status})`, 'id'),
+  DISCONNECTED: () => new VerbsError('ECONNRESET', 'rdma_cm', 'the connection went down', 'id'),
+  DEVICE_REMOVAL: () => new VerbsError('ENODEV', 'rdma_cm', 'the device was removed', 'device'),
+};
+
+const ETIMEDOUT = 110;
+/** How often the passive side looks for its QP's first receive while it waits for the RTU. */
+const FIRST_RECEIVE_POLL_MS = 50;
+/** How long a closed id's CM agent and device stay, so the DREQ / REJ its close sent leaves QP1 first. */
+const CLOSE_LINGER_MS = 50;
+
 const MAX_TIMEOUT_MS = 0x7fffffff;
 
 /** A call's own work in flight (an address resolution): what close or a device removal cancels. */
@@ -107,6 +175,23 @@ export class CmId implements PortOwner {
   #afOnlySet: boolean | null = null;
   #pending: Pending | null = null;
   readonly #onDeviceClose = (): void => this.#deviceRemoved();
+  /** the IB CM id of the connection (connect, or the request this id was made for) */
+  #ib: IbCmId | null = null;
+  /** the CM agent of the id's port, held while the id connects or is connected */
+  #agent: CmAgent | null = null;
+  /** where a listening id listens, and the CM devices it opened for a wildcard listen */
+  #listens: Array<{ agent: CmAgent; sid: bigint }> = [];
+  #listenDevs: Device[] = [];
+  #ownPd: Pd | null = null;
+  #ownCqs: Cq[] = [];
+  #ahs: Ah[] = [];
+  #hs: Handshake | null = null;
+  #isPassive = false;
+  #waiters: Waiter[] = [];
+  #watch: TimerHandle | null = null;
+  #disconnected: CmEvent | null = null;
+  /** the multicast groups joined (rdma_join_multicast), by group address */
+  readonly #mcast = new Map<string, { mgid: string; attached: boolean }>();
 
   /** @internal createId */
   constructor(channel: EventChannel, ps: PortSpace, qpType: 'RC' | 'UD', context: unknown, device: Device | null) {
@@ -184,10 +269,21 @@ export class CmId implements PortOwner {
   }
 
   /** An event to the channel, once its state move applies (a late one for an id that moved on is dropped). */
-  #emit(event: CmEventType, status: number): CmEvent {
-    const ev: CmEvent = { event, id: this, status };
+  #emit(event: CmEventType, status: number, param?: CmEventParam, listenId?: CmId): CmEvent {
+    const ev: CmEvent = { event, id: this, status, ...(param !== undefined ? { param } : {}), ...(listenId !== undefined ? { listenId } : {}) };
     this.#channel.deliver(ev);
+    for (const w of [...this.#waiters]) {
+      if (w.events.includes(event)) w.settle(ev, null);
+      else {
+        const f = FAILURES[event];
+        if (f !== undefined) w.settle(null, Object.assign(f(ev), { event: ev }));
+      }
+    }
     return ev;
+  }
+
+  #failWaiters(e: Error): void {
+    for (const w of [...this.#waiters]) w.settle(null, e);
   }
 
   /**
@@ -511,11 +607,724 @@ export class CmId implements PortOwner {
     channel.adopt(events);
   }
 
+  // ---- connections (issue 13 items 1-2): createQp, connect, listen, accept, reject, disconnect ----
+
+  /**
+   * rdma_create_qp: a QP on the id's device and port (`pd`, else one made for the id; send and receive
+   * CQs made for it unless given; the PD and CQs the id made are freed with it). An RC QP is moved to
+   * INIT at once (librdmacm's ucma_init_conn_qp); the CM takes it to RTR and RTS during the handshake.
+   * A UD QP goes to RTS at once with Q_Key 0x01234567 (ucma_init_ud_qp). EINVAL before the id has a
+   * device (bind or resolveAddr first), or when it has a QP already.
+   */
+  createQp(pd?: Pd | null, o: IdQpOptions = {}): Qp {
+    const op = CALLS.createQp.op;
+    this.#check('createQp');
+    const dev = this.#device;
+    if (dev === null) throw new VerbsError('EINVAL', op, 'the id has no device yet (bind it to an address or resolveAddr first)', 'id');
+    if (this.qp !== null) throw new VerbsError('EINVAL', op, 'the id has a QP already', 'id');
+    if (typeof o !== 'object' || o === null) throw new VerbsError('EINVAL', op, 'options must be an object', 'options');
+    const type = o.type ?? this.qpType;
+    if (type !== this.qpType) throw new VerbsError('EINVAL', op, `a ${this.ps} id takes a ${this.qpType} QP, not ${String(type)}`, 'type');
+    if (pd != null && (pd.device !== dev || pd.closed)) throw new VerbsError('EINVAL', op, `pd must be an open PD of ${dev.name}`, 'pd');
+    const cap = o.cap ?? { maxSendWr: 16, maxRecvWr: 16 };
+    const made: Cq[] = [];
+    let made0: Qp | null = null;
+    try {
+      const thePd = pd ?? dev.allocPd();
+      if (pd == null) this.#ownPd = thePd;
+      const sendCq = o.sendCq ?? dev.createCq({ depth: Math.max(1, cap.maxSendWr) });
+      if (o.sendCq === undefined) made.push(sendCq);
+      const recvCq = o.recvCq ?? dev.createCq({ depth: Math.max(1, cap.maxRecvWr || 1) });
+      if (o.recvCq === undefined) made.push(recvCq);
+      const qp = thePd.createQp({ type, sendCq, recvCq, cap, ...(o.sigAll !== undefined ? { sigAll: o.sigAll } : {}), ...(o.srq ? { srq: o.srq } : {}) });
+      made0 = qp;
+      if (type === 'UD') {
+        qp.modify({ state: 'INIT', port: this.#portNum, pkeyIndex: 0, qkey: RDMA_UDP_QKEY });
+        qp.modify({ state: 'RTR' });
+        qp.modify({ state: 'RTS', sqPsn: 0 });
+      } else {
+        // cma_ib_init_qp_attr: no remote access at INIT; the CM grants it at RTR (conn.ts rtrAttrs).
+        qp.modify({ state: 'INIT', port: this.#portNum, pkeyIndex: 0, accessFlags: ['LOCAL_WRITE'] });
+      }
+      this.qp = qp;
+      this.#ownCqs = made;
+      return qp;
+    } catch (e) {
+      made0?.close();
+      for (const m of made) m.close();
+      this.#ownCqs = [];
+      this.#freeOwnPd();
+      throw e;
+    }
+  }
+
+  /** rdma_destroy_qp: the id's QP, and the CQs (and PD) the id made for it. */
+  destroyQp(): void {
+    const qp = this.qp;
+    this.qp = null;
+    for (const [addr, e] of this.#mcast) {
+      if (e.attached && qp !== null && !qp.closed) qp.detachMcast(e.mgid);
+      this.#mcast.delete(addr);
+    }
+    if (qp !== null && !qp.closed) qp.close();
+    for (const c of this.#ownCqs) if (!c.closed) c.close();
+    this.#ownCqs = [];
+    for (const ah of this.#ahs) ah.close();
+    this.#ahs = [];
+    this.#freeOwnPd();
+  }
+
+  #freeOwnPd(): void {
+    const pd = this.#ownPd;
+    this.#ownPd = null;
+    if (pd === null || pd.closed) return;
+    try {
+      pd.close();
+    } catch {
+      /* the application's MRs or AHs are still on it: it goes with the device */
+    }
+  }
+
+  /** The PD of the id's QP (or the id's own), for the AH a UD connection comes with. */
+  #pdForAh(): Pd | null {
+    if (this.qp !== null) return this.qp.pd;
+    if (this.#ownPd === null && this.#device !== null) this.#ownPd = this.#device.allocPd();
+    return this.#ownPd;
+  }
+
+  #acquireAgent(): CmAgent {
+    if (this.#agent === null) this.#agent = CmAgent.acquire(this.#device!, this.#portNum);
+    return this.#agent;
+  }
+
+  /**
+   * rdma_connect: an RC id sends a REQ (the cma_hdr, then `param.privateData`, at most 56 bytes), a UD id a
+   * SIDR_REQ (at most 180). The id's QP (or `param.qpNum`) is the one connected; the CM moves it to RTR and
+   * RTS when the REP comes, sends the RTU and reports ESTABLISHED (an id without a QP gets CONNECT_RESPONSE
+   * and calls establish() once its QP is ready). Failures come as REJECTED (status: the REJ reason, 8 when
+   * nothing listens, 28 when the peer rejected), UNREACHABLE (status -ETIMEDOUT when the REQ's retries ran
+   * out; a UD id: the SIDR_REP status), CONNECT_ERROR (our QP could not be moved). The promise resolves with
+   * ESTABLISHED or CONNECT_RESPONSE and rejects with a VerbsError (ECONNREFUSED with the reason in
+   * `status`, ETIMEDOUT, ...); `timeoutMs` / `signal` abandon the attempt (as rdma_destroy_id would: a REJ
+   * "timeout" goes to the peer), the former with an UNREACHABLE event.
+   */
+  connect(param?: ConnParam, o: WaitOptions = {}): Promise<CmEvent> {
+    const op = CALLS.connect.op;
+    this.#check('connect');
+    checkWait(op, o);
+    const dev = this.#device!;
+    const ud = this.qpType === 'UD';
+    const v = connValues(op, param, dev, ud ? PRIVATE_DATA_MAX.connectUd : PRIVATE_DATA_MAX.connectRc, {
+      responderResources: dev.attr.maxQpRdAtom,
+      initiatorDepth: dev.attr.maxQpInitRdAtom,
+    });
+    const qpn = this.qp?.qpn ?? v.qpNum;
+    if (!ud && qpn === undefined) throw new VerbsError('EINVAL', op, 'the id has no QP: createQp first, or give param.qpNum', 'qpNum');
+    const src = this.#src!,
+      dst = this.#dst!;
+    const pd = new Uint8Array(CMA_HDR_LEN + v.privateData.length);
+    encodeCmaHdr({ ipVersion: src.family, port: src.port, src: src.address, dst: dst.address }, pd, 0);
+    pd.set(v.privateData, CMA_HDR_LEN);
+    const path = cmPathOf(this.#path!, this.#portNum);
+    const agent = this.#acquireAgent();
+    const ib = agent.createId((ev) => this.#onIb(ev));
+    const sid = serviceId(RdmaPortSpace[this.ps], dst.port);
+    const psn = this.qp?.sqPsn ?? randomInt(0, 0x1000000);
+    try {
+      if (ud) ib.sendSidrReq({ serviceId: sid, path, privateData: pd });
+      else
+        ib.sendReq({
+          serviceId: sid,
+          path,
+          qpn: qpn!,
+          qpType: 'RC',
+          startingPsn: psn,
+          responderResources: v.responderResources,
+          initiatorDepth: v.initiatorDepth,
+          retryCount: v.retryCount,
+          rnrRetryCount: v.rnrRetryCount,
+          srq: this.qp?.srq != null || v.srq,
+          privateData: pd,
+        });
+    } catch (e) {
+      ib.destroy();
+      throw e;
+    }
+    this.#ib = ib;
+    this.#hs = {
+      path,
+      remoteQpn: 0,
+      remotePsn: 0,
+      localPsn: psn,
+      responderResources: v.responderResources,
+      initiatorDepth: v.initiatorDepth,
+      retryCount: v.retryCount,
+      rnrRetryCount: v.rnrRetryCount,
+      ackTimeout: 0,
+    };
+    this.#state = 'CONNECT';
+    return this.#wait(op, ['ESTABLISHED', 'CONNECT_RESPONSE'], o, () => {
+      // rdma_destroy_id while connecting: cm_destroy_id sends REJ "timeout" with our GUID.
+      this.#dropIb();
+      this.qp?.modify({ state: 'ERR' });
+    });
+  }
+
+  /**
+   * rdma_listen: REQs (SIDR_REQs for a UD id) for the id's port come to it as CONNECT_REQUEST events, each
+   * with a new id on this id's channel. An IDLE id is bound to 0.0.0.0 first (port 0: an ephemeral one).
+   * Bound to a specific address: on that address's device; to the wildcard: on every port of the
+   * createId device, else of every device the CM has open and of the host's device list whose UDP port is
+   * free (one that another process holds is skipped). `backlog` is accepted for the API's sake (the kernel
+   * does not enforce it for RoCE either). The promise resolves once it listens everywhere it can.
+   */
+  listen(backlog = 0): Promise<void> {
+    const op = CALLS.listen.op;
+    this.#check('listen');
+    if (typeof backlog !== 'number' || !Number.isInteger(backlog) || backlog < 0)
+      throw new VerbsError('EINVAL', op, 'backlog must be an integer >= 0', 'backlog');
+    if (this.#state === 'IDLE') this.#takePort(op, 'id', { address: '0.0.0.0', port: 0, family: 4 });
+    this.#state = 'LISTEN';
+    const sid = serviceId(RdmaPortSpace[this.ps], this.#src!.port);
+    const on = (dev: Device, ports: readonly number[]): void => {
+      for (const port of ports) {
+        if (this.#state !== 'LISTEN') return;
+        const agent = CmAgent.acquire(dev, port);
+        const l = sharedListen(agent, sid, dispatchListen);
+        l.ids.add(this.#listener);
+        this.#listens.push({ agent, sid });
+      }
+    };
+    const allPorts = (dev: Device): number[] => dev.ports.map((_, i) => i + 1);
+    if (this.#device !== null) {
+      on(this.#device, [this.#portNum]);
+      return Promise.resolve();
+    }
+    if (this.#given !== null) {
+      on(this.#given, allPorts(this.#given));
+      return Promise.resolve();
+    }
+    // The wildcard without a device: every device the CM has or can open.
+    const addrs = new Set<string>();
+    for (const d of getDeviceList()) for (const p of portsOf(d)) if (familyOf(p.address) === this.#src!.family) addrs.add(p.address);
+    for (const { device } of cmDevices()) for (const p of device.ports) if (familyOf(p.address) === this.#src!.family) addrs.add(p.address);
+    const p = (async () => {
+      const seen = new Set<Device>();
+      for (const a of addrs) {
+        let dev: Device;
+        try {
+          dev = await cmDevice(a);
+        } catch {
+          continue; // another process's UDP port, or no such device: listen where we can
+        }
+        if (seen.has(dev) || this.#state !== 'LISTEN') {
+          releaseCmDevice(dev);
+          continue;
+        }
+        seen.add(dev);
+        this.#listenDevs.push(dev);
+        on(dev, allPorts(dev));
+      }
+      if (this.#listens.length === 0 && this.#state === 'LISTEN') throw new VerbsError('ENODEV', op, 'no device could be opened to listen on', 'id');
+    })();
+    p.catch(() => {
+      /* the caller has the promise */
+    });
+    return p;
+  }
+
+  /** What the agents' shared listener sees of this id (conn.ts). */
+  readonly #listener = {
+    incoming: (ev: Extract<IbCmEvent, { type: 'REQ_RECEIVED' | 'SIDR_REQ_RECEIVED' }>, address: string): boolean => this.#incoming(ev, address),
+    address: (): CmAddr | null => this.#src,
+  };
+
+  /** A request for this listener: a new id for it on this channel, and CONNECT_REQUEST (cma_ib_req_handler / cma_ib_new_conn_id). */
+  #incoming(ev: Extract<IbCmEvent, { type: 'REQ_RECEIVED' | 'SIDR_REQ_RECEIVED' }>, hdrDst: string): boolean {
+    if (this.#state !== 'LISTEN') return false;
+    const hdr = decodeCmaHdr(ev.privateData) as CmaHdr;
+    const child = new CmId(this.#channel, this.ps, this.qpType, this.context, this.#given);
+    child.#passive(this, ev, hdr, hdrDst);
+    return true;
+  }
+
+  #passive(listener: CmId, ev: Extract<IbCmEvent, { type: 'REQ_RECEIVED' | 'SIDR_REQ_RECEIVED' }>, hdr: CmaHdr, dstAddr: string): void {
+    const ib = ev.id;
+    const agent = ib.agent;
+    const dev = agent.device;
+    this.#device = dev;
+    this.#cmRef = retainCmDevice(dev);
+    dev.on('close', this.#onDeviceClose);
+    this.#portNum = agent.port;
+    this.#agent = CmAgent.acquire(dev, agent.port);
+    const fam = hdr.ipVersion;
+    this.#src = { address: dstAddr, port: listener.#src!.port, family: fam };
+    this.#dst = { address: hdr.src, port: hdr.port, family: fam };
+    this.#sgidIndex = ev.path.sgidIndex;
+    this.#gidType = gidTypeOf(roceMode(dev, agent.port));
+    this.#hopLimit = ev.path.hopLimit;
+    this.#tos = listener.#tos;
+    this.#path = {
+      sgid: gidToString(ev.path.sgid),
+      dgid: gidToString(ev.path.dgid),
+      sgidIndex: ev.path.sgidIndex,
+      gidType: this.#gidType,
+      flowLabel: ev.path.flowLabel,
+      hopLimit: ev.path.hopLimit,
+      trafficClass: ev.path.trafficClass,
+      sl: ev.path.sl,
+      pkey: ev.path.pkey,
+      mtu: mtuBytes(ev.path.mtu),
+      packetLifeTime: ev.path.packetLifeTime,
+      reversible: true,
+      numbPath: 1,
+    };
+    this.#ib = ib;
+    this.#isPassive = true;
+    this.#state = 'CONNECT';
+    ib.setHandler((e) => this.#onIb(e));
+    const userPd = ev.privateData.subarray(CMA_HDR_LEN);
+    if (ev.type === 'REQ_RECEIVED') {
+      const p = ev.param;
+      // ucma_process_conn_req: the request's values, no more than this device does.
+      this.#hs = {
+        path: ev.path,
+        remoteQpn: p.remoteQpn,
+        remotePsn: p.startingPsn,
+        localPsn: randomInt(0, 0x1000000),
+        responderResources: Math.min(p.responderResources, dev.attr.maxQpRdAtom),
+        initiatorDepth: Math.min(p.initiatorDepth, dev.attr.maxQpInitRdAtom),
+        retryCount: p.retryCount,
+        rnrRetryCount: p.rnrRetryCount,
+        ackTimeout: ev.req.primaryLocalAckTimeout,
+      };
+      // rdma_cm answers every REQ with a delayed MRA (sent only if the REQ comes again before our REP).
+      ib.sendMra(CMA_CM_MRA_SERVICE_TIMEOUT, { delay: true });
+      const conn: ConnInfo = {
+        responderResources: p.responderResources,
+        initiatorDepth: p.initiatorDepth,
+        retryCount: p.retryCount,
+        rnrRetryCount: p.rnrRetryCount,
+        srq: p.srq,
+        qpNum: p.remoteQpn,
+      };
+      this.#emit('CONNECT_REQUEST', 0, { ...pdParam(userPd), conn }, listener);
+    } else {
+      this.#emit('CONNECT_REQUEST', 0, pdParam(userPd), listener);
+    }
+  }
+
+  /**
+   * rdma_accept on a connection request's id: an RC QP goes to RTR and RTS first (librdmacm's
+   * ucma_modify_qp_rtr / _rts), then the REP goes out with `param` (at most 196 bytes of private data;
+   * responder resources and initiator depth default to the request's, clamped to the device), and
+   * ESTABLISHED follows the RTU (or the QP's first receive when the RTU is lost). A UD id answers with a
+   * SIDR_REP carrying its QP and Q_Key (no event follows; the promise resolves with null).
+   */
+  accept(param?: ConnParam, o: WaitOptions = {}): Promise<CmEvent | null> {
+    const op = CALLS.accept.op;
+    this.#check('accept');
+    checkWait(op, o);
+    const ib = this.#ib;
+    if (!this.#isPassive || ib === null) throw new VerbsError('EINVAL', op, 'not a connection request (the active side calls establish())', 'id');
+    const dev = this.#device!;
+    if (this.qpType === 'UD') {
+      const v = connValues(op, param, dev, PRIVATE_DATA_MAX.acceptUd, { responderResources: 0, initiatorDepth: 0 });
+      const qpn = this.qp?.qpn ?? v.qpNum;
+      if (qpn === undefined) throw new VerbsError('EINVAL', op, 'the id has no QP: createQp first, or give param.qpNum', 'qpNum');
+      ib.sendSidrRep({ status: SidrStatus.SUCCESS, qpn, qkey: RDMA_UDP_QKEY, privateData: v.privateData });
+      return Promise.resolve(null);
+    }
+    const hs = this.#hs!;
+    const v = connValues(op, param, dev, PRIVATE_DATA_MAX.acceptRc, { responderResources: hs.responderResources, initiatorDepth: hs.initiatorDepth });
+    const qpn = this.qp?.qpn ?? v.qpNum;
+    if (qpn === undefined) throw new VerbsError('EINVAL', op, 'the id has no QP: createQp first, or give param.qpNum', 'qpNum');
+    hs.responderResources = v.responderResources;
+    hs.initiatorDepth = v.initiatorDepth;
+    if (this.qp !== null) {
+      hs.localPsn = this.qp.sqPsn;
+      this.#modifyQp(hs);
+    }
+    ib.sendRep({
+      qpn,
+      startingPsn: hs.localPsn,
+      responderResources: v.responderResources,
+      initiatorDepth: v.initiatorDepth,
+      rnrRetryCount: v.rnrRetryCount,
+      srq: this.qp?.srq != null || v.srq,
+      privateData: v.privateData,
+    });
+    this.#watchFirstReceive();
+    return this.#wait(op, ['ESTABLISHED'], o, () => {
+      this.#dropIb();
+      this.qp?.modify({ state: 'ERR' });
+    });
+  }
+
+  /** RTR then RTS from the handshake (an error leaves the QP where it failed; the caller reports it). */
+  #modifyQp(hs: Handshake): void {
+    const qp = this.qp!;
+    const dev = this.#device!;
+    qp.modify(rtrAttrs(hs, dev.queryPort(this.#portNum).activeMtu, dev));
+    qp.modify(rtsAttrs(hs, dev));
+  }
+
+  /**
+   * rdma_reject: a REJ with reason 28 (consumer defined) and `privateData` (at most 148 bytes); a UD id
+   * answers with a SIDR_REP "rejected". The peer gets REJECTED (UNREACHABLE for UD).
+   */
+  reject(privateData?: Uint8Array): void {
+    const op = CALLS.reject.op;
+    this.#check('reject');
+    const ib = this.#ib;
+    if (!this.#isPassive || ib === null) throw new VerbsError('EINVAL', op, 'not a connection request', 'id');
+    const pd = privateData ?? new Uint8Array(0);
+    if (!(pd instanceof Uint8Array)) throw new VerbsError('EINVAL', op, 'privateData must be a Uint8Array', 'privateData');
+    if (this.qpType === 'UD') {
+      if (pd.length > PRIVATE_DATA_MAX.acceptUd) throw new VerbsError('EINVAL', op, `privateData is over ${PRIVATE_DATA_MAX.acceptUd} bytes`, 'privateData');
+      ib.sendSidrRep({ status: SidrStatus.REJECT, qpn: 0, qkey: 0, privateData: pd });
+    } else {
+      if (pd.length > PRIVATE_DATA_MAX.reject) throw new VerbsError('EINVAL', op, `privateData is over ${PRIVATE_DATA_MAX.reject} bytes`, 'privateData');
+      ib.sendRej(CmRejReason.CONSUMER_DEFINED, { privateData: pd });
+    }
+    this.#stopWatch();
+  }
+
+  /**
+   * rdma_establish: the active side of an id without a QP of its own, after CONNECT_RESPONSE and once the
+   * application moved its QP to RTS: sends the RTU (the connection is then ESTABLISHED, no event). On the
+   * passive side it is ib_cm_notify(COMM_EST): the connection is established before its RTU came.
+   */
+  establish(): void {
+    const op = CALLS.establish.op;
+    this.#check('establish');
+    const ib = this.#ib;
+    if (ib === null) throw new VerbsError('EINVAL', op, 'the id is not connecting', 'id');
+    if (this.#isPassive) {
+      ib.establish();
+      return;
+    }
+    if (ib.state !== 'REP_RCVD' && ib.state !== 'MRA_REP_SENT') throw new VerbsError('EINVAL', op, 'no CONNECT_RESPONSE to complete', 'id');
+    ib.sendRtu();
+    this.#state = 'ESTABLISHED';
+  }
+
+  /**
+   * rdma_disconnect: the QP goes to ERR (its work requests flush) and a DREQ goes out; DISCONNECTED comes
+   * when the DREP does (or the DREQ's retries run out). After DISCONNECTED from the peer's DREQ, this
+   * sends the DREP. The promise resolves with this id's DISCONNECTED event.
+   */
+  disconnect(o: WaitOptions = {}): Promise<CmEvent> {
+    const op = CALLS.disconnect.op;
+    this.#check('disconnect');
+    checkWait(op, o);
+    const ib = this.#ib;
+    if (ib === null) throw new VerbsError('EINVAL', op, 'the id is not connected', 'id');
+    this.#stopWatch();
+    this.#qpToErr();
+    if (ib.state === 'ESTABLISHED') ib.sendDreq();
+    else if (ib.state === 'DREQ_RCVD') ib.sendDrep();
+    else if (ib.state !== 'DREQ_SENT' && ib.state !== 'TIMEWAIT' && ib.state !== 'IDLE')
+      throw new VerbsError('EINVAL', op, `the connection is not up (${ib.state})`, 'id');
+    if (this.#state !== 'DISCONNECT') this.#state = 'DISCONNECT';
+    if (this.#disconnected !== null) return Promise.resolve(this.#disconnected);
+    return this.#wait(op, ['DISCONNECTED'], o, null);
+  }
+
+  #qpToErr(): void {
+    const qp = this.qp;
+    if (qp === null || qp.closed || qp.state === 'RESET' || qp.state === 'ERR') return;
+    // The ACK the responder is holding back (coalesced) goes out first, as Qp.close() does: rxe ACKs as it
+    // receives, so the peer's last sends are acknowledged before our DREQ tells it the connection is over.
+    if (qp.resp.ackPending) flushAck(qp);
+    qp.modify({ state: 'ERR' });
+  }
+
+  /** The IB CM's events for this id's connection (cma_ib_handler / cma_sidr_rep_handler). */
+  #onIb(ev: IbCmEvent): void {
+    if (this.#state === 'DESTROYING') return;
+    switch (ev.type) {
+      case 'REP_RECEIVED': {
+        const hs = this.#hs!;
+        hs.remoteQpn = ev.param.remoteQpn;
+        hs.remotePsn = ev.param.startingPsn;
+        // cm_rep_handler: our reads are bounded by what the peer grants, and the other way round.
+        hs.initiatorDepth = Math.min(hs.initiatorDepth, ev.param.initiatorDepth);
+        hs.responderResources = Math.min(hs.responderResources, ev.param.responderResources);
+        hs.rnrRetryCount = ev.param.rnrRetryCount;
+        hs.ackTimeout = cmAckTimeout(ev.rep.targetAckDelay, hs.path.packetLifeTime);
+        const conn: ConnInfo = { ...connInfoOf(ev.param), retryCount: hs.retryCount };
+        const privateData = pdParam(ev.privateData);
+        if (this.qp === null) {
+          this.#emit('CONNECT_RESPONSE', 0, { ...privateData, conn });
+          return;
+        }
+        try {
+          this.#modifyQp(hs);
+        } catch (e) {
+          // ucma_process_conn_resp failing: REJ 28, CONNECT_ERROR with the errno.
+          this.#ib?.sendRej(CmRejReason.CONSUMER_DEFINED);
+          this.#emit('CONNECT_ERROR', e instanceof VerbsError ? -e.errno : -22, privateData);
+          return;
+        }
+        this.#ib!.sendRtu();
+        this.#established({ ...privateData, conn });
+        return;
+      }
+      case 'RTU_RECEIVED':
+      case 'USER_ESTABLISHED':
+        this.#stopWatch();
+        this.#established(pdParam(ev.type === 'RTU_RECEIVED' ? ev.privateData : new Uint8Array(0)));
+        return;
+      case 'REJ_RECEIVED':
+        this.#stopWatch();
+        this.#qpToErr();
+        this.#emit('REJECTED', ev.reason, pdParam(ev.privateData));
+        return;
+      case 'REQ_ERROR':
+      case 'REP_ERROR':
+      case 'SIDR_REQ_ERROR':
+        this.#stopWatch();
+        this.#qpToErr();
+        this.#emit('UNREACHABLE', ev.status);
+        return;
+      case 'DREQ_RECEIVED': {
+        this.#stopWatch();
+        const param = pdParam(ev.privateData);
+        // One turn later: the packets that came before the DREQ (the ACK of our last SEND, say) are
+        // processed by the transport before the QP goes to ERR and flushes what is still outstanding.
+        this.#device!.sched.defer(() => {
+          if (this.#state === 'DESTROYING') return;
+          this.#qpToErr();
+          // Both sides disconnecting at once: answer now (the DREP the peer's DREQ waits for).
+          if (this.#state === 'DISCONNECT' && this.#ib?.state === 'DREQ_RCVD') this.#ib.sendDrep();
+          this.#state = 'DISCONNECT';
+          this.#disconnectedEvent(param);
+        });
+        return;
+      }
+      case 'DREP_RECEIVED':
+      case 'DREQ_ERROR':
+        this.#disconnectedEvent(pdParam(ev.type === 'DREP_RECEIVED' ? ev.privateData : new Uint8Array(0)));
+        return;
+      case 'TIMEWAIT_EXIT':
+        this.#emit('TIMEWAIT_EXIT', 0);
+        return;
+      case 'SIDR_REP_RECEIVED': {
+        if (ev.status !== SidrStatus.SUCCESS) {
+          // cma_sidr_rep_handler: the SIDR_REP status as the event's.
+          this.#emit('UNREACHABLE', ev.status, pdParam(ev.privateData));
+          return;
+        }
+        const path = this.#path!;
+        const ahAttr = {
+          dgid: path.dgid,
+          sgidIndex: path.sgidIndex,
+          hopLimit: path.hopLimit,
+          trafficClass: path.trafficClass,
+          flowLabel: path.flowLabel,
+          port: this.#portNum,
+        };
+        let ah: Ah | null = null;
+        try {
+          ah =
+            this.#pdForAh()?.createAh({
+              gid: path.dgid,
+              port: this.#portNum,
+              sgidIndex: path.sgidIndex,
+              hopLimit: path.hopLimit,
+              trafficClass: path.trafficClass,
+              flowLabel: path.flowLabel,
+            }) ?? null;
+          if (ah !== null) this.#ahs.push(ah);
+        } catch {
+          /* no AH (the PD or GID is gone): the attributes are there to make one */
+        }
+        this.#established({ ...pdParam(ev.privateData), ud: { qpNum: ev.qpn, qkey: ev.qkey, ahAttr, ah } });
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  #established(param: CmEventParam): void {
+    if (this.#state !== EVENT_MOVES.ESTABLISHED.from) return;
+    this.#state = 'ESTABLISHED';
+    this.#emit('ESTABLISHED', 0, param);
+  }
+
+  #disconnectedEvent(param: CmEventParam): void {
+    if (this.#disconnected !== null) return;
+    this.#disconnected = this.#emit('DISCONNECTED', 0, param);
+  }
+
+  /**
+   * The passive side, REP sent: the QP's first receive stands in for a lost RTU (cm_establish via COMM_EST).
+   * The QP is in RTS already (librdmacm moves it there before the REP), where the transport raises no
+   * COMM_EST, so the receive PSN is watched instead, on the device's clock, until the RTU or a failure.
+   */
+  #watchFirstReceive(): void {
+    const qp = this.qp;
+    if (qp === null) return;
+    const dev = this.#device!;
+    const start = qp.rqPsn;
+    const tick = (): void => {
+      this.#watch = null;
+      const ib = this.#ib;
+      if (ib === null || this.#state !== 'CONNECT' || qp.closed) return;
+      if (qp.resp.psn !== start || qp.commEst) {
+        if (ib.state === 'REP_SENT' || ib.state === 'MRA_REP_RCVD') ib.establish();
+        return;
+      }
+      if (ib.state === 'REP_SENT' || ib.state === 'MRA_REP_RCVD') this.#watch = dev.sched.setTimer(FIRST_RECEIVE_POLL_MS, tick);
+    };
+    this.#watch = dev.sched.setTimer(FIRST_RECEIVE_POLL_MS, tick);
+  }
+
+  #stopWatch(): void {
+    if (this.#watch !== null) this.#device?.sched.clearTimer(this.#watch);
+    this.#watch = null;
+  }
+
+  /** The IB CM id goes (cm_destroy_id sends what its state calls for: DREQ, DREP, REJ). */
+  #dropIb(): void {
+    this.#stopWatch();
+    const ib = this.#ib;
+    this.#ib = null;
+    if (ib !== null) {
+      try {
+        ib.destroy();
+      } catch {
+        /* nothing to send in its state */
+      }
+    }
+  }
+
+  /**
+   * A promise for one of `events` on this id (the first to come), rejected by the failure events with the
+   * errno they mean, by `timeoutMs` (ETIMEDOUT; `abandon` runs and UNREACHABLE is reported) or `signal`.
+   */
+  #wait(op: string, events: readonly CmEventType[], o: WaitOptions, abandon: (() => void) | null): Promise<CmEvent> {
+    const p = new Promise<CmEvent>((resolve, reject) => {
+      let stopTimer: (() => void) | null = null;
+      const w: Waiter = {
+        events,
+        settle: (ev, err) => {
+          const i = this.#waiters.indexOf(w);
+          if (i >= 0) this.#waiters.splice(i, 1);
+          stopTimer?.();
+          o.signal?.removeEventListener('abort', onAbort);
+          if (err !== null) reject(err);
+          else resolve(ev!);
+        },
+      };
+      const onAbort = (): void => {
+        w.settle(null, abortError(op, o.signal!));
+        abandon?.();
+      };
+      if (o.signal?.aborted) {
+        onAbort();
+        return;
+      }
+      this.#waiters.push(w);
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      if (o.timeoutMs !== undefined)
+        stopTimer = this.#channel.timers.set(o.timeoutMs, () => {
+          w.settle(null, new VerbsError('ETIMEDOUT', op, `no answer within ${o.timeoutMs} ms`, 'timeoutMs'));
+          abandon?.();
+          if (abandon !== null) this.#emit('UNREACHABLE', -ETIMEDOUT);
+        });
+    });
+    p.catch(() => {
+      /* the event says it too */
+    });
+    return p;
+  }
+
+  /**
+   * rdma_join_multicast on RoCE (cma_iboe_join_multicast): a UD id (UDP port space) bound or resolved
+   * joins the IP multicast group `address` (IPv4 224.0.0.0/4): the MGID is ::ffff:<group>, the id's QP
+   * (when it has one) is attached to it (ibv_attach_mcast: the port's link joins the IP group, the kernel
+   * sends the IGMP report), and MULTICAST_JOIN follows once the membership is in place, its `param.ud`
+   * carrying QPN 0xFFFFFF, Q_Key 0x01234567, the AH attributes and an AH to send to the group with, and
+   * `param.context` the `context` given here. A failure is MULTICAST_ERROR with -errno. EINVAL for a TCP
+   * id, an address that is not a multicast group, or a group joined already; EADDRNOTAVAIL for an IPv6 group
+   * (the UDP links join IPv4 groups only).
+   */
+  joinMulticast(address: string, o: { context?: unknown } = {}): Promise<CmEvent> {
+    const op = CALLS.joinMulticast.op;
+    this.#check('joinMulticast');
+    if (this.qpType !== 'UD') throw new VerbsError('EINVAL', op, `multicast is for UD ids (ps 'UDP'), not ${this.ps}`, 'id');
+    if (typeof address !== 'string' || isIP(address) === 0) throw new VerbsError('EINVAL', op, 'address must be an IP address', 'address');
+    if (isIP(address) === 6) throw new VerbsError('EADDRNOTAVAIL', op, 'IPv6 multicast groups are not supported on RoCE links here', 'address');
+    if (Number(address.split('.')[0]) >>> 4 !== 0xe) throw new VerbsError('EINVAL', op, `${address} is not a multicast group (224.0.0.0/4)`, 'address');
+    if (this.#mcast.has(address)) throw new VerbsError('EADDRINUSE', op, `${address} is joined already`, 'address');
+    const dev = this.#device;
+    if (dev === null) throw new VerbsError('EINVAL', op, 'the id has no device yet', 'id');
+    const mgid = gidToString(ipToGid(address));
+    const qp = this.qp;
+    const entry = { mgid, attached: false };
+    this.#mcast.set(address, entry);
+    const fail = (e: unknown): VerbsError => {
+      this.#mcast.delete(address);
+      const err = e instanceof VerbsError ? e : new VerbsError('EINVAL', op, String(e), 'address');
+      this.#emit('MULTICAST_ERROR', -err.errno, { context: o.context });
+      return err;
+    };
+    const p = (async (): Promise<CmEvent> => {
+      try {
+        if (qp !== null) {
+          qp.attachMcast(mgid);
+          entry.attached = true;
+          await qp.mcastJoined(mgid);
+        }
+      } catch (e) {
+        if (entry.attached && qp !== null && !qp.closed) qp.detachMcast(mgid);
+        throw fail(e);
+      }
+      if (this.#mcast.get(address) !== entry || this.#state === 'DESTROYING') throw new VerbsError('EBADF', op, 'left or closed meanwhile', 'id');
+      const sgidIndex = this.#sgidIndex ?? dev.defaultSgidIndex(this.#portNum);
+      // cma_iboe_join_multicast: the route's hop limit (64 on RoCE v2), traffic class = the id's TOS.
+      const ahAttr = { dgid: mgid, sgidIndex, hopLimit: 64, trafficClass: this.#tos ?? 0, flowLabel: 0, port: this.#portNum };
+      let ah: Ah | null = null;
+      try {
+        ah = this.#pdForAh()?.createAh({ gid: mgid, port: this.#portNum, sgidIndex, hopLimit: 64, trafficClass: ahAttr.trafficClass }) ?? null;
+        if (ah !== null) this.#ahs.push(ah);
+      } catch {
+        /* no AH (the PD or GID is gone): the attributes are there to make one */
+      }
+      return this.#emit('MULTICAST_JOIN', 0, { ud: { qpNum: 0xffffff, qkey: RDMA_UDP_QKEY, ahAttr, ah }, context: o.context });
+    })();
+    p.catch(() => {
+      /* the event says it too */
+    });
+    return p;
+  }
+
+  /** rdma_leave_multicast: the QP is detached (the link leaves the IP group with its last QP); EINVAL when not joined. */
+  leaveMulticast(address: string): void {
+    const op = CALLS.leaveMulticast.op;
+    this.#check('leaveMulticast');
+    const e = this.#mcast.get(address);
+    if (e === undefined) throw new VerbsError('EINVAL', op, `${String(address)} is not joined`, 'address');
+    this.#mcast.delete(address);
+    const qp = this.qp;
+    if (e.attached && qp !== null && !qp.closed) qp.detachMcast(e.mgid);
+  }
+
   /** The device closed under the id (rdma_cm's cma_process_remove): work in flight is cancelled, DEVICE_REMOVAL comes. */
   #deviceRemoved(): void {
     if (this.#state === 'DESTROYING' || this.#state === 'DEVICE_REMOVAL') return;
     this.#pending?.cancel(new VerbsError('ENODEV', 'rdma_cm', `device ${this.#device?.name ?? '?'} was removed`, 'device'));
     this.#pending = null;
+    // The connection and listens go with the device (nothing can be sent any more).
+    this.#stopWatch();
+    this.#ib?.teardown();
+    this.#ib = null;
+    this.#unlisten();
+    this.#agent?.release();
+    this.#agent = null;
     const dev = this.#device;
     if (dev !== null) {
       dev.off('close', this.#onDeviceClose);
@@ -538,10 +1347,43 @@ export class CmId implements PortOwner {
     const p = this.#pending;
     this.#pending = null;
     p?.cancel(new VerbsError('EBADF', 'rdma_destroy_id', 'the id was closed', 'id'));
+    this.#failWaiters(new VerbsError('EBADF', 'rdma_destroy_id', 'the id was closed', 'id'));
+    // cm_destroy_id: a DREQ for a live connection, a DREP for one the peer is closing, a REJ for a request.
+    const hadConn = this.#ib !== null;
+    this.#qpToErr();
+    this.#dropIb();
+    this.#unlisten();
+    this.destroyQp();
     if (this.#boundPort !== 0) portTable.release(this.ps, this.#boundPort, this);
     this.#boundPort = 0;
-    this.#detachDevice();
+    const agent = this.#agent;
+    this.#agent = null;
+    const dev = this.#device;
+    if (hadConn && dev !== null && !dev.closed) {
+      // QP1 and the device close with their last user: not before the MAD just sent has gone out.
+      const cmRef = this.#cmRef;
+      dev.off('close', this.#onDeviceClose);
+      this.#device = null;
+      this.#cmRef = false;
+      dev.sched.setTimer(CLOSE_LINGER_MS, () => {
+        agent?.release();
+        if (cmRef) releaseCmDevice(dev);
+      });
+    } else {
+      agent?.release();
+      this.#detachDevice();
+    }
     this.#channel.detach(this, this);
+  }
+
+  #unlisten(): void {
+    for (const { agent, sid } of this.#listens) {
+      leaveListen(agent, sid, this.#listener);
+      agent.release();
+    }
+    this.#listens = [];
+    for (const d of this.#listenDevs) releaseCmDevice(d);
+    this.#listenDevs = [];
   }
   [Symbol.dispose](): void {
     this.close();
@@ -579,4 +1421,71 @@ export function createId(channel: EventChannel, o: CreateIdOptions = {}): CmId {
     if (dev.closed) throw new VerbsError('ENODEV', op, `device ${dev.name} is closed`, 'device');
   }
   return new CmId(channel, ps, o.qpType ?? natural ?? 'RC', o.context, dev);
+}
+
+function checkWait(op: string, o: WaitOptions): void {
+  if (typeof o !== 'object' || o === null) throw new VerbsError('EINVAL', op, 'options must be an object', 'options');
+  if (o.timeoutMs !== undefined) checkTimeout(op, o.timeoutMs);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new VerbsError('EINVAL', op, 'signal must be an AbortSignal', 'signal');
+}
+
+function abortError(op: string, signal: AbortSignal): Error {
+  const e = new Error(`${op}: aborted`, { cause: signal.reason as unknown });
+  e.name = 'AbortError';
+  (e as Error & { code: string }).code = 'ABORT_ERR';
+  return e;
+}
+
+/** An event's private data: up to the last non-zero byte, and the whole field (event-channel.ts CmEventParam). */
+function pdParam(field: Uint8Array): { privateData: Buffer; rawPrivateData: Buffer } {
+  let end = field.length;
+  while (end > 0 && field[end - 1] === 0) end--;
+  return { privateData: Buffer.from(field.subarray(0, end)), rawPrivateData: Buffer.from(field) };
+}
+
+function connInfoOf(p: {
+  remoteQpn: number;
+  responderResources: number;
+  initiatorDepth: number;
+  retryCount: number;
+  rnrRetryCount: number;
+  srq: boolean;
+}): ConnInfo {
+  return {
+    responderResources: p.responderResources,
+    initiatorDepth: p.initiatorDepth,
+    retryCount: p.retryCount,
+    rnrRetryCount: p.rnrRetryCount,
+    srq: p.srq,
+    qpNum: p.remoteQpn,
+  };
+}
+
+/**
+ * A REQ or SIDR_REQ for a port some ids listen on (cma_ib_req_handler): a malformed cma_hdr is rejected
+ * (REJ 28, or SIDR_REP "rejected"); the id bound to the header's destination address takes it, else one
+ * bound to the wildcard of that family; none: rejected the same way (cma_ib_id_from_event failing).
+ */
+function dispatchListen(l: SharedListen, ev: IbCmEvent): void {
+  if (ev.type !== 'REQ_RECEIVED' && ev.type !== 'SIDR_REQ_RECEIVED') return;
+  const refuse = (): void => {
+    try {
+      if (ev.type === 'REQ_RECEIVED') ev.id.sendRej(CmRejReason.CONSUMER_DEFINED);
+      else ev.id.sendSidrRep({ status: SidrStatus.REJECT, qpn: 0, qkey: 0 });
+    } finally {
+      ev.id.destroy();
+    }
+  };
+  const hdr = decodeCmaHdr(ev.privateData);
+  if (hdr instanceof CmaHdrError) return refuse();
+  const ids = [...l.ids];
+  const bound = (want: (a: CmAddr) => boolean) =>
+    ids.find((i) => {
+      const a = i.address();
+      return a !== null && want(a);
+    });
+  const target =
+    bound((a) => !isAnyAddr(a.address) && familyOf(a.address) === hdr.ipVersion && addrKey(a.address) === addrKey(hdr.dst)) ??
+    bound((a) => isAnyAddr(a.address) && a.family === hdr.ipVersion);
+  if (target === undefined || !target.incoming(ev, hdr.dst)) refuse();
 }

@@ -43,8 +43,8 @@ export interface CallRow {
  *   rdma_set_ack_timeout check none); REUSEADDR and AFONLY have their own rules (reuseAddrAllowed,
  *   AFONLY_FROM below).
  * - rdma_migrate_id: any state but DESTROYING (it only moves the id's events).
- * - rdma_listen (later work): an IDLE id is bound to the wildcard first, then cma_comp_exch(ADDR_BOUND, LISTEN).
- * - rdma_connect (later work): cma_comp_exch(ROUTE_RESOLVED, CONNECT).
+ * - rdma_listen: an IDLE id is bound to the IPv4 wildcard first, then cma_comp_exch(ADDR_BOUND, LISTEN).
+ * - rdma_connect: cma_comp_exch(ROUTE_RESOLVED, CONNECT).
  */
 export const CALLS = {
   bind: { op: 'rdma_bind_addr', from: ['IDLE'], to: 'ADDR_BOUND' },
@@ -74,6 +74,35 @@ export const CALLS = {
   },
   listen: { op: 'rdma_listen', from: ['IDLE', 'ADDR_BOUND'], to: 'LISTEN' },
   connect: { op: 'rdma_connect', from: ['ROUTE_RESOLVED'], to: 'CONNECT' },
+  // rdma_create_qp: needs the id's device (bound to an address, resolved, or a connection request's id).
+  createQp: { op: 'rdma_create_qp', from: ['ADDR_BOUND', 'ADDR_RESOLVED', 'ROUTE_RESOLVED', 'CONNECT'], to: null },
+  // rdma_accept / rdma_reject: a passive id made for a request, still in CONNECT (cma_comp(RDMA_CM_CONNECT)).
+  accept: { op: 'rdma_accept', from: ['CONNECT'], to: null },
+  reject: { op: 'rdma_reject', from: ['CONNECT'], to: null },
+  // rdma_establish: the active side without a QP, after CONNECT_RESPONSE; the passive side's ib_cm_notify.
+  establish: { op: 'rdma_establish', from: ['CONNECT'], to: null },
+  // rdma_disconnect: a connection being made, up, or already going down (cma.c checks no state; the
+  // IB CM refuses what its own state does not allow).
+  disconnect: { op: 'rdma_disconnect', from: ['CONNECT', 'ESTABLISHED', 'DISCONNECT'], to: 'DISCONNECT' },
+  // rdma_join_multicast: cma_comp(ADDR_BOUND) || cma_comp(ADDR_RESOLVED); rdma_leave_multicast in any live state.
+  joinMulticast: { op: 'rdma_join_multicast', from: ['ADDR_BOUND', 'ADDR_RESOLVED'], to: null },
+  leaveMulticast: {
+    op: 'rdma_leave_multicast',
+    from: [
+      'IDLE',
+      'ADDR_QUERY',
+      'ADDR_RESOLVED',
+      'ROUTE_QUERY',
+      'ROUTE_RESOLVED',
+      'CONNECT',
+      'DISCONNECT',
+      'ADDR_BOUND',
+      'LISTEN',
+      'DEVICE_REMOVAL',
+      'ESTABLISHED',
+    ],
+    to: null,
+  },
 } as const satisfies Record<string, CallRow>;
 export type CmCall = keyof typeof CALLS;
 
@@ -98,6 +127,10 @@ export const EVENT_MOVES = {
   ROUTE_RESOLVED: { from: 'ROUTE_QUERY', to: 'ROUTE_RESOLVED' },
   // cma_work_handler / cma_query_handler: a failed route query goes back to ADDR_RESOLVED.
   ROUTE_ERROR: { from: 'ROUTE_QUERY', to: 'ADDR_RESOLVED' },
+  // cma_ib_handler: RTU (or COMM_EST) on the passive side, REP + RTU sent on the active side.
+  ESTABLISHED: { from: 'CONNECT', to: 'ESTABLISHED' },
+  // a DREQ received: the connection is going down (cma_ib_handler IB_CM_DREQ_RECEIVED).
+  DISCONNECTED: { from: 'ESTABLISHED', to: 'DISCONNECT' },
 } as const satisfies Record<string, { from: CmaState; to: CmaState }>;
 
 /** May `call` run in `state`? */

@@ -127,6 +127,14 @@ export async function cmDevicesClosed(): Promise<void> {
   while (closing.size > 0) await Promise.all([...closing.values()]);
 }
 
+/** One more reference on a device the CM has open (an id made for a connection request shares its listener's); false when the CM does not own it. */
+export function retainCmDevice(dev: Device): boolean {
+  const e = byDevice.get(dev);
+  if (e === undefined) return false;
+  e.refs++;
+  return true;
+}
+
 /** Is the device one the CM opened (and will close)? */
 export function isCmDevice(dev: Device): boolean {
   return byDevice.has(dev);

@@ -21,6 +21,8 @@ import { VerbsError } from '../verbs/errors.js';
 import { emitGuarded } from '../verbs/emit.js';
 import type { Scheduler, TimerHandle } from '../roce/sched.js';
 import type { CmId } from './cm-id.js';
+import type { ConnInfo } from './conn.js';
+import type { Ah } from '../verbs/objects.js';
 import { RDMA_CM_EVENT_NAMES, type RdmaCmEventName } from './cm-defs.js';
 
 /** The rdma_cm event types, in librdmacm's enum order (enum rdma_cm_event_type; roce-wire.md h.3): the index is the value (cm-defs.ts). */
@@ -34,7 +36,36 @@ export type CmEventType = RdmaCmEventName;
  * connection work.
  */
 export interface CmEventParam {
+  /**
+   * The peer's private data up to its last non-zero byte: CM messages have fixed-size private data fields
+   * and no length, so librdmacm reports the whole field (56 bytes of a REQ after the cma_hdr, 196 of a
+   * REP...) zero-padded; trailing zero bytes the peer meant to send are lost here (use rawPrivateData).
+   */
   readonly privateData?: Buffer;
+  /** the whole private data field, as librdmacm reports it (private_data_len = the field's size) */
+  readonly rawPrivateData?: Buffer;
+  /** CONNECT_REQUEST, CONNECT_RESPONSE, ESTABLISHED of an RC id: the peer's conn param, seen from this side
+   *  (responder resources and initiator depth swapped, as the kernel reports them) */
+  readonly conn?: ConnInfo;
+  /** ESTABLISHED of a UD id (SIDR_REP received), CONNECT_REQUEST of a UD listener: where to send */
+  readonly ud?: UdParam;
+  /** MULTICAST_JOIN / MULTICAST_ERROR: the context given to joinMulticast (librdmacm's private_data pointer) */
+  readonly context?: unknown;
+}
+
+/** struct rdma_ud_param: the peer's QP and Q_Key, the address handle attributes, and an Ah made for them (the id's PD; closed with the id). */
+export interface UdParam {
+  readonly qpNum: number;
+  readonly qkey: number;
+  readonly ahAttr: {
+    readonly dgid: string;
+    readonly sgidIndex: number;
+    readonly hopLimit: number;
+    readonly trafficClass: number;
+    readonly flowLabel: number;
+    readonly port: number;
+  };
+  readonly ah: Ah | null;
 }
 
 /** One rdma_cm event (struct rdma_cm_event). */
