@@ -200,6 +200,10 @@ export class Qp implements TransportQp {
   }
 
   private apply(a: QpAttrs, to: QpState): void {
+    // A move to ERR or RESET first sends the ACK the responder is coalescing for requests it has already
+    // executed and completed: rxe acknowledges in the same pass as the receive (rxe_resp.c), so its peer
+    // has the ACK before any later modify; ours would be dropped by flushAck in ERR and the peer retry.
+    if ((to === 'ERR' || to === 'RESET') && this.resp.ackPending) flushAck(this);
     if (a.port !== undefined) this.#port = a.port;
     // UD and GSI messages are bounded by the port's MTU, not a path MTU (rxe's get_mtu()).
     if ((this.type === 'UD' || this.type === 'GSI') && to === 'INIT') this.#pathMtu = this.device.queryPort(this.#port).activeMtu;
