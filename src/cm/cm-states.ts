@@ -46,30 +46,21 @@ export interface CallRow {
  * - rdma_listen: an IDLE id is bound to the IPv4 wildcard first, then cma_comp_exch(ADDR_BOUND, LISTEN).
  * - rdma_connect: cma_comp_exch(ROUTE_RESOLVED, CONNECT).
  */
+/** Every state but DESTROYING: the calls that any live id may make (migrate, leave a group). */
+const LIVE: readonly CmaState[] = CMA_STATES.filter((st) => st !== 'DESTROYING');
+
 export const CALLS = {
   bind: { op: 'rdma_bind_addr', from: ['IDLE'], to: 'ADDR_BOUND' },
   resolveAddr: { op: 'rdma_resolve_addr', from: ['IDLE', 'ADDR_BOUND'], to: 'ADDR_QUERY' },
   resolveRoute: { op: 'rdma_resolve_route', from: ['ADDR_RESOLVED'], to: 'ROUTE_QUERY' },
   setOption: {
     op: 'rdma_set_option',
-    from: ['IDLE', 'ADDR_QUERY', 'ADDR_RESOLVED', 'ROUTE_QUERY', 'ROUTE_RESOLVED', 'CONNECT', 'DISCONNECT', 'ADDR_BOUND', 'LISTEN', 'ESTABLISHED'],
+    from: LIVE.filter((st) => st !== 'DEVICE_REMOVAL'),
     to: null,
   },
   migrate: {
     op: 'rdma_migrate_id',
-    from: [
-      'IDLE',
-      'ADDR_QUERY',
-      'ADDR_RESOLVED',
-      'ROUTE_QUERY',
-      'ROUTE_RESOLVED',
-      'CONNECT',
-      'DISCONNECT',
-      'ADDR_BOUND',
-      'LISTEN',
-      'DEVICE_REMOVAL',
-      'ESTABLISHED',
-    ],
+    from: LIVE,
     to: null,
   },
   listen: { op: 'rdma_listen', from: ['IDLE', 'ADDR_BOUND'], to: 'LISTEN' },
@@ -88,19 +79,7 @@ export const CALLS = {
   joinMulticast: { op: 'rdma_join_multicast', from: ['ADDR_BOUND', 'ADDR_RESOLVED'], to: null },
   leaveMulticast: {
     op: 'rdma_leave_multicast',
-    from: [
-      'IDLE',
-      'ADDR_QUERY',
-      'ADDR_RESOLVED',
-      'ROUTE_QUERY',
-      'ROUTE_RESOLVED',
-      'CONNECT',
-      'DISCONNECT',
-      'ADDR_BOUND',
-      'LISTEN',
-      'DEVICE_REMOVAL',
-      'ESTABLISHED',
-    ],
+    from: LIVE,
     to: null,
   },
 } as const satisfies Record<string, CallRow>;
