@@ -5,7 +5,7 @@
  * report when nothing listens on the port.
  */
 import t from 'tap';
-import { runBin, waitFor, reference, lines, freshPort, type ToolRun } from './tool-run.js';
+import { runBin, reference, lines, freshPort, type ToolRun } from './tool-run.js';
 
 const SRV = '127.0.62.1';
 const CLI = '127.0.62.2';
