@@ -32,6 +32,7 @@ t.test('defaults: the reference lines, return status 0, exit 0 on both sides', a
 
 t.test('-c 10 -C 5 -S 1000: ten connections, five 1000-byte messages each way', async (t) => {
   const { s, c } = await pair(['-c', '10', '-C', '5', '-S', '1000']);
+  t.equal(s.err + c.err, '', 'nothing on stderr (the real tools print nothing there either)');
   const rs = reference('ucmatose_-c_10_-C_5_-S_1000.server'),
     rc = reference('ucmatose_-c_10_-C_5_-S_1000.client');
   t.same(lines(s.out), rs.lines, 'server lines');
