@@ -101,3 +101,23 @@ t.test('nothing listens on the port: REJECTED (8), connect error, exit 255', asy
   t.same(lines(c.err), ['cma event RDMA_CM_EVENT_REJECTED, error 8', 'wait for CONNECTED state 11', 'connect error -1']);
   t.equal(c.code, 255);
 });
+
+t.test('-P: the server serves one client after another and keeps listening', async (t) => {
+  const port = freshPort();
+  const s = runBin('rping', ['-s', '-P', '-a', SRV, '-p', port, '-v']);
+  await new Promise((r) => setTimeout(r, 700));
+  for (let i = 0; i < 2; i++) {
+    const c = runBin('rping', ['-c', '-a', SRV, '-I', CLI, '-p', port, '-C', '2', '-V', '-v']);
+    await c.done;
+    t.same(
+      lines(c.out),
+      [0, 1].map((n) => `ping data: ${pingLine(n)}`),
+      `client ${i}`,
+    );
+    t.equal(c.code, 0, `client ${i} exit`);
+  }
+  t.equal(s.code, null, 'the persistent server is still running');
+  s.child.kill();
+  await s.done;
+  t.equal(lines(s.out).length, 4, "the server printed both clients' pings");
+});
