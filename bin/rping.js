@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+import { rpingCli } from '../dist/src/cli/rping.js';
+await rpingCli();
