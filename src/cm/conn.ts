@@ -127,9 +127,13 @@ export function mtuBytes(e: number): Mtu {
 export interface Handshake {
   path: CmPath;
   remoteQpn: number;
-  /** the peer's starting PSN: our receive PSN */
+  /**
+   * The Starting PSN of the peer's REQ or REP: the PSN we send from. Linux's cm.c reads a CM message's
+   * Starting PSN as the PSN its sender will receive (cm_req_handler and cm_rep_handler set sq_psn from it;
+   * ib_send_cm_req and ib_send_cm_rep set rq_psn from their own), and rxe's QPs follow that.
+   */
   remotePsn: number;
-  /** our starting PSN */
+  /** the Starting PSN of our REQ or REP: the PSN we expect to receive */
   localPsn: number;
   /** reads the peer may have at us (our max_dest_rd_atomic) and we may have at it (our max_rd_atomic) */
   responderResources: number;
@@ -162,7 +166,7 @@ export function rtrAttrs(h: Handshake, activeMtu: Mtu, dev: Device): QpAttrs {
     },
     pathMtu: mtu < activeMtu ? mtu : activeMtu,
     destQpn: h.remoteQpn,
-    rqPsn: h.remotePsn,
+    rqPsn: h.localPsn,
     maxDestRdAtomic: Math.min(h.responderResources, dev.attr.maxQpRdAtom),
     minRnrTimer: CM_MIN_RNR_TIMER,
   };
@@ -172,7 +176,7 @@ export function rtrAttrs(h: Handshake, activeMtu: Mtu, dev: Device): QpAttrs {
 export function rtsAttrs(h: Handshake, dev: Device): QpAttrs {
   return {
     state: 'RTS',
-    sqPsn: h.localPsn,
+    sqPsn: h.remotePsn,
     timeout: h.ackTimeout,
     retryCnt: h.retryCount,
     rnrRetry: h.rnrRetryCount,

@@ -63,6 +63,14 @@ t.test('connect / accept: events, private data with its real length, swapped con
   t.equal(qb.destQpn, qa.qpn);
   t.equal(qa.rqPsn, qb.sqPsn, "A receives from B's starting PSN");
   t.equal(qb.rqPsn, qa.sqPsn);
+  // Linux's cm.c reads a message's Starting PSN as the PSN its sender will receive: the passive side sends
+  // from the REQ's (cm_req_handler: sq_psn), the active side from the REP's (cm_rep_handler: sq_psn). Seen
+  // in the lab: a real ucmatose server sends its first SEND with the REQ's PSN.
+  const psnOf = (type: string): number => (n.wire.find((w) => w.msg.type === type)!.msg as unknown as { startingPsn: number }).startingPsn;
+  t.equal(qb.sqPsn, psnOf('REQ'), "the passive QP sends from the REQ's starting PSN");
+  t.equal(qa.rqPsn, psnOf('REQ'), 'and the active QP expects it');
+  t.equal(qa.sqPsn, psnOf('REP'), "the active QP sends from the REP's starting PSN");
+  t.equal(qb.rqPsn, psnOf('REP'), 'and the passive QP expects it');
   t.equal(qa.maxRdAtomic, 2, 'A may have 2 reads at B (its initiator depth, granted by B)');
   t.equal(qb.maxDestRdAtomic, 2);
   t.equal(qb.maxRdAtomic, 4, "B's initiator depth: A's responder resources");
