@@ -68,8 +68,12 @@ const S = {
 const EINVAL = 22;
 const RPING_SQ_DEPTH = 16;
 const RPING_BUFSIZE = 64 * 1024;
-/** sizeof(stringify(INT_MAX)) + sizeof(RPING_MSG_FMT): the smallest -S rping takes */
-const RPING_MIN_BUFSIZE = 11 + 15;
+/**
+ * sizeof(stringify(INT_MAX)) + sizeof(RPING_MSG_FMT): the smallest -S rping takes. rping's one-level
+ * stringify makes the literal "INT_MAX" (8 bytes with its NUL), not the number, so 8 + 15 = 23: the
+ * real tool says "valid range is 23 to 65536" in the lab.
+ */
+const RPING_MIN_BUFSIZE = 8 + 15;
 const INFO_LEN = 16;
 const RESOLVE_MS = 2000;
 
@@ -231,8 +235,10 @@ class Cb {
       case 'CONNECT_ERROR':
       case 'UNREACHABLE':
       case 'REJECTED':
+        // rping.c leaves the state alone here (its cm thread then exits with -1): the waiting
+        // main thread prints the state it was in, e.g. "wait for CONNECTED state 4" (ROUTE_RESOLVED)
+        // after a REJECTED, as the real tool does in the lab.
         this.o.err(`cma event RDMA_CM_EVENT_${ev.event}, error ${ev.status}\n`);
-        this.state = S.ERROR;
         this.sem.post();
         break;
       case 'DEVICE_REMOVAL':
@@ -505,7 +511,7 @@ export async function rpingMain(
     err,
   };
   if (o.size < RPING_MIN_BUFSIZE || o.size > RPING_BUFSIZE - 1) {
-    err(`Invalid size ${o.size} (valid range is ${RPING_MIN_BUFSIZE} to ${RPING_BUFSIZE - 1})\n`);
+    err(`Invalid size ${o.size} (valid range is ${RPING_MIN_BUFSIZE} to ${RPING_BUFSIZE})\n`);
     return EINVAL;
   }
   if (o.count < 0) {
