@@ -11,52 +11,11 @@
  *
  * Exit status: 0 all passed, 1 a case failed, 3 the lab cannot run here.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, accessSync, constants } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { loadNative } from '../../src/native.js';
-
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const LAB_DIR = process.env['SOFTROCE_LAB'] ?? resolve(ROOT, '..', 'shared', 'lab');
-const LAB = join(LAB_DIR, 'lab');
-const HOST_IP = '198.18.0.1';
-const GUEST_SERVER = 1,
-  GUEST_CLIENT = 2;
-const GUEST_IP = (g: number): string => `198.18.0.${10 + g}`;
-const DEVS = `SOFTROCE_DEVICES=rxe0=labbr0:${HOST_IP}`;
-
-interface Res {
-  code: number | null;
-  out: string;
-  err: string;
-}
-
-function sh(cmd: string, args: string[], timeoutMs: number, env: NodeJS.ProcessEnv = process.env): Promise<Res> {
-  return new Promise((res) => {
-    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '',
-      err = '';
-    p.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    p.stderr.on('data', (d: Buffer) => {
-      err += d.toString();
-    });
-    const t = setTimeout(() => p.kill('SIGTERM'), timeoutMs);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      res({ code, out, err });
-    });
-    p.on('error', (e) => {
-      clearTimeout(t);
-      res({ code: -1, out, err: err + String(e) });
-    });
-  });
-}
-const lab = (args: string[], ms = 120_000): Promise<Res> => sh(LAB, args, ms);
-const guest = (g: number, cmd: string, ms = 90_000): Promise<Res> => lab(['exec', '-t', String(Math.ceil(ms / 1000)), String(g), cmd], ms + 10_000);
-const host = (cmd: string, ms = 90_000): Promise<Res> => lab(['host', `timeout ${Math.ceil(ms / 1000)} ${cmd}`], ms + 10_000);
+import { DEVS, GUEST_CLIENT, GUEST_IP, GUEST_SERVER, HOST_IP, LAB, LAB_DIR, ROOT, guest, host, lab, oneLine, tail, type Res } from './lab.js';
+import { cmCases, cmName, runCmCase } from './cm.js';
 
 function cannotRun(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, qemu taps)';
@@ -125,21 +84,6 @@ function cases(): Case[] {
 const okOut = (o: string): boolean => /\d+ bytes in [\d.]+ seconds = [\d.]+ Mbit\/sec/.test(o) && /\d+ iters in [\d.]+ seconds = [\d.]+ usec\/iter/.test(o);
 /** perftest prints a header line then one result row with numbers. */
 const okPerf = (o: string): boolean => /#bytes.*\n\s*\d+\s+\d+\s+[\d.]+\s+[\d.]+/.test(o);
-/** The reason to show: a stuck dump when there is one (with the lines printed before it), else the last two lines. */
-const tail = (s: string): string => {
-  const lines = s.trim().split('\n');
-  const firstStuck = lines.findIndex((l) => l.startsWith('stuck:'));
-  if (firstStuck < 0) return lines.slice(-2).join(' | ');
-  return [...lines.slice(Math.max(0, firstStuck - 2), firstStuck), ...lines.slice(firstStuck)].join(' | ');
-};
-const oneLine = (s: string): string =>
-  s
-    .trim()
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean)
-    .join(' | ');
-
 /**
  * Whether both guests still reach the host side. Under TCG a guest's NIC has been seen to stop
  * passing traffic in the middle of a perftest case (twice in about 20 full runs: the rxe client
@@ -320,6 +264,46 @@ async function main(): Promise<number> {
   }
   if (jumbo) await setJumbo(false);
   if (lossy) await setLossy(false);
+  // rdma_cm (issue 13): each case real ↔ real first, then softroce in each role against it.
+  for (const c of cmCases()) {
+    const name = cmName(c);
+    if (only && !name.includes(only)) continue;
+    const t0 = Date.now();
+    let r = await runCmCase(c);
+    let note = '';
+    // As above: a case that fails is tried once more, after a look at the lab's health.
+    const failed = (x: typeof r): string | null => x.ref ?? x.results.find(([, why]) => why !== null)?.[1] ?? null;
+    const first = failed(r);
+    if (first !== null) {
+      if (!(await healLab())) {
+        console.log('interop: the lab could not be restarted; stopping');
+        console.log(`${pass} passed, ${fail + 1} failed`);
+        return 1;
+      }
+      r = await runCmCase(c);
+      note = ` after 1 retry (first: ${first})`;
+    }
+    const dt = ((Date.now() - t0) / 1000).toFixed(1);
+    if (r.ref !== null) {
+      fail += 2;
+      console.log(`FAIL ${name} real-real (${dt}s): the reference run failed: ${r.ref}${note}`);
+      continue;
+    }
+    for (const [p, why] of r.results) {
+      if (why === null) pass++;
+      else fail++;
+      console.log(`${why === null ? 'PASS' : 'FAIL'} ${name} ${p} (${dt}s)${why === null ? '' : `: ${why}`}${note}`);
+    }
+    // cmtime's per-step table of each pairing, for the note: the same run, side by side
+    if (c.tool === 'cmtime')
+      for (const [p, lines] of Object.entries(r.outs))
+        console.log(
+          `  cmtime client, ${p}:\n${lines
+            .filter((l) => /:/.test(l))
+            .map((l) => `    ${l}`)
+            .join('\n')}`,
+        );
+  }
   if (!native) await lab(['ipid0', 'off']);
   if (process.env['INTEROP_KEEP_UP'] !== '1') await lab(['down']);
   console.log(`${pass} passed, ${fail} failed`);

@@ -1,0 +1,187 @@
+/**
+ * The rdma_cm cases of the interop suite (issue 13): rdmacm-utils' ucmatose,
+ * rping, udaddy, mckey and cmtime and perftest's -R, each run three ways in the
+ * same lab session: real ↔ real (guest 1 serves, guest 2 connects; the
+ * reference), softroce serving a real client, and a real server with a
+ * softroce client. A softroce pairing passes when each side ends with the same
+ * exit status and prints the same lines, stdout and stderr apart, as the same
+ * role did real ↔ real. Addresses are written as <addr>; where a tool prints
+ * figures that vary per run (cmtime's table, perftest's banner and results)
+ * the numbers are masked and the lines must still match one for one.
+ */
+import { join } from 'node:path';
+import { DEVS, GUEST_CLIENT, GUEST_IP, GUEST_SERVER, HOST_IP, ROOT, guest, host, lab, sleep, type Res } from './lab.js';
+
+export interface CmCase {
+  tool: string;
+  /** server arguments; {self} is the serving side's address */
+  server: string;
+  /** client arguments; {peer} is the server's address, {self} the client's own */
+  client: string;
+  /** the rdma_cm port the server listens on; without one (mckey's receiver) the client starts a fixed time later */
+  port?: number;
+  /** the server runs until it is ended (cmtime): its exit status is not compared */
+  daemon?: boolean;
+  /** mask run-dependent numbers: cmtime's table, perftest's banner and figures */
+  mask?: boolean;
+  /** nothing serves: only the client runs, against a guest where nothing listens on the port */
+  serverless?: boolean;
+  /** longer than the default 90 s per side */
+  ms?: number;
+}
+
+export function cmCases(): CmCase[] {
+  const c: CmCase[] = [];
+  // ucmatose: 1 and 10 connections; -S from 1 B to 1 MiB (the 1 MiB case with fewer messages: rxe under TCG moves ~2 MB/s)
+  c.push({ tool: 'ucmatose', server: '', client: '-s {peer}', port: 7471 });
+  c.push({ tool: 'ucmatose', server: '-c 10', client: '-s {peer} -c 10', port: 7471 });
+  c.push({ tool: 'ucmatose', server: '-c 10 -C 5 -S 1', client: '-s {peer} -c 10 -C 5 -S 1', port: 7471 });
+  c.push({ tool: 'ucmatose', server: '-c 10 -C 5 -S 1000', client: '-s {peer} -c 10 -C 5 -S 1000', port: 7471 });
+  c.push({ tool: 'ucmatose', server: '-C 4 -S 65536', client: '-s {peer} -C 4 -S 65536', port: 7471 });
+  c.push({ tool: 'ucmatose', server: '-C 2 -S 1048576', client: '-s {peer} -C 2 -S 1048576', port: 7471, ms: 150_000 });
+  c.push({ tool: 'ucmatose', server: '', client: '-s {peer} -p 7472', serverless: true });
+  // rping: -C 100 -v -V as the issue asks, the smallest and largest -S, and no server
+  c.push({ tool: 'rping', server: '-s -a {self} -v -C 100', client: '-c -a {peer} -v -V -C 100', port: 7174 });
+  c.push({ tool: 'rping', server: '-s -a {self} -C 10 -S 23', client: '-c -a {peer} -V -C 10 -S 23', port: 7174 });
+  c.push({ tool: 'rping', server: '-s -a {self} -C 10 -S 65535', client: '-c -a {peer} -V -C 10 -S 65535', port: 7174 });
+  c.push({ tool: 'rping', server: '', client: '-c -a {peer} -p 7175 -C 1', serverless: true });
+  // udaddy: SIDR and UD sends, 1 and 10 ids, small and MTU-sized messages
+  c.push({ tool: 'udaddy', server: '', client: '-s {peer}', port: 7174 });
+  c.push({ tool: 'udaddy', server: '-c 10 -C 5 -S 1', client: '-s {peer} -c 10 -C 5 -S 1', port: 7174 });
+  c.push({ tool: 'udaddy', server: '-S 1000', client: '-s {peer} -S 1000', port: 7174 });
+  c.push({ tool: 'udaddy', server: '', client: '-s {peer} -p 7175', serverless: true });
+  // mckey: the receiver joins first, then the sender joins and sends
+  c.push({ tool: 'mckey', server: '-m 239.18.0.1 -b {self}', client: '-m 239.18.0.1 -b {self} -s' });
+  c.push({ tool: 'mckey', server: '-m 239.18.0.2 -b {self} -C 20 -S 1000', client: '-m 239.18.0.2 -b {self} -s -C 20 -S 1000' });
+  // cmtime: 100 connections, per-step times (the server serves until ended)
+  c.push({ tool: 'cmtime', server: '', client: '-s {peer} -c 100', port: 7471, daemon: true, mask: true, ms: 150_000 });
+  // perftest over rdma_cm instead of the TCP exchange
+  for (const tool of ['ib_write_bw', 'ib_read_bw', 'ib_send_bw', 'ib_send_lat', 'ib_write_lat'])
+    c.push({ tool, server: '-R -d rxe0 -n 200', client: '-R -d rxe0 -n 200 {peer}', port: 18515, mask: true });
+  c.push({ tool: 'ib_write_bw', server: '', client: '-R -d rxe0 -n 200 {peer}', serverless: true, mask: true });
+  return c;
+}
+
+export const cmName = (c: CmCase): string =>
+  `${c.tool} ${c.serverless ? '(no server)' : c.server || 'defaults'} | ${c.client}`.replace(/\{peer\}|\{self\}/g, 'ADDR');
+
+const MARK = '=== stderr ===';
+/** stdout, then the marker, then stderr: the two streams kept apart whatever their buffering */
+const wrap = (cmd: string): string => `${cmd} 2>/tmp/cmerr.$$; rc=$?; echo '${MARK}'; cat /tmp/cmerr.$$; rm -f /tmp/cmerr.$$; exit $rc`;
+const ours = (tool: string, args: string): string => `env ${DEVS} node ${join(ROOT, 'bin', `${tool}.js`)} ${args}`;
+
+interface Side {
+  code: number | null;
+  out: string[];
+  err: string[];
+  /** stdout as printed (figures unmasked) */
+  raw: string[];
+}
+
+function split(r: Res, mask: boolean): Side {
+  const all = r.out.replace(/\r/g, '');
+  const at = all.lastIndexOf(MARK);
+  const norm = (s: string): string[] =>
+    s
+      .split('\n')
+      .map((l) => {
+        let x = l.replace(/198\.18\.0\.\d+/g, '<addr>');
+        if (mask) {
+          // perftest prints GIDs as bytes, QPNs/PSNs in hex and figures with tabs; cmtime its table of times
+          x = x.replace(/^(\s*GID:).*/, '$1 <gid>').replace(/0x[0-9a-f]+/gi, '#');
+          x = x.replace(/\d+(\.\d+)?/g, '#');
+        }
+        return x.replace(/\s+/g, ' ').trim();
+      })
+      .filter((l) => l !== '');
+  const raw = (at < 0 ? all : all.slice(0, at)).split('\n').filter((l) => l.trim() !== '');
+  if (at < 0) return { code: r.code, out: norm(all + r.err), err: [], raw };
+  return { code: r.code, out: norm(all.slice(0, at)), err: norm(all.slice(at + MARK.length) + r.err), raw };
+}
+
+type Pairing = 'real-real' | 'softroce-server' | 'rxe-server';
+
+/** Waits until the real server in guest g has its rdma_cm id listening on the port (rdma res show cm_id). */
+async function waitCmListen(g: number, port: number, ms = 30_000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const r = await lab(['exec', String(g), `rdma res show cm_id | grep LISTEN | grep -q ':${port} '`], 10_000);
+    if (r.code === 0) return true;
+    await sleep(300);
+  }
+  return false;
+}
+
+async function runPairing(c: CmCase, p: Pairing): Promise<{ srv: Side | null; cli: Side } | string> {
+  const ms = c.ms ?? 90_000;
+  const srvIp = p === 'softroce-server' ? HOST_IP : GUEST_IP(GUEST_SERVER);
+  const cliIp = p === 'rxe-server' ? HOST_IP : GUEST_IP(GUEST_CLIENT);
+  const sub = (a: string, self: string): string => a.replace(/\{peer\}/g, srvIp).replace(/\{self\}/g, self);
+  const srvArgs = sub(c.server, srvIp);
+  const cliArgs = sub(c.client, cliIp);
+  let server: Promise<Res> | null = null;
+  if (!c.serverless) {
+    if (p === 'softroce-server') {
+      server = host(wrap(ours(c.tool, srvArgs)), ms);
+      // softroce's listener is inside the node process, out of the kernel's sight: give it time to start
+      await sleep(c.port === undefined ? 4000 : 3000);
+    } else {
+      server = guest(GUEST_SERVER, wrap(`${c.tool} ${srvArgs}`), ms);
+      if (c.port === undefined) await sleep(4000);
+      else if (!(await waitCmListen(GUEST_SERVER, c.port))) return 'the rxe server did not listen';
+    }
+  }
+  const client = await (p === 'rxe-server' ? host(wrap(ours(c.tool, cliArgs)), ms) : guest(GUEST_CLIENT, wrap(`${c.tool} ${cliArgs}`), ms));
+  if (c.daemon) await cmCleanup();
+  const srv = server ? await server : null;
+  return { srv: srv && split(srv, !!c.mask), cli: split(client, !!c.mask) };
+}
+
+function diff(role: string, got: Side, want: Side): string | null {
+  if (got.code !== want.code) return `${role} exited ${got.code}, real ↔ real ${want.code}: ${[...got.out, ...got.err].slice(-2).join(' | ')}`;
+  for (const k of ['out', 'err'] as const) {
+    const a = got[k],
+      b = want[k];
+    for (let i = 0; i < Math.max(a.length, b.length); i++)
+      if (a[i] !== b[i])
+        return `${role} ${k === 'out' ? 'stdout' : 'stderr'} line ${i + 1}: ${JSON.stringify(a[i] ?? '(none)')}, real ↔ real ${JSON.stringify(b[i] ?? '(none)')}`;
+  }
+  return null;
+}
+
+/**
+ * One case three ways. The real ↔ real run is the reference: when it fails (the lab, not softroce), the case
+ * says so and counts as failed in both softroce pairings.
+ */
+export async function runCmCase(
+  c: CmCase,
+): Promise<{ ref: string | null; results: Array<[Pairing, string | null]>; outs: Partial<Record<Pairing, string[]>> }> {
+  const outs: Partial<Record<Pairing, string[]>> = {};
+  const ref = await runPairing(c, 'real-real');
+  await cmCleanup();
+  if (typeof ref === 'string') return { ref, results: [], outs };
+  outs['real-real'] = ref.cli.raw;
+  const results: Array<[Pairing, string | null]> = [];
+  const pairings: Pairing[] = c.serverless ? ['rxe-server'] : ['softroce-server', 'rxe-server'];
+  for (const p of pairings) {
+    const r = await runPairing(c, p);
+    await cmCleanup();
+    if (typeof r === 'string') {
+      results.push([p, r]);
+      continue;
+    }
+    outs[p] = r.cli.raw;
+    const who = p === 'softroce-server' ? ['softroce server', 'rxe client'] : ['rxe server', 'softroce client'];
+    const why = (!c.daemon && r.srv && ref.srv ? diff(who[0]!, r.srv, ref.srv) : null) ?? diff(who[1]!, r.cli, ref.cli);
+    results.push([p, why]);
+  }
+  return { ref: null, results, outs };
+}
+
+/** Ends the CM tools a case left running: by name in the guests, by the PID that holds softroce's UDP port on the host side. */
+export async function cmCleanup(): Promise<void> {
+  const names = 'ucmatose|rping|udaddy|mckey|cmtime|ib_(write|read|send|atomic)_(bw|lat)';
+  for (const g of [GUEST_SERVER, GUEST_CLIENT]) await guest(g, `pkill -x '${names}'; true`, 20_000);
+  await lab(['host', "for p in $(ss -Hlunp 'sport = :4791' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do kill $p; done; true"]);
+  await sleep(500);
+}
