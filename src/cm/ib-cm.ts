@@ -1041,6 +1041,10 @@ export class IbCmId {
       packetLifeTime: life,
       pkey: req.pkey,
     };
+    // cm_req_handler then builds the id's AV from that primary path (cm_init_av_by_path): the REP and every
+    // later MAD go with the requested traffic class, flow label and SL, not the defaults of a bare response
+    // (a real ucmatose -t 96 client gets its REP from rxe with DSCP 0x60).
+    this.#av = { ...this.#av, trafficClass: path.trafficClass, flowLabel: path.flowLabel, sl: path.sl };
     const param: CmConnParam = {
       remoteQpn: req.localQpn,
       startingPsn: req.startingPsn,

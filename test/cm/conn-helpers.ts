@@ -30,6 +30,8 @@ export interface ConnNet {
   wire: WireMsg[];
   /** return true to drop a CM MAD */
   drop: ((m: WireMsg) => boolean) | null;
+  /** each CM MAD as its link was asked to send it, with the IP TOS byte it was given */
+  sentTos: Array<{ src: string; type: string; tos: number }>;
   /** drop every packet (CM and data) from this address while set */
   blackhole: string | null;
   types(): string[];
@@ -42,8 +44,21 @@ export interface ConnNet {
 export async function connNet(ipA = '10.60.0.1', ipB = '10.60.0.2'): Promise<ConnNet> {
   const sched = new FakeScheduler();
   const net = new MemNetwork(sched);
-  const a = await openDevice({ scheduler: sched, link: net.attach(ipA) });
-  const b = await openDevice({ scheduler: sched, link: net.attach(ipB) });
+  const sentTos: ConnNet['sentTos'] = [];
+  const tap = (ip: string): ReturnType<MemNetwork['attach']> => {
+    const l = net.attach(ip);
+    const send = l.send.bind(l);
+    l.send = (buf, len, dstIp, dstPort, tos, srcPort) => {
+      if (len >= UD_HDRS + 256) {
+        const m = parseCmMad(Buffer.from(buf.subarray(UD_HDRS, UD_HDRS + 256)));
+        if (!(m instanceof CmMadError)) sentTos.push({ src: ip, type: m.type, tos: tos ?? 0 });
+      }
+      send(buf, len, dstIp, dstPort, tos, srcPort);
+    };
+    return l;
+  };
+  const a = await openDevice({ scheduler: sched, link: tap(ipA) });
+  const b = await openDevice({ scheduler: sched, link: tap(ipB) });
   const n: ConnNet = {
     sched,
     net,
@@ -54,6 +69,7 @@ export async function connNet(ipA = '10.60.0.1', ipB = '10.60.0.2'): Promise<Con
     ipA,
     ipB,
     wire: [],
+    sentTos,
     drop: null,
     blackhole: null,
     types: () => n.wire.filter((w) => !w.dropped).map((w) => w.msg.type),

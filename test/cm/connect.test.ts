@@ -578,6 +578,13 @@ t.test("setOption({ tos }) reaches the QP's AV (IP TOS of the data packets) and 
   t.equal(a.qp!.av?.trafficClass, 0x48);
   t.equal(a.qp!.av?.sl, 0);
   t.equal(b.qp!.av?.trafficClass, 0x48, "the passive side's AV from the REQ's path");
+  // cm_req_handler builds the passive id's AV from the REQ's primary path (cm_init_av_by_path), so the REP and
+  // everything after it go with the requested TOS too: a real ucmatose -t 96 client's REP from rxe has DSCP 0x60.
+  t.same(
+    n.sentTos.map((m) => `${m.src === n.ipA ? 'A' : 'B'} ${m.type} ${m.tos}`),
+    ['A REQ 72', 'B REP 72', 'A RTU 72'],
+    'every CM MAD of the connection with the TOS, both ways',
+  );
   for (const id of [a, b, l]) id.close();
   await n.close();
 });

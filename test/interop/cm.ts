@@ -10,7 +10,7 @@
  * the numbers are masked and the lines must still match one for one.
  */
 import { join } from 'node:path';
-import { DEVS, GUEST_CLIENT, GUEST_IP, GUEST_SERVER, HOST_IP, ROOT, guest, host, lab, sleep, type Res } from './lab.js';
+import { DEVS, GUEST_CLIENT, GUEST_IP, GUEST_SERVER, HOST_IP, ROOT, guest, host, lab, sh, sleep, type Res } from './lab.js';
 
 export interface CmCase {
   tool: string;
@@ -28,6 +28,8 @@ export interface CmCase {
   serverless?: boolean;
   /** longer than the default 90 s per side */
   ms?: number;
+  /** the -t TOS given: every RoCE packet of the softroce pairings must carry it in the IP header, and the REQ SL 0 (capture on the bridge) */
+  tos?: number;
 }
 
 export function cmCases(): CmCase[] {
@@ -40,6 +42,8 @@ export function cmCases(): CmCase[] {
   c.push({ tool: 'ucmatose', server: '-C 4 -S 65536', client: '-s {peer} -C 4 -S 65536', port: 7471 });
   c.push({ tool: 'ucmatose', server: '-C 2 -S 1048576', client: '-s {peer} -C 2 -S 1048576', port: 7471, ms: 150_000 });
   c.push({ tool: 'ucmatose', server: '', client: '-s {peer} -p 7472', serverless: true });
+  // rdma_set_option(TOS) from the active side: the DSCP of every packet, both ways, and the path's SL
+  c.push({ tool: 'ucmatose', server: '-C 2', client: '-s {peer} -C 2 -t 96', port: 7471, tos: 96 });
   // rping: -C 100 -v -V as the issue asks, the smallest and largest -S, and no server
   c.push({ tool: 'rping', server: '-s -a {self} -v -C 100', client: '-c -a {peer} -v -V -C 100', port: 7174 });
   c.push({ tool: 'rping', server: '-s -a {self} -C 10 -S 23', client: '-c -a {peer} -V -C 10 -S 23', port: 7174 });
@@ -164,11 +168,21 @@ export async function runCmCase(
   const results: Array<[Pairing, string | null]> = [];
   const pairings: Pairing[] = c.serverless ? ['rxe-server'] : ['softroce-server', 'rxe-server'];
   for (const p of pairings) {
+    const pcap = `/tmp/softroce-interop-tos-${p}.pcap`;
+    if (c.tos !== undefined) await lab(['capture', 'start', pcap, 'udp port 4791']);
     const r = await runPairing(c, p);
     await cmCleanup();
+    if (c.tos !== undefined) await lab(['capture', 'stop', pcap]);
     if (typeof r === 'string') {
       results.push([p, r]);
       continue;
+    }
+    if (c.tos !== undefined) {
+      const why = await checkTos(pcap, c.tos);
+      if (why !== null) {
+        results.push([p, why]);
+        continue;
+      }
     }
     outs[p] = r.cli.raw;
     const who = p === 'softroce-server' ? ['softroce server', 'rxe client'] : ['rxe server', 'softroce client'];
@@ -176,6 +190,24 @@ export async function runCmCase(
     results.push([p, why]);
   }
   return { ref: null, results, outs };
+}
+
+/** Every RoCE packet in the capture has the TOS byte; the REQ's primary path SL is 0 (iboe_tos_to_sl without a VLAN). */
+async function checkTos(pcap: string, tos: number): Promise<string | null> {
+  const r = await sh('tshark', ['-r', pcap, '-T', 'fields', '-e', 'ip.dsfield', '-e', 'infiniband.cm.req.prim_sl', '-e', '_ws.col.Info'], 60_000);
+  if (r.code !== 0) return `tshark on ${pcap} failed: ${r.err.trim()}`;
+  const rows = r.out
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split('\t'));
+  if (rows.length < 6) return `only ${rows.length} packets captured`;
+  const bad = rows.find((f) => Number(f[0]) !== tos);
+  if (bad) return `a packet with TOS ${bad[0]}, not ${tos}: ${bad[2]}`;
+  const req = rows.find((f) => /ConnectRequest/.test(f[2] ?? ''));
+  if (!req) return 'no REQ in the capture';
+  if (req[1] !== '' && Number(req[1]) !== 0) return `the REQ's SL is ${req[1]}, not 0`;
+  return null;
 }
 
 /** Ends the CM tools a case left running: by name in the guests, by the PID that holds softroce's UDP port on the host side. */
