@@ -135,6 +135,11 @@ export async function udaddyMain(
     }
   }
   const ps = PS_NAME[psNum];
+  if (ps === undefined && psNum !== RDMA_PS_IPOIB && server !== undefined) {
+    // A port space the kernel does not know: the client's rdma_create_id fails with EINVAL in alloc_nodes,
+    // which prints nothing, and udaddy exits 1 (the real one does so in the lab with -p 7175).
+    return 1;
+  }
   if (ps === undefined) {
     // rdma_create_id refuses it here: softroce has no IPoIB port space (the kernel takes 0x2 for UD ids).
     err(`udaddy: port space ${'0x' + psNum.toString(16)} is not supported by softroce (0x111 UDP, 0x106 TCP, 0x13f IB)\n`);

@@ -53,6 +53,7 @@ export function cmCases(): CmCase[] {
   c.push({ tool: 'udaddy', server: '', client: '-s {peer}', port: 7174 });
   c.push({ tool: 'udaddy', server: '-c 10 -C 5 -S 1', client: '-s {peer} -c 10 -C 5 -S 1', port: 7174 });
   c.push({ tool: 'udaddy', server: '-S 1000', client: '-s {peer} -S 1000', port: 7174 });
+  c.push({ tool: 'udaddy', server: '', client: '-s {peer}', serverless: true });
   c.push({ tool: 'udaddy', server: '', client: '-s {peer} -p 7175', serverless: true });
   // mckey: the receiver joins first, then the sender joins and sends
   c.push({ tool: 'mckey', server: '-m 239.18.0.1 -b {self}', client: '-m 239.18.0.1 -b {self} -s' });
