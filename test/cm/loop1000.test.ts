@@ -11,8 +11,8 @@
  * same figures again: open handles by type (process.getActiveResourcesInfo), live timers (every
  * setTimeout / setInterval of the process, ref'd or not), file descriptors (/proc/self/fd, less the UDP
  * flow-port sockets the links keep by design, capped at 256 a link: udp-base.ts), the devices' QP, PD,
- * CQ and MR tables, the IB CM agents' id tables, the devices' 'close' listeners, the channels' queued
- * events and listeners, the CM's device references, every id, QP, CQ, PD and MR a cycle made (held by
+ * CQ and MR tables, the IB CM agents' id tables, the rdma_cm ports the ids took, the devices' 'close'
+ * listeners, the channels' queued events and listeners, the CM's device references, every id, QP, CQ, PD and MR a cycle made (held by
  * WeakRefs: alive after a forced GC or not), and heapUsed after that GC. Tolerances are a few units: one
  * object kept per connection is 950 of them (`--leak` keeps each closed client id: the alive count and
  * the heap bound both fail). The heap bound is generous (4.5 MiB): JIT code and the flow-port pools
@@ -30,6 +30,7 @@ import { createEventChannel, type CmEvent } from '../../src/cm/event-channel.js'
 import { createId, type CmId } from '../../src/cm/cm-id.js';
 import { CmAgent } from '../../src/cm/ib-cm.js';
 import { cmDevices, cmDevicesClosed } from '../../src/cm/devices.js';
+import { portTable } from '../../src/cm/port-space.js';
 import { Wc } from '../../src/verbs/types.js';
 import type { Device } from '../../src/verbs/device.js';
 import type { Cq } from '../../src/verbs/cq.js';
@@ -111,6 +112,8 @@ async function child(): Promise<void> {
   const made: Array<WeakRef<object>> = [];
   const alive = (): number => made.reduce((k, w) => k + (w.deref() === undefined ? 0 : 1), 0);
   let maxTimers = 0;
+  /** the rdma_cm ports the client ids took: each must be free again once its id is closed */
+  const usedPorts: number[] = [];
   const timers = trackTimers();
   const errors: string[] = [];
   const settle = async (): Promise<void> => {
@@ -147,6 +150,7 @@ async function child(): Promise<void> {
     tables['chC.pending'] = chC.closed ? 0 : chC.pending;
     tables['chS.listeners'] = chS.listenerCount('event');
     tables['chC.listeners'] = chC.listenerCount('event');
+    tables['cm.portsStillTaken'] = usedPorts.filter((p) => portTable.owners('TCP', p).length > 0).length;
     tables['cm.devices'] = cmDevices().length;
     tables['cm.deviceRefs'] = cmDevices().reduce((s, d) => s + d.refs, 0);
     let txSockets = 0;
@@ -217,6 +221,7 @@ async function child(): Promise<void> {
     const id: CmId = createId(chC, { context: i });
     await id.resolveAddr({ src: { address: CLI, port: 0 }, dst: { address: SRV, port }, timeoutMs: 2000 });
     await id.resolveRoute({ timeoutMs: 2000 });
+    usedPorts.push(id.getSrcPort());
     const qp = id.createQp(null, { cap: { maxSendWr: 1, maxRecvWr: 1 } });
     const mr = qp.pd.regMr(msg, ['LOCAL_WRITE']);
     for (const o of [id, qp, qp.pd, qp.sendCq, qp.recvCq, mr]) made.push(new WeakRef(o));
