@@ -12,9 +12,9 @@
  * setTimeout / setInterval of the process, ref'd or not), file descriptors (/proc/self/fd, less the UDP
  * flow-port sockets the links keep by design, capped at 256 a link: udp-base.ts), the devices' QP, PD,
  * CQ and MR tables, the IB CM agents' id tables, the rdma_cm ports the ids took, the devices' 'close'
- * listeners, the channels' queued events and listeners, the CM's device references, every id, QP, CQ, PD and MR a cycle made (held by
- * WeakRefs: alive after a forced GC or not), and heapUsed after that GC. Tolerances are a few units: one
- * object kept per connection is 950 of them (`--leak` keeps each closed client id: the alive count and
+ * listeners, the channels' queued events and listeners, the CM's device references, every id, QP, CQ,
+ * PD and MR a cycle made (held by WeakRefs: alive after a forced GC or not), and heapUsed after that GC.
+ * Tolerances are a few units: one object kept per connection is 950 of them (`--leak` keeps each closed client id: the alive count and
  * the heap bound both fail). The heap bound is generous (4.5 MiB): JIT code and the flow-port pools
  * filling up to their cap take 2-3.5 MiB over the run, on either backend.
  *
