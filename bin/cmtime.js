@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+import { cmtimeCli } from '../dist/src/cli/cmtime.js';
+await cmtimeCli();
