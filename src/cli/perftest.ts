@@ -456,8 +456,11 @@ export async function perftest(
     say(` Connection type : ${conn}\t\tUsing SRQ      : OFF`);
     say(` PCIe relax order: OFF`);
     say(` ibv_wr* API     : OFF`);
-    if (client || lat) say(` TX depth        : ${txDepth}`);
-    if (spec.verb === 'SEND' && (!client || lat)) say(` RX depth        : ${rxDepth}`);
+    // perftest 6.06's ctx_print_test_info: TX depth on the client (or -b), RX depth (SEND) on the server
+    // (or -b), latency tests included, as the lab's -R captures show. The TCP banner keeps its own rule.
+    const bothDepths = lat && !useCm;
+    if (client || bothDepths || (useCm && duplex)) say(` TX depth        : ${txDepth}`);
+    if (spec.verb === 'SEND' && (!client || bothDepths)) say(` RX depth        : ${rxDepth}`);
     if (!lat) say(` CQ Moderation   : ${cqMod}`);
     say(` Mtu             : ${mtu}[B]`);
     say(` Link type       : Ethernet`);
