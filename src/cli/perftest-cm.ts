@@ -31,7 +31,7 @@ import { RdmaCmEvent } from '../cm/cm-defs.js';
 import type { Device } from '../verbs/device.js';
 import type { Cq } from '../verbs/cq.js';
 import type { Mr } from '../verbs/mr.js';
-import type { Pd } from '../verbs/objects.js';
+import type { Ah, Pd } from '../verbs/objects.js';
 import type { Qp } from '../verbs/qp.js';
 import type { QpCap } from '../verbs/qp-attrs.js';
 import { Wc } from '../verbs/types.js';
@@ -93,6 +93,17 @@ function waitCq(cq: Cq): Promise<void> {
     cq.on('notify', done);
     cq.reqNotify();
   });
+}
+
+/** One completion of `cq` (a fresh Wc), or null after `ms`. */
+async function pollOne(cq: Cq, ms: number): Promise<Wc | null> {
+  const w = [new Wc()];
+  const end = Date.now() + ms;
+  while (cq.poll(w, 1) === 0) {
+    if (Date.now() >= end || cq.closed) return null;
+    await waitCq(cq);
+  }
+  return w[0]!;
 }
 
 /** The next event of `ch` (the C tools' rdma_get_cm_event); null when the channel closed. */
@@ -371,6 +382,15 @@ export class CmConn {
 /** What the data QPs need from the tool (create_rdma_cm_connection's user_param and ctx). */
 export interface CmDataOptions {
   device: Device;
+  /** UD: the ids are in the UDP port space and connect with SIDR */
+  ud: boolean;
+  /**
+   * UD latency tests (rdma_cm_{request,initialize,send}_ud_connection_parameters): the client sends a
+   * SEND_WITH_IMM carrying its QPN to the server once its SIDR_REP came; the server posts the receive
+   * for it before accepting and takes it off its receive CQ after. `mr` offset 0 is the scratch buffer.
+   */
+  udQpnExchange: boolean;
+  mr: Mr;
   port: number;
   source?: string;
   numQps: number;
@@ -385,10 +405,15 @@ export interface CmDataOptions {
   err: (s: string) => void;
 }
 
+/** GRH room of a UD receive (UD_ADDITION) */
+const UD_ADDITION = 40;
+
 /** The data QPs' rdma_cm ids (ctx->cma_master). */
 export class CmData {
   readonly ch: EventChannel;
   readonly ids: CmId[] = [];
+  /** UD, client: each QP's peer as the SIDR_REP gave it (remote_qpn, remote_qkey, the AH) */
+  readonly ud: Array<{ qpn: number; qkey: number; ah: Ah }> = [];
   #listen: CmId | null = null;
 
   private constructor(ch: EventChannel) {
@@ -402,7 +427,7 @@ export class CmData {
   /** The server's listening id, before the first handshake (see the file's comment). */
   static async listen(o: CmDataOptions): Promise<CmData | null> {
     const d = new CmData(createEventChannel());
-    const l = createId(d.ch, { ps: 'TCP', device: o.device });
+    const l = createId(d.ch, { ps: o.ud ? 'UDP' : 'TCP', device: o.device });
     d.#listen = l;
     try {
       await l.bind({ address: o.source ?? '0.0.0.0', port: o.port });
@@ -430,8 +455,16 @@ export class CmData {
         return false;
       }
       try {
-        ev.id.createQp(o.pd, { sendCq: o.sendCq, recvCq: o.recvCq, cap: o.cap });
+        const qp = ev.id.createQp(o.pd, { sendCq: o.sendCq, recvCq: o.recvCq, cap: o.cap });
+        if (o.udQpnExchange) qp.postRecv({ wrId: 0, sg: [{ mr: o.mr, offset: 0, length: UD_ADDITION + 4 }] });
         quiet(ev.id.accept({ responderResources: o.rdAtomic, initiatorDepth: o.rdAtomic, retryCount: o.retryCount, rnrRetryCount: o.retryCount }));
+        if (o.udQpnExchange) {
+          const w = await pollOne(o.recvCq, 10_000);
+          if (w === null || w.status !== 'SUCCESS' || w.wrId !== 0)
+            throw new Error(
+              `Failed to poll CQ.\nBad WQE status when trying to create AH for UD connection in RDMA CM:\n Status: ${w?.status ?? 'timeout'} ; ID: ${w?.wrId ?? -1}.`,
+            );
+        }
       } catch (e) {
         o.err(`Failed to accept RDMA CM connection.\nERRNO: ${(e as Error).message}.`);
         try {
@@ -465,7 +498,7 @@ export class CmData {
 
   async #connectAll(host: string, o: CmDataOptions): Promise<string | null> {
     const src = o.source ?? o.device.ports[0]?.address;
-    const want = async (call: () => Promise<unknown>, ok: CmEvent['event']): Promise<string | null> => {
+    const want = async (call: () => Promise<unknown>, ok: CmEvent['event'], got?: (ev: CmEvent) => void): Promise<string | null> => {
       try {
         quiet(call());
       } catch (e) {
@@ -474,10 +507,11 @@ export class CmData {
       const ev = await nextEvent(this.ch);
       if (ev === null) return 'Failed to get RDMA CM event.';
       if (ev.event !== ok) return `RDMA CM event error:\nEvent: RDMA_CM_EVENT_${ev.event}; error: ${ev.status}.`;
+      got?.(ev);
       return null;
     };
     for (let i = 0; i < o.numQps; i++) {
-      const id = createId(this.ch, { ps: 'TCP', device: o.device });
+      const id = createId(this.ch, { ps: o.ud ? 'UDP' : 'TCP', device: o.device });
       this.ids.push(id);
       let why = await want(
         () => id.resolveAddr({ ...(src !== undefined ? { src: { address: src, port: 0 } } : {}), dst: { address: host, port: o.port }, timeoutMs: RESOLVE_MS }),
@@ -492,11 +526,32 @@ export class CmData {
       } catch (e) {
         return `Failed to create QP.\nERRNO: ${(e as Error).message}.`;
       }
+      let est: CmEvent | null = null;
       why = await want(
         () => id.connect({ responderResources: o.rdAtomic, initiatorDepth: o.rdAtomic, retryCount: o.retryCount, rnrRetryCount: o.retryCount }),
         'ESTABLISHED',
+        (ev) => (est = ev),
       );
       if (why !== null) return why;
+      if (o.ud) {
+        const u = (est as CmEvent | null)?.param?.ud;
+        if (u?.ah == null) return 'Failed to create AH for RDMA CM connection.';
+        this.ud.push({ qpn: u.qpNum, qkey: u.qkey, ah: u.ah });
+        if (o.udQpnExchange) {
+          // rdma_cm_send_ud_connection_parameters: our QPN as the immediate data, 4 bytes of payload
+          id.qp!.postSend({
+            wrId: 0,
+            opcode: 'SEND_WITH_IMM',
+            imm: id.qp!.qpn,
+            signaled: true,
+            sg: [{ mr: o.mr, offset: 0, length: 4 }],
+            ud: { ah: u.ah, remoteQpn: u.qpNum, remoteQkey: u.qkey },
+          });
+          const w = await pollOne(o.sendCq, 10_000);
+          if (w === null || w.status !== 'SUCCESS')
+            return `Failed to poll CQ.\nBad WQE status when trying to send UD connection parameters in RDMA CM:\n Status: ${w?.status ?? 'timeout'} ; ID: ${w?.wrId ?? -1}.`;
+        }
+      }
     }
     return null;
   }
@@ -507,6 +562,11 @@ export class CmData {
    * file's comment). Then the QPs and ids go.
    */
   async teardown(): Promise<void> {
+    // UD ids have no connection to take down (rdma_cm_disconnect_nodes returns at once for UD)
+    if (this.ids.some((id) => id.qpType === 'UD')) {
+      this.close();
+      return;
+    }
     await Promise.all(
       this.ids.map((id) =>
         id.disconnect({ timeoutMs: DISCONNECT_MS }).then(

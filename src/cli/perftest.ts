@@ -29,6 +29,7 @@ import type { Qp } from '../verbs/qp.js';
 import type { Ah } from '../verbs/objects.js';
 import { Conn, type PerfDest, type BwReport } from './perftest-comm.js';
 import { CmConn, CmData } from './perftest-cm.js';
+import { RDMA_UDP_QKEY } from '../cm/conn.js';
 import { MemStats } from './memstats.js';
 import { formatTrace, STUCK_TRACE_LINES } from '../roce/transport/trace.js';
 import { bwClient, bwServer, latency, fillRecvs, UD_QKEY, type Verb, type RunCtx, type Limit } from './perftest-run.js';
@@ -128,7 +129,7 @@ ${spec.verb === 'ATOMIC' ? '  -A, --atomic_type=<type>  Type of atomic operation
       --retry_count=<value>  Set retry count value in rdma_cm mode
   --output=<units>  Set verbosity output level: bandwidth , message_rate, latency
 ${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}${spec.lat || spec.verb === 'SEND' ? '' : '  -b, --bidirectional  Measure bidirectional bandwidth (default unidirectional)\n'}
- Not available in softroce: -R with -c UD; -b for SEND and latency tests.
+ Not available in softroce: -b for SEND and latency tests.
 `;
 }
 
@@ -205,10 +206,6 @@ export async function perftest(
   if (workCm && conn === 'UC') {
     out(LINE);
     out(' UC is not supported in librdmacm');
-    return 1;
-  }
-  if (workCm && conn === 'UD') {
-    err(`${tool}: -R with -c UD (rdma_cm's UDP port space and perftest's extra QPN exchange) is not supported by softroce`);
     return 1;
   }
   if (retryCount < 0 || retryCount > 7) {
@@ -394,6 +391,9 @@ export async function perftest(
       const none: PerfDest = { lid: 0, outReads: 0, qpn: 0, psn: 0, rkey: 0, vaddr: 0n, gid: zero, srqn: 0 };
       const dOpts = {
         device: d,
+        ud: conn === 'UD',
+        udQpnExchange: conn === 'UD' && lat,
+        mr,
         port,
         numQps,
         pd,
@@ -494,7 +494,12 @@ export async function perftest(
     const rem: PerfDest[] = [];
     const ahs: Ah[] = [];
     const connect = (): void => {
-      if (workCm) return; // the CM connected them
+      if (workCm) {
+        // The CM connected them; a UD client sends with the SIDR_REP's AH, a UD server with one for the client's GID.
+        if (conn === 'UD')
+          rem.forEach((r, i) => ahs.push(cmData?.ud[i]?.ah ?? pd.createAh({ gid: r.gid, port: ibPort, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos })));
+        return;
+      }
       qps.forEach((qp, i) => {
         const r = rem[i]!;
         if (conn === 'UD') {
@@ -535,6 +540,7 @@ export async function perftest(
     say(LINE);
 
     const ctx: RunCtx = { device: d, verb: spec.verb, conn, qps, rem, ahs, mr, region, sendCq, recvCq, txDepth, rxDepth, cqMod, atomicCmp, progress };
+    if (workCm) ctx.qkey = RDMA_UDP_QKEY; // rdma_cm's UD QPs: the Q_Key the SIDR_REP gives (cma_node remote_qkey)
     // If a timeout kills us mid-run, say where each QP stood (the interop suite shows stderr).
     process.once('SIGTERM', () => {
       for (const q of qps) {

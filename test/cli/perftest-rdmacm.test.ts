@@ -154,3 +154,17 @@ t.test('-R with -c UC: librdmacm has no UC, as perftest says', async (t) => {
   t.same(lines(r.out), [LINE, ' UC is not supported in librdmacm']);
   t.equal(r.code, 1);
 });
+
+t.test("-R -c UD: SIDR to the -p port, the SIDR_REP's QPN and Q_Key; send_lat also sends its QPN (SEND_WITH_IMM) to the server", async (t) => {
+  for (const tool of ['ib_send_bw', 'ib_send_lat']) {
+    const { s, c } = await pair(tool, ['-c', 'UD', '-n', '200']);
+    t.equal(s.code, 0, `${tool} server exits 0 ${s.err}`);
+    t.equal(c.code, 0, `${tool} client exits 0 ${c.err}`);
+    t.match(c.out, /Connection type : UD/);
+    t.match(c.out, / rdma_cm QPs\t : ON\n/);
+    const r = row(c.out);
+    t.equal(r[1], 200, `${tool}: 200 iterations`);
+    if (tool === 'ib_send_bw') t.equal(row(s.out)[1], 200, 'the server got every message (loopback loses none)');
+    else t.ok(r[2]! > 0 && r[2]! <= r[4]!, 'min <= typical');
+  }
+});
