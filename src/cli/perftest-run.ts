@@ -38,6 +38,8 @@ export interface RunCtx {
   rxDepth: number;
   cqMod: number;
   atomicCmp: boolean;
+  /** UD: the peers' Q_Key (perftest's 0x11111111; with -R rdma_cm's, from the SIDR_REP) */
+  qkey?: number;
   /** called about every 200 ms with a one-line status, when progress is shown */
   progress: ((s: string) => void) | null;
 }
@@ -163,7 +165,7 @@ function sendWrs(c: RunCtx, size: number): SendWr[] {
           : { wrId: 0, opcode: 'ATOMIC_FETCH_AND_ADD', signaled: false, compareAdd: 1n, sg, remote };
       case 'SEND':
         return c.conn === 'UD'
-          ? { wrId: 0, opcode: 'SEND', signaled: false, sg, ud: { ah: c.ahs[i]!, remoteQpn: c.rem[i]!.qpn, remoteQkey: UD_QKEY } }
+          ? { wrId: 0, opcode: 'SEND', signaled: false, sg, ud: { ah: c.ahs[i]!, remoteQpn: c.rem[i]!.qpn, remoteQkey: c.qkey ?? UD_QKEY } }
           : { wrId: 0, opcode: 'SEND', signaled: false, sg };
     }
   });

@@ -28,6 +28,8 @@ import type { Gid } from '../roce/gid.js';
 import type { Qp } from '../verbs/qp.js';
 import type { Ah } from '../verbs/objects.js';
 import { Conn, type PerfDest, type BwReport } from './perftest-comm.js';
+import { CmConn, CmData } from './perftest-cm.js';
+import { RDMA_UDP_QKEY } from '../cm/conn.js';
 import { MemStats } from './memstats.js';
 import { formatTrace, STUCK_TRACE_LINES } from '../roce/transport/trace.js';
 import { bwClient, bwServer, latency, fillRecvs, UD_QKEY, type Verb, type RunCtx, type Limit } from './perftest-run.js';
@@ -90,6 +92,9 @@ const SPECS: OptSpec[] = [
   { short: 'S', long: 'sl', arg: true },
   { short: 'T', long: 'tos', arg: true },
   { short: 'z', long: 'com_rdma_cm', arg: false },
+  { long: 'comm_rdma_cm', arg: false },
+  { long: 'source_ip', arg: true },
+  { long: 'retry_count', arg: true },
   { short: 'U', long: 'report-unsorted', arg: false },
   { short: 'H', long: 'report-histogram', arg: false },
 ];
@@ -118,9 +123,13 @@ ${spec.lat ? '' : "  -q, --qp=<num of qp's>  Num of qp's(default 1)\n"}${spec.ve
   -x, --gid-index=<index>  Test uses GID with GID index
   -T, --tos=<tos value>  Set <tos_value> as the traffic class of the QPs (IPv4 TOS; applied with the native addon)
 ${spec.verb === 'ATOMIC' ? '  -A, --atomic_type=<type>  Type of atomic operation: CMP_AND_SWAP or FETCH_AND_ADD (default FETCH_AND_ADD)\n' : ''}${spec.verb === 'READ' || spec.verb === 'ATOMIC' ? '  -o, --outs=<num>  Number of outstanding read/atomic requests\n' : ''}${spec.lat ? '' : '  -Q, --cq-mod  Generate CQE only after <--cq-mod> completion\n'}  -u, --qp-timeout=<timeout>  QP timeout, timeout value is 4 usec * 2 ^(timeout), default 14
+  -R, --rdma_cm  Connect QPs with rdma_cm and run test on those QPs
+  -z, --comm_rdma_cm  Communicate with rdma_cm module to exchange data - use regular QPs
+      --source_ip  Source IP of the interface used for connection establishment (with -R / -z: default the device's address)
+      --retry_count=<value>  Set retry count value in rdma_cm mode
   --output=<units>  Set verbosity output level: bandwidth , message_rate, latency
 ${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}${spec.lat || spec.verb === 'SEND' ? '' : '  -b, --bidirectional  Measure bidirectional bandwidth (default unidirectional)\n'}
- Not available in softroce: -R/--rdma_cm (the rdma_cm layer comes with its own issue); -b for SEND and latency tests.
+ Not available in softroce: -b for SEND and latency tests.
 `;
 }
 
@@ -159,7 +168,8 @@ export async function perftest(
     cqMod: number,
     outs: number,
     timeout: number,
-    numQps: number;
+    numQps: number,
+    retryCount: number;
   let duration = 0,
     tos = 0;
   let mtuOpt: number | undefined;
@@ -178,6 +188,7 @@ export async function perftest(
     if (o.opts.has('duration')) duration = toInt(o.opts.get('duration'), 'duration', 5);
     if (o.opts.has('mtu')) mtuOpt = toInt(o.opts.get('mtu'), 'mtu', 1024);
     tos = toInt(o.opts.get('tos'), 'tos', 0);
+    retryCount = toInt(o.opts.get('retry_count'), 'retry_count', 7);
   } catch (e) {
     err(`${tool}: ${(e as Error).message}`);
     return 1;
@@ -188,10 +199,22 @@ export async function perftest(
     err(` Unsupported connection type ${conn} for ${tool} (supported: ${spec.conns.join(', ')})`);
     return 1;
   }
-  if (o.opts.has('rdma_cm') || o.opts.has('com_rdma_cm')) {
-    err(`${tool}: -R/--rdma_cm needs softroce's rdma_cm layer, which is not built yet; use the default TCP exchange`);
+  // -R: the data QPs are rdma_cm's and the exchange runs over rdma_cm (perftest's work_rdma_cm, which
+  // turns on use_rdma_cm); -z: only the exchange does (use_rdma_cm).
+  const workCm = o.opts.has('rdma_cm');
+  const useCm = workCm || o.opts.has('com_rdma_cm') || o.opts.has('comm_rdma_cm');
+  if (workCm && conn === 'UC') {
+    out(LINE);
+    out(' UC is not supported in librdmacm');
     return 1;
   }
+  if (retryCount < 0 || retryCount > 7) {
+    err(' Retry Count must be between 0 and 7');
+    return 1;
+  }
+  const tosGiven = o.opts.has('tos');
+  const sourceIp = o.opts.get('source_ip');
+  const source = typeof sourceIp === 'string' ? sourceIp : undefined;
   const duplex = o.opts.has('bidirectional');
   if (duplex && (lat || spec.verb === 'SEND')) {
     err(`${tool}: -b/--bidirectional is not supported by softroce's ${tool} (only ib_write_bw, ib_read_bw, ib_atomic_bw)`);
@@ -268,15 +291,18 @@ export async function perftest(
     err(` Couldn't get context for the device: ${(e as Error).message}`);
     return 1;
   }
-  let c: Conn | null = null;
+  let c: Conn | CmConn | null = null;
+  let cmData: CmData | null = null;
   try {
     return await run(dev);
   } catch (e) {
     err(`${tool}: ${(e as Error).message}`);
-    (c as Conn | null)?.destroy();
+    (c as Conn | CmConn | null)?.destroy();
     return 1;
   } finally {
     clearProgress();
+    (cmData as CmData | null)?.close();
+    if ((c as Conn | CmConn | null) instanceof CmConn) (c as unknown as CmConn).destroy();
     await dev.close();
   }
 
@@ -287,7 +313,17 @@ export async function perftest(
       out('* Waiting for client to connect... *');
       out('************************************');
     }
-    c = client ? await Conn.connect(servername, port) : await Conn.accept(port);
+    if (useCm) {
+      const co = { device: d, port, retryCount, err, ...(source !== undefined ? { source } : {}) };
+      const cc = client ? await CmConn.connect(servername, co) : await CmConn.accept(co);
+      if (cc === null) {
+        // establish_connection's and main's words
+        err(client ? ' Unable to perform rdma_client function' : ' Unable to perform rdma_server function');
+        err(' Unable to init the socket connection');
+        return 1;
+      }
+      c = cc;
+    } else c = client ? await Conn.connect(servername, port) : await Conn.accept(port);
     const ver = Buffer.alloc(16);
     ver.write(VERSION, 'latin1');
     const peerVer = parseFloat((await c.xchg(ver)).toString('latin1').replace(/\0.*$/s, ''));
@@ -346,10 +382,58 @@ export async function perftest(
     const access = conn === 'RC' ? (['REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC', 'LOCAL_WRITE'] as const) : (['REMOTE_WRITE', 'LOCAL_WRITE'] as const);
     const qps: Qp[] = [];
     const my: PerfDest[] = [];
+    const cap = { maxSendWr: txDepth, maxRecvWr: spec.verb === 'SEND' ? rxDepth : 1 };
+    if (c instanceof CmConn) c.gidIndex = gidx;
+    if (workCm) {
+      // create_rdma_cm_connection: a handshake of the still empty address record, the data QPs on
+      // rdma_cm ids, one more handshake.
+      const cc = c as CmConn;
+      const none: PerfDest = { lid: 0, outReads: 0, qpn: 0, psn: 0, rkey: 0, vaddr: 0n, gid: zero, srqn: 0 };
+      const dOpts = {
+        device: d,
+        ud: conn === 'UD',
+        udQpnExchange: conn === 'UD' && lat,
+        mr,
+        port,
+        numQps,
+        pd,
+        sendCq,
+        recvCq,
+        cap,
+        rdAtomic: spec.verb === 'READ' || spec.verb === 'ATOMIC' ? rdAtomic : 0,
+        retryCount,
+        tos: tosGiven ? tos : null,
+        err,
+        ...(source !== undefined ? { source } : {}),
+      };
+      let ok: boolean;
+      if (client) {
+        await cc.handshake(none, 0);
+        cmData = await CmData.connect(servername, dOpts);
+        ok = cmData !== null;
+      } else {
+        cmData = await CmData.listen(dOpts);
+        ok = cmData !== null;
+        if (cmData !== null) {
+          await cc.handshake(none, 0);
+          ok = await cmData.serve(dOpts);
+        }
+      }
+      if (!ok) {
+        err('Failed to create RDMA CM connection.');
+        err('Failed to create RDMA CM connection with resources.');
+        return 1;
+      }
+      await cc.handshake(none, 0);
+    }
     for (let i = 0; i < numQps; i++) {
-      const qp = pd.createQp({ type: conn, sendCq, recvCq, cap: { maxSendWr: txDepth, maxRecvWr: spec.verb === 'SEND' ? rxDepth : 1 } });
-      if (conn === 'UD') qp.toInit({ port: ibPort, qkey: UD_QKEY });
-      else qp.toInit({ port: ibPort, accessFlags: [...access] });
+      let qp: Qp;
+      if (cmData !== null) qp = cmData.qps[i]!;
+      else {
+        qp = pd.createQp({ type: conn, sendCq, recvCq, cap });
+        if (conn === 'UD') qp.toInit({ port: ibPort, qkey: UD_QKEY });
+        else qp.toInit({ port: ibPort, accessFlags: [...access] });
+      }
       qps.push(qp);
       const exposed = lat ? numQps + i : i;
       my.push({
@@ -372,21 +456,33 @@ export async function perftest(
     say(` Connection type : ${conn}\t\tUsing SRQ      : OFF`);
     say(` PCIe relax order: OFF`);
     say(` ibv_wr* API     : OFF`);
-    if (client || lat) say(` TX depth        : ${txDepth}`);
-    if (spec.verb === 'SEND' && (!client || lat)) say(` RX depth        : ${rxDepth}`);
+    // perftest 6.06's ctx_print_test_info: TX depth on the client (or -b), RX depth (SEND) on the server
+    // (or -b), latency tests included, as the lab's -R captures show. The TCP banner keeps its own rule.
+    const bothDepths = lat && !useCm;
+    if (client || bothDepths || (useCm && duplex)) say(` TX depth        : ${txDepth}`);
+    if (spec.verb === 'SEND' && (!client || bothDepths)) say(` RX depth        : ${rxDepth}`);
     if (!lat) say(` CQ Moderation   : ${cqMod}`);
     say(` Mtu             : ${mtu}[B]`);
     say(` Link type       : Ethernet`);
     say(` GID index       : ${gidx}`);
     if (spec.verb === 'READ' || spec.verb === 'ATOMIC') say(` Outstand reads  : ${rdAtomic}`);
     else say(` Max inline data : 0[B]`);
-    say(` rdma_cm QPs\t : OFF`);
-    say(` Data ex. method : Ethernet`);
+    say(` rdma_cm QPs\t : ${workCm ? 'ON' : 'OFF'}`);
+    // ctx_print_test_info: with -R the server's banner asks for the client only now, after it connected.
+    say(` Data ex. method : ${useCm ? 'rdma_cm' : 'Ethernet'}${workCm && tosGiven ? ` \tTOS    : ${tos}` : ''}`);
+    if (workCm && !client) {
+      say(LINE);
+      say(' Waiting for client rdma_cm QP to connect');
+      say(' Please run the same command with the IB/RoCE interface IP');
+    }
     say(LINE);
+    // With rdma_cm the exchange's parameters (create_comm_struct) have verb SEND: the address lines
+    // show no OUT, RKey or VAddr whatever the test.
+    const shown: Verb = useCm ? 'SEND' : spec.verb;
     const addrLine = (which: string, x: PerfDest): string => {
       let s = ` ${which} address: LID ${alt(x.lid, 4)} QPN ${alt(x.qpn, 6)} PSN ${alt(x.psn, 6)}`;
-      if (spec.verb === 'READ' || spec.verb === 'ATOMIC') s += ` OUT ${alt(x.outReads, 4)}`;
-      if (spec.verb !== 'SEND') s += ` RKey ${alt(x.rkey, 8)} VAddr ${alt(x.vaddr, 16)}`;
+      if (shown === 'READ' || shown === 'ATOMIC') s += ` OUT ${alt(x.outReads, 4)}`;
+      if (shown !== 'SEND') s += ` RKey ${alt(x.rkey, 8)} VAddr ${alt(x.vaddr, 16)}`;
       return s;
     };
     for (const m of my) {
@@ -398,6 +494,12 @@ export async function perftest(
     const rem: PerfDest[] = [];
     const ahs: Ah[] = [];
     const connect = (): void => {
+      if (workCm) {
+        // The CM connected them; a UD client sends with the SIDR_REP's AH, a UD server with one for the client's GID.
+        if (conn === 'UD')
+          rem.forEach((r, i) => ahs.push(cmData?.ud[i]?.ah ?? pd.createAh({ gid: r.gid, port: ibPort, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos })));
+        return;
+      }
       qps.forEach((qp, i) => {
         const r = rem[i]!;
         if (conn === 'UD') {
@@ -438,6 +540,7 @@ export async function perftest(
     say(LINE);
 
     const ctx: RunCtx = { device: d, verb: spec.verb, conn, qps, rem, ahs, mr, region, sendCq, recvCq, txDepth, rxDepth, cqMod, atomicCmp, progress };
+    if (workCm) ctx.qkey = RDMA_UDP_QKEY; // rdma_cm's UD QPs: the Q_Key the SIDR_REP gives (cma_node remote_qkey)
     // If a timeout kills us mid-run, say where each QP stood (the interop suite shows stderr).
     process.once('SIGTERM', () => {
       for (const q of qps) {
@@ -547,6 +650,9 @@ export async function perftest(
       }
     }
     await c.close(my[0]!);
+    if (cmData !== null) await cmData.teardown();
+    cmData = null;
+    if (c instanceof CmConn) await c.shutdown();
     if (!full) {
       if (output === 'latency' && lastLat.length) out(stats(lastLat).avg.toFixed(2));
       else if (output === 'bandwidth' && last) out((gbits ? (last.avg * 1048576 * 8) / 1e9 : last.avg).toFixed(2));

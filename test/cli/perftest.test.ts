@@ -147,7 +147,7 @@ t.test('--output prints the one figure asked for', async (t) => {
 t.test('misuse is a clear error', async (t) => {
   const cases: Array<[PerfTest, string[], RegExp]> = [
     ['read_bw', ['-c', 'UD'], /Unsupported connection type UD/],
-    ['write_bw', ['-R'], /rdma_cm/],
+    ['write_bw', ['-R', '--retry_count', '9'], /Retry Count/],
     ['send_lat', ['-b'], /bidirectional/],
     ['send_lat', ['-q', '2'], /Latency tests use one QP/],
     ['write_bw', ['-n', '2'], /at least 5/],
