@@ -235,6 +235,35 @@ t.test("unreachable: the peer never answers; the REQ is retried as the kernel's 
   await n.close();
 });
 
+t.test(
+  'the active side vanishes after its REQ: the REP is retried (every 4096 ms, 16 sends) and the passive id ends in UNREACHABLE -ETIMEDOUT, its QP in ERR',
+  async (t) => {
+    const n = await connNet();
+    const l = await listenerId(n, PORT);
+    const a = await activeId(n, PORT);
+    a.createQp();
+    void a.connect().catch(() => undefined);
+    n.flush();
+    const b = n.events(n.chB).find((e) => e.event === 'CONNECT_REQUEST')!.id;
+    b.createQp();
+    n.blackhole = n.ipA; // A is gone: nothing of it reaches B any more (no RTU, no REJ)
+    void b.accept().catch(() => undefined);
+    n.sched.advance(4096 * 16 - 1);
+    t.same(
+      n.events(n.chB).map((e) => e.event),
+      [],
+      'still trying',
+    );
+    n.sched.advance(1);
+    // cma_ib_handler: IB_CM_REP_ERROR is UNREACHABLE with -ETIMEDOUT for the passive id
+    t.match(n.events(n.chB), [{ event: 'UNREACHABLE', status: -110 }]);
+    t.equal(n.wire.filter((w) => w.msg.type === 'REP').length, 16, 'the REP and its 15 retries');
+    t.equal(b.qp!.state, 'ERR');
+    for (const id of [a, b, l]) id.close();
+    await n.close();
+  },
+);
+
 t.test('connect({ timeoutMs }) gives up sooner: UNREACHABLE, ETIMEDOUT, and the peer is told (REJ 4 "timeout")', async (t) => {
   const n = await connNet();
   const l = await listenerId(n, PORT);
