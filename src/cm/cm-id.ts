@@ -22,7 +22,7 @@ import { AFONLY_FROM, callAllowed, CALLS, EVENT_MOVES, reuseAddrAllowed, type Cm
 import { isAnyAddr, portTable, PORT_SPACES, type PortOwner, type PortSpace } from './port-space.js';
 import { hasPortOn, ipToGid, isLocalAddress, parseCmAddr, portWithAddress, routeHopLimit, routeSource, type CmAddr, type CmAddrInput } from './addr.js';
 import { buildPath, cmPathOf, gidTypeOf, roceMode, type PathRecord } from './route.js';
-import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice } from './devices.js';
+import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice, unwatchDeviceRemoval, watchDeviceRemoval } from './devices.js';
 import { randomInt } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Ah, Pd, Srq } from '../verbs/objects.js';
@@ -382,7 +382,7 @@ export class CmId implements PortOwner {
       this.#detachDevice();
       this.#device = dev;
       this.#cmRef = cmRef;
-      dev.on('close', this.#onDeviceClose);
+      watchDeviceRemoval(dev, this.#onDeviceClose);
     } else if (cmRef) releaseCmDevice(dev); // already held: one reference per id
     this.#portNum = port;
   }
@@ -390,7 +390,7 @@ export class CmId implements PortOwner {
   #detachDevice(): void {
     const dev = this.#device;
     if (dev === null) return;
-    dev.off('close', this.#onDeviceClose);
+    unwatchDeviceRemoval(dev, this.#onDeviceClose);
     if (this.#cmRef) releaseCmDevice(dev);
     this.#device = null;
     this.#cmRef = false;
@@ -854,7 +854,7 @@ export class CmId implements PortOwner {
     const dev = agent.device;
     this.#device = dev;
     this.#cmRef = retainCmDevice(dev);
-    dev.on('close', this.#onDeviceClose);
+    watchDeviceRemoval(dev, this.#onDeviceClose);
     this.#portNum = agent.port;
     this.#agent = CmAgent.acquire(dev, agent.port);
     const fam = hdr.ipVersion;
@@ -1327,7 +1327,7 @@ export class CmId implements PortOwner {
     this.#agent = null;
     const dev = this.#device;
     if (dev !== null) {
-      dev.off('close', this.#onDeviceClose);
+      unwatchDeviceRemoval(dev, this.#onDeviceClose);
       // The registry forgot the device when it closed; the reference goes with it.
       if (this.#cmRef) releaseCmDevice(dev);
       this.#cmRef = false;
@@ -1362,7 +1362,7 @@ export class CmId implements PortOwner {
     if (hadConn && dev !== null && !dev.closed) {
       // QP1 and the device close with their last user: not before the MAD just sent has gone out.
       const cmRef = this.#cmRef;
-      dev.off('close', this.#onDeviceClose);
+      unwatchDeviceRemoval(dev, this.#onDeviceClose);
       this.#device = null;
       this.#cmRef = false;
       dev.sched.setTimer(CLOSE_LINGER_MS, () => {
