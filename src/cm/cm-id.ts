@@ -29,7 +29,6 @@ import type { Ah, Pd, Srq } from '../verbs/objects.js';
 import type { Cq } from '../verbs/cq.js';
 import type { QpCap } from '../verbs/qp-attrs.js';
 import type { TimerHandle } from '../roce/sched.js';
-import { flushAck } from '../roce/transport/responder-answers.js';
 import { getDeviceList, portsOf } from '../verbs/discovery.js';
 import { CmAgent, CMA_CM_MRA_SERVICE_TIMEOUT, type IbCmEvent, type IbCmId } from './ib-cm.js';
 import { CMA_HDR_LEN, CmaHdrError, RdmaPortSpace, decodeCmaHdr, encodeCmaHdr, serviceId, type CmaHdr } from './cma-hdr.js';
@@ -1034,9 +1033,8 @@ export class CmId implements PortOwner {
   #qpToErr(): void {
     const qp = this.qp;
     if (qp === null || qp.closed || qp.state === 'RESET' || qp.state === 'ERR') return;
-    // The ACK the responder is holding back (coalesced) goes out first, as Qp.close() does: rxe ACKs as it
-    // receives, so the peer's last sends are acknowledged before our DREQ tells it the connection is over.
-    if (qp.resp.ackPending) flushAck(qp);
+    // The move to ERR sends the ACK the responder is still coalescing first (Qp.apply, as rxe ACKs as it
+    // receives), so the peer's last sends are acknowledged before our DREQ tells it the connection is over.
     qp.modify({ state: 'ERR' });
   }
 
