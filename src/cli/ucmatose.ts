@@ -7,7 +7,6 @@
  */
 import './epipe.js';
 import { lookup } from 'node:dns/promises';
-import { EventEmitter } from 'node:events';
 import { createEventChannel, EventChannel } from '../cm/event-channel.js';
 import { createId, type CmId } from '../cm/cm-id.js';
 import type { CmEvent } from '../cm/event-channel.js';
@@ -101,10 +100,6 @@ export async function ucmatoseMain(argv: string[], out: (s: string) => void = (s
   const tos = o.has('tos') ? toInt(o.get('tos'), 'tos', 0) : null;
   const ackTimeout = o.has('ack-timeout') ? toInt(o.get('ack-timeout'), 'ack_timeout', 0) : null;
   const migrate = o.has('migrate');
-  // Every rdma_cm id listens for its device's 'close' (DEVICE_REMOVAL): with -c 10 the listener and
-  // its ten ids are 11 listeners on one Device, and Node's leak warning would land in our stderr,
-  // which the lab compares with the real tool's. This process is the tool: raise the bar for it.
-  EventEmitter.defaultMaxListeners = Math.max(EventEmitter.defaultMaxListeners, connections + 10);
   const resolve = async (a: string | undefined): Promise<string | undefined> => {
     if (a === undefined || fmt !== 'name') return a;
     return (await lookup(a)).address;

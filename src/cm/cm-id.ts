@@ -22,14 +22,13 @@ import { AFONLY_FROM, callAllowed, CALLS, EVENT_MOVES, reuseAddrAllowed, type Cm
 import { isAnyAddr, portTable, PORT_SPACES, type PortOwner, type PortSpace } from './port-space.js';
 import { hasPortOn, ipToGid, isLocalAddress, parseCmAddr, portWithAddress, routeHopLimit, routeSource, type CmAddr, type CmAddrInput } from './addr.js';
 import { buildPath, cmPathOf, gidTypeOf, roceMode, type PathRecord } from './route.js';
-import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice } from './devices.js';
+import { acquireCmSource, cmDevice, cmDevices, releaseCmDevice, retainCmDevice, unwatchDeviceRemoval, watchDeviceRemoval } from './devices.js';
 import { randomInt } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Ah, Pd, Srq } from '../verbs/objects.js';
 import type { Cq } from '../verbs/cq.js';
 import type { QpCap } from '../verbs/qp-attrs.js';
 import type { TimerHandle } from '../roce/sched.js';
-import { flushAck } from '../roce/transport/responder-answers.js';
 import { getDeviceList, portsOf } from '../verbs/discovery.js';
 import { CmAgent, CMA_CM_MRA_SERVICE_TIMEOUT, type IbCmEvent, type IbCmId } from './ib-cm.js';
 import { CMA_HDR_LEN, CmaHdrError, RdmaPortSpace, decodeCmaHdr, encodeCmaHdr, serviceId, type CmaHdr } from './cma-hdr.js';
@@ -382,7 +381,7 @@ export class CmId implements PortOwner {
       this.#detachDevice();
       this.#device = dev;
       this.#cmRef = cmRef;
-      dev.on('close', this.#onDeviceClose);
+      watchDeviceRemoval(dev, this.#onDeviceClose);
     } else if (cmRef) releaseCmDevice(dev); // already held: one reference per id
     this.#portNum = port;
   }
@@ -390,7 +389,7 @@ export class CmId implements PortOwner {
   #detachDevice(): void {
     const dev = this.#device;
     if (dev === null) return;
-    dev.off('close', this.#onDeviceClose);
+    unwatchDeviceRemoval(dev, this.#onDeviceClose);
     if (this.#cmRef) releaseCmDevice(dev);
     this.#device = null;
     this.#cmRef = false;
@@ -854,7 +853,7 @@ export class CmId implements PortOwner {
     const dev = agent.device;
     this.#device = dev;
     this.#cmRef = retainCmDevice(dev);
-    dev.on('close', this.#onDeviceClose);
+    watchDeviceRemoval(dev, this.#onDeviceClose);
     this.#portNum = agent.port;
     this.#agent = CmAgent.acquire(dev, agent.port);
     const fam = hdr.ipVersion;
@@ -1034,9 +1033,8 @@ export class CmId implements PortOwner {
   #qpToErr(): void {
     const qp = this.qp;
     if (qp === null || qp.closed || qp.state === 'RESET' || qp.state === 'ERR') return;
-    // The ACK the responder is holding back (coalesced) goes out first, as Qp.close() does: rxe ACKs as it
-    // receives, so the peer's last sends are acknowledged before our DREQ tells it the connection is over.
-    if (qp.resp.ackPending) flushAck(qp);
+    // The move to ERR sends the ACK the responder is still coalescing first (Qp.apply, as rxe ACKs as it
+    // receives), so the peer's last sends are acknowledged before our DREQ tells it the connection is over.
     qp.modify({ state: 'ERR' });
   }
 
@@ -1327,7 +1325,7 @@ export class CmId implements PortOwner {
     this.#agent = null;
     const dev = this.#device;
     if (dev !== null) {
-      dev.off('close', this.#onDeviceClose);
+      unwatchDeviceRemoval(dev, this.#onDeviceClose);
       // The registry forgot the device when it closed; the reference goes with it.
       if (this.#cmRef) releaseCmDevice(dev);
       this.#cmRef = false;
@@ -1362,7 +1360,7 @@ export class CmId implements PortOwner {
     if (hadConn && dev !== null && !dev.closed) {
       // QP1 and the device close with their last user: not before the MAD just sent has gone out.
       const cmRef = this.#cmRef;
-      dev.off('close', this.#onDeviceClose);
+      unwatchDeviceRemoval(dev, this.#onDeviceClose);
       this.#device = null;
       this.#cmRef = false;
       dev.sched.setTimer(CLOSE_LINGER_MS, () => {

@@ -140,6 +140,50 @@ export function isCmDevice(dev: Device): boolean {
   return byDevice.has(dev);
 }
 
+/**
+ * Who hears that a device closed (DEVICE_REMOVAL), by device: one 'close' listener per device, whatever
+ * the number of ids on it, fanned out to them (the kernel's cma_process_remove walks the device's id
+ * list the same way). One listener per id tripped Node's MaxListenersExceededWarning at 11 ids on a
+ * device (ucmatose -c 10). Any device is watched, the CM's own and one given at createId({ device }).
+ */
+const removalWatch = new Map<Device, { fns: Set<() => void>; onClose: () => void }>();
+
+/** `fn` runs once when `dev` closes, unless unwatched first. Watching twice with the same `fn` is one watch. */
+export function watchDeviceRemoval(dev: Device, fn: () => void): void {
+  let w = removalWatch.get(dev);
+  if (w === undefined) {
+    const fns = new Set<() => void>();
+    const onClose = (): void => {
+      removalWatch.delete(dev);
+      // A copy: each id unwatches (and may release the device) while hearing it.
+      const all = [...fns];
+      fns.clear();
+      // Every id hears it even if one's handler throws; the first error goes on to the device's emit (emitGuarded).
+      let err: { e: unknown } | null = null;
+      for (const f of all) {
+        try {
+          f();
+        } catch (e) {
+          err ??= { e };
+        }
+      }
+      if (err !== null) throw err.e;
+    };
+    w = { fns, onClose };
+    removalWatch.set(dev, w);
+    dev.once('close', onClose);
+  }
+  w.fns.add(fn);
+}
+
+/** Stops a watch; the device's listener goes with its last watcher. */
+export function unwatchDeviceRemoval(dev: Device, fn: () => void): void {
+  const w = removalWatch.get(dev);
+  if (w === undefined || !w.fns.delete(fn) || w.fns.size > 0) return;
+  removalWatch.delete(dev);
+  dev.off('close', w.onClose);
+}
+
 /** The loopback addresses of the demo devices (softroce0, softroce1): one may stand in for the other. */
 const LOOPBACK_SOURCES = ['127.0.0.1', '127.0.0.2'] as const;
 

@@ -1054,6 +1054,10 @@ export class IbCmId {
       rnrRetryCount: req.rnrRetryCount,
       srq: req.srq === 1,
     };
+    // cm_req_handler makes the id's AV again from the REQ's primary path (cm_init_av_by_path): the REP and
+    // every later MAD carry the REQ's traffic class and SL, not the received datagram's. (Ours cannot read
+    // a received TOS anyway: the socket does not show it, so the response AV's traffic class is 0.)
+    this.#av = { ...this.#av, trafficClass: path.trafficClass, sl: path.sl };
     this.#emitEvent({ type: 'REQ_RECEIVED', id: this, listenId: listen, req, path, privateData: req.privateData, param });
   }
 
