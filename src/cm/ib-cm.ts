@@ -1043,7 +1043,8 @@ export class IbCmId {
     };
     // cm_req_handler then builds the id's AV from that primary path (cm_init_av_by_path): the REP and every
     // later MAD go with the requested traffic class, flow label and SL, not the defaults of a bare response
-    // (a real ucmatose -t 96 client gets its REP from rxe with DSCP 0x60).
+    // (a real ucmatose -t 96 client gets its REP from rxe with DSCP 0x60). Ours could not echo a received
+    // TOS anyway: the socket does not show it, so the response AV's traffic class is 0.
     this.#av = { ...this.#av, trafficClass: path.trafficClass, flowLabel: path.flowLabel, sl: path.sl };
     const param: CmConnParam = {
       remoteQpn: req.localQpn,
@@ -1054,10 +1055,6 @@ export class IbCmId {
       rnrRetryCount: req.rnrRetryCount,
       srq: req.srq === 1,
     };
-    // cm_req_handler makes the id's AV again from the REQ's primary path (cm_init_av_by_path): the REP and
-    // every later MAD carry the REQ's traffic class and SL, not the received datagram's. (Ours cannot read
-    // a received TOS anyway: the socket does not show it, so the response AV's traffic class is 0.)
-    this.#av = { ...this.#av, trafficClass: path.trafficClass, sl: path.sl };
     this.#emitEvent({ type: 'REQ_RECEIVED', id: this, listenId: listen, req, path, privateData: req.privateData, param });
   }
 
