@@ -117,6 +117,17 @@ async function waitCmListen(g: number, port: number, ms = 30_000): Promise<boole
   return false;
 }
 
+/** Waits until a process on the host side of the lab has bound UDP 4791 (softroce's device on labbr0). */
+async function waitHostUdp(ms = 30_000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const r = await lab(['host', "ss -Hlun 'sport = :4791' | grep -q ."], 10_000);
+    if (r.code === 0) return true;
+    await sleep(200);
+  }
+  return false;
+}
+
 async function runPairing(c: CmCase, p: Pairing): Promise<{ srv: Side | null; cli: Side } | string> {
   const ms = c.ms ?? 90_000;
   const srvIp = p === 'softroce-server' ? HOST_IP : GUEST_IP(GUEST_SERVER);
@@ -128,8 +139,10 @@ async function runPairing(c: CmCase, p: Pairing): Promise<{ srv: Side | null; cl
   if (!c.serverless) {
     if (p === 'softroce-server') {
       server = host(wrap(ours(c.tool, srvArgs)), ms);
-      // softroce's listener is inside the node process, out of the kernel's sight: give it time to start
-      await sleep(c.port === undefined ? 4000 : 3000);
+      // softroce's listener is inside the node process, out of the kernel's sight; its device's UDP socket is
+      // not (bound just before the listen, or the joins): wait for that, then a moment for the rest
+      if (!(await waitHostUdp())) return 'the softroce server did not open its device';
+      await sleep(c.port === undefined ? 3000 : 1000);
     } else {
       server = guest(GUEST_SERVER, wrap(`${c.tool} ${srvArgs}`), ms);
       if (c.port === undefined) await sleep(4000);
