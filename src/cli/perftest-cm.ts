@@ -35,7 +35,7 @@ import type { Ah, Pd } from '../verbs/objects.js';
 import type { Qp } from '../verbs/qp.js';
 import type { QpCap } from '../verbs/qp-attrs.js';
 import { Wc } from '../verbs/types.js';
-import type { BwReport, PerfDest } from './perftest-comm.js';
+import { xchgBwReport, type BwReport, type PerfDest } from './perftest-comm.js';
 
 /** sizeof(struct pingpong_dest) on x86-64: 5 ints, 4 bytes of padding, u64 vaddr, 16-byte GID, srqn, gid_index. */
 export const DEST_STRUCT_LEN = 56;
@@ -327,18 +327,9 @@ export class CmConn {
     return parseDestStruct(await this.xchg(destStruct(my, gidIndex), DEST_STRUCT_LEN));
   }
 
-  /** xchg_bw_reports: five 8-byte big-endian fields, each its own exchange. */
-  async xchgReport(mine: BwReport): Promise<BwReport> {
-    const b = Buffer.alloc(8);
-    const u64 = async (v: number): Promise<number> => {
-      b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(v))));
-      return Number((await this.xchg(b, 8)).readBigUInt64BE(0));
-    };
-    const f64 = async (v: number): Promise<number> => {
-      b.writeDoubleBE(v);
-      return (await this.xchg(b, 8)).readDoubleBE(0);
-    };
-    return { size: await u64(mine.size), iters: await u64(mine.iters), peak: await f64(mine.peak), avg: await f64(mine.avg), rate: await f64(mine.rate) };
+  /** xchg_bw_reports over the exchange connection. */
+  xchgReport(mine: BwReport): Promise<BwReport> {
+    return xchgBwReport((b, n) => this.xchg(b, n), mine);
   }
 
   /** ctx_close_connection: with rdma_cm, one last handshake only. A peer that already left is not an error here. */

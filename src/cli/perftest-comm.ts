@@ -50,6 +50,23 @@ export interface BwReport {
   rate: number;
 }
 
+/**
+ * xchg_bw_reports: five 8-byte big-endian fields (size and iterations as u64, peak, average and message
+ * rate as doubles), each its own exchange; the same over TCP and over the rdma_cm exchange connection.
+ */
+export async function xchgBwReport(xchg: (b: Buffer, len: number) => Promise<Buffer>, mine: BwReport): Promise<BwReport> {
+  const b = Buffer.alloc(8);
+  const u64 = async (v: number): Promise<number> => {
+    b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(v))));
+    return Number((await xchg(b, 8)).readBigUInt64BE(0));
+  };
+  const f64 = async (v: number): Promise<number> => {
+    b.writeDoubleBE(v);
+    return (await xchg(b, 8)).readDoubleBE(0);
+  };
+  return { size: await u64(mine.size), iters: await u64(mine.iters), peak: await f64(mine.peak), avg: await f64(mine.avg), rate: await f64(mine.rate) };
+}
+
 /** Exact-length reads from a TCP stream. */
 export class Conn {
   private buf: Buffer = Buffer.alloc(0);
@@ -128,18 +145,9 @@ export class Conn {
     return parseDest(await this.xchg(destMsg(my), MSG_LEN));
   }
 
-  /** xchg_bw_reports: five 8-byte fields, each exchanged on its own. */
-  async xchgReport(mine: BwReport): Promise<BwReport> {
-    const b = Buffer.alloc(8);
-    const u64 = async (v: number): Promise<number> => {
-      b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(v))));
-      return Number((await this.xchg(b, 8)).readBigUInt64BE(0));
-    };
-    const f64 = async (v: number): Promise<number> => {
-      b.writeDoubleBE(v);
-      return (await this.xchg(b, 8)).readDoubleBE(0);
-    };
-    return { size: await u64(mine.size), iters: await u64(mine.iters), peak: await f64(mine.peak), avg: await f64(mine.avg), rate: await f64(mine.rate) };
+  /** xchg_bw_reports over TCP. */
+  xchgReport(mine: BwReport): Promise<BwReport> {
+    return xchgBwReport((b, n) => this.xchg(b, n), mine);
   }
 
   /** ctx_close_connection: a last handshake, then "done" both ways. A peer that already left is not an error here. */
