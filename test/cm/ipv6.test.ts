@@ -7,13 +7,12 @@
  * Skips, saying so, when the host has no IPv6 loopback.
  */
 import t from 'tap';
-import { createSocket } from 'node:dgram';
-import { createEventChannel, type CmEvent, type EventChannel } from '../../src/cm/event-channel.js';
+import { hasIpv6Loopback, nextEvent, pollCq as poll } from './real-helpers.js';
+import { createEventChannel } from '../../src/cm/event-channel.js';
 import { createId, type CmId } from '../../src/cm/cm-id.js';
 import { cmDevices, cmDevicesClosed, setCmDeviceOpener } from '../../src/cm/devices.js';
 import { openDevice } from '../../src/verbs/device.js';
 import { VerbsError } from '../../src/verbs/errors.js';
-import { Wc } from '../../src/verbs/types.js';
 
 /**
  * [::1]:4791, as the CM's QP1 and the QPs send to UDP 4791 (the RoCEv2 port; a device on a private
@@ -32,35 +31,8 @@ setCmDeviceOpener(async (address) => {
 });
 t.teardown(() => setCmDeviceOpener(null));
 
-/** Is ::1 usable here (a UDP connect to it works)? */
-const v6 = await new Promise<boolean>((resolve) => {
-  const s = createSocket('udp6');
-  s.on('error', () => {
-    s.close();
-    resolve(false);
-  });
-  s.connect(9, '::1', (e?: Error) => {
-    s.close();
-    resolve(!e);
-  });
-});
+const v6 = await hasIpv6Loopback();
 if (!v6) console.log('# skip: this host has no IPv6 loopback (::1)');
-
-async function nextEvent(ch: EventChannel, want: string): Promise<CmEvent> {
-  const ev = await ch.getEvent({ timeoutMs: 5000 });
-  if (ev.event !== want) throw new Error(`expected ${want}, got ${ev.event} (status ${ev.status})`);
-  return ev;
-}
-
-async function poll(cq: { poll(wc: Wc[], n: number): number }, ms = 3000): Promise<Wc> {
-  const wc = [new Wc()];
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cq.poll(wc, 1) === 1) return wc[0]!;
-    await new Promise((r) => setTimeout(r, 2));
-  }
-  throw new Error('no completion');
-}
 
 t.test(
   '::1 to ::1: resolve, connect / accept, a SEND each way, disconnect on both sides',

@@ -11,6 +11,7 @@
  * looked up in the routing table (a UDP connect(), which sends nothing); nothing is sent there.
  */
 import t from 'tap';
+import { hasIpv6Loopback } from './real-helpers.js';
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
@@ -352,18 +353,7 @@ t.test('in-memory devices (fake addresses, fake clock): the bound address is the
   ch.close();
 });
 
-/** Is ::1 usable here (a UDP connect to it works)? */
-const v6 = await new Promise<boolean>((resolve) => {
-  const s = createSocket('udp6');
-  s.on('error', () => {
-    s.close();
-    resolve(false);
-  });
-  s.connect(9, '::1', (e?: Error) => {
-    s.close();
-    resolve(!e);
-  });
-});
+const v6 = await hasIpv6Loopback();
 
 t.test('IPv6 loopback: ::1 resolves to a device on ::1 with the GID ::1', { skip: v6 ? false : 'this host has no IPv6 loopback (::1)' }, async (t) => {
   const ch = createEventChannel();

@@ -18,15 +18,15 @@
  * test does not use it there); without the addon or CAP_NET_RAW the wire checks skip with the reason.
  */
 import t from 'tap';
+import { nextEvent, pollCq as poll } from './real-helpers.js';
 import { createRequire } from 'node:module';
 import { readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createEventChannel, type CmEvent, type EventChannel } from '../../src/cm/event-channel.js';
+import { createEventChannel } from '../../src/cm/event-channel.js';
 import { createId, type CmId } from '../../src/cm/cm-id.js';
 import { cmDevices, cmDevicesClosed } from '../../src/cm/devices.js';
 import type { NativeAddon } from '../../src/native.js';
-import { Wc } from '../../src/verbs/types.js';
 
 const C = '127.0.67.1',
   S = '127.0.67.2';
@@ -91,23 +91,6 @@ function rawTap(n: NativeAddon, addr: string): { read(): Seen[]; close(): void }
     },
     close: () => closeSync(fd),
   };
-}
-
-async function nextEvent(ch: EventChannel, want: string): Promise<CmEvent> {
-  const ev = await ch.getEvent({ timeoutMs: 5000 });
-  if (ev.event !== want) throw new Error(`expected ${want}, got ${ev.event} (status ${ev.status})`);
-  return ev;
-}
-
-/** Polls a CQ on the real clock until a completion comes (bounded). */
-async function poll(cq: { poll(wc: Wc[], n: number): number }, ms = 3000): Promise<Wc> {
-  const wc = [new Wc()];
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cq.poll(wc, 1) === 1) return wc[0]!;
-    await new Promise((r) => setTimeout(r, 2));
-  }
-  throw new Error('no completion');
 }
 
 async function cmIdle(): Promise<void> {
