@@ -13,7 +13,6 @@
  */
 import './epipe.js';
 import { lookup } from 'node:dns/promises';
-import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { createEventChannel, type CmEvent, type EventChannel } from '../cm/event-channel.js';
 import { createId, type CmId } from '../cm/cm-id.js';
@@ -102,9 +101,6 @@ export async function cmtimeMain(argv: string[], out: (s: string) => void = (s) 
   const port = toInt(o.get('port'), 'port_number', 7471);
   const retries = atoi(o.get('retries'), 2);
   const timeoutMs = atoi(o.get('timeout'), 2000);
-  // One rdma_cm id per connection, each listening for its device's close: with 100 of them Node's
-  // leak warning would land in stderr, which the real tool leaves empty. The tool means them all.
-  EventEmitter.defaultMaxListeners = 0;
   const addr = async (a: string | undefined): Promise<string | undefined> => (a === undefined || isIP(a) !== 0 ? a : (await lookup(a)).address);
   let src: string | undefined, dst: string | undefined;
   try {

@@ -11,7 +11,6 @@
  */
 import './epipe.js';
 import { lookup } from 'node:dns/promises';
-import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { createEventChannel, type CmEvent, type EventChannel } from '../cm/event-channel.js';
 import { createId } from '../cm/cm-id.js';
@@ -166,7 +165,6 @@ export async function mckeyMain(
     unmappedErr: null,
     lastErrno: 'EINVAL',
   };
-  EventEmitter.defaultMaxListeners = Math.max(EventEmitter.defaultMaxListeners, connections + 10);
   // alloc_nodes
   for (let i = 0; i < Math.max(0, connections); i++) {
     const n: McNode = { ...newNode(i), joined: false };
