@@ -246,6 +246,26 @@ export async function drainSends(n: UdNode): Promise<void> {
 }
 
 /** destroy_node: AH, QP, CQ, MR, PD, then the id. */
+/**
+ * main's tail in udaddy.c and mckey.c: "test complete" whatever happened, the nodes and the channel
+ * destroyed, "return status N"; the process exits with N & 0xff.
+ */
+export async function finishTest(
+  t: UdTest & { readonly nodes: readonly UdNode[]; readonly ch: { close(): void } },
+  run: () => Promise<number>,
+): Promise<number> {
+  let ret: number;
+  try {
+    ret = await run();
+  } finally {
+    t.out('test complete\n');
+    for (const n of t.nodes) destroyNode(n);
+    t.ch.close();
+  }
+  t.out(`return status ${ret}\n`);
+  return ret & 0xff;
+}
+
 export function destroyNode(n: UdNode): void {
   const id = n.id;
   if (id === null) return;

@@ -19,7 +19,7 @@ import { gidFromString, gidToIpv4Number, isIpv4Mapped, numberToIpv4 } from '../r
 import { runTool, UsageError } from './args.js';
 import {
   atoi,
-  destroyNode,
+  finishTest,
   drainSends,
   getopt,
   initNode,
@@ -171,16 +171,7 @@ export async function mckeyMain(
     n.id = createId(t.ch, { ps, qpType: 'UD', context: n });
     t.nodes.push(n);
   }
-  let ret: number;
-  try {
-    ret = await run(t, src, dst, unmapped);
-  } finally {
-    out('test complete\n');
-    for (const n of t.nodes) destroyNode(n);
-    t.ch.close();
-  }
-  out(`return status ${ret}\n`);
-  return ret & 0xff;
+  return finishTest(t, () => run(t, src, dst, unmapped));
 }
 
 /** get_addr: getaddrinfo(name, NULL, NULL), its complaint on failure. */

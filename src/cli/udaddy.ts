@@ -19,7 +19,7 @@ import type { Wc } from '../verbs/types.js';
 import { runTool, UsageError } from './args.js';
 import {
   atoi,
-  destroyNode,
+  finishTest,
   ENOMEM,
   getopt,
   initNode,
@@ -164,16 +164,7 @@ export async function udaddyMain(
     if (server !== undefined) n.id = createId(t.ch, { ps, qpType: 'UD', context: n });
     t.nodes.push(n);
   }
-  let ret: number;
-  try {
-    ret = server !== undefined ? await runClient(t, bind, server, numeric) : await runServer(t, bind, numeric);
-  } finally {
-    out('test complete\n');
-    for (const n of t.nodes) destroyNode(n);
-    t.ch.close();
-  }
-  out(`return status ${ret}\n`);
-  return ret & 0xff;
+  return finishTest(t, () => (server !== undefined ? runClient(t, bind, server, numeric) : runServer(t, bind, numeric)));
 }
 
 /** getaddrinfo of one address: the address, or EAI_NONAME (a name with -f ip, or one that does not resolve). */
