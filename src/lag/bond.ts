@@ -149,6 +149,15 @@ class BondDevice extends Device {
   override qpInit(qp: Qp): void {
     this.bond?.qpInit(qp);
   }
+  /** The bond port's counters count what its members sent too (bond.portCounters(n): one physical port's). */
+  override counters(port = 1): Record<string, number> {
+    const c = super.counters(port);
+    for (const p of this.bond?.ports ?? []) {
+      const m = p.member.counters.snapshot();
+      for (const k of Object.keys(m) as (keyof typeof m)[]) c[k] = (c[k] ?? 0) + m[k];
+    }
+    return c;
+  }
 }
 
 const openBonds = new Set<string>();

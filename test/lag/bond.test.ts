@@ -266,6 +266,19 @@ t.test('flowEntropy on an ordinary device: RESET -> INIT only, and the source po
   t.equal(q.srcPort, flowLabelToSourcePort(77));
   t.throws(() => q.modify({ state: 'INIT', flowEntropy: 78 }), InvalidQpAttrError, 'not at INIT -> INIT');
   t.throws(() => rcQp(d).modify({ state: 'INIT', port: 1, pkeyIndex: 0, accessFlags: [], flowEntropy: -1 }), { code: 'EINVAL', argument: 'flowEntropy' });
-  q.toRtr({ remote: { qpn: 0x99, psn: 0, gid: '10.8.1.2' } });
+  const d2 = await openDevice({ address: '10.8.1.2', link: n.net.attach('10.8.1.2'), scheduler: n.fake });
+  t.teardown(() => d2.close());
+  const peer = rcQp(d2).toInit({ accessFlags: [] });
+  q.toRtr({ remote: { qpn: peer.qpn, psn: 0, gid: '10.8.1.2' } }).toRts({ sqPsn: 0 });
+  peer.toRtr({ remote: { qpn: q.qpn, psn: 0, gid: '10.8.1.1' } }).toRts({ sqPsn: 0 });
   t.equal(q.srcPort, flowLabelToSourcePort(77), 'an AV without a flow label keeps the entropy port');
+  const sports = new Set<number>();
+  n.net.filter = (_p, src, _d, sport) => {
+    if (src === '10.8.1.1') sports.add(sport);
+    return true;
+  };
+  peer.postRecv({ wrId: 1, sg: [] });
+  q.postSend({ wrId: 2, opcode: 'SEND', sg: [] });
+  for (let i = 0; i < 20; i++) n.fake.advance(1);
+  t.same([...sports], [flowLabelToSourcePort(77)], 'every packet leaves from the entropy port');
 });

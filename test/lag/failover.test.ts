@@ -172,6 +172,7 @@ async function streams(t: Tap, runner: Record<string, unknown>, ports: Record<st
   const c = a.device.counters(1);
   run.retries = c['completer_retry_err'] ?? 0;
   run.timeouts = c['timeouts'] ?? 0;
+  t.equal(c['sent_pkts'], run.sent1[2] + run.sent2[2], "the bond port's sent_pkts: both physical ports' (no QP1 here)");
   t.same(bad, [], 'every completion succeeded');
   t.equal(writes, MSGS, 'every WRITE completed');
   t.equal(sends, MSGS, 'every SEND completed');
