@@ -69,6 +69,8 @@ function connect(x: End, y: End, xa: string, ya: string): void {
 
 interface Run {
   cutAt: number;
+  /** when A's WRITE QP was first active on port 2 (queryLagPort) */
+  movedAt: number;
   firstOnPort2: number;
   plugAt: number;
   firstBackOnPort1: number;
@@ -84,12 +86,17 @@ interface Run {
 /** Streams A -> B, pulling cable 1 after `cutAfter` WRITE completions and plugging it back `outage` ms later. */
 type Tap = Pick<typeof t, 'equal' | 'ok' | 'same' | 'teardown'>;
 
-async function streams(t: Tap, runner: Record<string, unknown>, ports: Record<string, unknown>): Promise<{ run: Run; a: Bond; b: Bond; A: End }> {
+async function streams(
+  t: Tap,
+  runner: Record<string, unknown>,
+  ports: Record<string, unknown>,
+  linkWatch: Record<string, unknown> | null = { name: 'ethtool', delay_down: DELAY_DOWN, delay_up: DELAY_UP },
+): Promise<{ run: Run; a: Bond; b: Bond; A: End }> {
   const n = bondNet();
   n.net.latencyMs = 1; // packets are in flight for a millisecond: the cut loses some
-  const lw = { name: 'ethtool', delay_down: DELAY_DOWN, delay_up: DELAY_UP };
-  const a = bondOf(await bondAt(n, '10.9.0.1', { ...teamConfig(runner, { link_watch: lw }), ports }));
-  const b = bondOf(await bondAt(n, '10.9.0.2', { ...teamConfig(runner, { link_watch: lw }), ports }));
+  const extra = linkWatch === null ? {} : { link_watch: linkWatch };
+  const a = bondOf(await bondAt(n, '10.9.0.1', { ...teamConfig(runner, extra), ports }));
+  const b = bondOf(await bondAt(n, '10.9.0.2', { ...teamConfig(runner, extra), ports }));
   t.teardown(async () => {
     await a.close();
     await b.close();
@@ -118,6 +125,7 @@ async function streams(t: Tap, runner: Record<string, unknown>, ports: Record<st
   const wc = Array.from({ length: 64 }, () => new Wc());
   const run: Run = {
     cutAt: -1,
+    movedAt: -1,
     firstOnPort2: -1,
     plugAt: -1,
     firstBackOnPort1: -1,
@@ -135,6 +143,15 @@ async function streams(t: Tap, runner: Record<string, unknown>, ports: Record<st
   const tx = (p: number): number => a.portCounters(p)['sent_pkts'];
   for (let ms = 0; ms < 20_000 && (writes < MSGS || sends < MSGS || recvs < MSGS); ms++) {
     if (ms % 2 === 0 && posted < MSGS) post(posted++);
+    // The requester sends what was just posted: those packets are on the wire (1 ms) when the cable goes.
+    n.fake.run();
+    if (run.cutAt < 0 && writes >= MSGS / 8) {
+      run.cutAt = n.fake.now();
+      run.sent1[0] = tx(1);
+      run.sent2[0] = tx(2);
+      n.net.setSegmentUp('w1', false);
+    }
+    if (run.cutAt >= 0 && run.movedAt < 0 && queryLagPort(A.w).active === 2) run.movedAt = n.fake.now();
     n.fake.advance(1);
     let k: number;
     while ((k = A.scq.poll(wc)) > 0)
@@ -149,12 +166,7 @@ async function streams(t: Tap, runner: Record<string, unknown>, ports: Record<st
         recvs++;
       }
     const now = n.fake.now();
-    if (run.cutAt < 0 && writes >= MSGS / 8) {
-      run.cutAt = now;
-      run.sent1[0] = tx(1);
-      run.sent2[0] = tx(2);
-      n.net.setSegmentUp('w1', false);
-    } else if (run.cutAt >= 0 && run.firstOnPort2 < 0 && tx(2) > run.sent2[0]) run.firstOnPort2 = now;
+    if (run.cutAt >= 0 && run.firstOnPort2 < 0 && tx(2) > run.sent2[0]) run.firstOnPort2 = now;
     if (run.cutAt >= 0 && run.plugAt < 0 && now - run.cutAt >= OUTAGE) {
       run.plugAt = now;
       run.sent1[1] = tx(1);
@@ -189,6 +201,7 @@ t.test('loadbalance (hash): port 1 dies mid-stream, its QPs go to port 2 and com
   t.ok(run.sent1[0] > 0, `before the cut: ${run.sent1[0]} packets on port 1`);
   t.equal(run.sent2[0], 0, 'before the cut: none on port 2 (both QPs are on port 1)');
   t.ok(run.sent2[1] > 0, `during the outage: ${run.sent2[1]} packets on port 2`);
+  t.equal(run.movedAt - run.cutAt, DELAY_DOWN, 'the QPs move delay_down after the cut');
   t.ok(run.firstOnPort2 - run.cutAt >= DELAY_DOWN, `nothing on port 2 before delay_down (${run.firstOnPort2 - run.cutAt} ms after the cut)`);
   t.ok(run.firstBackOnPort1 - run.plugAt >= DELAY_UP, `back on port 1 only after delay_up (${run.firstBackOnPort1 - run.plugAt} ms after the plug)`);
   t.ok(run.sent1[2] > run.sent1[1], `after the plug: ${run.sent1[2] - run.sent1[1]} more packets on port 1`);
@@ -198,7 +211,7 @@ t.test('loadbalance (hash): port 1 dies mid-stream, its QPs go to port 2 and com
   t.equal(a.stats.portUps, 1);
   t.equal(a.stats.qpMoves, 4, 'two QPs moved out and back');
   t.comment(
-    `hash: cut at ${run.cutAt} ms, first packet on port 2 ${run.firstOnPort2 - run.cutAt} ms later; plug at ${run.plugAt} ms, back on port 1 ${run.firstBackOnPort1 - run.plugAt} ms later; ` +
+    `hash: cut at ${run.cutAt} ms, QPs moved ${run.movedAt - run.cutAt} ms later, first packet on port 2 ${run.firstOnPort2 - run.cutAt} ms later; plug at ${run.plugAt} ms, back on port 1 ${run.firstBackOnPort1 - run.plugAt} ms later; ` +
       `done at ${run.done} ms; timeouts ${run.timeouts}, retries ${run.retries}; TX port1/port2 ${run.sent1[2]}/${run.sent2[2]}`,
   );
 });
@@ -218,4 +231,12 @@ t.test('a sticky port keeps its QPs when the configured port returns', async (t)
   t.ok(run.sent2[1] > 0, 'during the outage: on port 2');
   t.equal(run.sent1[2], run.sent1[1], 'after the plug: nothing more on port 1');
   t.same(queryLagPort(A.w), { configured: 1, active: 2, source: 'explicit' }, 'configured 1, still active on the sticky port 2');
+});
+
+t.test("teamd's default ethtool watch (no delays): the QPs move at the cut", async (t) => {
+  const { run } = await streams(t, { name: 'loadbalance' }, { eth1: {}, eth2: {} }, null);
+  t.equal(run.movedAt, run.cutAt, 'the QPs move at the cut');
+  t.ok(run.firstOnPort2 - run.cutAt <= 4, `first packet on port 2 ${run.firstOnPort2 - run.cutAt} ms after the cut (a WR every 2 ms)`);
+  t.ok(run.firstBackOnPort1 - run.plugAt <= 2, `back on port 1 ${run.firstBackOnPort1 - run.plugAt} ms after the plug`);
+  t.comment(`default watch: port 2 from ${run.firstOnPort2 - run.cutAt} ms after the cut; timeouts ${run.timeouts}, retries ${run.retries}`);
 });
