@@ -291,6 +291,15 @@ export class Device extends EventEmitter implements TransportDevice {
     if (qp.srq) qp.srq.addUser(1);
   }
 
+  /**
+   * @internal a QP moved RESET -> INIT (its attributes applied). Nothing here; a bonded device
+   * (src/lag/bond.ts) overrides it to give the QP its LAG port (Qp.txPort), as mlx5 sets a QP's TX
+   * affinity at that transition. Must not throw: the modify has happened.
+   */
+  qpInit(_qp: Qp): void {
+    /* an ordinary device: the QP sends on its port */
+  }
+
   /** @internal qp.close */
   destroyQp(qp: Qp): void {
     this.mcast.detachAll(qp);

@@ -62,6 +62,12 @@ export interface QpAttrs {
   rnrRetry?: number;
   maxRdAtomic?: number;
   enSqdAsyncNotify?: boolean;
+  /**
+   * RESET -> INIT only (RC, UC, UD): the flow's entropy, as MLNX_OFED's ibv_exp_modify_qp takes it
+   * (IBV_EXP_QP_FLOW_ENTROPY). On a bonded device its parity picks the LAG port (even: 1, odd: 2, as
+   * mlx4); everywhere it is the QP's UDP source port (flow.ts) unless the AV carries a flow label.
+   */
+  flowEntropy?: number;
 }
 
 /** What `qp.endpoint()` returns: the JSON an application sends its peer (ibv_rc_pingpong's LID:QPN:PSN:GID). */
@@ -121,6 +127,7 @@ export function checkQpAttrValues(a: QpAttrs, dev: Device, curPort: number): voi
   V.optInt(op, 'retryCnt', a.retryCnt, 0, 7);
   V.optInt(op, 'rnrRetry', a.rnrRetry, 0, 7);
   V.optBool(op, 'enSqdAsyncNotify', a.enSqdAsyncNotify);
+  if (a.flowEntropy !== undefined) V.u32(op, 'flowEntropy', a.flowEntropy);
   if (a.accessFlags !== undefined) {
     V.list(op, 'accessFlags', a.accessFlags);
     accessBits(a.accessFlags, 'accessFlags', op, (c, o, m, arg) => new VerbsError(c, o, m, arg));

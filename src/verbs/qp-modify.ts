@@ -82,6 +82,8 @@ export interface InitOptions {
   pkeyIndex?: number;
   accessFlags?: readonly Access[];
   qkey?: number;
+  /** the flow's entropy (QpAttrs.flowEntropy): LAG port parity on a bond, and the UDP source port */
+  flowEntropy?: number;
 }
 
 /** RESET → INIT: UD and GSI QPs take a Q_Key, RC and UC access flags; GSI has no port attribute. */
@@ -91,6 +93,7 @@ export function initAttrs(qp: Qp, o: InitOptions): QpAttrs {
   if (qp.type === 'UD' || qp.type === 'GSI') a.qkey = o.qkey ?? 0;
   else a.accessFlags = o.accessFlags ?? [];
   if (qp.type === 'GSI') delete a.port;
+  if (o.flowEntropy !== undefined) a.flowEntropy = o.flowEntropy;
   return a;
 }
 

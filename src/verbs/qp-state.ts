@@ -36,6 +36,7 @@ export const QP_ATTRS = [
   'pathMigState',
   'curState',
   'enSqdAsyncNotify',
+  'flowEntropy',
 ] as const;
 export type QpAttrName = (typeof QP_ATTRS)[number];
 
@@ -52,8 +53,9 @@ const all = (rule: Rule): PerType => ({ RC: rule, UC: rule, UD: rule, GSI: rule 
 /** → RESET and → ERR: always allowed, no attributes (IBA 10.3.1: any state may be reset or errored). */
 const toResetErr = { RESET: all(none), ERR: all(none) };
 
-const INIT_RC: Rule = r(['pkeyIndex', 'port', 'accessFlags']);
-const INIT_UD: Rule = r(['pkeyIndex', 'port', 'qkey']);
+// flowEntropy: MLNX_OFED's IBV_EXP_QP_FLOW_ENTROPY, accepted at RESET -> INIT only (the QP's LAG port and UDP source port)
+const INIT_RC: Rule = r(['pkeyIndex', 'port', 'accessFlags'], ['flowEntropy']);
+const INIT_UD: Rule = r(['pkeyIndex', 'port', 'qkey'], ['flowEntropy']);
 const INIT_GSI: Rule = r(['pkeyIndex', 'qkey']);
 const opt = (rule: Rule): Rule => r([], rule.required);
 const RTS_OPT = {

@@ -15,10 +15,10 @@ import type { Device } from './device.js';
 import type { Mr } from './mr.js';
 import type { Mtu } from '../roce/opcode.js';
 import { PSN_MASK } from '../roce/psn.js';
-import { flowSourcePort, qpSourcePort } from '../roce/flow.js';
+import { flowLabelToSourcePort, flowSourcePort, qpSourcePort } from '../roce/flow.js';
 import type { Dest } from '../roce/transport/types.js';
 import { ReqInfo, CompInfo, RespInfo } from '../roce/transport/state.js';
-import type { TransportQp } from '../roce/transport/types.js';
+import type { PortLike, TransportQp } from '../roce/transport/types.js';
 import { SendWqe, RecvWqe } from '../roce/transport/wqe.js';
 import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
 import { flushQp } from '../roce/transport/flush.js';
@@ -74,6 +74,13 @@ export class Qp implements TransportQp {
   #dest: Dest = { ip: '', ipNum: 0, family: 4, port: 4791, bytes: new Uint8Array(16), tos: 0, sgidIndex: 0, sgidGen: 0 };
   /** the UDP source port of this QP's packets: rxe's hash of the QPN at creation; once the AV is set, its flow label or the one derived from both QPNs (flow.ts) */
   #srcPort: number;
+  /** the flow entropy given at RESET -> INIT (QpAttrs.flowEntropy), null when none */
+  #flowEntropy: number | null = null;
+  /**
+   * @internal the port this QP's packets leave by when a bonded device (src/lag) put it on one of its
+   * member links; null: its port (TransportQp.txPort)
+   */
+  txPort: PortLike | null = null;
 
   get state(): QpState {
     return this.#state;
@@ -147,6 +154,10 @@ export class Qp implements TransportQp {
   get srcPort(): number {
     return this.#srcPort;
   }
+  /** The flow entropy given at RESET -> INIT (qp.toInit({ flowEntropy })), or null. */
+  get flowEntropy(): number | null {
+    return this.#flowEntropy;
+  }
 
   // send queue: absolute counters, index = n % cap
   readonly sq: SendWqe[];
@@ -200,6 +211,7 @@ export class Qp implements TransportQp {
   }
 
   private apply(a: QpAttrs, to: QpState): void {
+    const from = this.#state;
     // A move to ERR or RESET first sends the ACK the responder is coalescing for requests it has already
     // executed and completed: rxe acknowledges in the same pass as the receive (rxe_resp.c), so its peer
     // has the ACK before any later modify; ours would be dropped by flushAck in ERR and the peer retry.
@@ -226,10 +238,19 @@ export class Qp implements TransportQp {
     }
     if (a.maxRdAtomic !== undefined) this.#maxRdAtomic = a.maxRdAtomic;
     if (a.enSqdAsyncNotify !== undefined) this.#sqDrainNotify = a.enSqdAsyncNotify;
+    if (to === 'INIT' && from === 'RESET') this.#flowEntropy = null;
+    if (a.flowEntropy !== undefined) {
+      // The UDP source port carries the flow's entropy (IBA A17.4.3: the source port is the flow's
+      // entropy for ECMP), folded to a flow label as rdma_flow_label_to_udp_sport folds one.
+      this.#flowEntropy = a.flowEntropy >>> 0;
+      this.#srcPort = flowLabelToSourcePort(this.#flowEntropy & 0xfffff);
+    }
     if (a.av !== undefined) {
       this.#av = qpAv(a.av, this.device.defaultSgidIndex(this.#port));
       this.#dest = destOf(this.#av, this.device.ports[this.#port - 1]!);
-      this.#srcPort = flowSourcePort(this.qpn, this.#av.flowLabel, this.#destQpn);
+      // An AV without a flow label keeps the entropy's port; without either, both QPNs' label (rxe).
+      const fl = this.#av.flowLabel !== 0 ? this.#av.flowLabel : (this.#flowEntropy ?? 0) & 0xfffff;
+      this.#srcPort = flowSourcePort(this.qpn, fl, this.#destQpn);
     }
     if (a.rqPsn !== undefined) {
       this.#rqPsn = a.rqPsn;
@@ -242,6 +263,8 @@ export class Qp implements TransportQp {
       this.comp.psn = a.sqPsn;
     }
     if (a.state !== undefined) this.setState(to);
+    // A bonded device gives the QP its LAG port here (mlx5 sets the TX affinity at RESET -> INIT).
+    if (from === 'RESET' && to === 'INIT') this.device.qpInit(this);
   }
 
   /** @internal State changes with their side effects (IBA 10.3.1); the transport moves QPs to ERR/SQD with it. */

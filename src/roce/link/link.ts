@@ -290,10 +290,25 @@ export class MemNetwork {
   }
   /** multicast group (addrKey of group:port) -> the links that joined it, with their join counts */
   readonly groups = new Map<string, Map<MemLink, number>>();
-  attach(ip: string, port = 4791): MemLink {
-    const l = new MemLink(this, ip, port);
-    this.links.set(addrKey(ip, port), l);
+  /**
+   * A link at ip:port. With `segment` (a wire, as a veth pair or a cable to one switch port is), the
+   * link sits on that segment: several links may then share one address, one per segment (a bond's
+   * ports carry the bond's one address), and a datagram a segment's link sends goes to the
+   * destination's link on the same segment (else to a link on no segment).
+   */
+  attach(ip: string, port = 4791, segment?: string): MemLink {
+    const l = new MemLink(this, ip, port, segment);
+    this.links.set(l.key, l);
     return l;
+  }
+  /** @internal the link a datagram from `segment` to ip:port reaches */
+  lookup(ip: string, port: number, segment: string | undefined): MemLink | undefined {
+    const k = addrKey(ip, port);
+    return (segment !== undefined ? this.links.get(`${segment}/${k}`) : undefined) ?? this.links.get(k);
+  }
+  /** Tests: pull (or plug back) a segment's cable: every link on it loses (or regains) carrier, as both ends of a veth pair do. */
+  setSegmentUp(segment: string, up: boolean): void {
+    for (const l of [...this.links.values()]) if (l.segment === segment && l.up !== up) l.setUp(up);
   }
 }
 
@@ -303,14 +318,20 @@ export class MemLink extends EventEmitter implements Link {
   readonly family: 4 | 6;
   readonly caps: LinkCaps;
   up = true;
+  /** the wire the link is on (MemNetwork.attach), if any */
+  readonly segment: string | undefined;
+  /** @internal its key in MemNetwork.links */
+  readonly key: string;
   private readonly net: MemNetwork;
   private readonly pool = new TxPool(512);
   private rx: RxHandler | null = null;
-  constructor(net: MemNetwork, ip: string, port: number) {
+  constructor(net: MemNetwork, ip: string, port: number, segment?: string) {
     super();
     this.net = net;
     this.localIp = ip;
     this.localPort = port;
+    this.segment = segment;
+    this.key = segment !== undefined ? `${segment}/${addrKey(ip, port)}` : addrKey(ip, port);
     this.family = ip.includes(':') ? 6 : 4;
     // The in-memory network carries the packet as built: ID 0 + DF is what the ICRC assumed, and
     // the source port the sender gave (no sockets: every flow port is available).
@@ -393,7 +414,7 @@ export class MemLink extends EventEmitter implements Link {
       this.sendGroup(buf, len, dstIp, dstPort, srcPort);
       return;
     }
-    const dst = this.net.links.get(addrKey(dstIp, dstPort));
+    const dst = this.net.lookup(dstIp, dstPort, this.segment);
     const deliver = (b: Buffer): void => {
       const pass = this.net.filter ? this.net.filter(b.subarray(0, len), this.localIp, dstIp, srcPort, dstPort) : true;
       if (pass && dst && dst.up && this.up && dst.rx) dst.rx(b, len, this.localIp, srcPort);
@@ -426,8 +447,7 @@ export class MemLink extends EventEmitter implements Link {
   // eslint-disable-next-line @typescript-eslint/require-await -- Link.close() is async; the in-memory link has nothing to wait for, and async keeps a throw a rejection as on the socket links
   async close(): Promise<void> {
     // Only our own entry: a new link may already have taken the address.
-    const key = addrKey(this.localIp, this.localPort);
-    if (this.net.links.get(key) === this) this.net.links.delete(key);
+    if (this.net.links.get(this.key) === this) this.net.links.delete(this.key);
     for (const k of this.joined.keys()) {
       const members = this.net.groups.get(k);
       members?.delete(this);

@@ -8,7 +8,7 @@ import { AethView, RethView } from '../wire/exth.js';
 import { padFor } from '../psn.js';
 import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
 import { Ctr } from '../counters.js';
-import type { PortLike as Port, Dest } from './types.js';
+import type { PortLike as Port, Dest, TransportQp } from './types.js';
 
 /** Writes the BTH (IBA 9.2) at 0. */
 export function writeBth(b: Buffer, opcode: number, se: boolean, padCnt: number, destQp: number, ackReq: boolean, psn: number): void {
@@ -59,6 +59,11 @@ export function hdrOff(opcode: number, h: number): number {
 /** Payload offset for `opcode`. */
 export function payloadOff(opcode: number): number {
   return OPCODE_LEN[opcode]!;
+}
+
+/** The port a QP's packets leave by: its TX port when a bond gave it one (TransportQp.txPort), else its port. */
+export function txPortOf(qp: TransportQp): Port {
+  return qp.txPort ?? qp.device.ports[qp.port - 1]!;
 }
 
 /**

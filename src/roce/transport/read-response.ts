@@ -9,7 +9,7 @@ import { psnAdd, psnDiff } from '../psn.js';
 import { Ctr } from '../counters.js';
 import type { PktInfo } from '../packet.js';
 import { scatterSgl, sglUsable } from './sgl.js';
-import { sendReadRequest } from './build.js';
+import { sendReadRequest, txPortOf } from './build.js';
 import { Reason } from './role-states.js';
 import { completeWqe } from './complete.js';
 import { armRetransmit, madeProgress } from './retry.js';
@@ -84,7 +84,7 @@ function askReadHole(qp: Qp, w: SendWqe, from: number, total: number): void {
   const mtu = qp.pathMtu;
   const off = from * mtu;
   const len = Math.min(w.length, to * mtu) - off;
-  const port = qp.device.ports[qp.port - 1]!;
+  const port = txPortOf(qp);
   if (!sendReadRequest(port, qp.dest, qp.srcPort, qp.destQpn, psnAdd(w.firstPsn, from), w.remoteAddr + BigInt(off), w.rkey, len)) return;
   w.rdAsked = from;
   port.counters.counts[Ctr.read_hole_requests]!++;

@@ -13,7 +13,7 @@ import { isRdAtomic, type TransportQp as Qp } from './types.js';
 import { WrOp } from './types.js';
 import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
-import { finishAndSend, hdrOff, payloadOff, writeBth } from './build.js';
+import { finishAndSend, hdrOff, payloadOff, txPortOf, writeBth } from './build.js';
 import { gatherSgl, sglUsable } from './sgl.js';
 import { ackTimeoutMs, armRetransmit } from './retry.js';
 import { completeUnacked, completeWqe } from './complete.js';
@@ -75,7 +75,7 @@ export function runRequester(qp: Qp, max = BUDGET): number {
     if (qp.req.nextWqe < qp.sqTail) qp.traceRing.record(Role.REQ, ReqState.WAIT, NO_OPCODE, qp.req.psn, Reason.RNR_WAIT);
     return 0;
   }
-  const port = qp.device.ports[qp.port - 1]!;
+  const port = txPortOf(qp);
   const cap = qp.cap.maxSendWr;
   let budget = max;
   let wait: number = Reason.NONE;
@@ -314,7 +314,7 @@ function resendAt(qp: Qp, target: number): void {
   if (n >= qp.sqTail) return;
   const w = qp.sq[n % cap]!;
   if (w.localErr) return;
-  const port = qp.device.ports[qp.port - 1]!;
+  const port = txPortOf(qp);
   const buf = port.link.allocTx();
   if (!buf) return;
   const saved = { psn: qp.req.psn, nextWqe: qp.req.nextWqe, since: qp.req.sinceAckReq, state: w.state, sent: w.sent };

@@ -11,7 +11,7 @@ import { aethAck, aethNak, NakCode } from '../aeth.js';
 import { Op, OPC } from '../opcode.js';
 import { psnAdd } from '../psn.js';
 import { Ctr } from '../counters.js';
-import { finishAndSend, payloadOff, writeAeth, writeBth } from './build.js';
+import { finishAndSend, payloadOff, txPortOf, writeAeth, writeBth } from './build.js';
 import { ipv4HeaderChecksum } from '../wire/net.js';
 import type { RecvWqe } from './wqe.js';
 import { scatterSgl, sglUsable } from './sgl.js';
@@ -29,7 +29,7 @@ export function port(qp: Qp): Port {
  */
 export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn): void {
   if (qp.resp.ackPending) flushAck(qp);
-  const p = port(qp);
+  const p = txPortOf(qp);
   const b = p.link.allocTx();
   if (!b) {
     p.counters.counts[Ctr.ack_deferred]!++;
@@ -73,7 +73,7 @@ export function flushAck(qp: Qp): void {
 
 export function sendAtomicAck(qp: Qp, psn: number, msn: number, orig: bigint): void {
   if (qp.resp.ackPending) flushAck(qp);
-  const p = port(qp);
+  const p = txPortOf(qp);
   const b = p.link.allocTx();
   if (!b) {
     p.counters.counts[Ctr.ack_deferred]!++;

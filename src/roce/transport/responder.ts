@@ -26,7 +26,7 @@ import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
 import { psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
 import { Ctr } from '../counters.js';
-import { finishAndSend, payloadOff, writeAeth, writeBth } from './build.js';
+import { finishAndSend, payloadOff, txPortOf, writeAeth, writeBth } from './build.js';
 import { READ_RESPONSE_OPCODE, hdrBit } from '../opcode.js';
 import { BthView } from '../wire/bth.js';
 import { Reason, RespState } from './role-states.js';
@@ -102,7 +102,7 @@ function processRequest(qp: Qp, p: PktInfo, ipId: number, srcBytes: Uint8Array):
 export function runReads(qp: Qp): void {
   const r = qp.resp;
   if (r.ackPending && r.reads.length > 0) flushAck(qp);
-  const pt = port(qp);
+  const pt = txPortOf(qp);
   const mtu = qp.pathMtu;
   let budget = READ_BUDGET;
   while (r.reads.length > 0 && budget > 0) {

@@ -100,6 +100,13 @@ export interface TransportQp {
    * the QPN, or the AV's flow label); the ICRC covers it
    */
   readonly srcPort: number;
+  /**
+   * The port this QP's packets leave by when it is not `device.ports[port - 1]` itself: a bonded
+   * device (src/lag) gives each QP the member link of its LAG port, as mlx5's QP TX affinity picks
+   * the physical port under the one port the LAG device shows. Same address and GIDs as the QP's
+   * port; its own link and counters. Absent or null: the QP's port (build.ts txPortOf).
+   */
+  readonly txPort?: PortLike | null;
   readonly cap: { readonly maxSendWr: number };
   readonly sendCq: CompletionSink;
   readonly recvCq: CompletionSink;
