@@ -64,6 +64,7 @@ export class DgramLink extends UdpLinkBase {
     }
     sock.on('message', link.onMessage);
     sock.on('error', link.onSockError);
+    link.followCarrier();
     return link;
   }
 

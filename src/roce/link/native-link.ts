@@ -80,6 +80,7 @@ export class NativeLink extends UdpLinkBase {
       if (rfd >= 0) link.mcaps.rawRx = n.rxAttachRaw(link.rxHandle, rfd, keepGro) === 0;
       if (!link.caps.rawRx && o.rawRx === 'on') throw new VerbsError('EPERM', 'ibv_open_device', `raw receive socket: errno ${-rfd}`, 'rawRx');
     }
+    link.followCarrier();
     return link;
   }
 

@@ -14,6 +14,7 @@ import { TxPool, isMulticastIp, type BatchStats, type Link, type LinkBackend, ty
 import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { icrcIdDelta } from '../icrc.js';
+import { watchCarrier, type CarrierWatch } from './carrier.js';
 
 /** The addon returns -errno. */
 export const EAGAIN = osConstants.errno.EAGAIN;
@@ -571,9 +572,28 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     return j;
   }
 
+  /** the netdev's carrier, followed while the link is open (followCarrier) */
+  private carrier: CarrierWatch | null = null;
+  /**
+   * A link opened on a netdev reports that netdev's carrier (carrier.ts): `up` and 'link' events, as
+   * MemNetwork's links report their cable's, which is what a bond's ethtool link watch follows. Called
+   * at the end of a successful open; a netdev that does not exist here leaves the link up, as before.
+   */
+  protected followCarrier(): void {
+    if (this.netdev === '' || this.closed || this.carrier !== null) return;
+    this.carrier = watchCarrier(this.netdev, (up) => {
+      if (this.closed || up === this.up) return;
+      this.up = up;
+      this.emit('link', up);
+    });
+    if (this.carrier !== null) this.up = this.carrier.up;
+  }
+
   /** Drops every buffer and queued packet (close()): whatever still holds the link must not hold them. */
   protected releaseQueues(): void {
     this.closed = true;
+    this.carrier?.stop();
+    this.carrier = null;
     this.closeTxSockets();
     this.closeGroups();
     this.rx = null;
