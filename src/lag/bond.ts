@@ -24,7 +24,9 @@ import { getDeviceList } from '../verbs/discovery.js';
 import { DEFAULT_GID_TBL_LEN } from '../verbs/gid-table.js';
 import { emitGuarded } from '../verbs/emit.js';
 import type { Qp } from '../verbs/qp.js';
-import type { AddressSource } from '../verbs/addr-watch.js';
+import { hostAddressSource, type AddressSource, type IfAddr } from '../verbs/addr-watch.js';
+import { loadNative } from '../native.js';
+import { netdevExists } from '../roce/link/carrier.js';
 import type { AsyncEvent } from '../verbs/device.js';
 import type { Link } from '../roce/link/link.js';
 import type { CounterName } from '../roce/counters.js';
@@ -495,6 +497,66 @@ export function queryLagPort(qp: Qp): LagPortInfo {
 }
 
 /**
+ * Team ports over real netdevs that share one address (a bond's ports all carry the bond's) need one
+ * socket per netdev at that address:4791, which Linux accepts only when each is bound to its netdev
+ * BEFORE bind (SO_BINDTODEVICE: udp_lib_lport_inuse lets sockets on different bound devices share a
+ * port; each then gets its own netdev's datagrams, compute_score). Only the addon's IPv4 socket does
+ * that (Node's dgram socket binds first, and has no SO_BINDTODEVICE): without it, EOPNOTSUPP naming
+ * `ports` before anything is bound. (No CAP_NET_RAW: the bind fails with EPERM, also named `ports`.)
+ */
+function checkRealPorts(op: string, team: readonly BondPortSpec[], native: 'auto' | 'on' | 'off'): void {
+  const byAddr = new Map<string, number>();
+  for (const p of team) byAddr.set(`${p.address}:${p.udpPort ?? 4791}`, (byAddr.get(`${p.address}:${p.udpPort ?? 4791}`) ?? 0) + 1);
+  if (![...byAddr.values()].some((n) => n > 1)) return;
+  const shared = team.find((p) => byAddr.get(`${p.address}:${p.udpPort ?? 4791}`)! > 1)!;
+  const n = native === 'off' ? null : loadNative();
+  const why =
+    n === null || n.udpOpen4 === undefined || n.rxStart === undefined
+      ? native === 'off'
+        ? "native: 'off'"
+        : 'the native addon is not built or is disabled (SOFTROCE_NO_NATIVE=1)'
+      : shared.address.includes(':')
+        ? "IPv6 ports use Node's dgram socket, which binds before it can be bound to a device"
+        : process.env['SOFTROCE_NATIVE_RX'] === '0'
+          ? "SOFTROCE_NATIVE_RX=0 (Node's dgram socket binds before it can be bound to a device)"
+          : null;
+  if (why !== null)
+    throw new VerbsError(
+      'EOPNOTSUPP',
+      op,
+      `team ports sharing ${shared.address} need one socket per netdev bound with SO_BINDTODEVICE before bind, which needs the addon's IPv4 socket: ${why}`,
+      'ports',
+    );
+}
+
+/**
+ * The bond device's addresses when no team netdev of that name exists here (softroce's bond is in user
+ * space; its members carry its address): the members' addresses, under the team device's name, so the
+ * bond port's GID table has the bond's address (roce_gid_mgmt.c fills a bond's table from the bond
+ * netdev's addresses). The host's source otherwise (its watch: addresses that come and go).
+ */
+function memberAddresses(team: string, members: readonly string[]): AddressSource {
+  const set = new Set(members);
+  return {
+    list() {
+      const seen = new Set<string>();
+      const out: IfAddr[] = [];
+      for (const a of hostAddressSource.list()) {
+        const dev = a.name.split(':')[0]!;
+        if (dev === team) out.push(a);
+        else if (set.has(dev) && !seen.has(a.address)) {
+          seen.add(a.address);
+          out.push({ name: team, address: a.address, family: a.family });
+        }
+      }
+      return out;
+    },
+    netdevs: hostAddressSource.netdevs,
+    watch: (changed) => hostAddressSource.watch(changed),
+  };
+}
+
+/**
  * Makes the team's RDMA side from teamd's config: one bonded device when LAG mode applies (exactly
  * two ports of one device, a runner with a LAG mode), else one ordinary device per port (the result
  * says which and why). A config teamd refuses is a TeamConfigError; nothing stays bound on failure.
@@ -519,6 +581,7 @@ export async function createBond(config: string | object, o: CreateBondOptions):
   const team = cfg.ports.size > 0 ? o.ports.filter((p) => cfg.ports.has(p.netdev)) : [...o.ports];
   const links: Link[] = [];
   const given = o.links !== undefined;
+  if (!given) checkRealPorts(op, team, o.native ?? 'auto');
   try {
     for (let i = 0; i < o.ports.length; i++) {
       const p = o.ports[i]!;
@@ -527,6 +590,9 @@ export async function createBond(config: string | object, o: CreateBondOptions):
     }
   } catch (e) {
     if (!given) for (const l of links) await l.close().catch(() => undefined);
+    // SO_BINDTODEVICE refused (no CAP_NET_RAW): the ports cannot be had, said of the ports.
+    if (e instanceof VerbsError && e.argument === 'netdev')
+      throw new VerbsError(e.code, op, `a team port's socket cannot be bound to its netdev: ${e.message}`, 'ports');
     throw e;
   }
   const common: OpenDeviceOptions = { scheduler: sched };
@@ -568,7 +634,22 @@ export async function createBond(config: string | object, o: CreateBondOptions):
   let dev: BondDevice;
   try {
     dev = (await openDeviceWith(
-      { ...common, name, address: bondLink.localIp, netdev, link: bondLink, gidTblLen: bondGidTableSize(o.gidTblLen ?? DEFAULT_GID_TBL_LEN) },
+      {
+        ...common,
+        ...(o.addresses === undefined && !given && !netdevExists(netdev)
+          ? {
+              addresses: memberAddresses(
+                netdev,
+                team.map((p) => p.netdev),
+              ),
+            }
+          : {}),
+        name,
+        address: bondLink.localIp,
+        netdev,
+        link: bondLink,
+        gidTblLen: bondGidTableSize(o.gidTblLen ?? DEFAULT_GID_TBL_LEN),
+      },
       (n, s, m) => new BondDevice(n, s, m),
     )) as BondDevice;
   } catch (e) {
