@@ -309,6 +309,8 @@ export class Bond extends EventEmitter {
     if (up) this.stats.portUps++;
     else this.stats.portDowns++;
     emitGuarded(this, up ? 'portUp' : 'portDown', { port: lagPort, netdev: p.netdev });
+    // No ADDR_CHANGE for rdma_cm ids here: the kernel gives one on a bonding failover only when the
+    // bond's MAC changed (cma_netdev_callback), never with hwaddr_policy same_all (one MAC on every port).
     this.remap();
     this.#link.setUp(this.#ports.some((x) => x.up));
   }
