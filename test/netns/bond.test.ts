@@ -57,11 +57,14 @@ const send = (p: NsProcess, m: object): void => {
   p.proc.stdin!.write(`${JSON.stringify(m)}\n`);
 };
 
+/** not 4791: a test elsewhere on the host that binds 0.0.0.0:4791 would take every address's 4791 */
+const PORT = 47091;
+
 t.test("no addon ('off'): createBond over two netdevs at one address is EOPNOTSUPP naming ports, nothing bound", async (t) => {
   const cfg = { device: 'rbteam0', runner: { name: 'activebackup' }, ports: { rbx0: {}, rbx1: {} } };
   const ports = [
-    { netdev: 'rbx0', address: '127.0.70.1' },
-    { netdev: 'rbx1', address: '127.0.70.1' },
+    { netdev: 'rbx0', address: '127.0.70.1', udpPort: PORT },
+    { netdev: 'rbx1', address: '127.0.70.1', udpPort: PORT },
   ];
   const e = await createBond(cfg, { ports, native: 'off' }).then(
     () => null,
@@ -69,8 +72,8 @@ t.test("no addon ('off'): createBond over two netdevs at one address is EOPNOTSU
   );
   t.ok(e instanceof VerbsError, 'a VerbsError');
   t.match(e, { code: 'EOPNOTSUPP', argument: 'ports', op: 'createBond' }, `EOPNOTSUPP naming ports: ${(e as Error).message}`);
-  const l = await UdpLink.open({ address: '127.0.70.1', native: 'off' });
-  t.pass('127.0.70.1:4791 is free afterwards');
+  const l = await UdpLink.open({ address: '127.0.70.1', port: PORT, native: 'off' });
+  t.pass(`127.0.70.1:${PORT} is free afterwards`);
   await l.close();
 });
 
@@ -207,6 +210,12 @@ t.test('bonds over two veth pairs: failover mid-stream, activebackup and loadbal
     const plugAt = Date.now();
     net.setLink(b, 'rbb0', 'up');
     const done = await next(client, 'done', 120_000);
+    const [down, up] = await Promise.all([next(client, 'portDown', 5000), next(client, 'portUp', 5000)]);
+    const detect = (down['at'] as number) - cutAt;
+    t.ok(
+      down['port'] === 1 && up['port'] === 1 && detect < 1000,
+      `${label}: A's ethtool watch saw port 1 go ${detect} ms after the cut, and come back ${(up['at'] as number) - plugAt} ms after the plug-back`,
+    );
     t.comment(`${label}: cut at half, plugged back ${plugAt - cutAt} ms later, ${(done['at'] as number) - plugAt} ms before the streams ended`);
     send(server, { t: 'sha', bytes: BYTES });
     const sh = await next(server, 'sha', 10_000);
@@ -214,6 +223,19 @@ t.test('bonds over two veth pairs: failover mid-stream, activebackup and loadbal
     send(server, { t: 'state' });
     const [after, safter] = await Promise.all([next(client, 'state', 5000), next(server, 'state', 5000)]);
     const drops = vethStats(net, a, 'rba0').txDropped - drops0;
+    // Each member socket gets its own veth's datagrams: what one side sent on port i, the other received on
+    // port i (less what the cut lost: sent on port 1 before the watch saw the carrier go).
+    const pc = (m: Msg): Array<{ tx: number; rx: number }> => m['ports'] as Array<{ tx: number; rx: number }>;
+    for (const [from, to, name] of [
+      [after, safter, 'A -> B'],
+      [safter, after, 'B -> A'],
+    ] as const) {
+      for (let i = 0; i < 2; i++) {
+        const sent = pc(from)[i]!.tx - (from === after ? pc(before)[i]!.tx : 0);
+        const got = pc(to)[i]!.rx - (to === after ? pc(before)[i]!.rx : 0);
+        t.ok(got <= sent && sent - got <= 300, `${label}: ${name} port ${i + 1}: ${sent} sent, ${got} received on port ${i + 1}`);
+      }
+    }
     t.same([done['w'], done['s'], done['bad'], sh['bad']], ['SUCCESS', 'SUCCESS', [], []], `${label}: every WRITE and SEND completed, no error on either side`);
     t.equal(sh['recvs'], BYTES / CHUNK, `${label}: every SEND received`);
     t.same(sh['sha'], done['sha'], `${label}: both 4 MiB streams arrived byte for byte (sha256 on B)`);
@@ -243,11 +265,12 @@ t.test('bonds over two veth pairs: failover mid-stream, activebackup and loadbal
     const s = safter['counters'] as Record<string, number>;
     const c0 = atCut['counters'] as Record<string, number>;
     const unique = 2 * (BYTES / 1024);
+    const lost = pc(after)[0]!.tx - pc(before)[0]!.tx - pc(safter)[0]!.rx;
     t.comment(
-      `${label}: failover ${failoverMs ?? '?'} ms; at the cut: ${drops} packets dropped by rba0 (no carrier), ` +
-        `A sent ${c['sent_pkts']! - unique} packets more than the ${unique} of the streams (retransmitted), ` +
+      `${label}: failover ${failoverMs ?? '?'} ms (port down seen ${detect} ms after the cut); at the cut ${lost} of A's packets sent on port 1 never reached B ` +
+        `(${drops} counted as TX drops of rba0); A sent ${c['sent_pkts']! - unique} packets more than the ${unique} of the streams (retransmitted); ` +
         `A: timeouts ${c['timeouts']! - c0['timeouts']!}, completer_retry_err ${c['completer_retry_err']! - c0['completer_retry_err']!}, ` +
-        `B: rcvd_seq_err ${s['rcvd_seq_err']}, duplicate_request ${s['duplicate_request']}, out_of_sequence ${s['out_of_sequence']}; ` +
+        `rcvd_seq_err ${c['rcvd_seq_err']! - c0['rcvd_seq_err']!}; B: out_of_sequence ${s['out_of_sequence']}, duplicate_request ${s['duplicate_request']}; ` +
         `streams took ${String(done['ms'])} ms`,
     );
     send(client, { t: 'close' });
