@@ -287,7 +287,8 @@ export class Bond extends EventEmitter {
       p.prio = pc?.prio ?? TEAMD_DEFAULTS.prio;
       p.sticky = pc?.sticky ?? TEAMD_DEFAULTS.sticky;
       for (const lw of portLinkWatches(this.#config, p.netdev))
-        if (lw.name === 'tipc') warnings.push({ path: `ports.${p.netdev}.link_watch`, message: 'the tipc link watch is not run: it has no say in the port\'s state' });
+        if (lw.name === 'tipc')
+          warnings.push({ path: `ports.${p.netdev}.link_watch`, message: "the tipc link watch is not run: it has no say in the port's state" });
     }
     this.#warnings = warnings;
   }

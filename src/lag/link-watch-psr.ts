@@ -156,7 +156,11 @@ abstract class PsrWatch {
       this.fail(e);
       return;
     }
-    if (r instanceof Promise) r.then((io) => this.run(io), (e: unknown) => this.fail(e));
+    if (r instanceof Promise)
+      r.then(
+        (io) => this.run(io),
+        (e: unknown) => this.fail(e),
+      );
     else this.run(r);
   }
 
@@ -178,7 +182,10 @@ abstract class PsrWatch {
 
   private fail(e: unknown): void {
     if (this.#stopped) return;
-    this.#error = e instanceof VerbsError ? e : new VerbsError('EINVAL', `link_watch ${this.name}`, `${this.netdev}: ${e instanceof Error ? e.message : String(e)}`, 'link_watch');
+    this.#error =
+      e instanceof VerbsError
+        ? e
+        : new VerbsError('EINVAL', `link_watch ${this.name}`, `${this.netdev}: ${e instanceof Error ? e.message : String(e)}`, 'link_watch');
     // A watch that cannot probe finds no reply: it says down, as it would after missed_max misses.
     this.report(false);
     this.o.cannotRun?.(this.#error);
@@ -267,7 +274,11 @@ export class ArpPingWatch extends PsrWatch {
   }
 
   protected open(): Promise<ProbeIo> | ProbeIo {
-    const io = (): ProbeIo => (this.o.io ?? packetProbeIo())({ kind: 'arp_ping', netdev: this.netdev, source: this.#source, target: this.#target, vlanId: this.cfg.vlanId }, this.onReply);
+    const io = (): ProbeIo =>
+      (this.o.io ?? packetProbeIo())(
+        { kind: 'arp_ping', netdev: this.netdev, source: this.#source, target: this.#target, vlanId: this.cfg.vlanId },
+        this.onReply,
+      );
     if (isLiteral(this.#source, 4) && isLiteral(this.#target, 4)) return io();
     return (async () => {
       this.#source = await resolveHost(this.o, 'arp_ping', 'source_host', this.#source, 4);

@@ -201,7 +201,7 @@ export function parseNaFrame(f: Uint8Array, len: number): NaPacket | null {
     payloadLen: b.readUInt16BE(ip + 4),
     nextHeader: b[ip + 6]!,
     hopLimit: b[ip + 7]!,
-    type: b[m]!,
+    type: ND_NEIGHBOR_ADVERT,
     target: b.subarray(m + 8, m + 24).toString('hex'),
     optType: hasOpt ? b[m + 24]! : 0,
     optLen: hasOpt ? b[m + 25]! : 0,

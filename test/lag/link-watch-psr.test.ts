@@ -80,7 +80,14 @@ const arpCfg = (o: Partial<ArpPingLinkWatch> = {}): ArpPingLinkWatch => ({
   vlanId: undefined,
   ...o,
 });
-const nsCfg = (o: Partial<NsnaPingLinkWatch> = {}): NsnaPingLinkWatch => ({ name: 'nsna_ping', interval: 100, initWait: 0, missedMax: 3, targetHost: 'fd19:33::2', ...o });
+const nsCfg = (o: Partial<NsnaPingLinkWatch> = {}): NsnaPingLinkWatch => ({
+  name: 'nsna_ping',
+  interval: 100,
+  initWait: 0,
+  missedMax: 3,
+  targetHost: 'fd19:33::2',
+  ...o,
+});
 
 /** Linux's answer to an RFC 5227 probe for 198.19.33.2: REPLY, sender the target, target 0.0.0.0 */
 const REPLY: ArpPacket = { kind: 'arp', hrd: 1, pro: 0x800, hln: 6, pln: 4, op: ARPOP_REPLY, senderIp: '198.19.33.2', targetIp: '0.0.0.0' };
@@ -205,7 +212,13 @@ t.test('which replies count: validate_active / validate_inactive follow the port
     ['validate_active on an enabled port: a request does not count', { validateActive: true }, true, REQUEST, false],
     ['validate_active on an enabled port: the reply counts', { validateActive: true }, true, REPLY, true],
     ['validate_active: a reply from another host does not count', { validateActive: true }, true, { ...REPLY, senderIp: '198.19.33.7' }, false],
-    ['validate_active: sender source_host, target target_host counts too', { validateActive: true }, true, { ...REPLY, senderIp: '0.0.0.0', targetIp: '198.19.33.2' }, true],
+    [
+      'validate_active: sender source_host, target target_host counts too',
+      { validateActive: true },
+      true,
+      { ...REPLY, senderIp: '0.0.0.0', targetIp: '198.19.33.2' },
+      true,
+    ],
     ['validate_active: a non-Ethernet reply does not count', { validateActive: true }, true, { ...REPLY, hrd: 6 }, false],
     ['validate_active does not apply to a disabled port', { validateActive: true }, false, REQUEST, true],
     ['validate_inactive on a disabled port: a request does not count', { validateInactive: true }, false, REQUEST, false],
@@ -298,8 +311,7 @@ t.test('host names resolve once at start; a name that does not resolve leaves a 
 t.test('without the addon, without CAP_NET_RAW, without the netdev: typed errors, no crash', async (t) => {
   const fake = new FakeScheduler();
   const mac = (): Uint8Array => Uint8Array.of(2, 0, 0, 0, 0, 1);
-  const fakeAddon = (fd: number) =>
-    ({ packetOpen: () => fd, packetSend: () => 0, rxStart: () => ({}), constants: {} }) as unknown as NativeAddon;
+  const fakeAddon = (fd: number) => ({ packetOpen: () => fd, packetSend: () => 0, rxStart: () => ({}), constants: {} }) as unknown as NativeAddon;
   const cases: [string, ProbeIoFactory, Partial<ArpPingLinkWatch>, string, RegExp][] = [
     ['no addon (pure JS)', packetProbeIo({ addon: null, macOf: mac }), {}, 'EOPNOTSUPP', /needs the native addon/],
     ['packetOpen EPERM', packetProbeIo({ addon: fakeAddon(-1), macOf: mac }), {}, 'EPERM', /needs CAP_NET_RAW/],
@@ -449,11 +461,7 @@ t.test('a bond on arp_ping: a probe-only failure of port 1 fails over, the carri
   });
   const bond = bondOf(res);
   t.same(bond.warnings, [], 'no warning: arp_ping runs');
-  t.same(
-    ios.map((i) => i.spec.netdev).slice(-2),
-    ['eth1', 'eth2'],
-    'one probe socket per port, on its netdev',
-  );
+  t.same(ios.map((i) => i.spec.netdev).slice(-2), ['eth1', 'eth2'], 'one probe socket per port, on its netdev');
   const [io1, io2] = ios.slice(-2) as [FakeIo, FakeIo];
   t.same([bond.ports[0]!.up, bond.ports[1]!.up, bond.activePort], [false, false, null], 'ports start down until their probes are answered');
   io1.answer = REPLY;

@@ -90,40 +90,47 @@ async function measure(
   await next(w, ['up'], 10 * interval + 5000, since);
   w.proc.stdin!.end();
   const st = await next(w, ['stats'], 5000);
-  t.ok((st['replies'] as number) > 0 && (st['sent'] as number) > 0, `probes and replies counted (${String(st['sent'])} sent, ${String(st['replies'])} replies)`);
+  t.ok(
+    (st['replies'] as number) > 0 && (st['sent'] as number) > 0,
+    `probes and replies counted (${String(st['sent'])} sent, ${String(st['replies'])} replies)`,
+  );
   t.equal(await w.exited, 0);
   return times;
 }
 
-t.test('arp_ping and nsna_ping find a peer that stops answering: tuned < 100 ms, teamd defaults 4..5 s', { skip: skip || (!NATIVE && 'native backend only (AF_PACKET)') }, async (t) => {
-  const p = await pair(t, 'lw');
-  const { net, b } = p;
-  const v4 = ['198.19.33.2/24', 'lw0b'] as const;
-  const cut4 = (): void => net.delAddress(b, v4[1], v4[0]);
-  const restore4 = (): void => net.addAddress(b, v4[1], v4[0]);
-  const cut6 = (): void => void net.ip(b, ['-6', 'addr', 'del', 'fd19:33::2/64', 'dev', 'lw0b']);
-  const restore6 = (): void => void net.ip(b, ['-6', 'addr', 'add', 'fd19:33::2/64', 'dev', 'lw0b', 'nodad']);
+t.test(
+  'arp_ping and nsna_ping find a peer that stops answering: tuned < 100 ms, teamd defaults 4..5 s',
+  { skip: skip || (!NATIVE && 'native backend only (AF_PACKET)') },
+  async (t) => {
+    const p = await pair(t, 'lw');
+    const { net, b } = p;
+    const v4 = ['198.19.33.2/24', 'lw0b'] as const;
+    const cut4 = (): void => net.delAddress(b, v4[1], v4[0]);
+    const restore4 = (): void => net.addAddress(b, v4[1], v4[0]);
+    const cut6 = (): void => void net.ip(b, ['-6', 'addr', 'del', 'fd19:33::2/64', 'dev', 'lw0b']);
+    const restore6 = (): void => void net.ip(b, ['-6', 'addr', 'add', 'fd19:33::2/64', 'dev', 'lw0b', 'nodad']);
 
-  const report = (name: string, xs: number[], lo: number, hi: number, medianHi: number): void => {
-    t.comment(`${name}: detection ${xs.join(', ')} ms (median ${median(xs)} ms)`);
-    t.ok(
-      xs.every((x) => x >= lo && x < hi),
-      `${name}: every run within ${lo}..${hi} ms`,
-    );
-    t.ok(median(xs) < medianHi, `${name}: median ${median(xs)} ms < ${medianHi} ms`);
-  };
+    const report = (name: string, xs: number[], lo: number, hi: number, medianHi: number): void => {
+      t.comment(`${name}: detection ${xs.join(', ')} ms (median ${median(xs)} ms)`);
+      t.ok(
+        xs.every((x) => x >= lo && x < hi),
+        `${name}: every run within ${lo}..${hi} ms`,
+      );
+      t.ok(median(xs) < medianHi, `${name}: median ${median(xs)} ms < ${medianHi} ms`);
+    };
 
-  // teamd's tick: missed_max + 1 to missed_max + 2 intervals after the peer stopped answering (40..50 ms
-  // here); the lower bound leaves the cut command's own few ms, the upper one a loaded machine's timers.
-  report('arp_ping interval 10 missed_max 3', await measure(t, p, 'arp_ping', '198.19.33.2', 10, 5, cut4, restore4), 25, 500, 100);
-  report('nsna_ping interval 10 missed_max 3', await measure(t, p, 'nsna_ping', 'fd19:33::2', 10, 3, cut6, restore6), 25, 500, 100);
-  report('arp_ping teamd defaults (1000, 3)', await measure(t, p, 'arp_ping', '198.19.33.2', 1000, 2, cut4, restore4), 3900, 6500, 5500);
-  report('nsna_ping teamd defaults (1000, 3)', await measure(t, p, 'nsna_ping', 'fd19:33::2', 1000, 1, cut6, restore6), 3900, 6500, 5500);
-  // The far end's link down: both ends lose carrier, the probes fail to send; the watch still says down.
-  const cutLink = (): void => net.setLink(b, 'lw0b', 'down');
-  const restoreLink = (): void => net.setLink(b, 'lw0b', 'up');
-  report('arp_ping interval 10, far end link down', await measure(t, p, 'arp_ping', '198.19.33.2', 10, 2, cutLink, restoreLink), 25, 500, 100);
-});
+    // teamd's tick: missed_max + 1 to missed_max + 2 intervals after the peer stopped answering (40..50 ms
+    // here); the lower bound leaves the cut command's own few ms, the upper one a loaded machine's timers.
+    report('arp_ping interval 10 missed_max 3', await measure(t, p, 'arp_ping', '198.19.33.2', 10, 5, cut4, restore4), 25, 500, 100);
+    report('nsna_ping interval 10 missed_max 3', await measure(t, p, 'nsna_ping', 'fd19:33::2', 10, 3, cut6, restore6), 25, 500, 100);
+    report('arp_ping teamd defaults (1000, 3)', await measure(t, p, 'arp_ping', '198.19.33.2', 1000, 2, cut4, restore4), 3900, 6500, 5500);
+    report('nsna_ping teamd defaults (1000, 3)', await measure(t, p, 'nsna_ping', 'fd19:33::2', 1000, 1, cut6, restore6), 3900, 6500, 5500);
+    // The far end's link down: both ends lose carrier, the probes fail to send; the watch still says down.
+    const cutLink = (): void => net.setLink(b, 'lw0b', 'down');
+    const restoreLink = (): void => net.setLink(b, 'lw0b', 'up');
+    report('arp_ping interval 10, far end link down', await measure(t, p, 'arp_ping', '198.19.33.2', 10, 2, cutLink, restoreLink), 25, 500, 100);
+  },
+);
 
 t.test('a watch that cannot probe says so with a typed error: EPERM without CAP_NET_RAW, EOPNOTSUPP without the addon', { skip }, async (t) => {
   const p = await pair(t, 'lwp');
