@@ -3,16 +3,17 @@
  * drivers/net/ethernet/mellanox/mlx5/core/lag): teamd's config decides (lag-mode.ts); in LAG mode
  * ONE verbs Device named `<driver>_bond_<n>` with ONE port, its GID table half the per-port size,
  * whose QPs each send on one of the two physical ports (affinity.ts: explicit, flow entropy,
- * round-robin; active-backup: the active port), and whose traffic moves off a port teamd's ethtool
- * link watch finds dead (link-watch.ts) and back when it returns; RC retransmission recovers what
- * the dead port lost. Otherwise two ordinary devices, one per port.
+ * round-robin; active-backup: the active port), and whose traffic moves off a port teamd's link
+ * watches find dead (ethtool: link-watch.ts; arp_ping / nsna_ping: link-watch-psr.ts; a port's list
+ * under link_watch_policy any / all) and back when it returns; RC retransmission recovers what the
+ * dead port lost. Otherwise two ordinary devices, one per port.
  *
  * Notifier events, as the NetDev talk's LAG notifiers: 'prechange' (before a configuration change;
  * a listener refuses by calling `refuse(why)` or throwing, and the bond stays as it was), 'change',
  * 'portUp' / 'portDown' (a link watch's verdict), 'activePortChanged' (active-backup), 'gidChange'
  * (the bond port's GID table).
  *
- * Not here yet (issue 14): arp_ping / nsna_ping watches (ignored, with a warning), LACP, following a
+ * Not here yet (issue 14): the tipc link watch (ignored, with a warning), LACP, following a
  * Linux bond, re-registration with fatal events on entering / leaving LAG, teamdctl, GSI traffic
  * per flow (QP1 sends on the active / first live port).
  */
@@ -44,7 +45,8 @@ import {
   type LagRefusalReason,
 } from './lag-mode.js';
 import { BondLink, MemberPort } from './bond-link.js';
-import { EthtoolWatch } from './link-watch.js';
+import { ArpPingWatch, ethtoolPortWatch, NsnaPingWatch, PortLinkWatches, type HostResolver, type LinkWatchState, type PortWatch } from './link-watch-psr.js';
+import type { ProbeIoFactory } from './probe-io.js';
 import { toPlain } from './jansson.js';
 import { initialLagPort, remapHash, selectActive, type AffinitySource } from './affinity.js';
 
@@ -74,6 +76,10 @@ export interface CreateBondOptions {
   gidTblLen?: number;
   /** RDMA device names taken, for softroce_bond_<n> (default: the device list's and the open bonds') */
   devicesInUse?: Iterable<string>;
+  /** the arp_ping / nsna_ping watches' probe I/O (default: AF_PACKET sockets on the ports' netdevs; tests fake it) */
+  linkWatchIo?: ProbeIoFactory;
+  /** resolves a link watch's host names (default: the system resolver) */
+  resolveHost?: HostResolver;
 }
 
 export type BondResult =
@@ -133,7 +139,7 @@ interface PortRec {
   readonly netdev: string;
   readonly link: Link;
   readonly member: MemberPort;
-  watch: EthtoolWatch;
+  watch: PortLinkWatches;
   up: boolean;
   prio: number;
   sticky: boolean;
@@ -183,6 +189,8 @@ export class Bond extends EventEmitter {
   #active: number | null = null;
   #warnings: TeamConfigWarning[] = [];
   #closed = false;
+  readonly #watchIo: ProbeIoFactory | undefined;
+  readonly #resolveHost: HostResolver | undefined;
   /** failovers: QP moves from one port to the other, over the bond's life */
   readonly stats = { qpMoves: 0, portDowns: 0, portUps: 0 };
 
@@ -196,8 +204,12 @@ export class Bond extends EventEmitter {
     rdmaDevice: string;
     link: BondLink;
     specs: readonly BondPortSpec[];
+    linkWatchIo?: ProbeIoFactory | undefined;
+    resolveHost?: HostResolver | undefined;
   }) {
     super();
+    this.#watchIo = o.linkWatchIo;
+    this.#resolveHost = o.resolveHost;
     this.name = o.name;
     this.netdev = o.netdev;
     this.device = o.device;
@@ -232,9 +244,18 @@ export class Bond extends EventEmitter {
   get activePort(): number | null {
     return this.#mode === 'active-backup' ? this.#active : null;
   }
-  /** what the bond does not do with the config (link watches it does not run) */
+  /** what the bond does not do with the config (link watches it does not run, or that cannot run here) */
   get warnings(): readonly TeamConfigWarning[] {
-    return this.#warnings;
+    const cannot = this.#ports.flatMap((p) => p.watch.errors.map((e) => ({ path: `ports.${p.netdev}.link_watch`, message: `cannot run: ${e.message}` })));
+    return cannot.length === 0 ? this.#warnings : [...this.#warnings, ...cannot];
+  }
+  /**
+   * teamd's per-port `link_watches` state (teamdctl state): the port's verdict under
+   * link_watch_policy and each watch's state as link_watch_N (name, up, down_count, and the
+   * watch's own: delay_up / delay_down; interval, init_wait, missed_max, missed, hosts, ...).
+   */
+  linkWatchState(lagPort: number): { up: boolean; list: Record<string, LinkWatchState> } {
+    return this.portAt('linkWatchState', lagPort).watch.state();
   }
   get ports(): readonly BondPortState[] {
     return this.#ports.map((p) => ({ lagPort: p.lagPort, netdev: p.netdev, link: p.link, member: p.member, up: p.up, prio: p.prio, sticky: p.sticky }));
@@ -260,7 +281,7 @@ export class Bond extends EventEmitter {
     return this.#ports.map((p) => p.sticky);
   }
 
-  /** prio and sticky from the config; the link watches each port runs (ethtool only, for now). */
+  /** prio and sticky from the config; warnings for the link watches a port does not run (tipc). */
   private applyPortConfig(): void {
     const warnings: TeamConfigWarning[] = [];
     for (const p of this.#ports) {
@@ -268,27 +289,52 @@ export class Bond extends EventEmitter {
       p.prio = pc?.prio ?? TEAMD_DEFAULTS.prio;
       p.sticky = pc?.sticky ?? TEAMD_DEFAULTS.sticky;
       for (const lw of portLinkWatches(this.#config, p.netdev))
-        if (lw.name !== 'ethtool')
-          warnings.push({ path: `ports.${p.netdev}.link_watch`, message: `the ${lw.name} link watch is not run yet: the port follows its carrier` });
+        if (lw.name === 'tipc')
+          warnings.push({ path: `ports.${p.netdev}.link_watch`, message: "the tipc link watch is not run: it has no say in the port's state" });
     }
     this.#warnings = warnings;
   }
 
   /**
-   * One ethtool watch per port: the first ethtool watch of the port's list, else the carrier with no
-   * delay (the port's arp_ping / nsna_ping watches are not run yet: warnings).
+   * The port's link watches, as teamd loads them (its own list, then the global one) under
+   * link_watch_policy: ethtool on the port's link, arp_ping / nsna_ping probing from the port's
+   * netdev; tipc is not run (a warning), and a list of only tipc leaves the port on its carrier.
+   * `initialUp`: the port's verdict the new watches start from (teamd: the port's user link-up).
    */
-  private makeWatch(netdev: string, link: Link, lagPort: number): EthtoolWatch {
-    const lw = portLinkWatches(this.#config, netdev).find((w) => w.name === 'ethtool');
-    const cfg = lw?.name === 'ethtool' ? lw : { delayUp: 0, delayDown: 0 };
-    return new EthtoolWatch(link, cfg, this.device.sched, (up) => this.portState(lagPort, up));
+  private makeWatch(netdev: string, link: Link, lagPort: number, initialUp = false): PortLinkWatches {
+    const run = portLinkWatches(this.#config, netdev).filter((w) => w.name !== 'tipc');
+    const makers = run.map((lw) => (changed: () => void): PortWatch => {
+      if (lw.name === 'ethtool') return ethtoolPortWatch(link, lw, this.device.sched, changed);
+      const o = {
+        sched: this.device.sched,
+        netdev,
+        changed,
+        initialUp,
+        enabled: () => this.portEnabled(lagPort),
+        forcedSend: () => this.portEnabled(lagPort) || !this.#ports.some((p) => this.portEnabled(p.lagPort)),
+        ...(this.#watchIo !== undefined ? { io: this.#watchIo } : {}),
+        ...(this.#resolveHost !== undefined ? { resolve: this.#resolveHost } : {}),
+      };
+      return lw.name === 'arp_ping' ? new ArpPingWatch(lw, o) : new NsnaPingWatch(lw, o);
+    });
+    if (makers.length === 0) makers.push((changed) => ethtoolPortWatch(link, { delayUp: 0, delayDown: 0 }, this.device.sched, changed));
+    return new PortLinkWatches(this.#config.linkWatchPolicy, makers, (up) => this.portState(lagPort, up));
+  }
+
+  /**
+   * teamd's "enabled" port option, which decides who probes (forced_send) and which validation
+   * applies: active-backup enables the active port only; the hash runners every port that is up.
+   */
+  private portEnabled(lagPort: number): boolean {
+    if (this.#mode === 'active-backup') return this.#active === lagPort;
+    return this.#ports[lagPort - 1]?.up === true;
   }
 
   /** New watches after a config change; a port whose verdict differs from the old watch's changes state now. */
   private restartWatches(): void {
     for (const p of this.#ports) {
       p.watch.stop();
-      p.watch = this.makeWatch(p.netdev, p.link, p.lagPort);
+      p.watch = this.makeWatch(p.netdev, p.link, p.lagPort, p.up);
     }
     for (const p of this.#ports) if (p.watch.up !== p.up) this.portState(p.lagPort, p.watch.up);
   }
@@ -659,7 +705,18 @@ export async function createBond(config: string | object, o: CreateBondOptions):
     if (!given) await bondLink.close().catch(() => undefined);
     throw e;
   }
-  const bond = new Bond({ name, netdev, device: dev, config: cfg, mode: decision.mode, rdmaDevice, link: bondLink, specs: team });
+  const bond = new Bond({
+    name,
+    netdev,
+    device: dev,
+    config: cfg,
+    mode: decision.mode,
+    rdmaDevice,
+    link: bondLink,
+    specs: team,
+    linkWatchIo: o.linkWatchIo,
+    resolveHost: o.resolveHost,
+  });
   dev.bond = bond;
   openBonds.add(name);
   return { lag: true, mode: decision.mode, bond, device: dev };
