@@ -11,12 +11,13 @@
  * teamd sends no reply at all to a message that is not a REQUEST or names no method it knows (it logs
  * and moves on; teamdctl's client gives up after TEAMDCTL_REPLY_TIMEOUT, 5 s): so here.
  *
- * Transport. teamd's socket is AF_UNIX SOCK_SEQPACKET, which keeps message boundaries; Node's `net`
- * only makes SOCK_STREAM unix sockets, so here each message is followed by one NUL byte (no teamd
- * message holds a NUL: they are C strings). libteam's own teamdctl therefore cannot connect to this
- * socket as it is (connect() of a SEQPACKET socket to a STREAM one fails with EPROTOTYPE); the
- * protocol above and the replies are teamd's, so a SEQPACKET transport would be a change of framing
- * only (see the README's teamdctl section).
+ * Transport. teamd's socket is AF_UNIX SOCK_SEQPACKET, which keeps message boundaries, and libteam's
+ * teamdctl connects to nothing else. Node's `net` makes only SOCK_STREAM unix sockets, so the native
+ * addon's seqpacketOpen / unixAccept / unixRecv / unixSend carry the messages as teamd does: one
+ * message per packet, the reply's size from SIOCINQ. Without the addon (SOFTROCE_NO_NATIVE=1) the
+ * socket is a SOCK_STREAM one and each message is followed by one NUL byte (no teamd message holds
+ * a NUL: they are C strings); our client speaks both (a SEQPACKET connect to a stream socket fails
+ * with EPROTOTYPE, and it then tries the stream), libteam's teamdctl only the first.
  *
  * Where the socket lives: teamd uses TEAMD_RUN_DIR "/var/run/teamd/" + "<device>.sock". A softroce
  * bond does not: real teamd unlinks whatever is at its path when it starts (teamd_usock_sock_open), so
@@ -25,10 +26,11 @@
  * directory, as systemd gives it), else /run/softroce/teamd for root, else <tmpdir>/softroce-<uid>/teamd.
  */
 import { createServer, createConnection, type Server, type Socket } from 'node:net';
-import { mkdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { networkInterfaces, tmpdir } from 'node:os';
+import { closeSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { constants, networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VerbsError } from '../verbs/errors.js';
+import { loadNative, type NativeAddon } from '../native.js';
 import { dumpJson, fromPlain, toPlain } from './jansson.js';
 import { dumpConfig, effectiveConfig, type RunnerName, type TeamConfig } from './team-config.js';
 import type { LinkWatchStateSource } from './link-watch.js';
@@ -359,14 +361,52 @@ export function handleRequest(bond: CtlBond, msg: string): string | null {
   }
 }
 
+// ---- the transport ----
+
+type SeqNative = Required<Pick<NativeAddon, 'seqpacketOpen' | 'unixAccept' | 'unixRecv' | 'unixSend' | 'fdWatchStart' | 'fdWatchStop'>>;
+
+/** The addon's SOCK_SEQPACKET calls, or null (no addon, or one built before them): then the stream transport. */
+function seqNative(): SeqNative | null {
+  const n = loadNative();
+  if (n === null || n.seqpacketOpen === undefined || n.unixAccept === undefined || n.unixRecv === undefined) return null;
+  if (n.unixSend === undefined || n.fdWatchStart === undefined || n.fdWatchStop === undefined) return null;
+  return n as SeqNative;
+}
+
+const ERRNO = constants.errno as Record<string, number>;
+const EAGAIN = ERRNO['EAGAIN'] ?? 11;
+function errnoName(neg: number): string {
+  for (const [k, v] of Object.entries(ERRNO)) if (v === -neg) return k;
+  return 'EIO';
+}
+function errnoError(neg: number, what: string): NodeJS.ErrnoException {
+  const code = errnoName(neg);
+  return Object.assign(new Error(`${what}: ${code}`), { code, errno: neg });
+}
+
+/** Reads every message waiting on a SEQPACKET fd: false when the peer is gone (or the socket failed). */
+function drainSeq(n: SeqNative, fd: number, onMsg: (m: string) => void): boolean {
+  // Bounded per readable event; the poll is level-triggered, so anything left comes back next turn.
+  for (let i = 0; i < 64; i++) {
+    const m = n.unixRecv(fd);
+    if (m === null) return false;
+    if (typeof m === 'number') return m === -EAGAIN;
+    onMsg(m.toString('utf8'));
+  }
+  return true;
+}
+
 // ---- the server ----
 
-/** The bond's control socket: each connection's NUL-terminated messages answered by handleRequest. */
+/** The bond's control socket: each message answered by handleRequest. */
 export class BondCtlServer {
   readonly #bond: CtlBond;
   #server: Server | null = null;
   #path = '';
   readonly #conns = new Set<Socket>();
+  /** SEQPACKET: the listening socket's watch and the connections' */
+  #seqListen: object | null = null;
+  readonly #seqConns = new Set<object>();
   #closed = false;
 
   constructor(bond: CtlBond) {
@@ -375,6 +415,11 @@ export class BondCtlServer {
 
   get path(): string {
     return this.#path;
+  }
+
+  /** 'seqpacket' (teamd's, with the native addon) or 'stream' (NUL-terminated messages); '' before listen */
+  get transport(): 'seqpacket' | 'stream' | '' {
+    return this.#seqListen !== null ? 'seqpacket' : this.#server !== null ? 'stream' : '';
   }
 
   /** Binds `path` (default ctlSocketPath(bond.netdev)); a stale socket file (nobody answers) is replaced. */
@@ -405,6 +450,8 @@ export class BondCtlServer {
   }
 
   private tryListen(p: string): Promise<NodeJS.ErrnoException | null> {
+    const n = seqNative();
+    if (n !== null) return Promise.resolve(this.listenSeq(n, p));
     return new Promise((resolve) => {
       const srv = createServer((s) => this.serve(s));
       srv.once('error', (e: NodeJS.ErrnoException) => resolve(e));
@@ -418,6 +465,47 @@ export class BondCtlServer {
         resolve(null);
       });
     });
+  }
+
+  private listenSeq(n: SeqNative, p: string): NodeJS.ErrnoException | null {
+    const fd = n.seqpacketOpen(p, true);
+    if (fd < 0) return errnoError(fd, `listen ${p}`);
+    const h = n.fdWatchStart(fd, () => this.acceptSeq(n, fd));
+    if (typeof h === 'number') {
+      closeSync(fd);
+      return errnoError(h, `watch ${p}`);
+    }
+    this.#seqListen = h;
+    return null;
+  }
+
+  private acceptSeq(n: SeqNative, lfd: number): void {
+    for (let i = 0; i < 16; i++) {
+      const c = n.unixAccept(lfd);
+      if (c < 0) return;
+      if (this.#closed) {
+        closeSync(c);
+        continue;
+      }
+      const h: object | number = n.fdWatchStart(c, () => {
+        const alive = drainSeq(n, c, (msg) => {
+          const reply = this.answer(msg);
+          if (reply !== null) n.unixSend(c, Buffer.from(reply, 'utf8'));
+        });
+        if (!alive && typeof h === 'object' && this.#seqConns.delete(h)) n.fdWatchStop(h);
+      });
+      if (typeof h === 'number') closeSync(c);
+      else this.#seqConns.add(h);
+    }
+  }
+
+  private answer(msg: string): string | null {
+    try {
+      return handleRequest(this.#bond, msg);
+    } catch (e) {
+      // teamd's dump functions fail with their own error codes; ours should not fail at all
+      return encodeReplyErr('StateDumpFail', `Failed to dump state: ${(e as Error).message}`);
+    }
   }
 
   private serve(s: Socket): void {
@@ -435,13 +523,7 @@ export class BondCtlServer {
       while ((z = buf.indexOf('\0')) >= 0) {
         const msg = buf.slice(0, z);
         buf = buf.slice(z + 1);
-        let reply: string | null;
-        try {
-          reply = handleRequest(this.#bond, msg);
-        } catch (e) {
-          // teamd's dump functions fail with their own error codes; ours should not fail at all
-          reply = encodeReplyErr('StateDumpFail', `Failed to dump state: ${(e as Error).message}`);
-        }
+        const reply = this.answer(msg);
         if (reply !== null) s.write(reply + '\0');
       }
       // a client that sends megabytes without a NUL is not a teamdctl
@@ -454,6 +536,18 @@ export class BondCtlServer {
   /** Stops listening, drops the connections, removes the socket file (teamd_usock_sock_close). */
   async close(): Promise<void> {
     this.#closed = true;
+    const n = seqNative();
+    if (this.#seqListen !== null && n !== null) {
+      n.fdWatchStop(this.#seqListen);
+      for (const h of this.#seqConns) n.fdWatchStop(h);
+      this.#seqConns.clear();
+      this.#seqListen = null;
+      try {
+        unlinkSync(this.#path);
+      } catch {
+        /* removed by someone else */
+      }
+    }
     const srv = this.#server;
     this.#server = null;
     for (const c of this.#conns) c.destroy();
@@ -464,16 +558,14 @@ export class BondCtlServer {
   }
 }
 
-/** Whether a control socket answers at `path` (connect succeeds). */
-function answers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createConnection(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
+/** Whether a control socket answers at `path` (connect succeeds, either transport). */
+async function answers(path: string): Promise<boolean> {
+  try {
+    (await TeamdCtlClient.connect(path)).close();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // ---- the client ----
@@ -481,35 +573,34 @@ function answers(path: string): Promise<boolean> {
 /** A connection to a bond's control socket (libteamdctl's usock client). */
 export class TeamdCtlClient {
   readonly path: string;
-  readonly #sock: Socket;
-  #buf = '';
+  readonly transport: 'seqpacket' | 'stream';
+  readonly #send: (msg: string) => void;
+  readonly #close: () => void;
+  readonly #queue: string[] = [];
   #waiting: ((msg: string | null) => void) | null = null;
   #ended = false;
 
-  private constructor(path: string, sock: Socket) {
+  private constructor(path: string, transport: 'seqpacket' | 'stream', send: (msg: string) => void, close: () => void) {
     this.path = path;
-    this.#sock = sock;
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      this.#buf += d;
-      this.deliver();
-    });
-    const end = (): void => {
-      this.#ended = true;
-      this.deliver();
-    };
-    sock.on('end', end);
-    sock.on('close', end);
-    sock.on('error', end);
+    this.transport = transport;
+    this.#send = send;
+    this.#close = close;
+  }
+
+  private push(msg: string): void {
+    this.#queue.push(msg);
+    this.deliver();
+  }
+  private end(): void {
+    this.#ended = true;
+    this.deliver();
   }
 
   private deliver(): void {
     const w = this.#waiting;
     if (w === null) return;
-    const z = this.#buf.indexOf('\0');
-    if (z >= 0) {
-      const msg = this.#buf.slice(0, z);
-      this.#buf = this.#buf.slice(z + 1);
+    const msg = this.#queue.shift();
+    if (msg !== undefined) {
       this.#waiting = null;
       w(msg);
     } else if (this.#ended) {
@@ -518,13 +609,66 @@ export class TeamdCtlClient {
     }
   }
 
-  /** Connects, or rejects with the connect error (its errno code: ENOENT, ECONNREFUSED, EPROTOTYPE, ...). */
-  static connect(path: string): Promise<TeamdCtlClient> {
+  /**
+   * Connects (SOCK_SEQPACKET with the native addon, as teamdctl; SOCK_STREAM without it, or when the
+   * socket is a stream one), or rejects with the connect error (its code: ENOENT, ECONNREFUSED, ...).
+   */
+  static async connect(path: string): Promise<TeamdCtlClient> {
+    const n = seqNative();
+    if (n !== null) {
+      const fd = n.seqpacketOpen(path, false);
+      if (fd >= 0) {
+        let h: object | null = null;
+        const c: TeamdCtlClient = new TeamdCtlClient(
+          path,
+          'seqpacket',
+          (msg) => {
+            const r = n.unixSend(fd, Buffer.from(msg, 'utf8'));
+            if (r < 0) c.end();
+          },
+          () => {
+            if (h !== null) n.fdWatchStop(h);
+            h = null;
+          },
+        );
+        const w = n.fdWatchStart(fd, () => {
+          if (!drainSeq(n, fd, (m) => c.push(m))) c.end();
+        });
+        if (typeof w === 'number') {
+          closeSync(fd);
+          throw errnoError(w, `watch ${path}`);
+        }
+        h = w;
+        return c;
+      }
+      if (fd !== -(ERRNO['EPROTOTYPE'] ?? 91)) throw errnoError(fd, `connect ${path}`);
+      // a stream socket (a server without the addon): the stream transport below
+    }
     return new Promise((resolve, reject) => {
       const s = createConnection(path);
       s.once('connect', () => {
         s.removeAllListeners('error');
-        resolve(new TeamdCtlClient(path, s));
+        const c = new TeamdCtlClient(
+          path,
+          'stream',
+          (msg) => s.write(msg + '\0'),
+          () => s.destroy(),
+        );
+        let buf = '';
+        s.setEncoding('utf8');
+        s.on('data', (d: string) => {
+          buf += d;
+          let z: number;
+          while ((z = buf.indexOf('\0')) >= 0) {
+            c.push(buf.slice(0, z));
+            buf = buf.slice(z + 1);
+          }
+        });
+        const end = (): void => c.end();
+        s.on('end', end);
+        s.on('close', end);
+        s.on('error', end);
+        resolve(c);
       });
       s.once('error', (e) => reject(e));
     });
@@ -536,7 +680,7 @@ export class TeamdCtlClient {
    */
   async call(method: string, args: readonly string[] = [], timeoutMs = TEAMDCTL_REPLY_TIMEOUT): Promise<UsockReply> {
     if (this.#waiting !== null) throw new Error('TeamdCtlClient: one call at a time');
-    this.#sock.write(encodeRequest(method, args) + '\0');
+    this.#send(encodeRequest(method, args));
     const TIMEOUT = Symbol('timeout');
     const msg = await new Promise<string | null | typeof TIMEOUT>((resolve) => {
       const t = setTimeout(() => {
@@ -560,6 +704,6 @@ export class TeamdCtlClient {
   }
 
   close(): void {
-    this.#sock.destroy();
+    this.#close();
   }
 }
