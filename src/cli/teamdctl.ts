@@ -436,8 +436,7 @@ export interface TeamdctlIo {
 
 /** teamdctl's main: the exit status (0, or 1 with teamdctl's message on stderr). */
 export async function teamdctl(argv: readonly string[], io: TeamdctlIo = {}): Promise<number> {
-  const outLines: string[] = [];
-  const out: Out = io.out ?? ((s) => outLines.push(s));
+  const out: Out = io.out ?? ((s) => process.stdout.write(s + '\n'));
   const err: Out = io.err ?? ((s) => process.stderr.write(s + '\n'));
   const argv0 = io.argv0 ?? 'teamdctl';
   let verbosity = 0;
@@ -461,7 +460,6 @@ export async function teamdctl(argv: readonly string[], io: TeamdctlIo = {}): Pr
       switch (f) {
         case 'h':
           out(help(argv0));
-          if (io.out === undefined) process.stdout.write(outLines.join('\n') + '\n');
           return 0;
         case 'v':
           verbosity++;
@@ -480,7 +478,7 @@ export async function teamdctl(argv: readonly string[], io: TeamdctlIo = {}): Pr
           break;
         default:
           err('unknown option.');
-          err(help(argv0));
+          out(help(argv0));
           return 1;
       }
     }
@@ -488,17 +486,17 @@ export async function teamdctl(argv: readonly string[], io: TeamdctlIo = {}): Pr
   const devname = words.shift();
   if (devname === undefined) {
     err('No team device specified.');
-    err(help(argv0));
+    out(help(argv0));
     return 1;
   }
   const found = findCommand(words, err);
   if (found === null) {
-    err(help(argv0));
+    out(help(argv0));
     return 1;
   }
   if (found.args.length < found.cmd.params.length) {
     err(`Command line parameter "${found.cmd.params[found.args.length]!}" expected.`);
-    err(help(argv0));
+    out(help(argv0));
     return 1;
   }
   const path = ctlSocketPath(devname, io.env ?? process.env);
@@ -547,6 +545,5 @@ export async function teamdctl(argv: readonly string[], io: TeamdctlIo = {}): Pr
     }
   } finally {
     tdc.close();
-    if (io.out === undefined && outLines.length > 0) process.stdout.write(outLines.join('\n') + '\n');
   }
 }

@@ -15,6 +15,7 @@ import { bondAt, bondNet, bondOf, teamConfig } from '../lag/bond-net.js';
 import { teamdctl } from '../../src/cli/teamdctl.js';
 import { bondEntries, cliDeviceList } from '../../src/cli/open-device.js';
 import { ROOT } from '../helpers.js';
+import { loadNative } from '../../src/native.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'softroce-teamdctl-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -234,3 +235,63 @@ t.test('against a tool process: ibv_rc_pingpong -d softroce_bond_0 queried while
   child.kill();
   await exited;
 });
+
+// libteam's teamdctl, where it is installed (Debian: libteam-utils): its socket path is built in
+// (/var/run/teamd/<dev>.sock, TEAMD_RUN_DIR) and it first checks that the kernel has <dev>, so the bond's
+// team device is named "lo" and listens there (root only: /var/run/teamd).
+const REAL = ['/usr/bin/teamdctl', '/usr/sbin/teamdctl'].find((p) => existsSync(p));
+const root = typeof process.getuid === 'function' && process.getuid() === 0;
+t.test(
+  "libteam's own teamdctl against a bond's control socket",
+  { skip: REAL === undefined ? "libteam's teamdctl is not installed (Debian: libteam-utils)" : !root ? '/var/run/teamd needs root' : false },
+  async (t) => {
+    const n = bondNet();
+    const a = bondOf(await bondAt(n, '10.9.2.7', { ...teamConfig('activebackup'), device: 'lo', ports: { eth1: {}, eth2: { prio: 9 } } }));
+    t.teardown(() => a.close());
+    await a.listen('/var/run/teamd/lo.sock');
+    n.net.setSegmentUp('w2', false);
+    n.fake.run();
+    const real = (args: string[]): Promise<{ code: number; out: string; err: string }> =>
+      new Promise((resolve) => {
+        const c = spawn(REAL!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        let err = '';
+        c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+        const limit = setTimeout(() => c.kill(), 20_000);
+        c.on('close', (code) => {
+          clearTimeout(limit);
+          resolve({ code: code ?? -1, out, err });
+        });
+      });
+    const seq = loadNative()?.seqpacketOpen !== undefined;
+    const view = await real(['-U', 'lo', 'state']);
+    if (!seq) {
+      // without the addon the socket is SOCK_STREAM: teamdctl's SOCK_SEQPACKET connect fails, and says so
+      t.equal(view.code, 1);
+      t.match(view.err, /teamdctl_connect failed \(Protocol wrong type for socket\)/);
+      return;
+    }
+    t.equal(view.code, 0, `teamdctl -U lo state: exit 0 (stderr: ${view.err.trim()})`);
+    const ours = await run(['-U', 'lo', 'state'], { ...process.env, SOFTROCE_TEAMD_DIR: '/var/run/teamd' });
+    // teamdctl's view is ours without the softroce section
+    t.same(view.out.trimEnd().split('\n'), ours.out.slice(0, ours.out.indexOf('softroce:')), 'the same state view, line for line');
+    t.match(view.out, /runner:\n {2}active port: eth1\n/, 'eth2 lost its cable: eth1 active');
+    for (const args of [
+      ['config', 'dump', 'actual'],
+      ['-o', 'port', 'config', 'dump', 'eth2'],
+      ['-v', 'state', 'view'],
+    ]) {
+      const r = await real(['-U', 'lo', ...args]);
+      const o = await run(['-U', 'lo', ...args], { ...process.env, SOFTROCE_TEAMD_DIR: '/var/run/teamd' });
+      const cut = o.out.indexOf('softroce:');
+      t.same(r.out.trimEnd().split('\n'), cut < 0 ? o.out : o.out.slice(0, cut), `teamdctl ${args.join(' ')}: the same output`);
+    }
+    const missing = await real(['-U', 'lo', 'port', 'config', 'dump', 'eth9']);
+    t.same(
+      [missing.code, missing.err.trimEnd().split('\n')],
+      [1, (await run(['-U', 'lo', 'port', 'config', 'dump', 'eth9'], { ...process.env, SOFTROCE_TEAMD_DIR: '/var/run/teamd' })).err],
+      'the same errors',
+    );
+  },
+);

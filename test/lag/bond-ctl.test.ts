@@ -25,6 +25,8 @@ import {
   teamdState,
 } from '../../src/lag/bond-ctl.js';
 import { connectQp } from '../../src/verbs/connect.js';
+import { loadNative } from '../../src/native.js';
+import { createConnection } from 'node:net';
 import { Wc } from '../../src/verbs/types.js';
 import type { Qp } from '../../src/verbs/qp.js';
 import type { Cq } from '../../src/verbs/cq.js';
@@ -261,4 +263,31 @@ t.test('the socket: listen, round trips, one server per path, stale files, close
   t.notOk(existsSync(path), 'closing the bond removes its socket');
   await t.rejects(TeamdCtlClient.connect(path), { code: 'ENOENT' });
   await t.rejects(a.listen(), { code: 'EBADF' }, 'a closed bond does not listen');
+});
+
+t.test("the transport: teamd's SOCK_SEQPACKET with the native addon, NUL-framed SOCK_STREAM without", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'softroce-ctl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const { a } = await pair(t, { name: 'loadbalance' });
+  const path = await a.listen(join(dir, 'team0.sock'));
+  const seq = loadNative()?.seqpacketOpen !== undefined;
+  const c = await TeamdCtlClient.connect(path);
+  t.teardown(() => c.close());
+  t.equal(c.transport, seq ? 'seqpacket' : 'stream', `the client connected by ${c.transport}`);
+  const r = await c.call('ConfigDump');
+  t.ok(r.ok && r.text.startsWith('{\n    "device": "team0"'), 'and got its reply');
+  // What libteam's teamdctl needs (cli_usock.c: socket(AF_UNIX, SOCK_SEQPACKET)): a stream connect is refused.
+  const stream = await new Promise<string>((resolve) => {
+    const s = createConnection(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve('connected');
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+  });
+  t.equal(
+    stream,
+    seq ? 'EPROTOTYPE' : 'connected',
+    seq ? "a SOCK_STREAM connect fails: the socket is SOCK_SEQPACKET, as teamd's" : 'without the addon: a stream socket',
+  );
 });
