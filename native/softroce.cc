@@ -43,6 +43,11 @@
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
+#include <sys/un.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
+#include <stddef.h>
+#include <string>
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
@@ -891,6 +896,119 @@ static Napi::Value AddrWatchStop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// AF_UNIX SOCK_SEQPACKET, for a bond's control socket (src/lag/bond-ctl.ts): teamd's usock is a
+// SEQPACKET socket (one message per send, teamd_usock.c) and libteam's teamdctl connects to nothing
+// else; Node's net makes only SOCK_STREAM unix sockets.
+// seqpacketOpen(path, listen) -> fd (non-blocking; bound and listening, or connected), or -errno.
+static Napi::Value SeqpacketOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString()) return Napi::Number::New(env, -EINVAL);
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  bool listening = info[1].ToBoolean().Value();
+  struct sockaddr_un a;
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path) return Napi::Number::New(env, -ENAMETOOLONG);
+  memcpy(a.sun_path, path.data(), path.size());
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path.size() + 1);
+  int r = listening ? bind(fd, (struct sockaddr*)&a, len) : connect(fd, (struct sockaddr*)&a, len);
+  if (r == 0 && listening) r = listen(fd, 10);  // USOCK_MAX_CLIENT_COUNT
+  if (r < 0) { int e = errno; close(fd); return Napi::Number::New(env, -e); }
+  return Napi::Number::New(env, fd);
+}
+
+// unixAccept(fd) -> a non-blocking connection fd, or -errno (-EAGAIN: none waiting).
+static Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) return Napi::Number::New(env, -EINVAL);
+  int c = accept4(info[0].As<Napi::Number>().Int32Value(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  return Napi::Number::New(env, c < 0 ? -errno : c);
+}
+
+// unixRecv(fd) -> the next message (a Buffer), null at end of stream, or -errno (-EAGAIN: none yet).
+// The message's size from SIOCINQ, as teamd_usock_recv_msg reads it.
+static Napi::Value UnixRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) return Napi::Number::New(env, -EINVAL);
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int want = 0;
+  if (ioctl(fd, SIOCINQ, &want) < 0) return Napi::Number::New(env, -errno);
+  std::vector<char> buf((size_t)want + 1);
+  ssize_t n = recv(fd, buf.data(), (size_t)want + 1, MSG_DONTWAIT);
+  if (n < 0) return Napi::Number::New(env, -errno);
+  if (n == 0) return env.Null();
+  return Napi::Buffer<char>::Copy(env, buf.data(), (size_t)n);
+}
+
+// unixSend(fd, buf) -> bytes sent (one message), or -errno.
+static Napi::Value UnixSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer()) return Napi::Number::New(env, -EINVAL);
+  Napi::Buffer<char> b = info[1].As<Napi::Buffer<char>>();
+  ssize_t n = send(info[0].As<Napi::Number>().Int32Value(), b.Data(), b.Length(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  return Napi::Number::New(env, n < 0 ? -errno : (double)n);
+}
+
+// A readable fd watched on Node's loop (unref'd): cb() each time it is readable; stopping closes the fd.
+struct FdWatch {
+  uv_poll_t poll;
+  int fd;
+  napi_env env;
+  Napi::FunctionReference cb;
+  bool closing;
+};
+
+static void OnFdPoll(uv_poll_t* h, int status, int events) {
+  FdWatch* w = static_cast<FdWatch*>(h->data);
+  if (w->closing) return;
+  Napi::Env env(w->env);
+  Napi::HandleScope scope(env);
+  w->cb.MakeCallback(env.Global(), { Napi::Number::New(env, status < 0 ? status : 0) });
+  if (env.IsExceptionPending()) {
+    Napi::Error e = env.GetAndClearPendingException();
+    napi_fatal_exception(w->env, e.Value());
+  }
+}
+
+// fdWatchStart(fd, cb(status)) -> handle, or -errno
+static Napi::Value FdWatchStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) return Napi::Number::New(env, -EINVAL);
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) return Napi::Number::New(env, -EINVAL);
+  FdWatch* w = new FdWatch();
+  w->fd = info[0].As<Napi::Number>().Int32Value();
+  w->env = env;
+  w->closing = false;
+  w->cb = Napi::Persistent(info[1].As<Napi::Function>());
+  if (uv_poll_init(loop, &w->poll, w->fd) != 0) { w->cb.Reset(); delete w; return Napi::Number::New(env, -EINVAL); }
+  w->poll.data = w;
+  uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, OnFdPoll);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  return Napi::External<FdWatch>::New(env, w);
+}
+
+static void OnFdClosed(uv_handle_t* h) {
+  FdWatch* w = static_cast<FdWatch*>(h->data);
+  close(w->fd);
+  w->cb.Reset();
+  delete w;
+}
+
+// fdWatchStop(handle): stops watching and closes the fd.
+static Napi::Value FdWatchStop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsExternal()) return env.Undefined();
+  FdWatch* w = info[0].As<Napi::External<FdWatch>>().Data();
+  if (w->closing) return env.Undefined();
+  w->closing = true;
+  uv_poll_stop(&w->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnFdClosed);
+  return env.Undefined();
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
@@ -909,6 +1027,12 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("packetSend", Napi::Function::New(env, PacketSend));
   exports.Set("neighLookup", Napi::Function::New(env, NeighLookup));
   exports.Set("addrList", Napi::Function::New(env, AddrList));
+  exports.Set("seqpacketOpen", Napi::Function::New(env, SeqpacketOpen));
+  exports.Set("unixAccept", Napi::Function::New(env, UnixAccept));
+  exports.Set("unixRecv", Napi::Function::New(env, UnixRecv));
+  exports.Set("unixSend", Napi::Function::New(env, UnixSend));
+  exports.Set("fdWatchStart", Napi::Function::New(env, FdWatchStart));
+  exports.Set("fdWatchStop", Napi::Function::New(env, FdWatchStop));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

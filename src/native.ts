@@ -44,6 +44,18 @@ export interface NativeAddon {
   neighLookup?(family: 4 | 6, addr: Buffer, ifname: string): Buffer | null | number;
   /** every interface address by an RTM_GETADDR dump, links without carrier included: [label, family, address][], or -errno */
   addrList?(): [string, 4 | 6, string][] | number;
+  /** an AF_UNIX SOCK_SEQPACKET socket at `path`, non-blocking: bound and listening, or connected; or -errno (a bond's control socket, as teamd's usock) */
+  seqpacketOpen?(path: string, listen: boolean): number;
+  /** accept4 on a listening unix socket: the connection's fd (non-blocking) or -errno (-EAGAIN: none waiting) */
+  unixAccept?(fd: number): number;
+  /** the next message of a SEQPACKET socket, null at its end, or -errno (-EAGAIN: none yet) */
+  unixRecv?(fd: number): Buffer | null | number;
+  /** one message: bytes sent or -errno */
+  unixSend?(fd: number, msg: Buffer): number;
+  /** watch fd on Node's loop (unref'd): cb(status) when readable or hung up; or -errno */
+  fdWatchStart?(fd: number, cb: (status: number) => void): object | number;
+  /** stops the watch and closes its fd */
+  fdWatchStop?(h: object): void;
   constants: Record<string, number>;
 }
 

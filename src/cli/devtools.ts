@@ -5,6 +5,7 @@
  */
 import './epipe.js';
 import { getDeviceList, openDevice, portsOf, type Device } from '../verbs/device.js';
+import { bondEntries, cliDeviceList, openCliDevice } from './open-device.js';
 import { gidToString, isIpv4Mapped } from '../roce/gid.js';
 import { mtuToEnum } from '../roce/opcode.js';
 import { parseArgs, runTool, toInt, type OptSpec } from './args.js';
@@ -20,9 +21,13 @@ async function withDevice<T>(name: string, fn: (d: Device) => T | Promise<T>): P
   // A device that is in use by another process cannot bind its address again:
   // then describe it without a socket (the attributes do not depend on it).
   let dev: Device;
+  // A bond (SOFTROCE_BONDS) is made here (no control socket: the tool only describes it); one
+  // whose ports another process holds is described over in-process links.
+  const bond = bondEntries().some((b) => b.name === name);
   try {
-    dev = await openDevice({ name });
-  } catch {
+    dev = await openCliDevice(name, { listen: false });
+  } catch (e) {
+    if (bond) return withBond(name, fn, e);
     const { MemNetwork } = await import('../roce/link/link.js');
     const { RealScheduler } = await import('../roce/sched.js');
     const desc = getDeviceList().find((d) => d.name === name)!;
@@ -43,10 +48,19 @@ async function withDevice<T>(name: string, fn: (d: Device) => T | Promise<T>): P
   }
 }
 
+async function withBond<T>(name: string, fn: (d: Device) => T | Promise<T>, why: unknown): Promise<T> {
+  const dev = await openCliDevice(name, { listen: false, memory: true }).catch(() => Promise.reject(why as Error));
+  try {
+    return await fn(dev);
+  } finally {
+    await dev.close();
+  }
+}
+
 export async function ibvDevices(out: Out = stdout): Promise<number> {
   out(`    ${'device'.padEnd(16)}\t   node GUID`);
   out(`    ${'------'.padEnd(16)}\t----------------`);
-  for (const d of getDeviceList()) {
+  for (const d of cliDeviceList()) {
     const guid = await withDevice(d.name, (dev) => dev.attr.nodeGuid);
     out(`    ${d.name.padEnd(16)}\t${guidHex(guid)}`);
   }
@@ -69,7 +83,7 @@ export async function ibvDevinfo(argv: string[], out: Out = stdout, err: Out = s
     err(`ibv_devinfo: ${(e as Error).message}`);
     return 1;
   }
-  const list = getDeviceList();
+  const list = cliDeviceList();
   if (o.opts.has('list')) {
     out(`${list.length} HCA${list.length === 1 ? '' : 's'} found:`);
     for (const d of list) out(`\t${d.name}`);
@@ -174,7 +188,7 @@ export async function showGids(argv: string[], out: Out = stdout): Promise<numbe
   out('DEV\tPORT\tINDEX\tGID\t\t\t\t\tIPv4  \t\tVER\tDEV');
   out('---\t----\t-----\t---\t\t\t\t\t------------  \t---\t---');
   let n = 0;
-  for (const d of getDeviceList()) {
+  for (const d of cliDeviceList()) {
     if (want && d.name !== want) continue;
     await withDevice(d.name, (dev) => {
       for (let p = 1; p <= dev.ports.length; p++) {
@@ -195,7 +209,7 @@ export async function showGids(argv: string[], out: Out = stdout): Promise<numbe
 }
 
 export async function ibdev2netdev(out: Out = stdout): Promise<number> {
-  for (const d of getDeviceList()) {
+  for (const d of cliDeviceList()) {
     await withDevice(d.name, (dev) => {
       for (let p = 1; p <= dev.ports.length; p++)
         out(`${dev.name} port ${p} ==> ${dev.ports[p - 1]!.netdev} (${dev.queryPort(p).state === 'ACTIVE' ? 'Up' : 'Down'})`);

@@ -21,7 +21,8 @@
  */
 import './epipe.js';
 import { randomInt } from 'node:crypto';
-import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
+import type { Device } from '../verbs/device.js';
+import { cliDeviceList, openCliDevice } from './open-device.js';
 import { mtuFromEnum, mtuToEnum, isMtu, type Mtu } from '../roce/opcode.js';
 import { parseArgs, runTool, toInt, UsageError, type OptSpec } from './args.js';
 import type { Gid } from '../roce/gid.js';
@@ -277,7 +278,8 @@ export async function perftest(
     if (tty) process.stderr.write('\r\x1b[K');
   };
 
-  const list = getDeviceList();
+  // bonds too (SOFTROCE_BONDS): opening one starts its control socket for softroce teamdctl
+  const list = cliDeviceList();
   const devName = o.opts.get('ib-dev');
   const desc = typeof devName === 'string' ? list.find((d) => d.name === devName) : list[0];
   if (!desc) {
@@ -286,7 +288,7 @@ export async function perftest(
   }
   let dev: Device;
   try {
-    dev = await openDevice({ name: desc.name });
+    dev = await openCliDevice(desc.name);
   } catch (e) {
     err(` Couldn't get context for the device: ${(e as Error).message}`);
     return 1;

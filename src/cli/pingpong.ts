@@ -11,7 +11,8 @@
 import './epipe.js';
 import * as net from 'node:net';
 import { randomInt } from 'node:crypto';
-import { openDevice, getDeviceList, type Device } from '../verbs/device.js';
+import type { Device } from '../verbs/device.js';
+import { cliDeviceList, openCliDevice } from './open-device.js';
 import { Wc, WC_STATUS } from '../verbs/types.js';
 import { gidFromHex, gidToHex, gidToString, type Gid } from '../roce/gid.js';
 import { isMtu, type Mtu } from '../roce/opcode.js';
@@ -239,7 +240,8 @@ export async function pingpong(
   const validate = o.opts.has('chk');
   const servername = o.positional[0];
 
-  const list = getDeviceList();
+  // bonds too (SOFTROCE_BONDS): opening one starts its control socket for softroce teamdctl
+  const list = cliDeviceList();
   const devName = o.opts.get('ib-dev');
   const desc = typeof devName === 'string' ? list.find((d) => d.name === devName) : list[0];
   if (!desc) {
@@ -248,7 +250,7 @@ export async function pingpong(
   }
   let dev: Device | undefined;
   try {
-    dev = await openDevice({ name: desc.name });
+    dev = await openCliDevice(desc.name);
   } catch (e) {
     err(`Couldn't get context for ${desc.name}: ${(e as Error).message}`);
     return 1;

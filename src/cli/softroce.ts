@@ -1,14 +1,16 @@
 /**
- * `softroce` command: `softroce dump FILE [--json]`, `softroce demo`.
+ * `softroce` command: `softroce dump FILE [--json]`, `softroce demo`, `softroce teamdctl TEAMDEV ...`.
  */
 import { readFileSync } from 'node:fs';
 import { dumpCapture, formatPacket, formatSummary, type DumpPacket } from '../roce/dump.js';
 import { runDemo } from './demo.js';
 import { runWireDemo } from './wire-demo.js';
+import { teamdctl } from './teamdctl.js';
 
 const USAGE = `usage: softroce dump FILE [--json]   decode RoCE packets in a pcap/pcapng capture
        softroce demo                 RDMA between two loopback devices (no root, no configuration)
-       softroce wire-demo            build, encode and verify one packet of each kind (no sockets)`;
+       softroce wire-demo            build, encode and verify one packet of each kind (no sockets)
+       softroce teamdctl [-v] [-o] [-U] TEAMDEV command   a softroce bond's state and config, as teamdctl (-h: commands)`;
 
 function jsonLine(p: DumpPacket): string {
   return JSON.stringify(p);
@@ -47,6 +49,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'demo' || cmd === undefined) return runDemo();
   if (cmd === 'wire-demo') return runWireDemo();
+  if (cmd === 'teamdctl') return teamdctl(rest, { argv0: 'softroce teamdctl' });
   process.stderr.write(USAGE + '\n');
   return 2;
 }

@@ -47,6 +47,8 @@ import {
 import { BondLink, MemberPort } from './bond-link.js';
 import { ArpPingWatch, ethtoolPortWatch, NsnaPingWatch, PortLinkWatches, type HostResolver, type LinkWatchState, type PortWatch } from './link-watch-psr.js';
 import type { ProbeIoFactory } from './probe-io.js';
+import type { LinkWatchStateSource } from './link-watch.js';
+import { BondCtlServer } from './bond-ctl.js';
 import { toPlain } from './jansson.js';
 import { initialLagPort, remapHash, selectActive, type AffinitySource } from './affinity.js';
 
@@ -191,6 +193,7 @@ export class Bond extends EventEmitter {
   #closed = false;
   readonly #watchIo: ProbeIoFactory | undefined;
   readonly #resolveHost: HostResolver | undefined;
+  #ctl: BondCtlServer | null = null;
   /** failovers: QP moves from one port to the other, over the bond's life */
   readonly stats = { qpMoves: 0, portDowns: 0, portUps: 0 };
 
@@ -261,9 +264,59 @@ export class Bond extends EventEmitter {
     return this.#ports.map((p) => ({ lagPort: p.lagPort, netdev: p.netdev, link: p.link, member: p.member, up: p.up, prio: p.prio, sticky: p.sticky }));
   }
   /** The TX counters of physical port `lagPort` (the packets its QPs sent on it), and the datagrams it received. */
-  portCounters(lagPort: number): Record<CounterName, number> & { rx_datagrams: number } {
+  portCounters(lagPort: number): Record<CounterName, number> & { rx_datagrams: number; rx_bytes: number } {
     const p = this.portAt('portCounters', lagPort);
-    return { ...p.member.counters.snapshot(), rx_datagrams: this.#link.rxDatagrams(lagPort - 1) };
+    return { ...p.member.counters.snapshot(), rx_datagrams: this.#link.rxDatagrams(lagPort - 1), rx_bytes: this.#link.rxBytes(lagPort - 1) };
+  }
+
+  /** The link watches port `lagPort` runs, in teamd's link_watch_0, _1, ... order (teamdctl's state). */
+  portLinkWatches(lagPort: number): readonly LinkWatchStateSource[] {
+    // A snapshot per watch: the dump reads each once (link-watch-psr.ts's state() has teamd's keys).
+    return this.portAt('portLinkWatches', lagPort).watch.watches.map((w) => {
+      const { name, up, down_count: downCount, ...own } = w.state();
+      return { name, up, downCount, state: () => own };
+    });
+  }
+
+  /** How many of the bond device's QPs (QP1 aside) have port `lagPort` as configured port, and how many send on it now. */
+  portQps(lagPort: number): { configured: number; active: number } {
+    this.portAt('portQps', lagPort);
+    let configured = 0;
+    let active = 0;
+    for (const qp of this.device.qps.values()) {
+      const st = this.#qps.get(qp);
+      if (st === undefined || qp.closed) continue;
+      if (st.configured === lagPort) configured++;
+      if (st.active === lagPort) active++;
+    }
+    return { configured, active };
+  }
+
+  /**
+   * Starts the bond's control socket (bond-ctl.ts: teamd's usock protocol, for `softroce teamdctl`) at
+   * `path` (default: ctlSocketPath(bond.netdev)); it closes with the bond. Resolves to the path. EBUSY
+   * when it already listens, EBADF on a closed bond; a socket a live server holds is EADDRINUSE.
+   */
+  async listen(path?: string): Promise<string> {
+    const op = 'bond.listen';
+    if (this.#closed) throw new VerbsError('EBADF', op, `${this.name} is closed`, 'bond');
+    if (this.#ctl !== null) throw new VerbsError('EBUSY', op, `${this.name} already listens on ${this.#ctl.path}`, 'path');
+    const srv = new BondCtlServer(this);
+    this.#ctl = srv;
+    try {
+      await srv.listen(path);
+    } catch (e) {
+      this.#ctl = null;
+      throw e;
+    }
+    // closed while binding: no socket left behind
+    if (this.#closed) await srv.close();
+    return srv.path;
+  }
+
+  /** The control socket's path while it listens, else null. */
+  get controlPath(): string | null {
+    return this.#ctl?.path ?? null;
   }
 
   private portAt(op: string, lagPort: number): PortRec {
@@ -344,7 +397,11 @@ export class Bond extends EventEmitter {
     this.#closed = true;
     for (const p of this.#ports) p.watch.stop();
     openBonds.delete(this.name);
+    const ctl = this.#ctl;
+    this.#ctl = null;
+    if (ctl !== null) this.#ctlClosing = ctl.close();
   }
+  #ctlClosing: Promise<void> = Promise.resolve();
 
   /** A link watch's verdict on port `lagPort`: events, the active port, every QP's active port. */
   private portState(lagPort: number, up: boolean): void {
@@ -520,6 +577,7 @@ export class Bond extends EventEmitter {
   async close(): Promise<void> {
     this.stop();
     await this.device.close();
+    await this.#ctlClosing;
   }
 }
 

@@ -9,7 +9,25 @@ import type { Link } from '../roce/link/link.js';
 import type { Scheduler, TimerHandle } from '../roce/sched.js';
 import type { EthtoolLinkWatch } from './team-config.js';
 
-export class EthtoolWatch {
+/**
+ * What a link watch shows in teamd's state dump (teamd_link_watch.c link_watch_state_vals: name, up,
+ * down_count under ports.IF.link_watches.list.link_watch_N) plus its own options and counters
+ * (`state()`: ethtool's delay_up / delay_down; arp_ping's interval, missed, ...), as
+ * `teamdctl DEV state` prints them (bond-ctl.ts). Every watch a bond runs implements it.
+ */
+export interface LinkWatchStateSource {
+  /** the watch's name as teamd's config names it: ethtool, arp_ping, nsna_ping */
+  readonly name: string;
+  /** the watch's verdict */
+  readonly up: boolean;
+  /** how many times the verdict went down (teamd's link_down_count) */
+  readonly downCount: number;
+  /** the watch's own state items, with teamd's names (snake_case), JSON values only */
+  state(): Record<string, unknown>;
+}
+
+export class EthtoolWatch implements LinkWatchStateSource {
+  readonly name = 'ethtool';
   readonly link: Link;
   readonly delayUp: number;
   readonly delayDown: number;
@@ -17,6 +35,7 @@ export class EthtoolWatch {
   readonly #changed: (up: boolean) => void;
   #up: boolean;
   #timer: TimerHandle | null = null;
+  #downCount = 0;
   /** when the carrier last changed to the state a timer is pending for (ms, the scheduler's clock) */
   #since = 0;
   readonly #onLink = (up: unknown): void => this.carrier(up === true);
@@ -63,7 +82,17 @@ export class EthtoolWatch {
 
   private report(up: boolean): void {
     this.#up = up;
+    if (!up) this.#downCount++;
     this.#changed(up);
+  }
+
+  get downCount(): number {
+    return this.#downCount;
+  }
+
+  /** teamd_lw_ethtool.c's state items: the delays (teamdctl -v prints "link up delay", "link down delay") */
+  state(): Record<string, unknown> {
+    return { delay_up: this.delayUp, delay_down: this.delayDown };
   }
 
   /** ms since the carrier changed, while a report waits for its delay (tests, teamdctl later) */
