@@ -12,9 +12,12 @@
  * 'portUp' / 'portDown' (a link watch's verdict), 'activePortChanged' (active-backup), 'gidChange'
  * (the bond port's GID table).
  *
- * Not here yet (issue 14): arp_ping / nsna_ping watches (ignored, with a warning), LACP, following a
- * Linux bond, re-registration with fatal events on entering / leaving LAG, teamdctl, GSI traffic
- * per flow (QP1 sends on the active / first live port).
+ * 802.3ad: teamd's lacp runner (lacp.ts) decides which ports carry traffic. leaveLag: mlx5's
+ * re-registration (fatal events) or, with keepResources, VF-LAG's redirection.
+ *
+ * Not here yet (issue 14): arp_ping / nsna_ping watches (ignored, with a warning), following a
+ * Linux bond, re-registration on entering LAG (createBond opens a new device: there is no earlier one
+ * to invalidate), teamdctl, GSI traffic per flow (QP1 sends on the active / first live port).
  */
 import { EventEmitter } from 'node:events';
 import { VerbsError, type ErrnoCode } from '../verbs/errors.js';
@@ -236,7 +239,17 @@ export class Bond extends EventEmitter {
     this.#ports = o.specs.map((s, i) => {
       const link = o.link.members[i]!;
       const watch = this.makeWatch(s.netdev, link, i + 1);
-      return { lagPort: i + 1, netdev: s.netdev, link, member: new MemberPort(port, i + 1, s.netdev, link), watch, carrier: watch.up, up: watch.up, prio: 0, sticky: false };
+      return {
+        lagPort: i + 1,
+        netdev: s.netdev,
+        link,
+        member: new MemberPort(port, i + 1, s.netdev, link),
+        watch,
+        carrier: watch.up,
+        up: watch.up,
+        prio: 0,
+        sticky: false,
+      };
     });
     this.applyPortConfig();
     this.startLacp();
@@ -348,7 +361,10 @@ export class Bond extends EventEmitter {
     } catch (e) {
       for (const io of ios) io.close();
       this.#lacpError = e instanceof VerbsError ? e : new VerbsError('EINVAL', 'lacp', String(e), 'runner');
-      this.#warnings = [...this.#warnings, { path: 'runner', message: `the lacp runner cannot run: ${this.#lacpError.message}; ports follow their link watch alone` }];
+      this.#warnings = [
+        ...this.#warnings,
+        { path: 'runner', message: `the lacp runner cannot run: ${this.#lacpError.message}; ports follow their link watch alone` },
+      ];
       return;
     }
     const hw = this.#config.hwaddr;
@@ -599,7 +615,14 @@ export class Bond extends EventEmitter {
     const open = async (p: PortRec): Promise<Device> => {
       const { gidTblLen } = this.reopen;
       return openDeviceWith(
-        { ...this.reopen.common, name: `softroce_${p.netdev}`, address: p.link.localIp, netdev: p.netdev, link: p.link, ...(gidTblLen !== undefined ? { gidTblLen } : {}) },
+        {
+          ...this.reopen.common,
+          name: `softroce_${p.netdev}`,
+          address: p.link.localIp,
+          netdev: p.netdev,
+          link: p.link,
+          ...(gidTblLen !== undefined ? { gidTblLen } : {}),
+        },
         (n, s, m) => new Device(n, s, m),
       );
     };

@@ -23,10 +23,20 @@ const HAND = [
   '01', // subtype LACP
   '01', // version 1
   '0114', // Actor TLV, length 20
-  'ffff', '020000000001', '0000', '00ff', '0001', '3d', // actor info
+  'ffff',
+  '020000000001',
+  '0000',
+  '00ff',
+  '0001',
+  '3d', // actor info
   '000000', // reserved
   '0214', // Partner TLV, length 20
-  '8000', '020000000002', '0007', '0080', '0002', '3f', // partner info
+  '8000',
+  '020000000002',
+  '0007',
+  '0080',
+  '0002',
+  '3f', // partner info
   '000000', // reserved
   '0310', // Collector TLV, length 16
   '0000', // collector max delay

@@ -64,11 +64,7 @@ t.test('leaving LAG re-registers: DEVICE_FATAL, the QP to ERR, receives flushed,
     for (const d of devices) await d.close();
   });
   n.fake.advance(1);
-  t.same(
-    events.filter((e) => e.type === 'DEVICE_FATAL').length,
-    1,
-    'IBV_EVENT_DEVICE_FATAL on the bond device',
-  );
+  t.same(events.filter((e) => e.type === 'DEVICE_FATAL').length, 1, 'IBV_EVENT_DEVICE_FATAL on the bond device');
   t.equal(A.qp.state, 'ERR', 'its QP is in ERR');
   const wcs = drain(A.cq);
   t.same(
