@@ -11,6 +11,8 @@
  */
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../helpers.js';
 import { Netns, netnsUnavailable, type NsProcess } from '../helpers/netns.js';
@@ -98,6 +100,24 @@ t.test('two softroce bonds exchange LACPDUs over two veth pairs; a silent partne
     });
   }
   t.same(sa!.qp, { configured: 2, active: 2, source: 'explicit' }, "A's QP on port 2");
+
+  // The frames on cable 1 as a capture sees them (both directions), decoded by tshark where it is.
+  const tshark = spawnSync('tshark', ['-v']).status === 0 && spawnSync('tcpdump', ['--version']).status === 0;
+  if (tshark) {
+    const dir = mkdtempSync(join(tmpdir(), 'softroce-lacp-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'lca1.pcap');
+    // fast_rate: one LACPDU a second each way; four frames in a few seconds.
+    const cap = net.spawn(a, ['timeout', '10', 'tcpdump', '-i', 'lca1', '-c', '4', '-w', file, 'ether', 'proto', '0x8809']);
+    t.equal(await cap.exited, 0, `tcpdump took four LACPDUs off lca1 ${cap.err.trim().split('\n').at(-1) ?? ''}`);
+    const v = spawnSync('tshark', ['-r', file, '-V'], { encoding: 'utf8', timeout: 30_000 }).stdout;
+    t.equal(v.match(/Link Aggregation Control Protocol/g)?.length, 4, 'tshark: four LACP frames');
+    const sys = (x: unknown): string => String(x).replace(/(..)(?!$)/g, '$1:');
+    t.match(v, new RegExp(`Actor System ID: ${sys(ra['system'])}`), "A's LACPDUs");
+    t.match(v, new RegExp(`Actor System ID: ${sys(rb['system'])}`), "B's LACPDUs");
+    t.match(v, /Actor State: 0x3f, LACP Activity, LACP Timeout, Aggregation, Synchronization, Collecting, Distributing/);
+    t.notMatch(v, /[Mm]alformed/);
+  } else t.comment('no tcpdump / tshark: the capture check is skipped');
 
   // B's LACPDUs on cable 2 are dropped on their way out: the partner stops, every carrier stays up.
   const nft = (args: string[]): void => {
