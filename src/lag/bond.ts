@@ -206,6 +206,7 @@ export class Bond extends EventEmitter {
   readonly #systemMac: Uint8Array | undefined;
   #lacp: LacpRunner | null = null;
   #lacpError: VerbsError | null = null;
+  #lacpKey = '';
   /** @internal createBond */
   keepResources = false;
   #left = false;
@@ -350,6 +351,15 @@ export class Bond extends EventEmitter {
    * `lacpError`: the bond then runs a static 802.3ad on its link watches, never crashes.
    */
   private startLacp(): void {
+    const r0 = this.#config.runner;
+    const key = JSON.stringify([
+      this.#mode,
+      r0,
+      this.#ports.map((p) => [this.#config.ports.get(p.netdev)?.lacpPrio, this.#config.ports.get(p.netdev)?.lacpKey, p.prio, p.sticky]),
+    ]);
+    // A reconfigure that leaves the runner's settings as they were keeps it running (and its partners).
+    if (key === this.#lacpKey && (this.#lacp !== null || this.#lacpError !== null)) return;
+    this.#lacpKey = key;
     this.#lacp?.stop();
     this.#lacp = null;
     this.#lacpError = null;

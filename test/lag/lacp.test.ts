@@ -245,6 +245,24 @@ t.test('the bond: a port LACP stops enabling carries no QP traffic; its QPs move
   n.fake.advance(1100);
   t.ok(a.ports[1]!.up);
   t.equal(queryLagPort(qp).active, 2, 'and back');
+  // A reconfigure that keeps the runner's settings keeps the runner and its partners.
+  const runner = a.lacp;
+  a.reconfigure({ ...cfg, link_watch: { name: 'ethtool', delay_up: 5 } });
+  t.equal(a.lacp, runner, 'same runner after an unrelated change');
+  t.same(
+    a.ports.map((p) => p.up),
+    [true, true],
+  );
+  // Out of 802.3ad: no runner; the ports follow their carrier.
+  a.reconfigure(teamConfig('activebackup'));
+  t.equal(a.lacp, null);
+  wires[1]!.muted[0] = true;
+  n.fake.advance(10_000);
+  t.same(
+    a.ports.map((p) => p.up),
+    [true, true],
+    'no LACP: silence on the wire changes nothing',
+  );
 });
 
 t.test('the bond: lacp I/O that cannot open is a warning and a typed lacpError, not a crash', async (t) => {
