@@ -566,6 +566,29 @@ static Napi::Value PacketSend(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r < 0 ? -errno : (double)r);
 }
 
+// packetAddMulticast(fd, ifname: string, mac: Buffer (6 bytes)) -> 0 or -errno
+// The netdev accepts frames to that multicast MAC while the packet socket is open
+// (PACKET_ADD_MEMBERSHIP, PACKET_MR_MULTICAST; the kernel drops it at close): a NIC
+// filters multicast it was not told about, and LACPDUs go to the slow-protocols
+// address 01:80:c2:00:00:02 (IEEE 802.1AX), which teamd adds with SIOCADDMULTI.
+static Napi::Value PacketAddMulticast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[1].IsString() || !info[2].IsBuffer()) return Napi::Number::New(env, -EINVAL);
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> mac = info[2].As<Napi::Buffer<uint8_t>>();
+  if (mac.Length() != 6) return Napi::Number::New(env, -EINVAL);
+  unsigned idx = if_nametoindex(info[1].As<Napi::String>().Utf8Value().c_str());
+  if (idx == 0) return Napi::Number::New(env, -ENODEV);
+  struct packet_mreq mr;
+  memset(&mr, 0, sizeof mr);
+  mr.mr_ifindex = (int)idx;
+  mr.mr_type = PACKET_MR_MULTICAST;
+  mr.mr_alen = 6;
+  memcpy(mr.mr_address, mac.Data(), 6);
+  int r = setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr);
+  return Napi::Number::New(env, r == 0 ? 0 : -errno);
+}
+
 // neighLookup(family: 4 | 6, addr: Buffer (4 or 16 bytes), ifname: string) -> Buffer (6-byte MAC), null, or -errno
 // The kernel's neighbour table (ARP for IPv4, ND for IPv6) entry of addr on ifname, by one
 // RTM_GETNEIGH dump on a NETLINK_ROUTE socket: the MAC when the entry is usable (REACHABLE, STALE,
@@ -1025,6 +1048,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addrWatchStop", Napi::Function::New(env, AddrWatchStop));
   exports.Set("packetOpen", Napi::Function::New(env, PacketOpen));
   exports.Set("packetSend", Napi::Function::New(env, PacketSend));
+  exports.Set("packetAddMulticast", Napi::Function::New(env, PacketAddMulticast));
   exports.Set("neighLookup", Napi::Function::New(env, NeighLookup));
   exports.Set("addrList", Napi::Function::New(env, AddrList));
   exports.Set("seqpacketOpen", Napi::Function::New(env, SeqpacketOpen));

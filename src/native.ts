@@ -40,6 +40,8 @@ export interface NativeAddon {
   packetOpen?(ifname: string, ethertype: number, bufBytes: number): number;
   /** one Ethernet frame (frame[0..len), header included) out of a packetOpen socket: bytes sent or -errno */
   packetSend?(fd: number, frame: Buffer, len: number): number;
+  /** the netdev accepts frames to multicast `mac` (6 bytes) while packet socket fd is open: 0 or -errno */
+  packetAddMulticast?(fd: number, ifname: string, mac: Buffer): number;
   /** the neighbour table's MAC of `addr` (4 or 16 bytes) on `ifname` when usable, else null; or -errno */
   neighLookup?(family: 4 | 6, addr: Buffer, ifname: string): Buffer | null | number;
   /** every interface address by an RTM_GETADDR dump, links without carrier included: [label, family, address][], or -errno */

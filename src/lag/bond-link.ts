@@ -92,6 +92,7 @@ export class BondLink extends EventEmitter implements Link {
   setReceiver(h: RxHandler): void {
     const rx = this.#rx;
     this.members.forEach((m, i) => {
+      if (this.#released.has(i)) return;
       m.setReceiver((buf, len, srcIp, srcPort, ipIdDf, group) => {
         rx[2 * i]!++;
         rx[2 * i + 1]! += len;
@@ -137,10 +138,17 @@ export class BondLink extends EventEmitter implements Link {
     return this;
   }
 
-  /** Closes every member. */
+  /** members handed to other devices (the bond left LAG): no longer this link's to receive on or close */
+  readonly #released = new Set<number>();
+  /** @internal the bond left LAG: member `i` (port - 1) now belongs to an ordinary device */
+  release(i: number): void {
+    this.#released.add(i);
+  }
+
+  /** Closes every member (but those released to other devices). */
   async close(): Promise<void> {
     const errs: unknown[] = [];
-    for (const m of this.members) await m.close().catch((e: unknown) => errs.push(e));
+    for (const [i, m] of this.members.entries()) if (!this.#released.has(i)) await m.close().catch((e: unknown) => errs.push(e));
     if (errs.length > 0) throw errs[0];
   }
 }

@@ -13,9 +13,11 @@
  * 'portUp' / 'portDown' (a link watch's verdict), 'activePortChanged' (active-backup), 'gidChange'
  * (the bond port's GID table).
  *
- * Not here yet (issue 14): the tipc link watch (ignored, with a warning), LACP, following a
- * Linux bond, re-registration with fatal events on entering / leaving LAG, teamdctl, GSI traffic
- * per flow (QP1 sends on the active / first live port).
+ * 802.3ad: teamd's lacp runner (lacp.ts) decides which ports carry traffic. leaveLag: mlx5's
+ * re-registration (fatal events) or, with keepResources, VF-LAG's redirection.
+ *
+ * Not here yet (issue 14): the tipc link watch (ignored, with a warning), GSI traffic per flow
+ * (QP1 sends on the active / first live port).
  */
 import { EventEmitter } from 'node:events';
 import { VerbsError, type ErrnoCode } from '../verbs/errors.js';
@@ -51,6 +53,8 @@ import type { LinkWatchStateSource } from './link-watch.js';
 import { BondCtlServer } from './bond-ctl.js';
 import { toPlain } from './jansson.js';
 import { initialLagPort, remapHash, selectActive, type AffinitySource } from './affinity.js';
+import { LacpRunner, type LacpPortIo } from './lacp.js';
+import { openLacpPacketIo } from './lacp-io.js';
 
 /** One port of the team: its interface (a key of the config's ports) and where its socket binds. */
 export interface BondPortSpec {
@@ -82,6 +86,20 @@ export interface CreateBondOptions {
   linkWatchIo?: ProbeIoFactory;
   /** resolves a link watch's host names (default: the system resolver) */
   resolveHost?: HostResolver;
+  /**
+   * The lacp runner's LACPDU I/O per port: 'packet' (an AF_PACKET socket on the port's netdev,
+   * lacp-io.ts; the default with real ports), 'none' (no runner: ports follow their link watch, a
+   * static 802.3ad; the default with `links`), or a factory (tests: a fake peer).
+   */
+  lacpIo?: 'packet' | 'none' | ((netdev: string, lagPort: number) => LacpPortIo);
+  /** the lacp runner's Actor_System (the team's MAC; default: port 1's LACP I/O MAC) */
+  systemMac?: Uint8Array;
+  /**
+   * Leaving LAG (bond.leaveLag) keeps the bond device's resources, as NVIDIA's VF-LAG does (traffic is
+   * redirected to the port that stays); false (default): mlx5's RoCE LAG, the device is re-registered
+   * and its users get fatal events.
+   */
+  keepResources?: boolean;
 }
 
 export type BondResult =
@@ -142,6 +160,8 @@ interface PortRec {
   readonly link: Link;
   readonly member: MemberPort;
   watch: PortLinkWatches;
+  /** the link watch's verdict; `up` is it and, in 802.3ad with a runner, the runner's 'enabled' */
+  carrier: boolean;
   up: boolean;
   prio: number;
   sticky: boolean;
@@ -194,6 +214,14 @@ export class Bond extends EventEmitter {
   readonly #watchIo: ProbeIoFactory | undefined;
   readonly #resolveHost: HostResolver | undefined;
   #ctl: BondCtlServer | null = null;
+  readonly #lacpIo: 'packet' | 'none' | ((netdev: string, lagPort: number) => LacpPortIo);
+  readonly #systemMac: Uint8Array | undefined;
+  #lacp: LacpRunner | null = null;
+  #lacpError: VerbsError | null = null;
+  #lacpKey = '';
+  /** @internal createBond */
+  keepResources = false;
+  #left = false;
   /** failovers: QP moves from one port to the other, over the bond's life */
   readonly stats = { qpMoves: 0, portDowns: 0, portUps: 0 };
 
@@ -209,6 +237,8 @@ export class Bond extends EventEmitter {
     specs: readonly BondPortSpec[];
     linkWatchIo?: ProbeIoFactory | undefined;
     resolveHost?: HostResolver | undefined;
+    lacpIo?: 'packet' | 'none' | ((netdev: string, lagPort: number) => LacpPortIo);
+    systemMac?: Uint8Array;
   }) {
     super();
     this.#watchIo = o.linkWatchIo;
@@ -220,13 +250,27 @@ export class Bond extends EventEmitter {
     this.#mode = o.mode;
     this.#rdmaDevice = o.rdmaDevice;
     this.#link = o.link;
+    this.#lacpIo = o.lacpIo ?? 'none';
+    this.#systemMac = o.systemMac;
     const port = o.device.ports[0]!;
     this.#ports = o.specs.map((s, i) => {
       const link = o.link.members[i]!;
       const watch = this.makeWatch(s.netdev, link, i + 1);
-      return { lagPort: i + 1, netdev: s.netdev, link, member: new MemberPort(port, i + 1, s.netdev, link), watch, up: watch.up, prio: 0, sticky: false };
+      return {
+        lagPort: i + 1,
+        netdev: s.netdev,
+        link,
+        member: new MemberPort(port, i + 1, s.netdev, link),
+        watch,
+        carrier: watch.up,
+        up: watch.up,
+        prio: 0,
+        sticky: false,
+      };
     });
     this.applyPortConfig();
+    this.startLacp();
+    for (const p of this.#ports) p.up = this.usable(p);
     this.#link.setUp(this.#ports.some((p) => p.up));
     if (this.#mode === 'active-backup') this.#active = selectActive(null, this.upList(), this.prioList(), this.stickyList());
     this.updateFallback();
@@ -371,7 +415,7 @@ export class Bond extends EventEmitter {
       return lw.name === 'arp_ping' ? new ArpPingWatch(lw, o) : new NsnaPingWatch(lw, o);
     });
     if (makers.length === 0) makers.push((changed) => ethtoolPortWatch(link, { delayUp: 0, delayDown: 0 }, this.device.sched, changed));
-    return new PortLinkWatches(this.#config.linkWatchPolicy, makers, (up) => this.portState(lagPort, up));
+    return new PortLinkWatches(this.#config.linkWatchPolicy, makers, (up) => this.carrierChanged(lagPort, up));
   }
 
   /**
@@ -387,15 +431,97 @@ export class Bond extends EventEmitter {
   private restartWatches(): void {
     for (const p of this.#ports) {
       p.watch.stop();
-      p.watch = this.makeWatch(p.netdev, p.link, p.lagPort, p.up);
+      p.watch = this.makeWatch(p.netdev, p.link, p.lagPort, p.carrier);
     }
-    for (const p of this.#ports) if (p.watch.up !== p.up) this.portState(p.lagPort, p.watch.up);
+    for (const p of this.#ports) if (p.watch.up !== p.carrier) this.carrierChanged(p.lagPort, p.watch.up);
+  }
+
+  /** the lacp runner (802.3ad with LACPDU I/O), or null */
+  get lacp(): LacpRunner | null {
+    return this.#lacp;
+  }
+  /** why the lacp runner could not start (no addon, no CAP_NET_RAW, no such netdev), or null */
+  get lacpError(): VerbsError | null {
+    return this.#lacpError;
+  }
+
+  /**
+   * 802.3ad: teamd's lacp runner over each port's LACPDU I/O; ports it has not enabled carry no QP
+   * traffic (remapped as a down port is). I/O that cannot be opened leaves no runner, a warning and
+   * `lacpError`: the bond then runs a static 802.3ad on its link watches, never crashes.
+   */
+  private startLacp(): void {
+    const r0 = this.#config.runner;
+    const key = JSON.stringify([
+      this.#mode,
+      r0,
+      this.#ports.map((p) => [this.#config.ports.get(p.netdev)?.lacpPrio, this.#config.ports.get(p.netdev)?.lacpKey, p.prio, p.sticky]),
+    ]);
+    // A reconfigure that leaves the runner's settings as they were keeps it running (and its partners).
+    if (key === this.#lacpKey && (this.#lacp !== null || this.#lacpError !== null)) return;
+    this.#lacpKey = key;
+    this.#lacp?.stop();
+    this.#lacp = null;
+    this.#lacpError = null;
+    const r = this.#config.runner;
+    if (this.#mode !== '802.3ad' || r.name !== 'lacp' || this.#lacpIo === 'none') return;
+    const ios: LacpPortIo[] = [];
+    try {
+      for (const p of this.#ports) ios.push(this.#lacpIo === 'packet' ? openLacpPacketIo(p.netdev) : this.#lacpIo(p.netdev, p.lagPort));
+    } catch (e) {
+      for (const io of ios) io.close();
+      this.#lacpError = e instanceof VerbsError ? e : new VerbsError('EINVAL', 'lacp', String(e), 'runner');
+      this.#warnings = [
+        ...this.#warnings,
+        { path: 'runner', message: `the lacp runner cannot run: ${this.#lacpError.message}; ports follow their link watch alone` },
+      ];
+      return;
+    }
+    const hw = this.#config.hwaddr;
+    const system = this.#systemMac ?? (hw !== undefined ? Uint8Array.from(hw.split(':').map((h) => parseInt(h, 16))) : ios[0]!.mac);
+    this.#lacp = new LacpRunner({
+      config: r,
+      system,
+      sched: this.device.sched,
+      ports: this.#ports.map((p, i) => {
+        const pc = this.#config.ports.get(p.netdev);
+        return {
+          lagPort: p.lagPort,
+          netdev: p.netdev,
+          lacpPrio: pc?.lacpPrio ?? TEAMD_DEFAULTS.lacpPrio,
+          lacpKey: pc?.lacpKey ?? TEAMD_DEFAULTS.lacpKey,
+          prio: p.prio,
+          sticky: p.sticky,
+          io: ios[i]!,
+        };
+      }),
+      changed: () => {
+        for (const p of this.#ports) this.portState(p.lagPort, this.usable(p));
+      },
+    });
+    for (const p of this.#ports) if (p.carrier) this.#lacp.linkUpdate(p.lagPort, true);
+  }
+
+  private usable(p: PortRec): boolean {
+    if (this.#left && p.lagPort !== 1) return false;
+    const l = this.#lacp;
+    return p.carrier && (l === null || (l.carrier && l.enabled(p.lagPort)));
+  }
+
+  /** A link watch's verdict: the runner hears it, then the port's state follows. */
+  private carrierChanged(lagPort: number, up: boolean): void {
+    if (this.#closed) return;
+    const p = this.#ports[lagPort - 1]!;
+    p.carrier = up;
+    this.#lacp?.linkUpdate(lagPort, up);
+    this.portState(lagPort, this.usable(p));
   }
 
   private stop(): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const p of this.#ports) p.watch.stop();
+    this.#lacp?.stop();
     openBonds.delete(this.name);
     const ctl = this.#ctl;
     this.#ctl = null;
@@ -403,7 +529,7 @@ export class Bond extends EventEmitter {
   }
   #ctlClosing: Promise<void> = Promise.resolve();
 
-  /** A link watch's verdict on port `lagPort`: events, the active port, every QP's active port. */
+  /** Port `lagPort` can carry traffic or not (link watch, lacp runner): events, the active port, every QP's active port. */
   private portState(lagPort: number, up: boolean): void {
     if (this.#closed) return;
     const p = this.#ports[lagPort - 1]!;
@@ -529,7 +655,9 @@ export class Bond extends EventEmitter {
     if (d.lag && d.mode === 'active-backup' && this.#mode !== 'active-backup') this.#active = null;
     if (d.lag) this.#mode = d.mode;
     this.applyPortConfig();
+    this.startLacp();
     this.restartWatches();
+    for (const p of this.#ports) this.portState(p.lagPort, this.usable(p));
     this.remap();
     emitGuarded(this, 'change', { config: cfg, mode: this.#mode });
   }
@@ -550,6 +678,7 @@ export class Bond extends EventEmitter {
 
   private precheck(op: string, cfg: TeamConfig, extra: readonly LagPortRef[]): void {
     if (this.#closed) throw new VerbsError('EBADF', op, `${this.name} is closed`, 'bond');
+    if (this.#left) throw new VerbsError('EBADF', op, `${this.name} left LAG`, 'bond');
     const decision = lagMode(cfg, this.refs(extra));
     const refusedBy: string[] = [];
     const info: BondPrechange = {
@@ -571,6 +700,73 @@ export class Bond extends EventEmitter {
       throw new LagRefusedError(code, op, decision.reason, decision.refusals, decision.refusals.map((r) => r.detail).join('; '));
     }
     if (refusedBy.length > 0) throw new LagRefusedError('EBUSY', op, 'refused-by-listener', [], `a prechange listener refused: ${refusedBy.join('; ')}`);
+  }
+
+  /** @internal createBond: how ordinary devices are opened when the bond leaves LAG */
+  reopen: { common: OpenDeviceOptions; gidTblLen: number | undefined } = { common: {}, gidTblLen: undefined };
+
+  /** whether the bond left LAG (leaveLag) */
+  get left(): boolean {
+    return this.#left;
+  }
+
+  /**
+   * Leaves LAG mode, as mlx5 does when the team stops being a LAG (a runner with no LAG mode, a port
+   * removed, the team deleted): one ordinary device per port takes the bond's place (softroce_<netdev>,
+   * on the member's link, as createBond makes them outside LAG), and:
+   * - keepResources false (the Mellanox manual's RoCE LAG: entering or leaving LAG re-registers the
+   *   device): the bond device gets IBV_EVENT_DEVICE_FATAL ('async' DEVICE_FATAL), every QP moves to
+   *   ERR and its outstanding work requests complete with WR_FLUSH_ERR on CQs that stay pollable; the
+   *   device is unregistered (gone from the bonds; it sends and receives nothing more) and its users
+   *   close it (which no longer closes the ports' links, now the new devices');
+   * - keepResources true (VF-LAG): nothing fatal, the bond device keeps its resources and becomes port
+   *   1's device; QPs on port 2 move to port 1 (remapped as off a down port, traffic redirected) and
+   *   port 2 goes to a new ordinary device.
+   * Then 'leftLag' { devices, keepResources }. Resolves to the devices, port order.
+   */
+  async leaveLag(): Promise<readonly Device[]> {
+    const op = 'leaveLag';
+    if (this.#closed || this.#left) throw new VerbsError('EBADF', op, `${this.name} is no longer a LAG device`, 'bond');
+    const keep = this.keepResources;
+    const open = async (p: PortRec): Promise<Device> => {
+      const { gidTblLen } = this.reopen;
+      return openDeviceWith(
+        {
+          ...this.reopen.common,
+          name: `softroce_${p.netdev}`,
+          address: p.link.localIp,
+          netdev: p.netdev,
+          link: p.link,
+          ...(gidTblLen !== undefined ? { gidTblLen } : {}),
+        },
+        (n, s, m) => new Device(n, s, m),
+      );
+    };
+    this.#left = true;
+    if (keep) {
+      this.#lacp?.stop();
+      this.#lacp = null;
+      for (const p of this.#ports) this.portState(p.lagPort, this.usable(p));
+      const others: Device[] = [];
+      for (const p of this.#ports.slice(1)) {
+        this.#link.release(p.lagPort - 1);
+        p.watch.stop();
+        others.push(await open(p));
+      }
+      const devices = [this.device, ...others];
+      emitGuarded(this, 'leftLag', { devices, keepResources: true });
+      return devices;
+    }
+    this.stop();
+    this.device.asyncEvent({ type: 'DEVICE_FATAL' });
+    for (const qp of [...this.device.qps.values()]) if (!qp.closed && qp.state !== 'RESET' && qp.state !== 'ERR') qp.modify({ state: 'ERR' });
+    const devices: Device[] = [];
+    for (const p of this.#ports) {
+      this.#link.release(p.lagPort - 1);
+      devices.push(await open(p));
+    }
+    emitGuarded(this, 'leftLag', { devices, keepResources: false });
+    return devices;
   }
 
   /** Closes the bond device (and the ports' links). */
@@ -774,7 +970,11 @@ export async function createBond(config: string | object, o: CreateBondOptions):
     specs: team,
     linkWatchIo: o.linkWatchIo,
     resolveHost: o.resolveHost,
+    lacpIo: o.lacpIo ?? (given ? 'none' : 'packet'),
+    ...(o.systemMac !== undefined ? { systemMac: o.systemMac } : {}),
   });
+  bond.keepResources = o.keepResources === true;
+  bond.reopen = { common, gidTblLen: o.gidTblLen };
   dev.bond = bond;
   openBonds.add(name);
   return { lag: true, mode: decision.mode, bond, device: dev };

@@ -44,7 +44,9 @@ export type AsyncEventType =
   | 'PORT_ACTIVE'
   | 'PORT_ERR'
   | 'CQ_ERR'
-  | 'GID_CHANGE';
+  | 'GID_CHANGE'
+  /** the device is going away with its resources (IBV_EVENT_DEVICE_FATAL; a LAG device re-registered: src/lag) */
+  | 'DEVICE_FATAL';
 export interface AsyncEvent {
   type: AsyncEventType;
   qp?: Qp;

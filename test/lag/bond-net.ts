@@ -6,7 +6,7 @@
 import { FakeScheduler } from '../../src/roce/sched.js';
 import { MemNetwork } from '../../src/roce/link/link.js';
 import type { AddressSource, IfAddr, NetdevInfo } from '../../src/verbs/addr-watch.js';
-import { createBond, type Bond, type BondResult } from '../../src/lag/bond.js';
+import { createBond, type Bond, type BondResult, type CreateBondOptions } from '../../src/lag/bond.js';
 
 /** The host's interface addresses, as a test says they are (the bond's address on its team device). */
 export class FakeHost implements AddressSource {
@@ -45,7 +45,14 @@ export function teamConfig(runner: string | Record<string, unknown>, extra: Reco
 }
 
 /** createBond on `n` at `address` (a host of its own: the team device has that address), ports eth1 / eth2 on segments w1 / w2. */
-export async function bondAt(n: BondNet, address: string, config: Record<string, unknown>, names: string[] = [], given?: FakeHost): Promise<BondResult> {
+export async function bondAt(
+  n: BondNet,
+  address: string,
+  config: Record<string, unknown>,
+  names: string[] = [],
+  given?: FakeHost,
+  more: Pick<CreateBondOptions, 'lacpIo' | 'systemMac' | 'keepResources'> = {},
+): Promise<BondResult> {
   const host = given ?? new FakeHost([]);
   host.addrs.push({ name: typeof config['device'] === 'string' ? config['device'] : 'team0', address, family: 4 });
   return createBond(config, {
@@ -57,6 +64,7 @@ export async function bondAt(n: BondNet, address: string, config: Record<string,
     scheduler: n.fake,
     addresses: host,
     devicesInUse: names,
+    ...more,
   });
 }
 
