@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { loadNative } from '../../src/native.js';
 import { DEVS, GUEST_CLIENT, GUEST_IP, GUEST_SERVER, HOST_IP, LAB, LAB_DIR, ROOT, guest, host, lab, oneLine, tail, type Res } from './lab.js';
 import { cmCases, cmName, runCmCase } from './cm.js';
+import { arpFlux, lagCases, lagCleanup, lagName, lagSetup, lagTeardown, runLagCase } from './lag.js';
 
 function cannotRun(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, qemu taps)';
@@ -168,6 +169,9 @@ async function main(): Promise<number> {
     `interop: lab ${LAB_DIR}; mode: ${native ? 'native addon (IP_PMTUDISC_DO: IPv4 ID 0), ipid0 rule OFF' : 'pure JS (dgram) with the lab ipid0 nftables rule ON (crutch)'}`,
   );
   if (process.env['CI']) await lab(['down']); // a fresh lab: nothing left from an earlier run
+  // Two NICs per guest: the LAG cases (lag.ts) need the second one; the others use eth0 only
+  // (with the guests' ARP answered per NIC: arpFlux).
+  process.env['LAB_NICS'] ??= '2';
   const up = await lab(['up', '2'], 900_000);
   if (up.code !== 0) {
     // The lab itself (image build from Debian's archive, qemu boot) is infrastructure, not a case.
@@ -175,6 +179,7 @@ async function main(): Promise<number> {
     return 3;
   }
   await lab(['ipid0', native ? 'off' : 'on']);
+  if (process.env['LAB_NICS'] === '2') await arpFlux([GUEST_SERVER, GUEST_CLIENT]);
   const gids = await host(`env ${DEVS} node ${join(ROOT, 'bin', 'show_gids.js')}`, 30_000);
   const row = gids.out.split('\n').find((l) => l.includes(HOST_IP) && /\tv2\t/.test(l));
   const gidx = row ? Number(row.split('\t')[2]) : NaN;
@@ -205,6 +210,7 @@ async function main(): Promise<number> {
       return false;
     }
     await lab(['ipid0', native ? 'off' : 'on']);
+    if (process.env['LAB_NICS'] === '2') await arpFlux([GUEST_SERVER, GUEST_CLIENT]);
     if (jumbo) await setJumbo(true);
     if (lossy) await setLossy(true);
     return (await labSick()) === null;
@@ -303,6 +309,41 @@ async function main(): Promise<number> {
             .map((l) => `    ${l}`)
             .join('\n')}`,
         );
+  }
+  // LAG (issue 14): last, since it re-cables the lab (host ports, guest 1's bond; rxe off guest 1 at the end).
+  const lags = lagCases().filter((c) => !only || lagName(c).includes(only));
+  if (lags.length > 0 && process.env['LAB_NICS'] !== '2') {
+    fail += lags.length;
+    console.log(`FAIL lag: ${lags.length} cases need LAB_NICS=2 (the lab runs LAB_NICS=${process.env['LAB_NICS']})`);
+  } else if (lags.length > 0) {
+    const l = await lagSetup();
+    if (typeof l === 'string') {
+      fail += lags.length;
+      console.log(`FAIL lag: ${l} (${lags.length} cases not run)`);
+    } else {
+      console.log(`interop: lag: rxe on guest 1's bond0 GID index ${l.rxeGidx}; softroce_bond_0 on labhp1+labhp2 GID index ${l.bondGidx}`);
+      for (const c of lags) {
+        const t0 = Date.now();
+        let notes: string[] = [];
+        let why = await runLagCase(c, l, notes).catch((e: unknown) => String(e));
+        let note = '';
+        // One retry, as every other case (TCG: a slow guest, perftest's clock calibration).
+        if (why !== null) {
+          note = ` after 1 retry (first: ${why})`;
+          await lagCleanup();
+          notes = [];
+          why = await runLagCase(c, l, notes).catch((e: unknown) => String(e));
+        }
+        const dt = ((Date.now() - t0) / 1000).toFixed(1);
+        if (why === null) pass++;
+        else fail++;
+        console.log(`${why === null ? 'PASS' : 'FAIL'} ${lagName(c)} (${dt}s)${why === null ? '' : `: ${why}`}${note}`);
+        // what the bond saw and when (the failover timeline, for the note)
+        for (const n of notes) console.log(`  ${n}`);
+        if (why !== null) await lagCleanup();
+      }
+    }
+    await lagTeardown();
   }
   if (!native) await lab(['ipid0', 'off']);
   if (process.env['INTEROP_KEEP_UP'] !== '1') await lab(['down']);
