@@ -27,9 +27,8 @@ import { getDeviceList } from '../verbs/discovery.js';
 import { DEFAULT_GID_TBL_LEN } from '../verbs/gid-table.js';
 import { emitGuarded } from '../verbs/emit.js';
 import type { Qp } from '../verbs/qp.js';
-import { hostAddressSource, type AddressSource, type IfAddr } from '../verbs/addr-watch.js';
+import type { AddressSource } from '../verbs/addr-watch.js';
 import { loadNative } from '../native.js';
-import { netdevExists } from '../roce/link/carrier.js';
 import type { AsyncEvent } from '../verbs/device.js';
 import type { Link } from '../roce/link/link.js';
 import type { CounterName } from '../roce/counters.js';
@@ -804,7 +803,8 @@ export function queryLagPort(qp: Qp): LagPortInfo {
  * BEFORE bind (SO_BINDTODEVICE: udp_lib_lport_inuse lets sockets on different bound devices share a
  * port; each then gets its own netdev's datagrams, compute_score). Only the addon's IPv4 socket does
  * that (Node's dgram socket binds first, and has no SO_BINDTODEVICE): without it, EOPNOTSUPP naming
- * `ports` before anything is bound. (No CAP_NET_RAW: the bind fails with EPERM, also named `ports`.)
+ * `ports` before anything is bound. (A refused SO_BINDTODEVICE, EPERM: kernels before 5.7 want CAP_NET_RAW
+ * even for the first binding of a socket, is rethrown naming `ports` too.)
  */
 function checkRealPorts(op: string, team: readonly BondPortSpec[], native: 'auto' | 'on' | 'off'): void {
   const byAddr = new Map<string, number>();
@@ -829,33 +829,6 @@ function checkRealPorts(op: string, team: readonly BondPortSpec[], native: 'auto
       `team ports sharing ${shared.address} need one socket per netdev bound with SO_BINDTODEVICE before bind, which needs the addon's IPv4 socket: ${why}`,
       'ports',
     );
-}
-
-/**
- * The bond device's addresses when no team netdev of that name exists here (softroce's bond is in user
- * space; its members carry its address): the members' addresses, under the team device's name, so the
- * bond port's GID table has the bond's address (roce_gid_mgmt.c fills a bond's table from the bond
- * netdev's addresses). The host's source otherwise (its watch: addresses that come and go).
- */
-function memberAddresses(team: string, members: readonly string[]): AddressSource {
-  const set = new Set(members);
-  return {
-    list() {
-      const seen = new Set<string>();
-      const out: IfAddr[] = [];
-      for (const a of hostAddressSource.list()) {
-        const dev = a.name.split(':')[0]!;
-        if (dev === team) out.push(a);
-        else if (set.has(dev) && !seen.has(a.address)) {
-          seen.add(a.address);
-          out.push({ name: team, address: a.address, family: a.family });
-        }
-      }
-      return out;
-    },
-    netdevs: hostAddressSource.netdevs,
-    watch: (changed) => hostAddressSource.watch(changed),
-  };
 }
 
 /**
@@ -892,7 +865,7 @@ export async function createBond(config: string | object, o: CreateBondOptions):
     }
   } catch (e) {
     if (!given) for (const l of links) await l.close().catch(() => undefined);
-    // SO_BINDTODEVICE refused (no CAP_NET_RAW): the ports cannot be had, said of the ports.
+    // SO_BINDTODEVICE refused (EPERM without CAP_NET_RAW before Linux 5.7): the ports cannot be had, said of the ports.
     if (e instanceof VerbsError && e.argument === 'netdev')
       throw new VerbsError(e.code, op, `a team port's socket cannot be bound to its netdev: ${e.message}`, 'ports');
     throw e;
@@ -936,22 +909,7 @@ export async function createBond(config: string | object, o: CreateBondOptions):
   let dev: BondDevice;
   try {
     dev = (await openDeviceWith(
-      {
-        ...common,
-        ...(o.addresses === undefined && !given && !netdevExists(netdev)
-          ? {
-              addresses: memberAddresses(
-                netdev,
-                team.map((p) => p.netdev),
-              ),
-            }
-          : {}),
-        name,
-        address: bondLink.localIp,
-        netdev,
-        link: bondLink,
-        gidTblLen: bondGidTableSize(o.gidTblLen ?? DEFAULT_GID_TBL_LEN),
-      },
+      { ...common, name, address: bondLink.localIp, netdev, link: bondLink, gidTblLen: bondGidTableSize(o.gidTblLen ?? DEFAULT_GID_TBL_LEN) },
       (n, s, m) => new BondDevice(n, s, m),
     )) as BondDevice;
   } catch (e) {
