@@ -11,16 +11,24 @@
  * Each entry: { "config": <teamd's JSON config>, "ports": [{ "netdev", "address", "udpPort"? }, ...],
  * "device"?: the RDMA device whose ports they are, "socket"?: the control socket's path,
  * "links"?: "memory" (in-process links that reach nothing: for tests and to try the tools without
- * netdevs) }. Entry i is softroce_bond_<i>, as mlx5 numbers mlx5_bond_<n>.
+ * netdevs), "log"?: a file the bond's events are appended to }; or { "follow": "<Linux bond netdev>",
+ * "log"? }: the device follows that Linux bond (linux-bond.ts, the mlx5 model: the kernel's bond does
+ * the failover). Entry i is softroce_bond_<i>, as mlx5 numbers mlx5_bond_<n>.
+ *
+ * The log: one line per event with its ISO time ("open ...", "portDown 1 eth1", "portUp ...",
+ * "activePortChanged 1 -> 2", "change ...", and at close the per-port and RC retry counters), what
+ * teamd writes to syslog at a failover, for a user (and the lab's LAG cases) to see when the bond
+ * moved its traffic while a tool ran.
  */
-import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { appendFileSync, readFileSync } from 'node:fs';
+import { homedir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { getDeviceList, openDevice, type Device, type DeviceDescriptor } from '../verbs/device.js';
 import { VerbsError } from '../verbs/errors.js';
 import { MemNetwork } from '../roce/link/link.js';
 import { RealScheduler } from '../roce/sched.js';
-import { createBond, type BondPortSpec } from '../lag/bond.js';
+import { createBond, type Bond, type BondPortSpec } from '../lag/bond.js';
+import { followLinuxBond, type LinuxBondFollower } from '../lag/linux-bond.js';
 
 export interface BondEntry {
   /** softroce_bond_<i> */
@@ -30,6 +38,10 @@ export interface BondEntry {
   readonly device?: string;
   readonly socket?: string;
   readonly links?: 'memory';
+  /** a Linux bond netdev to follow instead of config + ports */
+  readonly follow?: string;
+  /** where the bond's events are appended */
+  readonly log?: string;
 }
 
 function bad(what: string): never {
@@ -38,6 +50,13 @@ function bad(what: string): never {
 
 function entry(e: unknown, i: number, from: string): BondEntry {
   const o = (typeof e === 'object' && e !== null ? e : {}) as Record<string, unknown>;
+  if (o['log'] !== undefined && typeof o['log'] !== 'string') bad(`${from}: bond ${i}: "log" must be a path`);
+  const log = typeof o['log'] === 'string' ? { log: o['log'] } : {};
+  if (o['follow'] !== undefined) {
+    if (typeof o['follow'] !== 'string' || o['follow'] === '') bad(`${from}: bond ${i}: "follow" must name a Linux bond netdev`);
+    if (o['config'] !== undefined || o['ports'] !== undefined) bad(`${from}: bond ${i}: "follow" takes no "config" or "ports" (the Linux bond has them)`);
+    return { name: `softroce_bond_${i}`, config: {}, ports: [], follow: o['follow'], ...log };
+  }
   if (typeof o['config'] !== 'object' || o['config'] === null) bad(`${from}: bond ${i} needs a "config" (teamd's JSON config)`);
   const ports = o['ports'];
   if (!Array.isArray(ports) || ports.length === 0) bad(`${from}: bond ${i} needs "ports": [{ "netdev", "address" }, ...]`);
@@ -56,6 +75,7 @@ function entry(e: unknown, i: number, from: string): BondEntry {
     ...(typeof o['device'] === 'string' ? { device: o['device'] } : {}),
     ...(typeof o['socket'] === 'string' ? { socket: o['socket'] } : {}),
     ...(o['links'] === 'memory' ? { links: 'memory' as const } : {}),
+    ...log,
   };
 }
 
@@ -88,6 +108,12 @@ export function bondEntries(env: NodeJS.ProcessEnv = process.env): BondEntry[] {
 export function cliDeviceList(env: NodeJS.ProcessEnv = process.env): DeviceDescriptor[] {
   const list = getDeviceList(env);
   for (const b of bondEntries(env)) {
+    if (b.follow !== undefined) {
+      // the Linux bond's own address, as followLinuxBond binds it
+      const a = (networkInterfaces()[b.follow] ?? []).find((x) => x.family === 'IPv4');
+      list.push({ name: b.name, netdev: b.follow, address: a?.address ?? '0.0.0.0' });
+      continue;
+    }
     const dev = (b.config as { device?: unknown }).device;
     list.push({ name: b.name, netdev: typeof dev === 'string' ? dev : 'team0', address: b.ports[0]!.address });
   }
@@ -113,6 +139,12 @@ export async function openCliDevice(name: string, o: OpenCliDeviceOptions = {}):
   const i = entries.findIndex((b) => b.name === name);
   if (i < 0) return openDevice({ name });
   const b = entries[i]!;
+  if (b.follow !== undefined) {
+    const r = await followLinuxBond(b.follow, { devicesInUse: entries.slice(0, i).map((x) => x.name) });
+    if (!r.lag) throw new VerbsError('EINVAL', 'ibv_open_device', `${name}: ${b.follow} makes no LAG device (${r.reason}: ${r.detail})`, 'follow');
+    if (b.log !== undefined) logFollower(r.bond, r.device, b.log);
+    return r.device;
+  }
   const memory = o.memory === true || b.links === 'memory';
   const sched = new RealScheduler();
   const net = memory ? new MemNetwork(sched) : null;
@@ -132,6 +164,7 @@ export async function openCliDevice(name: string, o: OpenCliDeviceOptions = {}):
       'config',
     );
   }
+  if (b.log !== undefined) logBond(r.bond, r.device, b.log);
   if (o.listen !== false) {
     try {
       await r.bond.listen(b.socket);
@@ -141,4 +174,54 @@ export async function openCliDevice(name: string, o: OpenCliDeviceOptions = {}):
     }
   }
   return r.device;
+}
+
+/** One line per event, appended with its time; a log that cannot be written is not the tool's failure. */
+function logger(path: string): (line: string) => void {
+  return (line) => {
+    try {
+      appendFileSync(path, `${new Date().toISOString()} ${line}\n`);
+    } catch {
+      // (the tool runs on without its log)
+    }
+  };
+}
+
+/** A bond's events while a tool runs, and what it counted at close (per physical port, RC retries). */
+function logBond(bond: Bond, device: Device, path: string): void {
+  const log = logger(path);
+  const ports = (): string => bond.ports.map((p) => `${p.lagPort}=${p.netdev}${p.up ? '' : '(down)'}`).join(' ');
+  log(`open ${device.name} mode ${bond.mode} ports ${ports()} active ${String(bond.activePort)}`);
+  bond.on('portDown', (e: { port: number; netdev: string }) => log(`portDown ${e.port} ${e.netdev}`));
+  bond.on('portUp', (e: { port: number; netdev: string }) => log(`portUp ${e.port} ${e.netdev}`));
+  bond.on('activePortChanged', (e: { from: number | null; to: number | null }) => log(`activePortChanged ${String(e.from)} -> ${String(e.to)}`));
+  bond.on('change', (e: { mode: string }) => log(`change mode ${e.mode}`));
+  device.once('close', () => {
+    const per = bond.ports.map((p) => {
+      const k = bond.portCounters(p.lagPort);
+      return `port ${p.lagPort} sent ${k.sent_pkts} rx ${k.rx_datagrams}`;
+    });
+    log(`close ${device.name}: ${per.join(', ')}; ${retries(device)}; qpMoves ${bond.stats.qpMoves} portDowns ${bond.stats.portDowns}`);
+  });
+}
+
+/** A followed Linux bond's events (linux-bond.ts), the same way. */
+function logFollower(bond: LinuxBondFollower, device: Device, path: string): void {
+  const log = logger(path);
+  const st = bond.state;
+  const slaves = st.slaves.map((s, i) => `${i + 1}=${s.name}${s.up ? '' : '(down)'}`).join(' ');
+  log(`follow ${bond.netdev} as ${device.name} mode ${bond.mode} (${st.mode}) slaves ${slaves} active ${String(st.activeSlave)} miimon ${st.miimon}`);
+  bond.on('portDown', (e: { port: number; netdev: string }) => log(`portDown ${e.port} ${e.netdev}`));
+  bond.on('portUp', (e: { port: number; netdev: string }) => log(`portUp ${e.port} ${e.netdev}`));
+  bond.on('activePortChanged', (e: { from: number | null; to: number | null; toNetdev: string | null }) =>
+    log(`activePortChanged ${String(e.from)} -> ${String(e.to)} (${String(e.toNetdev)})`),
+  );
+  bond.on('change', (e: { mode: string; lag: boolean }) => log(`change mode ${e.mode} lag ${String(e.lag)}`));
+  device.once('close', () => log(`close ${device.name}: ${retries(device)}; ${JSON.stringify(bond.stats)}`));
+}
+
+function retries(device: Device): string {
+  const d = device.counters(1);
+  const n = (k: string): number => d[k] ?? 0;
+  return `sent ${n('sent_pkts')} rcvd ${n('rcvd_pkts')} timeouts ${n('timeouts')} rcvd_seq_err ${n('rcvd_seq_err')} out_of_sequence ${n('out_of_sequence')} duplicate_request ${n('duplicate_request')}`;
 }

@@ -14,8 +14,8 @@
  *   the slave go down and the active slave change. (rxe on the bond loses its QP on that same
  *   failover: the lab README; so this pairing has softroce on the bond, rxe on a plain NIC.)
  *
- * The tools open the bond by name through the fixture bond-open.ts (until the tools have their own
- * way). ARP: with two NICs per guest on one bridge, a guest answers ARP for its address on the NIC
+ * The tools open the bond by name as a user would: a SOFTROCE_BONDS entry (src/cli/open-device.ts),
+ * with "log" naming the file the bond's events go to (the timeline each case checks). ARP: with two NICs per guest on one bridge, a guest answers ARP for its address on the NIC
  * without it too (arp_ignore 0) and rxe, which takes RoCE only on its own netdev, then drops what
  * arrives on the other one: `arpFlux` (run.ts) sets arp_ignore 1 / arp_announce 2 in the guests.
  */
@@ -28,7 +28,6 @@ import { GUEST_IP, ROOT, guest, host, lab, sleep, tail, type Res } from './lab.j
 export const BOND_IP = '198.18.0.2';
 const HP = [1, 2] as const;
 const LAB_RUN = process.env['LAB_RUN'] ?? '/run/roce-lab';
-const FIXTURE = join(ROOT, 'dist', 'test', 'interop', 'bond-open.js');
 
 export interface LagCase {
   kind: 'host-bond' | 'guest-follow';
@@ -80,8 +79,18 @@ export interface LagLab {
   bondGidx: number;
 }
 
-const bondEnv = (log: string): string =>
-  `SOFTROCE_DEVICES=softroce_bond_0=labhp1:${BOND_IP}+labhp2:${BOND_IP} SOFTROCE_LAB_BOND=softroce_bond_0 SOFTROCE_LAB_BOND_LOG=${log}`;
+/** softroce_bond_0 as the tools open it: teamd's activebackup (ethtool watch) on labhp1 + labhp2, its events to `log`. */
+const bondEnv = (log: string): string => {
+  const entry = {
+    config: { device: 'team0', runner: { name: 'activebackup' }, ports: { labhp1: {}, labhp2: {} } },
+    ports: [
+      { netdev: 'labhp1', address: BOND_IP },
+      { netdev: 'labhp2', address: BOND_IP },
+    ],
+    log,
+  };
+  return `SOFTROCE_BONDS='${JSON.stringify([entry])}'`;
+};
 
 /**
  * The LAG topology: rxe on an active-backup bond in guest 1, host ports 1 and 2 with the bond's
@@ -104,7 +113,7 @@ export async function lagSetup(): Promise<LagLab | string> {
     `ip link set labhp2 address $(cat /sys/class/net/labhp1/address) && ip addr add ${BOND_IP}/24 dev labhp1 && ip addr add ${BOND_IP}/24 dev labhp2 && sysctl -qw net.ipv4.conf.all.arp_ignore=1`,
   ]);
   if (net.code !== 0) return `host ports: ${tail(net.err || net.out)}`;
-  const gids = await host(`env ${bondEnv('/dev/null')} node --import ${FIXTURE} ${join(ROOT, 'bin', 'show_gids.js')}`, 30_000);
+  const gids = await host(`env ${bondEnv('/dev/null')} node ${join(ROOT, 'bin', 'show_gids.js')}`, 30_000);
   const row = gids.out.split('\n').find((l) => l.includes(BOND_IP) && /\tv2\t/.test(l));
   const gidx = row ? Number(row.split('\t')[2]) : NaN;
   if (!Number.isInteger(gidx)) return `no RoCE v2 GID for ${BOND_IP} on softroce_bond_0: ${tail(gids.out + gids.err)}`;
@@ -162,7 +171,7 @@ export async function runLagCase(c: LagCase, l: LagLab, notes: string[]): Promis
   let ours: string, theirs: string, oursAt: 'host' | number, theirsAt: number, peerOfOurs: string, peerOfTheirs: string, log: string;
   if (c.kind === 'host-bond') {
     log = join(dir, 'bond.log');
-    ours = `env ${bondEnv(log)} node --import ${FIXTURE} ${join(ROOT, 'bin', `${c.tool}.js`)} -d softroce_bond_0 ${g} ${l.bondGidx} ${c.args}`;
+    ours = `env ${bondEnv(log)} node ${join(ROOT, 'bin', `${c.tool}.js`)} -d softroce_bond_0 ${g} ${l.bondGidx} ${c.args}`;
     theirs = `${c.tool} -d rxe0 ${g} ${l.rxeGidx} ${c.args}`;
     oursAt = 'host';
     theirsAt = 1;
@@ -173,8 +182,8 @@ export async function runLagCase(c: LagCase, l: LagLab, notes: string[]): Promis
     if (why !== null) return why;
     log = join(LAB_RUN, 'g1', 'follow.log');
     rmSync(log, { force: true });
-    const env = `SOFTROCE_DEVICES=softroce_bond_0=bond0:${GUEST_IP(1)} SOFTROCE_LAB_FOLLOW=bond0 SOFTROCE_LAB_BOND_LOG=/lab/follow.log`;
-    ours = `cd /lab/sr && env ${env} node --import ./dist/test/interop/bond-open.js bin/${c.tool}.js -d softroce_bond_0 ${g} 3 ${c.args}`;
+    const env = `SOFTROCE_BONDS='${JSON.stringify([{ follow: 'bond0', log: '/lab/follow.log' }])}'`;
+    ours = `cd /lab/sr && env ${env} node bin/${c.tool}.js -d softroce_bond_0 ${g} 3 ${c.args}`;
     theirs = `${c.tool} -d rxe0 ${g} 1 ${c.args}`;
     oursAt = 1;
     theirsAt = 2;
