@@ -8,12 +8,12 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bondAt, bondNet, bondOf, teamConfig } from '../lag/bond-net.js';
 import { teamdctl } from '../../src/cli/teamdctl.js';
-import { bondEntries, cliDeviceList } from '../../src/cli/open-device.js';
+import { bondEntries, cliDeviceList, openCliDevice } from '../../src/cli/open-device.js';
 import { ROOT } from '../helpers.js';
 import { loadNative } from '../../src/native.js';
 
@@ -189,6 +189,44 @@ t.test('SOFTROCE_BONDS: the tools list bonds by name', async (t) => {
   );
   t.throws(() => bondEntries({ SOFTROCE_BONDS: '[{"ports": []}]' }), { code: 'EINVAL', argument: 'SOFTROCE_BONDS' });
   t.throws(() => bondEntries({ SOFTROCE_BONDS: '{' }), { code: 'EINVAL' });
+});
+
+t.test('SOFTROCE_BONDS: "follow" names a Linux bond, "log" takes the bond\'s events', async (t) => {
+  const e = { SOFTROCE_DEVICES: 'x0=lo:127.0.72.9', SOFTROCE_BONDS: JSON.stringify([{ follow: 'lo', log: join(dir, 'f.log') }]) };
+  t.same(
+    bondEntries(e).map((b) => [b.name, b.follow, b.log]),
+    [['softroce_bond_0', 'lo', join(dir, 'f.log')]],
+  );
+  // listed on the followed netdev and its IPv4 address
+  t.same(
+    cliDeviceList(e).map((d) => `${d.name}:${d.netdev}:${d.address}`),
+    ['x0:lo:127.0.72.9', 'softroce_bond_0:lo:127.0.0.1'],
+  );
+  // lo is no Linux bond: the tool's open says why, naming the entry's "follow"
+  await t.rejects(openCliDevice('softroce_bond_0', { env: e }), { code: 'EINVAL', argument: 'follow', message: /lo makes no LAG device \(not-a-bond/ });
+  t.throws(() => bondEntries({ SOFTROCE_BONDS: '[{"follow": "bond0", "ports": []}]' }), {
+    code: 'EINVAL',
+    argument: 'SOFTROCE_BONDS',
+    message: /takes no "config" or "ports"/,
+  });
+  t.throws(() => bondEntries({ SOFTROCE_BONDS: '[{"follow": ""}]' }), { code: 'EINVAL', message: /must name a Linux bond netdev/ });
+  t.throws(() => bondEntries({ SOFTROCE_BONDS: '[{"follow": "bond0", "log": 5}]' }), { code: 'EINVAL', message: /"log" must be a path/ });
+
+  // a bond's log: its opening and, at close, what each physical port carried
+  const log = join(dir, 'b.log');
+  const cfg = { device: 'team7', runner: { name: 'activebackup' }, ports: { eth1: {}, eth2: {} } };
+  const ports = [
+    { netdev: 'eth1', address: '127.0.72.7' },
+    { netdev: 'eth2', address: '127.0.72.7' },
+  ];
+  const dev = await openCliDevice('softroce_bond_0', {
+    env: { SOFTROCE_BONDS: JSON.stringify([{ config: cfg, ports, links: 'memory', log }]) },
+    listen: false,
+  });
+  await dev.close();
+  const lines = readFileSync(log, 'utf8').trim().split('\n');
+  t.match(lines[0], /^\d{4}-\d\d-\d\dT\S+ open softroce_bond_0 mode active-backup ports 1=eth1 2=eth2 active 1$/);
+  t.match(lines.at(-1), /close softroce_bond_0: port 1 sent \d+ rx \d+, port 2 sent \d+ rx \d+; sent \d+ rcvd \d+ timeouts 0 .*qpMoves 0 portDowns 0$/);
 });
 
 t.test('against a tool process: ibv_rc_pingpong -d softroce_bond_0 queried while it waits for its client', async (t) => {
