@@ -53,11 +53,12 @@ export function lagCases(): LagCase[] {
     c.push({ kind: 'host-bond', tool: 'ibv_rc_pingpong', args: '-n 5000', role, cuts: hostCuts });
     c.push({ kind: 'host-bond', tool: 'ib_write_bw', args: '-n 3000', role, cuts: hostCuts });
   }
-  // {active}: the guest bond's active slave when the cut comes (eth0 -> NIC 1, eth1 -> NIC 2)
+  // {active}: the guest bond's active slave when the cut comes (eth0 -> NIC 1, eth1 -> NIC 2). -n 1500:
+  // ~70 iterations/s between two TCG guests, so the run outlasts both cuts (300 ended before the first).
   c.push({
     kind: 'guest-follow',
     tool: 'ibv_rc_pingpong',
-    args: '-n 300',
+    args: '-n 1500',
     role: 'softroce-client',
     cuts: [
       [4, 'link 1 {active} down'],
