@@ -221,8 +221,8 @@ export class Bond extends EventEmitter {
   /** @internal createBond */
   keepResources = false;
   #left = false;
-  /** failovers: QP moves from one port to the other, over the bond's life */
-  readonly stats = { qpMoves: 0, portDowns: 0, portUps: 0 };
+  /** failovers: QP moves from one port to the other, over the bond's life; resends: moves off a dead port that resent what was in flight */
+  readonly stats = { qpMoves: 0, portDowns: 0, portUps: 0, resends: 0 };
 
   /** @internal createBond */
   constructor(o: {
@@ -558,11 +558,17 @@ export class Bond extends EventEmitter {
       if (st === undefined) continue;
       const to = this.activeFor(st, up, sticky);
       if (to === st.active) continue;
+      const fromDead = up[st.active - 1] !== true;
       st.active = to;
       qp.txPort = this.#ports[to - 1]!.member;
       this.stats.qpMoves++;
-      // Its next packets (and the retransmissions of what the dead port lost) leave by the new port.
-      if (qp.state === 'RTS' || qp.state === 'SQD') this.device.kick(qp);
+      // Its next packets leave by the new port. Off a dead port, what it had in flight is resent
+      // there now rather than one ACK timeout later (retry.ts resendOnNewPath); back to a port
+      // that came up, the old one still carries what is in flight: no resend.
+      if (qp.state === 'RTS' || qp.state === 'SQD') {
+        if (!fromDead) this.device.kick(qp);
+        else if (this.device.resendOnNewPath(qp)) this.stats.resends++;
+      }
     }
   }
 

@@ -23,6 +23,7 @@ import type { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import type { Link } from '../roce/link/link.js';
 import { deviceRx } from '../roce/transport/recv.js';
 import { Engine } from '../roce/transport/engine.js';
+import { resendOnNewPath } from '../roce/transport/retry.js';
 import type { PortLike, QpEvent, TransportDevice, TransportQp } from '../roce/transport/types.js';
 import { ATTR, guidFromMac, type DeviceAttr, type PortAttr } from './device-attr.js';
 import { activeMtuFor, netdevMtu, portGids, type GidEntry } from './discovery.js';
@@ -352,6 +353,12 @@ export class Device extends EventEmitter implements TransportDevice {
   /** @internal schedule the requester of a QP (engine.ts) */
   kick(qp: TransportQp, soon = false): void {
     this.engine.kick(qp, soon);
+  }
+  /** @internal a LAG failover moved `qp` off a dead port: resend what it had in flight now (retry.ts); true if there was some */
+  resendOnNewPath(qp: TransportQp): boolean {
+    const resent = resendOnNewPath(qp);
+    this.engine.kick(qp, false);
+    return resent;
   }
   /** @internal the requester of `qp` found the tx pool of `port` empty: it runs again on 'drain', in its turn */
   waitTx(qp: TransportQp, port: PortLike, sentSome: boolean): void {

@@ -140,6 +140,25 @@ export function retry(qp: Qp): void {
   qp.device.kick(qp);
 }
 
+/**
+ * The QP's packets leave by another physical port from now on (a LAG failover: the bond moved it off
+ * a dead port). What it had in flight went into the dead port, so it is resent now on the new one
+ * instead of one ACK timeout later; not a retry: the peer did nothing wrong, retry_cnt is not spent
+ * and the window is kept (as APM's migration resends without a fault, IBA 17.2.8). Nothing to do
+ * when all is acknowledged, or while an RNR wait runs (its timer resends). mlx5 leaves this to the
+ * ACK timer, which costs a timeout (67 ms at timeout 14) per failover.
+ */
+export function resendOnNewPath(qp: Qp): boolean {
+  if (qp.type !== 'RC' || qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return false;
+  if (!unacked(qp) || qp.comp.rnrTimer !== null) return false;
+  qp.comp.retriedAt = qp.comp.psn;
+  qp.comp.sampleP = -1; // Karn: no round-trip sample across a resend
+  stopAckTimer(qp);
+  rewind(qp);
+  qp.device.kick(qp);
+  return true;
+}
+
 const MIN_WINDOW = 8;
 const MAX_WINDOW = 128;
 
