@@ -26,6 +26,8 @@ export interface CmCase {
   mask?: boolean;
   /** nothing serves: only the client runs, against a guest where nothing listens on the port */
   serverless?: boolean;
+  /** stderr lines the real tool prints or not by a race of its own: dropped from every side before comparing */
+  racy?: RegExp;
   /** longer than the default 90 s per side */
   ms?: number;
   /** the -t TOS given: every RoCE packet of the softroce pairings must carry it in the IP header, and the REQ SL 0 (capture on the bridge) */
@@ -48,7 +50,9 @@ export function cmCases(): CmCase[] {
   c.push({ tool: 'rping', server: '-s -a {self} -v -C 100', client: '-c -a {peer} -v -V -C 100', port: 7174 });
   c.push({ tool: 'rping', server: '-s -a {self} -C 10 -S 23', client: '-c -a {peer} -V -C 10 -S 23', port: 7174 });
   c.push({ tool: 'rping', server: '-s -a {self} -C 10 -S 65535', client: '-c -a {peer} -V -C 10 -S 65535', port: 7174 });
-  c.push({ tool: 'rping', server: '', client: '-c -a {peer} -p 7175 -C 1', serverless: true });
+  // rping's cm_thread exit()s on the REJECTED event while main prints "wait for CONNECTED state 4": the
+  // real client prints that line or not, as the race goes (rdma-core 44 rping.c cm_thread)
+  c.push({ tool: 'rping', server: '', client: '-c -a {peer} -p 7175 -C 1', serverless: true, racy: /^wait for CONNECTED state \d+$/ });
   // udaddy: SIDR and UD sends, 1 and 10 ids, small and MTU-sized messages
   c.push({ tool: 'udaddy', server: '', client: '-s {peer}', port: 7174 });
   c.push({ tool: 'udaddy', server: '-c 10 -C 5 -S 1', client: '-s {peer} -c 10 -C 5 -S 1', port: 7174 });
@@ -154,7 +158,11 @@ async function runPairing(c: CmCase, p: Pairing): Promise<{ srv: Side | null; cl
   const client = await (p === 'rxe-server' ? host(wrap(ours(c.tool, cliArgs)), ms) : guest(GUEST_CLIENT, wrap(`${c.tool} ${cliArgs}`), ms));
   if (c.daemon) await cmCleanup();
   const srv = server ? await server : null;
-  return { srv: srv && split(srv, !!c.mask), cli: split(client, !!c.mask) };
+  const side = (r: Res): Side => {
+    const x = split(r, !!c.mask);
+    return c.racy === undefined ? x : { ...x, err: x.err.filter((l) => !c.racy!.test(l)), out: x.out.filter((l) => !c.racy!.test(l)) };
+  };
+  return { srv: srv && side(srv), cli: side(client) };
 }
 
 function diff(role: string, got: Side, want: Side): string | null {
