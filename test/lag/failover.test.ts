@@ -14,6 +14,7 @@ import type { Device } from '../../src/verbs/device.js';
 import type { Qp } from '../../src/verbs/qp.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mr } from '../../src/verbs/mr.js';
+import { Rng } from '../helpers.js';
 
 const MSGS = 64;
 const SIZE = 4096;
@@ -22,14 +23,9 @@ const DELAY_UP = 20;
 /** ms between pulling cable 1 and plugging it back */
 const OUTAGE = 40;
 
+/** deterministic stream contents (test/helpers.ts's xorshift) */
 function fill(buf: Buffer, seed: number): void {
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < buf.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    buf[i] = x & 0xff;
-  }
+  buf.set(new Rng(seed).bytes(buf.length));
 }
 
 interface End {
