@@ -396,6 +396,25 @@ function drainSeq(n: SeqNative, fd: number, onMsg: (m: string) => void): boolean
   return true;
 }
 
+/**
+ * The stream transport's framing (no addon: SOCK_STREAM, one message per NUL), both ways: `onMsg` gets
+ * each whole message. A peer that sends a megabyte without a NUL is not a teamdctl: dropped.
+ */
+function onNulFrames(s: Socket, onMsg: (msg: string) => void): void {
+  let buf = '';
+  s.setEncoding('utf8');
+  s.on('data', (d: string) => {
+    buf += d;
+    let z: number;
+    while ((z = buf.indexOf('\0')) >= 0) {
+      const msg = buf.slice(0, z);
+      buf = buf.slice(z + 1);
+      onMsg(msg);
+    }
+    if (buf.length > 1 << 20) s.destroy();
+  });
+}
+
 // ---- the server ----
 
 /** The bond's control socket: each message answered by handleRequest. */
@@ -515,19 +534,9 @@ export class BondCtlServer {
     }
     this.#conns.add(s);
     s.unref();
-    let buf = '';
-    s.setEncoding('utf8');
-    s.on('data', (d: string) => {
-      buf += d;
-      let z: number;
-      while ((z = buf.indexOf('\0')) >= 0) {
-        const msg = buf.slice(0, z);
-        buf = buf.slice(z + 1);
-        const reply = this.answer(msg);
-        if (reply !== null) s.write(reply + '\0');
-      }
-      // a client that sends megabytes without a NUL is not a teamdctl
-      if (buf.length > 1 << 20) s.destroy();
+    onNulFrames(s, (msg) => {
+      const reply = this.answer(msg);
+      if (reply !== null) s.write(reply + '\0');
     });
     s.on('error', () => undefined);
     s.on('close', () => this.#conns.delete(s));
@@ -654,16 +663,7 @@ export class TeamdCtlClient {
           (msg) => s.write(msg + '\0'),
           () => s.destroy(),
         );
-        let buf = '';
-        s.setEncoding('utf8');
-        s.on('data', (d: string) => {
-          buf += d;
-          let z: number;
-          while ((z = buf.indexOf('\0')) >= 0) {
-            c.push(buf.slice(0, z));
-            buf = buf.slice(z + 1);
-          }
-        });
+        onNulFrames(s, (msg) => c.push(msg));
         const end = (): void => c.end();
         s.on('end', end);
         s.on('close', end);
