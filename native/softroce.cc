@@ -1032,6 +1032,9 @@ static Napi::Value FdWatchStop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The TX fast path (fast-tx.cc): txSegments, txCrc32, txCrcBench.
+void InitFastTx(Napi::Env env, Napi::Object exports);
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
@@ -1057,6 +1060,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("unixSend", Napi::Function::New(env, UnixSend));
   exports.Set("fdWatchStart", Napi::Function::New(env, FdWatchStart));
   exports.Set("fdWatchStop", Napi::Function::New(env, FdWatchStop));
+  InitFastTx(env, exports);
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, (double)(SOL_SOCKET)));
   c.Set("IPPROTO_IP", Napi::Number::New(env, (double)(IPPROTO_IP)));

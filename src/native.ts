@@ -58,6 +58,34 @@ export interface NativeAddon {
   fdWatchStart?(fd: number, cb: (status: number) => void): object | number;
   /** stops the watch and closes its fd */
   fdWatchStop?(h: object): void;
+  /**
+   * The TX fast path (fast-tx.cc): n packets of one message, packet k's headers at hdr[k * TX_HDR_STRIDE]
+   * (meta[2k] bytes; meta[2k+1] payload bytes), the payload the concatenation of bufs[i][pieces[2i],
+   * + pieces[2i+1]); C writes the pad, the ICRC (for srcIp:srcPort -> dstIp:dstPort and, with gso,
+   * each segment's IPv4 ID) and sends them with one sendmmsg of UDP GSO runs. Packets sent, or
+   * -errno (none sent; EAGAIN: the socket is full).
+   */
+  txSegments?(
+    fd: number,
+    dstIp: number,
+    dstPort: number,
+    tos: number,
+    srcIp: number,
+    srcPort: number,
+    gso: number,
+    hdr: Buffer,
+    meta: Uint32Array,
+    n: number,
+    bufs: Buffer[],
+    pieces: Uint32Array,
+    nPieces: number,
+  ): number;
+  /** the chained CRC-32 the fast path computes ICRCs with (zlib's, as zlib.crc32) */
+  txCrc32?(crc: number, buf: Buffer, off: number, len: number): number | null;
+  /** [GB/s, implementation name, crc]: the fast path's CRC-32 over `bytes`, `rounds` times */
+  txCrcBench?(bytes: number, rounds: number): [number, string, number] | null;
+  /** the header stride of txSegments' `hdr` */
+  TX_HDR_STRIDE?: number;
   constants: Record<string, number>;
 }
 

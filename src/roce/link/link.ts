@@ -98,6 +98,40 @@ export interface BatchStats {
   rxDatagrams: number;
   rxGroSegments: number;
   sendErrors: number;
+  /** TX fast path (sendSegments): calls, and the packets they sent (absent: the link has none) */
+  fastTxCalls?: number;
+  fastTxPackets?: number;
+}
+
+/** Bytes per packet in SegmentRun.hdr: the longest request header (BTH + RETH + ImmDt, 32) fits. */
+export const SEG_HDR_STRIDE = 64;
+/** Most packets in one SegmentRun (one requester budget). */
+export const SEG_MAX_PKTS = 64;
+
+/**
+ * A run of consecutive packets of one SEND / WRITE message for Link.sendSegments (issue 15's TX
+ * fast path): everything the transport decided, so the link only does per-packet mechanics. Reused
+ * by the caller; the link reads it during the call only.
+ */
+export interface SegmentRun {
+  /** packet k's headers (BTH first; PadCnt and ICRC left to the link) at k * SEG_HDR_STRIDE */
+  readonly hdr: Buffer;
+  /** per packet k: [2k] its header length, [2k+1] its payload length */
+  readonly meta: Uint32Array;
+  /** packets in the run */
+  n: number;
+  /** the payload (the message bytes of the run, in order): bufs[i][pieces[2i], + pieces[2i+1]) */
+  readonly bufs: Buffer[];
+  readonly pieces: Uint32Array;
+  nPieces: number;
+  /** the ICRC's addresses (IPv4, as numbers) and where the datagrams go */
+  srcIpNum: number;
+  dstIpNum: number;
+  dstIp: string;
+  dstPort: number;
+  tos: number;
+  /** the sending QP's flow port (the link picks the port it really leaves from, as sourcePort) */
+  srcPort: number;
 }
 
 export interface LinkInfo {
@@ -122,6 +156,15 @@ export interface Link extends LinkInfo {
    * UDP header) and passes that port to send(). Absent: always localPort.
    */
   sourcePort?(want: number): number;
+  /**
+   * TX fast path (issue 15): sends the packets of `run` (pad, ICRC, payload gathered from the
+   * run's buffers with no copy) after everything handed to send() before, and returns how many
+   * went: a prefix, 0..run.n. The rest was not sent (the socket is full, packets held earlier
+   * still wait, an error the per-packet path reports): the caller sends it the per-packet way.
+   * Present only on a plain native IPv4 link with the addon's txSegments and the fast path on
+   * (not through a wrapper, which must see every packet).
+   */
+  sendSegments?(run: SegmentRun): number;
   /** return an unsent tx buffer */
   freeTx(buf: Buffer): void;
   setReceiver(h: RxHandler): void;

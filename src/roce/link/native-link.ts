@@ -14,6 +14,7 @@ import type { NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { VerbsError } from '../errors.js';
 import { EAGAIN, UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
+import { SEG_HDR_STRIDE } from './link.js';
 
 const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES, EBADF } = osConstants.errno;
 
@@ -56,6 +57,12 @@ export class NativeLink extends UdpLinkBase {
     link.mcastSendFd(fd);
     if (o.netdev) link.mcaps.boundNetdev = o.netdev;
     link.batchOn(n, fd, process.env['SOFTROCE_GSO'] !== '0');
+    // The TX fast path (issue 15): on unless turned off for this link or the process.
+    if (n.txSegments !== undefined && n.TX_HDR_STRIDE === SEG_HDR_STRIDE && (o.fastPath ?? process.env['SOFTROCE_NO_FASTPATH'] !== '1')) {
+      link.sendSegments = (run) => link.sendRunFast(run);
+      link.batchStats.fastTxCalls = 0;
+      link.batchStats.fastTxPackets = 0;
+    }
     const slots = 32,
       slotSize = 65536;
     // Not zero-filled: the kernel writes a slot before JS reads it, and untouched pages of an
@@ -134,6 +141,9 @@ export class NativeLink extends UdpLinkBase {
   }
   protected sendBlocked(): boolean {
     return false;
+  }
+  protected override heldPackets(): boolean {
+    return this.pend.length > 0;
   }
   protected queueBehind(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): boolean {
     if (this.pend.length === 0) return false;

@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import * as dgram from 'node:dgram';
 import { closeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { TxPool, isMulticastIp, type BatchStats, type Link, type LinkBackend, type LinkCaps, type RxHandler } from './link.js';
+import { TxPool, isMulticastIp, type BatchStats, type Link, type LinkBackend, type LinkCaps, type RxHandler, type SegmentRun } from './link.js';
 import { dgramFd, loadNative, type NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { icrcIdDelta } from '../icrc.js';
@@ -43,6 +43,12 @@ export interface UdpLinkOptions {
    * 0: every datagram leaves from the port's own socket (localPort).
    */
   txSockets?: number;
+  /**
+   * The TX fast path (issue 15, Link.sendSegments): true (default) where the addon has it (native
+   * IPv4), unless SOFTROCE_NO_FASTPATH=1 (read when the link opens); false: every packet goes the
+   * per-packet way (tests compare the two).
+   */
+  fastPath?: boolean;
 }
 
 /**
@@ -191,6 +197,50 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
 
   /** A packet a batch did not send, in order: held for the socket (native) or handed to dgram. */
   protected abstract sendAside(buf: Buffer, len: number, ip: string, port: number, tos: number, sport: number): void;
+  /** The TX fast path (Link.sendSegments), set when the link opens with it on (NativeLink.open). */
+  sendSegments?: (run: SegmentRun) => number;
+
+  /**
+   * Link.sendSegments: what this turn queued goes first (order), nothing may overtake packets held
+   * for the socket (then 0: the caller's per-packet sends queue behind them). The datagrams leave
+   * from the flow port's socket (sourcePort, as finishAndSend asks it per packet: the pool's
+   * figures count the same), with GSO as sendRun would use it. A refusal that is not EAGAIN sends
+   * nothing and returns 0, so the per-packet path meets it and reports it as before; one that says
+   * the kernel has no UDP GSO turns GSO off for the link, as sendRun does, and the run goes again.
+   */
+  protected sendRunFast(run: SegmentRun): number {
+    const nat = this.native;
+    if (this.closed || nat === null || nat.txSegments === undefined || run.n <= 0) return 0;
+    if (this.qn > 0) this.flush();
+    if (this.sendBlocked() || this.heldPackets()) return 0;
+    const sp = this.sourcePort(run.srcPort);
+    const fd = this.fdFor(sp);
+    let r = -EAGAIN;
+    if (fd >= 0) {
+      for (;;) {
+        const gso = this.mcaps.gsoIcrcFixup;
+        r = nat.txSegments(fd, run.dstIpNum, run.dstPort, run.tos, run.srcIpNum, sp, gso ? 1 : 0, run.hdr, run.meta, run.n, run.bufs, run.pieces, run.nPieces);
+        if (r < 0 && gso && r !== -EAGAIN && !NOT_GSO_ERRORS.has(-r) && r !== -osConstants.errno.E2BIG && r !== -osConstants.errno.EINVAL) {
+          this.mcaps.gsoIcrcFixup = false;
+          continue;
+        }
+        break;
+      }
+    }
+    const sent = r > 0 ? r : 0;
+    // sourcePort counted one fallback; the per-packet path counts one per datagram.
+    if (sp !== run.srcPort && run.srcPort !== this.localPort) this.txStats.fallbacks += sent - 1;
+    if (sent > 0) {
+      this.batchStats.fastTxCalls = (this.batchStats.fastTxCalls ?? 0) + 1;
+      this.batchStats.fastTxPackets = (this.batchStats.fastTxPackets ?? 0) + sent;
+    }
+    return sent;
+  }
+  /** Packets still wait for the socket (native: its hold queue); a fast run must not overtake them. */
+  protected heldPackets(): boolean {
+    return false;
+  }
+
   /** Unbatched send (no addon batching), from flow port `sport` (localPort: the port's own socket). */
   protected abstract sendOne(buf: Buffer, len: number, ip: string, port: number, sport: number): void;
   /** Earlier packets still wait in the backend's own queue: a batch must not overtake them. */

@@ -26,6 +26,7 @@ import type { Dest } from './types.js';
 import { AtomicEthView, DethView } from '../wire/exth.js';
 import { Reason, ReqState } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
+import { SEG_HDR_STRIDE, SEG_MAX_PKTS, type SegmentRun } from '../link/link.js';
 
 export const MAX_PKT_PER_ACK = 64;
 const BUDGET = 64;
@@ -79,6 +80,7 @@ export function runRequester(qp: Qp, max = BUDGET): number {
   const cap = qp.cap.maxSendWr;
   let budget = max;
   let wait: number = Reason.NONE;
+  let fast = true;
   while (budget > 0) {
     if (qp.req.nextWqe >= qp.sqTail) break;
     const wqe = qp.sq[qp.req.nextWqe % cap]!;
@@ -97,6 +99,16 @@ export function runRequester(qp: Qp, max = BUDGET): number {
     if (wqe.inline === null && wqe.length > 0 && !isRdAtomic(wqe.op) && !sglUsable(wqe.sg, qp.pd, false)) {
       wqe.localErr = WcStatusIdx.LOC_PROT_ERR;
       continue;
+    }
+    if (fast && port.link.sendSegments !== undefined && wqe.inline === null && SEQ[wqe.op] !== undefined && qp.type !== 'UD' && qp.type !== 'GSI') {
+      const r = sendRunFast(qp, port, wqe, budget);
+      // A run cut short (the socket is full, or packets held before it): the rest of this turn goes
+      // the per-packet way, which queues behind them.
+      if (r >= 0 && r < fastRun.n) fast = false;
+      if (r > 0) {
+        budget -= r;
+        continue;
+      }
     }
     const buf = port.link.allocTx();
     if (!buf) {
@@ -119,6 +131,12 @@ export function runRequester(qp: Qp, max = BUDGET): number {
  * then the path for its kind (SENDERS: a READ request, an ATOMIC, a SEND/WRITE segment).
  */
 function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
+  startWqe(qp, wqe);
+  SENDERS[wqe.op]!(qp, port, wqe, b, wqe.ah ? wqe.ah.dest : qp.dest);
+}
+
+/** A WQE's first packet assigns its PSNs. */
+function startWqe(qp: Qp, wqe: SendWqe): void {
   if (wqe.state === WqeState.POSTED) {
     wqe.psnAssigned = true;
     wqe.firstPsn = qp.req.psn;
@@ -130,7 +148,6 @@ function sendPacket(qp: Qp, port: Port, wqe: SendWqe, b: Buffer): void {
       qp.req.rdAtomic++;
     }
   }
-  SENDERS[wqe.op]!(qp, port, wqe, b, wqe.ah ? wqe.ah.dest : qp.dest);
 }
 
 type Sender = (qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest) => void;
@@ -229,6 +246,140 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
     armProbe(qp);
   }
 }
+
+/**
+ * The TX fast path (issue 15): the next packets of a SEND / WRITE as one run the link sends in
+ * native code (Link.sendSegments: pad, ICRC, payload gathered from the MRs without a copy, UDP
+ * GSO). Everything the protocol decides stays here and is decided as sendSegment decides it,
+ * packet by packet: opcodes, PSNs, AckReq (every min(64, window / 4) packets, on the last and on
+ * the one that fills the window), SE, RETH / ImmDt / IETH. Only the run's length is chosen up
+ * front: the WQE's packets left, the budget, the window's room. What the link did not send (a
+ * full socket, packets it still holds) is undone as if never built (PSN, AckReq count, bytes
+ * sent) and goes the per-packet way. Only runs of at least FAST_MIN_PKTS: a one-packet message
+ * gains nothing from a call of its own and would lose the per-turn batching with other messages
+ * (sendmmsg of up to 64). Returns the packets sent, or -1 when the run is not for the fast path.
+ */
+function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
+  const run = fastRun;
+  run.n = 0;
+  const d = wqe.ah ? wqe.ah.dest : qp.dest;
+  if (d.family !== 4 || port.gidGen[d.sgidIndex] !== d.sgidGen) return -1;
+  const mtu = qp.pathMtu;
+  const rc = qp.type === 'RC';
+  const sent0 = wqe.sent;
+  let n = Math.min(packetsFor(wqe.length - sent0, mtu), budget, SEG_MAX_PKTS);
+  if (rc) n = Math.min(n, qp.req.window - psnDiff(qp.req.psn, qp.comp.psn));
+  if (n < FAST_MIN_PKTS || wqe.length - sent0 <= mtu) return -1;
+  const bytes = Math.min(wqe.length - sent0, n * mtu);
+  // The run's payload: message bytes [sent0, sent0 + bytes) as pieces of the SGEs' MRs.
+  let skip = sent0,
+    need = bytes,
+    np = 0;
+  for (const s of wqe.sg) {
+    if (need === 0) break;
+    if (skip >= s.length) {
+      skip -= s.length;
+      continue;
+    }
+    if (np === FAST_MAX_PIECES) return -1;
+    const take = Math.min(s.length - skip, need);
+    run.bufs[np] = s.mr.buffer;
+    run.pieces[2 * np] = s.offset + skip;
+    run.pieces[2 * np + 1] = take;
+    np++;
+    need -= take;
+    skip = 0;
+  }
+  if (need !== 0) return -1;
+  startWqe(qp, wqe);
+  const psn0 = qp.req.psn;
+  const since0 = qp.req.sinceAckReq;
+  const seq = SEQ[wqe.op]!;
+  const prefix = qpTransportPrefix(qp.type);
+  const write = wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM;
+  let psn = psn0,
+    at = sent0;
+  for (let k = 0; k < n; k++) {
+    const remaining = wqe.length - at;
+    const len = remaining < mtu ? remaining : mtu;
+    const first = at === 0;
+    const last = remaining <= mtu;
+    const opc = prefix | (first ? (last ? seq[3] : seq[0]) : last ? seq[2] : seq[1]);
+    let ackReq = false;
+    // As sendSegment: four AckReqs per window, and on the packet that fills it.
+    if (rc && (last || ++qp.req.sinceAckReq >= Math.min(MAX_PKT_PER_ACK, qp.req.window >> 2) || psnDiff(psnAdd(psn, 1), qp.comp.psn) >= qp.req.window)) {
+      ackReq = true;
+      qp.req.sinceAckReq = 0;
+    }
+    const se = last && wqe.solicited && (wqe.op <= WrOp.SEND_WITH_INV || wqe.op === WrOp.RDMA_WRITE_WITH_IMM);
+    const h = fastHdrs[k]!;
+    writeBth(h, opc, se, 0, qp.destQpn, ackReq, psn);
+    if (first && write) writeReth(h, opc, wqe.remoteAddr, wqe.rkey, wqe.length);
+    if (last && (wqe.op === WrOp.SEND_WITH_IMM || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) h.writeUInt32BE(wqe.imm, hdrOff(opc, Hdr.IMMDT));
+    if (last && wqe.op === WrOp.SEND_WITH_INV) h.writeUInt32BE(wqe.invRkey, hdrOff(opc, Hdr.IETH));
+    run.meta[2 * k] = payloadOff(opc);
+    run.meta[2 * k + 1] = len;
+    fastOpc[k] = opc;
+    fastSince[k] = qp.req.sinceAckReq;
+    at += len;
+    psn = psnAdd(psn, 1);
+  }
+  run.n = n;
+  run.nPieces = np;
+  run.srcIpNum = port.ipNum;
+  run.dstIpNum = d.ipNum;
+  run.dstIp = d.ip;
+  run.dstPort = d.port;
+  run.tos = d.tos;
+  run.srcPort = qp.srcPort;
+  const r = port.link.sendSegments!(run);
+  for (let i = 0; i < np; i++) run.bufs[i] = EMPTY; // hold no MR past the call
+  // The packets not sent were never built: the AckReq count goes back to where the last sent one left it.
+  if (r < n) qp.req.sinceAckReq = r > 0 ? fastSince[r - 1]! : since0;
+  if (r <= 0) return 0;
+  lastOpcode = fastOpc[r - 1]!;
+  port.counters.counts[Ctr.sent_pkts]! += r;
+  wqe.sent = sent0 + Math.min(r * mtu, wqe.length - sent0);
+  // The first packet's PSN first: the round-trip sample times it, as the per-packet path's first armRetransmit does.
+  advancePsn(qp, psnAdd(psn0, 1));
+  if (rc) armRetransmit(qp);
+  advancePsn(qp, psnAdd(psn0, r));
+  if (wqe.sent === wqe.length) {
+    wqe.state = WqeState.PENDING;
+    qp.req.nextWqe++;
+    if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
+    if (!rc) completeUnacked(qp);
+  }
+  if (rc) {
+    armRetransmit(qp);
+    armProbe(qp);
+  }
+  return r;
+}
+
+/** Runs shorter than this go the per-packet way (see sendRunFast). */
+const FAST_MIN_PKTS = 2;
+/** Most SGE pieces in a run (the addon's bound is higher; a WQE has at most its maxSendSge). */
+const FAST_MAX_PIECES = 64;
+const EMPTY = Buffer.alloc(0);
+/** The one run being built (the requester is synchronous), its header views and per-packet notes. */
+const fastRun: SegmentRun = {
+  hdr: Buffer.alloc(SEG_HDR_STRIDE * SEG_MAX_PKTS),
+  meta: new Uint32Array(2 * SEG_MAX_PKTS),
+  n: 0,
+  bufs: [],
+  pieces: new Uint32Array(2 * FAST_MAX_PIECES),
+  nPieces: 0,
+  srcIpNum: 0,
+  dstIpNum: 0,
+  dstIp: '',
+  dstPort: 0,
+  tos: 0,
+  srcPort: 0,
+};
+const fastHdrs: Buffer[] = Array.from({ length: SEG_MAX_PKTS }, (_, k) => fastRun.hdr.subarray(k * SEG_HDR_STRIDE, (k + 1) * SEG_HDR_STRIDE));
+const fastOpc = new Uint8Array(SEG_MAX_PKTS);
+const fastSince = new Int32Array(SEG_MAX_PKTS);
 
 /** The path of each WR opcode (WrOp order). */
 const SENDERS: readonly Sender[] = (() => {
