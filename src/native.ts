@@ -83,7 +83,7 @@ export interface NativeAddon {
   /** the chained CRC-32 the fast path computes ICRCs with (zlib's, as zlib.crc32) */
   txCrc32?(crc: number, buf: Buffer, off: number, len: number): number | null;
   /** [GB/s, implementation name, crc]: the fast path's CRC-32 over `bytes`, `rounds` times */
-  txCrcBench?(bytes: number, rounds: number): [number, string, number] | null;
+  txCrcBench?(bytes: number, rounds: number, portable?: boolean): [number, string, number] | null;
   /** the header stride of txSegments' `hdr` */
   TX_HDR_STRIDE?: number;
   constants: Record<string, number>;

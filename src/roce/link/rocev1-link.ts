@@ -28,7 +28,7 @@ import { gidFromString, ipv4ToGid, isIpv4Mapped, macToDefaultGid } from '../gid.
 import { icrcV1, readIcrc, writeIcrc } from '../icrc.js';
 import { GRH_LEN, GRH_NXTHDR_BTH } from '../wire/grh.js';
 import { ETHERTYPE_ROCEV1, ETH_LEN } from '../wire/net.js';
-import { LinkWrapper, ROCEV1_PORT, RX_ICRC_VERIFIED, TX_BUF_SIZE, type Link, type RxHandler } from './link.js';
+import { LinkWrapper, ROCEV1_PORT, RX_ICRC_VERIFIED, TX_BUF_SIZE, type Link, type RxHandler, type SegmentRun } from './link.js';
 
 export { ROCEV1_PORT, RX_ICRC_VERIFIED };
 
@@ -123,7 +123,14 @@ export class RoceV1Link extends LinkWrapper {
     this.sgidAddr = inner.family === 4 ? ipv4ToGid(inner.localIp) : gidFromString(inner.localIp);
     this.sgidLl = macToDefaultGid(o.mac);
     this.macOf = o.macOf ?? sysMac;
+    // RoCEv2 passes through untouched (send below), so the UDP link's TX fast path (issue 15) does
+    // too; a v1 destination's packets need this wrapper's framing: none of them go that way.
+    const fast = inner.sendSegments?.bind(inner);
+    if (fast !== undefined) this.sendSegments = (run: SegmentRun): number => (run.dstPort === ROCEV1_PORT ? 0 : fast(run));
   }
+
+  /** Link.sendSegments of the UDP link, for RoCEv2 destinations only; absent when that link has none. */
+  sendSegments?: (run: SegmentRun) => number;
 
   /** the link RoCEv2 goes through (the port's UDP link) */
   get udp(): Link {

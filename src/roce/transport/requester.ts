@@ -26,7 +26,7 @@ import type { Dest } from './types.js';
 import { AtomicEthView, DethView } from '../wire/exth.js';
 import { Reason, ReqState } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
-import { SEG_HDR_STRIDE, SEG_MAX_PKTS, type SegmentRun } from '../link/link.js';
+import { ROCEV1_PORT, SEG_HDR_STRIDE, SEG_MAX_PKTS, type SegmentRun } from '../link/link.js';
 
 export const MAX_PKT_PER_ACK = 64;
 const BUDGET = 64;
@@ -263,7 +263,8 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   const run = fastRun;
   run.n = 0;
   const d = wqe.ah ? wqe.ah.dest : qp.dest;
-  if (d.family !== 4 || port.gidGen[d.sgidIndex] !== d.sgidGen) return -1;
+  // (RoCEv1 has no UDP header for the addon to send behind: its frames are built by its link wrapper.)
+  if (d.family !== 4 || d.port === ROCEV1_PORT || port.gidGen[d.sgidIndex] !== d.sgidGen) return -1;
   const mtu = qp.pathMtu;
   const rc = qp.type === 'RC';
   const sent0 = wqe.sent;
