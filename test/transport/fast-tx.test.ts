@@ -48,15 +48,19 @@ interface Rx {
   mem: Buffer;
   mr: Mr;
   cap: Cap[];
+  /** tests: return true to lose this datagram (after it is recorded, before the transport) */
+  drop: ((b: Buffer) => boolean) | null;
 }
 
 async function openRx(type: 'RC' | 'UC'): Promise<Rx> {
   const link = (await UdpLink.open({ address: B, native: 'on' })) as NativeLink;
   const cap: Cap[] = [];
+  let self: Rx | null = null;
   const setRx = link.setReceiver.bind(link);
   link.setReceiver = (h: RxHandler): void =>
     setRx((buf, len, ip, port, ipIdDf, group) => {
       cap.push({ bytes: Buffer.from(buf.subarray(0, len)), acc: -1 });
+      if (self?.drop?.(buf.subarray(0, len))) return;
       h(buf, len, ip, port, ipIdDf, group);
     });
   (link as { rxAccepted?: (b: Buffer, l: number, s: string, p: number, id: number) => void }).rxAccepted = (_b, _l, _s, _p, id) => {
@@ -69,7 +73,8 @@ async function openRx(type: 'RC' | 'UC'): Promise<Rx> {
   const qp = pd.createQp({ type, sendCq: cq, recvCq: cq, sigAll: true, cap: { maxSendWr: 64, maxRecvWr: 256, maxSendSge: 4, maxRecvSge: 4, maxInline: 0 } });
   const mem = Buffer.alloc(1 << 20);
   const mr = pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']);
-  return { dev, link, qp, cq, mem, mr, cap };
+  self = { dev, link, qp, cq, mem, mr, cap, drop: null };
+  return self;
 }
 
 function pattern(n: number, seed: number): Buffer {
@@ -332,6 +337,35 @@ t.test('EAGAIN mid-run: the packets the link did not send go the per-packet way,
   }
   t.ok(cut > 5, `${cut} runs cut short`);
   compare(t, slow, fast, true, 'cut runs');
+});
+
+t.test('go-back-N: a lost packet is resent from its PSN by the fast path too', { skip: noFast }, async (t) => {
+  const rx = await openRx('RC');
+  t.teardown(async () => {
+    await rx.dev.close();
+    await rx.link.close();
+  });
+  // The 10th packet of the 65549-byte WRITE is lost once: the responder NAKs the next one
+  // (PSN sequence error) and the requester goes back to it.
+  let lost = -1;
+  rx.drop = (b) => {
+    const psn = b.readUIntBE(9, 3);
+    if (lost < 0 && psn === ((PSN_A + 9) & 0xffffff)) {
+      lost = psn;
+      return true;
+    }
+    return false;
+  };
+  const msgs: Msg[] = [{ op: 'RDMA_WRITE', sg: [[7, 65536 + 13]] }];
+  const out = await run(rx, true, 'RC', 1024, msgs);
+  rx.drop = null;
+  t.equal(lost, (PSN_A + 9) & 0xffffff, 'one packet lost');
+  t.same(out.status, ['SUCCESS']);
+  t.ok(out.got[0]!.equals(out.want[0]!), 'the message arrived intact');
+  const resent = out.cap.length - new Set(out.cap.map((c) => c.bytes.readUIntBE(9, 3))).size;
+  t.ok(resent > 0, `${resent} packets resent`);
+  // 65 packets, then from the lost PSN on again: more than 65 left through the fast path.
+  t.ok(out.fastPackets > 65, `${out.fastPackets} packets through the fast path (65 in the message): the resend took it`);
 });
 
 t.test('an MR deregistered while its message is on the fast path: LOC_PROT_ERR, no byte of it after', { skip: noFast }, async (t) => {
