@@ -143,7 +143,7 @@ t.test('recv.ts with a C verdict: the same window bookkeeping as its own check',
 
 /** A device on 127.0.82.<host>, with the fast path or not; its counters; a sender socket on 127.0.82.<host - 1>. */
 async function rig(host: number, fast: boolean, raw: boolean) {
-  if (!fast) process.env['SOFTROCE_NO_FASTPATH'] = '1';
+  const restore = withFastPath(fast);
   if (!raw) process.env['SOFTROCE_RAW_RX'] = '0';
   try {
     const dev = await openDevice({ address: `127.0.82.${host}` });
@@ -155,9 +155,20 @@ async function rig(host: number, fast: boolean, raw: boolean) {
     const sport = n.localPort!(fd);
     return { dev, fd, sport, src, dst, n };
   } finally {
-    delete process.env['SOFTROCE_NO_FASTPATH'];
+    restore();
     delete process.env['SOFTROCE_RAW_RX'];
   }
+}
+
+/** Sets SOFTROCE_NO_FASTPATH for the next device open (whatever the suite runs with); returns the undo. */
+function withFastPath(fast: boolean): () => void {
+  const was = process.env['SOFTROCE_NO_FASTPATH'];
+  if (fast) delete process.env['SOFTROCE_NO_FASTPATH'];
+  else process.env['SOFTROCE_NO_FASTPATH'] = '1';
+  return () => {
+    if (was === undefined) delete process.env['SOFTROCE_NO_FASTPATH'];
+    else process.env['SOFTROCE_NO_FASTPATH'] = was;
+  };
 }
 
 const KEYS = ['rcvd_pkts', 'rcvd_icrc_err', 'rcvd_unknown_qp', 'rcvd_malformed'] as const;
@@ -229,9 +240,9 @@ for (const raw of [false, true]) {
 const udpSkip = native?.udpOpen4 ? false : 'no native addon: the dgram backend has no GRO and no C check';
 t.test('an RC stream over loopback with GRO: right bytes, segments handed up in place, ICRCs checked in C', { skip: udpSkip }, async (t) => {
   for (const fast of [true, false]) {
-    if (!fast) process.env['SOFTROCE_NO_FASTPATH'] = '1';
+    const restore = withFastPath(fast);
     const p = await makePair({ mode: 'udp', addrs: fast ? ['127.0.82.101', '127.0.82.102'] : ['127.0.82.111', '127.0.82.112'], mtu: 4096, memSize: 4 << 20 });
-    delete process.env['SOFTROCE_NO_FASTPATH'];
+    restore();
     const port = p.b.dev.ports[0]!;
     const link = (port.v1?.udp ?? port.link) as unknown as { rx: (b: Buffer, l: number, ip: string, port: number, id?: number) => void; rxData: Buffer | null };
     const inner = link.rx;
