@@ -67,6 +67,10 @@ static void FrxInit() {
       zcrcName = "crc32";
     }
     if (!zcrc) zcrcName = "slice8";
+    // Chromium's zlib (Node's) turns on its SIMD CRC (PCLMUL folding) only after a call with a
+    // null buffer and length 0 has run its CPU feature check (crc32.c; deflateInit does it too);
+    // any zlib returns 0 for it and changes nothing.
+    if (zcrc) zcrc(0, nullptr, 0);
   }
   ready = true;
 }
