@@ -187,7 +187,29 @@ struct RxWatch {
   // The raw copy of a UDP GSO send that Linux segments only on delivery (loopback) is one
   // copy for several datagrams; they follow in order with IDs counting on (inet_gso_segment).
   uint32_t gsoLeft = 0, gsoId = 0, gsoDf = 0, gsoSrc = 0, gsoPort = 0;
+  // RX fast path (rxIcrcStart, fast-rx.cc): per slot, two words of a bitmap of the segments whose
+  // ICRC verified in C, for datagrams to icrcDst:icrcDport; null: off.
+  uint32_t* icrcOk = nullptr;
+  Napi::ObjectReference icrcRef;
+  uint32_t icrcDst = 0, icrcDport = 0;
 };
+
+// fast-rx.cc
+uint64_t FrxVerifyDatagram(const uint8_t* d, uint32_t len, uint32_t seg, uint32_t src, uint32_t sport, uint32_t dst, uint32_t dport,
+                           int32_t knownIdDf);
+void InitFastRx(Napi::Env env, Napi::Object exports);
+
+// The ICRC of each packet just read, in C (after MatchRaw, which gives the IPv4 ID when known).
+static void VerifyIcrcs(RxWatch* w, int n) {
+  for (int i = 0; i < n; i++) {
+    const uint32_t* m = w->meta + i * 4;
+    uint32_t sport = m[3] & 0xffff;
+    int32_t known = (m[1] & 0x80000000u) ? (int32_t)((m[3] >> 16) | ((m[1] >> 14) & 0x10000)) : -1;
+    uint64_t ok = m[0] == 0 ? 0 : FrxVerifyDatagram(w->data + (size_t)i * w->slotSize, m[0], m[1] & 0xffff, m[2], sport, w->icrcDst, w->icrcDport, known);
+    w->icrcOk[i * 2] = (uint32_t)ok;
+    w->icrcOk[i * 2 + 1] = (uint32_t)(ok >> 32);
+  }
+}
 
 static void CallJs(RxWatch* w, int arg) {
   Napi::Env env(w->env);
@@ -348,6 +370,7 @@ static void OnPoll(uv_poll_t* h, int status, int events) {
     w->meta[i * 4 + 3] = ntohs(w->from[i].sin_port);
   }
   if (w->rawFd >= 0) MatchRaw(w, n);
+  if (w->icrcOk) VerifyIcrcs(w, n);
   CallJs(w, n);
 }
 
@@ -403,6 +426,7 @@ static void OnClosed(uv_handle_t* h) {
   w->cb.Reset();
   w->dataRef.Reset();
   w->metaRef.Reset();
+  w->icrcRef.Reset();
   if (!w->closed.IsEmpty()) {
     Napi::Env env(w->env);
     Napi::HandleScope scope(env);
@@ -428,6 +452,24 @@ static Napi::Value RxStop(const Napi::CallbackInfo& info) {
   uv_poll_stop(&w->poll);
   uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnClosed);
   return env.Undefined();
+}
+
+// rxIcrcStart(handle, ok: Uint32Array, dstIpv4, dstPort) -> 0 or -EINVAL: from the next read on,
+// ok[2i], ok[2i+1] (a 64-bit bitmap, low word first) say which segments of datagram i have an
+// ICRC that verified in C, as sent to dstIpv4:dstPort (the socket's own address; fast-rx.cc says
+// for which IPv4 IDs). Unset bits tell nothing: JS checks those packets itself.
+static Napi::Value RxIcrcStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsExternal() || !info[1].IsTypedArray()) return Napi::Number::New(env, -EINVAL);
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  Napi::Uint32Array ok = info[1].As<Napi::Uint32Array>();
+  uint32_t dst = info[2].As<Napi::Number>().Uint32Value();
+  if (w->closing || ok.ElementLength() < (size_t)w->slots * 2 || dst == 0) return Napi::Number::New(env, -EINVAL);
+  w->icrcRef = Napi::Persistent(ok.As<Napi::Object>());
+  w->icrcOk = ok.Data();
+  w->icrcDst = dst;
+  w->icrcDport = info[3].As<Napi::Number>().Uint32Value() & 0xffff;
+  return Napi::Number::New(env, 0);
 }
 
 // rawOpen4(ipv4: number, port: number, netdev: string, bufBytes?: number) -> fd or -errno (EPERM without CAP_NET_RAW)
@@ -1047,6 +1089,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rxStop", Napi::Function::New(env, RxStop));
   exports.Set("rawOpen4", Napi::Function::New(env, RawOpen4));
   exports.Set("rxAttachRaw", Napi::Function::New(env, RxAttachRaw));
+  exports.Set("rxIcrcStart", Napi::Function::New(env, RxIcrcStart));
+  InitFastRx(env, exports);
   exports.Set("addrWatchStart", Napi::Function::New(env, AddrWatchStart));
   exports.Set("addrWatchStop", Napi::Function::New(env, AddrWatchStop));
   exports.Set("packetOpen", Napi::Function::New(env, PacketOpen));

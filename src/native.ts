@@ -27,6 +27,25 @@ export interface NativeAddon {
   /** rx watch `h` also reads rawFd and reports each datagram's IPv4 ID in meta (the watch closes rawFd); keepGro: on loopback */
   rxAttachRaw?(h: object, rawFd: number, keepGro?: boolean): number;
   /**
+   * RX fast path (native/fast-rx.cc): from the next read on, ok[2i], ok[2i+1] (low word first) are the bitmap of
+   * datagram i's segments whose RoCEv2/IPv4 ICRC verified in C as sent to dstIpv4:dstPort; 0 or -EINVAL
+   */
+  rxIcrcStart?(h: object, ok: Uint32Array, dstIpv4: number, dstPort: number): number;
+  /** the C CRC-32 over `bytes` bytes, `rounds` times (slice8: the portable one): ns per call and which CRC runs */
+  crcBench?(bytes: number, rounds: number, slice8?: boolean): { nsPerCall: number; crc: number; impl: string } | null;
+  /** fast-rx.cc's ICRC verdict on one datagram (tests): [low, high] words of its bitmap of verified segments */
+  icrcVerify?(
+    buf: Buffer,
+    off: number,
+    len: number,
+    seg: number,
+    src: number,
+    sport: number,
+    dst: number,
+    dport: number,
+    knownIdDf: number,
+  ): [number, number] | null;
+  /**
    * a NETLINK_ROUTE socket on the address and link groups, watched on Node's loop (unref'd):
    * cb(addrMsgs, linkMsgs, overflows) after each batch of RTM_NEWADDR/DELADDR/NEWLINK/DELLINK; or -errno
    */

@@ -3,7 +3,7 @@
  * link and is one, so it composes with the pcap recorder in either order.
  */
 import type { Scheduler, TimerHandle } from '../sched.js';
-import { LinkWrapper, type Link, type RxHandler } from './link.js';
+import { LinkWrapper, rxUnverified, type Link, type RxHandler } from './link.js';
 
 export interface FaultOptions {
   seed: number;
@@ -87,6 +87,8 @@ export class FaultInjector extends LinkWrapper {
       const bit = Math.floor(this.rand() * l * 8);
       b[bit >> 3]! ^= 1 << (bit & 7);
       this.stats.corrupted++;
+      // The inner link's ICRC verdict was for the bytes before the flip.
+      ipIdDf = rxUnverified(ipIdDf);
     }
     if (pct() < this.o.reorderPct) {
       this.stats.reordered++;

@@ -24,7 +24,8 @@ function addrKey(ip: string, port: number): string {
 }
 
 /**
- * ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1.
+ * ipIdDf: the datagram's IPv4 `id | df << 16` when the link read its IP header (raw receive), else absent or -1;
+ * with RX_ICRC_OK set, the link verified the RoCEv2 ICRC under that ID (see there).
  * group: the multicast group the datagram was sent to, as given to joinGroup (the same string); absent for a
  * datagram to the link's own address.
  */
@@ -49,6 +50,21 @@ export const LINK_EOPNOTSUPP = 95;
 export const ROCEV1_PORT = 0;
 /** RxHandler's ipIdDf when the link verified the ICRC itself (RoCEv1: over the GRH, rocev1-link.ts). */
 export const RX_ICRC_VERIFIED = -2;
+/**
+ * Set in RxHandler's ipIdDf (with `id | df << 16` in the low bits) when the link checked the RoCEv2/IPv4 ICRC
+ * under that ID, to its own address and port (the addon's RX fast path, native/fast-rx.cc): recv.ts then skips
+ * its CRC and does only the ID bookkeeping it would have done. The link sets it only where the JS check would
+ * accept the packet with that same ID; everything else comes up without it and recv.ts checks it as before.
+ */
+export const RX_ICRC_OK = 0x100000;
+/** With RX_ICRC_OK: the ID was not read from the IP header but is the one an ID-0 / UDP GSO sender uses (0, or k for GRO segment k). */
+export const RX_ID_INFERRED = 0x200000;
+
+/** ipIdDf as a link that changed the packet's bytes (a fault injector) must pass it on: without RX_ICRC_OK, so it is checked again. */
+export function rxUnverified(ipIdDf: number | undefined): number | undefined {
+  if (ipIdDf === undefined || ipIdDf < 0 || (ipIdDf & RX_ICRC_OK) === 0) return ipIdDf;
+  return ipIdDf & RX_ID_INFERRED ? -1 : ipIdDf & 0x1ffff;
+}
 
 export type LinkBackend = 'native' | 'dgram' | 'memory';
 
@@ -101,6 +117,8 @@ export interface BatchStats {
   /** TX fast path (sendSegments): calls, and the packets they sent (absent: the link has none) */
   fastTxCalls?: number;
   fastTxPackets?: number;
+  /** packets whose ICRC the addon verified in C (native link with the RX fast path) */
+  rxIcrcVerified?: number;
 }
 
 /** Bytes per packet in SegmentRun.hdr: the longest request header (BTH + RETH + ImmDt, 32) fits. */

@@ -14,7 +14,7 @@ import type { NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { VerbsError } from '../errors.js';
 import { EAGAIN, UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
-import { SEG_HDR_STRIDE } from './link.js';
+import { RX_ICRC_OK, RX_ID_INFERRED, SEG_HDR_STRIDE } from './link.js';
 
 const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES, EBADF } = osConstants.errno;
 
@@ -25,7 +25,16 @@ export class NativeLink extends UdpLinkBase {
   private rxData: Buffer | null = null;
   private rxMeta: Uint32Array | null = null;
   private rxSlots: Buffer[] = [];
-  private rxSeg: Buffer | null = null;
+  /**
+   * Per slot, views of its GRO segments (index k: bytes [k * seg, (k + 1) * seg)), made when a slot
+   * first holds a datagram of that segment size and kept while the size stays: each packet goes up
+   * in place, with no copy and no new object per packet. (A receiver may not keep the buffer past its
+   * call: the slot is overwritten by the next read, as a whole datagram's always was.)
+   */
+  private rxSegViews: Buffer[][] = [];
+  private rxSegSize: number[] = [];
+  /** RX fast path: per slot, the bitmap (2 words) of segments whose ICRC the addon verified; null: off */
+  private rxIcrcOk: Uint32Array | null = null;
   private lastIpNum = -1;
   private lastIpStr = '';
   private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number; sport: number }> = [];
@@ -70,11 +79,21 @@ export class NativeLink extends UdpLinkBase {
     link.rxData = Buffer.allocUnsafeSlow(slots * slotSize);
     link.rxMeta = new Uint32Array(slots * 4);
     link.rxSlots = Array.from({ length: slots }, (_, i) => link.rxData!.subarray(i * slotSize, (i + 1) * slotSize));
-    link.rxSeg = Buffer.allocUnsafeSlow(slotSize);
+    link.rxSegViews = Array.from({ length: slots }, () => []);
+    link.rxSegSize = new Array<number>(slots).fill(0);
     link.rxHandle = n.rxStart!(fd, link.rxData, link.rxMeta, slots, slotSize, (k) => link.onNativeRx(k));
     if (!link.rxHandle) {
       closeSync(fd); // the bound socket is ours alone: nothing else will ever close it
       throw new VerbsError('ENODEV', 'ibv_open_device', 'native receive path did not start', 'native');
+    }
+    // RX fast path: the ICRC checked in C in the receive loop (native/fast-rx.cc), read once here.
+    // SOFTROCE_NO_FASTPATH=1 leaves every check to recv.ts, as without the addon.
+    if (n.rxIcrcStart && ip > 0 && process.env['SOFTROCE_NO_FASTPATH'] !== '1') {
+      const ok = new Uint32Array(slots * 2);
+      if (n.rxIcrcStart(link.rxHandle, ok, ip, link.localPort) === 0) {
+        link.rxIcrcOk = ok;
+        link.batchStats.rxIcrcVerified = 0;
+      }
     }
     // With CAP_NET_RAW, a raw socket shows each datagram's IPv4 header, so the ICRC is checked
     // with the sender's real ID (all 32 bits) instead of an inferred one (README, "ICRC outcomes").
@@ -117,19 +136,41 @@ export class NativeLink extends UdpLinkBase {
         this.lastIpStr = `${ipNum >>> 24}.${(ipNum >>> 16) & 0xff}.${(ipNum >>> 8) & 0xff}.${ipNum & 0xff}`;
       }
       const slot = this.rxSlots[i]!;
+      // Which segments' ICRC the addon verified (bit k: segment k), and under which ID (fast-rx.cc):
+      // the raw socket's, else the one an ID-0 sender's GSO gives segment k.
+      const okw = this.rxIcrcOk;
+      let okLo = 0,
+        okHi = 0;
+      if (okw !== null) {
+        okLo = okw[2 * i]!;
+        okHi = okw[2 * i + 1]!;
+      }
       if (seg === 0 || seg >= len) {
-        this.rx(slot, len, this.lastIpStr, port, ipIdDf);
+        if (okLo & 1) {
+          st.rxIcrcVerified!++;
+          this.rx(slot, len, this.lastIpStr, port, ipIdDf < 0 ? 0x10000 | RX_ICRC_OK | RX_ID_INFERRED : ipIdDf | RX_ICRC_OK);
+        } else this.rx(slot, len, this.lastIpStr, port, ipIdDf);
         continue;
       }
-      // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter.
-      const segBuf = this.rxSeg!;
-      for (let off = 0; off < len; off += seg) {
+      // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter, each handed
+      // up in place through a view made once per slot and segment size.
+      let views = this.rxSegViews[i]!;
+      if (this.rxSegSize[i] !== seg) {
+        this.rxSegSize[i] = seg;
+        views = this.rxSegViews[i] = [];
+      }
+      for (let off = 0, k = 0; off < len; off += seg, k++) {
         const l = Math.min(seg, len - off);
-        slot.copy(segBuf, 0, off, off + l);
+        const view = (views[k] ??= slot.subarray(off, off + seg));
         st.rxGroSegments++;
         // Raw receive keeps GRO on loopback only, where a GRO datagram is one GSO send: Linux
         // numbers its segments' IDs on from the first (inet_gso_segment).
-        this.rx(segBuf, l, this.lastIpStr, port, ipIdDf < 0 ? -1 : ((ipIdDf + off / seg) & 0xffff) | (ipIdDf & 0x10000));
+        let id = ipIdDf < 0 ? -1 : ((ipIdDf + k) & 0xffff) | (ipIdDf & 0x10000);
+        if (k < 32 ? (okLo >>> k) & 1 : k < 64 && (okHi >>> (k - 32)) & 1) {
+          st.rxIcrcVerified!++;
+          id = id < 0 ? k | 0x10000 | RX_ICRC_OK | RX_ID_INFERRED : id | RX_ICRC_OK;
+        }
+        this.rx(view, l, this.lastIpStr, port, id);
         if (!this.rx) break;
       }
     }
@@ -229,6 +270,7 @@ export class NativeLink extends UdpLinkBase {
     this.rxData = null;
     this.rxMeta = null;
     this.rxSlots = [];
-    this.rxSeg = null;
+    this.rxSegViews = [];
+    this.rxIcrcOk = null;
   }
 }

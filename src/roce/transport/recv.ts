@@ -16,7 +16,7 @@ import { onRequest } from './responder.js';
 import { IPID_ROCEV1, setRxDestination } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
-import { RX_ICRC_VERIFIED } from '../link/link.js';
+import { RX_ICRC_OK, RX_ICRC_VERIFIED, RX_ID_INFERRED } from '../link/link.js';
 
 const info = new PktInfo();
 /** The BTH of the datagram being received (bound once per packet; the roles bind their own). */
@@ -120,7 +120,19 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     }
     lastWinPort = port;
     lastWin = win;
-    const r = checkIcrcV4(dev.icrcIpv4, win, ipIdDf, src, dst !== null ? dst.num : port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    let r: number;
+    if (ipIdDf >= 0 && ipIdDf & RX_ICRC_OK && dst === null) {
+      // The link checked this ICRC already (the addon's RX fast path, native/fast-rx.cc), to the port's
+      // own address and under an ID checkIcrcV4 would have found and accepted too: only its ID
+      // bookkeeping is left, so the window ends as the JS check would leave it.
+      r = ipIdDf & 0x1ffff;
+      if ((ipIdDf & RX_ID_INFERRED) === 0) win.known(src, r & 0xffff);
+      else if (dev.icrcIpv4 === 'infer-id') win.accept(src, r & 0xffff);
+    } else {
+      // (A verdict for another destination than ours would not be this check's: checked again.)
+      const known = ipIdDf >= 0 && ipIdDf & RX_ICRC_OK ? (ipIdDf & RX_ID_INFERRED ? -1 : ipIdDf & 0x1ffff) : ipIdDf;
+      r = checkIcrcV4(dev.icrcIpv4, win, known, src, dst !== null ? dst.num : port.ipNum, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    }
     if (r < 0) {
       counts[Ctr.rcvd_icrc_err]!++;
       return;
