@@ -209,3 +209,33 @@ t.test('a request reordered by a couple of packets costs no NAK and no resend (t
   t.equal(b.dev.counters()['out_of_sequence'], 2, 'two packets arrived ahead of the first and waited');
   await p.close();
 });
+
+t.test('a SEND whose ACK is lost counts once in rdma_sends, though a probe resends its last packet', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024 });
+  const { a, b } = p;
+  p.net!.latencyMs = 0.05;
+  // Warm up the round-trip estimate the probe timer is set from (a WRITE: no rdma_sends).
+  a.qp.postSend({ wrId: 0, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  t.equal((await waitWc(p, a.scq, 1, 5)).length, 1);
+  b.qp.postRecv({ wrId: 7, sg: [{ mr: b.mr, offset: 0, length: 4096 }] });
+  let dropped = false;
+  p.net!.filter = (pkt, src) => {
+    if (src === '10.0.0.2' && pkt[0] === 0x11 && !dropped) {
+      dropped = true;
+      return false;
+    }
+    return true;
+  };
+  a.qp.postSend({ wrId: 1, opcode: 'SEND', sg: [{ mr: a.mr, offset: 0, length: 500 }] }); // one packet: the probe resends it, the message's last
+  const w = await waitWc(p, a.scq, 1, 60);
+  t.ok(dropped, 'the ACK was lost');
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+    'the SEND completed',
+  );
+  t.ok(a.dev.counters()['tail_probes']! >= 1, 'a probe resent its last packet');
+  // Before the fix the probe's resend went through the end-of-message step again: rdma_sends 2.
+  t.equal(a.dev.counters()['rdma_sends'], 1, 'rdma_sends counts the SEND once');
+  await p.close();
+});

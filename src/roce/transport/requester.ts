@@ -233,12 +233,15 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
   const p = payloadOff(opc);
   gather(wqe, wqe.sent, b, p, n);
   wqe.sent += n;
+  // A SEND counts once, when its last packet first leaves: not again when a probe or a go-back-N
+  // rewind resends that packet (req.maxPsn is past it then).
+  const fresh = psnDiff(psn, qp.req.maxPsn) >= 0;
   advancePsn(qp, psnAdd(psn, 1));
   finishAndSend(port, b, p + n, n, d, qp.srcPort);
   if (last) {
     wqe.state = WqeState.PENDING;
     qp.req.nextWqe++;
-    if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
+    if (fresh && wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
   if (rc) {
@@ -341,6 +344,7 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   lastOpcode = fastOpc[r - 1]!;
   port.counters.counts[Ctr.sent_pkts]! += r;
   wqe.sent = sent0 + Math.min(r * mtu, wqe.length - sent0);
+  const fresh = psnDiff(psnAdd(psn0, r - 1), qp.req.maxPsn) >= 0; // as in sendSegment: a resent SEND is not counted again
   // The first packet's PSN first: the round-trip sample times it, as the per-packet path's first armRetransmit does.
   advancePsn(qp, psnAdd(psn0, 1));
   if (rc) armRetransmit(qp);
@@ -348,7 +352,7 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   if (wqe.sent === wqe.length) {
     wqe.state = WqeState.PENDING;
     qp.req.nextWqe++;
-    if (wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
+    if (fresh && wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
   if (rc) {
