@@ -38,37 +38,47 @@ const LABEL_GAP_PX = 13;
 
 const ok = (v: number): boolean => Number.isFinite(v) && v > 0;
 
-/** [lo, hi] to whole decades around every finite positive value, so the log axis has round ends. */
+/** [lo, hi] to the 1-2-5 steps around every finite positive value, so the log axis ends on a labelled tick. */
 function decades(values: number[]): [number, number] {
   const v = values.filter(ok);
   if (v.length === 0) return [1, 10];
-  const lo = 10 ** Math.floor(Math.log10(Math.min(...v)));
-  let hi = 10 ** Math.ceil(Math.log10(Math.max(...v)));
-  if (hi <= lo) hi = lo * 10;
-  return [lo, hi];
+  const steps = (x: number): number[] => {
+    const d = 10 ** Math.floor(Math.log10(x));
+    return [d, 2 * d, 5 * d, 10 * d];
+  };
+  const min = Math.min(...v),
+    max = Math.max(...v);
+  const lo = steps(min)
+    .filter((s) => s <= min)
+    .pop()!;
+  const hi = steps(max).find((s) => s >= max)!;
+  return hi > lo ? [lo, hi] : [lo, lo * 10];
 }
 
 /** 1, 2, 5 x 10^k inside [lo, hi]: labelled ticks on a log axis that spans a few decades. */
 function ticks125(lo: number, hi: number): number[] {
   const t: number[] = [];
-  for (let d = lo; d <= hi * 1.0001; d *= 10) for (const m of [1, 2, 5]) if (d * m <= hi * 1.0001) t.push(d * m);
+  for (let d = 10 ** Math.floor(Math.log10(lo)); d <= hi * 1.0001; d *= 10)
+    for (const m of [1, 2, 5]) if (d * m >= lo * 0.9999 && d * m <= hi * 1.0001) t.push(d * m);
   return t;
 }
 
 /**
- * Where each reference line's label goes: on its line unless that would print over the label below
- * it, then just high enough above (in log space, LABEL_GAP_PX apart); a label pushed up names its
- * value, so the line it belongs to stays clear.
+ * Where each reference line's label goes (`at`: the text's baseline, in data units). A label sits
+ * just above its line; when the next line up is closer than a label's height, it goes just below
+ * its own line instead (if the room there is free), and when neither fits it is pushed up past the
+ * label below it (in log space, LABEL_GAP_PX apart). Labels name their values, so a pushed one
+ * still says which line it belongs to; no two overlap.
  */
 export function placeLabels(refs: PlotRef[], lo: number, hi: number, heightPx = H): Array<PlotRef & { at: number; text: string }> {
-  const perPx = (Math.log10(hi) - Math.log10(lo)) / heightPx;
-  const gap = LABEL_GAP_PX * perPx;
+  const gap = LABEL_GAP_PX * ((Math.log10(hi) - Math.log10(lo)) / heightPx);
   const sorted = refs.filter((r) => ok(r.value)).sort((a, b) => a.value - b.value);
-  let prev = -Infinity;
-  return sorted.map((r) => {
-    let at = Math.log10(r.value);
-    if (at < prev + gap) at = prev + gap;
-    prev = at;
+  let free = Math.log10(lo); // everything below this is taken (by the axis or a lower label)
+  return sorted.map((r, i) => {
+    const v = Math.log10(r.value);
+    const next = i + 1 < sorted.length ? Math.log10(sorted[i + 1]!.value) : Infinity;
+    const at = next - v < gap && v - gap >= free ? v - gap : Math.max(v, free);
+    free = at + gap;
     return { ...r, at: 10 ** at, text: `${r.label}: ${r.value >= 100 ? r.value.toFixed(0) : r.value.toFixed(1)}` };
   });
 }
