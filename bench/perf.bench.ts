@@ -25,6 +25,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { renderPlot, type PlotPoint } from './perf-plot.js';
 import { TX_SOCKET_CAP } from '../src/roce/link/udp-base.js';
+import { loadNative } from '../src/native.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const OUT = join(ROOT, 'bench', 'out');
@@ -474,8 +475,9 @@ async function main(): Promise<void> {
     memGB: Number((totalmem() / 1e9).toFixed(1)),
     node: process.version,
     kernel: release(),
-    addon: process.env['SOFTROCE_NO_NATIVE'] === '1' ? 'off' : 'on',
-    fastpath: process.env['SOFTROCE_NO_FASTPATH'] === '1' ? 'off' : 'on',
+    // What the tools (child processes with this environment) run on: the addon loads here as it does there.
+    addon: process.env['SOFTROCE_NO_NATIVE'] === '1' ? 'off (SOFTROCE_NO_NATIVE=1)' : loadNative() ? 'built' : 'missing (pure-JS backend)',
+    fastpath: process.env['SOFTROCE_NO_FASTPATH'] === '1' ? 'off (SOFTROCE_NO_FASTPATH=1)' : 'default',
   };
   const date = new Date().toISOString();
   const json = { date, machine, quick, heapSecs, baselines: base, softroce: { bw, lat, manyQp: many, heap }, rows, targets };
@@ -495,7 +497,7 @@ async function main(): Promise<void> {
       { label: 'half Node dgram RTT', value: rtt / 2 },
       { label: 'half C busy-poll RTT', value: cRtt / 2 },
     ],
-    subtitle: `${date.slice(0, 16).replace('T', ' ')} UTC, ${machine.cpus} x ${machine.cpu}, Node ${machine.node}, ${quick ? 'BENCH_QUICK=1' : 'full run'}; only same-run ratios count`,
+    subtitle: `${date.slice(0, 16).replace('T', ' ')} UTC, ${machine.cpus} x ${machine.cpu}, Node ${machine.node}, addon ${machine.addon}, ${quick ? 'BENCH_QUICK=1' : 'full run'}; only same-run ratios count`,
   });
   writeFileSync(join(OUT, 'perf.svg'), svg);
   console.log(`plot: ${join(OUT, 'perf.svg')}`);
