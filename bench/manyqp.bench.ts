@@ -13,7 +13,8 @@
  *
  * Standalone: `node dist/bench/manyqp.bench.js` (BENCH_QUICK=1: 1.5 s per case, N = 100,
  * 1,000, 4,000 at timeout 14 only; BENCH_MANYQP_N=100,4000 picks the sizes, BENCH_MANYQP_TIMEOUT=10
- * the parameters).
+ * the parameters; BENCH_MANYQP_JSON=1 adds a `manyqp-json {...}` line per case, which
+ * perf.bench.ts runs with N=1,1000 for its one-QP against 1,000-QP row).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -333,6 +334,8 @@ async function main(): Promise<void> {
       gc?.();
       const r = await runCase(n, timeout, retryCnt);
       res.push(r);
+      // For perf.bench.ts (issue 15's 1,000-QP row): the case's figures as one parseable line.
+      if (process.env['BENCH_MANYQP_JSON'] === '1') console.log(`manyqp-json ${JSON.stringify(r)}`);
       console.log(
         `${String(n).padStart(6)}  ${String(timeout).padStart(2)} ${retryCnt}  ${r.mbps.toFixed(0).padStart(6)}  ${r.dupPct.toFixed(2).padStart(5)}  ${String(r.timeouts).padStart(9)}  ${String(r.retryErr).padStart(7)}  ${String(r.retryExc).padStart(9)}  ` +
           `${r.loopC.p50.toFixed(1)}/${r.loopC.p99.toFixed(1)} | ${r.loopS.p50.toFixed(1)}/${r.loopS.p99.toFixed(1)}`.padEnd(36) +
