@@ -107,11 +107,12 @@ t.test('two softroce bonds exchange LACPDUs over two veth pairs; a silent partne
     const dir = mkdtempSync(join(tmpdir(), 'softroce-lacp-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'lca1.pcap');
-    // fast_rate: one LACPDU a second each way; four frames in a few seconds.
-    const cap = net.spawn(a, ['timeout', '10', 'tcpdump', '-i', 'lca1', '-c', '4', '-w', file, 'ether', 'proto', '0x8809']);
-    t.equal(await cap.exited, 0, `tcpdump took four LACPDUs off lca1 ${cap.err.trim().split('\n').at(-1) ?? ''}`);
+    // fast_rate: one LACPDU a second each way; eight frames in about four seconds. Not four: a side
+    // that changed state sends at once too, so four frames were once all A's on a loaded machine.
+    const cap = net.spawn(a, ['timeout', '20', 'tcpdump', '-i', 'lca1', '-c', '8', '-w', file, 'ether', 'proto', '0x8809']);
+    t.equal(await cap.exited, 0, `tcpdump took eight LACPDUs off lca1 ${cap.err.trim().split('\n').at(-1) ?? ''}`);
     const v = spawnSync('tshark', ['-r', file, '-V'], { encoding: 'utf8', timeout: 30_000 }).stdout;
-    t.equal(v.match(/Link Aggregation Control Protocol/g)?.length, 4, 'tshark: four LACP frames');
+    t.equal(v.match(/Link Aggregation Control Protocol/g)?.length, 8, 'tshark: eight LACP frames');
     const sys = (x: unknown): string => String(x).replace(/(..)(?!$)/g, '$1:');
     t.match(v, new RegExp(`Actor System ID: ${sys(ra['system'])}`), "A's LACPDUs");
     t.match(v, new RegExp(`Actor System ID: ${sys(rb['system'])}`), "B's LACPDUs");

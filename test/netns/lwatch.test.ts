@@ -78,8 +78,10 @@ async function measure(
     since = (up['at'] as number) + 1;
     // a few answered probes, then the cut at a different point of the tick each run (i / runs of an interval in)
     await sleep(2 * interval + Math.round((i / runs) * interval));
-    cut();
+    // Timed from before the cut: `ip` takes its effect somewhere inside the call, and on a loaded
+    // machine the call itself took tens of ms (a 5 ms "detection" timed from its return, once).
     const cutAt = Date.now();
+    cut();
     const down = await next(w, ['down'], 10 * interval + 5000, since);
     const ms = (down['at'] as number) - cutAt;
     times.push(ms);
