@@ -19,17 +19,20 @@
 // datagram carries DF and ID 0, and Linux numbers the segments of one UDP GSO
 // send 0, 1, 2, ... (inet_gso_segment), so segment m's ICRC is computed for ID
 // m directly (the JS path corrects ID 0 ICRCs afterwards: udp-base.ts xorIcrc).
+// A correction with crc32.h's Crc32Shift, as fast-rx.cc does, would save nothing
+// here: the ID sits in the 40-byte prefix every packet hashes anyway (its lengths
+// and BTH differ per packet), so writing the right ID costs no extra CRC work.
 #include <napi.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
-#include <time.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <arpa/inet.h>
 #include <stdint.h>
+
+#include "crc32.h"
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -40,79 +43,15 @@
 
 namespace {
 
-// ------------------------------------------------------------------ CRC-32
+// ------------------------------------------------------------------ ICRC seed
 
-// zlib's crc32 signature (uLong crc, const Bytef* buf, uInt len); chained: crc(b, crc(a)) == crc(a ‖ b).
-typedef unsigned long (*ZlibCrc)(unsigned long, const unsigned char*, unsigned int);
-ZlibCrc zcrc = nullptr;
-const char* crcName = "slice-by-8";
-uint32_t table8[8][256];
-
-// Portable slicing-by-8 (reflected 0xEDB88320, pre/post inverted like zlib): used when the
-// process does not export zlib's crc32 (Node does: Chromium's zlib as Cr_z_crc32, with a
-// folding implementation several times faster than this).
-void InitTable() {
-  for (uint32_t n = 0; n < 256; n++) {
-    uint32_t c = n;
-    for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    table8[0][n] = c;
-  }
-  for (uint32_t n = 0; n < 256; n++)
-    for (int k = 1; k < 8; k++) table8[k][n] = table8[0][table8[k - 1][n] & 0xff] ^ (table8[k - 1][n] >> 8);
-}
-
-uint32_t CrcSlice8(uint32_t crc, const uint8_t* p, size_t n) {
-  uint32_t c = ~crc;
-  while (n >= 8) {
-    uint32_t a, b;
-    memcpy(&a, p, 4);
-    memcpy(&b, p + 4, 4);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    a = __builtin_bswap32(a);
-    b = __builtin_bswap32(b);
-#endif
-    a ^= c;
-    c = table8[7][a & 0xff] ^ table8[6][(a >> 8) & 0xff] ^ table8[5][(a >> 16) & 0xff] ^ table8[4][a >> 24] ^ table8[3][b & 0xff] ^
-        table8[2][(b >> 8) & 0xff] ^ table8[1][(b >> 16) & 0xff] ^ table8[0][b >> 24];
-    p += 8;
-    n -= 8;
-  }
-  while (n--) c = table8[0][(c ^ *p++) & 0xff] ^ (c >> 8);
-  return ~c;
-}
-
-// Below this many bytes the table CRC is faster than zlib's call (measured here: zlib's crc32 costs
-// ~200 ns even for the 40-byte masked prefix, the table ~30 ns; they cross near 512 bytes). Both are
-// the same CRC with the same conditioning, so a chain may mix them.
-const size_t ZLIB_MIN = 512;
-
-inline uint32_t Crc(uint32_t crc, const uint8_t* p, size_t n) {
-  if (n == 0) return crc;
-  return zcrc != nullptr && n >= ZLIB_MIN ? (uint32_t)zcrc(crc, p, (unsigned)n) : CrcSlice8(crc, p, n);
-}
-
-// CRC state after the 8 masked LRH bytes (icrc.ts ICRC_SEED).
+// CRC state after the 8 masked LRH bytes (icrc.ts ICRC_SEED); the CRC itself is crc32.cc's.
 uint32_t icrcSeed = 0;
 
 void InitCrc() {
-  InitTable();
-  // Node links zlib statically and exports its symbols: Chromium's copy is prefixed.
-  const char* names[] = {"Cr_z_crc32", "crc32"};
-  for (const char* nm : names) {
-    void* f = dlsym(RTLD_DEFAULT, nm);
-    if (f == nullptr) continue;
-    ZlibCrc c = (ZlibCrc)f;
-    // Trust it only if it is the CRC we mean (the check value of "123456789").
-    // Chromium's zlib picks its SIMD (PCLMUL / AVX-512) CRC only after cpu_check_features(), which
-    // crc32(0, NULL, 0) runs (its documented init call); without it the table CRC runs, ~3x slower.
-    c(0, nullptr, 0);
-    if (c(0, (const unsigned char*)"123456789", 9) != 0xcbf43926ul) continue;
-    zcrc = c;
-    crcName = nm;
-    break;
-  }
+  Crc32Init();
   static const uint8_t ff[8] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-  icrcSeed = Crc(0, ff, 8);
+  icrcSeed = Crc32(0, ff, 8);
 }
 
 // -------------------------------------------------------------- the run
@@ -245,8 +184,8 @@ Napi::Value TxSegments(const Napi::CallbackInfo& info) {
       PutU16(pre + 24, 8 + ibLen);
       memcpy(pre + 28, h, 12);
       pre[28 + 4] = 0xff;  // BTH byte 4 (FECN, BECN, reserved) masked
-      uint32_t c = Crc(icrcSeed, pre, 40);
-      c = Crc(c, h + 12, hl - 12);
+      uint32_t c = Crc32(icrcSeed, pre, 40);
+      c = Crc32(c, h + 12, hl - 12);
       if (ni + 2 > (uint32_t)MAX_IOV) return Napi::Number::New(env, -E2BIG);
       st.iov[ni].iov_base = h;
       st.iov[ni++].iov_len = hl;
@@ -258,7 +197,7 @@ Napi::Value TxSegments(const Napi::CallbackInfo& info) {
         if (pi >= np) return Napi::Number::New(env, -EINVAL);
         uint32_t take = pLen[pi] - po;
         if (take > pl) take = pl;
-        c = Crc(c, pBase[pi] + po, take);
+        c = Crc32(c, pBase[pi] + po, take);
         if (ni + 2 > (uint32_t)MAX_IOV) return Napi::Number::New(env, -E2BIG);
         st.iov[ni].iov_base = pBase[pi] + po;
         st.iov[ni++].iov_len = take;
@@ -267,7 +206,7 @@ Napi::Value TxSegments(const Napi::CallbackInfo& info) {
       }
       uint8_t* t = st.trail[k];
       memset(t, 0, 4);
-      c = Crc(c, t, pad);
+      c = Crc32(c, t, pad);
       t[pad] = (uint8_t)c;
       t[pad + 1] = (uint8_t)(c >> 8);
       t[pad + 2] = (uint8_t)(c >> 16);
@@ -321,52 +260,10 @@ Napi::Value TxSegments(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, sent);
 }
 
-// txCrc32(crc, buf, off, len) -> the chained CRC-32 of buf[off, off+len) the fast path uses (tests
-// compare it with icrc.ts).
-Napi::Value TxCrc32(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 4 || !info[1].IsBuffer()) return env.Null();
-  uint32_t crc = info[0].As<Napi::Number>().Uint32Value();
-  Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
-  uint32_t off = info[2].As<Napi::Number>().Uint32Value(), len = info[3].As<Napi::Number>().Uint32Value();
-  if ((uint64_t)off + len > b.Length()) return env.Null();
-  return Napi::Number::New(env, Crc(crc, b.Data() + off, len));
-}
-
-// txCrcBench(bytes, rounds, portable?) -> [GB/s, implementation, crc]: the CRC's speed in C over
-// one `bytes`-long buffer, `rounds` times (the figure issue 15 asks for); portable: the slice-by-8
-// fallback instead of zlib's.
-Napi::Value TxCrcBench(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint32_t bytes = info.Length() > 0 ? info[0].As<Napi::Number>().Uint32Value() : 65536;
-  uint32_t rounds = info.Length() > 1 ? info[1].As<Napi::Number>().Uint32Value() : 1000;
-  bool portable = info.Length() > 2 && info[2].ToBoolean().Value();
-  if (bytes == 0 || bytes > (64u << 20) || rounds == 0) return env.Null();
-  uint8_t* buf = new uint8_t[bytes];
-  for (uint32_t i = 0; i < bytes; i++) buf[i] = (uint8_t)(i * 131 + 7);
-  struct timespec a, b;
-  clock_gettime(CLOCK_MONOTONIC, &a);
-  uint32_t c = 0;
-  if (portable)
-    for (uint32_t r = 0; r < rounds; r++) c = CrcSlice8(c, buf, bytes);
-  else
-    for (uint32_t r = 0; r < rounds; r++) c = Crc(c, buf, bytes);
-  clock_gettime(CLOCK_MONOTONIC, &b);
-  delete[] buf;
-  double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
-  Napi::Array out = Napi::Array::New(env, 3);
-  out.Set((uint32_t)0, Napi::Number::New(env, s > 0 ? (double)bytes * rounds / s / 1e9 : 0));
-  out.Set((uint32_t)1, Napi::String::New(env, portable ? "slice-by-8" : crcName));
-  out.Set((uint32_t)2, Napi::Number::New(env, c));
-  return out;
-}
-
 }  // namespace
 
 void InitFastTx(Napi::Env env, Napi::Object exports) {
   InitCrc();
   exports.Set("txSegments", Napi::Function::New(env, TxSegments));
-  exports.Set("txCrc32", Napi::Function::New(env, TxCrc32));
-  exports.Set("txCrcBench", Napi::Function::New(env, TxCrcBench));
   exports.Set("TX_HDR_STRIDE", Napi::Number::New(env, HDR_STRIDE));
 }

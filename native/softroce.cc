@@ -1074,8 +1074,10 @@ static Napi::Value FdWatchStop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// The TX fast path (fast-tx.cc): txSegments, txCrc32, txCrcBench.
+// The TX fast path (fast-tx.cc): txSegments, TX_HDR_STRIDE.
 void InitFastTx(Napi::Env env, Napi::Object exports);
+// The CRC-32 both fast paths share (crc32.cc): txCrc32, crcBench.
+void InitCrc32(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
@@ -1090,6 +1092,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rawOpen4", Napi::Function::New(env, RawOpen4));
   exports.Set("rxAttachRaw", Napi::Function::New(env, RxAttachRaw));
   exports.Set("rxIcrcStart", Napi::Function::New(env, RxIcrcStart));
+  InitCrc32(env, exports);
   InitFastRx(env, exports);
   exports.Set("addrWatchStart", Napi::Function::New(env, AddrWatchStart));
   exports.Set("addrWatchStop", Napi::Function::New(env, AddrWatchStop));

@@ -31,8 +31,11 @@ export interface NativeAddon {
    * datagram i's segments whose RoCEv2/IPv4 ICRC verified in C as sent to dstIpv4:dstPort; 0 or -EINVAL
    */
   rxIcrcStart?(h: object, ok: Uint32Array, dstIpv4: number, dstPort: number): number;
-  /** the C CRC-32 over `bytes` bytes, `rounds` times (slice8: the portable one): ns per call and which CRC runs */
-  crcBench?(bytes: number, rounds: number, slice8?: boolean): { nsPerCall: number; crc: number; impl: string } | null;
+  /**
+   * native/crc32.cc, the CRC-32 both fast paths use, over `bytes` bytes `rounds` times (slice8: the portable one):
+   * ns per call, GB/s and which CRC ran for that size (SOFTROCE_CRC=slice8 forces the portable one everywhere)
+   */
+  crcBench?(bytes: number, rounds: number, slice8?: boolean): { nsPerCall: number; gbps: number; crc: number; impl: string } | null;
   /** fast-rx.cc's ICRC verdict on one datagram (tests): [low, high] words of its bitmap of verified segments */
   icrcVerify?(
     buf: Buffer,
@@ -99,10 +102,8 @@ export interface NativeAddon {
     pieces: Uint32Array,
     nPieces: number,
   ): number;
-  /** the chained CRC-32 the fast path computes ICRCs with (zlib's, as zlib.crc32) */
+  /** the chained CRC-32 both fast paths compute ICRCs with (native/crc32.cc; zlib's, as zlib.crc32) */
   txCrc32?(crc: number, buf: Buffer, off: number, len: number): number | null;
-  /** [GB/s, implementation name, crc]: the fast path's CRC-32 over `bytes`, `rounds` times */
-  txCrcBench?(bytes: number, rounds: number, portable?: boolean): [number, string, number] | null;
   /** the header stride of txSegments' `hdr` */
   TX_HDR_STRIDE?: number;
   constants: Record<string, number>;
