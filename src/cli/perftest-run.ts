@@ -151,23 +151,27 @@ function waitRx(c: RunCtx): Promise<void> {
 }
 /**
  * --busy_poll: one wait spins up to BUSY_SPIN_US on the device's receive sockets (device.busyPoll:
- * it returns as soon as something arrived, its completions already in the CQs). Every
- * BUSY_YIELD_MS the event loop gets a turn (timers: retransmits, the ticker; the TCP exchange),
- * which a spin never gives it: a sleep on events (waitRx) when the last spin found the sockets empty,
- * so the CPU goes to the peer when nothing is coming (it was descheduled, on a loaded machine);
- * else one setImmediate turn, as what arrived may be what the caller waits for.
+ * it returns as soon as something arrived, its completions already in the CQs). A spin that found
+ * nothing sleeps on events (waitRx) as Linux's busy_poll falls back to sleeping: the peer, if
+ * descheduled on a loaded machine, gets the CPU instead of the spin, and the event loop its turn
+ * (timers: retransmits, the ticker). While things keep arriving, the loop still gets a
+ * setImmediate turn every BUSY_YIELD_MS, which a spin never gives it.
  */
 const BUSY_SPIN_US = 200;
 const BUSY_YIELD_MS = 1;
 let lastYield = 0;
 const yieldTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
-/** One busy wait: undefined, or what the caller must await (its turn for the event loop). */
+/** One busy wait: undefined, or what the caller must await (a sleep, or a turn for the event loop). */
 function busyWait(c: RunCtx): Promise<void> | undefined {
   const got = c.device.busyPoll(BUSY_SPIN_US);
   const t = performance.now();
+  if (got === 0) {
+    lastYield = t;
+    return waitRx(c);
+  }
   if (t - lastYield < BUSY_YIELD_MS) return undefined;
   lastYield = t;
-  return got > 0 ? yieldTurn() : waitRx(c);
+  return yieldTurn();
 }
 
 /** seconds (performance.now: a double, no allocation per call) */
