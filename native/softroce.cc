@@ -327,17 +327,10 @@ static void MatchRaw(RxWatch* w, int n) {
   }
 }
 
-static void OnPoll(uv_poll_t* h, int status, int events) {
-  RxWatch* w = static_cast<RxWatch*>(h->data);
-  if (w->closing) return;
-  if (status < 0) return;  // an error on the socket: the next read reports it
-  if (events & UV_WRITABLE) {
-    w->wantWrite = false;
-    uv_poll_start(&w->poll, UV_READABLE, OnPoll);
-    CallJs(w, -1);
-    if (w->closing) return;
-  }
-  if (!(events & UV_READABLE)) return;
+// One non-blocking recvmmsg pass on the watch's socket into its slots: the datagrams read (their
+// meta filled in, raw IDs matched), 0 when none waited or on an error (the next read reports it).
+// Shared by the event path (OnPoll) and busy polling (RxPoll), so both hand JS the same view.
+static int ReadBatch(RxWatch* w) {
   for (uint32_t i = 0; i < w->slots; i++) {
     w->iov[i].iov_base = w->data + (size_t)i * w->slotSize;
     w->iov[i].iov_len = w->slotSize;
@@ -352,7 +345,7 @@ static void OnPoll(uv_poll_t* h, int status, int events) {
     w->msgs[i].msg_len = 0;
   }
   int n = recvmmsg(w->fd, w->msgs, w->slots, MSG_DONTWAIT, nullptr);
-  if (n <= 0) return;  // EAGAIN (level-triggered: another event follows), or an error: nothing to hand over
+  if (n <= 0) return 0;  // EAGAIN (level-triggered: another event follows), or an error: nothing to hand over
   for (int i = 0; i < n; i++) {
     struct msghdr* m = &w->msgs[i].msg_hdr;
     uint32_t seg = 0;
@@ -371,7 +364,38 @@ static void OnPoll(uv_poll_t* h, int status, int events) {
   }
   if (w->rawFd >= 0) MatchRaw(w, n);
   if (w->icrcOk) VerifyIcrcs(w, n);
-  CallJs(w, n);
+  return n;
+}
+
+static void OnPoll(uv_poll_t* h, int status, int events) {
+  RxWatch* w = static_cast<RxWatch*>(h->data);
+  if (w->closing) return;
+  if (status < 0) return;  // an error on the socket: the next read reports it
+  if (events & UV_WRITABLE) {
+    w->wantWrite = false;
+    uv_poll_start(&w->poll, UV_READABLE, OnPoll);
+    CallJs(w, -1);
+    if (w->closing) return;
+  }
+  if (!(events & UV_READABLE)) return;
+  int n = ReadBatch(w);
+  if (n > 0) CallJs(w, n);
+}
+
+// rxPoll(handle) -> n: busy polling. One ReadBatch now; n > 0 datagrams are handed to the watch's
+// cb(n) before this returns, as a plain call from the JS caller's stack (no MakeCallback: no
+// microtask checkpoint in the middle of the caller's code; a throw in cb reaches the caller).
+// 0: nothing waited; -1: the watch is closing. The uv poll stays armed: a readiness it reports
+// for what was read here finds the socket empty (EAGAIN) and hands over nothing.
+static Napi::Value RxPoll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsExternal()) return Napi::Number::New(env, -1);
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  if (w->closing) return Napi::Number::New(env, -1);
+  int n = ReadBatch(w);
+  if (n > 0) w->cb.Call({ Napi::Number::New(env, n) });
+  if (env.IsExceptionPending()) return env.Undefined();  // thrown on in the caller
+  return Napi::Number::New(env, n);
 }
 
 // rxStart(fd, data: Buffer, meta: Uint32Array, slots, slotSize, cb(n)) -> handle
@@ -1087,6 +1111,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("localPort", Napi::Function::New(env, LocalPort));
   exports.Set("udpOpenTx4", Napi::Function::New(env, UdpOpenTx4));
   exports.Set("rxStart", Napi::Function::New(env, RxStart));
+  exports.Set("rxPoll", Napi::Function::New(env, RxPoll));
   exports.Set("rxWantWrite", Napi::Function::New(env, RxWantWrite));
   exports.Set("rxStop", Napi::Function::New(env, RxStop));
   exports.Set("rawOpen4", Napi::Function::New(env, RawOpen4));

@@ -20,6 +20,11 @@ export interface NativeAddon {
   localPort?(fd: number): number;
   /** watch fd on Node's loop: cb(n) with n datagrams in data/meta, cb(-1) when writable again */
   rxStart?(fd: number, data: Buffer, meta: Uint32Array, slots: number, slotSize: number, cb: (n: number) => void): object | null;
+  /**
+   * busy polling: one non-blocking recvmmsg pass on watch h; n > 0 datagrams are handed to its cb(n)
+   * before this returns (a plain call: no microtask checkpoint); 0: none waited; -1: the watch is closing
+   */
+  rxPoll?(h: object): number;
   rxWantWrite?(h: object): void;
   rxStop?(h: object, done?: () => void): void;
   /** a raw IPPROTO_UDP socket that sees the headers + BTH of datagrams to ipv4:port, or -errno (EPERM without CAP_NET_RAW) */

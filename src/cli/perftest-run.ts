@@ -42,6 +42,8 @@ export interface RunCtx {
   qkey?: number;
   /** called about every 200 ms with a one-line status, when progress is shown */
   progress: ((s: string) => void) | null;
+  /** --busy_poll (and the device can): the latency loops spin on the receive sockets instead of sleeping */
+  busy?: boolean;
 }
 
 /** Iterations per QP, or a duration in seconds. */
@@ -109,7 +111,11 @@ async function sqRoom(c: RunCtx, qp: Qp, end: number): Promise<boolean> {
   while (qp.outstanding >= c.txDepth) {
     while (c.sendCq.poll(wc, 1) === 1);
     if (now() >= end) return true;
-    await waitRx(c);
+    if (!c.busy) await waitRx(c);
+    else {
+      const y = busyWait(c);
+      if (y) await y;
+    }
   }
   return false;
 }
@@ -120,7 +126,11 @@ async function drain(c: RunCtx, qp: Qp): Promise<void> {
   const until = now() + 2;
   while (qp.outstanding > 0 && now() < until) {
     while (c.sendCq.poll(wc, 1) === 1);
-    await waitRx(c);
+    if (!c.busy) await waitRx(c);
+    else {
+      const y = busyWait(c);
+      if (y) await y;
+    }
   }
   while (c.sendCq.poll(wc, 1) === 1);
 }
@@ -139,6 +149,31 @@ function waitRx(c: RunCtx): Promise<void> {
     },
   );
 }
+/**
+ * --busy_poll: one wait spins up to BUSY_SPIN_US on the device's receive sockets (device.busyPoll:
+ * it returns as soon as something arrived, its completions already in the CQs). A spin that found
+ * nothing sleeps on events (waitRx) as Linux's busy_poll falls back to sleeping: the peer, if
+ * descheduled on a loaded machine, gets the CPU instead of the spin, and the event loop its turn
+ * (timers: retransmits, the ticker). While things keep arriving, the loop still gets a
+ * setImmediate turn every BUSY_YIELD_MS, which a spin never gives it.
+ */
+const BUSY_SPIN_US = 200;
+const BUSY_YIELD_MS = 1;
+let lastYield = 0;
+const yieldTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
+/** One busy wait: undefined, or what the caller must await (a sleep, or a turn for the event loop). */
+function busyWait(c: RunCtx): Promise<void> | undefined {
+  const got = c.device.busyPoll(BUSY_SPIN_US);
+  const t = performance.now();
+  if (got === 0) {
+    lastYield = t;
+    return waitRx(c);
+  }
+  if (t - lastYield < BUSY_YIELD_MS) return undefined;
+  lastYield = t;
+  return yieldTurn();
+}
+
 /** seconds (performance.now: a double, no allocation per call) */
 const now = (): number => performance.now() / 1000;
 const MB = 1048576;
@@ -385,7 +420,11 @@ async function sendLat(c: RunCtx, size: number, limit: Limit, client: boolean): 
       // Sends are signalled so the SQ never fills; their completions are only drained here.
       while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', wc[0]!);
       if (now() >= end) return 'timeout';
-      await waitCq(c.recvCq);
+      if (!c.busy) await waitCq(c.recvCq);
+      else {
+        const y = busyWait(c);
+        if (y) await y;
+      }
     }
   };
   for (let i = 0; i < iters; i++) {
@@ -438,7 +477,11 @@ async function writeLat(c: RunCtx, size: number, limit: Limit, client: boolean):
       while (buf[pollAt] !== (rcnt & 0xff)) {
         if (now() >= end) return times;
         while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(side, wc[0]!);
-        await waitRx(c);
+        if (!c.busy) await waitRx(c);
+        else {
+          const y = busyWait(c);
+          if (y) await y;
+        }
       }
     }
     if (now() >= end) break;
@@ -472,7 +515,11 @@ async function rdLat(c: RunCtx, size: number, limit: Limit): Promise<number[] | 
     qp.postSend(wr);
     while (c.sendCq.poll(wc, 1) === 0) {
       if (now() >= end + 5) return ' Completion timeout at client';
-      await waitCq(c.sendCq);
+      if (!c.busy) await waitCq(c.sendCq);
+      else {
+        const y = busyWait(c);
+        if (y) await y;
+      }
     }
     if (wc[0]!.status !== 'SUCCESS') return wcError('client', wc[0]!);
     times.push((performance.now() - t0) * 1000);

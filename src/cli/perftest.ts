@@ -98,6 +98,7 @@ const SPECS: OptSpec[] = [
   { long: 'retry_count', arg: true },
   { short: 'U', long: 'report-unsorted', arg: false },
   { short: 'H', long: 'report-histogram', arg: false },
+  { long: 'busy_poll', arg: false },
 ];
 
 /** printf("%#0Nx"): zero prints without the 0x prefix. */
@@ -129,7 +130,7 @@ ${spec.verb === 'ATOMIC' ? '  -A, --atomic_type=<type>  Type of atomic operation
       --source_ip  Source IP of the interface used for connection establishment (with -R / -z: default the device's address)
       --retry_count=<value>  Set retry count value in rdma_cm mode
   --output=<units>  Set verbosity output level: bandwidth , message_rate, latency
-${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}${spec.lat || spec.verb === 'SEND' ? '' : '  -b, --bidirectional  Measure bidirectional bandwidth (default unidirectional)\n'}
+${spec.lat ? "      --busy_poll  Spin on the device's receive sockets instead of sleeping until the event loop reports them (trades a core for latency; needs the native addon, else events are used, with a warning)\n" : ''}${spec.lat ? '' : '  --report_gbits  Report Max/Average BW of test in Gbit/sec (instead of MiB/sec)\n'}${spec.lat || spec.verb === 'SEND' ? '' : '  -b, --bidirectional  Measure bidirectional bandwidth (default unidirectional)\n'}
  Not available in softroce: -b for SEND and latency tests.
 `;
 }
@@ -219,6 +220,11 @@ export async function perftest(
   const duplex = o.opts.has('bidirectional');
   if (duplex && (lat || spec.verb === 'SEND')) {
     err(`${tool}: -b/--bidirectional is not supported by softroce's ${tool} (only ib_write_bw, ib_read_bw, ib_atomic_bw)`);
+    return 1;
+  }
+  const busy = o.opts.has('busy_poll');
+  if (busy && !lat) {
+    err(`${tool}: --busy_poll is for the latency tests (ib_send_lat, ib_write_lat, ib_read_lat, ib_atomic_lat)`);
     return 1;
   }
   if (iters < 5 && !duration) {
@@ -549,7 +555,27 @@ export async function perftest(
     }
     say(LINE);
 
-    const ctx: RunCtx = { device: d, verb: spec.verb, conn, qps, rem, ahs, mr, region, sendCq, recvCq, txDepth, rxDepth, cqMod, atomicCmp, progress };
+    // --busy_poll where the device cannot (no addon): events, said once on stderr (the output stays perftest's).
+    const canBusy = busy && d.canBusyPoll;
+    if (busy && !canBusy) err(`${tool}: --busy_poll: device ${d.name} cannot busy-poll (backend ${d.backendName}): using events`);
+    const ctx: RunCtx = {
+      device: d,
+      verb: spec.verb,
+      conn,
+      qps,
+      rem,
+      ahs,
+      mr,
+      region,
+      sendCq,
+      recvCq,
+      txDepth,
+      rxDepth,
+      cqMod,
+      atomicCmp,
+      progress,
+      busy: canBusy,
+    };
     if (workCm) ctx.qkey = RDMA_UDP_QKEY; // rdma_cm's UD QPs: the Q_Key the SIDR_REP gives (cma_node remote_qkey)
     // If a timeout kills us mid-run, say where each QP stood (the interop suite shows stderr).
     process.once('SIGTERM', () => {

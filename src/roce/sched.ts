@@ -15,6 +15,11 @@ export interface Scheduler {
   defer(fn: () => void): void;
   /** run fn once the current JS stack has unwound (before any I/O): for work an application call started */
   soon(fn: () => void): void;
+  /**
+   * Runs now, in order, what soon() queued (busy polling: the caller spins without unwinding, so
+   * the microtask that would run it does not come until it stops; run later, it finds nothing).
+   */
+  flushSoon(): void;
   setTimer(ms: number, fn: () => void): TimerHandle;
   clearTimer(h: TimerHandle | null): void;
 }
@@ -26,8 +31,39 @@ export class RealScheduler implements Scheduler {
   defer(fn: () => void): void {
     setImmediate(fn);
   }
+  /** soon()'s work, run by one microtask (or by flushSoon, whichever comes first) */
+  private readonly soonQ: Array<(() => void) | undefined> = [];
+  private soonHead = 0;
+  private soonQueued = false;
+  private readonly soonDrain = (): void => {
+    this.soonQueued = false;
+    this.flushSoon();
+  };
   soon(fn: () => void): void {
-    queueMicrotask(fn);
+    this.soonQ.push(fn);
+    if (!this.soonQueued) {
+      this.soonQueued = true;
+      queueMicrotask(this.soonDrain);
+    }
+  }
+  flushSoon(): void {
+    const q = this.soonQ;
+    try {
+      // A function may queue more (or flush from inside): the shared head takes each exactly once.
+      while (this.soonHead < q.length) {
+        const fn = q[this.soonHead]!;
+        q[this.soonHead++] = undefined;
+        fn();
+      }
+      q.length = 0;
+      this.soonHead = 0;
+    } finally {
+      // One threw: the rest still runs, in its own microtask, as separate microtasks each would have.
+      if (this.soonHead < q.length && !this.soonQueued) {
+        this.soonQueued = true;
+        queueMicrotask(this.soonDrain);
+      }
+    }
   }
   setTimer(ms: number, fn: () => void): TimerHandle {
     const h = { cancelled: false, t: undefined as NodeJS.Timeout | undefined };
@@ -76,6 +112,8 @@ export class FakeScheduler implements Scheduler {
   soon(fn: () => void): void {
     this.queue.push(fn);
   }
+  /** run() runs soon()'s work with the deferred work: nothing to do here (nothing busy-polls a fake clock). */
+  flushSoon(): void {}
   setTimer(ms: number, fn: () => void): TimerHandle {
     const h: FakeTimer = { cancelled: false, at: this.t + Math.max(0, ms), seq: this.seq++, fn };
     this.timers.push(h);

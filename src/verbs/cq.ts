@@ -13,6 +13,7 @@ import * as V from './validate.js';
 import type { Device } from './device.js';
 import { emitGuarded } from './emit.js';
 import type { CompletionSink } from '../roce/transport/types.js';
+import { busyPollFallback, MAX_BUSY_POLL_US } from './busy-poll.js';
 
 const ARM_NONE = 0,
   ARM_ANY = 1,
@@ -46,10 +47,29 @@ export class Cq extends EventEmitter implements CompletionSink {
   #closed = false;
   #overflowed = false;
 
-  constructor(device: Device, depth: number) {
+  /**
+   * µs that poll() spins on the device's receive sockets while the CQ is empty (createCq's
+   * busyPollUs; 0: poll() returns at once, as ibv_poll_cq). Settable (0..MAX_BUSY_POLL_US); it
+   * stays 0 on a device that cannot busy-poll (Device.canBusyPoll), reported once as a warning.
+   */
+  get busyPollUs(): number {
+    return this.#busyPollUs;
+  }
+  set busyPollUs(us: number) {
+    V.int('softroce_cq_busy_poll', 'busyPollUs', us, 0, MAX_BUSY_POLL_US);
+    if (us > 0 && !this.device.canBusyPoll) {
+      busyPollFallback(this.device.name, this.device.backendName);
+      us = 0;
+    }
+    this.#busyPollUs = us;
+  }
+  #busyPollUs: number;
+
+  constructor(device: Device, depth: number, busyPollUs = 0) {
     super();
     this.device = device;
     this.depth = depth;
+    this.#busyPollUs = busyPollUs;
     this.ring = Array.from({ length: depth }, () => new Wc());
   }
 
@@ -90,6 +110,12 @@ export class Cq extends EventEmitter implements CompletionSink {
     if (max === undefined) max = out.length;
     else V.int('ibv_poll_cq', 'max', max, 0, 0x7fffffff);
     // Only the entries that will be filled must be Wc objects (a C caller passes an ibv_wc array).
+    // Busy polling: spin on the receive sockets until a completion lands here or the time is up
+    // (the device stopped being able to: back to plain polling, reported once).
+    if (this.count === 0 && this.#busyPollUs > 0 && max > 0 && this.device.spin(this.#busyPollUs, this) < 0) {
+      busyPollFallback(this.device.name, this.device.backendName);
+      this.#busyPollUs = 0;
+    }
     for (let i = 0, k = Math.min(max, out.length, this.count); i < k; i++) if (!(out[i] instanceof Wc)) V.fail('ibv_poll_cq', 'out', `out[${i}] is not a Wc`);
     const n = Math.min(max, out.length, this.count);
     for (let i = 0; i < n; i++) {

@@ -33,6 +33,7 @@ import type { QpState } from './qp-state.js';
 import { defaultSgid, Port, portAttr, wireLink } from './port.js';
 import { openDeviceWith, releaseLinks, releaseObjects, type OpenDeviceOptions } from './open.js';
 import { McastTable } from './mcast.js';
+import { busyPollFallback, MAX_BUSY_POLL_US } from './busy-poll.js';
 
 export type AsyncEventType =
   | 'COMM_EST'
@@ -252,11 +253,23 @@ export class Device extends EventEmitter implements TransportDevice {
     return pd;
   }
 
-  createCq(o: { depth: number }): Cq {
+  /**
+   * ibv_create_cq. `busyPollUs` (opt-in, 0..MAX_BUSY_POLL_US): poll() on the empty CQ spins up to
+   * that long on the device's receive sockets (busyPoll) before it returns 0. On a device that
+   * cannot busy-poll (canBusyPoll false) the CQ is created without it (busyPollUs 0), reported
+   * once per process as a warning (SOFTROCE_BUSY_POLL).
+   */
+  createCq(o: { depth: number; busyPollUs?: number }): Cq {
     this.live('ibv_create_cq');
     V.obj('ibv_create_cq', 'options', o);
     V.int('ibv_create_cq', 'depth', o.depth, 1, this.attr.maxCqe);
-    const cq = new Cq(this, o.depth);
+    V.optInt('ibv_create_cq', 'busyPollUs', o.busyPollUs, 0, MAX_BUSY_POLL_US);
+    let spin = o.busyPollUs ?? 0;
+    if (spin > 0 && !this.canBusyPoll) {
+      busyPollFallback(this.name, this.backendName);
+      spin = 0;
+    }
+    const cq = new Cq(this, o.depth, spin);
     this.cqs.add(cq);
     return cq;
   }
@@ -326,6 +339,80 @@ export class Device extends EventEmitter implements TransportDevice {
   forget(o: Pd | Cq): void {
     if (o instanceof Pd) this.pds.delete(o);
     else this.cqs.delete(o);
+  }
+
+  /**
+   * Busy polling can run here: every port's link reads its socket on demand (Link.pollRx: the
+   * native addon's socket, through any wrappers: RoCEv1, fault injector, pcap recorder; not Node's
+   * dgram or the in-memory network). RoCEv1 frames (the packet socket) still come by events.
+   */
+  get canBusyPoll(): boolean {
+    if (this.ports.length === 0 || this.closed) return false;
+    for (const p of this.ports) if (p.link.pollRx === undefined || p.link.flush === undefined) return false;
+    return true;
+  }
+
+  /**
+   * Busy polling (opt-in; issue 15): spins for up to `us` µs on the receive sockets of every port,
+   * handing what arrives to the transport at once (completions land in their CQs before this
+   * returns), and returns as soon as something arrived: the datagrams read (GRO batches count as
+   * one), 0 if none came in time, -1 when the device cannot (canBusyPoll false: sleep on events
+   * instead, e.g. cq.notifications() or nextRx()). Before each read it sends what the transport
+   * queued for the end of the turn (posted WRs, coalesced ACKs), as the turn's end would.
+   *
+   * It never returns to the event loop, so timers (ACK timeouts, retransmits, RNR waits) and work
+   * deferred to a later turn do not run while it spins: a loop of busy polls must let the loop
+   * run (await something) every few ms, as the perftest tools' --busy_poll does every millisecond.
+   * Re-entered from inside a receive (a CQ event handler), it returns 0 at once.
+   */
+  busyPoll(us: number): number {
+    V.int('softroce_busy_poll', 'us', us, 0, MAX_BUSY_POLL_US);
+    return this.spin(us, null);
+  }
+
+  /** @internal the backend of port 1's link, for messages */
+  get backendName(): string {
+    return this.ports[0]?.link.caps.backend ?? 'none';
+  }
+
+  private spinning = false;
+  /**
+   * @internal Cq.poll with busyPollUs: spins until `cq` has an entry (null: until a datagram was
+   * read) or `us` µs passed; returns the datagrams read, or -1 when the device cannot busy-poll.
+   */
+  spin(us: number, cq: Cq | null): number {
+    if (!this.canBusyPoll) return -1;
+    if (this.spinning) return 0;
+    this.spinning = true;
+    const end = performance.now() + us / 1000;
+    let got = 0;
+    try {
+      for (;;) {
+        this.busyTurn();
+        if (cq !== null ? cq.length > 0 || cq.closed : got > 0) break;
+        let n = 0,
+          inside = false;
+        for (const p of this.ports) {
+          const k = p.link.pollRx!();
+          if (k < 0) inside = true;
+          else n += k;
+        }
+        got += n;
+        // Called from inside a receive (a CQ event handler): nothing can arrive until it returns.
+        if (inside || (n === 0 && (performance.now() >= end || this.closed))) break;
+      }
+    } finally {
+      this.spinning = false;
+    }
+    return got;
+  }
+
+  /** One pass of busy polling is a turn: what waits for the end of the turn goes now (sched.flushSoon, engine.ts busyTurn, the links' send batches). */
+  private busyTurn(): void {
+    this.sched.flushSoon();
+    this.engine.busyTurn();
+    this.sched.flushSoon();
+    for (const p of this.ports) p.link.flush!();
   }
 
   private rxWaiter: (() => void) | null = null;

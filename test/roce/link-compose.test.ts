@@ -181,6 +181,7 @@ t.test('caps per backend', async (t) => {
         rawRx: rawOk && process.env['SOFTROCE_RAW_RX'] !== '0',
         perPacketTos: true,
         flowSrcPort: true,
+        rxBatch: true,
       },
       `native socket (raw receive ${rawOk ? 'permitted' : 'not permitted'} here)`,
     );

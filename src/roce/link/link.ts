@@ -101,6 +101,14 @@ export interface LinkCaps {
   readonly flowSrcPort?: boolean;
   /** The interface the socket is bound to (SO_BINDTODEVICE: what it sends leaves by it); absent or '': none. */
   readonly boundNetdev?: string;
+  /**
+   * The receiver is called for a whole receive batch (one recvmmsg) inside one callback from the
+   * event loop, and microtasks run only after it returns: work queued with `sched.soon` while
+   * handling a packet runs once per batch, before the loop's next phase (the native link). Absent
+   * or false: one callback per datagram (Node's dgram) or per delivery (memory), so per-batch
+   * coalescing needs a later loop turn (`sched.defer`).
+   */
+  readonly rxBatch?: boolean;
 }
 
 /** what the batching did, for the bench and ibv_devinfo (the UDP backends) */
@@ -206,6 +214,16 @@ export interface Link extends LinkInfo {
   leaveGroup?(groupIp: string): number;
   /** Resolves with 0 once the membership of a joined group is in place (the socket bound and joined), or -errno if it failed. */
   groupJoined?(groupIp: string): Promise<number>;
+  /**
+   * Busy polling (opt-in): one non-blocking read of the receive socket, whatever it held handed to
+   * the receiver before this returns (synchronously, as the event loop would have). Returns the
+   * datagrams read (0: none waiting), or -1 when called from inside this link's receiver (its
+   * receive buffers are in use: no polling from there). Absent where the backend cannot (Node's
+   * dgram, memory); wrappers pass it through.
+   */
+  pollRx?(): number;
+  /** Sends now what send() queued for the end of this turn (busy polling: no turn ends while it spins). */
+  flush?(): void;
   readonly up: boolean;
   /** what the UDP backends' batching did (perftest prints it); absent on links that do not batch */
   readonly batchStats?: BatchStats | undefined;
@@ -229,8 +247,13 @@ export interface Link extends LinkInfo {
  */
 export abstract class LinkWrapper implements Link {
   protected readonly inner: Link;
+  /** Busy polling reaches the backend: what it reads comes up through this wrapper's receiver, as on the event path. */
+  pollRx?: () => number;
+  flush?: () => void;
   constructor(inner: Link) {
     this.inner = inner;
+    if (inner.pollRx !== undefined) this.pollRx = (): number => inner.pollRx!();
+    if (inner.flush !== undefined) this.flush = (): void => inner.flush!();
   }
   get localIp(): string {
     return this.inner.localIp;

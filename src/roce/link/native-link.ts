@@ -63,6 +63,7 @@ export class NativeLink extends UdpLinkBase {
     const link = new NativeLink(o);
     link.localPort = n.localPort!(fd);
     link.mcaps.ipv4IdZero = true;
+    link.mcaps.rxBatch = true; // onNativeRx: one call per recvmmsg batch, microtasks after it
     link.mcastSendFd(fd);
     if (o.netdev) link.mcaps.boundNetdev = o.netdev;
     link.batchOn(n, fd, process.env['SOFTROCE_GSO'] !== '0');
@@ -81,7 +82,16 @@ export class NativeLink extends UdpLinkBase {
     link.rxSlots = Array.from({ length: slots }, (_, i) => link.rxData!.subarray(i * slotSize, (i + 1) * slotSize));
     link.rxSegViews = Array.from({ length: slots }, () => []);
     link.rxSegSize = new Array<number>(slots).fill(0);
-    link.rxHandle = n.rxStart!(fd, link.rxData, link.rxMeta, slots, slotSize, (k) => link.onNativeRx(k));
+    // inRx: the slots are in use while a batch is handed over (see pollRx).
+    const onRx = (k: number): void => {
+      link.inRx = true;
+      try {
+        link.onNativeRx(k);
+      } finally {
+        link.inRx = false;
+      }
+    };
+    link.rxHandle = n.rxStart!(fd, link.rxData, link.rxMeta, slots, slotSize, onRx);
     if (!link.rxHandle) {
       closeSync(fd); // the bound socket is ours alone: nothing else will ever close it
       throw new VerbsError('ENODEV', 'ibv_open_device', 'native receive path did not start', 'native');
@@ -106,8 +116,28 @@ export class NativeLink extends UdpLinkBase {
       if (rfd >= 0) link.mcaps.rawRx = n.rxAttachRaw(link.rxHandle, rfd, keepGro) === 0;
       if (!link.caps.rawRx && o.rawRx === 'on') throw new VerbsError('EPERM', 'ibv_open_device', `raw receive socket: errno ${-rfd}`, 'rawRx');
     }
+    if (n.rxPoll !== undefined) link.pollRx = (): number => link.pollOnce();
     link.followCarrier();
     return link;
+  }
+
+  /** true while onNativeRx hands a batch over: the slots are in use (pollRx must not refill them) */
+  private inRx = false;
+
+  /** Busy polling (Link.pollRx): set by open() when the addon has rxPoll (an older build has not). */
+  pollRx?: () => number;
+
+  /**
+   * One non-blocking recvmmsg pass through the addon (rxPoll), what it read handed to the receiver
+   * before this returns, through onNativeRx as the event path does. -1 while a batch is being
+   * handed over (a receiver that polls from inside it, e.g. a CQ event handler, must not overwrite
+   * its slots).
+   */
+  private pollOnce(): number {
+    if (this.inRx) return -1;
+    if (this.rxHandle === null || this.closed) return 0;
+    const k = this.native!.rxPoll!(this.rxHandle);
+    return k > 0 ? k : 0;
   }
 
   /** k datagrams are in the slots (k < 0: the socket is writable again). */

@@ -526,6 +526,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   flush(): void {
     this.flushing = false;
     const n = this.qn;
+    if (n === 0) return; // flushed already (a full batch, or busy polling): the microtask finds nothing
     this.qn = 0;
     let k = 0;
     // Still waiting for the socket: everything queues behind, in order.

@@ -208,6 +208,17 @@ export class Engine {
     this.turnLeft = TURN_PACKETS;
   };
 
+  /**
+   * Busy polling: the caller spins on the receive sockets without returning to the event loop, so
+   * each pass of its spin is a turn: the deferred pump (or the refill of the turn's packet budget)
+   * runs now instead of in a check phase that does not come while it spins. The setImmediate
+   * already queued for it later finds the budget full and nothing, or little, to do.
+   */
+  busyTurn(): void {
+    if (this.pumpPending) this.pumpFn();
+    else if (this.refillPending) this.refillFn();
+  }
+
   private pump(): void {
     this.adjustCap();
     const q = this.runq;

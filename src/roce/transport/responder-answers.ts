@@ -1,6 +1,6 @@
 /**
- * What the responder sends and posts (IBA 9.7.5.1.2, rxe_resp.c): ACKs (coalesced per event-loop
- * turn), NAKs and RNR NAKs, atomic ACKs, class C errors (NAK, then the QP to ERR), receive
+ * What the responder sends and posts (IBA 9.7.5.1.2, rxe_resp.c): ACKs (coalesced per receive
+ * burst), NAKs and RNR NAKs, atomic ACKs, class C errors (NAK, then the QP to ERR), receive
  * completions, and the receive WQE's scatter. The responder's state steps (responder-steps.ts)
  * and its READ streaming (responder.ts) share them.
  */
@@ -41,8 +41,8 @@ export function sendAck(qp: Qp, syndrome: number, psn: number, msn = qp.resp.msn
 
 /**
  * A positive ACK for a request that asked for one, coalesced: every request
- * that arrives in the same event-loop turn (a receive burst) is acknowledged
- * by one ACK for the newest PSN when the turn ends. IBA 9.7.5.1.1 lets an ACK
+ * that arrives in the same receive burst (one batch of the native link, else one
+ * event-loop turn) is acknowledged by one ACK for the newest PSN when it ends. IBA 9.7.5.1.1 lets an ACK
  * acknowledge every request up to its PSN; the requester completes all of
  * them (rxe's completer does the same with our ACKs). On a busy responder
  * this halves the packets per small message.
@@ -59,7 +59,13 @@ export function queueAck(qp: Qp, psn: number): void {
   r.ackMsn = r.msn;
   if (r.ackPending) return;
   r.ackPending = true;
-  qp.device.sched.defer((r.ackFlush ??= (): void => flushAck(qp)));
+  // Where the link hands over a whole receive batch in one callback (caps.rxBatch), a microtask
+  // after it is the end of the burst: the ACK leaves in the same turn, before the application's
+  // answer to the request it acknowledges, instead of one loop phase later (a ping-pong's sender
+  // waits for it before it may post again). Elsewhere one callback per datagram: the turn's end.
+  const fn = (r.ackFlush ??= (): void => flushAck(qp));
+  if (port(qp).link.caps.rxBatch === true) qp.device.sched.soon(fn);
+  else qp.device.sched.defer(fn);
 }
 
 /** Sends the coalesced ACK, if one waits and the QP can still answer. */

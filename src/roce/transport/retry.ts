@@ -14,9 +14,16 @@ import { CompState, Reason } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
 import { completeWqe } from './complete.js';
 
+/**
+ * The local ACK timeout of each 5-bit `timeout` attribute, in ms: 4.096 µs × 2^timeout (IBA
+ * 9.7.6.1.3); 0 means none. A table: it is read for every request packet sent (armRetransmit),
+ * where the power showed in profiles (issue 15).
+ */
+const ACK_TIMEOUT_MS = Float64Array.from({ length: 32 }, (_, t) => (t === 0 ? 0 : (4.096 * 2 ** t) / 1000));
+
 /** Local ACK timeout in ms: 4.096 µs × 2^timeout (IBA 9.7.6.1.3); 0 means none. */
 export function ackTimeoutMs(timeout: number): number {
-  return timeout === 0 ? 0 : (4.096 * 2 ** timeout) / 1000;
+  return ACK_TIMEOUT_MS[timeout & 31]!;
 }
 
 /**
