@@ -338,6 +338,42 @@ t.test('EAGAIN mid-run: the packets the link did not send go the per-packet way,
   compare(t, slow, fast, true, 'cut runs');
 });
 
+t.test('a socket that says EAGAIN: the link holds the packets and sends them, in order, once it is writable', { skip: noFast, timeout: 30_000 }, async (t) => {
+  const rx = await openRx('RC');
+  t.teardown(async () => {
+    await rx.dev.close();
+    await rx.link.close();
+  });
+  const msgs = workload('RC');
+  const slow = await withGso(false, () => run(rx, false, 'RC', 1024, msgs));
+  // The first sends of the per-packet path find the socket full: the link keeps them (hold), asks
+  // the addon for a writable event (rxWantWrite) and sends them from its callback (cb(-1)).
+  const nat = native as NativeAddon;
+  const real = nat.sendPackets.bind(nat);
+  let refused = 0;
+  nat.sendPackets = (...a: Parameters<NativeAddon['sendPackets']>) => {
+    if (refused < 3) {
+      refused++;
+      return -11; // EAGAIN
+    }
+    return real(...a);
+  };
+  let held: RunOut;
+  try {
+    held = await withGso(false, () => run(rx, false, 'RC', 1024, msgs));
+  } finally {
+    nat.sendPackets = real;
+  }
+  t.equal(refused, 3, 'three sends refused');
+  t.same(held.status, slow.status, 'every WR completed as without the refusals');
+  t.ok(
+    held.got.every((g, i) => g.equals(held.want[i]!)),
+    'every message arrived intact',
+  );
+  const psns = (r: RunOut): number[] => r.cap.map((c) => c.bytes.readUIntBE(9, 3));
+  t.same([...new Set(psns(held))], [...new Set(psns(slow))], 'the same PSNs, in the same order');
+});
+
 t.test('go-back-N: a lost packet is resent from its PSN by the fast path too', { skip: noFast }, async (t) => {
   const rx = await openRx('RC');
   t.teardown(async () => {
