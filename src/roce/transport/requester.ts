@@ -233,12 +233,20 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
   const p = payloadOff(opc);
   gather(wqe, wqe.sent, b, p, n);
   wqe.sent += n;
-  // A SEND counts once, when its last packet first leaves: not again when a probe or a go-back-N
-  // rewind resends that packet (req.maxPsn is past it then).
   const fresh = psnDiff(psn, qp.req.maxPsn) >= 0;
   advancePsn(qp, psnAdd(psn, 1));
   finishAndSend(port, b, p + n, n, d, qp.srcPort);
-  if (last) {
+  afterSend(qp, port, wqe, last, fresh);
+}
+
+/**
+ * What follows a packet or a run leaving, on both paths: a message whose last packet left is
+ * PENDING (a SEND counted once, when that packet first leaves: `fresh`, not again when a probe or a
+ * go-back-N rewind resends it); UC completes it now; RC arms the retransmit timer and the probe.
+ */
+function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: boolean): void {
+  const rc = qp.type === 'RC';
+  if (ended) {
     wqe.state = WqeState.PENDING;
     qp.req.nextWqe++;
     if (fresh && wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
@@ -349,16 +357,7 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   advancePsn(qp, psnAdd(psn0, 1));
   if (rc) armRetransmit(qp);
   advancePsn(qp, psnAdd(psn0, r));
-  if (wqe.sent === wqe.length) {
-    wqe.state = WqeState.PENDING;
-    qp.req.nextWqe++;
-    if (fresh && wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
-    if (!rc) completeUnacked(qp);
-  }
-  if (rc) {
-    armRetransmit(qp);
-    armProbe(qp);
-  }
+  afterSend(qp, port, wqe, wqe.sent === wqe.length, fresh);
   return r;
 }
 
