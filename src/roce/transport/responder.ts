@@ -23,7 +23,7 @@ import type { TransportQp as Qp } from './types.js';
 import { ACCESS } from './types.js';
 import { aethAck, NakCode } from '../aeth.js';
 import { Hdr, OPCODE_MASK, Op } from '../opcode.js';
-import { psnAdd, psnDiff } from '../psn.js';
+import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { PktInfo, parseIb } from '../packet.js';
 import { Ctr } from '../counters.js';
 import { finishAndSend, payloadOff, txPortOf, writeAeth, writeBth } from './build.js';
@@ -33,6 +33,9 @@ import { Reason, RespState } from './role-states.js';
 import { Role } from './trace.js';
 import { fatalNak, flushAck, port } from './responder-answers.js';
 import { NO_SRC, STASH_MAX, runRequestSteps } from './responder-steps.js';
+import { ROCEV1_PORT, SEG_HDR_STRIDE, SEG_MAX_PKTS, type SegmentRun } from '../link/link.js';
+import type { PortLike } from './types.js';
+import type { PendingRead } from './state.js';
 
 export { flushAck, sendAck } from './responder-answers.js';
 
@@ -118,6 +121,11 @@ export function runReads(qp: Qp): void {
       fatalNak(qp, NakCode.REMOTE_ACCESS_ERROR, rd.sentPsn);
       return;
     }
+    const fast = sendReadRunFast(qp, pt, rd, budget);
+    if (fast > 0) {
+      budget -= fast;
+      continue;
+    }
     const b = pt.link.allocTx();
     if (!b) {
       r.waitingDrain = true;
@@ -145,6 +153,79 @@ export function runReads(qp: Qp): void {
   }
   drainBacklog(qp);
 }
+
+/**
+ * The TX fast path (issue 15) for READ responses: the next packets of a response as one run the
+ * link sends in native code (Link.sendSegments: pad, ICRC, the payload gathered from the MR
+ * without a copy, UDP GSO), as the requester's sendRunFast does for SENDs and WRITEs. The headers
+ * are the ones the per-packet loop in runReads writes, packet by packet: FIRST / MIDDLE / LAST /
+ * ONLY by position, an AETH (ACK syndrome, the MSN) on FIRST, LAST and ONLY (IBA 9.3.5), no
+ * AckReq. Only runs of 2 or more packets, over IPv4 RoCEv2 with the path's source GID still
+ * there; what the link did not send goes the per-packet way. Returns the packets sent, 0 when
+ * the link sent none, -1 when this response is not for the fast path.
+ */
+function sendReadRunFast(qp: Qp, pt: PortLike, rd: PendingRead, budget: number): number {
+  const link = pt.link;
+  const d = qp.dest;
+  if (link.sendSegments === undefined || rd.mr === null) return -1;
+  if (d.family !== 4 || d.port === ROCEV1_PORT || pt.gidGen[d.sgidIndex] !== d.sgidGen) return -1;
+  const mtu = qp.pathMtu;
+  const off = psnDiff(rd.sentPsn, rd.psn) * mtu;
+  const rest = rd.len - off;
+  const n = Math.min(packetsFor(rest, mtu), budget, SEG_MAX_PKTS);
+  if (n < 2 || rest <= mtu) return -1;
+  const run = readRun;
+  run.bufs[0] = rd.mr.buffer;
+  run.pieces[0] = rd.off + off;
+  run.pieces[1] = Math.min(rest, n * mtu);
+  run.nPieces = 1;
+  const msn = qp.resp.msn;
+  let psn = rd.sentPsn,
+    at = off;
+  for (let k = 0; k < n; k++) {
+    const remaining = rd.len - at;
+    const len = remaining < mtu ? remaining : mtu;
+    const opc = READ_RESPONSE_OPCODE[(at === 0 ? 2 : 0) + (remaining <= mtu ? 1 : 0)]!;
+    const h = readHdrs[k]!;
+    writeBth(h, opc, false, 0, qp.destQpn, false, psn);
+    run.meta[2 * k] = OPCODE_MASK[opc]! & hdrBit(Hdr.AETH) ? writeAeth(h, opc, aethAck(), msn) : payloadOff(opc);
+    run.meta[2 * k + 1] = len;
+    at += len;
+    psn = psnAdd(psn, 1);
+  }
+  run.n = n;
+  run.srcIpNum = pt.ipNum;
+  run.dstIpNum = d.ipNum;
+  run.dstIp = d.ip;
+  run.dstPort = d.port;
+  run.tos = d.tos;
+  run.srcPort = qp.srcPort;
+  const sent = link.sendSegments(run);
+  run.bufs[0] = EMPTY; // hold no MR past the call
+  if (sent <= 0) return 0;
+  pt.counters.counts[Ctr.sent_pkts]! += sent;
+  rd.sentPsn = psnAdd(rd.sentPsn, sent);
+  if (psnDiff(rd.sentPsn, rd.psn) * mtu >= rd.len) qp.resp.reads.shift(); // its LAST left
+  return sent;
+}
+
+const EMPTY = Buffer.alloc(0);
+/** The one READ response run being built (runReads is synchronous) and its per-packet header views. */
+const readRun: SegmentRun = {
+  hdr: Buffer.alloc(SEG_HDR_STRIDE * SEG_MAX_PKTS),
+  meta: new Uint32Array(2 * SEG_MAX_PKTS),
+  n: 0,
+  bufs: [EMPTY],
+  pieces: new Uint32Array(2),
+  nPieces: 0,
+  srcIpNum: 0,
+  dstIpNum: 0,
+  dstIp: '',
+  dstPort: 0,
+  tos: 0,
+  srcPort: 0,
+};
+const readHdrs: Buffer[] = Array.from({ length: SEG_MAX_PKTS }, (_, k) => readRun.hdr.subarray(k * SEG_HDR_STRIDE, (k + 1) * SEG_HDR_STRIDE));
 
 function scheduleReads(qp: Qp): void {
   if (qp.resp.scheduled) return;
