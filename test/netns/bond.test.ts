@@ -341,7 +341,11 @@ t.test('bonds over two veth pairs: failover mid-stream, activebackup and loadbal
     // it on whichever port carries them, before the cut and after the failover.
     const fast = r.after['fastTx'] as number[];
     if (process.env['SOFTROCE_NO_FASTPATH'] === '1') t.same(fast, [0, 0], 'SOFTROCE_NO_FASTPATH=1: no packet by the fast path');
-    else t.ok(fast.length === 2 && fast[0]! > 0 && fast[1]! > 0, `the fast path sent on both member links (port 1 before the cut, port 2 after): ${fast.join(' / ')}`);
+    else
+      t.ok(
+        fast.length === 2 && fast[0]! > 0 && fast[1]! > 0,
+        `the fast path sent on both member links (port 1 before the cut, port 2 after): ${fast.join(' / ')}`,
+      );
   });
 
   // teamd's defaults: a dead peer found missed_max + 1 to + 2 intervals (4 to 5 s) after the cut; the streams stall

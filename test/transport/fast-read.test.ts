@@ -66,7 +66,13 @@ async function openRq(): Promise<Rq> {
   const dev = await openDevice({ address: B, link });
   const pd = dev.allocPd();
   const cq = dev.createCq({ depth: 4096 });
-  const qp = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, sigAll: true, cap: { maxSendWr: 64, maxRecvWr: 4, maxSendSge: 4, maxRecvSge: 1, maxInline: 0 } });
+  const qp = pd.createQp({
+    type: 'RC',
+    sendCq: cq,
+    recvCq: cq,
+    sigAll: true,
+    cap: { maxSendWr: 64, maxRecvWr: 4, maxSendSge: 4, maxRecvSge: 1, maxInline: 0 },
+  });
   const mem = Buffer.alloc(1 << 20);
   const mr = pd.regMr(mem, ['LOCAL_WRITE']);
   return { dev, link, qp, cq, mem, mr, cap };
@@ -196,10 +202,7 @@ function firsts(r: RunOut): Cap[] {
 function compare(t: Test, slow: RunOut, fast: RunOut, strict: boolean, what: string): void {
   t.ok(fast.fastPackets > 0, `${what}: the fast path sent ${fast.fastPackets} response packets`);
   t.equal(slow.fastPackets, 0, `${what}: fastPath: false sends none that way`);
-  t.ok(
-    slow.status.length === slow.want.length && slow.status.every((s) => s === 'SUCCESS'),
-    `${what}: per-packet path completes every READ with SUCCESS`,
-  );
+  t.ok(slow.status.length === slow.want.length && slow.status.every((s) => s === 'SUCCESS'), `${what}: per-packet path completes every READ with SUCCESS`);
   t.same(fast.status, slow.status, `${what}: the same completions`);
   const bad = fast.want.map((w, i) => (fast.got[i]!.equals(w) && slow.got[i]!.equals(slow.want[i]!) ? -1 : i)).filter((i) => i >= 0);
   t.same(bad, [], `${what}: all ${fast.want.length} READs brought the right bytes on both paths`);
@@ -295,39 +298,44 @@ t.test('a link that sends only part of a run: the rest of the response goes the 
   compare(t, slow, fast, true, 'cut runs');
 });
 
-t.test('an MR deregistered while its READ is answered on the fast path: no byte of it after, the requester gets REM_ACCESS_ERR', { skip: noFast }, async (t) => {
-  const rq = await openRq();
-  t.teardown(async () => {
-    await rq.dev.close();
-    await rq.link.close();
-  });
-  const link = (await UdpLink.open({ address: A, native: 'on', fastPath: true })) as NativeLink;
-  const dev = await openDevice({ address: A, link });
-  t.teardown(async () => {
-    await dev.close();
-    await link.close();
-  });
-  const pd = dev.allocPd();
-  const cq = dev.createCq({ depth: 16 });
-  const qp = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4, maxSendSge: 1, maxRecvSge: 1, maxInline: 0 } });
-  const mem = pattern(1 << 20, 9);
-  const mr = pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_READ']);
-  rq.qp.modify({ state: 'RESET' });
-  rq.cap.length = 0;
-  const local = (psn: number) => ({ psn, pathMtu: 1024 as const, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1, maxDestRdAtomic: 1 });
-  connectQp(qp, local(PSN_A), { qpn: rq.qp.qpn, psn: PSN_B, gid: B });
-  connectQp(rq.qp, local(PSN_B), { qpn: qp.qpn, psn: PSN_A, gid: A });
-  // 1 MiB = 1024 responses: the responder's first run (64) leaves at once; the MR goes after it.
-  rq.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', signaled: true, sg: [{ mr: rq.mr, offset: 0, length: 1 << 20 }], remote: { addr: mr.addr, rkey: mr.rkey } });
-  for (const end = performance.now() + 5000; (link.batchStats.fastTxPackets ?? 0) === 0 && performance.now() < end;) await new Promise((r) => setImmediate(r));
-  const sentBefore = link.batchStats.fastTxPackets ?? 0;
-  mr.close();
-  const wcs = await waitN(rq.cq, 1);
-  t.equal(wcs.length, 1);
-  t.equal(wcs[0]?.status, 'REM_ACCESS_ERR');
-  t.ok(sentBefore > 0 && sentBefore < 1024, `${sentBefore} responses left by the fast path before the MR went`);
-  await new Promise((r) => setTimeout(r, 50));
-  const data = rq.cap.filter((c) => c.bytes[0] !== 0x11); // every response but the NAK (RC ACKNOWLEDGE)
-  const psns = new Set(data.map((c) => c.bytes.readUIntBE(9, 3)));
-  t.ok(psns.size <= sentBefore, `${psns.size} distinct response PSNs reached the requester, none after the deregistration`);
-});
+t.test(
+  'an MR deregistered while its READ is answered on the fast path: no byte of it after, the requester gets REM_ACCESS_ERR',
+  { skip: noFast },
+  async (t) => {
+    const rq = await openRq();
+    t.teardown(async () => {
+      await rq.dev.close();
+      await rq.link.close();
+    });
+    const link = (await UdpLink.open({ address: A, native: 'on', fastPath: true })) as NativeLink;
+    const dev = await openDevice({ address: A, link });
+    t.teardown(async () => {
+      await dev.close();
+      await link.close();
+    });
+    const pd = dev.allocPd();
+    const cq = dev.createCq({ depth: 16 });
+    const qp = pd.createQp({ type: 'RC', sendCq: cq, recvCq: cq, cap: { maxSendWr: 4, maxRecvWr: 4, maxSendSge: 1, maxRecvSge: 1, maxInline: 0 } });
+    const mem = pattern(1 << 20, 9);
+    const mr = pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_READ']);
+    rq.qp.modify({ state: 'RESET' });
+    rq.cap.length = 0;
+    const local = (psn: number) => ({ psn, pathMtu: 1024 as const, timeout: 14, retryCnt: 7, rnrRetry: 7, maxRdAtomic: 1, maxDestRdAtomic: 1 });
+    connectQp(qp, local(PSN_A), { qpn: rq.qp.qpn, psn: PSN_B, gid: B });
+    connectQp(rq.qp, local(PSN_B), { qpn: qp.qpn, psn: PSN_A, gid: A });
+    // 1 MiB = 1024 responses: the responder's first run (64) leaves at once; the MR goes after it.
+    rq.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', signaled: true, sg: [{ mr: rq.mr, offset: 0, length: 1 << 20 }], remote: { addr: mr.addr, rkey: mr.rkey } });
+    for (const end = performance.now() + 5000; (link.batchStats.fastTxPackets ?? 0) === 0 && performance.now() < end;)
+      await new Promise((r) => setImmediate(r));
+    const sentBefore = link.batchStats.fastTxPackets ?? 0;
+    mr.close();
+    const wcs = await waitN(rq.cq, 1);
+    t.equal(wcs.length, 1);
+    t.equal(wcs[0]?.status, 'REM_ACCESS_ERR');
+    t.ok(sentBefore > 0 && sentBefore < 1024, `${sentBefore} responses left by the fast path before the MR went`);
+    await new Promise((r) => setTimeout(r, 50));
+    const data = rq.cap.filter((c) => c.bytes[0] !== 0x11); // every response but the NAK (RC ACKNOWLEDGE)
+    const psns = new Set(data.map((c) => c.bytes.readUIntBE(9, 3)));
+    t.ok(psns.size <= sentBefore, `${psns.size} distinct response PSNs reached the requester, none after the deregistration`);
+  },
+);
