@@ -28,14 +28,25 @@
 #endif
 
 // arm64: the ARMv8 CRC32 instructions (CRC32X: 8 bytes per instruction, the same reflected
-// 0xEDB88320 polynomial, no conditioning) are used only when the compiler already targets them
-// (__ARM_FEATURE_CRC32: -march=armv8.1-a and later, Apple's default). Debian's arm64 GCC defaults to
-// plain armv8-a, where turning the extension on per function differs between GCC and clang versions
-// and this project has no arm64 machine to test it on; there zlib's CRC (itself ARMv8-CRC in
-// Chromium's copy) runs.
+// 0xEDB88320 polynomial, no conditioning). Where the compiler already targets them
+// (__ARM_FEATURE_CRC32: armv8.1-a and later, Apple's default) they always run; on Linux with GCC >= 10,
+// whose arm_acle.h declares the intrinsics for a "+crc" function whatever -march says (Debian's
+// default is plain armv8-a), they run in such a function when the kernel's HWCAP says the CPU has
+// them. Elsewhere (older GCC, clang on plain armv8-a) zlib's CRC runs (itself ARMv8-CRC in
+// Chromium's copy).
 #if defined(__aarch64__) && defined(__ARM_FEATURE_CRC32)
 #define SOFTROCE_CRC_ARMV8 1
+#define CRC_TARGET_ARM
 #include <arm_acle.h>
+#elif defined(__aarch64__) && defined(__linux__) && !defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10
+#define SOFTROCE_CRC_ARMV8 1
+#define SOFTROCE_CRC_ARMV8_HWCAP 1
+#define CRC_TARGET_ARM __attribute__((target("+crc")))
+#include <arm_acle.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_CRC32
+#define HWCAP_CRC32 (1 << 7)  // arch/arm64/include/uapi/asm/hwcap.h
+#endif
 #endif
 
 namespace {
@@ -289,7 +300,7 @@ bool HaveVpclmul() {
 #endif  // SOFTROCE_CRC_X86
 
 #ifdef SOFTROCE_CRC_ARMV8
-uint32_t Armv8Fn(uint32_t crc, const uint8_t* p, size_t n) {
+CRC_TARGET_ARM uint32_t Armv8Fn(uint32_t crc, const uint8_t* p, size_t n) {
   uint32_t c = ~crc;
   for (; n >= 8; p += 8, n -= 8) {
     uint64_t v;
@@ -349,7 +360,9 @@ void Init() {
   if (HavePclmul()) impls[kPclmul].fn = PclmulFn;
   if (HaveVpclmul()) impls[kVpclmul].fn = VpclmulFn;
 #endif
-#ifdef SOFTROCE_CRC_ARMV8
+#if defined(SOFTROCE_CRC_ARMV8_HWCAP)
+  if (getauxval(AT_HWCAP) & HWCAP_CRC32) impls[kArmv8].fn = Armv8Fn;
+#elif defined(SOFTROCE_CRC_ARMV8)
   impls[kArmv8].fn = Armv8Fn;
 #endif
 
@@ -381,6 +394,7 @@ int ImplByKey(const std::string& key) {
 
 // What runs inside impl k's function for a piece of `bytes` bytes (the folds hand tiny ones to the table).
 const char* RanFor(int k, size_t bytes) {
+  (void)bytes;
 #ifdef SOFTROCE_CRC_X86
   if (k == kVpclmul && bytes < VPCLMUL_MIN) k = kPclmul;
   if (k == kPclmul && bytes < 16) k = kSlice8;
