@@ -64,7 +64,6 @@ function randomBytes(n: number, seed: number): Buffer {
 t.test('the implementations this CPU has are found', { skip }, (t) => {
   const info = native!.crcInfo!();
   t.ok(info.available.includes('slice8'), `available: ${info.available.join(', ')}`);
-  t.equal(info.available.includes('zlib'), info.available.includes('zlib'), 'zlib: found or not, either is allowed');
   let flags = '';
   try {
     flags = (readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '').trim();
