@@ -37,10 +37,13 @@ export interface NativeAddon {
    */
   rxIcrcStart?(h: object, ok: Uint32Array, dstIpv4: number, dstPort: number): number;
   /**
-   * native/crc32.cc, the CRC-32 both fast paths use, over `bytes` bytes `rounds` times (slice8: the portable one):
-   * ns per call, GB/s and which CRC ran for that size (SOFTROCE_CRC=slice8 forces the portable one everywhere)
+   * native/crc32.cc, the CRC-32 both fast paths use, over `bytes` bytes `rounds` times: ns per call, GB/s and which
+   * CRC ran for that size. `which`: true for the portable one, or a CrcImplName to time that implementation alone
+   * (null if this machine lacks it). SOFTROCE_CRC=<CrcImplName> forces one everywhere.
    */
-  crcBench?(bytes: number, rounds: number, slice8?: boolean): { nsPerCall: number; gbps: number; crc: number; impl: string } | null;
+  crcBench?(bytes: number, rounds: number, which?: boolean | CrcImplName): { nsPerCall: number; gbps: number; crc: number; impl: string } | null;
+  /** which CRC-32 the addon runs for long pieces, what SOFTROCE_CRC asked for, and the names this machine can run */
+  crcInfo?(): { impl: string; requested: string | null; available: CrcImplName[] };
   /** fast-rx.cc's ICRC verdict on one datagram (tests): [low, high] words of its bitmap of verified segments */
   icrcVerify?(
     buf: Buffer,
@@ -107,12 +110,18 @@ export interface NativeAddon {
     pieces: Uint32Array,
     nPieces: number,
   ): number;
-  /** the chained CRC-32 both fast paths compute ICRCs with (native/crc32.cc; zlib's, as zlib.crc32) */
-  txCrc32?(crc: number, buf: Buffer, off: number, len: number): number | null;
+  /**
+   * the chained CRC-32 both fast paths compute ICRCs with (native/crc32.cc; the same CRC as zlib.crc32); `impl`:
+   * that implementation's own function at any size (null if this machine lacks it)
+   */
+  txCrc32?(crc: number, buf: Buffer, off: number, len: number, impl?: CrcImplName): number | null;
   /** the header stride of txSegments' `hdr` */
   TX_HDR_STRIDE?: number;
   constants: Record<string, number>;
 }
+
+/** native/crc32.cc's implementations, as SOFTROCE_CRC names them, in its order of preference */
+export type CrcImplName = 'vpclmul' | 'pclmul' | 'armv8' | 'zlib' | 'slice8';
 
 let cached: NativeAddon | null | undefined;
 
