@@ -64,13 +64,17 @@ export interface BwResult {
  */
 const sleepers = new Set<() => void>();
 let ticker: NodeJS.Timeout | null = null;
-function sleep(arm: (wake: () => void) => void, disarm: (wake: () => void) => void): Promise<void> {
+function startTicker(): void {
   if (!ticker) {
     ticker = setInterval(() => {
       for (const f of [...sleepers]) f();
+      for (const w of cqWaitList) wakeCq(w);
     }, 200);
     ticker.unref();
   }
+}
+function sleep(arm: (wake: () => void) => void, disarm: (wake: () => void) => void): Promise<void> {
+  startTicker();
   return new Promise((resolve) => {
     const wake = (): void => {
       sleepers.delete(wake);
@@ -83,6 +87,23 @@ function sleep(arm: (wake: () => void) => void, disarm: (wake: () => void) => vo
 }
 
 /**
+ * Per CQ, its one 'notify' listener (added at the first wait, kept) and the wait it ends: a wait
+ * in a latency loop costs a promise, not two closures, a listener added and removed (a new events
+ * object each time) and a Set entry added and deleted (issue 15: GC in ib_send_lat's loop).
+ */
+interface CqWait {
+  resolve: (() => void) | null;
+}
+const cqWaitOf = new WeakMap<Cq, CqWait>();
+const cqWaitList: CqWait[] = [];
+function wakeCq(w: CqWait): void {
+  const r = w.resolve;
+  if (r === null) return;
+  w.resolve = null;
+  r();
+}
+
+/**
  * Sleeps until the CQ holds a completion (ibv_req_notify_cq, then
  * ibv_get_cq_event) or the ticker wakes us. Sleeping instead of spinning
  * leaves the CPU to the peer and the kernel, which on a small machine is most
@@ -90,6 +111,23 @@ function sleep(arm: (wake: () => void) => void, disarm: (wake: () => void) => vo
  */
 function waitCq(cq: Cq): Promise<void> {
   if (cq.length > 0) return Promise.resolve();
+  let w = cqWaitOf.get(cq);
+  if (w === undefined) {
+    const n: CqWait = { resolve: null };
+    cq.on('notify', () => wakeCq(n));
+    cqWaitOf.set(cq, n);
+    cqWaitList.push(n);
+    w = n;
+  }
+  if (w.resolve === null) {
+    const cw = w;
+    startTicker();
+    return new Promise((resolve) => {
+      cw.resolve = resolve;
+      cq.reqNotify();
+    });
+  }
+  // A second wait on the same CQ at once: its own listener.
   return sleep(
     (w) => {
       cq.on('notify', w);
@@ -408,37 +446,48 @@ async function sendLat(c: RunCtx, size: number, limit: Limit, client: boolean): 
   const { iters, end } = limits(limit);
   const times: number[] = [];
   let prev = performance.now();
+  /**
+   * One look at the CQs: null (a receive came, its buffer is posted again), an error message,
+   * 'timeout', or undefined (nothing yet: sleep, then look again). Synchronous, and the loop below
+   * awaits only the sleep: a nested async call per wait was a promise and a suspended frame more
+   * per round trip (issue 15: GC in the latency loop).
+   */
   // eslint-disable-next-line @typescript-eslint/no-redundant-type-constituents -- 'timeout' names the sentinel; any other string is an error message
-  const waitRecv = async (): Promise<string | null | 'timeout'> => {
-    for (;;) {
-      if (c.recvCq.poll(wc, 1) === 1) {
-        const w = wc[0]!;
-        if (w.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', w);
-        qp.postRecv(recvWr);
-        return null;
-      }
-      // Sends are signalled so the SQ never fills; their completions are only drained here.
-      while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', wc[0]!);
-      if (now() >= end) return 'timeout';
-      if (!c.busy) await waitCq(c.recvCq);
-      else {
-        const y = busyWait(c);
-        if (y) await y;
-      }
+  const tryRecv = (): string | null | 'timeout' | undefined => {
+    if (c.recvCq.poll(wc, 1) === 1) {
+      const w = wc[0]!;
+      if (w.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', w);
+      qp.postRecv(recvWr);
+      return null;
     }
+    // Sends are signalled so the SQ never fills; their completions are only drained here.
+    while (c.sendCq.poll(wc, 1) === 1) if (wc[0]!.status !== 'SUCCESS') return wcError(client ? 'client' : 'server', wc[0]!);
+    if (now() >= end) return 'timeout';
+    return undefined;
   };
+  /** What to await before the next look (undefined: a busy spin did the waiting). */
+  const sleepRecv = (): Promise<void> | undefined => (c.busy ? busyWait(c) : waitCq(c.recvCq));
   for (let i = 0; i < iters; i++) {
     if (!client) {
-      const e = await waitRecv();
+      let e;
+      while ((e = tryRecv()) === undefined) {
+        const y = sleepRecv();
+        if (y) await y;
+      }
       if (e === 'timeout') break;
       if (e) return e;
     }
     if (now() >= end) break;
-    if (await sqRoom(c, qp, end)) break;
+    // Only when the SQ is full: an async call per iteration is a promise and a microtask turn.
+    if (qp.outstanding >= c.txDepth && (await sqRoom(c, qp, end))) break;
     wr.wrId = i;
     qp.postSend(wr);
     if (client) {
-      const e = await waitRecv();
+      let e;
+      while ((e = tryRecv()) === undefined) {
+        const y = sleepRecv();
+        if (y) await y;
+      }
       if (e === 'timeout') break;
       if (e) return e;
     }
@@ -489,7 +538,7 @@ async function writeLat(c: RunCtx, size: number, limit: Limit, client: boolean):
       const t = performance.now();
       if (scnt > 0) times.push((t - prev) * 500); // ms -> us, half the round trip
       prev = t;
-      if (await sqRoom(c, qp, end)) break;
+      if (qp.outstanding >= c.txDepth && (await sqRoom(c, qp, end))) break;
       buf[postAt] = ++scnt & 0xff;
       wr.wrId = scnt;
       qp.postSend(wr);

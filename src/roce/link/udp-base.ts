@@ -513,7 +513,12 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     if (this.qn === 64) this.flush();
     else if (!this.flushing) {
       this.flushing = true;
-      queueMicrotask(this.flushFn);
+      // process.nextTick, not a microtask: Node runs the tick queue once the microtask queue is
+      // empty, so the flush comes after every promise continuation of this turn. A coalesced ACK
+      // (queued at the end of a receive batch) then leaves in one sendmmsg with the application's
+      // answer to the request it acknowledges (posted from an awaiting continuation): one syscall
+      // instead of two, and the peer reads both in one batch (issue 15, ib_send_lat).
+      process.nextTick(this.flushFn);
     }
   }
 
@@ -526,7 +531,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   flush(): void {
     this.flushing = false;
     const n = this.qn;
-    if (n === 0) return; // flushed already (a full batch, or busy polling): the microtask finds nothing
+    if (n === 0) return; // flushed already (a full batch, or busy polling): the tick finds nothing
     this.qn = 0;
     let k = 0;
     // Still waiting for the socket: everything queues behind, in order.

@@ -41,9 +41,22 @@ export class Engine {
   kick(qp: TransportQp, soon = false): void {
     if (this.host.closed) return;
     this.park(qp);
-    if (qp.req.scheduled) return;
-    qp.req.scheduled = true;
-    this.runq.push(qp);
+    if (qp.req.scheduled) {
+      // Already queued for a deferred pump (an ACK in this receive batch kicked it): a post still
+      // runs it as soon as the stack unwinds, or the packet would wait for the check phase and
+      // leave after the turn's send batch (the coalesced ACK) in a second sendmmsg.
+      if (!soon) return;
+    } else if (!soon && qp.req.nextWqe >= qp.sqTail) {
+      // Nothing left to send (an ACK for the last message): its run would only recount its
+      // packets in flight and let held QPs go. Do that now instead of a setImmediate per ACK
+      // (a ping-pong's extra loop phase and zero-timeout epoll_pwait per round trip).
+      this.account(qp);
+      this.releaseHeld();
+      return;
+    } else {
+      qp.req.scheduled = true;
+      this.runq.push(qp);
+    }
     if (soon && this.turnLeft > 0) {
       if (!this.pumpSoonPending) {
         this.pumpSoonPending = true;
@@ -277,8 +290,10 @@ export class Engine {
         this.pumpPending = true;
         this.host.sched.defer(this.pumpFn);
       }
-    } else if (this.turnLeft < start && !this.refillPending && !this.pumpPending) {
-      // Tokens taken outside a deferred pump (an application's post) come back on the next turn.
+    } else if (this.turnLeft <= TURN_PACKETS / 2 && this.turnLeft < start && !this.refillPending && !this.pumpPending) {
+      // Tokens taken outside a deferred pump (an application's post) come back on the next turn,
+      // once half are gone: a ping-pong's one post per turn then costs no setImmediate (and no
+      // loop phase) each time, and a turn still sends at most TURN_PACKETS.
       this.refillPending = true;
       this.host.sched.defer(this.refillFn);
     }
