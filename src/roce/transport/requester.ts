@@ -242,9 +242,10 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
 /**
  * What follows a packet or a run leaving, on both paths: a message whose last packet left is
  * PENDING (a SEND counted once, when that packet first leaves: `fresh`, not again when a probe or a
- * go-back-N rewind resends it); UC completes it now; RC arms the retransmit timer and the probe.
+ * go-back-N rewind resends it); UC completes it now; RC arms the retransmit timer and the probe
+ * (`arm`; a multi-WQE run arms them once, after its last WQE).
  */
-function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: boolean): void {
+function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: boolean, arm = true): void {
   const rc = qp.type === 'RC';
   if (ended) {
     wqe.state = WqeState.PENDING;
@@ -252,7 +253,7 @@ function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: bool
     if (fresh && wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
-  if (rc) {
+  if (rc && arm) {
     armRetransmit(qp);
     armProbe(qp);
   }
@@ -419,11 +420,13 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
     const sent0 = fastWSent[i]!;
     w.sent = sent0 + Math.min(m * mtu, w.length - sent0);
     const fresh = psnDiff(psnAdd(first, m - 1), qp.req.maxPsn) >= 0; // as in sendSegment: a resent SEND is not counted again
-    // The first packet's PSN first: the round-trip sample times it, as the per-packet path's first armRetransmit does.
+    // The run's first packet's PSN first: the round-trip sample times it, as the per-packet path's first armRetransmit does.
     advancePsn(qp, psnAdd(first, 1));
-    if (rc && m > 1) armRetransmit(qp);
+    if (rc && i === 0) armRetransmit(qp);
     advancePsn(qp, psnAdd(first, m));
-    afterSend(qp, port, w, w.sent === w.length, fresh);
+    // The timers once, after the run's last WQE: they leave as they would after each (the deadline
+    // and the probe time from now), without two clock reads per message.
+    afterSend(qp, port, w, w.sent === w.length, fresh, out === 0 || i === nw - 1);
   }
   fastW.fill(null, 0, nw); // hold no WQE past the call
   return r;
