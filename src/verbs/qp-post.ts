@@ -13,16 +13,23 @@ import { checkSendWr, fillSendWqe } from './send-wr.js';
 /** ibv_post_send after the QP's liveness check: all-or-nothing; every WR is checked completely before any is queued. */
 export function postSendList(qp: Qp, wr: SendWr | readonly SendWr[]): void {
   const op = 'ibv_post_send';
-  const list: readonly SendWr[] = Array.isArray(wr) ? wr : [wr as SendWr];
+  // One WR (the common post, e.g. perftest's loop) is not wrapped in an array.
+  const list: readonly SendWr[] | null = Array.isArray(wr) ? wr : null;
   if (qp.state === 'RESET' || qp.state === 'INIT' || qp.state === 'RTR') {
     throw new VerbsError('EINVAL', op, `QP ${qp.qpn} is in ${qp.state}; sends need RTS`, 'qp');
   }
-  if (qp.sqTail - qp.sqHead + list.length > qp.cap.maxSendWr) throw new VerbsError('ENOMEM', op, 'send queue is full', 'wr');
-  // Validate every WR before queueing any (a failed post queues nothing).
-  for (const w of list) checkSendWr(qp, w);
-  for (const w of list) {
-    fillSendWqe(qp, qp.sq[qp.sqTail % qp.cap.maxSendWr]!, w);
+  if (qp.sqTail - qp.sqHead + (list === null ? 1 : list.length) > qp.cap.maxSendWr) throw new VerbsError('ENOMEM', op, 'send queue is full', 'wr');
+  if (list === null) {
+    checkSendWr(qp, wr as SendWr);
+    fillSendWqe(qp, qp.sq[qp.sqTail % qp.cap.maxSendWr]!, wr as SendWr);
     qp.sqTail++;
+  } else {
+    // Validate every WR before queueing any (a failed post queues nothing).
+    for (const w of list) checkSendWr(qp, w);
+    for (const w of list) {
+      fillSendWqe(qp, qp.sq[qp.sqTail % qp.cap.maxSendWr]!, w);
+      qp.sqTail++;
+    }
   }
   if (qp.state === 'ERR') flushQp(qp);
   else qp.device.kick(qp, true);

@@ -4,10 +4,11 @@
  * protection check of IBA 10.6.3.4 and the inline copy).
  */
 import { VerbsError } from './errors.js';
-import { ACCESS, WrOp, type SendWr, type Sge } from './types.js';
+import { ACCESS, WrOp, type SendWr } from './types.js';
 import { checkSgl, Ah, type Pd } from './objects.js';
 import * as V from './validate.js';
 import { WqeState, type SendWqe } from '../roce/transport/wqe.js';
+import type { SgeLike } from '../roce/transport/shared.js';
 import type { QpType } from '../roce/transport/types.js';
 import type { QpCap } from './qp-attrs.js';
 
@@ -74,8 +75,17 @@ export function checkSendWr(qp: SendQueueOwner, w: SendWr): void {
 export function fillSendWqe(qp: SendQueueOwner, e: SendWqe, w: SendWr): void {
   e.wrId = w.wrId;
   e.op = WrOp[w.opcode];
-  e.sg = w.sg.slice();
-  e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
+  // The WQE's own SGE array, refilled (this is its only writer): no array or closure per post.
+  const sg = e.sg as SgeLike[];
+  const n = w.sg.length;
+  let len = 0;
+  sg.length = n;
+  for (let i = 0; i < n; i++) {
+    const s = w.sg[i]!;
+    sg[i] = s;
+    len += s.length;
+  }
+  e.length = len;
   e.signaled = qp.sigAll || w.signaled === true;
   e.solicited = w.solicited === true;
   e.fence = w.fence === true;

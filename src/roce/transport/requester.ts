@@ -100,7 +100,7 @@ export function runRequester(qp: Qp, max = BUDGET): number {
       wqe.localErr = WcStatusIdx.LOC_PROT_ERR;
       continue;
     }
-    if (fast && port.link.sendSegments !== undefined && wqe.inline === null && SEQ[wqe.op] !== undefined && qp.type !== 'UD' && qp.type !== 'GSI') {
+    if (fast && port.link.sendSegments !== undefined && SEQ[wqe.op] !== undefined && qp.type !== 'UD' && qp.type !== 'GSI') {
       const r = sendRunFast(qp, port, wqe, budget);
       // A run cut short (the socket is full, or packets held before it): the rest of this turn goes
       // the per-packet way, which queues behind them.
@@ -242,9 +242,10 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
 /**
  * What follows a packet or a run leaving, on both paths: a message whose last packet left is
  * PENDING (a SEND counted once, when that packet first leaves: `fresh`, not again when a probe or a
- * go-back-N rewind resends it); UC completes it now; RC arms the retransmit timer and the probe.
+ * go-back-N rewind resends it); UC completes it now; RC arms the retransmit timer and the probe
+ * (`arm`; a multi-WQE run arms them once, after its last WQE).
  */
-function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: boolean): void {
+function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: boolean, arm = true): void {
   const rc = qp.type === 'RC';
   if (ended) {
     wqe.state = WqeState.PENDING;
@@ -252,7 +253,7 @@ function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: bool
     if (fresh && wqe.op <= WrOp.SEND_WITH_INV) port.counters.counts[Ctr.rdma_sends]!++;
     if (!rc) completeUnacked(qp);
   }
-  if (rc) {
+  if (rc && arm) {
     armRetransmit(qp);
     armProbe(qp);
   }
@@ -264,11 +265,16 @@ function afterSend(qp: Qp, port: Port, wqe: SendWqe, ended: boolean, fresh: bool
  * GSO). Everything the protocol decides stays here and is decided as sendSegment decides it,
  * packet by packet: opcodes, PSNs, AckReq (every min(64, window / 4) packets, on the last and on
  * the one that fills the window), SE, RETH / ImmDt / IETH. Only the run's length is chosen up
- * front: the WQE's packets left, the budget, the window's room. What the link did not send (a
- * full socket, packets it still holds) is undone as if never built (PSN, AckReq count, bytes
- * sent) and goes the per-packet way. Only runs of at least FAST_MIN_PKTS: a one-packet message
- * gains nothing from a call of its own and would lose the per-turn batching with other messages
- * (sendmmsg of up to 64). Returns the packets sent, or -1 when the run is not for the fast path.
+ * front: the budget, the window's room, and the WQEs: when a message ends inside the run, the run
+ * goes on with the next WQE of the send queue if runRequester's loop would send it next, the same
+ * way (a SEND / WRITE, not failed, passing gate() at the PSN the run has reached, its SGL still
+ * usable). So a stream of one-packet messages (64 B WRITEs) leaves as runs of up to 64 packets,
+ * one addon call and one GSO datagram, instead of a JS ICRC and a tx buffer per message. What the
+ * link did not send (a full socket, packets it still holds) is undone as if never built (PSN,
+ * AckReq count, bytes sent; a WQE none of whose packets left is not started) and goes the
+ * per-packet way. Only runs of at least FAST_MIN_PKTS: one packet gains nothing from a call of its
+ * own and would lose the per-turn batching with other QPs' packets (sendmmsg of up to 64).
+ * Returns the packets sent, or -1 when the run is not for the fast path.
  */
 function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   const run = fastRun;
@@ -278,65 +284,113 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   if (d.family !== 4 || d.port === ROCEV1_PORT || port.gidGen[d.sgidIndex] !== d.sgidGen) return -1;
   const mtu = qp.pathMtu;
   const rc = qp.type === 'RC';
-  const sent0 = wqe.sent;
-  let n = Math.min(packetsFor(wqe.length - sent0, mtu), budget, SEG_MAX_PKTS);
-  if (rc) n = Math.min(n, qp.req.window - psnDiff(qp.req.psn, qp.comp.psn));
-  if (n < FAST_MIN_PKTS || wqe.length - sent0 <= mtu) return -1;
-  const bytes = Math.min(wqe.length - sent0, n * mtu);
-  // The run's payload: message bytes [sent0, sent0 + bytes) as pieces of the SGEs' MRs.
-  let skip = sent0,
-    need = bytes,
-    np = 0;
-  for (const s of wqe.sg) {
-    if (need === 0) break;
-    if (skip >= s.length) {
-      skip -= s.length;
-      continue;
-    }
-    if (np === FAST_MAX_PIECES) return -1;
-    const take = Math.min(s.length - skip, need);
-    run.bufs[np] = s.mr.buffer;
-    run.pieces[2 * np] = s.offset + skip;
-    run.pieces[2 * np + 1] = take;
-    np++;
-    need -= take;
-    skip = 0;
-  }
-  if (need !== 0) return -1;
-  startWqe(qp, wqe);
+  let room = Math.min(budget, SEG_MAX_PKTS);
+  if (rc) room = Math.min(room, qp.req.window - psnDiff(qp.req.psn, qp.comp.psn));
+  // A lone packet (a one-packet message with nothing after it to join) goes the per-packet way.
+  if (room < FAST_MIN_PKTS || (wqe.length - wqe.sent <= mtu && qp.req.nextWqe + 1 >= qp.sqTail)) return -1;
   const psn0 = qp.req.psn;
   const since0 = qp.req.sinceAckReq;
-  const seq = SEQ[wqe.op]!;
   const prefix = qpTransportPrefix(qp.type);
-  const write = wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM;
+  const cap = qp.cap.maxSendWr;
   let psn = psn0,
-    at = sent0;
-  for (let k = 0; k < n; k++) {
-    const remaining = wqe.length - at;
-    const len = remaining < mtu ? remaining : mtu;
-    const first = at === 0;
-    const last = remaining <= mtu;
-    const opc = prefix | (first ? (last ? seq[3] : seq[0]) : last ? seq[2] : seq[1]);
-    let ackReq = false;
-    // As sendSegment: four AckReqs per window, and on the packet that fills it.
-    if (rc && (last || ++qp.req.sinceAckReq >= Math.min(MAX_PKT_PER_ACK, qp.req.window >> 2) || psnDiff(psnAdd(psn, 1), qp.comp.psn) >= qp.req.window)) {
-      ackReq = true;
-      qp.req.sinceAckReq = 0;
+    k = 0,
+    np = 0,
+    nw = 0,
+    w = wqe,
+    idx = qp.req.nextWqe;
+  for (;;) {
+    const sent0 = w.sent;
+    const left = packetsFor(w.length - sent0, mtu);
+    const m = Math.min(left, room - k);
+    const bytes = Math.min(w.length - sent0, m * mtu);
+    // The WQE's part of the payload: message bytes [sent0, sent0 + bytes) as pieces of its inline
+    // copy or of its SGEs' MRs. Too many pieces: the run ends before this WQE.
+    const np0 = np;
+    let need = bytes;
+    if (w.inline !== null) {
+      if (need > 0) {
+        if (np === FAST_MAX_PIECES) break;
+        run.bufs[np] = w.inline;
+        run.pieces[2 * np] = sent0;
+        run.pieces[2 * np + 1] = need;
+        np++;
+        need = 0;
+      }
+    } else {
+      let skip = sent0;
+      for (const s of w.sg) {
+        if (need === 0) break;
+        if (skip >= s.length) {
+          skip -= s.length;
+          continue;
+        }
+        if (np === FAST_MAX_PIECES) break;
+        const take = Math.min(s.length - skip, need);
+        run.bufs[np] = s.mr.buffer;
+        run.pieces[2 * np] = s.offset + skip;
+        run.pieces[2 * np + 1] = take;
+        np++;
+        need -= take;
+        skip = 0;
+      }
     }
-    const se = last && wqe.solicited && (wqe.op <= WrOp.SEND_WITH_INV || wqe.op === WrOp.RDMA_WRITE_WITH_IMM);
-    const h = fastHdrs[k]!;
-    writeBth(h, opc, se, 0, qp.destQpn, ackReq, psn);
-    if (first && write) writeReth(h, opc, wqe.remoteAddr, wqe.rkey, wqe.length);
-    if (last && (wqe.op === WrOp.SEND_WITH_IMM || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) h.writeUInt32BE(wqe.imm, hdrOff(opc, Hdr.IMMDT));
-    if (last && wqe.op === WrOp.SEND_WITH_INV) h.writeUInt32BE(wqe.invRkey, hdrOff(opc, Hdr.IETH));
-    run.meta[2 * k] = payloadOff(opc);
-    run.meta[2 * k + 1] = len;
-    fastOpc[k] = opc;
-    fastSince[k] = qp.req.sinceAckReq;
-    at += len;
-    psn = psnAdd(psn, 1);
+    if (need !== 0) {
+      np = np0;
+      break;
+    }
+    fastW[nw] = w;
+    fastWPkts[nw] = m;
+    fastWSent[nw] = sent0;
+    nw++;
+    const seq = SEQ[w.op]!;
+    const write = w.op === WrOp.RDMA_WRITE || w.op === WrOp.RDMA_WRITE_WITH_IMM;
+    let at = sent0;
+    for (let j = 0; j < m; j++, k++) {
+      const remaining = w.length - at;
+      const len = remaining < mtu ? remaining : mtu;
+      const first = at === 0;
+      const last = remaining <= mtu;
+      const opc = prefix | (first ? (last ? seq[3] : seq[0]) : last ? seq[2] : seq[1]);
+      let ackReq = false;
+      // As sendSegment: four AckReqs per window, and on the packet that fills it.
+      if (rc && (last || ++qp.req.sinceAckReq >= Math.min(MAX_PKT_PER_ACK, qp.req.window >> 2) || psnDiff(psnAdd(psn, 1), qp.comp.psn) >= qp.req.window)) {
+        ackReq = true;
+        qp.req.sinceAckReq = 0;
+      }
+      const se = last && w.solicited && (w.op <= WrOp.SEND_WITH_INV || w.op === WrOp.RDMA_WRITE_WITH_IMM);
+      const h = fastHdrs[k]!;
+      writeBth(h, opc, se, 0, qp.destQpn, ackReq, psn);
+      if (first && write) writeReth(h, opc, w.remoteAddr, w.rkey, w.length);
+      if (last && (w.op === WrOp.SEND_WITH_IMM || w.op === WrOp.RDMA_WRITE_WITH_IMM)) h.writeUInt32BE(w.imm, hdrOff(opc, Hdr.IMMDT));
+      if (last && w.op === WrOp.SEND_WITH_INV) h.writeUInt32BE(w.invRkey, hdrOff(opc, Hdr.IETH));
+      run.meta[2 * k] = payloadOff(opc);
+      run.meta[2 * k + 1] = len;
+      fastOpc[k] = opc;
+      fastSince[k] = qp.req.sinceAckReq;
+      at += len;
+      psn = psnAdd(psn, 1);
+    }
+    // The message goes on past the run, or the run is full: it ends here.
+    if (m < left || k >= room) break;
+    // The next WQE joins only if runRequester's loop would send it next, and the same way.
+    if (++idx >= qp.sqTail) break;
+    const nx = qp.sq[idx % cap]!;
+    if (nx.localErr || SEQ[nx.op] === undefined || nx.ah !== w.ah) break;
+    const at0 = qp.req.psn;
+    qp.req.psn = psn; // gate() sees the PSN the run has reached (the window, the device's share)
+    const g = gate(qp, nx);
+    qp.req.psn = at0;
+    if (g !== Reason.NONE) break;
+    if (nx.inline === null && nx.length > 0 && !sglUsable(nx.sg, qp.pd, false)) break;
+    w = nx;
   }
-  run.n = n;
+  if (k < FAST_MIN_PKTS) {
+    for (let i = 0; i < np; i++) run.bufs[i] = EMPTY;
+    fastW.fill(null, 0, nw);
+    qp.req.sinceAckReq = since0;
+    return -1;
+  }
+  run.n = k;
   run.nPieces = np;
   run.srcIpNum = port.ipNum;
   run.dstIpNum = d.ipNum;
@@ -347,17 +401,34 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
   const r = port.link.sendSegments!(run);
   for (let i = 0; i < np; i++) run.bufs[i] = EMPTY; // hold no MR past the call
   // The packets not sent were never built: the AckReq count goes back to where the last sent one left it.
-  if (r < n) qp.req.sinceAckReq = r > 0 ? fastSince[r - 1]! : since0;
-  if (r <= 0) return 0;
+  if (r < k) qp.req.sinceAckReq = r > 0 ? fastSince[r - 1]! : since0;
+  if (r <= 0) {
+    fastW.fill(null, 0, nw);
+    return 0;
+  }
   lastOpcode = fastOpc[r - 1]!;
   port.counters.counts[Ctr.sent_pkts]! += r;
-  wqe.sent = sent0 + Math.min(r * mtu, wqe.length - sent0);
-  const fresh = psnDiff(psnAdd(psn0, r - 1), qp.req.maxPsn) >= 0; // as in sendSegment: a resent SEND is not counted again
-  // The first packet's PSN first: the round-trip sample times it, as the per-packet path's first armRetransmit does.
-  advancePsn(qp, psnAdd(psn0, 1));
-  if (rc) armRetransmit(qp);
-  advancePsn(qp, psnAdd(psn0, r));
-  afterSend(qp, port, wqe, wqe.sent === wqe.length, fresh);
+  // Each WQE with a packet out, in order, as the per-packet path leaves it: started (its PSNs
+  // assigned from where the run reached), its bytes sent, then afterSend.
+  let out = r;
+  for (let i = 0; i < nw && out > 0; i++) {
+    const w = fastW[i]!;
+    const m = Math.min(fastWPkts[i]!, out);
+    out -= m;
+    const first = qp.req.psn;
+    startWqe(qp, w);
+    const sent0 = fastWSent[i]!;
+    w.sent = sent0 + Math.min(m * mtu, w.length - sent0);
+    const fresh = psnDiff(psnAdd(first, m - 1), qp.req.maxPsn) >= 0; // as in sendSegment: a resent SEND is not counted again
+    // The run's first packet's PSN first: the round-trip sample times it, as the per-packet path's first armRetransmit does.
+    advancePsn(qp, psnAdd(first, 1));
+    if (rc && i === 0) armRetransmit(qp);
+    advancePsn(qp, psnAdd(first, m));
+    // The timers once, after the run's last WQE: they leave as they would after each (the deadline
+    // and the probe time from now), without two clock reads per message.
+    afterSend(qp, port, w, w.sent === w.length, fresh, out === 0 || i === nw - 1);
+  }
+  fastW.fill(null, 0, nw); // hold no WQE past the call
   return r;
 }
 
@@ -384,6 +455,10 @@ const fastRun: SegmentRun = {
 const fastHdrs: Buffer[] = Array.from({ length: SEG_MAX_PKTS }, (_, k) => fastRun.hdr.subarray(k * SEG_HDR_STRIDE, (k + 1) * SEG_HDR_STRIDE));
 const fastOpc = new Uint8Array(SEG_MAX_PKTS);
 const fastSince = new Int32Array(SEG_MAX_PKTS);
+/** The run's WQEs in order, the packets of each in it, and the bytes each had sent before it. */
+const fastW: (SendWqe | null)[] = new Array<SendWqe | null>(SEG_MAX_PKTS).fill(null);
+const fastWPkts = new Uint8Array(SEG_MAX_PKTS);
+const fastWSent = new Float64Array(SEG_MAX_PKTS);
 
 /** The path of each WR opcode (WrOp order). */
 const SENDERS: readonly Sender[] = (() => {
