@@ -49,6 +49,8 @@
 #include <stddef.h>
 #include <string>
 
+#include "place-rx.h"
+
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
 #endif
@@ -192,6 +194,11 @@ struct RxWatch {
   uint32_t* icrcOk = nullptr;
   Napi::ObjectReference icrcRef;
   uint32_t icrcDst = 0, icrcDport = 0;
+  // RX direct placement (place-rx.cc, rxPlaceStart): the armed QPs, the ctl words shared with JS,
+  // and how many datagrams the last read left in the slots (the batch being handed over).
+  PlaceTable place = {};
+  Napi::ObjectReference placeRef;
+  uint32_t batchN = 0;
 };
 
 // fast-rx.cc
@@ -345,6 +352,7 @@ static int ReadBatch(RxWatch* w) {
     w->msgs[i].msg_len = 0;
   }
   int n = recvmmsg(w->fd, w->msgs, w->slots, MSG_DONTWAIT, nullptr);
+  w->batchN = n > 0 ? (uint32_t)n : 0;  // the slots now hold this batch (placement reads it)
   if (n <= 0) return 0;  // EAGAIN (level-triggered: another event follows), or an error: nothing to hand over
   for (int i = 0; i < n; i++) {
     struct msghdr* m = &w->msgs[i].msg_hdr;
@@ -451,6 +459,9 @@ static void OnClosed(uv_handle_t* h) {
   w->dataRef.Reset();
   w->metaRef.Reset();
   w->icrcRef.Reset();
+  PlaceDisarmAll(&w->place, w->env);
+  w->place.ctl = nullptr;
+  w->placeRef.Reset();
   if (!w->closed.IsEmpty()) {
     Napi::Env env(w->env);
     Napi::HandleScope scope(env);
@@ -473,6 +484,7 @@ static Napi::Value RxStop(const Napi::CallbackInfo& info) {
   if (w->closing) return env.Undefined();
   if (info.Length() > 1 && info[1].IsFunction()) w->closed = Napi::Persistent(info[1].As<Napi::Function>());
   w->closing = true;
+  PlaceDisarmAll(&w->place, env);  // no byte placed after close (the Buffers are let go now)
   uv_poll_stop(&w->poll);
   uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnClosed);
   return env.Undefined();
@@ -494,6 +506,73 @@ static Napi::Value RxIcrcStart(const Napi::CallbackInfo& info) {
   w->icrcDst = dst;
   w->icrcDport = info[3].As<Napi::Number>().Uint32Value() & 0xffff;
   return Napi::Number::New(env, 0);
+}
+
+// rxPlaceStart(handle, ctl: Uint32Array(PLACE_CTL_WORDS)) -> 0 or -EINVAL: RX direct placement on
+// this watch (place-rx.cc); ctl is where each placement call reports what it placed.
+static Napi::Value RxPlaceStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsExternal() || !info[1].IsTypedArray()) return Napi::Number::New(env, -EINVAL);
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  Napi::Uint32Array ctl = info[1].As<Napi::Uint32Array>();
+  if (w->closing || !w->icrcOk || ctl.ElementLength() < PLACE_CTL_WORDS) return Napi::Number::New(env, -EINVAL);
+  w->placeRef = Napi::Persistent(ctl.As<Napi::Object>());
+  w->place.ctl = ctl.Data();
+  memset(w->place.ctl, 0, PLACE_CTL_WORDS * sizeof(uint32_t));
+  return Napi::Number::New(env, 0);
+}
+
+static PlaceBatch BatchOf(RxWatch* w) {
+  PlaceBatch b;
+  b.data = w->data;
+  b.meta = w->meta;
+  b.icrcOk = w->icrcOk;
+  b.n = w->batchN;
+  b.slotSize = w->slotSize;
+  return b;
+}
+
+// rxArm(handle, qpn, psn, pmtu, buf, off, budget, srcIpv4, srcPort, slot, seg) -> packets placed
+// (>= 0) or -errno. Arms (or re-arms) qpn; slot >= 0: JS is handing over the current batch and
+// packet `seg` of slot `slot` is the next it would process: placement starts there at once.
+static Napi::Value RxArm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 11 || !info[0].IsExternal() || !info[4].IsTypedArray()) return Napi::Number::New(env, -EINVAL);
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  if (w->closing || !w->place.ctl || !w->icrcOk) return Napi::Number::New(env, -EINVAL);
+  double off = info[5].As<Napi::Number>().DoubleValue(), budget = info[6].As<Napi::Number>().DoubleValue();
+  if (!(off >= 0) || !(budget >= 0)) return Napi::Number::New(env, -EINVAL);
+  int r = PlaceSetArm(&w->place, env, info[4], info[1].As<Napi::Number>().Uint32Value(), info[2].As<Napi::Number>().Uint32Value(),
+                      info[3].As<Napi::Number>().Uint32Value(), (size_t)off, (size_t)budget, info[7].As<Napi::Number>().Uint32Value(),
+                      info[8].As<Napi::Number>().Uint32Value());
+  if (r < 0) return Napi::Number::New(env, r);
+  int32_t slot = info[9].As<Napi::Number>().Int32Value();
+  if (slot < 0) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, PlaceRun(&w->place, env, BatchOf(w), (uint32_t)slot, info[10].As<Napi::Number>().Uint32Value()));
+}
+
+// rxPlace(handle, slot, seg) -> packets placed from packet seg of slot on (the batch being handed over).
+static Napi::Value RxPlace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsExternal()) return Napi::Number::New(env, 0);
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  if (w->closing || !w->place.ctl || !w->icrcOk) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, PlaceRun(&w->place, env, BatchOf(w), info[1].As<Napi::Number>().Uint32Value(), info[2].As<Napi::Number>().Uint32Value()));
+}
+
+// rxDisarm(handle, qpn): qpn's arm (if any) is gone when this returns; qpn < 0: every QP's.
+static Napi::Value RxDisarm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsExternal()) return env.Undefined();
+  RxWatch* w = info[0].As<Napi::External<RxWatch>>().Data();
+  double q = info[1].As<Napi::Number>().DoubleValue();
+  if (q < 0) {
+    PlaceDisarmAll(&w->place, env);
+    return env.Undefined();
+  }
+  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
+    if (w->place.arms[i].used && w->place.arms[i].qpn == (uint32_t)q) PlaceDisarm(&w->place, env, &w->place.arms[i]);
+  return env.Undefined();
 }
 
 // rawOpen4(ipv4: number, port: number, netdev: string, bufBytes?: number) -> fd or -errno (EPERM without CAP_NET_RAW)
@@ -1117,6 +1196,10 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rawOpen4", Napi::Function::New(env, RawOpen4));
   exports.Set("rxAttachRaw", Napi::Function::New(env, RxAttachRaw));
   exports.Set("rxIcrcStart", Napi::Function::New(env, RxIcrcStart));
+  exports.Set("rxPlaceStart", Napi::Function::New(env, RxPlaceStart));
+  exports.Set("rxArm", Napi::Function::New(env, RxArm));
+  exports.Set("rxPlace", Napi::Function::New(env, RxPlace));
+  exports.Set("rxDisarm", Napi::Function::New(env, RxDisarm));
   InitCrc32(env, exports);
   InitFastRx(env, exports);
   exports.Set("addrWatchStart", Napi::Function::New(env, AddrWatchStart));

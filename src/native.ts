@@ -37,6 +37,29 @@ export interface NativeAddon {
    */
   rxIcrcStart?(h: object, ok: Uint32Array, dstIpv4: number, dstPort: number): number;
   /**
+   * RX direct placement (native/place-rx.cc; needs rxIcrcStart first): ctl (8 words) is where placement
+   * reports: [0] QPs armed, [1] QPN, [2] first PSN, [3] packets, [4] bytes each, [5] the last asked for an ACK
+   */
+  rxPlaceStart?(h: object, ctl: Uint32Array): number;
+  /** arms qpn (see place-rx.cc); slot >= 0: places at once from packet seg of slot of the batch being handed over; placed or -errno */
+  rxArm?(
+    h: object,
+    qpn: number,
+    psn: number,
+    pmtu: number,
+    buf: Uint8Array,
+    off: number,
+    budget: number,
+    srcIpv4: number,
+    srcPort: number,
+    slot: number,
+    seg: number,
+  ): number;
+  /** places what it can from packet seg of slot of the batch being handed over: packets placed */
+  rxPlace?(h: object, slot: number, seg: number): number;
+  /** qpn disarmed when this returns (-1: every QP) */
+  rxDisarm?(h: object, qpn: number): void;
+  /**
    * native/crc32.cc, the CRC-32 both fast paths use, over `bytes` bytes `rounds` times: ns per call, GB/s and which
    * CRC ran for that size. `which`: true for the portable one, or a CrcImplName to time that implementation alone
    * (null if this machine lacks it). SOFTROCE_CRC=<CrcImplName> forces one everywhere.

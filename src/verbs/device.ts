@@ -21,7 +21,7 @@ import type { Scheduler } from '../roce/sched.js';
 import type { FaultInjector } from '../roce/link/fault-link.js';
 import type { PcapRecorder } from '../roce/link/pcap-recorder.js';
 import type { Link } from '../roce/link/link.js';
-import { deviceRx } from '../roce/transport/recv.js';
+import { deviceRx, deviceRxPlaced } from '../roce/transport/recv.js';
 import { Engine } from '../roce/transport/engine.js';
 import { resendOnNewPath } from '../roce/transport/retry.js';
 import type { PortLike, QpEvent, TransportDevice, TransportQp } from '../roce/transport/types.js';
@@ -169,6 +169,14 @@ export class Device extends EventEmitter implements TransportDevice {
       wireLink(p, {
         rx: (buf, len, srcIp, srcPort, ipIdDf, group) => {
           deviceRx(this, p, buf, len, srcIp, srcPort, ipIdDf, group);
+          const w = this.rxWaiter;
+          if (w !== null) {
+            this.rxWaiter = null;
+            w();
+          }
+        },
+        placed: (qpn, firstPsn, count, pmtu, ackReq, srcIp, _srcPort, firstIpIdDf) => {
+          deviceRxPlaced(this, p, qpn, firstPsn, count, pmtu, ackReq, srcIp, firstIpIdDf);
           const w = this.rxWaiter;
           if (w !== null) {
             this.rxWaiter = null;

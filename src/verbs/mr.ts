@@ -10,6 +10,7 @@ import { ACCESS } from './types.js';
 import type { Pd } from './objects.js';
 import { VerbsError } from './errors.js';
 import type { MemoryRegion } from '../roce/transport/types.js';
+import { disarmPlacement } from '../roce/transport/place.js';
 
 let nextVa = 0x7f3c_0000_0000n;
 
@@ -53,6 +54,15 @@ export class Mr implements MemoryRegion {
   /** @internal the responder: a SEND_WITH_INV took the R_Key out of use (IBA 10.6.5); local use stops too. */
   invalidate(): void {
     this.#valid = false;
+    this.disarm();
+  }
+  /**
+   * RX direct placement: the QPs whose WRITE in progress lands here are disarmed, synchronously,
+   * so no byte lands after an invalidation or deregistration (their next packet goes to the
+   * responder, which refuses it as before).
+   */
+  private disarm(): void {
+    for (const qp of this.pd.device.qps.values()) if (qp.resp.mr === this) disarmPlacement(qp);
   }
   /** Offset into the region of [va, va+len), or -1 if it is not all inside. */
   offsetOf(va: bigint, len: number): number {
@@ -70,6 +80,7 @@ export class Mr implements MemoryRegion {
     this.pd.device.deregMr(this);
     this.#closed = true;
     this.#valid = false;
+    this.disarm();
   }
   [Symbol.dispose](): void {
     this.close();

@@ -6,7 +6,7 @@
  */
 import { Ctr, Counters } from '../roce/counters.js';
 import { VerbsError, type ErrnoCode } from './errors.js';
-import type { Link, RxHandler } from '../roce/link/link.js';
+import type { Link, PlacedHandler, RxHandler } from '../roce/link/link.js';
 import type { RoceV1Link } from '../roce/link/rocev1-link.js';
 import type { PortLike } from '../roce/transport/types.js';
 import { gidFromString, ipv4ToGid, ipv4ToNumber } from '../roce/gid.js';
@@ -102,6 +102,8 @@ export function openRoceV1(op: string, arg: string, sgidIndex: number, port: Por
 /** What a device does with the events of its port's link (device.addPort). */
 export interface PortHandlers {
   rx: RxHandler;
+  /** runs of packets the link placed itself (RX direct placement, links that have it) */
+  placed?: PlacedHandler;
   drain(): void;
   late(heldMs: number): void;
   link(up: boolean): void;
@@ -111,6 +113,7 @@ export interface PortHandlers {
 export function wireLink(p: Port, h: PortHandlers): () => void {
   const link = p.link;
   link.setReceiver(h.rx);
+  link.setPlacedReceiver?.(h.placed ?? null);
   const onDrain = (): void => h.drain();
   const onLate = (heldMs: unknown): void => h.late(heldMs as number);
   const onLink = (up: unknown): void => h.link(up as boolean);
@@ -131,6 +134,7 @@ export function wireLink(p: Port, h: PortHandlers): () => void {
     link.off('link', onLink);
     link.off('error', onError);
     link.setReceiver(dropRx);
+    link.setPlacedReceiver?.(null); // every QP disarmed: nothing lands for a closed device
   };
 }
 

@@ -24,6 +24,7 @@ import { TraceRing, type TraceEntry } from '../roce/transport/trace.js';
 import { flushQp } from '../roce/transport/flush.js';
 import { stopAckTimer } from '../roce/transport/retry.js';
 import { flushAck } from '../roce/transport/responder.js';
+import { disarmPlacement } from '../roce/transport/place.js';
 import type { CreateQpOptions, MrEndpoint, QpAttrs, QpCap, QpEndpoint } from './qp-attrs.js';
 import { checkModify, destOf, initAttrs, qpAv, rtrAttrs, rtsAttrs, type InitOptions, type QpAv, type RtrOptions, type RtsOptions } from './qp-modify.js';
 import { qpEndpoint, queryQp, type QpInfo } from './qp-query.js';
@@ -202,6 +203,9 @@ export class Qp implements TransportQp {
       const port = attrs.port ?? this.#port;
       openRoceV1('ibv_modify_qp', 'av.sgidIndex', attrs.av.sgidIndex ?? this.device.defaultSgidIndex(port), this.device.ports[port - 1]!);
     }
+    // RX direct placement: any modify disarms (synchronously: nothing lands after this returns);
+    // the responder re-arms from the state the modify leaves, on the next WRITE packet it handles.
+    if (to !== null) disarmPlacement(this);
     if (to !== null) this.apply(attrs, to);
   }
 
@@ -269,6 +273,7 @@ export class Qp implements TransportQp {
 
   /** @internal State changes with their side effects (IBA 10.3.1); the transport moves QPs to ERR/SQD with it. */
   setState(to: QpState): void {
+    disarmPlacement(this); // RX direct placement: no byte lands in a QP whose state changed
     const from = this.#state;
     this.#state = to;
     if (to === 'RESET') this.resetQueues();
@@ -425,6 +430,7 @@ export class Qp implements TransportQp {
     stopAckTimer(this);
     this.device.sched.clearTimer(this.comp.rnrTimer);
     this.#closed = true;
+    disarmPlacement(this);
     this.device.destroyQp(this);
   }
   [Symbol.dispose](): void {

@@ -31,6 +31,40 @@ function addrKey(ip: string, port: number): string {
  */
 export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: number, ipIdDf?: number, group?: string) => void;
 
+/**
+ * RX direct placement (issue 15): `count` consecutive RC RDMA WRITE MIDDLE packets of QP `qpn` from
+ * `firstPsn` on, each `pmtu` payload bytes, were verified (ICRC, as RX_ICRC_OK says), and copied by
+ * the link into the memory the transport armed (Link.armPlacement); `ackReq`: the last of them asked
+ * for an ACK (no other did). firstIpIdDf is the first packet's ipIdDf as RxHandler would have had it
+ * (always with RX_ICRC_OK); packet j's ID is the first's plus j (the packets are segments of one
+ * datagram, numbered on). The receiver applies what handling each packet would have done.
+ */
+export type PlacedHandler = (
+  qpn: number,
+  firstPsn: number,
+  count: number,
+  pmtu: number,
+  ackReq: boolean,
+  srcIp: string,
+  srcPort: number,
+  firstIpIdDf: number,
+) => void;
+
+/** What the responder arms a link with (Link.armPlacement): the next packets of an RC WRITE in progress. */
+export interface PlacementArm {
+  qpn: number;
+  /** the next PSN expected */
+  psn: number;
+  pmtu: number;
+  /** where the WRITE lands: mem[off, off + budget) (budget: a whole number of pmtu) */
+  mem: Uint8Array;
+  off: number;
+  budget: number;
+  /** only packets from this IPv4 address (as a number) and UDP port */
+  srcIpNum: number;
+  srcPort: number;
+}
+
 /** Whether `ip` is a multicast address: IPv4 224.0.0.0/4, IPv6 ff00::/8 (what joinGroup takes). */
 export function isMulticastIp(ip: string): boolean {
   if (ip.includes(':')) return /^ff[0-9a-f]{2}:/i.test(ip);
@@ -127,6 +161,8 @@ export interface BatchStats {
   fastTxPackets?: number;
   /** packets whose ICRC the addon verified in C (native link with the RX fast path) */
   rxIcrcVerified?: number;
+  /** packets the addon placed straight into registered memory (RX direct placement; absent: the link has none) */
+  rxPlaced?: number;
 }
 
 /** Bytes per packet in SegmentRun.hdr: the longest request header (BTH + RETH + ImmDt, 32) fits. */
@@ -224,6 +260,18 @@ export interface Link extends LinkInfo {
   pollRx?(): number;
   /** Sends now what send() queued for the end of this turn (busy polling: no turn ends while it spins). */
   flush?(): void;
+  /**
+   * RX direct placement (issue 15; optional: only a plain native IPv4 link with the fast path on has
+   * it, never a wrapper, which must see every packet). From now until disarmed, packets that are the
+   * next WRITE MIDDLEs `a` describes are copied into a.mem by the link and reported to the placed
+   * receiver (PlacedHandler) in runs, in order with everything else; any other packet to a.qpn
+   * disarms it before it reaches the receiver. false: not armed (no room, not receiving).
+   */
+  armPlacement?(a: PlacementArm): boolean;
+  /** Disarms qpn (-1: every QP): no byte is placed for it after this returns. */
+  disarmPlacement?(qpn: number): void;
+  /** Where runs of placed packets go (null: nowhere; placement then stays off). */
+  setPlacedReceiver?(h: PlacedHandler | null): void;
   readonly up: boolean;
   /** what the UDP backends' batching did (perftest prints it); absent on links that do not batch */
   readonly batchStats?: BatchStats | undefined;

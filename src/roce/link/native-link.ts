@@ -14,7 +14,7 @@ import type { NativeAddon } from '../../native.js';
 import { parseIpv4 } from '../gid.js';
 import { VerbsError } from '../errors.js';
 import { EAGAIN, UdpLinkBase, type UdpLinkOptions } from './udp-base.js';
-import { RX_ICRC_OK, RX_ID_INFERRED, SEG_HDR_STRIDE } from './link.js';
+import { RX_ICRC_OK, RX_ID_INFERRED, SEG_HDR_STRIDE, type PlacedHandler, type PlacementArm } from './link.js';
 
 const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES, EBADF } = osConstants.errno;
 
@@ -35,6 +35,24 @@ export class NativeLink extends UdpLinkBase {
   private rxSegSize: number[] = [];
   /** RX fast path: per slot, the bitmap (2 words) of segments whose ICRC the addon verified; null: off */
   private rxIcrcOk: Uint32Array | null = null;
+  /**
+   * RX direct placement (native/place-rx.cc): the words the addon reports in ([0] QPs armed, [1..5]
+   * the last placement: QPN, first PSN, packets, bytes each, AckReq on the last); null: off.
+   */
+  private placeCtl: Uint32Array | null = null;
+  private placedRx: PlacedHandler | null = null;
+  /** while a batch is handed over: the packet being handed to the receiver (slot, segment) */
+  private curSlot = -1;
+  private curSeg = 0;
+  /** packets from the next position on that the addon placed and that are not reported yet */
+  private placeLeft = 0;
+  /** the next position was already offered to the addon (by an arm during the last packet) */
+  private placeScanned = false;
+  /** the placement being reported: its QPN, the next PSN to report, bytes per packet, AckReq on its last */
+  private runQpn = 0;
+  private runPsn = 0;
+  private runPmtu = 0;
+  private runAck = false;
   private lastIpNum = -1;
   private lastIpStr = '';
   private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number; sport: number }> = [];
@@ -105,6 +123,25 @@ export class NativeLink extends UdpLinkBase {
         link.batchStats.rxIcrcVerified = 0;
       }
     }
+    // RX direct placement (issue 15): WRITE MIDDLEs the responder armed the addon for go straight
+    // into the MR (place-rx.cc); needs the ICRC verified in C. Off with the fast path, or alone
+    // (rxPlacement: false, SOFTROCE_RX_PLACE=0: to compare).
+    const fast = o.fastPath ?? process.env['SOFTROCE_NO_FASTPATH'] !== '1';
+    if (link.rxIcrcOk !== null && fast && (o.rxPlacement ?? process.env['SOFTROCE_RX_PLACE'] !== '0') && n.rxPlaceStart && n.rxArm && n.rxPlace && n.rxDisarm) {
+      const ctl = new Uint32Array(8);
+      if (n.rxPlaceStart(link.rxHandle, ctl) === 0) {
+        link.placeCtl = ctl;
+        link.batchStats.rxPlaced = 0;
+        link.armPlacement = (a) => link.arm(a);
+        link.disarmPlacement = (qpn) => {
+          if (link.rxHandle !== null) n.rxDisarm!(link.rxHandle, qpn);
+        };
+        link.setPlacedReceiver = (h) => {
+          link.placedRx = h;
+          if (h === null && link.rxHandle !== null) n.rxDisarm!(link.rxHandle, -1);
+        };
+      }
+    }
     // With CAP_NET_RAW, a raw socket shows each datagram's IPv4 header, so the ICRC is checked
     // with the sender's real ID (all 32 bits) instead of an inferred one (README, "ICRC outcomes").
     // Without it (EPERM) the receive path stays as it is. SOFTROCE_RAW_RX=0 turns it off.
@@ -119,6 +156,54 @@ export class NativeLink extends UdpLinkBase {
     if (n.rxPoll !== undefined) link.pollRx = (): number => link.pollOnce();
     link.followCarrier();
     return link;
+  }
+
+  /** Link.armPlacement, set by open() when the addon places (absent otherwise: the per-packet path). */
+  armPlacement?: (a: PlacementArm) => boolean;
+  disarmPlacement?: (qpn: number) => void;
+  setPlacedReceiver?: (h: PlacedHandler | null) => void;
+
+  /**
+   * Arms the addon for a QP's next WRITE MIDDLEs. Called by the responder from inside the receiver
+   * (while a batch is handed over) the addon places at once from the packet after the one being
+   * handled, so the rest of this batch is placed too, in order; from anywhere else it only arms
+   * (the next batch is offered from its start). Not a second time for a position already placed
+   * from: those packets are the earlier arm's.
+   */
+  private arm(a: PlacementArm): boolean {
+    if (this.rxHandle === null || this.closed || this.placedRx === null || !this.up) return false;
+    // Someone records what this link accepts (a test's capture hooks rxAccepted on the link itself):
+    // every packet must go by it, none placed.
+    if ((this as { rxAccepted?: unknown }).rxAccepted !== undefined) return false;
+    const here = this.inRx && this.curSlot >= 0 && this.placeLeft === 0;
+    const r = this.native!.rxArm!(
+      this.rxHandle,
+      a.qpn,
+      a.psn,
+      a.pmtu,
+      a.mem,
+      a.off,
+      a.budget,
+      a.srcIpNum,
+      a.srcPort,
+      here ? this.curSlot : -1,
+      this.curSeg + 1,
+    );
+    if (r < 0) return false;
+    if (here) this.tookPlacement(r);
+    return true;
+  }
+
+  /** The addon placed r packets from the next position on (its ctl words describe them). */
+  private tookPlacement(r: number): void {
+    this.placeScanned = true;
+    this.placeLeft = r;
+    if (r === 0) return;
+    const ctl = this.placeCtl!;
+    this.runQpn = ctl[1]!;
+    this.runPsn = ctl[2]!;
+    this.runPmtu = ctl[4]!;
+    this.runAck = ctl[5]! !== 0;
   }
 
   /** true while onNativeRx hands a batch over: the slots are in use (pollRx must not refill them) */
@@ -150,6 +235,13 @@ export class NativeLink extends UdpLinkBase {
     const st = this.batchStats;
     st.rxCalls++;
     st.rxDatagrams += k;
+    // RX direct placement: before each packet while a QP is armed, the addon is offered the batch
+    // from that packet on (rxPlace); what it placed is reported in runs (reportPlaced) and skipped.
+    const ctl = this.placeCtl;
+    this.placeLeft = 0;
+    this.placeScanned = false;
+    let runCount = 0,
+      runId = 0;
     for (let i = 0; i < k; i++) {
       const len = meta[4 * i]!,
         segw = meta[4 * i + 1]!,
@@ -176,6 +268,20 @@ export class NativeLink extends UdpLinkBase {
         okHi = okw[2 * i + 1]!;
       }
       if (seg === 0 || seg >= len) {
+        if (ctl !== null && this.placeLeft === 0 && !this.placeScanned && ctl[0]! > 0 && this.placedRx !== null) {
+          this.tookPlacement(this.native!.rxPlace!(this.rxHandle!, i, 0));
+        }
+        if (this.placeLeft > 0) {
+          // Placed (the addon verified its ICRC first): counted as the per-packet path counts it.
+          st.rxIcrcVerified!++;
+          st.rxPlaced!++;
+          this.placeLeft--;
+          this.reportPlaced(1, ipIdDf < 0 ? 0x10000 | RX_ICRC_OK | RX_ID_INFERRED : ipIdDf | RX_ICRC_OK, port);
+          continue;
+        }
+        this.placeScanned = false;
+        this.curSlot = i;
+        this.curSeg = 0;
         if (okLo & 1) {
           st.rxIcrcVerified!++;
           this.rx(slot, len, this.lastIpStr, port, ipIdDf < 0 ? 0x10000 | RX_ICRC_OK | RX_ID_INFERRED : ipIdDf | RX_ICRC_OK);
@@ -191,11 +297,28 @@ export class NativeLink extends UdpLinkBase {
       }
       for (let off = 0, k = 0; off < len; off += seg, k++) {
         const l = Math.min(seg, len - off);
-        const view = (views[k] ??= slot.subarray(off, off + seg));
         st.rxGroSegments++;
         // Raw receive keeps GRO on loopback only, where a GRO datagram is one GSO send: Linux
         // numbers its segments' IDs on from the first (inet_gso_segment).
         let id = ipIdDf < 0 ? -1 : ((ipIdDf + k) & 0xffff) | (ipIdDf & 0x10000);
+        if (ctl !== null && this.placeLeft === 0 && !this.placeScanned && ctl[0]! > 0 && this.placedRx !== null) {
+          this.tookPlacement(this.native!.rxPlace!(this.rxHandle!, i, k));
+        }
+        if (this.placeLeft > 0) {
+          st.rxIcrcVerified!++;
+          st.rxPlaced!++;
+          if (runCount++ === 0) runId = id < 0 ? k | 0x10000 | RX_ICRC_OK | RX_ID_INFERRED : id | RX_ICRC_OK;
+          // A run is reported when it ends or at the datagram's end (IDs number on within one).
+          if (--this.placeLeft === 0 || off + seg >= len) {
+            this.reportPlaced(runCount, runId, port);
+            runCount = 0;
+          }
+          continue;
+        }
+        this.placeScanned = false;
+        this.curSlot = i;
+        this.curSeg = k;
+        const view = (views[k] ??= slot.subarray(off, off + seg));
         if (k < 32 ? (okLo >>> k) & 1 : k < 64 && (okHi >>> (k - 32)) & 1) {
           st.rxIcrcVerified!++;
           id = id < 0 ? k | 0x10000 | RX_ICRC_OK | RX_ID_INFERRED : id | RX_ICRC_OK;
@@ -204,6 +327,19 @@ export class NativeLink extends UdpLinkBase {
         if (!this.rx) break;
       }
     }
+    this.curSlot = -1;
+    this.placeLeft = 0;
+    this.placeScanned = false;
+  }
+
+  /** count placed packets of the current placement, the first with ipIdDf firstId, to the placed receiver. */
+  private reportPlaced(count: number, firstId: number, port: number): void {
+    const psn = this.runPsn;
+    this.runPsn = (psn + count) & 0xffffff;
+    const last = this.placeLeft === 0;
+    if (last) this.placeScanned = false; // the next packet is offered again
+    // Only the placement's last packet can have asked for an ACK (place-rx.cc ends a run there).
+    this.placedRx?.(this.runQpn, psn, count, this.runPmtu, this.runAck && last, this.lastIpStr, port, firstId);
   }
 
   /** Every send is batched on this socket (send() never gets here). */

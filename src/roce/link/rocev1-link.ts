@@ -28,7 +28,17 @@ import { gidFromString, ipv4ToGid, isIpv4Mapped, macToDefaultGid } from '../gid.
 import { icrcV1, readIcrc, writeIcrc } from '../icrc.js';
 import { GRH_LEN, GRH_NXTHDR_BTH } from '../wire/grh.js';
 import { ETHERTYPE_ROCEV1, ETH_LEN } from '../wire/net.js';
-import { LinkWrapper, ROCEV1_PORT, RX_ICRC_VERIFIED, TX_BUF_SIZE, type Link, type RxHandler, type SegmentRun } from './link.js';
+import {
+  LinkWrapper,
+  ROCEV1_PORT,
+  RX_ICRC_VERIFIED,
+  TX_BUF_SIZE,
+  type Link,
+  type RxHandler,
+  type SegmentRun,
+  type PlacementArm,
+  type PlacedHandler,
+} from './link.js';
 
 export { ROCEV1_PORT, RX_ICRC_VERIFIED };
 
@@ -127,7 +137,19 @@ export class RoceV1Link extends LinkWrapper {
     // too; a v1 destination's packets need this wrapper's framing: none of them go that way.
     const fast = inner.sendSegments?.bind(inner);
     if (fast !== undefined) this.sendSegments = (run: SegmentRun): number => (run.dstPort === ROCEV1_PORT ? 0 : fast(run));
+    // RoCEv2 datagrams reach the receiver straight from the UDP link (setReceiver below), so its RX
+    // direct placement passes through as well; v1 frames never arm it (recv.ts arms for IPv4 sources).
+    if (inner.armPlacement !== undefined && inner.disarmPlacement !== undefined && inner.setPlacedReceiver !== undefined) {
+      this.armPlacement = (a: PlacementArm): boolean => inner.armPlacement!(a);
+      this.disarmPlacement = (qpn: number): void => inner.disarmPlacement!(qpn);
+      this.setPlacedReceiver = (h: PlacedHandler | null): void => inner.setPlacedReceiver!(h);
+    }
   }
+
+  /** Link.armPlacement and its kin of the UDP link, when it has them. */
+  armPlacement?: (a: PlacementArm) => boolean;
+  disarmPlacement?: (qpn: number) => void;
+  setPlacedReceiver?: (h: PlacedHandler | null) => void;
 
   /** Link.sendSegments of the UDP link, for RoCEv2 destinations only; absent when that link has none. */
   sendSegments?: (run: SegmentRun) => number;

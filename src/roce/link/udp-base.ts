@@ -49,6 +49,11 @@ export interface UdpLinkOptions {
    * per-packet way (tests compare the two).
    */
   fastPath?: boolean;
+  /**
+   * RX direct placement (issue 15; native IPv4 link with the fast path on): on by default; false: off
+   * alone, the rest of the fast path kept (tests compare the two).
+   */
+  rxPlacement?: boolean;
 }
 
 /**

@@ -17,6 +17,7 @@ import { IPID_ROCEV1, setRxDestination } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
 import { RX_ICRC_OK, RX_ICRC_VERIFIED, RX_ID_INFERRED } from '../link/link.js';
+import { applyPlaced, armAfterRequest } from './place.js';
 
 const info = new PktInfo();
 /** The BTH of the datagram being received (bound once per packet; the roles bind their own). */
@@ -86,6 +87,8 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   let ipId = 0,
     df = 1;
   let srcBytes: Uint8Array;
+  /** the IPv4 source as a number (-1: not IPv4): RX direct placement arms for packets from it */
+  let srcNum = -1;
   const dst = group === undefined ? null : groupAddr(group);
   if (ipIdDf === RX_ICRC_VERIFIED) {
     // RoCEv1 (link/rocev1-link.ts): the link checked the ICRC over the GRH, which has no IPv4 ID or
@@ -139,6 +142,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     }
     ipId = r & 0xffff;
     df = r >>> 16;
+    srcNum = src;
     v4bytes[0] = src >>> 24;
     v4bytes[1] = (src >>> 16) & 0xff;
     v4bytes[2] = (src >>> 8) & 0xff;
@@ -191,6 +195,64 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   try {
     if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipIdDf === RX_ICRC_VERIFIED ? IPID_ROCEV1 : ipId, srcBytes);
     else onResponse(qp, info);
+    // RX direct placement: a WRITE still in progress after this packet (its FIRST, a MIDDLE, or
+    // anything that made the link disarm the QP) has its next MIDDLEs placed by the link.
+    if (port.link.armPlacement !== undefined && srcNum >= 0 && qp.type === 'RC' && dst === null) armAfterRequest(qp, port.link, srcNum, srcPort);
+  } catch {
+    counts[Ctr.rcvd_internal_err]!++;
+    qpFatal(qp);
+  }
+}
+
+/**
+ * RX direct placement (Link.armPlacement, PlacedHandler): `count` RC WRITE MIDDLEs of QP `qpn` that
+ * the link verified and placed, from srcIp:srcPort, the first with ipIdDf firstIpIdDf (RX_ICRC_OK;
+ * packet j's ID is the first's + j). Counted and remembered here as deviceRx would each of them
+ * (rcvd_pkts, the IPv4 ID window); the responder applies the rest (place.ts applyPlaced).
+ */
+export function deviceRxPlaced(
+  dev: Device,
+  port: Port,
+  qpn: number,
+  firstPsn: number,
+  count: number,
+  pmtu: number,
+  ackReq: boolean,
+  srcIp: string,
+  firstIpIdDf: number,
+): void {
+  const counts = port.counters.counts;
+  counts[Ctr.rcvd_pkts]! += count;
+  let src: number;
+  if (srcIp === lastSrcIp) src = lastSrc;
+  else {
+    src = parseIpv4(srcIp);
+    lastSrcIp = srcIp;
+    lastSrc = src;
+  }
+  let win = port === lastWinPort ? lastWin : windows.get(port);
+  if (win === undefined) {
+    win = new Ipv4IdWindow();
+    windows.set(port, win);
+  }
+  lastWinPort = port;
+  lastWin = win;
+  const known = (firstIpIdDf & RX_ID_INFERRED) === 0;
+  if (known || dev.icrcIpv4 === 'infer-id') {
+    for (let j = 0; j < count; j++) {
+      const id = (firstIpIdDf + j) & 0xffff;
+      if (known) win.known(src, id);
+      else win.accept(src, id);
+    }
+  }
+  const qp = dev.qps.get(qpn);
+  if (!qp || qp.closed) {
+    // (Cannot happen: destroying a QP disarms it first.)
+    counts[Ctr.rcvd_unknown_qp]! += count;
+    return;
+  }
+  try {
+    applyPlaced(qp, firstPsn, count, pmtu, ackReq);
   } catch {
     counts[Ctr.rcvd_internal_err]!++;
     qpFatal(qp);

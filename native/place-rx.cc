@@ -1,0 +1,136 @@
+// softroce native RX direct placement (issue 15, RX): RC RDMA WRITE MIDDLE packets that the
+// responder armed the addon to expect are copied straight from the receive slots into the
+// registered memory their WRITE lands in, without a trip through JS per packet.
+//
+// The TypeScript responder stays the authority (responder.ts / place.ts): it arms a QP after it
+// has handled a WRITE FIRST or MIDDLE and knows, from its own state after EXECUTE, exactly what
+// the next packets of that WRITE must be: opcode RC_RDMA_WRITE_MIDDLE (0x07), the expected PSN, a
+// full path-MTU payload with no pad, from the connected peer's address and UDP port, landing at
+// the MR offset it would copy to, within a byte budget of whole MTUs that leaves the LAST packet
+// (>= 1 byte) to JS. A packet that is all of that is one the per-packet path would accept,
+// execute and acknowledge with no other effect than its bookkeeping, which JS applies per run
+// (native-link.ts reports runs, place.ts applies them). ANY other packet to an armed QPN disarms
+// that QP here, before JS sees it, so JS handles it in order after everything placed before it.
+//
+// When: only inside a call from JS (PlaceArm with a position, PlaceRun), during the hand-over of a
+// receive batch, at the position JS has reached in it: packets are placed as a prefix of what
+// JS would process next, so the order of every effect is the per-packet path's. Nothing here runs
+// from the event loop on its own.
+//
+// Memory safety: an arm holds a napi reference to the Buffer (the MR's memory), so the memory
+// cannot be collected while armed; and JS disarms synchronously (same thread) before anything
+// that makes the memory unusable for the WRITE (deregistration, QP state change or destroy, an
+// error, link close). Every copy is bounds-checked against the Buffer's length as armed.
+#include <napi.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "place-rx.h"
+
+static inline uint32_t Be24(const uint8_t* p) { return ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2]; }
+
+static PlaceArm* FindArm(PlaceTable* t, uint32_t qpn) {
+  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
+    if (t->arms[i].used && t->arms[i].qpn == qpn) return &t->arms[i];
+  return nullptr;
+}
+
+void PlaceDisarm(PlaceTable* t, napi_env env, PlaceArm* a) {
+  if (!a->used) return;
+  a->used = false;
+  if (a->ref) napi_delete_reference(env, a->ref);
+  a->ref = nullptr;
+  a->base = nullptr;
+  t->count--;
+  if (t->ctl) t->ctl[PLACE_CTL_ARMED] = t->count;
+}
+
+void PlaceDisarmAll(PlaceTable* t, napi_env env) {
+  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++) PlaceDisarm(t, env, &t->arms[i]);
+}
+
+int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint32_t psn, uint32_t pmtu, size_t off, size_t budget, uint32_t src,
+                uint32_t sport) {
+  PlaceArm* a = FindArm(t, qpn);
+  if (a) PlaceDisarm(t, env, a);
+  if (pmtu < 256 || pmtu > 4096 || budget < pmtu || budget % pmtu != 0) return -22;
+  void* data = nullptr;
+  size_t len = 0;
+  if (napi_get_typedarray_info(env, buf, nullptr, &len, &data, nullptr, nullptr) != napi_ok || !data) return -22;
+  if (off > len || budget > len - off) return -22;  // the whole budget inside the Buffer, or nothing
+  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++) {
+    if (t->arms[i].used) continue;
+    a = &t->arms[i];
+    if (napi_create_reference(env, buf, 1, &a->ref) != napi_ok) return -12;
+    a->used = true;
+    a->qpn = qpn & 0xffffff;
+    a->psn = psn & 0xffffff;
+    a->pmtu = pmtu;
+    a->base = (uint8_t*)data;
+    a->len = len;
+    a->off = off;
+    a->budget = budget;
+    a->src = src;
+    a->sport = sport & 0xffff;
+    t->count++;
+    if (t->ctl) t->ctl[PLACE_CTL_ARMED] = t->count;
+    return 0;
+  }
+  return -28;  // table full: this QP stays on the per-packet path
+}
+
+uint32_t PlaceRun(PlaceTable* t, napi_env env, const PlaceBatch& b, uint32_t slot, uint32_t seg) {
+  uint32_t* ctl = t->ctl;
+  ctl[PLACE_CTL_COUNT] = 0;
+  if (t->count == 0) return 0;
+  PlaceArm* run = nullptr;
+  uint32_t count = 0;
+  for (uint32_t i = slot; i < b.n; i++, seg = 0) {
+    const uint32_t* m = b.meta + i * 4;
+    uint32_t len = m[0];
+    if (len == 0) goto done;  // a cut datagram: JS drops it; stop here (conservative)
+    uint32_t sz = m[1] & 0xffff;
+    if (sz == 0 || sz >= len) sz = len;
+    uint32_t nseg = (len + sz - 1) / sz;
+    const uint8_t* d = b.data + (size_t)i * b.slotSize;
+    for (uint32_t k = seg; k < nseg; k++) {
+      uint32_t off = k * sz;
+      uint32_t n = len - off < sz ? len - off : sz;
+      if (n < 12) goto done;  // no BTH: JS counts it malformed; it names no QP
+      const uint8_t* ib = d + off;
+      uint32_t qpn = Be24(ib + 5);
+      PlaceArm* a = FindArm(t, qpn);
+      if (!a) goto done;                     // not ours to place: JS handles it (nothing disarmed)
+      if (run && a != run) goto done;        // one QP per run: JS asks again from here
+      bool icrcOk = k < 64 && ((b.icrcOk[i * 2 + (k >> 5)] >> (k & 31)) & 1);
+      uint32_t psn = Be24(ib + 9);
+      bool placeable = icrcOk && ib[0] == 0x07 && (ib[1] & 0x3f) == 0  // RC WRITE MIDDLE, pad 0, TVer 0
+                       && ((((uint32_t)ib[2] << 8) | ib[3]) & 0x7fff) == 0x7fff     // default P_Key (recv.ts)
+                       && psn == a->psn && n == 12 + a->pmtu + 4 && m[2] == a->src && (m[3] & 0xffff) == a->sport &&
+                       a->budget >= a->pmtu && a->off + a->pmtu <= a->len;
+      if (!placeable) {
+        // Any other packet to an armed QP: disarmed before JS sees it (it may be a duplicate, a
+        // gap, the LAST, a corrupted one, a READ...): the transport handles it as ever.
+        PlaceDisarm(t, env, a);
+        goto done;
+      }
+      memcpy(a->base + a->off, ib + 12, a->pmtu);
+      if (count == 0) ctl[PLACE_CTL_FIRST_PSN] = a->psn;
+      run = a;
+      count++;
+      a->off += a->pmtu;
+      a->budget -= a->pmtu;
+      a->psn = (a->psn + 1) & 0xffffff;
+      ctl[PLACE_CTL_ACKREQ] = ib[8] >> 7;
+      if (ib[8] & 0x80) goto done;  // an AckReq ends the run: only a run's last packet asks for an ACK
+      // Budget spent: stays armed until JS sees the next packet (the LAST), which disarms it here.
+    }
+  }
+done:
+  if (count > 0) {
+    ctl[PLACE_CTL_QPN] = run->qpn;
+    ctl[PLACE_CTL_PMTU] = run->pmtu;
+    ctl[PLACE_CTL_COUNT] = count;
+  }
+  return count;
+}

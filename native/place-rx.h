@@ -1,0 +1,50 @@
+// RX direct placement (place-rx.cc): the arms JS set, per receive watch (softroce.cc RxWatch).
+#pragma once
+#include <node_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// QPs armed at once per receive socket; one more is refused (it stays on the per-packet path).
+static const uint32_t PLACE_MAX_ARMS = 64;
+
+// The words of the ctl array JS shares with the watch (rxPlaceStart): how many QPs are armed,
+// and what the last PlaceRun placed (one QP's consecutive packets, in PSN order).
+enum {
+  PLACE_CTL_ARMED = 0,
+  PLACE_CTL_QPN = 1,
+  PLACE_CTL_FIRST_PSN = 2,
+  PLACE_CTL_COUNT = 3,
+  PLACE_CTL_PMTU = 4,
+  PLACE_CTL_ACKREQ = 5,  // the run's last packet asked for an ACK (no other packet of a run does)
+  PLACE_CTL_WORDS = 8,
+};
+
+struct PlaceArm {
+  bool used;
+  uint32_t qpn, psn, pmtu, src, sport;
+  uint8_t* base;
+  size_t len, off, budget;
+  napi_ref ref;  // holds the armed Buffer while armed
+};
+
+struct PlaceTable {
+  PlaceArm arms[PLACE_MAX_ARMS];
+  uint32_t count;
+  uint32_t* ctl;  // null: placement not started on this watch
+};
+
+// The receive batch JS is handing over (the watch's slots as ReadBatch left them).
+struct PlaceBatch {
+  const uint8_t* data;
+  const uint32_t* meta;
+  const uint32_t* icrcOk;
+  uint32_t n, slotSize;
+};
+
+int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint32_t psn, uint32_t pmtu, size_t off, size_t budget, uint32_t src,
+                uint32_t sport);
+void PlaceDisarm(PlaceTable* t, napi_env env, PlaceArm* a);
+void PlaceDisarmAll(PlaceTable* t, napi_env env);
+// Places the longest placeable prefix of the batch from packet `seg` of slot `slot` (one QP);
+// returns how many packets, described in ctl.
+uint32_t PlaceRun(PlaceTable* t, napi_env env, const PlaceBatch& b, uint32_t slot, uint32_t seg);
