@@ -32,6 +32,8 @@ const OUT = join(ROOT, 'bench', 'out');
 const PEERS = join(ROOT, 'dist', 'bench', 'baselines', 'node-peers.js');
 const A = '127.0.50.1',
   B = '127.0.50.2';
+/** Seconds per bandwidth point (perftest -D), the Node TCP bulk baseline's length. */
+const BW_SECS = 2;
 const ENV = { ...process.env, SOFTROCE_DEVICES: `bench_a=lo:${A},bench_b=lo:${B}` };
 let nextPort = 19_500;
 
@@ -208,7 +210,7 @@ async function main(): Promise<void> {
   add('Node dgram blast', '4 KiB', `${(dgBw / 1e9).toFixed(2)} GB/s, ${(dgBw / 4096 / 1e6).toFixed(3)} Mpps`);
   // Node TCP bulk, 64 KiB writes.
   const tport = nextPort++;
-  const tb = await nodePair(['tcp-sink', A, String(tport)], ['tcp-blast', A, String(tport), '65536', '2']);
+  const tb = await nodePair(['tcp-sink', A, String(tport)], ['tcp-blast', A, String(tport), '65536', String(BW_SECS)]);
   const tcpBw = num(tb, /bytes=(\d+)/) / num(tb, /secs=([\d.]+)/);
   base['node_tcp_Bps'] = tcpBw;
   add('Node TCP bulk', '64 KiB', `${(tcpBw / 1e9).toFixed(2)} GB/s`);
@@ -265,10 +267,12 @@ async function main(): Promise<void> {
   for (const tool of ['ib_write_bw', 'ib_send_bw', 'ib_read_bw']) {
     bwAt[tool] = new Map();
     for (const size of bwSizes) {
-      // About a second per size at the rates reached here (perftest's warm-up runs first for WRITE/READ).
-      const iters = Math.max(500, Math.min(50_000, Math.round(600e6 / size)));
+      // perftest's duration mode for BW_SECS, as long as the Node TCP bulk baseline runs (its warm-up
+      // burst first for WRITE/READ). An iteration count sized for the old rates shrank to ~0.3 s runs
+      // as the rates rose, most of them spent before V8 had compiled the hot path (64 KiB WRITE: 0.8
+      // GB/s over 9,155 iterations, 2.3 GB/s over 2 s, same build, same minute).
       try {
-        const r = resultRow(await perftest(tool, size, iters));
+        const r = resultRow((await perftestPair(tool, ['-s', String(size), '-D', String(BW_SECS)]))[0]);
         const mbs = (r[3]! * 1048576) / 1e6; // BW average [MiB/sec] in MB/s
         bw.push({ series: tool, mode: '', size, value: mbs });
         bwAt[tool].set(size, { mbs, mpps: r[4]! });
