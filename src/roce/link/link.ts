@@ -196,6 +196,30 @@ export interface SegmentRun {
   srcPort: number;
 }
 
+/**
+ * A SegmentRun with room for SEG_MAX_PKTS packets and `maxPieces` payload pieces, and a header view
+ * per packet (hdrs[k] is packet k's SEG_HDR_STRIDE bytes): each sender keeps one and refills it, so
+ * building a run allocates nothing.
+ */
+export function newSegmentRun(maxPieces: number): { run: SegmentRun; hdrs: Buffer[] } {
+  const run: SegmentRun = {
+    hdr: Buffer.alloc(SEG_HDR_STRIDE * SEG_MAX_PKTS),
+    meta: new Uint32Array(2 * SEG_MAX_PKTS),
+    n: 0,
+    bufs: [],
+    pieces: new Uint32Array(2 * maxPieces),
+    nPieces: 0,
+    srcIpNum: 0,
+    dstIpNum: 0,
+    dstIp: '',
+    dstPort: 0,
+    tos: 0,
+    srcPort: 0,
+  };
+  const hdrs = Array.from({ length: SEG_MAX_PKTS }, (_, k) => run.hdr.subarray(k * SEG_HDR_STRIDE, (k + 1) * SEG_HDR_STRIDE));
+  return { run, hdrs };
+}
+
 export interface LinkInfo {
   readonly localIp: string;
   readonly family: 4 | 6;

@@ -71,6 +71,18 @@ const windows = new WeakMap<object, Ipv4IdWindow>();
 let lastWinPort: object | null = null,
   lastWin: Ipv4IdWindow | undefined;
 
+/** The port's IPv4 ID window (one per port; the last one looked up is kept for the next packet). */
+function idWindow(port: Port): Ipv4IdWindow {
+  let win = port === lastWinPort ? lastWin : windows.get(port);
+  if (win === undefined) {
+    win = new Ipv4IdWindow();
+    windows.set(port, win);
+  }
+  lastWinPort = port;
+  lastWin = win;
+  return win;
+}
+
 /**
  * ipIdDf: the datagram's IPv4 `id | df << 16` when the link saw its IP header, else -1. group: the
  * multicast group it was sent to (a group the link joined), absent for the port's own address: the
@@ -116,13 +128,7 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
       return;
     }
     // The real IPv4 ID when the link read the IP header (full CRC-32), else a bounded inference (icrc.ts).
-    let win = port === lastWinPort ? lastWin : windows.get(port);
-    if (win === undefined) {
-      win = new Ipv4IdWindow();
-      windows.set(port, win);
-    }
-    lastWinPort = port;
-    lastWin = win;
+    const win = idWindow(port);
     let r: number;
     if (ipIdDf >= 0 && ipIdDf & RX_ICRC_OK && dst === null) {
       // The link checked this ICRC already (the addon's RX fast path, native/fast-rx.cc), to the port's
@@ -230,13 +236,7 @@ export function deviceRxPlaced(
     lastSrcIp = srcIp;
     lastSrc = src;
   }
-  let win = port === lastWinPort ? lastWin : windows.get(port);
-  if (win === undefined) {
-    win = new Ipv4IdWindow();
-    windows.set(port, win);
-  }
-  lastWinPort = port;
-  lastWin = win;
+  const win = idWindow(port);
   const known = (firstIpIdDf & RX_ID_INFERRED) === 0;
   if (known || dev.icrcIpv4 === 'infer-id') {
     for (let j = 0; j < count; j++) {

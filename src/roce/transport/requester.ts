@@ -26,7 +26,7 @@ import type { Dest } from './types.js';
 import { AtomicEthView, DethView } from '../wire/exth.js';
 import { Reason, ReqState } from './role-states.js';
 import { NO_OPCODE, Role } from './trace.js';
-import { ROCEV1_PORT, SEG_HDR_STRIDE, SEG_MAX_PKTS, type SegmentRun } from '../link/link.js';
+import { ROCEV1_PORT, SEG_MAX_PKTS, newSegmentRun } from '../link/link.js';
 
 export const MAX_PKT_PER_ACK = 64;
 const BUDGET = 64;
@@ -438,21 +438,7 @@ const FAST_MIN_PKTS = 2;
 const FAST_MAX_PIECES = 64;
 const EMPTY = Buffer.alloc(0);
 /** The one run being built (the requester is synchronous), its header views and per-packet notes. */
-const fastRun: SegmentRun = {
-  hdr: Buffer.alloc(SEG_HDR_STRIDE * SEG_MAX_PKTS),
-  meta: new Uint32Array(2 * SEG_MAX_PKTS),
-  n: 0,
-  bufs: [],
-  pieces: new Uint32Array(2 * FAST_MAX_PIECES),
-  nPieces: 0,
-  srcIpNum: 0,
-  dstIpNum: 0,
-  dstIp: '',
-  dstPort: 0,
-  tos: 0,
-  srcPort: 0,
-};
-const fastHdrs: Buffer[] = Array.from({ length: SEG_MAX_PKTS }, (_, k) => fastRun.hdr.subarray(k * SEG_HDR_STRIDE, (k + 1) * SEG_HDR_STRIDE));
+const { run: fastRun, hdrs: fastHdrs } = newSegmentRun(FAST_MAX_PIECES);
 const fastOpc = new Uint8Array(SEG_MAX_PKTS);
 const fastSince = new Int32Array(SEG_MAX_PKTS);
 /** The run's WQEs in order, the packets of each in it, and the bytes each had sent before it. */

@@ -33,7 +33,7 @@ import { Reason, RespState } from './role-states.js';
 import { Role } from './trace.js';
 import { fatalNak, flushAck, port } from './responder-answers.js';
 import { NO_SRC, STASH_MAX, runRequestSteps } from './responder-steps.js';
-import { ROCEV1_PORT, SEG_HDR_STRIDE, SEG_MAX_PKTS, type SegmentRun } from '../link/link.js';
+import { ROCEV1_PORT, SEG_MAX_PKTS, newSegmentRun } from '../link/link.js';
 import type { PortLike } from './types.js';
 import type { PendingRead } from './state.js';
 
@@ -210,22 +210,8 @@ function sendReadRunFast(qp: Qp, pt: PortLike, rd: PendingRead, budget: number):
 }
 
 const EMPTY = Buffer.alloc(0);
-/** The one READ response run being built (runReads is synchronous) and its per-packet header views. */
-const readRun: SegmentRun = {
-  hdr: Buffer.alloc(SEG_HDR_STRIDE * SEG_MAX_PKTS),
-  meta: new Uint32Array(2 * SEG_MAX_PKTS),
-  n: 0,
-  bufs: [EMPTY],
-  pieces: new Uint32Array(2),
-  nPieces: 0,
-  srcIpNum: 0,
-  dstIpNum: 0,
-  dstIp: '',
-  dstPort: 0,
-  tos: 0,
-  srcPort: 0,
-};
-const readHdrs: Buffer[] = Array.from({ length: SEG_MAX_PKTS }, (_, k) => readRun.hdr.subarray(k * SEG_HDR_STRIDE, (k + 1) * SEG_HDR_STRIDE));
+/** The one READ response run being built (runReads is synchronous; one piece: the MR) and its per-packet header views. */
+const { run: readRun, hdrs: readHdrs } = newSegmentRun(1);
 
 function scheduleReads(qp: Qp): void {
   if (qp.resp.scheduled) return;
