@@ -16,15 +16,15 @@ type Test = Pick<typeof t, 'equal' | 'ok' | 'same'>;
 import { UdpLink, type NativeLink } from '../../src/roce/link/udp-link.js';
 import { openDevice, type Device } from '../../src/verbs/device.js';
 import { connectQp } from '../../src/verbs/connect.js';
-import { Wc } from '../../src/verbs/types.js';
+
 import type { Qp } from '../../src/verbs/qp.js';
 import type { Mr } from '../../src/verbs/mr.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mtu } from '../../src/roce/opcode.js';
 import { Ctr } from '../../src/roce/counters.js';
-import { icrcIdDelta, readIcrc, writeIcrc } from '../../src/roce/icrc.js';
 import { loadNative } from '../../src/native.js';
 import type { RxHandler } from '../../src/roce/link/link.js';
+import { pattern, waitN, idZero, withGso, type Cap } from './fast-helpers.js';
 
 const native = loadNative();
 const noFast = native?.txSegments === undefined ? 'no addon (SOFTROCE_NO_NATIVE=1 or not built): there is no TX fast path' : false;
@@ -32,12 +32,6 @@ const A = '127.0.91.1', // the responder under test
   B = '127.0.91.2'; // the requester, recording
 const PSN_A = 0xffff80; // the responses' PSNs wrap inside a run
 const PSN_B = 0xffffc0;
-
-interface Cap {
-  bytes: Buffer;
-  /** the IPv4 `id | df << 16` the receiver accepted it with, -1: not accepted */
-  acc: number;
-}
 
 /** The requester: one device for every run, its link recording what arrives. */
 interface Rq {
@@ -76,31 +70,6 @@ async function openRq(): Promise<Rq> {
   const mem = Buffer.alloc(1 << 20);
   const mr = pd.regMr(mem, ['LOCAL_WRITE']);
   return { dev, link, qp, cq, mem, mr, cap };
-}
-
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
-async function waitN(cq: Cq, n: number, ms = 20_000): Promise<Wc[]> {
-  const out: Wc[] = [];
-  const buf = Array.from({ length: 16 }, () => new Wc());
-  for (const end = performance.now() + ms; out.length < n && performance.now() < end;) {
-    const k = cq.poll(buf);
-    for (let i = 0; i < k; i++) out.push(Object.assign(new Wc(), buf[i]!));
-    if (out.length < n) await new Promise((r) => setTimeout(r, 1));
-  }
-  return out;
 }
 
 /** READs as [remote offset, length, local SGEs as [offset, length]]: sizes round an MTU and past a 64-packet run. */
@@ -180,14 +149,6 @@ async function run(rq: Rq, fast: boolean, mtu: Mtu, reads: Read[]): Promise<RunO
   return out;
 }
 
-/** The packet with its ICRC as it would be for IPv4 ID 0 (what a lone datagram carries). */
-function idZero(c: Cap): Buffer {
-  const b = Buffer.from(c.bytes);
-  const id = c.acc & 0xffff;
-  if (id !== 0) writeIcrc(b, b.length - 4, (readIcrc(b, b.length - 4) ^ icrcIdDelta(b.length + 20, id)) >>> 0);
-  return b;
-}
-
 /** The first copy of each PSN (a duplicate READ request after a probe is answered again, on either path). */
 function firsts(r: RunOut): Cap[] {
   const seen = new Set<number>();
@@ -228,18 +189,6 @@ function compare(t: Test, slow: RunOut, fast: RunOut, strict: boolean, what: str
   const nf = named(fast, f);
   t.same(nf, named(slow, s), `${what}: counters equal`);
   t.equal(nf.sent_pkts, f.length, `${what}: sent_pkts counts each fast-path response`);
-}
-
-async function withGso<T>(on: boolean, f: () => Promise<T>): Promise<T> {
-  const was = process.env['SOFTROCE_GSO'];
-  if (on) delete process.env['SOFTROCE_GSO'];
-  else process.env['SOFTROCE_GSO'] = '0';
-  try {
-    return await f();
-  } finally {
-    if (was === undefined) delete process.env['SOFTROCE_GSO'];
-    else process.env['SOFTROCE_GSO'] = was;
-  }
 }
 
 for (const mtu of [1024, 4096] as const) {

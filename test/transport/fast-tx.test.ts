@@ -22,9 +22,9 @@ import type { Mr } from '../../src/verbs/mr.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import type { Mtu } from '../../src/roce/opcode.js';
 import { Ctr } from '../../src/roce/counters.js';
-import { icrcIdDelta, readIcrc, writeIcrc } from '../../src/roce/icrc.js';
 import { loadNative, type NativeAddon } from '../../src/native.js';
 import type { RxHandler } from '../../src/roce/link/link.js';
+import { pattern, waitN, idZero, withGso, type Cap } from './fast-helpers.js';
 
 const native = loadNative();
 const noFast = native?.txSegments === undefined ? 'no addon (SOFTROCE_NO_NATIVE=1 or not built): there is no TX fast path' : false;
@@ -32,12 +32,6 @@ const A = '127.0.81.1',
   B = '127.0.81.2';
 const PSN_A = 0xfffff0; // wraps inside the run
 const PSN_B = 0x000100;
-
-interface Cap {
-  bytes: Buffer;
-  /** the IPv4 `id | df << 16` the receiver accepted it with, -1: not accepted */
-  acc: number;
-}
 
 /** The receiving side: one device for every run (its MR's R_Key and its QPN stay the same), its link recording what arrives. */
 interface Rx {
@@ -75,31 +69,6 @@ async function openRx(type: 'RC' | 'UC'): Promise<Rx> {
   const mr = pd.regMr(mem, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']);
   self = { dev, link, qp, cq, mem, mr, cap, drop: null };
   return self;
-}
-
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
-async function waitN(cq: Cq, n: number, ms = 20_000): Promise<Wc[]> {
-  const out: Wc[] = [];
-  const buf = Array.from({ length: 16 }, () => new Wc());
-  for (const end = performance.now() + ms; out.length < n && performance.now() < end;) {
-    const k = cq.poll(buf);
-    for (let i = 0; i < k; i++) out.push(Object.assign(new Wc(), buf[i]!));
-    if (out.length < n) await new Promise((r) => setTimeout(r, 1));
-  }
-  return out;
 }
 
 /** One message of the workload: its op, and its SGEs as [offset, length] in the sender's memory. */
@@ -202,14 +171,6 @@ async function run(rx: Rx, fast: boolean, type: 'RC' | 'UC', mtu: Mtu, msgs: Msg
   return out;
 }
 
-/** The packet with its ICRC as it would be for IPv4 ID 0 (what a lone datagram carries). */
-function idZero(c: Cap): Buffer {
-  const b = Buffer.from(c.bytes);
-  const id = c.acc & 0xffff;
-  if (id !== 0) writeIcrc(b, b.length - 4, (readIcrc(b, b.length - 4) ^ icrcIdDelta(b.length + 20, id)) >>> 0);
-  return b;
-}
-
 function compare(t: Test, slow: RunOut, fast: RunOut, strict: boolean, what: string, fastSent = true): void {
   if (fastSent) t.ok(fast.fastPackets > 0, `${what}: the fast path sent ${fast.fastPackets} packets`);
   t.equal(slow.fastPackets, 0, `${what}: fastPath: false sends none that way`);
@@ -261,18 +222,6 @@ function compare(t: Test, slow: RunOut, fast: RunOut, strict: boolean, what: str
   const nf = named(fast, f);
   t.same(nf, named(slow, s), `${what}: counters equal`);
   t.equal(nf.sent_pkts, f.length, `${what}: sent_pkts counts each fast-path packet`);
-}
-
-async function withGso<T>(on: boolean, f: () => Promise<T>): Promise<T> {
-  const was = process.env['SOFTROCE_GSO'];
-  if (on) delete process.env['SOFTROCE_GSO'];
-  else process.env['SOFTROCE_GSO'] = '0';
-  try {
-    return await f();
-  } finally {
-    if (was === undefined) delete process.env['SOFTROCE_GSO'];
-    else process.env['SOFTROCE_GSO'] = was;
-  }
 }
 
 for (const type of ['RC', 'UC'] as const) {

@@ -26,6 +26,7 @@ import { writeBth, writeReth } from '../../src/roce/transport/build.js';
 import { icrcV2Ipv4Parts, writeIcrc } from '../../src/roce/icrc.js';
 import { parseIpv4 } from '../../src/roce/gid.js';
 import { COUNTER_NAMES } from '../../src/roce/counters.js';
+import { pattern } from './fast-helpers.js';
 
 /** the counters that moved, by name (for the log) */
 const moved = (c: number[]): string =>
@@ -45,20 +46,6 @@ const A = '127.0.89.30',
 const PSN_A = 0xfffff0; // wraps inside the WRITEs
 const PSN_B = 0x000100;
 const MEM = (1 << 20) + 4096;
-
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 async function waitFor(cond: () => boolean, ms = 10_000): Promise<boolean> {
   for (const end = performance.now() + ms; performance.now() < end;) {

@@ -1,0 +1,61 @@
+/**
+ * Shared by the fast-path tests (fast-tx, fast-read, place): a deterministic payload, waiting for
+ * completions, the GSO switch, and a captured packet's ICRC taken back to IPv4 ID 0.
+ */
+import { Wc } from '../../src/verbs/types.js';
+import type { Cq } from '../../src/verbs/cq.js';
+import { icrcIdDelta, readIcrc, writeIcrc } from '../../src/roce/icrc.js';
+
+/** A captured datagram and the IPv4 `id | df << 16` the receiver accepted it with (-1: not accepted). */
+export interface Cap {
+  bytes: Buffer;
+  acc: number;
+}
+
+/** n bytes of xorshift32 from `seed`: every offset distinct enough to catch a misplaced copy. */
+export function pattern(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+
+/** Polls `cq` until n completions arrived or `ms` passed; the completions (copies). */
+export async function waitN(cq: Cq, n: number, ms = 20_000): Promise<Wc[]> {
+  const out: Wc[] = [];
+  const buf = Array.from({ length: 16 }, () => new Wc());
+  for (const end = performance.now() + ms; out.length < n && performance.now() < end;) {
+    const k = cq.poll(buf);
+    for (let i = 0; i < k; i++) out.push(Object.assign(new Wc(), buf[i]!));
+    if (out.length < n) await new Promise((r) => setTimeout(r, 1));
+  }
+  return out;
+}
+
+/** The packet with its ICRC as it would be for IPv4 ID 0 (what a lone datagram carries). */
+export function idZero(c: Cap): Buffer {
+  const b = Buffer.from(c.bytes);
+  const id = c.acc & 0xffff;
+  if (id !== 0) writeIcrc(b, b.length - 4, (readIcrc(b, b.length - 4) ^ icrcIdDelta(b.length + 20, id)) >>> 0);
+  return b;
+}
+
+/** Runs f with UDP GSO on (the default) or off (SOFTROCE_GSO=0), restoring the variable after. */
+export async function withGso<T>(on: boolean, f: () => Promise<T>): Promise<T> {
+  const was = process.env['SOFTROCE_GSO'];
+  if (on) delete process.env['SOFTROCE_GSO'];
+  else process.env['SOFTROCE_GSO'] = '0';
+  try {
+    return await f();
+  } finally {
+    if (was === undefined) delete process.env['SOFTROCE_GSO'];
+    else process.env['SOFTROCE_GSO'] = was;
+  }
+}
