@@ -176,6 +176,36 @@ t.test('a READ that loses responses asks again only for the holes, not for the r
   await p.close();
 });
 
+t.test('a READ retried by its ACK timer asks for each hole, not for the whole rest again', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+  const { a, b } = p;
+  for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * 7 + (i >> 10)) & 0xff;
+  let responses = 0,
+    seen = 0;
+  const lose = new Set([10, 100, 200]); // the nth response packet on the wire
+  const asked: number[] = []; // DMA length of each READ request on the wire
+  p.net!.filter = (pkt, src) => {
+    if (src === '10.0.0.1' && pkt[0] === 0x0c) {
+      asked.push(pkt.readUInt32BE(24)); // BTH 12 + RETH: VA 8, R_Key 4, DMA length
+      return asked.length !== 2; // the first hole request is lost: only the ACK timer finds the holes
+    }
+    if (src !== '10.0.0.2' || pkt[0]! < 0x0d || pkt[0]! > 0x10) return true;
+    responses++;
+    return !lose.has(++seen);
+  };
+  a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 256 * 1024 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  const w = await waitWc(p, a.scq, 1, 1000);
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+  );
+  t.ok(a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)), 'every byte right');
+  t.ok(a.dev.counters()['timeouts']! >= 1, 'the ACK timer fired');
+  t.same(asked.slice(2), [1024, 1024, 1024], 'the retry asked for the three holes, one response each');
+  t.ok(responses <= 256 + 3 + 3, `${responses} response packets for 256 needed and 3 lost (the rest of the stream is not sent again)`);
+  await p.close();
+});
+
 t.test('a request reordered by a couple of packets costs no NAK and no resend (the responder keeps what came ahead)', async (t) => {
   const p = await makePair({ timeout: 14, mtu: 1024 });
   const { a, b } = p;

@@ -76,9 +76,13 @@ export function readResponse(qp: Qp, w: SendWqe, p: PktInfo, idx: number, counte
   return Reason.READ_DATA;
 }
 
-/** Asks again for the responses from `from` up to the next one received (once per hole). */
+/**
+ * Asks again for the responses from `from` up to the next one received (once per hole: holes are
+ * asked for in order, and a retry that asked for several at once (requester.ts sendRead) leaves
+ * rdAsked at the last of them).
+ */
 function askReadHole(qp: Qp, w: SendWqe, from: number, total: number): void {
-  if (w.rdAsked === from) return;
+  if (from <= w.rdAsked) return;
   let to = from + 1;
   while (to < total && !readBit(w, to)) to++;
   const mtu = qp.pathMtu;

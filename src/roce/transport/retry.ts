@@ -61,8 +61,11 @@ function startAckTimer(qp: Qp, ms: number): void {
     (c.onTimer ??= (): void => {
       c.timer = null;
       if (c.deadline === Infinity) return;
+      // Never before the deadline (IBA 9.7.6.1.3: the timeout is a lower bound). Re-arming only
+      // for more than 0.5 ms fired up to half a millisecond early, a third of timeout 8's 1 ms:
+      // READs streaming in order timed out and restarted (issue 15).
       const left = c.deadline - qp.device.sched.now();
-      if (left > 0.5) {
+      if (left > 0) {
         startAckTimer(qp, left);
         return;
       }
