@@ -176,6 +176,26 @@ t.test('a READ that loses responses asks again only for the holes, not for the r
   await p.close();
 });
 
+t.test('the ACK timer never fires before its deadline, though a later packet moved it by less than half a millisecond', async (t) => {
+  const p = await makePair({ timeout: 8, mtu: 1024 }); // 4.096 us x 2^8 = 1.048576 ms
+  const { a, b } = p;
+  p.net!.filter = (_pkt, src) => src !== '10.0.0.1'; // nothing from A arrives: no ACK ever
+  const wr = (id: number): SendWr => ({
+    wrId: id,
+    opcode: 'RDMA_WRITE',
+    sg: [{ mr: a.mr, offset: 0, length: 64 }],
+    remote: { addr: b.mr.addr, rkey: b.mr.rkey },
+  });
+  a.qp.postSend(wr(1));
+  p.fake!.advance(0.3);
+  a.qp.postSend(wr(2)); // sent at 0.3 ms: the deadline is now 1.349 ms
+  p.fake!.advance(0.9); // 1.2 ms: past the first packet's timeout, not the second's
+  t.equal(a.dev.counters()['timeouts'], 0, 'no timeout at 1.2 ms (the deadline is 1.349 ms)');
+  p.fake!.advance(0.3); // 1.5 ms
+  t.equal(a.dev.counters()['timeouts'], 1, 'the timeout comes once the deadline has passed');
+  await p.close();
+});
+
 t.test('a READ retried by its ACK timer asks for each hole, not for the whole rest again', async (t) => {
   const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
   const { a, b } = p;
