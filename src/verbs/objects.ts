@@ -38,6 +38,24 @@ export function checkSgl(sg: readonly Sge[], max: number, op: string): number {
  * be in live MRs of the QP's (SRQ's) PD with LOCAL_WRITE, since the responder writes them
  * (IBA 10.6.3.4, C10-16; rxe checks the lkey when a message lands, softroce also refuses it up front).
  */
+/**
+ * A receive WR into its queue slot: the SGE list is copied (the caller may reuse its array), into
+ * the slot's own array when it has the length, and summed without a closure: a post in a ping-pong
+ * allocates nothing (issue 15).
+ */
+export function fillRecvWqe(e: RecvWqe, w: RecvWr): void {
+  e.wrId = w.wrId;
+  const src = w.sg;
+  const a = e.sg.length === src.length ? (e.sg as Sge[]) : new Array<Sge>(src.length);
+  let len = 0;
+  for (let i = 0; i < src.length; i++) {
+    a[i] = src[i]!;
+    len += src[i]!.length;
+  }
+  e.sg = a;
+  e.length = len;
+}
+
 export function checkRecvWr(w: RecvWr, pd: Pd, maxSge: number, op: string): void {
   V.obj(op, 'wr', w);
   V.wrId(op, 'wrId', w.wrId);
@@ -194,14 +212,19 @@ export class Srq {
   postRecv(wr: RecvWr | readonly RecvWr[]): void {
     const op = 'ibv_post_srq_recv';
     if (this.#closed) throw new VerbsError('EBADF', op, 'SRQ is closed', 'srq');
-    const list: readonly RecvWr[] = Array.isArray(wr) ? wr : [wr as RecvWr];
+    if (!Array.isArray(wr)) {
+      // One WR (the common post) is not wrapped in an array.
+      if (this.#count + 1 > this.maxWr) throw new VerbsError('ENOMEM', op, 'SRQ is full', 'wr');
+      checkRecvWr(wr as RecvWr, this.pd, this.maxSge, op);
+      fillRecvWqe(this.ring[(this.head + this.#count) % this.maxWr]!, wr as RecvWr);
+      this.#count++;
+      return;
+    }
+    const list = wr as readonly RecvWr[];
     if (this.#count + list.length > this.maxWr) throw new VerbsError('ENOMEM', op, 'SRQ is full', 'wr');
     for (const w of list) checkRecvWr(w, this.pd, this.maxSge, op);
     for (const w of list) {
-      const e = this.ring[(this.head + this.#count) % this.maxWr]!;
-      e.wrId = w.wrId;
-      e.sg = w.sg.slice();
-      e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
+      fillRecvWqe(this.ring[(this.head + this.#count) % this.maxWr]!, w);
       this.#count++;
     }
   }

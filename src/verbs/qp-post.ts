@@ -4,8 +4,8 @@
  * then the WQEs queued and the requester scheduled (or, in ERR, flushed: IBA 10.3.1).
  */
 import { VerbsError } from './errors.js';
-import type { RecvWr, SendWr, Sge } from './types.js';
-import { checkRecvWr } from './objects.js';
+import type { RecvWr, SendWr } from './types.js';
+import { checkRecvWr, fillRecvWqe } from './objects.js';
 import type { Qp } from './qp.js';
 import { flushQp } from '../roce/transport/flush.js';
 import { checkSendWr, fillSendWqe } from './send-wr.js';
@@ -40,15 +40,21 @@ export function postRecvList(qp: Qp, wr: RecvWr | readonly RecvWr[]): void {
   const op = 'ibv_post_recv';
   if (qp.srq) throw new VerbsError('EINVAL', op, 'this QP uses an SRQ: post to the SRQ', 'qp');
   if (qp.state === 'RESET') throw new VerbsError('EINVAL', op, 'QP is in RESET', 'qp');
-  const list: readonly RecvWr[] = Array.isArray(wr) ? wr : [wr as RecvWr];
-  if (qp.rqCount + list.length > qp.cap.maxRecvWr) throw new VerbsError('ENOMEM', op, 'receive queue is full', 'wr');
-  for (const w of list) checkRecvWr(w, qp.pd, qp.cap.maxRecvSge, op);
-  for (const w of list) {
-    const e = qp.rq[(qp.rqHead + qp.rqCount) % qp.cap.maxRecvWr]!;
-    e.wrId = w.wrId;
-    e.sg = w.sg.slice();
-    e.length = w.sg.reduce((a: number, s: Sge) => a + s.length, 0);
+  // One WR (the common post) is not wrapped in an array.
+  const one = !Array.isArray(wr);
+  const n = one ? 1 : (wr as readonly RecvWr[]).length;
+  if (qp.rqCount + n > qp.cap.maxRecvWr) throw new VerbsError('ENOMEM', op, 'receive queue is full', 'wr');
+  if (one) {
+    checkRecvWr(wr as RecvWr, qp.pd, qp.cap.maxRecvSge, op);
+    fillRecvWqe(qp.rq[(qp.rqHead + qp.rqCount) % qp.cap.maxRecvWr]!, wr as RecvWr);
     qp.rqCount++;
+  } else {
+    const list = wr as readonly RecvWr[];
+    for (const w of list) checkRecvWr(w, qp.pd, qp.cap.maxRecvSge, op);
+    for (const w of list) {
+      fillRecvWqe(qp.rq[(qp.rqHead + qp.rqCount) % qp.cap.maxRecvWr]!, w);
+      qp.rqCount++;
+    }
   }
   if (qp.state === 'ERR') flushQp(qp);
 }

@@ -91,7 +91,14 @@ export function fillSendWqe(qp: SendQueueOwner, e: SendWqe, w: SendWr): void {
   e.fence = w.fence === true;
   e.imm = 'imm' in w ? w.imm >>> 0 : 0;
   e.invRkey = 'invalidateRkey' in w ? w.invalidateRkey >>> 0 : 0;
-  e.remoteAddr = 'remote' in w ? w.remote.addr : 0n;
+  const addr = 'remote' in w ? w.remote.addr : 0n;
+  // The halves only when the address changed: a WR posted again and again (perftest) costs no bigint.
+  if (addr !== e.remoteAddr) {
+    e.remoteAddr = addr;
+    const a = BigInt.asUintN(64, addr);
+    e.remoteHi = Number(a >> 32n);
+    e.remoteLo = Number(a & 0xffffffffn);
+  }
   e.rkey = 'remote' in w ? w.remote.rkey >>> 0 : 0;
   e.compareAdd = 'compareAdd' in w ? BigInt.asUintN(64, w.compareAdd) : 0n;
   e.swap = 'swap' in w ? BigInt.asUintN(64, w.swap) : 0n;

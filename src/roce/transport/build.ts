@@ -46,6 +46,19 @@ export function writeReth(b: Buffer, opcode: number, va: bigint, rkey: number, l
   r.dmaLen = len;
 }
 
+/**
+ * A RETH for the address (hi, lo) + `plus` bytes, without a bigint (the requester's path, once
+ * per WRITE message and per READ request; SendWqe.remoteHi/remoteLo).
+ */
+export function writeRethAt(b: Buffer, opcode: number, hi: number, lo: number, plus: number, rkey: number, len: number): void {
+  const r = txReth.bind(b, hdrOff(opcode, Hdr.RETH));
+  const l = lo + plus; // exact: below 2^33
+  const carry = l >= 0x100000000 ? Math.floor(l / 0x100000000) : 0;
+  r.setVa((hi + carry) >>> 0, l >>> 0);
+  r.rkey = rkey;
+  r.dmaLen = len;
+}
+
 /** The opcode prefix (top 3 bits, IBA 9.2.1 table 38) of a QP type's packets: RC, UC, or UD (also the GSI QP). */
 export function qpTransportPrefix(type: string): number {
   return type === 'RC' ? TRANSPORT_PREFIX.RC : type === 'UC' ? TRANSPORT_PREFIX.UC : TRANSPORT_PREFIX.UD;

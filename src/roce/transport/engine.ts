@@ -115,7 +115,8 @@ export class Engine {
     else if (this.cap < INFLIGHT_MAX) this.cap += 8;
     this.capRetries = r;
   }
-  private readonly outBy = new Map<TransportQp, number>();
+  /** the QPs with packets in flight (each one's count: req.accounted, its index here: req.busyAt) */
+  private readonly busy: TransportQp[] = [];
   private readonly capWait: TransportQp[] = [];
   private readonly capWaitSet = new Set<TransportQp>();
   private recountAt = -Infinity;
@@ -123,13 +124,13 @@ export class Engine {
   holdNew(qp: TransportQp): boolean {
     // This QP's own count as it is now (it is running: what it sent in this run counts).
     const mine = Math.max(0, psnDiff(qp.req.psn, qp.comp.psn));
-    if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false;
+    if (this.inflight - qp.req.accounted + mine < this.cap) return false;
     // Counts go stale when a QP leaves without a last run (close, error): recount now and then.
     const now = this.host.sched.now();
     if (now - this.recountAt > 5) {
       this.recountAt = now;
       this.recount();
-      if (this.inflight - (this.outBy.get(qp) ?? 0) + mine < this.cap) return false;
+      if (this.inflight - qp.req.accounted + mine < this.cap) return false;
     }
     if (!this.capWaitSet.has(qp)) {
       this.capWaitSet.add(qp);
@@ -139,14 +140,28 @@ export class Engine {
   }
   private account(qp: TransportQp): void {
     const cur = qp.type === 'RC' && !qp.closed && (qp.state === 'RTS' || qp.state === 'SQD') ? Math.max(0, psnDiff(qp.req.psn, qp.comp.psn)) : 0;
-    const old = this.outBy.get(qp) ?? 0;
+    const r = qp.req;
+    const old = r.accounted;
     if (cur === old) return;
     this.inflight += cur - old;
-    if (cur > 0) this.outBy.set(qp, cur);
-    else this.outBy.delete(qp);
+    r.accounted = cur;
+    if (cur > 0 && r.busyAt < 0) {
+      r.busyAt = this.busy.length;
+      this.busy.push(qp);
+    } else if (cur === 0 && r.busyAt >= 0) {
+      // Swap-remove: a QP joins and leaves at every message of a ping-pong, and a Map's
+      // delete-then-set shrank and regrew its table each time (two allocations; issue 15).
+      const last = this.busy.pop()!;
+      if (last !== qp) {
+        this.busy[r.busyAt] = last;
+        last.req.busyAt = r.busyAt;
+      }
+      r.busyAt = -1;
+    }
   }
   private recount(): void {
-    for (const qp of [...this.outBy.keys()]) this.account(qp);
+    // From the end: account() may move the last one into the slot it frees, already seen.
+    for (let i = this.busy.length - 1; i >= 0; i--) if (i < this.busy.length) this.account(this.busy[i]!);
   }
   private capTimer: TimerHandle | null = null;
   /** ACKs freed part of the device's share: the QPs held get their turn, first come first. */
@@ -167,18 +182,17 @@ export class Engine {
    * that were fine, resent them (duplicates) and spent retry_cnt (RETRY_EXC_ERR). The requester
    * re-arms both per packet it sends (rxe's rule); a run that sends nothing re-arms here.
    */
-  private readonly parked = new Set<TransportQp>();
   private park(qp: TransportQp): void {
     const c = qp.comp;
     if (c.deadline === Infinity && c.probeAt === Infinity) return;
     if (qp.req.nextWqe >= qp.sqTail || psnDiff(qp.req.psn, c.psn) >= qp.req.window || c.rnrTimer) return; // nothing it could send now
     c.deadline = Infinity;
     c.probeAt = Infinity;
-    this.parked.add(qp);
+    c.parked = true; // a flag, not a set: a ping-pong parked and unparked its QP every round trip (issue 15)
   }
   private unpark(qp: TransportQp, wasParked: boolean, sent: number): void {
     // Parked again during the run (more to send, or no tx buffer): nothing to do.
-    if (!wasParked || sent > 0 || this.parked.has(qp)) return;
+    if (!wasParked || sent > 0 || qp.comp.parked) return;
     const c = qp.comp;
     if (c.deadline !== Infinity || qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD') || psnDiff(qp.req.psn, c.psn) <= 0) return;
     // It could not send after all (fence, max_rd_atomic): the ACK timer runs again from now. Not
@@ -241,7 +255,7 @@ export class Engine {
       q[this.runqHead++] = undefined as unknown as TransportQp;
       qp.req.scheduled = false;
       if (qp.closed) {
-        this.parked.delete(qp);
+        qp.comp.parked = false;
         this.account(qp);
         continue;
       }
@@ -249,7 +263,8 @@ export class Engine {
       // A smaller share per run while many QPs wait, so one round over all of them stays short.
       const waiting = q.length - this.runqHead;
       const budget = waiting >= 64 ? RUN_PACKETS_CONTENDED : RUN_PACKETS;
-      const wasParked = this.parked.delete(qp);
+      const wasParked = qp.comp.parked;
+      qp.comp.parked = false;
       const sent = runRequester(qp, budget);
       this.unpark(qp, wasParked, sent);
       this.account(qp);
@@ -266,10 +281,10 @@ export class Engine {
     if (this.host.closed) {
       q.length = 0;
       this.runqHead = 0;
-      this.parked.clear();
       this.capWait.length = 0;
       this.capWaitSet.clear();
-      this.outBy.clear();
+      for (const qp of this.busy) qp.req.busyAt = -1;
+      this.busy.length = 0;
       this.host.sched.clearTimer(this.capTimer);
       this.capTimer = null;
       return;
@@ -335,7 +350,7 @@ export class Engine {
    */
   late(p: PortLike, held: number): void {
     const now = this.host.sched.now();
-    for (const qp of this.outBy.keys()) {
+    for (const qp of this.busy) {
       const c = qp.comp;
       if (qp.port !== p.num || c.deadline === Infinity) continue;
       const rto = ackTimeoutMs(qp.timeout);

@@ -21,7 +21,7 @@ import { WcStatusIdx } from './types.js';
 import { Ctr } from '../counters.js';
 import type { PortLike as Port } from './types.js';
 import { MESSAGE_OPCODES, OPC, type MessageOpcodes } from '../opcode.js';
-import { qpTransportPrefix, writeReth } from './build.js';
+import { qpTransportPrefix, writeRethAt } from './build.js';
 import type { Dest } from './types.js';
 import { AtomicEthView, DethView } from '../wire/exth.js';
 import { Reason, ReqState } from './role-states.js';
@@ -195,7 +195,7 @@ function sendRead(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
   }
   lastOpcode = opc;
   writeBth(b, opc, false, 0, qp.destQpn, true, psn);
-  writeReth(b, opc, wqe.remoteAddr + BigInt(wqe.sent), wqe.rkey, len);
+  writeRethAt(b, opc, wqe.remoteHi, wqe.remoteLo, wqe.sent, wqe.rkey, len);
   advancePsn(qp, psnAdd(wqe.lastPsn, 1));
   finishAndSend(port, b, payloadOff(opc), 0, d, qp.srcPort);
   if (next >= 0) {
@@ -280,7 +280,7 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
     deth.qkey = (wqe.remoteQkey & 0x80000000) !== 0 ? qp.qkey : wqe.remoteQkey;
     deth.srcQp = qp.qpn;
   }
-  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) writeReth(b, opc, wqe.remoteAddr, wqe.rkey, wqe.length);
+  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) writeRethAt(b, opc, wqe.remoteHi, wqe.remoteLo, 0, wqe.rkey, wqe.length);
   if (last && (wqe.op === WrOp.SEND_WITH_IMM || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) b.writeUInt32BE(wqe.imm, hdrOff(opc, Hdr.IMMDT));
   if (last && wqe.op === WrOp.SEND_WITH_INV) b.writeUInt32BE(wqe.invRkey, hdrOff(opc, Hdr.IETH));
   const p = payloadOff(opc);
@@ -413,7 +413,7 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
       const se = last && w.solicited && (w.op <= WrOp.SEND_WITH_INV || w.op === WrOp.RDMA_WRITE_WITH_IMM);
       const h = fastHdrs[k]!;
       writeBth(h, opc, se, 0, qp.destQpn, ackReq, psn);
-      if (first && write) writeReth(h, opc, w.remoteAddr, w.rkey, w.length);
+      if (first && write) writeRethAt(h, opc, w.remoteHi, w.remoteLo, 0, w.rkey, w.length);
       if (last && (w.op === WrOp.SEND_WITH_IMM || w.op === WrOp.RDMA_WRITE_WITH_IMM)) h.writeUInt32BE(w.imm, hdrOff(opc, Hdr.IMMDT));
       if (last && w.op === WrOp.SEND_WITH_INV) h.writeUInt32BE(w.invRkey, hdrOff(opc, Hdr.IETH));
       run.meta[2 * k] = payloadOff(opc);

@@ -21,6 +21,18 @@ export function sglUsable(sg: readonly Sge[], pd: unknown, write: boolean): bool
   return true;
 }
 
+/** Up to this many bytes are copied by a loop: Buffer.copy makes a view of its source per call. */
+const SMALL_COPY = 64;
+
+/** n bytes from src[s] to dst[d], allocation-free for small copies (a ping-pong's messages). */
+function copyBytes(src: Uint8Array, s: number, dst: Uint8Array, d: number, n: number): void {
+  if (n <= SMALL_COPY) {
+    for (let i = 0; i < n; i++) dst[d + i] = src[s + i]!;
+    return;
+  }
+  (src as Buffer).copy(dst, d, s, s + n);
+}
+
 /** Copies message bytes [from, from+n) of `sg` to dst at `at`. */
 export function gatherSgl(sg: readonly Sge[], from: number, dst: Buffer, at: number, n: number): void {
   let skip = from;
@@ -31,7 +43,7 @@ export function gatherSgl(sg: readonly Sge[], from: number, dst: Buffer, at: num
       continue;
     }
     const take = Math.min(s.length - skip, n);
-    s.mr.buffer.copy(dst, at, s.offset + skip, s.offset + skip + take);
+    copyBytes(s.mr.buffer, s.offset + skip, dst, at, take);
     at += take;
     n -= take;
     skip = 0;
@@ -48,7 +60,7 @@ export function scatterSgl(sg: readonly Sge[], at: number, src: Buffer, from: nu
       continue;
     }
     const take = Math.min(s.length - skip, n);
-    src.copy(s.mr.buffer, s.offset + skip, from, from + take);
+    copyBytes(src, from, s.mr.buffer, s.offset + skip, take);
     from += take;
     n -= take;
     skip = 0;

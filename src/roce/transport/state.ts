@@ -32,6 +32,13 @@ export class ReqInfo {
   window = INITIAL_WINDOW;
   /** progress credited toward the next one-PSN increment of `window` (additive increase, retry.ts madeProgress) */
   windowCredit = 0;
+  /**
+   * The device's accounting of it (engine.ts account): the packets in flight it last counted, and
+   * its index in the engine's list of busy QPs (-1: not there). Not reset with the QP: the engine
+   * settles them at its next run.
+   */
+  accounted = 0;
+  busyAt = -1;
 
   /** RESET: the run-queue flags stay (a queued QP stays queued; its run finds nothing to do). */
   reset(): void {
@@ -56,6 +63,8 @@ export class CompInfo {
   rnrTimer: TimerHandle | null = null;
   /** the PSN the last retry started from (-1: none) */
   retriedAt = -1;
+  /** its ACK timer and probe are held while it waits in the device's run queue (engine.ts park) */
+  parked = false;
   /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (retry.ts) */
   deadline = Infinity;
   onTimer: (() => void) | null = null;

@@ -18,6 +18,12 @@ export class SendWqe {
   imm = 0;
   invRkey = 0;
   remoteAddr = 0n;
+  /**
+   * remoteAddr as two 32-bit halves, for the RETH of every WRITE and READ request: writing a
+   * bigint allocated several per message (issue 15: a quarter of ib_write_bw's allocations)
+   */
+  remoteHi = 0;
+  remoteLo = 0;
   rkey = 0;
   compareAdd = 0n;
   swap = 0n;
