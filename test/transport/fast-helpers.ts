@@ -5,6 +5,7 @@
 import { Wc } from '../../src/verbs/types.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import { icrcIdDelta, readIcrc, writeIcrc } from '../../src/roce/icrc.js';
+import { fill } from '../verbs/pair.js';
 
 /** A captured datagram and the IPv4 `id | df << 16` the receiver accepted it with (-1: not accepted). */
 export interface Cap {
@@ -12,18 +13,10 @@ export interface Cap {
   acc: number;
 }
 
-/** n bytes of xorshift32 from `seed`: every offset distinct enough to catch a misplaced copy. */
+/** n bytes of xorshift32 from `seed` (pair.ts fill): every offset distinct enough to catch a misplaced copy. */
 export function pattern(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
+  fill(b, seed);
   return b;
 }
 

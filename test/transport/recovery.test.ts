@@ -150,29 +150,44 @@ t.test('tail-loss probe: a lost last packet or a lost ACK costs a few round trip
   }
 });
 
-t.test('a READ that loses responses asks again only for the holes, not for the rest of the stream', async (t) => {
-  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+/**
+ * A 256 KiB READ of a pattern from B, path MTU 1024, losing the nth response packets in `lose`;
+ * `onRequest` sees each READ request A sends (its DMA length) and says whether it arrives. Returns
+ * the READ's completions, the response packets B sent, and whether every byte arrived.
+ */
+async function lossyRead(
+  p: Awaited<ReturnType<typeof makePair>>,
+  seed: number,
+  lose: Set<number>,
+  onRequest: (dmaLen: number) => boolean = () => true,
+): Promise<{ w: Wc[]; responses: number; same: boolean }> {
   const { a, b } = p;
-  for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * 13 + (i >> 9)) & 0xff;
+  for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * seed + (i >> 9)) & 0xff;
   let responses = 0,
     seen = 0;
-  const lose = new Set([10, 11, 100, 200]); // the nth response packet on the wire
   p.net!.filter = (pkt, src) => {
+    if (src === '10.0.0.1' && pkt[0] === 0x0c) return onRequest(pkt.readUInt32BE(24)); // BTH 12 + RETH: VA 8, R_Key 4, DMA length
     if (src !== '10.0.0.2' || pkt[0]! < 0x0d || pkt[0]! > 0x10) return true;
     responses++;
     return !lose.has(++seen);
   };
   a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 256 * 1024 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
-  const w = await waitWc(p, a.scq, 1, 500);
+  const w = await waitWc(p, a.scq, 1, 1000);
+  return { w, responses, same: a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)) };
+}
+
+t.test('a READ that loses responses asks again only for the holes, not for the rest of the stream', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+  const { w, responses, same } = await lossyRead(p, 13, new Set([10, 11, 100, 200]));
   t.same(
     w.map((x) => x.status),
     ['SUCCESS'],
   );
-  t.ok(a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)), 'every byte right');
+  t.ok(same, 'every byte right');
   t.ok(responses <= 256 + 4 + 2, `${responses} response packets for 256 needed and 4 lost`);
-  const holes = a.dev.counters()['read_hole_requests']!;
+  const holes = p.a.dev.counters()['read_hole_requests']!;
   t.ok(holes >= 3 && holes <= 4, `${holes} hole requests for 4 lost responses in 3 places`);
-  t.equal(a.dev.counters()['timeouts'], 0);
+  t.equal(p.a.dev.counters()['timeouts'], 0);
   await p.close();
 });
 
@@ -198,29 +213,17 @@ t.test('the ACK timer never fires before its deadline, though a later packet mov
 
 t.test('a READ retried by its ACK timer asks for each hole, not for the whole rest again', async (t) => {
   const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
-  const { a, b } = p;
-  for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * 7 + (i >> 10)) & 0xff;
-  let responses = 0,
-    seen = 0;
-  const lose = new Set([10, 100, 200]); // the nth response packet on the wire
   const asked: number[] = []; // DMA length of each READ request on the wire
-  p.net!.filter = (pkt, src) => {
-    if (src === '10.0.0.1' && pkt[0] === 0x0c) {
-      asked.push(pkt.readUInt32BE(24)); // BTH 12 + RETH: VA 8, R_Key 4, DMA length
-      return asked.length !== 2; // the first hole request is lost: only the ACK timer finds the holes
-    }
-    if (src !== '10.0.0.2' || pkt[0]! < 0x0d || pkt[0]! > 0x10) return true;
-    responses++;
-    return !lose.has(++seen);
-  };
-  a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 256 * 1024 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
-  const w = await waitWc(p, a.scq, 1, 1000);
+  const { w, responses, same } = await lossyRead(p, 7, new Set([10, 100, 200]), (len) => {
+    asked.push(len);
+    return asked.length !== 2; // the first hole request is lost: only the ACK timer finds the holes
+  });
   t.same(
     w.map((x) => x.status),
     ['SUCCESS'],
   );
-  t.ok(a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)), 'every byte right');
-  t.ok(a.dev.counters()['timeouts']! >= 1, 'the ACK timer fired');
+  t.ok(same, 'every byte right');
+  t.ok(p.a.dev.counters()['timeouts']! >= 1, 'the ACK timer fired');
   t.same(asked.slice(2), [1024, 1024, 1024], 'the retry asked for the three holes, one response each');
   t.ok(responses <= 256 + 3 + 3, `${responses} response packets for 256 needed and 3 lost (the rest of the stream is not sent again)`);
   await p.close();

@@ -17,7 +17,8 @@ import { armRetransmit, madeProgress } from './retry.js';
 /** Responses a READ may run ahead of a missing one before the missing one is asked for again. */
 const READ_REORDER_SLACK = 3;
 
-function readBit(w: SendWqe, i: number): boolean {
+/** Whether response `i` of READ `w` arrived ahead of a missing one and was kept. */
+export function readBit(w: SendWqe, i: number): boolean {
   return w.rdHave !== null && (w.rdHave[i >> 3]! & (1 << (i & 7))) !== 0;
 }
 

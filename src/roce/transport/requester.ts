@@ -15,6 +15,7 @@ import { Hdr } from '../opcode.js';
 import { packetsFor, psnAdd, psnDiff } from '../psn.js';
 import { finishAndSend, hdrOff, payloadOff, sendReadRequest, txPortOf, writeBth } from './build.js';
 import { gatherSgl, sglUsable } from './sgl.js';
+import { readBit } from './read-response.js';
 import { ackTimeoutMs, armRetransmit } from './retry.js';
 import { completeUnacked, completeWqe } from './complete.js';
 import { WcStatusIdx } from './types.js';
@@ -183,11 +184,10 @@ function sendRead(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
   let len = wqe.length - wqe.sent;
   const mtu = qp.pathMtu;
   const from = Math.floor(wqe.sent / mtu);
-  const have = wqe.rdHave;
   let next = -1; // where the holes after the first are looked for
-  if (have !== null && wqe.rdMaxSeen > from) {
+  if (wqe.rdMaxSeen > from) {
     let to = from + 1;
-    while (to <= wqe.rdMaxSeen && (have[to >> 3]! & (1 << (to & 7))) === 0) to++;
+    while (to <= wqe.rdMaxSeen && !readBit(wqe, to)) to++;
     if (to <= wqe.rdMaxSeen) {
       len = Math.min(len, (to - from) * mtu);
       next = to;
@@ -207,15 +207,13 @@ function sendRead(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
 
 /** The holes of a READ from response `at` on (sendRead's retry), each asked for by its own request. */
 function askReadGaps(qp: Qp, port: Port, wqe: SendWqe, at: number, d: Dest): void {
-  const have = wqe.rdHave!;
   const mtu = qp.pathMtu;
   const end = wqe.rdMaxSeen; // the last response received: no hole is looked for after it
-  const bit = (i: number): boolean => (have[i >> 3]! & (1 << (i & 7))) !== 0;
   for (let gaps = 0; gaps < READ_RETRY_GAPS; gaps++) {
-    while (at < end && bit(at)) at++;
+    while (at < end && readBit(wqe, at)) at++;
     if (at >= end) return;
     let to = at + 1;
-    while (to < end && !bit(to)) to++;
+    while (to < end && !readBit(wqe, to)) to++;
     const off = at * mtu;
     if (
       !sendReadRequest(port, d, qp.srcPort, qp.destQpn, psnAdd(wqe.firstPsn, at), wqe.remoteAddr + BigInt(off), wqe.rkey, Math.min(wqe.length, to * mtu) - off)
