@@ -46,8 +46,8 @@ export interface RunCtx {
   busy?: boolean;
 }
 
-/** Iterations per QP, or a duration in seconds. */
-export type Limit = { iters: number } | { secs: number };
+/** Iterations per QP (for at most maxSecs, if given), or a duration in seconds. */
+export type Limit = { iters: number; maxSecs?: number } | { secs: number };
 
 export interface BwResult {
   size: number;
@@ -433,7 +433,8 @@ export async function latency(c: RunCtx, size: number, limit: Limit, client: boo
 }
 
 function limits(limit: Limit): { iters: number; end: number } {
-  return { iters: 'iters' in limit ? limit.iters : Infinity, end: 'secs' in limit ? now() + limit.secs : Infinity };
+  if ('secs' in limit) return { iters: Infinity, end: now() + limit.secs };
+  return { iters: limit.iters, end: limit.maxSecs !== undefined ? now() + limit.maxSecs : Infinity };
 }
 
 /** run_iter_lat_send: the client sends first; each side sends once it has received. */

@@ -33,6 +33,7 @@ import { CmConn, CmData } from './perftest-cm.js';
 import { RDMA_UDP_QKEY } from '../cm/conn.js';
 import { MemStats } from './memstats.js';
 import { formatTrace, STUCK_TRACE_LINES } from '../roce/transport/trace.js';
+import { warmUp, warmupIters, type Warmup } from './perftest-warmup.js';
 import { bwClient, bwServer, latency, fillRecvs, UD_QKEY, type Verb, type RunCtx, type Limit } from './perftest-run.js';
 
 export type PerfTest = 'send_bw' | 'write_bw' | 'read_bw' | 'atomic_bw' | 'send_lat' | 'write_lat' | 'read_lat' | 'atomic_lat';
@@ -223,6 +224,15 @@ export async function perftest(
     return 1;
   }
   const busy = o.opts.has('busy_poll');
+  // Latency tests: round trips V8 compiles the loop on, on QPs of our own (perftest-warmup.ts). Read
+  // now, at the start, as the rest of the options.
+  let warmN = 0;
+  try {
+    if (lat) warmN = warmupIters();
+  } catch (e) {
+    err(`${tool}: ${(e as Error).message}`);
+    return 1;
+  }
   if (busy && !lat) {
     err(`${tool}: --busy_poll is for the latency tests (ib_send_lat, ib_write_lat, ib_read_lat, ib_atomic_lat)`);
     return 1;
@@ -316,6 +326,21 @@ export async function perftest(
 
   async function run(d: Device): Promise<number> {
     const pa = d.queryPort(ibPort);
+    const rdAtomic = Math.min(outs, d.attr.maxQpRdAtom);
+    // ctx_connect: RTR / RTS as perftest sets them (hop limit 0xFF in the AV), for RC and UC.
+    const toRtrRts = (qp: Qp, r: PerfDest, sqPsn: number, mtu: Mtu, sgidIndex: number): void => {
+      qp.toRtr({
+        remote: { qpn: r.qpn, gid: r.gid },
+        pathMtu: mtu,
+        rqPsn: r.psn,
+        sgidIndex,
+        hopLimit: 0xff,
+        trafficClass: tos,
+        ...(conn === 'RC' ? { maxDestRdAtomic: rdAtomic, minRnrTimer: 12 } : {}),
+      });
+      if (conn === 'RC') qp.toRts({ sqPsn, timeout, retryCnt: 7, rnrRetry: 7, maxRdAtomic: Math.max(1, Math.min(rdAtomic, r.outReads || 1)) });
+      else qp.toRts({ sqPsn });
+    };
     // ctx_set_max_inline (from check_link, before the exchange): READ and atomics set the inline size to 0,
     // which on a device perftest does not know (rxe, or this one) is "not the default", so it says so.
     if (spec.verb === 'READ' || spec.verb === 'ATOMIC') {
@@ -389,7 +414,6 @@ export async function perftest(
     const mr = pd.regMr(buf, ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC']);
     const sendCq = d.createCq({ depth: txDepth * numQps + 16 });
     const recvCq = spec.verb === 'SEND' ? d.createCq({ depth: rxDepth * numQps + 16 }) : sendCq;
-    const rdAtomic = Math.min(outs, d.attr.maxQpRdAtom);
     const zero = new Uint8Array(16);
     if (gidx < 0) gidx = d.defaultSgidIndex(ibPort);
     const gid = d.gidTable(ibPort).find((g) => g.index === gidx)?.gid ?? zero;
@@ -462,6 +486,27 @@ export async function perftest(
       });
     }
 
+    // The warm-up: after the run's own QPs exist (objects made later would change the shapes the
+    // compiled code expects), before they are connected; the peer sees nothing of it.
+    let warm: Warmup | null = null;
+    // UD has no connected pair to warm: its run starts cold.
+    if (warmN > 0 && conn !== 'UD') {
+      const sgidIndex = gidx < 0 ? d.defaultSgidIndex(ibPort) : gidx;
+      warm = await warmUp({
+        device: d,
+        verb: spec.verb,
+        conn: conn === 'UC' ? 'UC' : 'RC',
+        port: ibPort,
+        sgidIndex,
+        size,
+        iters: warmN,
+        outReads: rdAtomic,
+        access: conn === 'RC' ? ['REMOTE_WRITE', 'REMOTE_READ', 'REMOTE_ATOMIC', 'LOCAL_WRITE'] : ['REMOTE_WRITE', 'LOCAL_WRITE'],
+        connect: (qp, r, sqPsn) => toRtrRts(qp, r, sqPsn, mtu, sgidIndex),
+      });
+      if (typeof warm.result === 'string') err(`${tool}: warm-up skipped: ${warm.result}`);
+    }
+
     const title = spec.verb === 'SEND' ? 'Send' : spec.verb === 'WRITE' ? 'RDMA_Write' : spec.verb === 'READ' ? 'RDMA_Read' : `Atomic ${atomicType}`;
     say(LINE);
     say(`                    ${title} ${lat ? 'Latency' : 'BW'} Test`);
@@ -523,17 +568,7 @@ export async function perftest(
           ahs.push(pd.createAh({ gid: r.gid, port: ibPort, sgidIndex: gidx, hopLimit: 0xff, trafficClass: tos }));
           return;
         }
-        qp.toRtr({
-          remote: { qpn: r.qpn, gid: r.gid },
-          pathMtu: mtu,
-          rqPsn: r.psn,
-          sgidIndex: gidx,
-          hopLimit: 0xff,
-          trafficClass: tos,
-          ...(conn === 'RC' ? { maxDestRdAtomic: rdAtomic, minRnrTimer: 12 } : {}),
-        });
-        if (conn === 'RC') qp.toRts({ sqPsn: my[i]!.psn, timeout, retryCnt: 7, rnrRetry: 7, maxRdAtomic: Math.max(1, Math.min(rdAtomic, r.outReads || 1)) });
-        else qp.toRts({ sqPsn: my[i]!.psn });
+        toRtrRts(qp, r, my[i]!.psn, mtu, gidx);
       });
     };
     const hs = (i = 0): Promise<PerfDest> => c!.handshake(my[i]!);
@@ -674,6 +709,7 @@ export async function perftest(
     const passiveBw = !lat && !client && !duplex && spec.verb !== 'SEND';
     if (mem && !passiveBw) err(mem.stop());
     if (lat || client || duplex || spec.verb === 'SEND') say(LINE);
+    warm?.close();
     // WRITE/READ/ATOMIC BW: the client hands its report to the waiting server, which prints it.
     if (!lat && !duplex && spec.verb !== 'SEND') {
       await hs();
