@@ -18,6 +18,7 @@
  * (bench/perf-plot.ts). BENCH_QUICK=1: fewer bandwidth sizes, a 10 s heap run
  * and 1.5 s QP cases; BENCH_HEAP_SECS overrides the heap run's length (default 60).
  */
+import { LAT_WARMUP_ITERS } from '../src/cli/perftest-warmup.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
@@ -192,7 +193,8 @@ async function main(): Promise<void> {
     pingPort = nextPort++;
   const echo = start(process.execPath, [PEERS, 'dgram-echo', A, String(echoPort)]);
   await waitFor(echo, /ready/);
-  const ping = await start(process.execPath, [PEERS, 'dgram-ping', A, String(pingPort), String(echoPort), '20000']).done;
+  // With the latency tools' warm-up (perftest-warmup.ts) before its timing: steady state against steady state.
+  const ping = await start(process.execPath, [PEERS, 'dgram-ping', A, String(pingPort), String(echoPort), '20000', String(LAT_WARMUP_ITERS)]).done;
   echo.kill();
   const rtt = num(ping.out, /rtt_us=([\d.]+)/);
   base['node_dgram_rtt_us'] = rtt;

@@ -1,7 +1,9 @@
 /**
  * The Node baselines of `npm run bench`, one role per process:
  *   node node-peers.js dgram-echo ADDR PORT            echo every datagram back
- *   node node-peers.js dgram-ping ADDR PORT PEERPORT N  print "rtt_us=X median_us=.. p99_us=.." (2-byte ping-pong)
+ *   node node-peers.js dgram-ping ADDR PORT PEERPORT N [WARM]
+ *                                                      print "rtt_us=X median_us=.. p99_us=.." (2-byte ping-pong;
+ *                                                      WARM untimed round trips first, as the latency tools' warm-up)
  *   node node-peers.js dgram-sink ADDR PORT SECONDS     print "bytes=N secs=S"
  *   node node-peers.js dgram-blast ADDR PORT SIZE SECONDS
  *   node node-peers.js tcp-sink ADDR PORT                print "bytes=N secs=S"
@@ -22,15 +24,22 @@ if (role === 'dgram-echo') {
   s.bind(port, addr, () => say('ready'));
 } else if (role === 'dgram-ping') {
   const peer = Number(a3),
-    n = Number(a4);
+    n = Number(a4),
+    warm = Number(process.argv[7] ?? '0');
   const s = dgram.createSocket('udp4');
   const msg = Buffer.alloc(2);
-  let i = 0;
+  // i < 0: the warm-up's round trips (untimed); timing starts when i reaches 0.
+  let i = -warm;
   let t0 = 0n,
     prev = 0n;
   const rtts = new Float64Array(n);
   s.on('message', () => {
     const t = process.hrtime.bigint();
+    if (i < 0) {
+      if (++i === 0) t0 = prev = t;
+      s.send(msg, peer, addr);
+      return;
+    }
     rtts[i] = Number(t - prev) / 1000;
     prev = t;
     if (++i === n) {
