@@ -5,6 +5,20 @@
  */
 import type { AddressHandle, SgeLike } from './shared.js';
 
+/**
+ * An empty SGE list of the kind a filled one is (holey, of objects). Each queue slot keeps its
+ * array and refills it at every post (fillSendWqe, fillRecvWqe). From `[]` (small integers), a
+ * slot's first post changed its array's map, and V8 discarded the post path it had compiled for
+ * the QPs already running: every new QP (and the latency tools' run after their warm-up)
+ * started on deoptimized code (issue 15).
+ */
+const NO_SGE = { length: 0 } as unknown as SgeLike;
+function emptySgl(): SgeLike[] {
+  const a = new Array<SgeLike>(1);
+  a[0] = NO_SGE;
+  a.length = 0;
+  return a;
+}
 /** A send WQE's life (rxe wqe_state): posted, being sent, sent and waiting for its ACK/response, completed. */
 export const WqeState = { POSTED: 0, PROCESSING: 1, PENDING: 2, DONE: 3 } as const;
 
@@ -12,7 +26,7 @@ export const WqeState = { POSTED: 0, PROCESSING: 1, PENDING: 2, DONE: 3 } as con
 export class SendWqe {
   wrId = 0;
   op = 0;
-  sg: readonly SgeLike[] = [];
+  sg: readonly SgeLike[] = emptySgl();
   length = 0;
   inline: Buffer | null = null;
   imm = 0;
@@ -57,7 +71,7 @@ export class SendWqe {
 /** A receive WQE (of a QP's RQ or of an SRQ). */
 export class RecvWqe {
   wrId = 0;
-  sg: readonly SgeLike[] = [];
+  sg: readonly SgeLike[] = emptySgl();
   length = 0;
 }
 
