@@ -46,6 +46,31 @@ export interface RunCtx {
   busy?: boolean;
 }
 
+/**
+ * A RunCtx, always made here: the run's and the warm-up's (perftest-warmup.ts) then share one
+ * object shape, so the code V8 compiles during the warm-up fits the run's context too.
+ */
+export function runCtx(c: RunCtx): RunCtx {
+  return {
+    device: c.device,
+    verb: c.verb,
+    conn: c.conn,
+    qps: c.qps,
+    rem: c.rem,
+    ahs: c.ahs,
+    mr: c.mr,
+    region: c.region,
+    sendCq: c.sendCq,
+    recvCq: c.recvCq,
+    txDepth: c.txDepth,
+    rxDepth: c.rxDepth,
+    cqMod: c.cqMod,
+    atomicCmp: c.atomicCmp,
+    progress: c.progress,
+    busy: c.busy ?? false,
+  };
+}
+
 /** Iterations per QP (for at most maxSecs, if given), or a duration in seconds. */
 export type Limit = { iters: number; maxSecs?: number } | { secs: number };
 

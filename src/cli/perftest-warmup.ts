@@ -17,7 +17,7 @@ import type { Qp } from '../verbs/qp.js';
 import type { Access } from '../verbs/types.js';
 import type { PerfDest } from './perftest-comm.js';
 import { randomInt } from 'node:crypto';
-import { latency, type RunCtx, type Verb } from './perftest-run.js';
+import { fillRecvs, latency, runCtx, type RunCtx, type Verb } from './perftest-run.js';
 
 /** Round trips by default: past the point where ib_send_lat 2 B reached its steady median (issue 15's figures). */
 export const LAT_WARMUP_ITERS = 4000;
@@ -111,27 +111,29 @@ export async function warmUp(o: WarmupOpts): Promise<Warmup> {
     });
     o.connect(a.qp, dest(b), a.psn);
     o.connect(b.qp, dest(a), b.psn);
-    const ctx = (me: typeof a, peer: typeof a): RunCtx => ({
-      device: d,
-      verb: o.verb,
-      conn: o.conn,
-      qps: [me.qp],
-      rem: [dest(peer)],
-      ahs: [],
-      mr: me.mr,
-      region,
-      sendCq: me.sendCq,
-      recvCq: me.recvCq,
-      txDepth: 1,
-      rxDepth: 16,
-      cqMod: 1,
-      atomicCmp: false,
-      progress: null,
-      busy: false,
-    });
+    const ctx = (me: typeof a, peer: typeof a): RunCtx =>
+      runCtx({
+        device: d,
+        verb: o.verb,
+        conn: o.conn,
+        qps: [me.qp],
+        rem: [dest(peer)],
+        ahs: [],
+        mr: me.mr,
+        region,
+        sendCq: me.sendCq,
+        recvCq: me.recvCq,
+        txDepth: 1,
+        rxDepth: 16,
+        cqMod: 1,
+        atomicCmp: false,
+        progress: null,
+        busy: false,
+      });
     const ca = ctx(a, b),
       cb = ctx(b, a);
-    if (o.verb === 'SEND') for (const s of [a, b]) for (let i = 0; i < 16; i++) s.qp.postRecv({ wrId: i, sg: [{ mr: s.mr, offset: region, length: region }] });
+    // The receives as the run posts them (perftest.ts: fillRecvs on a copy of its context).
+    if (o.verb === 'SEND') for (const c of [ca, cb]) fillRecvs({ ...c, rxDepth: Math.min(c.rxDepth, 64) }, [0]);
     const limit = { iters: o.iters, maxSecs: WARMUP_MAX_SECS };
     // READ and atomics: one side asks, the other's responder answers (no loop of its own).
     const runs =

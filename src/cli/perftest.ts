@@ -34,7 +34,7 @@ import { RDMA_UDP_QKEY } from '../cm/conn.js';
 import { MemStats } from './memstats.js';
 import { formatTrace, STUCK_TRACE_LINES } from '../roce/transport/trace.js';
 import { warmUp, warmupIters, type Warmup } from './perftest-warmup.js';
-import { bwClient, bwServer, latency, fillRecvs, UD_QKEY, type Verb, type RunCtx, type Limit } from './perftest-run.js';
+import { bwClient, bwServer, latency, fillRecvs, runCtx, UD_QKEY, type Verb, type RunCtx, type Limit } from './perftest-run.js';
 
 export type PerfTest = 'send_bw' | 'write_bw' | 'read_bw' | 'atomic_bw' | 'send_lat' | 'write_lat' | 'read_lat' | 'atomic_lat';
 type ConnType = 'RC' | 'UC' | 'UD';
@@ -593,7 +593,7 @@ export async function perftest(
     // --busy_poll where the device cannot (no addon): events, said once on stderr (the output stays perftest's).
     const canBusy = busy && d.canBusyPoll;
     if (busy && !canBusy) err(`${tool}: --busy_poll: device ${d.name} cannot busy-poll (backend ${d.backendName}): using events`);
-    const ctx: RunCtx = {
+    const ctx: RunCtx = runCtx({
       device: d,
       verb: spec.verb,
       conn,
@@ -610,7 +610,7 @@ export async function perftest(
       atomicCmp,
       progress,
       busy: canBusy,
-    };
+    });
     if (workCm) ctx.qkey = RDMA_UDP_QKEY; // rdma_cm's UD QPs: the Q_Key the SIDR_REP gives (cma_node remote_qkey)
     // If a timeout kills us mid-run, say where each QP stood (the interop suite shows stderr).
     process.once('SIGTERM', () => {
