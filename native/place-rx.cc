@@ -1,15 +1,17 @@
-// softroce native RX direct placement (issue 15, RX): RC RDMA WRITE MIDDLE packets that the
-// responder armed the addon to expect are copied straight from the receive slots into the
-// registered memory their WRITE lands in, without a trip through JS per packet.
+// softroce native RX direct placement (issue 15, RX): the full-MTU MIDDLE packets of an RC RDMA
+// WRITE (the responder's) or of an RDMA READ's responses (the requester's) that the transport
+// armed the addon to expect are copied straight from the receive slots into the registered memory
+// they land in, without a trip through JS per packet.
 //
-// The TypeScript responder stays the authority (responder.ts / place.ts): it arms a QP after it
-// has handled a WRITE FIRST or MIDDLE and knows, from its own state after EXECUTE, exactly what
-// the next packets of that WRITE must be: opcode RC_RDMA_WRITE_MIDDLE (0x07), the expected PSN, a
+// The TypeScript transport stays the authority (place.ts): the responder arms a QP after it has
+// handled a WRITE FIRST or MIDDLE, the completer after it has taken a READ's FIRST or MIDDLE
+// response in order, each knowing from its own state exactly what the next packets must be: the
+// one opcode (RC_RDMA_WRITE_MIDDLE 0x07, RC_RDMA_READ_RESPONSE_MIDDLE 0x0E), the expected PSN, a
 // full path-MTU payload with no pad, from the connected peer's address and UDP port, landing at
-// the MR offset it would copy to, within a byte budget of whole MTUs that leaves the LAST packet
-// (>= 1 byte) to JS. A packet that is all of that is one the per-packet path would accept,
-// execute and acknowledge with no other effect than its bookkeeping, which JS applies per run
-// (native-link.ts reports runs, place.ts applies them). ANY other packet to an armed QPN disarms
+// the offset it would copy to, within a byte budget of whole MTUs that leaves the LAST packet
+// (>= 1 byte) to JS. A packet that is all of that is one the per-packet path would accept and
+// copy with no other effect than its bookkeeping, which JS applies per run (native-link.ts
+// reports runs, place.ts applies them). ANY other packet to an armed QPN disarms every arm of
 // that QP here, before JS sees it, so JS handles it in order after everything placed before it.
 //
 // When: only inside a call from JS (PlaceArm with a position, PlaceRun), during the hand-over of a
@@ -19,8 +21,8 @@
 //
 // Memory safety: an arm holds a napi reference to the Buffer (the MR's memory), so the memory
 // cannot be collected while armed; and JS disarms synchronously (same thread) before anything
-// that makes the memory unusable for the WRITE (deregistration, QP state change or destroy, an
-// error, link close). Every copy is bounds-checked against the Buffer's length as armed.
+// that makes the memory unusable (deregistration, QP state change or destroy, an error, link
+// close). Every copy is bounds-checked against the Buffer's length as armed.
 #include <napi.h>
 #include <stdint.h>
 #include <string.h>
@@ -29,9 +31,10 @@
 
 static inline uint32_t Be24(const uint8_t* p) { return ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2]; }
 
-static PlaceArm* FindArm(PlaceTable* t, uint32_t qpn) {
+// qpn's arm for opcode op (any of qpn's arms: op 0).
+static PlaceArm* FindArm(PlaceTable* t, uint32_t qpn, uint32_t op) {
   for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
-    if (t->arms[i].used && t->arms[i].qpn == qpn) return &t->arms[i];
+    if (t->arms[i].used && t->arms[i].qpn == qpn && (op == 0 || t->arms[i].op == op)) return &t->arms[i];
   return nullptr;
 }
 
@@ -49,9 +52,15 @@ void PlaceDisarmAll(PlaceTable* t, napi_env env) {
   for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++) PlaceDisarm(t, env, &t->arms[i]);
 }
 
+static void DisarmQpn(PlaceTable* t, napi_env env, uint32_t qpn) {
+  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
+    if (t->arms[i].used && t->arms[i].qpn == qpn) PlaceDisarm(t, env, &t->arms[i]);
+}
+
 int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint32_t psn, uint32_t pmtu, size_t off, size_t budget, uint32_t src,
-                uint32_t sport) {
-  PlaceArm* a = FindArm(t, qpn);
+                uint32_t sport, uint32_t op) {
+  if (op != PLACE_OP_WRITE_MIDDLE && op != PLACE_OP_READ_MIDDLE) return -22;
+  PlaceArm* a = FindArm(t, qpn & 0xffffff, op);
   if (a) PlaceDisarm(t, env, a);
   if (pmtu < 256 || pmtu > 4096 || budget < pmtu || budget % pmtu != 0) return -22;
   void* data = nullptr;
@@ -63,6 +72,7 @@ int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint3
     a = &t->arms[i];
     if (napi_create_reference(env, buf, 1, &a->ref) != napi_ok) return -12;
     a->used = true;
+    a->op = (uint8_t)op;
     a->qpn = qpn & 0xffffff;
     a->psn = psn & 0xffffff;
     a->pmtu = pmtu;
@@ -99,19 +109,20 @@ uint32_t PlaceRun(PlaceTable* t, napi_env env, const PlaceBatch& b, uint32_t slo
       if (n < 12) goto done;  // no BTH: JS counts it malformed; it names no QP
       const uint8_t* ib = d + off;
       uint32_t qpn = Be24(ib + 5);
-      PlaceArm* a = FindArm(t, qpn);
-      if (!a) goto done;                     // not ours to place: JS handles it (nothing disarmed)
-      if (run && a != run) goto done;        // one QP per run: JS asks again from here
+      if (!FindArm(t, qpn, 0)) goto done;     // not ours to place: JS handles it (nothing disarmed)
+      PlaceArm* a = FindArm(t, qpn, ib[0]);  // the arm for this opcode, if any
+      if (run && a != run) goto done;        // one arm per run: JS asks again from here
       bool icrcOk = k < 64 && ((b.icrcOk[i * 2 + (k >> 5)] >> (k & 31)) & 1);
       uint32_t psn = Be24(ib + 9);
-      bool placeable = icrcOk && ib[0] == 0x07 && (ib[1] & 0x3f) == 0  // RC WRITE MIDDLE, pad 0, TVer 0
-                       && ((((uint32_t)ib[2] << 8) | ib[3]) & 0x7fff) == 0x7fff     // default P_Key (recv.ts)
+      bool placeable = a && icrcOk && (ib[1] & 0x3f) == 0                          // the arm's MIDDLE, pad 0, TVer 0
+                       && ((((uint32_t)ib[2] << 8) | ib[3]) & 0x7fff) == 0x7fff  // default P_Key (recv.ts)
                        && psn == a->psn && n == 12 + a->pmtu + 4 && m[2] == a->src && (m[3] & 0xffff) == a->sport &&
                        a->budget >= a->pmtu && a->off + a->pmtu <= a->len;
       if (!placeable) {
-        // Any other packet to an armed QP: disarmed before JS sees it (it may be a duplicate, a
-        // gap, the LAST, a corrupted one, a READ...): the transport handles it as ever.
-        PlaceDisarm(t, env, a);
+        // Any other packet to an armed QP: every arm of the QP is disarmed before JS sees it (a
+        // duplicate, a gap, a LAST, a corrupted one, an ACK, a request of the other direction...):
+        // the transport handles it as ever.
+        DisarmQpn(t, env, qpn);
         goto done;
       }
       memcpy(a->base + a->off, ib + 12, a->pmtu);
@@ -130,6 +141,7 @@ done:
   if (count > 0) {
     ctl[PLACE_CTL_QPN] = run->qpn;
     ctl[PLACE_CTL_PMTU] = run->pmtu;
+    ctl[PLACE_CTL_OPCODE] = run->op;
     ctl[PLACE_CTL_COUNT] = count;
   }
   return count;

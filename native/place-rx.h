@@ -4,8 +4,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// QPs armed at once per receive socket; one more is refused (it stays on the per-packet path).
+// Arms at once per receive socket (a QP may hold two: one per opcode); one more is refused (it
+// stays on the per-packet path).
 static const uint32_t PLACE_MAX_ARMS = 64;
+
+// What an arm places (IBA 9.2.1 table 38), each a BTH, a full path-MTU payload, no pad, an ICRC:
+// RC RDMA WRITE MIDDLE (the responder's arm) and RC RDMA READ RESPONSE MIDDLE (the requester's).
+static const uint8_t PLACE_OP_WRITE_MIDDLE = 0x07;
+static const uint8_t PLACE_OP_READ_MIDDLE = 0x0e;
 
 // The words of the ctl array JS shares with the watch (rxPlaceStart): how many QPs are armed,
 // and what the last PlaceRun placed (one QP's consecutive packets, in PSN order).
@@ -16,11 +22,13 @@ enum {
   PLACE_CTL_COUNT = 3,
   PLACE_CTL_PMTU = 4,
   PLACE_CTL_ACKREQ = 5,  // the run's last packet asked for an ACK (no other packet of a run does)
+  PLACE_CTL_OPCODE = 6,  // the run's packets' opcode (PLACE_OP_WRITE_MIDDLE or PLACE_OP_READ_MIDDLE)
   PLACE_CTL_WORDS = 8,
 };
 
 struct PlaceArm {
   bool used;
+  uint8_t op;  // PLACE_OP_*: the one opcode this arm places
   uint32_t qpn, psn, pmtu, src, sport;
   uint8_t* base;
   size_t len, off, budget;
@@ -42,7 +50,7 @@ struct PlaceBatch {
 };
 
 int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint32_t psn, uint32_t pmtu, size_t off, size_t budget, uint32_t src,
-                uint32_t sport);
+                uint32_t sport, uint32_t op);
 void PlaceDisarm(PlaceTable* t, napi_env env, PlaceArm* a);
 void PlaceDisarmAll(PlaceTable* t, napi_env env);
 // Places the longest placeable prefix of the batch from packet `seg` of slot `slot` (one QP);

@@ -532,9 +532,10 @@ static PlaceBatch BatchOf(RxWatch* w) {
   return b;
 }
 
-// rxArm(handle, qpn, psn, pmtu, buf, off, budget, srcIpv4, srcPort, slot, seg) -> packets placed
-// (>= 0) or -errno. Arms (or re-arms) qpn; slot >= 0: JS is handing over the current batch and
-// packet `seg` of slot `slot` is the next it would process: placement starts there at once.
+// rxArm(handle, qpn, psn, pmtu, buf, off, budget, srcIpv4, srcPort, slot, seg, opcode) -> packets
+// placed (>= 0) or -errno. Arms (or re-arms) qpn for opcode (PLACE_OP_*; absent: WRITE MIDDLE);
+// slot >= 0: JS is handing over the current batch and packet `seg` of slot `slot` is the next it
+// would process: placement starts there at once.
 static Napi::Value RxArm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 11 || !info[0].IsExternal() || !info[4].IsTypedArray()) return Napi::Number::New(env, -EINVAL);
@@ -544,7 +545,8 @@ static Napi::Value RxArm(const Napi::CallbackInfo& info) {
   if (!(off >= 0) || !(budget >= 0)) return Napi::Number::New(env, -EINVAL);
   int r = PlaceSetArm(&w->place, env, info[4], info[1].As<Napi::Number>().Uint32Value(), info[2].As<Napi::Number>().Uint32Value(),
                       info[3].As<Napi::Number>().Uint32Value(), (size_t)off, (size_t)budget, info[7].As<Napi::Number>().Uint32Value(),
-                      info[8].As<Napi::Number>().Uint32Value());
+                      info[8].As<Napi::Number>().Uint32Value(),
+                      info.Length() > 11 && info[11].IsNumber() ? info[11].As<Napi::Number>().Uint32Value() : PLACE_OP_WRITE_MIDDLE);
   if (r < 0) return Napi::Number::New(env, r);
   int32_t slot = info[9].As<Napi::Number>().Int32Value();
   if (slot < 0) return Napi::Number::New(env, 0);
@@ -560,7 +562,7 @@ static Napi::Value RxPlace(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, PlaceRun(&w->place, env, BatchOf(w), info[1].As<Napi::Number>().Uint32Value(), info[2].As<Napi::Number>().Uint32Value()));
 }
 
-// rxDisarm(handle, qpn): qpn's arm (if any) is gone when this returns; qpn < 0: every QP's.
+// rxDisarm(handle, qpn): qpn's arms (if any) are gone when this returns; qpn < 0: every QP's.
 static Napi::Value RxDisarm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsExternal()) return env.Undefined();

@@ -38,7 +38,8 @@ export interface NativeAddon {
   rxIcrcStart?(h: object, ok: Uint32Array, dstIpv4: number, dstPort: number): number;
   /**
    * RX direct placement (native/place-rx.cc; needs rxIcrcStart first): ctl (8 words) is where placement
-   * reports: [0] QPs armed, [1] QPN, [2] first PSN, [3] packets, [4] bytes each, [5] the last asked for an ACK
+   * reports: [0] arms, [1] QPN, [2] first PSN, [3] packets, [4] bytes each, [5] the last asked for an ACK,
+   * [6] the packets' opcode
    */
   rxPlaceStart?(h: object, ctl: Uint32Array): number;
   /** arms qpn (see place-rx.cc); slot >= 0: places at once from packet seg of slot of the batch being handed over; placed or -errno */
@@ -54,6 +55,7 @@ export interface NativeAddon {
     srcPort: number,
     slot: number,
     seg: number,
+    opcode: number,
   ): number;
   /** places what it can from packet seg of slot of the batch being handed over: packets placed */
   rxPlace?(h: object, slot: number, seg: number): number;

@@ -175,8 +175,8 @@ export class Device extends EventEmitter implements TransportDevice {
             w();
           }
         },
-        placed: (qpn, firstPsn, count, pmtu, ackReq, srcIp, _srcPort, firstIpIdDf) => {
-          deviceRxPlaced(this, p, qpn, firstPsn, count, pmtu, ackReq, srcIp, firstIpIdDf);
+        placed: (qpn, firstPsn, count, pmtu, ackReq, srcIp, _srcPort, firstIpIdDf, opcode) => {
+          deviceRxPlaced(this, p, qpn, firstPsn, count, pmtu, ackReq, srcIp, firstIpIdDf, opcode);
           const w = this.rxWaiter;
           if (w !== null) {
             this.rxWaiter = null;

@@ -10,7 +10,7 @@ import { ACCESS } from './types.js';
 import type { Pd } from './objects.js';
 import { VerbsError } from './errors.js';
 import type { MemoryRegion } from '../roce/transport/types.js';
-import { disarmPlacement } from '../roce/transport/place.js';
+import { disarmPlacement, placesInto } from '../roce/transport/place.js';
 
 let nextVa = 0x7f3c_0000_0000n;
 
@@ -62,7 +62,7 @@ export class Mr implements MemoryRegion {
    * responder, which refuses it as before).
    */
   private disarm(): void {
-    for (const qp of this.pd.device.qps.values()) if (qp.resp.mr === this) disarmPlacement(qp);
+    for (const qp of this.pd.device.qps.values()) if (placesInto(qp, this)) disarmPlacement(qp);
   }
   /** Offset into the region of [va, va+len), or -1 if it is not all inside. */
   offsetOf(va: bigint, len: number): number {

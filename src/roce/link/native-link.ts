@@ -53,6 +53,8 @@ export class NativeLink extends UdpLinkBase {
   private runPsn = 0;
   private runPmtu = 0;
   private runAck = false;
+  /** the opcode of the placement being reported (place-rx.cc PLACE_CTL_OPCODE) */
+  private runOp = 0;
   private lastIpNum = -1;
   private lastIpStr = '';
   private readonly pend: Array<{ buf: Buffer; len: number; ip: string; port: number; tos: number; sport: number }> = [];
@@ -188,6 +190,7 @@ export class NativeLink extends UdpLinkBase {
       a.srcPort,
       here ? this.curSlot : -1,
       this.curSeg + 1,
+      a.opcode,
     );
     if (r < 0) return false;
     if (here) this.tookPlacement(r);
@@ -204,6 +207,7 @@ export class NativeLink extends UdpLinkBase {
     this.runPsn = ctl[2]!;
     this.runPmtu = ctl[4]!;
     this.runAck = ctl[5]! !== 0;
+    this.runOp = ctl[6]!;
   }
 
   /** true while onNativeRx hands a batch over: the slots are in use (pollRx must not refill them) */
@@ -339,7 +343,7 @@ export class NativeLink extends UdpLinkBase {
     const last = this.placeLeft === 0;
     if (last) this.placeScanned = false; // the next packet is offered again
     // Only the placement's last packet can have asked for an ACK (place-rx.cc ends a run there).
-    this.placedRx?.(this.runQpn, psn, count, this.runPmtu, this.runAck && last, this.lastIpStr, port, firstId);
+    this.placedRx?.(this.runQpn, psn, count, this.runPmtu, this.runAck && last, this.lastIpStr, port, firstId, this.runOp);
   }
 
   /** Every send is batched on this socket (send() never gets here). */

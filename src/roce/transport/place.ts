@@ -1,10 +1,10 @@
 /**
- * RX direct placement (issue 15, RX), the responder's side: arming the link for the WRITE MIDDLE
- * packets an RC WRITE in progress must receive next, and applying what the per-packet path would
- * have done for a run of packets the link placed (native/place-rx.cc copies their payloads into the
- * MR; native-link.ts reports them in runs).
+ * RX direct placement (issue 15, RX): arming the link for the full-MTU MIDDLE packets an RC WRITE
+ * in progress (the responder) or a READ's responses (the requester's completer) must receive next,
+ * and applying what the per-packet path would have done for a run of packets the link placed
+ * (native/place-rx.cc copies their payloads into the MR; native-link.ts reports them in runs).
  *
- * The responder stays the authority. It arms only from its own state after EXECUTE (a WRITE FIRST
+ * The transport stays the authority. The responder's side first. It arms only from its own state after EXECUTE (a WRITE FIRST
  * or MIDDLE handled: r.mr, r.mrOff, r.resid, r.psn) and only for packets whose handling would be
  * the plain path CHK_PSN → CHK_OP_SEQ → CHK_OP_VALID → CHK_LENGTH → EXECUTE → ACKNOWLEDGE: the
  * expected PSN, a full-MTU MIDDLE, the LAST (>= 1 byte) left to JS. Any other packet to the QP
@@ -15,11 +15,15 @@
  * this same thread, so disarming before returning to the user (MR deregistration or
  * invalidation, any QP modify or state change, destroy, device teardown) is enough.
  */
-import type { Link } from '../link/link.js';
+import { PLACE_READ_MIDDLE, PLACE_WRITE_MIDDLE, type Link } from '../link/link.js';
 import type { TransportQp as Qp } from './types.js';
-import { ACCESS } from './types.js';
-import { psnAdd } from '../psn.js';
-import { RespState, Reason } from './role-states.js';
+import { ACCESS, WcStatusIdx, WrOp } from './types.js';
+import type { MemoryRegion, SgeLike } from './shared.js';
+import { psnAdd, psnDiff } from '../psn.js';
+import { CompState, RespState, Reason } from './role-states.js';
+import { sglUsable } from './sgl.js';
+import { completeWqe } from './complete.js';
+import { madeProgress } from './retry.js';
 import { Role } from './trace.js';
 import { fatalNak, queueAck } from './responder-answers.js';
 import { NakCode } from '../aeth.js';
@@ -28,8 +32,16 @@ import { NakCode } from '../aeth.js';
 const WRITE_FIRST = 0x06,
   WRITE_MIDDLE = 0x07;
 
-/** the link each armed QP is armed on (the port its WRITE arrived by) */
-const armedOn = new WeakMap<Qp, Link>();
+/** the links each armed QP is armed on (the ports its WRITE and its READ responses arrived by) */
+const armedOn = new WeakMap<Qp, Link[]>();
+/** the MR a QP's READ arm places into (an MR's deregistration disarms the QPs placing into it) */
+const readArmMr = new WeakMap<Qp, MemoryRegion>();
+
+function noteArmed(qp: Qp, link: Link): void {
+  const ls = armedOn.get(qp);
+  if (ls === undefined) armedOn.set(qp, [link]);
+  else if (!ls.includes(link)) ls.push(link);
+}
 
 /**
  * After the receive path handled a request of `qp` that arrived by `link` from srcIpNum:srcPort:
@@ -53,6 +65,7 @@ export function armAfterRequest(qp: Qp, link: Link, srcIpNum: number, srcPort: n
   if (
     link.armPlacement!({
       qpn: qp.qpn,
+      opcode: PLACE_WRITE_MIDDLE,
       psn: r.psn,
       pmtu: mtu,
       mem: mr.buffer,
@@ -62,16 +75,22 @@ export function armAfterRequest(qp: Qp, link: Link, srcIpNum: number, srcPort: n
       srcPort,
     })
   ) {
-    armedOn.set(qp, link);
+    noteArmed(qp, link);
   }
 }
 
 /** No byte of `qp` is placed after this returns (any state change, destroy, an MR going away). */
 export function disarmPlacement(qp: Qp): void {
-  const link = armedOn.get(qp);
-  if (link === undefined) return;
+  const links = armedOn.get(qp);
+  if (links === undefined) return;
   armedOn.delete(qp);
-  link.disarmPlacement?.(qp.qpn);
+  readArmMr.delete(qp);
+  for (const l of links) l.disarmPlacement?.(qp.qpn);
+}
+
+/** Whether bytes for `qp` may be placed into `mr` (its responder's WRITE or its READ's responses). */
+export function placesInto(qp: Qp, mr: MemoryRegion): boolean {
+  return armedOn.has(qp) && (qp.resp.mr === mr || readArmMr.get(qp) === mr);
 }
 
 /**
@@ -130,4 +149,105 @@ export function applyPlaced(qp: Qp, firstPsn: number, count: number, pmtu: numbe
   r.psn = psnAdd(lastPsn, 1);
   if (ackReq) queueAck(qp, lastPsn);
   qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, WRITE_MIDDLE, lastPsn, ackReq ? Reason.ACK_QUEUED : Reason.NO_ACK_REQ);
+}
+
+/**
+ * The requester's side. After the completer took a READ response of `qp` that arrived by `link`
+ * from srcIpNum:srcPort: arms the link for the READ's next MIDDLE responses, if the head WQE is a
+ * READ whose responses have all come in order so far (none kept ahead of a missing one) and whose
+ * next bytes go to one SGE. Those responses' handling would be the plain path GET_ACK → CHECK_PSN
+ * → CHECK_ACK → GET_WQE → READ (read-response.ts, the in-order case): the expected PSN, a full
+ * MTU, the LAST (>= 1 byte) left to JS. Any other packet to the QP disarms it in the addon.
+ */
+export function armAfterResponse(qp: Qp, link: Link, srcIpNum: number, srcPort: number): void {
+  const w = headRead(qp);
+  if (w === null) return;
+  const mtu = qp.pathMtu;
+  const total = psnDiff(w.lastPsn, w.firstPsn) + 1;
+  const done = psnDiff(qp.comp.psn, w.firstPsn);
+  // Past the FIRST, in order with nothing kept ahead, and every response's PSN sent (CHECK_PSN).
+  if (done < 1 || w.rdMaxSeen !== done - 1 || !w.psnAssigned || psnDiff(w.lastPsn, qp.req.maxPsn) >= 0) return;
+  if (!sglUsable(w.sg, qp.pd, true)) return;
+  // Responses done .. total - 2 are full MTUs; the LAST stays with JS. Their bytes must lie in one SGE.
+  let pkts = total - 1 - done;
+  const at = sgeAt(w.sg, done * mtu);
+  if (pkts < 1 || at === null) return;
+  pkts = Math.min(pkts, Math.floor(at.room / mtu));
+  if (pkts < 1) return;
+  if (
+    link.armPlacement!({
+      qpn: qp.qpn,
+      opcode: PLACE_READ_MIDDLE,
+      psn: qp.comp.psn,
+      pmtu: mtu,
+      mem: at.sge.mr.buffer,
+      off: at.off,
+      budget: pkts * mtu,
+      srcIpNum,
+      srcPort,
+    })
+  ) {
+    noteArmed(qp, link);
+    readArmMr.set(qp, at.sge.mr);
+  }
+}
+
+/** The head send WQE if it is a READ the completer takes responses for (RTS or SQD), else null. */
+function headRead(qp: Qp): Qp['sq'][number] | null {
+  const st = qp.state;
+  if (qp.type !== 'RC' || qp.closed || (st !== 'RTS' && st !== 'SQD') || qp.sqHead >= qp.sqTail) return null;
+  const w = qp.sq[qp.sqHead % qp.cap.maxSendWr]!;
+  return w.op === WrOp.RDMA_READ ? w : null;
+}
+
+/** Where byte `at` of an SGE list lies: its SGE, the offset in that MR's buffer, and the bytes of the SGE from there. */
+function sgeAt(sg: readonly SgeLike[], at: number): { sge: SgeLike; off: number; room: number } | null {
+  let skip = at;
+  for (const s of sg) {
+    if (skip < s.length) return { sge: s, off: s.offset + skip, room: s.length - skip };
+    skip -= s.length;
+  }
+  return null;
+}
+
+/**
+ * `count` READ RESPONSE MIDDLEs of `qp` from firstPsn on, `pmtu` bytes each, were placed into the
+ * READ's local buffer by the link: the completer's state, the WQE and the trace as taking each in
+ * order would have left them (read-response.ts readResponse, in-order case). The checks are the
+ * per-packet path's; arming and disarming make them hold, so a failure here throws (the receive
+ * path moves the QP to ERR, rcvd_internal_err).
+ */
+export function applyPlacedRead(qp: Qp, firstPsn: number, count: number, pmtu: number): void {
+  const w = headRead(qp);
+  const idx = w === null ? -1 : psnDiff(firstPsn, w.firstPsn);
+  if (
+    w === null ||
+    qp.comp.psn !== firstPsn ||
+    idx < 1 ||
+    w.rdMaxSeen !== idx - 1 ||
+    pmtu !== qp.pathMtu ||
+    idx + count > psnDiff(w.lastPsn, w.firstPsn) ||
+    (idx + count) * pmtu > w.length
+  ) {
+    disarmPlacement(qp);
+    throw new Error('placed READ responses the completer did not expect');
+  }
+  // readResponse's check: the local buffer may have been invalidated without a disarm (a
+  // deregistration disarms). The per-packet path fails the READ on the first such response.
+  if (!sglUsable(w.sg, qp.pd, true)) {
+    disarmPlacement(qp);
+    completeWqe(qp, w, WcStatusIdx.LOC_PROT_ERR);
+    qp.traceRing.record(Role.COMP, CompState.READ, PLACE_READ_MIDDLE, firstPsn, Reason.LOC_PROT);
+    return;
+  }
+  const k = idx + count;
+  w.rdMaxSeen = k - 1;
+  w.sent = Math.min(w.length, k * pmtu);
+  qp.comp.psn = psnAdd(w.firstPsn, k);
+  let psn = firstPsn;
+  for (let j = 0; j < count; j++) {
+    qp.traceRing.record(Role.COMP, CompState.READ, PLACE_READ_MIDDLE, psn, Reason.READ_DATA);
+    psn = psnAdd(psn, 1);
+  }
+  madeProgress(qp);
 }

@@ -16,8 +16,8 @@ import { onRequest } from './responder.js';
 import { IPID_ROCEV1, setRxDestination } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
-import { RX_ICRC_OK, RX_ICRC_VERIFIED, RX_ID_INFERRED } from '../link/link.js';
-import { applyPlaced, armAfterRequest } from './place.js';
+import { PLACE_READ_MIDDLE, RX_ICRC_OK, RX_ICRC_VERIFIED, RX_ID_INFERRED } from '../link/link.js';
+import { applyPlaced, applyPlacedRead, armAfterRequest, armAfterResponse } from './place.js';
 
 const info = new PktInfo();
 /** The BTH of the datagram being received (bound once per packet; the roles bind their own). */
@@ -199,11 +199,16 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
   // Last line of defence: a bug in a role must not take the process (or another QP) down. The
   // QP whose packet broke it goes to ERR, as a local QP error would (IBA 10.3.1: QP_FATAL).
   try {
-    if (info.mask & Op.REQ) onRequest(qp, info, srcIp, srcPort, ipIdDf === RX_ICRC_VERIFIED ? IPID_ROCEV1 : ipId, srcBytes);
+    const req = (info.mask & Op.REQ) !== 0;
+    if (req) onRequest(qp, info, srcIp, srcPort, ipIdDf === RX_ICRC_VERIFIED ? IPID_ROCEV1 : ipId, srcBytes);
     else onResponse(qp, info);
     // RX direct placement: a WRITE still in progress after this packet (its FIRST, a MIDDLE, or
-    // anything that made the link disarm the QP) has its next MIDDLEs placed by the link.
-    if (port.link.armPlacement !== undefined && srcNum >= 0 && qp.type === 'RC' && dst === null) armAfterRequest(qp, port.link, srcNum, srcPort);
+    // anything that made the link disarm the QP) has its next MIDDLEs placed by the link; so do
+    // the responses of a READ still coming in after a READ response.
+    if (port.link.armPlacement !== undefined && srcNum >= 0 && qp.type === 'RC' && dst === null) {
+      if (req) armAfterRequest(qp, port.link, srcNum, srcPort);
+      else if (info.mask & Op.READ) armAfterResponse(qp, port.link, srcNum, srcPort);
+    }
   } catch {
     counts[Ctr.rcvd_internal_err]!++;
     qpFatal(qp);
@@ -211,10 +216,11 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
 }
 
 /**
- * RX direct placement (Link.armPlacement, PlacedHandler): `count` RC WRITE MIDDLEs of QP `qpn` that
- * the link verified and placed, from srcIp:srcPort, the first with ipIdDf firstIpIdDf (RX_ICRC_OK;
+ * RX direct placement (Link.armPlacement, PlacedHandler): `count` RC WRITE MIDDLEs (or READ
+ * RESPONSE MIDDLEs: `opcode`) of QP `qpn` that the link verified and placed, from srcIp:srcPort, the first with ipIdDf firstIpIdDf (RX_ICRC_OK;
  * packet j's ID is the first's + j). Counted and remembered here as deviceRx would each of them
- * (rcvd_pkts, the IPv4 ID window); the responder applies the rest (place.ts applyPlaced).
+ * (rcvd_pkts, the IPv4 ID window); the responder applies the rest (place.ts applyPlaced), or for READ
+ * responses the completer (applyPlacedRead).
  */
 export function deviceRxPlaced(
   dev: Device,
@@ -226,6 +232,7 @@ export function deviceRxPlaced(
   ackReq: boolean,
   srcIp: string,
   firstIpIdDf: number,
+  opcode: number,
 ): void {
   const counts = port.counters.counts;
   counts[Ctr.rcvd_pkts]! += count;
@@ -252,7 +259,8 @@ export function deviceRxPlaced(
     return;
   }
   try {
-    applyPlaced(qp, firstPsn, count, pmtu, ackReq);
+    if (opcode === PLACE_READ_MIDDLE) applyPlacedRead(qp, firstPsn, count, pmtu);
+    else applyPlaced(qp, firstPsn, count, pmtu, ackReq);
   } catch {
     counts[Ctr.rcvd_internal_err]!++;
     qpFatal(qp);
