@@ -1,15 +1,15 @@
-// softroce native RX direct placement (issue 15, RX): the full-MTU MIDDLE packets of an RC RDMA
-// WRITE (the responder's) or of an RDMA READ's responses (the requester's) that the transport
+// softroce native RX direct placement (issue 15, RX): the full-MTU MIDDLE packets of an RC SEND or
+// RDMA WRITE (the responder's) or of an RDMA READ's responses (the requester's) that the transport
 // armed the addon to expect are copied straight from the receive slots into the registered memory
 // they land in, without a trip through JS per packet.
 //
 // The TypeScript transport stays the authority (place.ts): the responder arms a QP after it has
-// handled a WRITE FIRST or MIDDLE, the completer after it has taken a READ's FIRST or MIDDLE
-// response in order, each knowing from its own state exactly what the next packets must be: the
-// one opcode (RC_RDMA_WRITE_MIDDLE 0x07, RC_RDMA_READ_RESPONSE_MIDDLE 0x0E), the expected PSN, a
-// full path-MTU payload with no pad, from the connected peer's address and UDP port, landing at
-// the offset it would copy to, within a byte budget of whole MTUs that leaves the LAST packet
-// (>= 1 byte) to JS. A packet that is all of that is one the per-packet path would accept and
+// handled a SEND's or a WRITE's FIRST or MIDDLE, the completer after it has taken a READ's FIRST or
+// MIDDLE response in order, each knowing from its own state exactly what the next packets must be:
+// the one opcode (RC_SEND_MIDDLE 0x01, RC_RDMA_WRITE_MIDDLE 0x07, RC_RDMA_READ_RESPONSE_MIDDLE 0x0E),
+// the expected PSN, a full path-MTU payload with no pad, from the connected peer's address and
+// UDP port, landing at the offset it would copy to, within a byte budget of whole MTUs (a WRITE's
+// or READ's leaves its LAST packet, >= 1 byte, to JS; a SEND's LAST has an opcode of its own). A packet that is all of that is one the per-packet path would accept and
 // copy with no other effect than its bookkeeping, which JS applies per run (native-link.ts
 // reports runs, place.ts applies them). ANY other packet to an armed QPN disarms every arm of
 // that QP here, before JS sees it, so JS handles it in order after everything placed before it.
@@ -59,7 +59,7 @@ static void DisarmQpn(PlaceTable* t, napi_env env, uint32_t qpn) {
 
 int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint32_t psn, uint32_t pmtu, size_t off, size_t budget, uint32_t src,
                 uint32_t sport, uint32_t op) {
-  if (op != PLACE_OP_WRITE_MIDDLE && op != PLACE_OP_READ_MIDDLE) return -22;
+  if (op != PLACE_OP_SEND_MIDDLE && op != PLACE_OP_WRITE_MIDDLE && op != PLACE_OP_READ_MIDDLE) return -22;
   PlaceArm* a = FindArm(t, qpn & 0xffffff, op);
   if (a) PlaceDisarm(t, env, a);
   if (pmtu < 256 || pmtu > 4096 || budget < pmtu || budget % pmtu != 0) return -22;

@@ -9,7 +9,9 @@
 static const uint32_t PLACE_MAX_ARMS = 64;
 
 // What an arm places (IBA 9.2.1 table 38), each a BTH, a full path-MTU payload, no pad, an ICRC:
-// RC RDMA WRITE MIDDLE (the responder's arm) and RC RDMA READ RESPONSE MIDDLE (the requester's).
+// RC SEND MIDDLE and RC RDMA WRITE MIDDLE (the responder's arms), RC RDMA READ RESPONSE MIDDLE (the
+// requester's).
+static const uint8_t PLACE_OP_SEND_MIDDLE = 0x01;
 static const uint8_t PLACE_OP_WRITE_MIDDLE = 0x07;
 static const uint8_t PLACE_OP_READ_MIDDLE = 0x0e;
 

@@ -33,7 +33,7 @@ export type RxHandler = (buf: Buffer, len: number, srcIp: string, srcPort: numbe
 
 /**
  * RX direct placement (issue 15): `count` consecutive packets of QP `qpn` from `firstPsn` on, all of
- * opcode `opcode` (PLACE_WRITE_MIDDLE or PLACE_READ_MIDDLE), each `pmtu` payload bytes, were verified (ICRC, as RX_ICRC_OK says), and copied by
+ * opcode `opcode` (PLACE_SEND_MIDDLE, PLACE_WRITE_MIDDLE or PLACE_READ_MIDDLE), each `pmtu` payload bytes, were verified (ICRC, as RX_ICRC_OK says), and copied by
  * the link into the memory the transport armed (Link.armPlacement); `ackReq`: the last of them asked
  * for an ACK (no other did). firstIpIdDf is the first packet's ipIdDf as RxHandler would have had it
  * (always with RX_ICRC_OK); packet j's ID is the first's plus j (the packets are segments of one
@@ -51,19 +51,20 @@ export type PlacedHandler = (
   opcode: number,
 ) => void;
 
-/** RC RDMA WRITE MIDDLE (IBA 9.2.1 table 38): what the responder arms a link for. */
+/** RC SEND MIDDLE and RC RDMA WRITE MIDDLE (IBA 9.2.1 table 38): what the responder arms a link for. */
+export const PLACE_SEND_MIDDLE = 0x01;
 export const PLACE_WRITE_MIDDLE = 0x07;
 /** RC RDMA READ RESPONSE MIDDLE: what the requester (its completer) arms a link for. */
 export const PLACE_READ_MIDDLE = 0x0e;
 
 /**
  * What the transport arms a link with (Link.armPlacement): the next full-MTU MIDDLE packets of an
- * RC WRITE in progress (the responder) or of a READ's responses (the requester). A QP may hold one
+ * RC SEND or WRITE in progress (the responder) or of a READ's responses (the requester). A QP may hold one
  * arm per opcode.
  */
 export interface PlacementArm {
   qpn: number;
-  /** PLACE_WRITE_MIDDLE or PLACE_READ_MIDDLE: the only opcode placed */
+  /** PLACE_SEND_MIDDLE, PLACE_WRITE_MIDDLE or PLACE_READ_MIDDLE: the only opcode placed */
   opcode: number;
   /** the next PSN expected */
   psn: number;

@@ -15,7 +15,7 @@
  * this same thread, so disarming before returning to the user (MR deregistration or
  * invalidation, any QP modify or state change, destroy, device teardown) is enough.
  */
-import { PLACE_READ_MIDDLE, PLACE_WRITE_MIDDLE, type Link } from '../link/link.js';
+import { PLACE_READ_MIDDLE, PLACE_SEND_MIDDLE, PLACE_WRITE_MIDDLE, type Link } from '../link/link.js';
 import type { TransportQp as Qp } from './types.js';
 import { ACCESS, WcStatusIdx, WrOp } from './types.js';
 import type { MemoryRegion, SgeLike } from './shared.js';
@@ -25,17 +25,21 @@ import { sglUsable } from './sgl.js';
 import { completeWqe } from './complete.js';
 import { madeProgress } from './retry.js';
 import { Role } from './trace.js';
-import { fatalNak, queueAck } from './responder-answers.js';
+import { fatalNak, queueAck, recvFailed } from './responder-answers.js';
+import { OPCODE_MASK } from '../opcode.js';
 import { NakCode } from '../aeth.js';
 
-/** RC RDMA WRITE FIRST and MIDDLE (IBA 9.2.1 table 38; the addon places only MIDDLE, 0x07) */
-const WRITE_FIRST = 0x06,
+/** RC SEND and RDMA WRITE FIRST and MIDDLE (IBA 9.2.1 table 38; the addon places only MIDDLEs) */
+const SEND_FIRST = 0x00,
+  SEND_MIDDLE = 0x01,
+  WRITE_FIRST = 0x06,
   WRITE_MIDDLE = 0x07;
 
 /** the links each armed QP is armed on (the ports its WRITE and its READ responses arrived by) */
 const armedOn = new WeakMap<Qp, Link[]>();
-/** the MR a QP's READ arm places into (an MR's deregistration disarms the QPs placing into it) */
+/** the MR a QP's READ arm (its SEND arm) places into: an MR's deregistration disarms the QPs placing into it */
 const readArmMr = new WeakMap<Qp, MemoryRegion>();
+const sendArmMr = new WeakMap<Qp, MemoryRegion>();
 
 function noteArmed(qp: Qp, link: Link): void {
   const ls = armedOn.get(qp);
@@ -51,6 +55,10 @@ export function armAfterRequest(qp: Qp, link: Link, srcIpNum: number, srcPort: n
   const r = qp.resp;
   const st = qp.state;
   if (qp.type !== 'RC' || qp.closed || (st !== 'RTR' && st !== 'RTS' && st !== 'SQD')) return;
+  if (r.lastOp === SEND_FIRST || r.lastOp === SEND_MIDDLE) {
+    armSend(qp, link, srcIpNum, srcPort);
+    return;
+  }
   // Mid-WRITE (its FIRST or a MIDDLE was the last packet executed), with its MR still writable.
   if (r.lastOp !== WRITE_FIRST && r.lastOp !== WRITE_MIDDLE) return;
   const mr = r.mr;
@@ -79,18 +87,100 @@ export function armAfterRequest(qp: Qp, link: Link, srcIpNum: number, srcPort: n
   }
 }
 
+/**
+ * Mid-SEND (its FIRST or a MIDDLE was the last packet executed): arms the link for the next SEND
+ * MIDDLEs, into the receive WQE's SGE where the message goes on. Their handling would be the plain
+ * path CHK_PSN → CHK_OP_SEQ → CHK_OP_VALID → EXECUTE (scatterRecv) → ACKNOWLEDGE as long as they
+ * fit the WQE, which the budget (whole MTUs of that SGE) makes sure of; the LAST (SEND_LAST, an
+ * opcode of its own) always goes by JS. Not into an MR that can be invalidated: its memory could
+ * become unusable without a disarm.
+ */
+function armSend(qp: Qp, link: Link, srcIpNum: number, srcPort: number): void {
+  const r = qp.resp;
+  const w = r.wqe;
+  if (w === null || r.reads.length > 0 || r.backlog.length > 0 || r.stash.size > 0) return;
+  if (!sglUsable(w.sg, qp.pd, true)) return;
+  const at = sgeAt(w.sg, r.offset);
+  if (at === null || at.sge.mr.invalidatable) return;
+  const mtu = qp.pathMtu;
+  const pkts = Math.floor(Math.min(at.room, w.length - r.offset) / mtu);
+  if (pkts < 1) return;
+  if (
+    link.armPlacement!({
+      qpn: qp.qpn,
+      opcode: PLACE_SEND_MIDDLE,
+      psn: r.psn,
+      pmtu: mtu,
+      mem: at.sge.mr.buffer,
+      off: at.off,
+      budget: pkts * mtu,
+      srcIpNum,
+      srcPort,
+    })
+  ) {
+    noteArmed(qp, link);
+    sendArmMr.set(qp, at.sge.mr);
+  }
+}
+
+/**
+ * `count` SEND MIDDLE packets of `qp` from firstPsn on, `pmtu` bytes each, were placed into the
+ * receive WQE by the link: the responder's state and trace, and the ACK, as handling each would
+ * have left them (execute's scatterRecv, acknowledge). A failed check throws (QP to ERR,
+ * rcvd_internal_err), as applyPlaced's.
+ */
+export function applyPlacedSend(qp: Qp, firstPsn: number, count: number, pmtu: number, ackReq: boolean): void {
+  const r = qp.resp;
+  const st = qp.state;
+  const w = r.wqe;
+  const bytes = count * pmtu;
+  if (
+    qp.type !== 'RC' ||
+    (st !== 'RTR' && st !== 'RTS' && st !== 'SQD' && st !== 'SQE') ||
+    r.psn !== firstPsn ||
+    (r.lastOp !== SEND_FIRST && r.lastOp !== SEND_MIDDLE) ||
+    w === null ||
+    pmtu !== qp.pathMtu ||
+    r.offset + bytes > w.length
+  ) {
+    disarmPlacement(qp);
+    throw new Error('placed SEND packets the responder did not expect');
+  }
+  // scatterRecv's check (an MR that can be invalidated is never armed; deregistration disarms): the
+  // per-packet path fails the WQE on the first packet whose memory is gone.
+  if (!sglUsable(w.sg, qp.pd, true)) {
+    disarmPlacement(qp);
+    recvFailed(qp, w, WcStatusIdx.LOC_PROT_ERR, firstPsn, r.offset, OPCODE_MASK[SEND_MIDDLE]!, false);
+    qp.traceRing.record(Role.RESP, RespState.ERR_MALFORMED_WQE, SEND_MIDDLE, firstPsn, Reason.LOC_PROT);
+    return;
+  }
+  r.offset += bytes;
+  r.lastOp = SEND_MIDDLE;
+  r.nakPsn = -1;
+  const lastPsn = psnAdd(firstPsn, count - 1);
+  let psn = firstPsn;
+  for (let j = 0; j < count - 1; j++) {
+    qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, SEND_MIDDLE, psn, Reason.NO_ACK_REQ);
+    psn = psnAdd(psn, 1);
+  }
+  r.psn = psnAdd(lastPsn, 1);
+  if (ackReq) queueAck(qp, lastPsn);
+  qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, SEND_MIDDLE, lastPsn, ackReq ? Reason.ACK_QUEUED : Reason.NO_ACK_REQ);
+}
+
 /** No byte of `qp` is placed after this returns (any state change, destroy, an MR going away). */
 export function disarmPlacement(qp: Qp): void {
   const links = armedOn.get(qp);
   if (links === undefined) return;
   armedOn.delete(qp);
   readArmMr.delete(qp);
+  sendArmMr.delete(qp);
   for (const l of links) l.disarmPlacement?.(qp.qpn);
 }
 
 /** Whether bytes for `qp` may be placed into `mr` (its responder's WRITE or its READ's responses). */
 export function placesInto(qp: Qp, mr: MemoryRegion): boolean {
-  return armedOn.has(qp) && (qp.resp.mr === mr || readArmMr.get(qp) === mr);
+  return armedOn.has(qp) && (qp.resp.mr === mr || readArmMr.get(qp) === mr || sendArmMr.get(qp) === mr);
 }
 
 /**

@@ -16,8 +16,8 @@ import { onRequest } from './responder.js';
 import { IPID_ROCEV1, setRxDestination } from './responder-answers.js';
 import { onResponse } from './completer.js';
 import type { TransportDevice as Device, PortLike as Port, TransportQp as Qp } from './types.js';
-import { PLACE_READ_MIDDLE, RX_ICRC_OK, RX_ICRC_VERIFIED, RX_ID_INFERRED } from '../link/link.js';
-import { applyPlaced, applyPlacedRead, armAfterRequest, armAfterResponse } from './place.js';
+import { PLACE_READ_MIDDLE, PLACE_SEND_MIDDLE, RX_ICRC_OK, RX_ICRC_VERIFIED, RX_ID_INFERRED } from '../link/link.js';
+import { applyPlaced, applyPlacedRead, applyPlacedSend, armAfterRequest, armAfterResponse } from './place.js';
 
 const info = new PktInfo();
 /** The BTH of the datagram being received (bound once per packet; the roles bind their own). */
@@ -260,6 +260,7 @@ export function deviceRxPlaced(
   }
   try {
     if (opcode === PLACE_READ_MIDDLE) applyPlacedRead(qp, firstPsn, count, pmtu);
+    else if (opcode === PLACE_SEND_MIDDLE) applyPlacedSend(qp, firstPsn, count, pmtu, ackReq);
     else applyPlaced(qp, firstPsn, count, pmtu, ackReq);
   } catch {
     counts[Ctr.rcvd_internal_err]!++;
