@@ -1,11 +1,12 @@
 /**
- * RX direct placement (issue 15, RX): arming the link for the full-MTU MIDDLE packets an RC WRITE
- * in progress (the responder) or a READ's responses (the requester's completer) must receive next,
- * and applying what the per-packet path would have done for a run of packets the link placed
+ * RX direct placement (issue 15, RX): arming the link for the full-MTU MIDDLE packets an RC SEND or
+ * WRITE in progress (the responder) or a READ's responses (the requester's completer) must receive
+ * next, and applying what the per-packet path would have done for a run of packets the link placed
  * (native/place-rx.cc copies their payloads into the MR; native-link.ts reports them in runs).
  *
- * The transport stays the authority. The responder's side first. It arms only from its own state after EXECUTE (a WRITE FIRST
- * or MIDDLE handled: r.mr, r.mrOff, r.resid, r.psn) and only for packets whose handling would be
+ * The transport stays the authority. The responder's side first: for a WRITE, it arms only from
+ * its own state after EXECUTE (a WRITE FIRST or MIDDLE handled: r.mr, r.mrOff, r.resid, r.psn)
+ * and only for packets whose handling would be
  * the plain path CHK_PSN → CHK_OP_SEQ → CHK_OP_VALID → CHK_LENGTH → EXECUTE → ACKNOWLEDGE: the
  * expected PSN, a full-MTU MIDDLE, the LAST (>= 1 byte) left to JS. Any other packet to the QP
  * disarms it in the addon before it reaches JS, which then handles it in order as ever.
@@ -290,11 +291,18 @@ function headRead(qp: Qp): Qp['sq'][number] | null {
   return w.op === WrOp.RDMA_READ ? w : null;
 }
 
+/** sgeAt's answer (one, reused: an arm per message allocates nothing) */
+const where = { sge: null as unknown as SgeLike, off: 0, room: 0 };
 /** Where byte `at` of an SGE list lies: its SGE, the offset in that MR's buffer, and the bytes of the SGE from there. */
-function sgeAt(sg: readonly SgeLike[], at: number): { sge: SgeLike; off: number; room: number } | null {
+function sgeAt(sg: readonly SgeLike[], at: number): typeof where | null {
   let skip = at;
   for (const s of sg) {
-    if (skip < s.length) return { sge: s, off: s.offset + skip, room: s.length - skip };
+    if (skip < s.length) {
+      where.sge = s;
+      where.off = s.offset + skip;
+      where.room = s.length - skip;
+      return where;
+    }
     skip -= s.length;
   }
   return null;
