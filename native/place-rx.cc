@@ -31,10 +31,13 @@
 
 static inline uint32_t Be24(const uint8_t* p) { return ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2]; }
 
+static inline PlaceArm* Bucket(PlaceTable* t, uint32_t qpn) { return &t->arms[(qpn % PLACE_BUCKETS) * PLACE_BUCKET_ARMS]; }
+
 // qpn's arm for opcode op (any of qpn's arms: op 0).
 static PlaceArm* FindArm(PlaceTable* t, uint32_t qpn, uint32_t op) {
-  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
-    if (t->arms[i].used && t->arms[i].qpn == qpn && (op == 0 || t->arms[i].op == op)) return &t->arms[i];
+  PlaceArm* b = Bucket(t, qpn);
+  for (uint32_t i = 0; i < PLACE_BUCKET_ARMS; i++)
+    if (b[i].used && b[i].qpn == qpn && (op == 0 || b[i].op == op)) return &b[i];
   return nullptr;
 }
 
@@ -52,9 +55,10 @@ void PlaceDisarmAll(PlaceTable* t, napi_env env) {
   for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++) PlaceDisarm(t, env, &t->arms[i]);
 }
 
-static void DisarmQpn(PlaceTable* t, napi_env env, uint32_t qpn) {
-  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
-    if (t->arms[i].used && t->arms[i].qpn == qpn) PlaceDisarm(t, env, &t->arms[i]);
+void PlaceDisarmQpn(PlaceTable* t, napi_env env, uint32_t qpn) {
+  PlaceArm* b = Bucket(t, qpn & 0xffffff);
+  for (uint32_t i = 0; i < PLACE_BUCKET_ARMS; i++)
+    if (b[i].used && b[i].qpn == (qpn & 0xffffff)) PlaceDisarm(t, env, &b[i]);
 }
 
 int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint32_t psn, uint32_t pmtu, size_t off, size_t budget, uint32_t src,
@@ -67,9 +71,10 @@ int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint3
   size_t len = 0;
   if (napi_get_typedarray_info(env, buf, nullptr, &len, &data, nullptr, nullptr) != napi_ok || !data) return -22;
   if (off > len || budget > len - off) return -22;  // the whole budget inside the Buffer, or nothing
-  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++) {
-    if (t->arms[i].used) continue;
-    a = &t->arms[i];
+  PlaceArm* b = Bucket(t, qpn & 0xffffff);
+  for (uint32_t i = 0; i < PLACE_BUCKET_ARMS; i++) {
+    if (b[i].used) continue;
+    a = &b[i];
     if (napi_create_reference(env, buf, 1, &a->ref) != napi_ok) return -12;
     a->used = true;
     a->op = (uint8_t)op;
@@ -86,7 +91,7 @@ int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint3
     if (t->ctl) t->ctl[PLACE_CTL_ARMED] = t->count;
     return 0;
   }
-  return -28;  // table full: this QP stays on the per-packet path
+  return -28;  // bucket full: this QP stays on the per-packet path
 }
 
 uint32_t PlaceRun(PlaceTable* t, napi_env env, const PlaceBatch& b, uint32_t slot, uint32_t seg) {
@@ -122,7 +127,7 @@ uint32_t PlaceRun(PlaceTable* t, napi_env env, const PlaceBatch& b, uint32_t slo
         // Any other packet to an armed QP: every arm of the QP is disarmed before JS sees it (a
         // duplicate, a gap, a LAST, a corrupted one, an ACK, a request of the other direction...):
         // the transport handles it as ever.
-        DisarmQpn(t, env, qpn);
+        PlaceDisarmQpn(t, env, qpn);
         goto done;
       }
       memcpy(a->base + a->off, ib + 12, a->pmtu);

@@ -4,9 +4,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Arms at once per receive socket (a QP may hold two: one per opcode); one more is refused (it
-// stays on the per-packet path).
-static const uint32_t PLACE_MAX_ARMS = 64;
+// Arms per receive socket, found by QPN: bucket qpn % PLACE_BUCKETS holds up to PLACE_BUCKET_ARMS
+// (a QP may hold two arms, one per opcode). A device hands out QPNs in sequence, so its QPs spread
+// over the buckets: a thousand QPs, each mid-WRITE, are all armed, and a packet's lookup reads one
+// bucket. An arm for a full bucket is refused (that QP stays on the per-packet path). 64 arms in
+// one list left 936 of 1,000 QPs writing at once on the per-packet path (issue 15's 1,000-QP case).
+static const uint32_t PLACE_BUCKETS = 1024;
+static const uint32_t PLACE_BUCKET_ARMS = 4;
+static const uint32_t PLACE_MAX_ARMS = PLACE_BUCKETS * PLACE_BUCKET_ARMS;
 
 // What an arm places (IBA 9.2.1 table 38), each a BTH, a full path-MTU payload, no pad, an ICRC:
 // RC SEND MIDDLE and RC RDMA WRITE MIDDLE (the responder's arms), RC RDMA READ RESPONSE MIDDLE (the
@@ -55,6 +60,8 @@ int PlaceSetArm(PlaceTable* t, napi_env env, napi_value buf, uint32_t qpn, uint3
                 uint32_t sport, uint32_t op);
 void PlaceDisarm(PlaceTable* t, napi_env env, PlaceArm* a);
 void PlaceDisarmAll(PlaceTable* t, napi_env env);
+// Every arm of qpn is gone when this returns.
+void PlaceDisarmQpn(PlaceTable* t, napi_env env, uint32_t qpn);
 // Places the longest placeable prefix of the batch from packet `seg` of slot `slot` (one QP);
 // returns how many packets, described in ctl.
 uint32_t PlaceRun(PlaceTable* t, napi_env env, const PlaceBatch& b, uint32_t slot, uint32_t seg);

@@ -572,8 +572,7 @@ static Napi::Value RxDisarm(const Napi::CallbackInfo& info) {
     PlaceDisarmAll(&w->place, env);
     return env.Undefined();
   }
-  for (uint32_t i = 0; i < PLACE_MAX_ARMS; i++)
-    if (w->place.arms[i].used && w->place.arms[i].qpn == (uint32_t)q) PlaceDisarm(&w->place, env, &w->place.arms[i]);
+  PlaceDisarmQpn(&w->place, env, (uint32_t)q);
   return env.Undefined();
 }
 
