@@ -1,11 +1,13 @@
 /**
  * Shared by the fast-path tests (fast-tx, fast-read, place): a deterministic payload, waiting for
- * completions, the GSO switch, and a captured packet's ICRC taken back to IPv4 ID 0.
+ * completions or a condition, the GSO switch, a captured packet's ICRC taken back to IPv4 ID 0, and
+ * the port counters by name.
  */
 import { Wc } from '../../src/verbs/types.js';
 import type { Cq } from '../../src/verbs/cq.js';
 import { icrcIdDelta, readIcrc, writeIcrc } from '../../src/roce/icrc.js';
 import { fill } from '../verbs/pair.js';
+import { COUNTER_NAMES } from '../../src/roce/counters.js';
 
 /** A captured datagram and the IPv4 `id | df << 16` the receiver accepted it with (-1: not accepted). */
 export interface Cap {
@@ -19,6 +21,25 @@ export function pattern(n: number, seed: number): Buffer {
   fill(b, seed);
   return b;
 }
+
+/** Polls `cond` every millisecond until it holds or `ms` passed; its last answer. */
+export async function waitFor(cond: () => boolean, ms = 10_000): Promise<boolean> {
+  for (const end = performance.now() + ms; performance.now() < end;) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return cond();
+}
+
+/** The port counters that moved, by name (for a test's log). */
+export const moved = (c: number[]): string =>
+  c
+    .map((v, i) => (v > 0 ? `${COUNTER_NAMES[i] ?? i}=${v}` : ''))
+    .filter((x) => x)
+    .join(' ');
+
+/** One port counter by name. */
+export const ctr = (c: number[], name: string): number => c[(COUNTER_NAMES as readonly string[]).indexOf(name)]!;
 
 /** Polls `cq` until n completions arrived or `ms` passed; the completions (copies). */
 export async function waitN(cq: Cq, n: number, ms = 20_000): Promise<Wc[]> {

@@ -26,14 +26,7 @@ import { writeAeth, writeBth } from '../../src/roce/transport/build.js';
 import { icrcV2Ipv4Parts, writeIcrc } from '../../src/roce/icrc.js';
 import { parseIpv4 } from '../../src/roce/gid.js';
 import { COUNTER_NAMES } from '../../src/roce/counters.js';
-import { pattern } from './fast-helpers.js';
-
-const moved = (c: number[]): string =>
-  c
-    .map((v, i) => (v > 0 ? `${COUNTER_NAMES[i] ?? i}=${v}` : ''))
-    .filter((x) => x)
-    .join(' ');
-const ctr = (c: number[], name: string): number => c[(COUNTER_NAMES as readonly string[]).indexOf(name)]!;
+import { pattern, waitFor, waitN, moved, ctr } from './fast-helpers.js';
 
 const native = loadNative();
 const noPlace =
@@ -46,25 +39,6 @@ const A = '127.0.96.30',
 const PSN_A = 0xfffff0; // the READs' PSNs wrap
 const PSN_B = 0x000100;
 const MEM = (1 << 20) + 8192;
-
-async function waitFor(cond: () => boolean, ms = 10_000): Promise<boolean> {
-  for (const end = performance.now() + ms; performance.now() < end;) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  return cond();
-}
-
-async function waitN(cq: Cq, n: number, ms = 20_000): Promise<Wc[]> {
-  const out: Wc[] = [];
-  const buf = Array.from({ length: 16 }, () => new Wc());
-  await waitFor(() => {
-    const k = cq.poll(buf);
-    for (let i = 0; i < k; i++) out.push(Object.assign(new Wc(), buf[i]!));
-    return out.length >= n;
-  }, ms);
-  return out;
-}
 
 interface Side {
   dev: Device;

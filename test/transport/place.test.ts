@@ -15,7 +15,6 @@ type Tap = typeof t;
 import { UdpLink, type NativeLink } from '../../src/roce/link/udp-link.js';
 import { openDevice, type Device } from '../../src/verbs/device.js';
 import { connectQp } from '../../src/verbs/connect.js';
-import { Wc } from '../../src/verbs/types.js';
 import type { Qp } from '../../src/verbs/qp.js';
 import type { Mr } from '../../src/verbs/mr.js';
 import type { Cq } from '../../src/verbs/cq.js';
@@ -26,14 +25,7 @@ import { writeBth, writeReth } from '../../src/roce/transport/build.js';
 import { icrcV2Ipv4Parts, writeIcrc } from '../../src/roce/icrc.js';
 import { parseIpv4 } from '../../src/roce/gid.js';
 import { COUNTER_NAMES } from '../../src/roce/counters.js';
-import { pattern } from './fast-helpers.js';
-
-/** the counters that moved, by name (for the log) */
-const moved = (c: number[]): string =>
-  c
-    .map((v, i) => (v > 0 ? `${COUNTER_NAMES[i] ?? i}=${v}` : ''))
-    .filter((x) => x)
-    .join(' ');
+import { pattern, waitFor, waitN, moved } from './fast-helpers.js';
 
 const native = loadNative();
 const noPlace =
@@ -46,25 +38,6 @@ const A = '127.0.89.30',
 const PSN_A = 0xfffff0; // wraps inside the WRITEs
 const PSN_B = 0x000100;
 const MEM = (1 << 20) + 4096;
-
-async function waitFor(cond: () => boolean, ms = 10_000): Promise<boolean> {
-  for (const end = performance.now() + ms; performance.now() < end;) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  return cond();
-}
-
-async function waitN(cq: Cq, n: number, ms = 20_000): Promise<Wc[]> {
-  const out: Wc[] = [];
-  const buf = Array.from({ length: 16 }, () => new Wc());
-  await waitFor(() => {
-    const k = cq.poll(buf);
-    for (let i = 0; i < k; i++) out.push(Object.assign(new Wc(), buf[i]!));
-    return out.length >= n;
-  }, ms);
-  return out;
-}
 
 interface Side {
   dev: Device;

@@ -156,17 +156,7 @@ export function applyPlacedSend(qp: Qp, firstPsn: number, count: number, pmtu: n
     return;
   }
   r.offset += bytes;
-  r.lastOp = SEND_MIDDLE;
-  r.nakPsn = -1;
-  const lastPsn = psnAdd(firstPsn, count - 1);
-  let psn = firstPsn;
-  for (let j = 0; j < count - 1; j++) {
-    qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, SEND_MIDDLE, psn, Reason.NO_ACK_REQ);
-    psn = psnAdd(psn, 1);
-  }
-  r.psn = psnAdd(lastPsn, 1);
-  if (ackReq) queueAck(qp, lastPsn);
-  qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, SEND_MIDDLE, lastPsn, ackReq ? Reason.ACK_QUEUED : Reason.NO_ACK_REQ);
+  acknowledgeRun(qp, SEND_MIDDLE, firstPsn, count, ackReq);
 }
 
 /** No byte of `qp` is placed after this returns (any state change, destroy, an MR going away). */
@@ -228,18 +218,27 @@ export function applyPlaced(qp: Qp, firstPsn: number, count: number, pmtu: numbe
   }
   r.mrOff += bytes;
   r.resid -= bytes;
-  r.lastOp = WRITE_MIDDLE;
+  acknowledgeRun(qp, WRITE_MIDDLE, firstPsn, count, ackReq);
+}
+
+/**
+ * ACKNOWLEDGE for a run of `count` placed MIDDLEs of opcode `op` (responder-steps.ts acknowledge,
+ * per packet): the expected PSN past the run, the last opcode, one trace decision per packet (as the
+ * per-packet path records them, folded when repeated), and the coalesced ACK if the last asked.
+ */
+function acknowledgeRun(qp: Qp, op: number, firstPsn: number, count: number, ackReq: boolean): void {
+  const r = qp.resp;
+  r.lastOp = op;
   r.nakPsn = -1;
-  // One trace decision per packet, as the per-packet path records them (folded when repeated).
   const lastPsn = psnAdd(firstPsn, count - 1);
   let psn = firstPsn;
   for (let j = 0; j < count - 1; j++) {
-    qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, WRITE_MIDDLE, psn, Reason.NO_ACK_REQ);
+    qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, op, psn, Reason.NO_ACK_REQ);
     psn = psnAdd(psn, 1);
   }
   r.psn = psnAdd(lastPsn, 1);
   if (ackReq) queueAck(qp, lastPsn);
-  qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, WRITE_MIDDLE, lastPsn, ackReq ? Reason.ACK_QUEUED : Reason.NO_ACK_REQ);
+  qp.traceRing.record(Role.RESP, RespState.ACKNOWLEDGE, op, lastPsn, ackReq ? Reason.ACK_QUEUED : Reason.NO_ACK_REQ);
 }
 
 /**
