@@ -252,7 +252,8 @@ t.test(`UDP (${backend}): send sockets bounded by the cap; past it the least rec
   const rx = await UdpLink.open({ address: '127.0.12.9', port: 0 });
   const got: number[] = [];
   rx.setReceiver((_b, _l, _ip, sport) => got.push(sport));
-  const tx = await UdpLink.open({ address: '127.0.12.8', port: 0, txSockets: 8 });
+  // txSocketIdleMs 0: plain LRU (the default keeps a socket chosen in the last second; below)
+  const tx = await UdpLink.open({ address: '127.0.12.8', port: 0, txSockets: 8, txSocketIdleMs: 0 });
   const base = fdCount();
   const send = async (want: number): Promise<number> => {
     const sp = tx.sourcePort(want);
@@ -285,6 +286,39 @@ t.test(`UDP (${backend}): send sockets bounded by the cap; past it the least rec
   await tx.close();
   await rx.close();
   t.equal(tx.txSocketCount, 0, 'close() closes the pool');
+});
+
+t.test(`UDP (${backend}): past the cap, a socket chosen within txSocketIdleMs stays; the new port leaves from localPort`, async (t) => {
+  const rx = await UdpLink.open({ address: '127.0.12.9', port: 0 });
+  const got: number[] = [];
+  rx.setReceiver((_b, _l, _ip, sport) => got.push(sport));
+  const tx = await UdpLink.open({ address: '127.0.12.8', port: 0, txSockets: 2, txSocketIdleMs: 300 });
+  const send = async (want: number): Promise<number> => {
+    const sp = tx.sourcePort(want);
+    const b = tx.allocTx()!;
+    b.fill(0, 0, 16);
+    tx.send(b, 16, '127.0.12.9', rx.localPort, 0, sp);
+    await new Promise((r) => setTimeout(r, 1));
+    return sp;
+  };
+  t.equal(await send(0xc300), 0xc300);
+  t.equal(await send(0xc301), 0xc301);
+  // Both sockets were chosen just now: a third flow port does not close one (1,000 busy flows
+  // over 256 sockets closed and opened a socket per message under plain LRU).
+  for (let i = 0; i < 5; i++) t.equal(await send(0xc302 + i), tx.localPort, `port ${(0xc302 + i).toString(16)}: localPort`);
+  t.equal(tx.txStats.evicted, 0, 'no socket closed');
+  t.equal(tx.txStats.fallbacks, 5);
+  t.equal(tx.txSocketCount, 2);
+  // 0xc300 stays busy; 0xc301 goes unchosen for longer than txSocketIdleMs and is the one closed.
+  for (const end = performance.now() + 400; performance.now() < end;) await send(0xc300);
+  t.equal(await send(0xc310), 0xc310, 'an idle socket is closed for the new port');
+  t.equal(tx.txStats.evicted, 1);
+  t.equal(await send(0xc300), 0xc300, 'the busy one stayed');
+  t.equal(tx.txStats.opened, 3);
+  for (const end = performance.now() + 3000; got.length < 4 && performance.now() < end;) await new Promise((r) => setTimeout(r, 5));
+  t.ok(got.includes(tx.localPort) && got.includes(0xc310), 'datagrams arrived from localPort and from the new port');
+  await tx.close();
+  await rx.close();
 });
 
 t.test(`UDP (${backend}): 1,000 QPs on one device, descriptors bounded by the default cap`, async (t) => {

@@ -44,6 +44,12 @@ export interface UdpLinkOptions {
    */
   txSockets?: number;
   /**
+   * Past the cap, a send socket is closed for a new flow port only once it has gone this long
+   * unchosen (default TX_SOCKET_IDLE_MS); until then the new port's datagrams leave from localPort.
+   * 0: plain LRU, whatever the socket's age.
+   */
+  txSocketIdleMs?: number;
+  /**
    * The TX fast path (issue 15, Link.sendSegments): true (default) where the addon has it (native
    * IPv4), unless SOFTROCE_NO_FASTPATH=1 (read when the link opens); false: every packet goes the
    * per-packet way (tests compare the two).
@@ -70,6 +76,8 @@ export interface TxSocket {
   ready: boolean;
   /** the flush turn it was last chosen in (native batching: queued packets still need it) */
   lastTurn: number;
+  /** when it was last chosen (performance.now(); batched: when that turn began) */
+  lastMs: number;
   /** sends Node still holds a buffer for (Node's socket): closing it then would lose the buffer */
   inflight: number;
 }
@@ -105,6 +113,14 @@ interface GroupSocket {
 
 /** Default bound on a link's flow-port send sockets (file descriptors). */
 export const TX_SOCKET_CAP = 256;
+/**
+ * Default age (ms unchosen) before a flow-port socket may be closed for another port. More busy
+ * flows than the cap made plain LRU close and open a socket for nearly every message (1,000 QPs
+ * round-robin over 256 sockets all miss): ~20,000 socket()/setsockopt()/bind()/close() a second,
+ * each attaching (and JIT-compiling, then freeing with a TLB flush on every CPU) the socket's
+ * filter. Now the busy sockets stay and the flows beyond the cap leave from localPort.
+ */
+export const TX_SOCKET_IDLE_MS = 1000;
 
 /** caps as the backend fills them in while it opens */
 export type MutableCaps = { -readonly [K in keyof LinkCaps]: LinkCaps[K] };
@@ -132,15 +148,21 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   /**
    * The flow-port pool: a send socket per flow source port, opened on demand, at most `txCap`
    * open. Past the cap the least recently chosen socket that nothing waits on is closed for the
-   * new port; when every open one is busy (chosen in this turn, or Node holds a send on it), the
-   * datagram leaves from localPort instead (counted: txStats.fallbacks) with its ICRC computed for
+   * new port if it has gone txIdleMs unchosen; when every open one is busy (chosen in this turn,
+   * or Node holds a send on it) or was chosen more recently, the datagram leaves from localPort instead (counted: txStats.fallbacks) with its ICRC computed for
    * that port, so it is still a valid RoCEv2 packet. A port that cannot be bound (another
    * program's socket holds it without SO_REUSEADDR) falls back the same way, for good.
    */
   protected readonly txs = new Map<number, TxSocket>();
   private readonly failedPorts = new Set<number>();
   protected readonly txCap: number;
+  private readonly txIdleMs: number;
   private turn = 0;
+  /** performance.now() when turn `turnMsOf` first chose a socket (one clock read per turn) */
+  private turnMs = 0;
+  private turnMsOf = -1;
+  /** evictOne: no socket may go before this time */
+  private noEvictBefore = 0;
   protected readonly socketBufferBytes: number;
   protected readonly netdev: string;
   readonly txStats: TxSocketStats = { opened: 0, evicted: 0, fallbacks: 0, bindErrors: 0 };
@@ -168,6 +190,7 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     this.localPort = o.port ?? 4791;
     this.pool = new TxPool(o.txBuffers ?? 1024);
     this.txCap = o.txSockets ?? TX_SOCKET_CAP;
+    this.txIdleMs = o.txSocketIdleMs ?? TX_SOCKET_IDLE_MS;
     this.socketBufferBytes = o.socketBufferBytes ?? 4 << 20;
     this.netdev = o.netdev ?? '';
     this.mcaps = {
@@ -387,8 +410,9 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   sourcePort(want: number): number {
     if (want === this.localPort || this.closed) return this.localPort;
     let e = this.txs.get(want);
+    const now = this.clockMs();
     if (e === undefined) {
-      if (this.txCap <= 0 || this.failedPorts.has(want) || (this.txs.size >= this.txCap && !this.evictOne())) {
+      if (this.txCap <= 0 || this.failedPorts.has(want) || (this.txs.size >= this.txCap && !this.evictOne(now))) {
         this.txStats.fallbacks++;
         return this.localPort;
       }
@@ -404,7 +428,18 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
       this.txStats.opened++;
     }
     e.lastTurn = this.turn;
+    e.lastMs = now;
     return want;
+  }
+
+  /** The time a socket chosen now is stamped with: batched, one clock read per flush turn. */
+  private clockMs(): number {
+    if (this.native === null) return performance.now();
+    if (this.turnMsOf !== this.turn) {
+      this.turnMsOf = this.turn;
+      this.turnMs = performance.now();
+    }
+    return this.turnMs;
   }
 
   /** Node's send socket is bound: the backend applies the options its own socket has (DgramLink: IP_PMTUDISC_DO). */
@@ -413,16 +448,27 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   /** Node's send socket `e` failed (its bind): the buffers it held will never come back by callback. */
   protected txSocketFailed(_e: TxSocket): void {}
 
-  /** Closes the least recently chosen send socket nothing waits on (LRU); false when all are busy. */
-  private evictOne(): boolean {
+  /**
+   * Closes the least recently chosen send socket nothing waits on (LRU) if it has gone txIdleMs
+   * unchosen; false when none may go (all busy, or all chosen too recently).
+   */
+  private evictOne(now: number): boolean {
+    // No socket can have gone txIdleMs unchosen before this (a socket's lastMs only grows): the
+    // flows past the cap miss at every packet, and each miss scanned all the sockets.
+    if (now < this.noEvictBefore) return false;
     let victim: TxSocket | null = null;
+    let oldest = Infinity;
     for (const e of this.txs.values()) {
+      if (e.lastMs < oldest) oldest = e.lastMs;
       // Batched (the addon): packets of this turn wait in the queue for the sockets chosen in it.
       // Unbatched: send() follows sourcePort() at once; Node holds only what `inflight` counts.
       if ((this.native !== null && e.lastTurn >= this.turn) || e.inflight > 0 || !e.ready) continue;
-      if (victim === null || e.lastTurn < victim.lastTurn) victim = e;
+      if (victim === null || e.lastMs < victim.lastMs) victim = e;
     }
-    if (victim === null) return false;
+    if (victim === null || now - victim.lastMs < this.txIdleMs) {
+      this.noEvictBefore = oldest + this.txIdleMs;
+      return false;
+    }
     this.txs.delete(victim.port);
     this.closeTxSocket(victim);
     this.txStats.evicted++;
@@ -439,13 +485,13 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
       const fd = n.udpOpenTx4(parseIpv4(this.localIp), port, this.socketBufferBytes, this.netdev);
       if (fd < 0) return null;
       this.mcastSendFd(fd);
-      return { port, fd, sock: null, ready: true, lastTurn: this.turn, inflight: 0 };
+      return { port, fd, sock: null, ready: true, lastTurn: this.turn, lastMs: this.clockMs(), inflight: 0 };
     }
     // Node's socket binds asynchronously but queues what is sent meanwhile and sends it once bound,
     // so the port is usable at once. If the bind fails (a foreign socket holds the port without
     // SO_REUSEADDR), Node drops that queue without calling back: txSocketFailed gives the buffers back.
     const sock = dgram.createSocket({ type: this.family === 6 ? 'udp6' : 'udp4', reuseAddr: true, ipv6Only: this.family === 6 });
-    const e: TxSocket = { port, fd: -1, sock, ready: true, lastTurn: this.turn, inflight: 0 };
+    const e: TxSocket = { port, fd: -1, sock, ready: true, lastTurn: this.turn, lastMs: this.clockMs(), inflight: 0 };
     let failed = false;
     sock.on('error', () => {
       if (failed) return;
