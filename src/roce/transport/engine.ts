@@ -117,7 +117,9 @@ export class Engine {
   }
   /** the QPs with packets in flight (each one's count: req.accounted, its index here: req.busyAt) */
   private readonly busy: TransportQp[] = [];
+  /** the QPs held (FIFO from capWaitHead) */
   private readonly capWait: TransportQp[] = [];
+  private capWaitHead = 0;
   private readonly capWaitSet = new Set<TransportQp>();
   private recountAt = -Infinity;
   /** the requester asks before a new message of an RC QP: true = wait (the QP is queued) */
@@ -164,12 +166,31 @@ export class Engine {
     for (let i = this.busy.length - 1; i >= 0; i--) if (i < this.busy.length) this.account(this.busy[i]!);
   }
   private capTimer: TimerHandle | null = null;
-  /** ACKs freed part of the device's share: the QPs held get their turn, first come first. */
+  /**
+   * ACKs freed part of the device's share: the QPs held get their turn, first come first, as many
+   * as the freed part takes at a contended run's packets each (at least one). Waking every held QP
+   * at each ACK let the first take the share again and the rest (up to ~1,000) run only to be held
+   * again, each run costing a token of the turn's budget: most of a turn went on runs that sent
+   * nothing (issue 15's 1,000-QP case).
+   */
   private releaseHeld(): void {
-    if (this.capWait.length === 0 || this.inflight >= this.cap) return;
-    const w = this.capWait.splice(0);
-    this.capWaitSet.clear();
-    for (const qp of w) if (!qp.closed) this.kick(qp);
+    const w = this.capWait;
+    let free = this.cap - this.inflight;
+    while (free > 0 && this.capWaitHead < w.length) {
+      const qp = w[this.capWaitHead]!;
+      w[this.capWaitHead++] = undefined as unknown as TransportQp;
+      this.capWaitSet.delete(qp);
+      if (qp.closed) continue;
+      free -= RUN_PACKETS_CONTENDED;
+      this.kick(qp);
+    }
+    if (this.capWaitHead === w.length) {
+      w.length = 0;
+      this.capWaitHead = 0;
+    } else if (this.capWaitHead >= 1024 && this.capWaitHead * 2 >= w.length) {
+      w.splice(0, this.capWaitHead);
+      this.capWaitHead = 0;
+    }
   }
 
   /**
@@ -282,6 +303,7 @@ export class Engine {
       q.length = 0;
       this.runqHead = 0;
       this.capWait.length = 0;
+      this.capWaitHead = 0;
       this.capWaitSet.clear();
       for (const qp of this.busy) qp.req.busyAt = -1;
       this.busy.length = 0;
@@ -292,7 +314,7 @@ export class Engine {
     this.releaseHeld();
     // A count gone stale (a QP that went to ERR without a last run) must not hold the others
     // forever when no ACK is left to come and run the pump: look again in 5 ms.
-    if (this.capWait.length > 0 && this.capTimer === null) {
+    if (this.capWaitHead < this.capWait.length && this.capTimer === null) {
       this.capTimer = this.host.sched.setTimer(5, () => {
         this.capTimer = null;
         if (this.host.closed) return;
