@@ -248,6 +248,16 @@ t.test(`UDP loopback (${backend}): a capture through the pcap recorder, checked 
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
 
+/** One 16-byte datagram from tx to rx out of the port tx's pool grants flow port `want`; resolves to that port after 1 ms. */
+async function sendFromFlowPort(tx: UdpLink, rx: UdpLink, want: number): Promise<number> {
+  const sp = tx.sourcePort(want);
+  const b = tx.allocTx()!;
+  b.fill(0, 0, 16);
+  tx.send(b, 16, '127.0.12.9', rx.localPort, 0, sp);
+  await new Promise((r) => setTimeout(r, 1));
+  return sp;
+}
+
 t.test(`UDP (${backend}): send sockets bounded by the cap; past it the least recently used idle one is closed`, async (t) => {
   const rx = await UdpLink.open({ address: '127.0.12.9', port: 0 });
   const got: number[] = [];
@@ -255,14 +265,7 @@ t.test(`UDP (${backend}): send sockets bounded by the cap; past it the least rec
   // txSocketIdleMs 0: plain LRU (the default keeps a socket chosen in the last second; below)
   const tx = await UdpLink.open({ address: '127.0.12.8', port: 0, txSockets: 8, txSocketIdleMs: 0 });
   const base = fdCount();
-  const send = async (want: number): Promise<number> => {
-    const sp = tx.sourcePort(want);
-    const b = tx.allocTx()!;
-    b.fill(0, 0, 16);
-    tx.send(b, 16, '127.0.12.9', rx.localPort, 0, sp);
-    await new Promise((r) => setTimeout(r, 1));
-    return sp;
-  };
+  const send = (want: number): Promise<number> => sendFromFlowPort(tx, rx, want);
   const ports = Array.from({ length: 20 }, (_, i) => 0xc100 + i);
   for (const p of ports) t.equal(await send(p), p, `port ${p.toString(16)} granted`);
   t.ok(tx.txSocketCount <= 8, `${tx.txSocketCount} send sockets open (cap 8)`);
@@ -293,14 +296,7 @@ t.test(`UDP (${backend}): past the cap, a socket chosen within txSocketIdleMs st
   const got: number[] = [];
   rx.setReceiver((_b, _l, _ip, sport) => got.push(sport));
   const tx = await UdpLink.open({ address: '127.0.12.8', port: 0, txSockets: 2, txSocketIdleMs: 300 });
-  const send = async (want: number): Promise<number> => {
-    const sp = tx.sourcePort(want);
-    const b = tx.allocTx()!;
-    b.fill(0, 0, 16);
-    tx.send(b, 16, '127.0.12.9', rx.localPort, 0, sp);
-    await new Promise((r) => setTimeout(r, 1));
-    return sp;
-  };
+  const send = (want: number): Promise<number> => sendFromFlowPort(tx, rx, want);
   t.equal(await send(0xc300), 0xc300);
   t.equal(await send(0xc301), 0xc301);
   // Both sockets were chosen just now: a third flow port does not close one (1,000 busy flows
