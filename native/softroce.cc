@@ -27,6 +27,7 @@
 #include <napi.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
@@ -1178,6 +1179,55 @@ static Napi::Value FdWatchStop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// copyBytes(src, s, dst, d, n) -> n, or -1 (nothing copied) if either range is outside its array.
+// Buffer.prototype.copy of part of a buffer builds a Uint8Array view of the source on every call
+// (node lib/buffer.js _copyActual): one young-generation object per packet on the responder's and the
+// requester's copy paths. A memcpy behind one call allocates nothing (issue 15: the 60 s heap check).
+static napi_value CopyBytes(napi_env env, napi_callback_info cbi) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_value ret;
+  if (napi_get_cb_info(env, cbi, &argc, argv, nullptr, nullptr) != napi_ok || argc < 5) {
+    napi_create_int32(env, -1, &ret);
+    return ret;
+  }
+  napi_typedarray_type t1, t2;
+  size_t l1 = 0, l2 = 0;
+  void *p1 = nullptr, *p2 = nullptr;
+  uint32_t s = 0, d = 0, n = 0;
+  if (napi_get_typedarray_info(env, argv[0], &t1, &l1, &p1, nullptr, nullptr) != napi_ok ||
+      napi_get_typedarray_info(env, argv[2], &t2, &l2, &p2, nullptr, nullptr) != napi_ok || t1 != napi_uint8_array ||
+      t2 != napi_uint8_array || napi_get_value_uint32(env, argv[1], &s) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &d) != napi_ok || napi_get_value_uint32(env, argv[4], &n) != napi_ok ||
+      (uint64_t)s + n > l1 || (uint64_t)d + n > l2) {
+    napi_create_int32(env, -1, &ret);
+    return ret;
+  }
+  if (n > 0) memmove(static_cast<uint8_t*>(p2) + d, static_cast<uint8_t*>(p1) + s, n);
+  napi_create_uint32(env, n, &ret);
+  return ret;
+}
+
+// clockNow(f64) writes CLOCK_MONOTONIC (libuv's hrtime clock, performance.now()'s) in ms into f64[0].
+// Node 20's performance.now() returns a new heap number from C++ on every call; the transport reads
+// the clock several times per packet (ACK deadlines, the IPv4 ID window), each one a young object.
+// Written into the caller's array, the value stays an unboxed double in optimized code.
+static napi_value ClockNow(napi_env env, napi_callback_info cbi) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, cbi, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1) return nullptr;
+  napi_typedarray_type t;
+  size_t len = 0;
+  void* p = nullptr;
+  if (napi_get_typedarray_info(env, argv[0], &t, &len, &p, nullptr, nullptr) != napi_ok || t != napi_float64_array ||
+      len < 1)
+    return nullptr;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  static_cast<double*>(p)[0] = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+  return nullptr;
+}
+
 // The TX fast path (fast-tx.cc): txSegments, TX_HDR_STRIDE.
 void InitFastTx(Napi::Env env, Napi::Object exports);
 // The CRC-32 both fast paths share (crc32.cc): txCrc32, crcBench.
@@ -1185,6 +1235,13 @@ void InitCrc32(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
+  {
+    napi_value f;
+    if (napi_create_function(env, "copyBytes", NAPI_AUTO_LENGTH, CopyBytes, nullptr, &f) == napi_ok)
+      exports.Set("copyBytes", Napi::Value(env, f));
+    if (napi_create_function(env, "clockNow", NAPI_AUTO_LENGTH, ClockNow, nullptr, &f) == napi_ok)
+      exports.Set("clockNow", Napi::Value(env, f));
+  }
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
   exports.Set("bindToDevice", Napi::Function::New(env, BindToDevice));
   exports.Set("udpOpen4", Napi::Function::New(env, UdpOpen4));

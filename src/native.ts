@@ -13,6 +13,10 @@ export interface NativeAddon {
   bindToDevice(fd: number, ifname: string): number;
   /** tos > 0: every datagram carries IP_TOS = tos (a cmsg; the AV's traffic class) */
   sendPackets(fd: number, bufs: Buffer[], lens: number[], n: number, ipv4: number, port: number, gsoSize: number, tos?: number): number;
+  /** memmove of src[s, s+n) to dst[d, d+n) with no view allocated; n, or -1 (nothing copied) if a range is outside its array */
+  copyBytes?: (src: Uint8Array, s: number, dst: Uint8Array, d: number, n: number) => number;
+  /** writes CLOCK_MONOTONIC (performance.now()'s clock) in ms into f64[0]; returns nothing, allocates nothing */
+  clockNow?: (f64: Float64Array) => void;
   /** a bound, non-blocking IPv4 UDP socket (IP_PMTUDISC_DO, UDP_GRO), or -errno */
   udpOpen4?(ipv4: number, port: number, bufBytes: number, netdev: string): number;
   /** a send-only IPv4 UDP socket bound to ipv4:port for a flow source port (IP_PMTUDISC_DO, SO_REUSEADDR, receives nothing), or -errno */

@@ -23,6 +23,7 @@
  * Hot path: the masked pseudo-header is built in a preallocated scratch
  * buffer; the CRC then continues over the packet in place.
  */
+import { monoMs } from './clock.js';
 import * as zlib from 'node:zlib';
 
 // ---------------------------------------------------------------- CRC-32 ---
@@ -437,8 +438,12 @@ export class Ipv4IdWindow {
   static readonly FWD = 64;
   /** Out-of-window packets dropped (also counted as rcvd_icrc_err by the device). */
   outOfWindow = 0;
-  /** Milliseconds, monotonic; replaceable for replaying captures. */
-  clock: () => number = () => performance.now();
+  /**
+   * Milliseconds, monotonic; replaceable for replaying captures. Whole milliseconds (the state keeps
+   * them as int32): an integer return is a small integer, not a boxed double allocated on every
+   * packet, which the closure call (never inlined) would return (issue 15: the 60 s heap check).
+   */
+  clock: () => number = () => monoMs() | 0;
   private readonly peers = new Map<number, Int32Array>();
   private static readonly MAX_PEERS = 4096;
 

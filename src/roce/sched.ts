@@ -4,6 +4,8 @@
  * setImmediate for deferred work (bounded work per event-loop turn, never a
  * microtask loop) and setTimeout for the ACK and RNR timers.
  */
+import { monoMs } from './clock.js';
+
 export interface TimerHandle {
   cancelled: boolean;
 }
@@ -29,9 +31,61 @@ function rethrow(err: unknown): never {
   throw err;
 }
 
+/**
+ * The end of a turn's transport work, without process.nextTick. A link's send batch (udp-base.ts)
+ * goes out once the work that may still add to it has run: the soon() queues of every
+ * RealScheduler (a coalesced ACK, an application's post from an awaiting continuation, the
+ * requester run it kicks), so an ACK and the answer it goes with leave in one sendmmsg (issue 15,
+ * ib_send_lat). Run at the end of the last pending soon() drain, or by a microtask of its own when
+ * none is pending. (Node 20 allocates a Map and its iterator in every processTicksAndRejections
+ * that a nextTick starts: once per receive batch, the largest young-generation source left on a
+ * bandwidth responder; issue 15's heap check.)
+ */
+let soonPending = 0; // soon() drains queued and not yet run, over every RealScheduler
+let draining = 0; // soon() drains running
+const endQ: Array<(() => void) | undefined> = [];
+let endHead = 0;
+let endTail = 0;
+let endQueued = false;
+
+/** Runs fn once this turn's soon() work is done (see above); a function queued twice runs twice. */
+export function atTurnEnd(fn: () => void): void {
+  endQ[endTail++] = fn;
+  if (soonPending === 0 && draining === 0 && !endQueued) {
+    endQueued = true;
+    void RESOLVED.then(runEndFromMicrotask);
+  }
+}
+
+function runEndFromMicrotask(): void {
+  endQueued = false;
+  runEnd();
+}
+
+function runEnd(): void {
+  // A drain still to come runs it at its end (its work may add to the batches).
+  if (soonPending > 0 || draining > 0) return;
+  try {
+    while (endHead < endTail) {
+      const fn = endQ[endHead]!;
+      endQ[endHead++] = undefined;
+      fn();
+    }
+    endHead = endTail = 0;
+    if (endQ.length > 1024) endQ.length = 0;
+  } catch (err) {
+    // As a throw from a microtask is reported: uncaught, on the next tick; the rest still runs.
+    process.nextTick(rethrow, err);
+    if (endHead < endTail && !endQueued) {
+      endQueued = true;
+      void RESOLVED.then(runEndFromMicrotask);
+    }
+  }
+}
+
 export class RealScheduler implements Scheduler {
   now(): number {
-    return performance.now();
+    return monoMs();
   }
   defer(fn: () => void): void {
     setImmediate(fn);
@@ -43,13 +97,18 @@ export class RealScheduler implements Scheduler {
   private soonQueued = false;
   private readonly soonDrain = (): void => {
     this.soonQueued = false;
+    soonPending--;
+    draining++;
     try {
       this.flushSoon();
     } catch (err) {
       // As queueMicrotask reports a throw: an uncaught exception (here on the next tick), not a
       // rejection of the promise that ran this.
       process.nextTick(rethrow, err);
+    } finally {
+      draining--;
     }
+    if (endHead < endTail) runEnd();
   };
   /**
    * Queues the drain as a reaction to a resolved promise: a microtask like queueMicrotask's, without
@@ -58,6 +117,7 @@ export class RealScheduler implements Scheduler {
    */
   private queueDrain(): void {
     this.soonQueued = true;
+    soonPending++;
     void RESOLVED.then(this.soonDrain);
   }
   soon(fn: () => void): void {

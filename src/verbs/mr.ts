@@ -20,6 +20,9 @@ export class Mr implements MemoryRegion {
   readonly buffer: Buffer;
   readonly length: number;
   readonly addr: bigint;
+  /** addr's high and low 32 bits, for the transport's per-packet bounds check */
+  readonly addrHi: number;
+  readonly addrLo: number;
   readonly lkey: number;
   readonly rkey: number;
   /** ACCESS bits */
@@ -38,6 +41,8 @@ export class Mr implements MemoryRegion {
     this.buffer = Buffer.from(mem.buffer, mem.byteOffset, mem.byteLength);
     this.length = mem.byteLength;
     this.addr = nextVa;
+    this.addrHi = Number(nextVa >> 32n);
+    this.addrLo = Number(nextVa & 0xffff_ffffn);
     // Next region one page further than this one's end: addresses never overlap.
     nextVa += (BigInt(mem.byteLength) + 0x1fffn) & ~0xfffn;
     this.access = access;

@@ -92,6 +92,76 @@ t.test('RNR_RETRY_EXC_ERR after rnr_retry RNR NAKs', async (t) => {
   await p.close();
 });
 
+t.test("the responder's R_Key cache: alternating MRs, a key without the access, a deregistered key", async (t) => {
+  // The responder remembers the MR the last R_Key resolved to; a different key, or the same key of
+  // an MR that no longer allows the access, must go by the device's table every time.
+  const p = await makePair({ memSize: 1 << 16 });
+  const { a, b } = p;
+  fill(a.mem, 5);
+  const m1 = b.pd.regMr(Buffer.alloc(8192), ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']);
+  const m2 = b.pd.regMr(Buffer.alloc(8192), ['LOCAL_WRITE', 'REMOTE_WRITE', 'REMOTE_READ']);
+  const ro = b.pd.regMr(Buffer.alloc(8192), ['REMOTE_READ']);
+  const write = async (mr: typeof m1, at: number, n: number): Promise<string | undefined> => {
+    a.qp.postSend({ wrId: at, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: at, length: n }], remote: { addr: mr.addr + BigInt(at), rkey: mr.rkey } });
+    return (await waitWc(p, a.scq, 1))[0]?.status;
+  };
+  await reconnect(p);
+  const got: Array<string | undefined> = [];
+  for (let i = 0; i < 6; i++) got.push(await write(i % 2 === 0 ? m1 : m2, i * 100, 3000));
+  t.same(got, Array(6).fill('SUCCESS'), 'writes alternating between two MRs all land');
+  t.ok(m1.buffer.subarray(400, 3400).equals(a.mem.subarray(400, 3400)), 'in the first MR');
+  t.ok(m2.buffer.subarray(500, 3500).equals(a.mem.subarray(500, 3500)), 'and in the second');
+  t.equal(await write(ro, 0, 100), 'REM_ACCESS_ERR', 'a key without REMOTE_WRITE, right after a cached one that had it');
+  await reconnect(p);
+  t.equal(await write(m2, 0, 100), 'SUCCESS');
+  const before = Buffer.from(m2.buffer);
+  m2.close();
+  t.equal(await write(m2, 0, 100), 'REM_ACCESS_ERR', 'the key just deregistered, the one the cache held');
+  t.ok(m2.buffer.equals(before), 'no byte written after the deregistration');
+  await reconnect(p);
+  t.equal(await write(m1, 0, 100), 'SUCCESS', 'the other MR still works');
+  m1.close();
+  ro.close();
+  await p.close();
+});
+
+t.test("addresses whose 32-bit halves differ from the region's are refused, whatever the low half", async (t) => {
+  // The responder's bounds check works on the VA's two 32-bit halves (no bigint per packet): an
+  // address a multiple of 2^32 away from the region, or below it, or far above, must not alias into it.
+  const p = await makePair({ memSize: 1 << 16 });
+  const { a, b } = p;
+  fill(a.mem, 9);
+  const snapshot = Buffer.from(b.mem);
+  const deltas = [-4096n, -1n, 1n << 32n, -(1n << 32n), (1n << 32n) + 64n, 1n << 52n, 1n << 53n, 1n << 63n, -(1n << 63n)];
+  let n = 0;
+  let i = 0;
+  for (const d of deltas) {
+    for (const op of ['RDMA_WRITE', 'RDMA_READ', 'ATOMIC_FETCH_AND_ADD'] as const) {
+      await reconnect(p);
+      const addr = BigInt.asUintN(64, b.mr.addr + d) & ~7n;
+      const rkey = b.mr.rkey;
+      const wr =
+        op === 'ATOMIC_FETCH_AND_ADD'
+          ? ({ wrId: i, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const)
+          : ({ wrId: i, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const);
+      a.qp.postSend(wr);
+      const w = await waitWc(p, a.scq, 1);
+      if (w[0]?.status === 'REM_ACCESS_ERR') n++;
+      else t.fail(`${op} at region ${d >= 0n ? '+' : ''}${d}: ${w[0]?.status}`);
+      i++;
+    }
+  }
+  t.equal(n, deltas.length * 3, 'every access outside the region completed with REM_ACCESS_ERR');
+  t.ok(b.mem.equals(snapshot), 'the region is unchanged');
+  // and the halves of an address inside still find the right bytes
+  await reconnect(p);
+  a.qp.postSend({ wrId: 99, opcode: 'RDMA_WRITE', sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr: b.mr.addr + 1000n, rkey: b.mr.rkey } });
+  const w = await waitWc(p, a.scq, 1);
+  t.equal(w[0]?.status, 'SUCCESS');
+  t.ok(b.mem.subarray(1000, 1100).equals(a.mem.subarray(0, 100)), 'written at offset 1000');
+  await p.close();
+});
+
 t.test('bad R_Keys and out-of-bounds addresses never touch memory; the requester gets REM_ACCESS_ERR', async (t) => {
   const p = await makePair({ memSize: 1 << 16 });
   const { a, b } = p;

@@ -18,6 +18,9 @@ import { RX_ICRC_OK, RX_ID_INFERRED, SEG_HDR_STRIDE, type PlacedHandler, type Pl
 
 const { EADDRINUSE, EADDRNOTAVAIL, EINVAL, EPERM, EACCES, EBADF } = osConstants.errno;
 
+/** Segment sizes whose views a receive slot keeps (more: the slot starts over). */
+const RX_SEG_SIZES = 8;
+
 export class NativeLink extends UdpLinkBase {
   protected readonly dropRefused = true;
   // The receive slots the addon fills, and packets waiting for the socket to drain.
@@ -31,8 +34,7 @@ export class NativeLink extends UdpLinkBase {
    * in place, with no copy and no new object per packet. (A receiver may not keep the buffer past its
    * call: the slot is overwritten by the next read, as a whole datagram's always was.)
    */
-  private rxSegViews: Buffer[][] = [];
-  private rxSegSize: number[] = [];
+  private rxSegViews: Array<Map<number, Buffer[]>> = [];
   /** RX fast path: per slot, the bitmap (2 words) of segments whose ICRC the addon verified; null: off */
   private rxIcrcOk: Uint32Array | null = null;
   /**
@@ -100,8 +102,7 @@ export class NativeLink extends UdpLinkBase {
     link.rxData = Buffer.allocUnsafeSlow(slots * slotSize);
     link.rxMeta = new Uint32Array(slots * 4);
     link.rxSlots = Array.from({ length: slots }, (_, i) => link.rxData!.subarray(i * slotSize, (i + 1) * slotSize));
-    link.rxSegViews = Array.from({ length: slots }, () => []);
-    link.rxSegSize = new Array<number>(slots).fill(0);
+    link.rxSegViews = Array.from({ length: slots }, () => new Map<number, Buffer[]>());
     // inRx: the slots are in use while a batch is handed over (see pollRx).
     const onRx = (k: number): void => {
       link.inRx = true;
@@ -293,11 +294,15 @@ export class NativeLink extends UdpLinkBase {
         continue;
       }
       // A GRO datagram: equal segments of `seg` bytes, the last one possibly shorter, each handed
-      // up in place through a view made once per slot and segment size.
-      let views = this.rxSegViews[i]!;
-      if (this.rxSegSize[i] !== seg) {
-        this.rxSegSize[i] = seg;
-        views = this.rxSegViews[i] = [];
+      // up in place through a view made once per slot and segment size. A slot sees a few sizes in
+      // turn (a WRITE's FIRST carries a RETH, its MIDDLEs not, the LAST is shorter): each size keeps
+      // its views, so alternating sizes make no new ones (issue 15: the 60 s heap check).
+      const bySize = this.rxSegViews[i]!;
+      let views = bySize.get(seg);
+      if (views === undefined) {
+        if (bySize.size >= RX_SEG_SIZES) bySize.clear();
+        views = [];
+        bySize.set(seg, views);
       }
       for (let off = 0, k = 0; off < len; off += seg, k++) {
         const l = Math.min(seg, len - off);

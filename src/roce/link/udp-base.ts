@@ -6,6 +6,8 @@
  * packet. A backend says what happens to what a batch could not send
  * (`sendAside`) and when it must not batch at all (`sendBlocked`).
  */
+import { monoMs } from '../clock.js';
+import { atTurnEnd } from '../sched.js';
 import { EventEmitter } from 'node:events';
 import * as dgram from 'node:dgram';
 import { closeSync } from 'node:fs';
@@ -434,10 +436,10 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
 
   /** The time a socket chosen now is stamped with: batched, one clock read per flush turn. */
   private clockMs(): number {
-    if (this.native === null) return performance.now();
+    if (this.native === null) return monoMs();
     if (this.turnMsOf !== this.turn) {
       this.turnMsOf = this.turn;
-      this.turnMs = performance.now();
+      this.turnMs = monoMs();
     }
     return this.turnMs;
   }
@@ -564,12 +566,12 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     if (this.qn === 64) this.flush();
     else if (!this.flushing) {
       this.flushing = true;
-      // process.nextTick, not a microtask: Node runs the tick queue once the microtask queue is
-      // empty, so the flush comes after every promise continuation of this turn. A coalesced ACK
-      // (queued at the end of a receive batch) then leaves in one sendmmsg with the application's
-      // answer to the request it acknowledges (posted from an awaiting continuation): one syscall
-      // instead of two, and the peer reads both in one batch (issue 15, ib_send_lat).
-      process.nextTick(this.flushFn);
+      // At the end of the turn's transport work (sched.ts atTurnEnd): after the soon() drains, so a
+      // coalesced ACK (queued at the end of a receive batch) leaves in one sendmmsg with the
+      // application's answer to the request it acknowledges (posted from an awaiting continuation):
+      // one syscall instead of two, and the peer reads both in one batch (issue 15, ib_send_lat).
+      // Not process.nextTick: Node 20 allocates a Map per tick-queue run (issue 15's heap check).
+      atTurnEnd(this.flushFn);
     }
   }
 

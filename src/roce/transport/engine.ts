@@ -55,7 +55,7 @@ export class Engine {
       return;
     } else {
       qp.req.scheduled = true;
-      this.runq.push(qp);
+      this.runq[this.runqTail++] = qp;
     }
     if (soon && this.turnLeft > 0) {
       if (!this.pumpSoonPending) {
@@ -235,8 +235,13 @@ export class Engine {
    * seconds), and ACK timers fired in the next timers phase, before the ACKs already waiting in
    * the socket were read (issue 10: 97% duplicates).
    */
+  /**
+   * runq[runqHead, runqTail): emptied by position, never by length = 0, which gives the array's
+   * store back so that the next kick allocated a new one (once per pump: issue 15's heap check).
+   */
   private readonly runq: TransportQp[] = [];
   private runqHead = 0;
+  private runqTail = 0;
   private pumpPending = false;
   private pumpSoonPending = false;
   private refillPending = false;
@@ -271,7 +276,7 @@ export class Engine {
     this.adjustCap();
     const q = this.runq;
     const start = this.turnLeft;
-    while (this.runqHead < q.length && this.turnLeft > 0) {
+    while (this.runqHead < this.runqTail && this.turnLeft > 0) {
       const qp = q[this.runqHead]!;
       q[this.runqHead++] = undefined as unknown as TransportQp;
       qp.req.scheduled = false;
@@ -282,7 +287,7 @@ export class Engine {
       }
       this.account(qp);
       // A smaller share per run while many QPs wait, so one round over all of them stays short.
-      const waiting = q.length - this.runqHead;
+      const waiting = this.runqTail - this.runqHead;
       const budget = waiting >= 64 ? RUN_PACKETS_CONTENDED : RUN_PACKETS;
       const wasParked = qp.comp.parked;
       qp.comp.parked = false;
@@ -292,16 +297,19 @@ export class Engine {
       // Every run costs at least one token: runs that find nothing to send are bounded too.
       this.turnLeft -= Math.max(1, sent);
     }
-    if (this.runqHead === q.length) {
-      q.length = 0;
-      this.runqHead = 0;
-    } else if (this.runqHead >= 1024 && this.runqHead * 2 >= q.length) {
-      q.splice(0, this.runqHead);
+    if (this.runqHead === this.runqTail) {
+      this.runqHead = this.runqTail = 0;
+      // A queue that once held thousands of QPs gives that store back.
+      if (q.length > 4096) q.length = 0;
+    } else if (this.runqHead >= 1024 && this.runqHead * 2 >= this.runqTail) {
+      q.copyWithin(0, this.runqHead, this.runqTail);
+      this.runqTail -= this.runqHead;
+      q.fill(undefined as unknown as TransportQp, this.runqTail, this.runqTail + this.runqHead);
       this.runqHead = 0;
     }
     if (this.host.closed) {
       q.length = 0;
-      this.runqHead = 0;
+      this.runqHead = this.runqTail = 0;
       this.capWait.length = 0;
       this.capWaitHead = 0;
       this.capWaitSet.clear();
@@ -322,7 +330,7 @@ export class Engine {
         this.pump();
       });
     }
-    if (q.length > 0) {
+    if (this.runqTail > this.runqHead) {
       if (!this.pumpPending) {
         this.pumpPending = true;
         this.host.sched.defer(this.pumpFn);

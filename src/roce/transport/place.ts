@@ -16,7 +16,7 @@
  * this same thread, so disarming before returning to the user (MR deregistration or
  * invalidation, any QP modify or state change, destroy, device teardown) is enough.
  */
-import { PLACE_READ_MIDDLE, PLACE_SEND_MIDDLE, PLACE_WRITE_MIDDLE, type Link } from '../link/link.js';
+import { PLACE_READ_MIDDLE, PLACE_SEND_MIDDLE, PLACE_WRITE_MIDDLE, type Link, type PlacementArm } from '../link/link.js';
 import type { TransportQp as Qp } from './types.js';
 import { ACCESS, WcStatusIdx, WrOp } from './types.js';
 import type { MemoryRegion, SgeLike } from './shared.js';
@@ -37,6 +37,39 @@ const SEND_FIRST = 0x00,
   WRITE_MIDDLE = 0x07;
 
 /** the links each armed QP is armed on (the ports its WRITE and its READ responses arrived by) */
+/**
+ * The one argument object every arm fills: armPlacement reads it before it returns, so an arm
+ * allocates nothing (an object literal per arm was one young object per message: issue 15's heap check).
+ */
+const ARM: PlacementArm = { qpn: 0, opcode: 0, psn: 0, pmtu: 0, mem: new Uint8Array(0), off: 0, budget: 0, srcIpNum: 0, srcPort: 0 };
+const NO_MEM = ARM.mem;
+
+function armLink(
+  link: Link,
+  qpn: number,
+  opcode: number,
+  psn: number,
+  pmtu: number,
+  mem: Uint8Array,
+  off: number,
+  budget: number,
+  srcIpNum: number,
+  srcPort: number,
+): boolean {
+  ARM.qpn = qpn;
+  ARM.opcode = opcode;
+  ARM.psn = psn;
+  ARM.pmtu = pmtu;
+  ARM.mem = mem;
+  ARM.off = off;
+  ARM.budget = budget;
+  ARM.srcIpNum = srcIpNum;
+  ARM.srcPort = srcPort;
+  const ok = link.armPlacement!(ARM);
+  ARM.mem = NO_MEM; // keeps no region's memory alive
+  return ok;
+}
+
 const armedOn = new WeakMap<Qp, Link[]>();
 /** the MR a QP's READ arm (its SEND arm) places into: an MR's deregistration disarms the QPs placing into it */
 const readArmMr = new WeakMap<Qp, MemoryRegion>();
@@ -71,19 +104,7 @@ export function armAfterRequest(qp: Qp, link: Link, srcIpNum: number, srcPort: n
   // Whole MTUs that leave the LAST packet (>= 1 byte: r.resid - 1) to JS.
   const pkts = Math.floor((r.resid - 1) / mtu);
   if (pkts < 1 || r.mrOff + pkts * mtu > mr.buffer.length) return;
-  if (
-    link.armPlacement!({
-      qpn: qp.qpn,
-      opcode: PLACE_WRITE_MIDDLE,
-      psn: r.psn,
-      pmtu: mtu,
-      mem: mr.buffer,
-      off: r.mrOff,
-      budget: pkts * mtu,
-      srcIpNum,
-      srcPort,
-    })
-  ) {
+  if (armLink(link, qp.qpn, PLACE_WRITE_MIDDLE, r.psn, mtu, mr.buffer, r.mrOff, pkts * mtu, srcIpNum, srcPort)) {
     noteArmed(qp, link);
   }
 }
@@ -106,19 +127,7 @@ function armSend(qp: Qp, link: Link, srcIpNum: number, srcPort: number): void {
   const mtu = qp.pathMtu;
   const pkts = Math.floor(Math.min(at.room, w.length - r.offset) / mtu);
   if (pkts < 1) return;
-  if (
-    link.armPlacement!({
-      qpn: qp.qpn,
-      opcode: PLACE_SEND_MIDDLE,
-      psn: r.psn,
-      pmtu: mtu,
-      mem: at.sge.mr.buffer,
-      off: at.off,
-      budget: pkts * mtu,
-      srcIpNum,
-      srcPort,
-    })
-  ) {
+  if (armLink(link, qp.qpn, PLACE_SEND_MIDDLE, r.psn, mtu, at.sge.mr.buffer, at.off, pkts * mtu, srcIpNum, srcPort)) {
     noteArmed(qp, link);
     sendArmMr.set(qp, at.sge.mr);
   }
@@ -264,19 +273,7 @@ export function armAfterResponse(qp: Qp, link: Link, srcIpNum: number, srcPort: 
   if (pkts < 1 || at === null) return;
   pkts = Math.min(pkts, Math.floor(at.room / mtu));
   if (pkts < 1) return;
-  if (
-    link.armPlacement!({
-      qpn: qp.qpn,
-      opcode: PLACE_READ_MIDDLE,
-      psn: qp.comp.psn,
-      pmtu: mtu,
-      mem: at.sge.mr.buffer,
-      off: at.off,
-      budget: pkts * mtu,
-      srcIpNum,
-      srcPort,
-    })
-  ) {
+  if (armLink(link, qp.qpn, PLACE_READ_MIDDLE, qp.comp.psn, mtu, at.sge.mr.buffer, at.off, pkts * mtu, srcIpNum, srcPort)) {
     noteArmed(qp, link);
     readArmMr.set(qp, at.sge.mr);
   }

@@ -245,12 +245,12 @@ export function deviceRxPlaced(
   }
   const win = idWindow(port);
   const known = (firstIpIdDf & RX_ID_INFERRED) === 0;
-  if (known || dev.icrcIpv4 === 'infer-id') {
-    for (let j = 0; j < count; j++) {
-      const id = (firstIpIdDf + j) & 0xffff;
-      if (known) win.known(src, id);
-      else win.accept(src, id);
-    }
+  // One clock read per run, not per packet. A known ID only sets the window's reference, so the
+  // run's last ID is all it needs; inferred ones are each checked against the window.
+  if (known) win.known(src, (firstIpIdDf + count - 1) & 0xffff, win.clock());
+  else if (dev.icrcIpv4 === 'infer-id') {
+    const now = win.clock();
+    for (let j = 0; j < count; j++) win.accept(src, (firstIpIdDf + j) & 0xffff, now);
   }
   const qp = dev.qps.get(qpn);
   if (!qp || qp.closed) {

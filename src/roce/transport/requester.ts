@@ -8,6 +8,7 @@
  * and stops when the link's tx pool is empty (resumed on 'drain'). Work per
  * run is bounded; the rest is rescheduled.
  */
+import { copyBytes } from '../wire/copy.js';
 import { WqeState, type SendWqe } from './wqe.js';
 import { isRdAtomic, type TransportQp as Qp } from './types.js';
 import { WrOp } from './types.js';
@@ -607,6 +608,6 @@ function advancePsn(qp: Qp, next: number): void {
 /** Copies message bytes [from, from+n) of a WQE (its inline copy, or its SGL) to dst. */
 export function gather(wqe: SendWqe, from: number, dst: Buffer, at: number, n: number): void {
   if (n === 0) return;
-  if (wqe.inline) wqe.inline.copy(dst, at, from, from + n);
+  if (wqe.inline) copyBytes(wqe.inline, from, dst, at, n);
   else gatherSgl(wqe.sg, from, dst, at, n);
 }

@@ -3,6 +3,7 @@
  * each: a step takes the request's context and returns the next state. What differs between RC,
  * UC and UD is one row per QP type (TypeRow), not branches inside the steps.
  */
+import { copyBytes } from '../wire/copy.js';
 import type { TransportQp as Qp, MemoryRegion as Mr } from './types.js';
 import { ACCESS, WcStatusIdx } from './types.js';
 import { aethAck, aethNak, aethRnrNak, NakCode } from '../aeth.js';
@@ -44,11 +45,32 @@ export const NO_SRC = new Uint8Array(4);
  * R_Key, of this QP's PD, valid, allowing `need`, holding [va, va+len).
  * Returns the offset into the MR (c.mr holds the MR, null when there is none) or -1.
  */
-function checkRkey(c: RespCtx, rkey: number, va: bigint, len: number, need: number): number {
+function checkRkey(c: RespCtx, buf: Buffer, rkeyOff: number, vaOff: number, len: number, need: number): number {
   const qp = c.qp;
-  const mr = qp.device.mrByRkey.get(rkey);
-  c.mr = mr ?? null;
-  return mr && mr.pd === qp.pd && mr.allows(need) ? mr.offsetOf(va, len) : -1;
+  const r = qp.resp;
+  // Read here, not passed in: a key past 2^30 would be boxed for the call (issue 15's heap check).
+  const rkey = buf.readUInt32BE(rkeyOff);
+  // The MR the last R_Key resolved to, if this is the same key and it still allows the access;
+  // anything else is looked up in the device's table (a key freed and given to a new MR is found
+  // there). The table's lookup needs the key as a heap number, once per key change, not per packet.
+  let mr = r.keyMr;
+  if (mr === null || mr.rkey !== rkey || mr.pd !== qp.pd || !mr.allows(need)) {
+    mr = qp.device.mrByRkey.get(rkey) ?? null;
+    r.keyMr = mr;
+  }
+  c.mr = mr;
+  return mr !== null && mr.pd === qp.pd && mr.allows(need) ? offsetIn(mr, buf, vaOff, len) : -1;
+}
+
+/**
+ * Offset into mr of [va, va+len), va the 64-bit big-endian address at vaBuf[vaOff], or -1 if it is
+ * not all inside (as Mr.offsetOf, without a bigint per packet, and with the halves read here so no
+ * number past 2^30 is boxed to be passed on: issue 15's heap check). Each difference is exact; when
+ * the high halves differ by 2^21 or more the sum is inexact but beyond 2^52, far past any region.
+ */
+function offsetIn(mr: Mr, vaBuf: Buffer, vaOff: number, len: number): number {
+  const d = (vaBuf.readUInt32BE(vaOff) - mr.addrHi) * 0x1_0000_0000 + (vaBuf.readUInt32BE(vaOff + 4) - mr.addrLo);
+  return d >= 0 && d + len <= mr.length ? d : -1;
 }
 
 /**
@@ -322,7 +344,7 @@ function chkRkey(c: RespCtx): number {
   const mask = c.mask;
   if (mask & Op.ATOMIC) {
     const a = c.atm.bind(c.p.buf, c.p.bthOff + hdrOff(c.op, Hdr.ATMETH));
-    c.off = checkRkey(c, a.rkey, a.va, 8, ACCESS.REMOTE_ATOMIC);
+    c.off = checkRkey(c, a.buf, a.off + 8, a.off, 8, ACCESS.REMOTE_ATOMIC);
     if (c.off < 0) {
       c.reason = Reason.BAD_RKEY;
       return RespState.ERR_NAK_ACCESS;
@@ -336,7 +358,7 @@ function chkRkey(c: RespCtx): number {
   const reth = c.reth.bind(c.p.buf, c.p.bthOff + hdrOff(c.op, Hdr.RETH));
   const len = reth.dmaLen;
   // A zero-length WRITE or READ touches no memory: no R_Key or address is checked (IBA C9-88, rxe).
-  c.off = len === 0 ? 0 : checkRkey(c, reth.rkey, reth.va, len, mask & Op.READ ? ACCESS.REMOTE_READ : ACCESS.REMOTE_WRITE);
+  c.off = len === 0 ? 0 : checkRkey(c, reth.buf, reth.off + 8, reth.off, len, mask & Op.READ ? ACCESS.REMOTE_READ : ACCESS.REMOTE_WRITE);
   if (len === 0) c.mr = null;
   if (mask & Op.READ) {
     if (c.off < 0 || len > qp.device.attr.maxMsgSize) {
@@ -380,7 +402,7 @@ function execute(c: RespCtx): number {
     return RespState.ERR_NAK_ACCESS;
   }
   const n = p.payloadLen;
-  if (n > 0) p.buf.copy(r.mr!.buffer, r.mrOff, p.payloadOff, p.payloadOff + n);
+  if (n > 0) copyBytes(p.buf, p.payloadOff, r.mr!.buffer, r.mrOff, n);
   r.mrOff += n;
   r.resid -= n;
   return end ? RespState.COMPLETE : RespState.ACKNOWLEDGE;
@@ -644,7 +666,7 @@ function duplicate(c: RespCtx): void {
     // Only a replay of the request that was saved: the same R_Key and a part of its range (as rxe
     // checks a duplicate READ). Anything else is not the peer going back: dropped, as counted above.
     if (rkey !== res.rkey || va < res.va || BigInt(len) > BigInt(res.len) || va + BigInt(len) > res.va + BigInt(res.len)) return;
-    const off = len === 0 ? 0 : checkRkey(c, rkey, va, len, ACCESS.REMOTE_READ);
+    const off = len === 0 ? 0 : checkRkey(c, reth.buf, reth.off + 8, reth.off, len, ACCESS.REMOTE_READ);
     const mr = len === 0 ? null : c.mr;
     // The MR went away (dereg, invalidation) since the first request: the replay is a remote
     // access error like any later access, not silence the requester would retry into forever.

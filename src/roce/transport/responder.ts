@@ -19,6 +19,7 @@
  * ERR_MALFORMED_WQE, DROP. What differs between RC, UC and UD is one row per type (TypeRow). The
  * state a request ends in and why is recorded in the QP's trace ring (trace.ts).
  */
+import { copyBytes } from '../wire/copy.js';
 import type { TransportQp as Qp } from './types.js';
 import { ACCESS } from './types.js';
 import { aethAck, NakCode } from '../aeth.js';
@@ -141,7 +142,7 @@ export function runReads(qp: Qp): void {
     writeBth(b, opc, false, 0, qp.destQpn, false, rd.sentPsn);
     // FIRST, LAST and ONLY carry an AETH (IBA 9.3.5), MIDDLE none: the opcode table says which.
     const p = OPCODE_MASK[opc]! & hdrBit(Hdr.AETH) ? writeAeth(b, opc, aethAck(), r.msn) : payloadOff(opc);
-    if (n > 0) rd.mr!.buffer.copy(b, p, rd.off + off, rd.off + off + n);
+    if (n > 0) copyBytes(rd.mr!.buffer, rd.off + off, b, p, n);
     finishAndSend(pt, b, p + n, n, qp.dest, qp.srcPort);
     rd.sentPsn = psnAdd(rd.sentPsn, 1);
     if (last) r.reads.shift();

@@ -4,6 +4,7 @@
  * gathers from a send WQE, the completer scatters READ responses and atomic
  * results, the responder scatters SENDs into receive WQEs.
  */
+import { copyBytes } from '../wire/copy.js';
 import type { SgeLike as Sge } from './types.js';
 
 /**
@@ -19,18 +20,6 @@ export function sglUsable(sg: readonly Sge[], pd: unknown, write: boolean): bool
     if (write && (mr.access & 1) === 0) return false; // ACCESS.LOCAL_WRITE
   }
   return true;
-}
-
-/** Up to this many bytes are copied by a loop: Buffer.copy makes a view of its source per call. */
-const SMALL_COPY = 64;
-
-/** n bytes from src[s] to dst[d], allocation-free for small copies (a ping-pong's messages). */
-function copyBytes(src: Uint8Array, s: number, dst: Uint8Array, d: number, n: number): void {
-  if (n <= SMALL_COPY) {
-    for (let i = 0; i < n; i++) dst[d + i] = src[s + i]!;
-    return;
-  }
-  (src as Buffer).copy(dst, d, s, s + n);
 }
 
 /** Copies message bytes [from, from+n) of `sg` to dst at `at`. */

@@ -82,6 +82,8 @@ export function wcOpcodeFor(op: number): WcOpcode {
 export interface MemoryRegion {
   /** the protection domain (compared by identity only) */
   readonly pd: object;
+  /** the R_Key that names it to a peer */
+  readonly rkey: number;
   readonly buffer: Buffer;
   readonly length: number;
   /** ACCESS bits */
@@ -91,6 +93,9 @@ export interface MemoryRegion {
   readonly closed: boolean;
   /** Offset into the region of [va, va+len), or -1 if it is not all inside. */
   offsetOf(va: bigint, len: number): number;
+  /** addr's high and low 32 bits: the per-packet bounds check (offsetIn) works on numbers, not bigints. */
+  readonly addrHi: number;
+  readonly addrLo: number;
   /** Whether the remote may do `need` (ACCESS bits) here. */
   allows(need: number): boolean;
   /** A SEND_WITH_INV took the R_Key out of use (IBA 10.6.5). */

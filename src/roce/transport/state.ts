@@ -130,6 +130,8 @@ export class RespInfo {
   mr: MemoryRegion | null = null;
   mrOff = 0;
   resid = 0;
+  /** the MR the last R_Key resolved to: a cache in front of the device's table (responder-steps.ts checkRkey) */
+  keyMr: MemoryRegion | null = null;
   writeLen = 0;
   /** saved READ/ATOMIC resources (max_dest_rd_atomic of them, from INIT) and the next to use */
   res: RdResource[] = [];
@@ -167,6 +169,7 @@ export class RespInfo {
     this.mr = null;
     this.mrOff = 0;
     this.resid = 0;
+    this.keyMr = null;
     this.writeLen = 0;
     this.resNext = 0;
     this.reads = [];
