@@ -219,16 +219,95 @@ static void VerifyIcrcs(RxWatch* w, int n) {
   }
 }
 
+// The end of a turn's transport work (sched.ts atTurnEnd). JS queues work that must come after every
+// continuation of the current callback (a link's send batch); while a callback of ours is running
+// (depth > 0), the addon runs that work right after the callback returns, i.e. after Node has run its
+// microtasks and ticks, instead of JS asking for a process.nextTick: Node 20 allocates a Map per
+// tick-queue run, once per receive batch (issue 15, the 60 s heap check).
+// state: an Int32Array over an ArrayBuffer (off the JS heap): [0] callbacks running, [1] work queued.
+struct TurnEnd {
+  napi_ref arr = nullptr;
+  napi_ref fn = nullptr;
+  int32_t* state = nullptr;
+};
+
+static void FinalizeTurnEnd(napi_env, void* data, void*) {
+  // Its references end with the environment.
+  delete static_cast<TurnEnd*>(data);
+}
+
+static TurnEnd* GetTurnEnd(napi_env env) {
+  void* p = nullptr;
+  if (napi_get_instance_data(env, &p) != napi_ok) return nullptr;
+  return static_cast<TurnEnd*>(p);
+}
+
+// turnEndStart(state: Int32Array(2), fn) -> 0, or -1 (bad arguments, or started already)
+static napi_value TurnEndStart(napi_env env, napi_callback_info cbi) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_value ret;
+  napi_create_int32(env, -1, &ret);
+  if (napi_get_cb_info(env, cbi, &argc, argv, nullptr, nullptr) != napi_ok || argc < 2 || GetTurnEnd(env) != nullptr)
+    return ret;
+  napi_typedarray_type t;
+  size_t len = 0;
+  void* p = nullptr;
+  napi_valuetype ft;
+  if (napi_get_typedarray_info(env, argv[0], &t, &len, &p, nullptr, nullptr) != napi_ok || t != napi_int32_array ||
+      len < 2 || napi_typeof(env, argv[1], &ft) != napi_ok || ft != napi_function)
+    return ret;
+  TurnEnd* te = new TurnEnd();
+  te->state = static_cast<int32_t*>(p);
+  if (napi_create_reference(env, argv[0], 1, &te->arr) != napi_ok || napi_create_reference(env, argv[1], 1, &te->fn) != napi_ok ||
+      napi_set_instance_data(env, te, FinalizeTurnEnd, nullptr) != napi_ok) {
+    delete te;
+    return ret;
+  }
+  te->state[0] = 0;
+  te->state[1] = 0;
+  napi_create_int32(env, 0, &ret);
+  return ret;
+}
+
+static void EnterJs(napi_env env) {
+  TurnEnd* te = GetTurnEnd(env);
+  if (te) te->state[0]++;
+}
+
+static void LeaveJs(napi_env env) {
+  TurnEnd* te = GetTurnEnd(env);
+  if (!te || --te->state[0] > 0 || te->state[1] == 0) return;
+  if (te->state[0] < 0) te->state[0] = 0;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, global, res;
+  if (napi_get_reference_value(env, te->fn, &fn) == napi_ok && fn != nullptr && napi_get_global(env, &global) == napi_ok) {
+    napi_make_callback(env, nullptr, global, fn, 0, nullptr, &res);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value e;
+      napi_get_and_clear_last_exception(env, &e);
+      napi_fatal_exception(env, e);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
 static void CallJs(RxWatch* w, int arg) {
   Napi::Env env(w->env);
-  Napi::HandleScope scope(env);
-  // MakeCallback: Node runs process.nextTick and microtask queues afterwards,
-  // as for any I/O callback (the link flushes its sends in a microtask).
-  w->cb.MakeCallback(env.Global(), { Napi::Number::New(env, arg) });
-  if (env.IsExceptionPending()) {
-    Napi::Error e = env.GetAndClearPendingException();
-    napi_fatal_exception(w->env, e.Value());
+  EnterJs(w->env);
+  {
+    Napi::HandleScope scope(env);
+    // MakeCallback: Node runs process.nextTick and microtask queues afterwards,
+    // as for any I/O callback; then LeaveJs runs the turn's end (the links' send batches).
+    w->cb.MakeCallback(env.Global(), { Napi::Number::New(env, arg) });
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      napi_fatal_exception(w->env, e.Value());
+    }
   }
+  LeaveJs(w->env);
 }
 
 // Reads raw copies into the ring until it is full or the socket is empty.
@@ -1228,6 +1307,113 @@ static napi_value ClockNow(napi_env env, napi_callback_info cbi) {
   return nullptr;
 }
 
+// deferStart(cb) -> handle; deferArm(handle): cb() runs once in the check phase of this (or, armed from
+// there, the next) loop turn, as a setImmediate callback would: a check handle, plus an idle handle
+// that keeps the poll phase from blocking while armed, as Node's own immediates have. What it saves
+// is setImmediate's per-call objects (an Immediate, its async ids, the async-resource stack entry):
+// the transport defers its requester runs once per turn with ACKs coming in (issue 15, the 60 s heap
+// check). One per environment (sched.ts); closed by an async cleanup hook when the environment ends.
+struct Defer {
+  uv_check_t check;
+  uv_idle_t idle;
+  napi_env env = nullptr;
+  Napi::FunctionReference cb;
+  bool armed = false;
+  bool closing = false;
+  int open = 2;
+  napi_async_cleanup_hook_handle hook = nullptr;
+};
+
+static void OnDeferIdle(uv_idle_t*) {}
+
+static void OnDeferCheck(uv_check_t* h) {
+  Defer* d = static_cast<Defer*>(h->data);
+  uv_check_stop(&d->check);
+  uv_idle_stop(&d->idle);
+  d->armed = false;
+  if (d->closing) return;
+  Napi::Env env(d->env);
+  napi_env nenv = d->env;
+  EnterJs(nenv);
+  {
+    Napi::HandleScope scope(env);
+    // MakeCallback: ticks and microtasks run afterwards, as after an immediate.
+    d->cb.MakeCallback(env.Global(), {});
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      napi_fatal_exception(nenv, e.Value());
+    }
+  }
+  LeaveJs(nenv);
+}
+
+static void OnDeferClosed(uv_handle_t* h) {
+  Defer* d = static_cast<Defer*>(h->data);
+  if (--d->open > 0) return;
+  napi_async_cleanup_hook_handle hook = d->hook;
+  delete d;
+  if (hook) napi_remove_async_cleanup_hook(hook);
+}
+
+static void OnDeferCleanup(napi_async_cleanup_hook_handle hook, void* arg) {
+  Defer* d = static_cast<Defer*>(arg);
+  d->hook = hook;
+  d->closing = true;
+  // The environment is ending: its references go with it.
+  d->cb.SuppressDestruct();
+  uv_check_stop(&d->check);
+  uv_idle_stop(&d->idle);
+  uv_close(reinterpret_cast<uv_handle_t*>(&d->check), OnDeferClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&d->idle), OnDeferClosed);
+}
+
+static Napi::Value DeferStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) return env.Null();
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) return env.Null();
+  Defer* d = new Defer();
+  d->env = env;
+  if (uv_check_init(loop, &d->check) != 0) {
+    delete d;
+    return env.Null();
+  }
+  if (uv_idle_init(loop, &d->idle) != 0) {
+    d->open = 1;
+    d->check.data = d;
+    uv_close(reinterpret_cast<uv_handle_t*>(&d->check), OnDeferClosed);
+    return env.Null();
+  }
+  d->check.data = d;
+  d->idle.data = d;
+  d->cb = Napi::Persistent(info[0].As<Napi::Function>());
+  napi_async_cleanup_hook_handle hook = nullptr;
+  if (napi_add_async_cleanup_hook(env, OnDeferCleanup, d, &hook) != napi_ok) {
+    d->closing = true;
+    d->cb.Reset();
+    uv_close(reinterpret_cast<uv_handle_t*>(&d->check), OnDeferClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&d->idle), OnDeferClosed);
+    return env.Null();
+  }
+  d->hook = hook;
+  return Napi::External<Defer>::New(env, d);
+}
+
+static napi_value DeferArm(napi_env env, napi_callback_info cbi) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void* p = nullptr;
+  if (napi_get_cb_info(env, cbi, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1 ||
+      napi_get_value_external(env, argv[0], &p) != napi_ok || p == nullptr)
+    return nullptr;
+  Defer* d = static_cast<Defer*>(p);
+  if (d->armed || d->closing) return nullptr;
+  d->armed = true;
+  uv_check_start(&d->check, OnDeferCheck);
+  uv_idle_start(&d->idle, OnDeferIdle);
+  return nullptr;
+}
+
 // The TX fast path (fast-tx.cc): txSegments, TX_HDR_STRIDE.
 void InitFastTx(Napi::Env env, Napi::Object exports);
 // The CRC-32 both fast paths share (crc32.cc): txCrc32, crcBench.
@@ -1235,12 +1421,17 @@ void InitCrc32(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendPackets", Napi::Function::New(env, SendPackets));
+  exports.Set("deferStart", Napi::Function::New(env, DeferStart));
   {
     napi_value f;
     if (napi_create_function(env, "copyBytes", NAPI_AUTO_LENGTH, CopyBytes, nullptr, &f) == napi_ok)
       exports.Set("copyBytes", Napi::Value(env, f));
     if (napi_create_function(env, "clockNow", NAPI_AUTO_LENGTH, ClockNow, nullptr, &f) == napi_ok)
       exports.Set("clockNow", Napi::Value(env, f));
+    if (napi_create_function(env, "deferArm", NAPI_AUTO_LENGTH, DeferArm, nullptr, &f) == napi_ok)
+      exports.Set("deferArm", Napi::Value(env, f));
+    if (napi_create_function(env, "turnEndStart", NAPI_AUTO_LENGTH, TurnEndStart, nullptr, &f) == napi_ok)
+      exports.Set("turnEndStart", Napi::Value(env, f));
   }
   exports.Set("setIntSockopt", Napi::Function::New(env, SetIntSockopt));
   exports.Set("bindToDevice", Napi::Function::New(env, BindToDevice));

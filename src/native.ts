@@ -17,6 +17,15 @@ export interface NativeAddon {
   copyBytes?: (src: Uint8Array, s: number, dst: Uint8Array, d: number, n: number) => number;
   /** writes CLOCK_MONOTONIC (performance.now()'s clock) in ms into f64[0]; returns nothing, allocates nothing */
   clockNow?: (f64: Float64Array) => void;
+  /** a check-phase callback (setImmediate's phase) for cb, armed by deferArm; null if the loop has none */
+  deferStart?: (cb: () => void) => object | null;
+  /** cb runs once in the coming check phase (a no-op while armed) */
+  deferArm?: (h: object) => void;
+  /**
+   * state: Int32Array(2) over an ArrayBuffer; while a callback of the addon runs, state[0] > 0, and
+   * if state[1] is set when it returns (after Node's microtasks and ticks), fn() runs. 0, or -1.
+   */
+  turnEndStart?: (state: Int32Array, fn: () => void) => number;
   /** a bound, non-blocking IPv4 UDP socket (IP_PMTUDISC_DO, UDP_GRO), or -errno */
   udpOpen4?(ipv4: number, port: number, bufBytes: number, netdev: string): number;
   /** a send-only IPv4 UDP socket bound to ipv4:port for a flow source port (IP_PMTUDISC_DO, SO_REUSEADDR, receives nothing), or -errno */

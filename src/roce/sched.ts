@@ -1,10 +1,12 @@
 /**
  * Time and deferral for the transport, injected so that tests can drive it
- * with a fake clock (smoltcp's explicit `Instant`). The real scheduler uses
- * setImmediate for deferred work (bounded work per event-loop turn, never a
- * microtask loop) and setTimeout for the ACK and RNR timers.
+ * with a fake clock (smoltcp's explicit `Instant`). The real scheduler runs
+ * deferred work in the event loop's check phase, as setImmediate does (bounded
+ * work per event-loop turn, never a microtask loop), and uses setTimeout for
+ * the ACK and RNR timers.
  */
 import { monoMs } from './clock.js';
+import { loadNative } from '../native.js';
 
 export interface TimerHandle {
   cancelled: boolean;
@@ -32,39 +34,49 @@ function rethrow(err: unknown): never {
 }
 
 /**
- * The end of a turn's transport work, without process.nextTick. A link's send batch (udp-base.ts)
- * goes out once the work that may still add to it has run: the soon() queues of every
- * RealScheduler (a coalesced ACK, an application's post from an awaiting continuation, the
- * requester run it kicks), so an ACK and the answer it goes with leave in one sendmmsg (issue 15,
- * ib_send_lat). Run at the end of the last pending soon() drain, or by a microtask of its own when
- * none is pending. (Node 20 allocates a Map and its iterator in every processTicksAndRejections
- * that a nextTick starts: once per receive batch, the largest young-generation source left on a
- * bandwidth responder; issue 15's heap check.)
+ * The end of a turn's transport work: a link's send batch (udp-base.ts) goes out after every
+ * continuation of the current callback, so a coalesced ACK (queued at the end of a receive batch)
+ * leaves in one sendmmsg with the application's answer to the request it acknowledges, posted from
+ * an awaiting continuation (issue 15, ib_send_lat). That is process.nextTick's place, and it is used
+ * where nothing better is at hand. Inside a callback of the addon (a receive batch, a deferred run)
+ * the addon runs the queue itself right after the callback, once Node has run its microtasks and
+ * ticks (turnEndStart): Node 20 allocates a Map and an iterator in every tick-queue run, once per
+ * receive batch, the largest young-generation source left on a bandwidth responder (issue 15's
+ * heap check).
  */
-let soonPending = 0; // soon() drains queued and not yet run, over every RealScheduler
-let draining = 0; // soon() drains running
 const endQ: Array<(() => void) | undefined> = [];
 let endHead = 0;
 let endTail = 0;
-let endQueued = false;
+let endTickQueued = false;
+const nativeAddon = loadNative();
+/** [0]: the addon's callbacks running (it counts them), [1]: work queued for its epilogue. Off the JS heap. */
+const turnState = new Int32Array(new ArrayBuffer(8));
+const nativeTurnEnd = nativeAddon?.turnEndStart?.(turnState, runEndFromNative) === 0;
 
-/** Runs fn once this turn's soon() work is done (see above); a function queued twice runs twice. */
+/** Runs fn once the current callback's work is done (see above); a function queued twice runs twice. */
 export function atTurnEnd(fn: () => void): void {
   endQ[endTail++] = fn;
-  if (soonPending === 0 && draining === 0 && !endQueued) {
-    endQueued = true;
-    void RESOLVED.then(runEndFromMicrotask);
+  if (nativeTurnEnd && turnState[0]! > 0) {
+    turnState[1] = 1;
+    return;
+  }
+  if (!endTickQueued) {
+    endTickQueued = true;
+    process.nextTick(runEndFromTick);
   }
 }
 
-function runEndFromMicrotask(): void {
-  endQueued = false;
+function runEndFromNative(): void {
+  turnState[1] = 0;
+  runEnd();
+}
+
+function runEndFromTick(): void {
+  endTickQueued = false;
   runEnd();
 }
 
 function runEnd(): void {
-  // A drain still to come runs it at its end (its work may add to the batches).
-  if (soonPending > 0 || draining > 0) return;
   try {
     while (endHead < endTail) {
       const fn = endQ[endHead]!;
@@ -74,13 +86,60 @@ function runEnd(): void {
     endHead = endTail = 0;
     if (endQ.length > 1024) endQ.length = 0;
   } catch (err) {
-    // As a throw from a microtask is reported: uncaught, on the next tick; the rest still runs.
+    // Reported as a throw from a tick is (uncaught); the rest still runs, on a tick of its own.
     process.nextTick(rethrow, err);
-    if (endHead < endTail && !endQueued) {
-      endQueued = true;
-      void RESOLVED.then(runEndFromMicrotask);
+    if (endHead < endTail && !endTickQueued) {
+      endTickQueued = true;
+      process.nextTick(runEndFromTick);
     }
   }
+}
+
+/**
+ * defer()'s work, over every RealScheduler, in order: run in the check phase of the event loop's
+ * turn (setImmediate's), all that was queued before the run began, by one callback per turn. With
+ * the addon that callback is its check handle (deferStart/deferArm), which allocates nothing per
+ * turn; without it, one setImmediate per turn. (A setImmediate per deferred function made an
+ * Immediate, its async ids and an async-resource stack entry per requester run: the largest
+ * young-generation source left on a bandwidth requester; issue 15's heap check.)
+ */
+const deferQ: Array<(() => void) | undefined> = [];
+let deferHead = 0;
+let deferTail = 0;
+let deferArmed = false;
+let deferHandle: object | null | undefined;
+
+function runDeferred(): void {
+  deferArmed = false;
+  // Only what was queued before this run; what it queues runs on the next turn (as immediates).
+  const end = deferTail;
+  try {
+    while (deferHead < end) {
+      const fn = deferQ[deferHead]!;
+      deferQ[deferHead++] = undefined;
+      fn();
+    }
+  } finally {
+    // What is left (queued during the run, or after a throw, which is reported as uncaught as an
+    // immediate's is) moves to the front and gets the next turn.
+    let j = 0;
+    for (let i = deferHead; i < deferTail; i++) {
+      deferQ[j++] = deferQ[i];
+      deferQ[i] = undefined;
+    }
+    deferHead = 0;
+    deferTail = j;
+    if (deferQ.length > 1024 && j < 1024) deferQ.length = 1024;
+    if (j > 0) armDefer();
+  }
+}
+
+function armDefer(): void {
+  if (deferArmed) return;
+  deferArmed = true;
+  if (deferHandle === undefined) deferHandle = nativeAddon?.deferStart?.(runDeferred) ?? null;
+  if (deferHandle !== null && nativeAddon?.deferArm !== undefined) nativeAddon.deferArm(deferHandle);
+  else setImmediate(runDeferred);
 }
 
 export class RealScheduler implements Scheduler {
@@ -88,7 +147,8 @@ export class RealScheduler implements Scheduler {
     return monoMs();
   }
   defer(fn: () => void): void {
-    setImmediate(fn);
+    deferQ[deferTail++] = fn;
+    armDefer();
   }
   /** soon()'s work, run by one microtask (or by flushSoon, whichever comes first): q[head, tail) */
   private readonly soonQ: Array<(() => void) | undefined> = [];
@@ -97,18 +157,13 @@ export class RealScheduler implements Scheduler {
   private soonQueued = false;
   private readonly soonDrain = (): void => {
     this.soonQueued = false;
-    soonPending--;
-    draining++;
     try {
       this.flushSoon();
     } catch (err) {
       // As queueMicrotask reports a throw: an uncaught exception (here on the next tick), not a
       // rejection of the promise that ran this.
       process.nextTick(rethrow, err);
-    } finally {
-      draining--;
     }
-    if (endHead < endTail) runEnd();
   };
   /**
    * Queues the drain as a reaction to a resolved promise: a microtask like queueMicrotask's, without
@@ -117,8 +172,12 @@ export class RealScheduler implements Scheduler {
    */
   private queueDrain(): void {
     this.soonQueued = true;
-    soonPending++;
-    void RESOLVED.then(this.soonDrain);
+    // Inside a callback of the addon (a receive batch): drained right after it, with the turn's end
+    // (atTurnEnd), after the application's continuations: no promise per drain (issue 15's heap
+    // check), and what they post goes in the same drain. The link's flush, queued by the drain's
+    // sends, comes after it.
+    if (nativeTurnEnd && turnState[0]! > 0) atTurnEnd(this.soonDrain);
+    else void RESOLVED.then(this.soonDrain);
   }
   soon(fn: () => void): void {
     this.soonQ[this.soonTail++] = fn;
@@ -151,7 +210,7 @@ export class RealScheduler implements Scheduler {
     h.t = setTimeout(
       () => {
         if (!h.cancelled)
-          setImmediate(() => {
+          this.defer(() => {
             if (!h.cancelled) fn();
           });
       },

@@ -566,11 +566,11 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     if (this.qn === 64) this.flush();
     else if (!this.flushing) {
       this.flushing = true;
-      // At the end of the turn's transport work (sched.ts atTurnEnd): after the soon() drains, so a
-      // coalesced ACK (queued at the end of a receive batch) leaves in one sendmmsg with the
-      // application's answer to the request it acknowledges (posted from an awaiting continuation):
-      // one syscall instead of two, and the peer reads both in one batch (issue 15, ib_send_lat).
-      // Not process.nextTick: Node 20 allocates a Map per tick-queue run (issue 15's heap check).
+      // At the end of the turn's work (sched.ts atTurnEnd), after every promise continuation of
+      // this turn: a coalesced ACK (queued at the end of a receive batch) then leaves in one
+      // sendmmsg with the application's answer to the request it acknowledges (posted from an
+      // awaiting continuation): one syscall instead of two, and the peer reads both in one batch
+      // (issue 15, ib_send_lat).
       atTurnEnd(this.flushFn);
     }
   }

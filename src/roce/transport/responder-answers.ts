@@ -59,10 +59,11 @@ export function queueAck(qp: Qp, psn: number): void {
   r.ackMsn = r.msn;
   if (r.ackPending) return;
   r.ackPending = true;
-  // Where the link hands over a whole receive batch in one callback (caps.rxBatch), a microtask
-  // after it is the end of the burst: the ACK leaves in the same turn, before the application's
-  // answer to the request it acknowledges, instead of one loop phase later (a ping-pong's sender
-  // waits for it before it may post again). Elsewhere one callback per datagram: the turn's end.
+  // Where the link hands over a whole receive batch in one callback (caps.rxBatch), the end of that
+  // callback (sched.soon: a microtask, or with the addon right after its callback) is the end of
+  // the burst: the ACK leaves in the same turn, with the application's answer to the request it
+  // acknowledges, instead of one loop phase later (a ping-pong's sender waits for it before it may
+  // post again). Elsewhere one callback per datagram: the turn's end.
   const fn = (r.ackFlush ??= (): void => flushAck(qp));
   if (port(qp).link.caps.rxBatch === true) qp.device.sched.soon(fn);
   else qp.device.sched.defer(fn);
