@@ -9,6 +9,7 @@ import { copyBytes } from '../../src/roce/wire/copy.js';
 import { monoMs } from '../../src/roce/clock.js';
 import { RealScheduler, atTurnEnd } from '../../src/roce/sched.js';
 import { loadNative } from '../../src/native.js';
+import { spawnSync } from 'node:child_process';
 
 const native = loadNative();
 
@@ -209,10 +210,7 @@ t.test('a throwing deferred function is reported as uncaught and the others stil
 });
 
 t.test('deferred work keeps the process alive, and a worker that deferred work exits cleanly', async (t) => {
-  const { spawnSync } = await import('node:child_process');
-  const { pathToFileURL } = await import('node:url');
-  const { join } = await import('node:path');
-  const sched = pathToFileURL(join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', '..', 'src', 'roce', 'sched.js')).href;
+  const sched = new URL('../../src/roce/sched.js', import.meta.url).href;
   const main = `import { RealScheduler } from ${JSON.stringify(sched)};
     const s = new RealScheduler();
     s.defer(() => s.defer(() => console.log('ran twice')));`;
