@@ -48,6 +48,7 @@ const endQ: Array<(() => void) | undefined> = [];
 let endHead = 0;
 let endTail = 0;
 let endTickQueued = false;
+let endRunning = false;
 const nativeAddon = loadNative();
 /** [0]: the addon's callbacks running (it counts them), [1]: work queued for its epilogue. Off the JS heap. */
 const turnState = new Int32Array(new ArrayBuffer(8));
@@ -56,6 +57,9 @@ const nativeTurnEnd = nativeAddon?.turnEndStart?.(turnState, runEndFromNative) =
 /** Runs fn once the current callback's work is done (see above); a function queued twice runs twice. */
 export function atTurnEnd(fn: () => void): void {
   endQ[endTail++] = fn;
+  // Queued while the queue runs (the soon() drain it holds sends the ACK, whose flush lands here):
+  // the running loop takes it.
+  if (endRunning) return;
   if (nativeTurnEnd && turnState[0]! > 0) {
     turnState[1] = 1;
     return;
@@ -77,6 +81,8 @@ function runEndFromTick(): void {
 }
 
 function runEnd(): void {
+  if (endRunning) return;
+  endRunning = true;
   try {
     while (endHead < endTail) {
       const fn = endQ[endHead]!;
@@ -85,7 +91,9 @@ function runEnd(): void {
     }
     endHead = endTail = 0;
     if (endQ.length > 1024) endQ.length = 0;
+    endRunning = false;
   } catch (err) {
+    endRunning = false;
     // Reported as a throw from a tick is (uncaught); the rest still runs, on a tick of its own.
     process.nextTick(rethrow, err);
     if (endHead < endTail && !endTickQueued) {

@@ -539,20 +539,26 @@ function armProbe(qp: Qp): void {
 
 function startProbeTimer(qp: Qp, ms: number): void {
   const c = qp.comp;
-  c.probeTimer = qp.device.sched.setTimer(
-    ms,
-    (c.onProbe ??= (): void => {
-      c.probeTimer = null;
-      if (c.probeAt === Infinity) return;
-      const left = c.probeAt - qp.device.sched.now();
-      if (left > 0.05) {
-        startProbeTimer(qp, left);
-        return;
-      }
-      c.probeAt = Infinity;
-      probe(qp);
-    }),
-  );
+  c.probeTimer = qp.device.sched.setTimer(ms, c.onProbe ?? (c.onProbe = probeTimerFn(qp)));
+}
+
+/**
+ * The QP's probe timer callback, made once (a closure made inside startProbeTimer would have it
+ * allocate a context per call, made or not: V8).
+ */
+function probeTimerFn(qp: Qp): () => void {
+  const c = qp.comp;
+  return (): void => {
+    c.probeTimer = null;
+    if (c.probeAt === Infinity) return;
+    const left = c.probeAt - qp.device.sched.now();
+    if (left > 0.05) {
+      startProbeTimer(qp, left);
+      return;
+    }
+    c.probeAt = Infinity;
+    probe(qp);
+  };
 }
 
 function probe(qp: Qp): void {

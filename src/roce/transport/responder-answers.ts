@@ -64,9 +64,18 @@ export function queueAck(qp: Qp, psn: number): void {
   // the burst: the ACK leaves in the same turn, with the application's answer to the request it
   // acknowledges, instead of one loop phase later (a ping-pong's sender waits for it before it may
   // post again). Elsewhere one callback per datagram: the turn's end.
-  const fn = (r.ackFlush ??= (): void => flushAck(qp));
+  const fn = r.ackFlush ?? (r.ackFlush = ackFlushFn(qp));
   if (port(qp).link.caps.rxBatch === true) qp.device.sched.soon(fn);
   else qp.device.sched.defer(fn);
+}
+
+/**
+ * The QP's flush function, made once. Not an arrow inside queueAck: a function that creates a
+ * closure over its parameter allocates a context for it on every call, whether or not the closure
+ * is made then (V8), and queueAck runs per ACKed request (issue 15's heap check).
+ */
+function ackFlushFn(qp: Qp): () => void {
+  return (): void => flushAck(qp);
 }
 
 /** Sends the coalesced ACK, if one waits and the QP can still answer. */

@@ -56,23 +56,29 @@ export function armRetransmit(qp: Qp): void {
  */
 function startAckTimer(qp: Qp, ms: number): void {
   const c = qp.comp;
-  c.timer = qp.device.sched.setTimer(
-    ms,
-    (c.onTimer ??= (): void => {
-      c.timer = null;
-      if (c.deadline === Infinity) return;
-      // Never before the deadline (IBA 9.7.6.1.3: the timeout is a lower bound). Re-arming only
-      // for more than 0.5 ms fired up to half a millisecond early, a third of timeout 8's 1 ms:
-      // READs streaming in order timed out and restarted (issue 15).
-      const left = c.deadline - qp.device.sched.now();
-      if (left > 0) {
-        startAckTimer(qp, left);
-        return;
-      }
-      c.deadline = Infinity;
-      onTimeout(qp);
-    }),
-  );
+  c.timer = qp.device.sched.setTimer(ms, c.onTimer ?? (c.onTimer = ackTimerFn(qp)));
+}
+
+/**
+ * The QP's ACK timer callback, made once (a closure made inside startAckTimer would have it
+ * allocate a context per call, made or not: V8).
+ */
+function ackTimerFn(qp: Qp): () => void {
+  const c = qp.comp;
+  return (): void => {
+    c.timer = null;
+    if (c.deadline === Infinity) return;
+    // Never before the deadline (IBA 9.7.6.1.3: the timeout is a lower bound). Re-arming only
+    // for more than 0.5 ms fired up to half a millisecond early, a third of timeout 8's 1 ms:
+    // READs streaming in order timed out and restarted (issue 15).
+    const left = c.deadline - qp.device.sched.now();
+    if (left > 0) {
+      startAckTimer(qp, left);
+      return;
+    }
+    c.deadline = Infinity;
+    onTimeout(qp);
+  };
 }
 
 /** Stops the ACK timer (retry, RNR wait, flush, reset, close). */
