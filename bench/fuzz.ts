@@ -33,7 +33,7 @@ import { goldenFiles, Rng } from '../test/helpers.js';
 import { readCapture } from '../src/roce/pcap.js';
 import { buildRoceV2, emitFrame, makeIb } from '../src/roce/framing.js';
 import { icrcV2Ipv4Parts, writeIcrc } from '../src/roce/icrc.js';
-import { OPCODES, OPCODE_MASK, Op, Hdr, hdrBit } from '../src/roce/opcode.js';
+import { OPCODES, OPCODE_MASK, OPC, Op, Hdr, hdrBit } from '../src/roce/opcode.js';
 import { COUNTER_NAMES, type CounterName } from '../src/roce/counters.js';
 import { ipv4ToNumber } from '../src/roce/gid.js';
 import { Wc, type SendWr } from '../src/verbs/types.js';
@@ -633,7 +633,18 @@ class Factory {
     };
     if (has(Hdr.DETH)) init.deth = { qkey: r.int(4) ? qp.qkey : r.next(), srcQp: r.int(1 << 24) };
     if (has(Hdr.RETH)) init.reth = { va, rkey, dmaLen: dmaLen >>> 0 };
-    if (has(Hdr.AETH)) init.aeth = { syndrome: this.pick([0x00, 0x1f, 0x20 | r.int(32), 0x60, 0x61, 0x62, 0x63, 0x64, r.int(256)]), msn: r.int(1 << 24) };
+    // An ACK from the peer's own address with a PSN in the requester's window is the peer's word: a
+    // fatal NAK or a reserved AETH type there moves the QP to ERR (IBA 9.7.5.2, as rxe's
+    // check_ack), which no receiver can tell from a forgery. There it says ACK, RNR NAK or PSN
+    // sequence NAK, which the transfer must survive; the fatal syndromes go everywhere else.
+    const peerWindow = live && kind.endsWith('peer') && (mask & Op.RESP) !== 0 && this.liveResponses && opcode === OPC.RC_ACKNOWLEDGE;
+    if (has(Hdr.AETH))
+      init.aeth = {
+        syndrome: peerWindow
+          ? this.pick([0x00, 0x1f, 0x20 | r.int(32), 0x60])
+          : this.pick([0x00, 0x1f, 0x20 | r.int(32), 0x60, 0x61, 0x62, 0x63, 0x64, r.int(256)]),
+        msn: r.int(1 << 24),
+      };
     if (has(Hdr.ATMETH)) init.atomicEth = { va: r.int(4) ? va & ~7n : va, rkey, swapAdd: r.big64(), compare: r.big64() };
     if (has(Hdr.ATMACK)) init.atomicAck = { origData: r.big64() };
     if (has(Hdr.IMMDT)) init.immDt = r.next();
