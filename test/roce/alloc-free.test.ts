@@ -13,6 +13,23 @@ import { spawnSync } from 'node:child_process';
 
 const native = loadNative();
 
+/** Runs fn with process 'uncaughtException' going to `seen` instead of the test runner's handlers. */
+async function catchUncaught(fn: (seen: unknown[]) => Promise<void>): Promise<void> {
+  const seen: unknown[] = [];
+  const onErr = (e: unknown): void => {
+    seen.push(e);
+  };
+  const listeners = process.listeners('uncaughtException');
+  process.removeAllListeners('uncaughtException');
+  process.on('uncaughtException', onErr);
+  try {
+    await fn(seen);
+  } finally {
+    process.removeListener('uncaughtException', onErr);
+    for (const l of listeners) process.on('uncaughtException', l);
+  }
+}
+
 t.test('copyBytes copies as Buffer.copy does, small, large and past either end', async (t) => {
   const src = Buffer.alloc(9000);
   for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) & 0xff;
@@ -123,14 +140,7 @@ t.test('atTurnEnd outside a callback of the addon runs as a tick: after the micr
 });
 
 t.test('a throwing atTurnEnd function is reported as uncaught and the rest still runs', async (t) => {
-  const seen: unknown[] = [];
-  const onErr = (e: unknown): void => {
-    seen.push(e);
-  };
-  const listeners = process.listeners('uncaughtException');
-  process.removeAllListeners('uncaughtException');
-  process.on('uncaughtException', onErr);
-  try {
+  await catchUncaught(async (seen) => {
     const log: string[] = [];
     atTurnEnd(() => log.push('a'));
     atTurnEnd(() => {
@@ -147,10 +157,7 @@ t.test('a throwing atTurnEnd function is reported as uncaught and the rest still
     atTurnEnd(() => after.push('x'));
     await new Promise((r) => setImmediate(r));
     t.same(after, ['x']);
-  } finally {
-    process.removeListener('uncaughtException', onErr);
-    for (const l of listeners) process.on('uncaughtException', l);
-  }
+  });
 });
 
 t.test('defer runs in the check phase, after microtasks, and what a run defers gets the next turn', async (t) => {
@@ -185,14 +192,7 @@ t.test('defer runs in the check phase, after microtasks, and what a run defers g
 
 t.test('a throwing deferred function is reported as uncaught and the others still run', async (t) => {
   const s = new RealScheduler();
-  const seen: unknown[] = [];
-  const onErr = (e: unknown): void => {
-    seen.push(e);
-  };
-  const listeners = process.listeners('uncaughtException');
-  process.removeAllListeners('uncaughtException');
-  process.on('uncaughtException', onErr);
-  try {
+  await catchUncaught(async (seen) => {
     const log: string[] = [];
     s.defer(() => log.push('a'));
     s.defer(() => {
@@ -203,10 +203,7 @@ t.test('a throwing deferred function is reported as uncaught and the others stil
     t.same(log, ['a', 'c']);
     t.equal(seen.length, 1);
     t.match(String(seen[0]), /deferred boom/);
-  } finally {
-    process.removeListener('uncaughtException', onErr);
-    for (const l of listeners) process.on('uncaughtException', l);
-  }
+  });
 });
 
 t.test('deferred work keeps the process alive, and a worker that deferred work exits cleanly', async (t) => {

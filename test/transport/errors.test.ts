@@ -25,6 +25,14 @@ async function reconnect(p: Pair): Promise<void> {
   connectQp(p.b.qp, { ...local, psn: 2 }, { qpn: p.a.qp.qpn, psn: 1, gid: '10.0.0.1' });
 }
 
+/** One remote access of `op` at addr/rkey from a's memory: 8 bytes for the atomic, 100 for WRITE and READ. */
+function remoteWr(p: Pair, wrId: number, op: 'RDMA_WRITE' | 'RDMA_READ' | 'ATOMIC_FETCH_AND_ADD', addr: bigint, rkey: number) {
+  const a = p.a;
+  return op === 'ATOMIC_FETCH_AND_ADD'
+    ? ({ wrId, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const)
+    : ({ wrId, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const);
+}
+
 t.test('a peer that stops answering: RETRY_EXC_ERR after retry_cnt retries, then the rest flushes', async (t) => {
   const p = await makePair({ retryCnt: 3, timeout: 10 });
   const { a } = p;
@@ -140,11 +148,7 @@ t.test("addresses whose 32-bit halves differ from the region's are refused, what
       await reconnect(p);
       const addr = BigInt.asUintN(64, b.mr.addr + d) & ~7n;
       const rkey = b.mr.rkey;
-      const wr =
-        op === 'ATOMIC_FETCH_AND_ADD'
-          ? ({ wrId: i, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const)
-          : ({ wrId: i, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const);
-      a.qp.postSend(wr);
+      a.qp.postSend(remoteWr(p, i, op, addr, rkey));
       const w = await waitWc(p, a.scq, 1);
       if (w[0]?.status === 'REM_ACCESS_ERR') n++;
       else t.fail(`${op} at region ${d >= 0n ? '+' : ''}${d}: ${w[0]?.status}`);
@@ -181,11 +185,7 @@ t.test('bad R_Keys and out-of-bounds addresses never touch memory; the requester
     // An atomic's target must be 8-byte aligned at post (EINVAL, as rdma-core's rxe provider): its kind 2 is the first aligned address past the end.
     const tail = op === 'ATOMIC_FETCH_AND_ADD' ? 0 : 4;
     const addr = kind === 1 ? b.mr.addr + BigInt(b.mr.length + rng.int(1 << 17) * 8) : kind === 2 ? b.mr.addr + BigInt(b.mr.length - tail) : b.mr.addr;
-    const wr =
-      op === 'ATOMIC_FETCH_AND_ADD'
-        ? ({ wrId: i, opcode: op, compareAdd: 1n, sg: [{ mr: a.mr, offset: 0, length: 8 }], remote: { addr, rkey } } as const)
-        : ({ wrId: i, opcode: op, sg: [{ mr: a.mr, offset: 0, length: 100 }], remote: { addr, rkey } } as const);
-    a.qp.postSend(wr);
+    a.qp.postSend(remoteWr(p, i, op, addr, rkey));
     const w = await waitWc(p, a.scq, 1);
     if (w[0]?.status === 'REM_ACCESS_ERR') n++;
     else t.fail(`case ${i} (${op}, kind ${kind}): ${w[0]?.status}`);
