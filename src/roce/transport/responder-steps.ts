@@ -57,9 +57,11 @@ function checkRkey(c: RespCtx, buf: Buffer, rkeyOff: number, vaOff: number, len:
   if (mr === null || mr.rkey !== rkey || mr.pd !== qp.pd || !mr.allows(need)) {
     mr = qp.device.mrByRkey.get(rkey) ?? null;
     r.keyMr = mr;
+    c.mr = mr;
+    if (mr === null || mr.pd !== qp.pd || !mr.allows(need)) return -1;
   }
   c.mr = mr;
-  return mr !== null && mr.pd === qp.pd && mr.allows(need) ? offsetIn(mr, buf, vaOff, len) : -1;
+  return offsetIn(mr, buf, vaOff, len);
 }
 
 /**
