@@ -24,6 +24,7 @@
  * buffer; the CRC then continues over the packet in place.
  */
 import { monoMs } from './clock.js';
+import { putU32 } from './wire/bytes.js';
 import * as zlib from 'node:zlib';
 
 // ---------------------------------------------------------------- CRC-32 ---
@@ -156,12 +157,6 @@ export function icrcV1(buf: Uint8Array, grhOff: number, icrcOff: number): number
 function putU16(s: Uint8Array, o: number, v: number): void {
   s[o] = (v >>> 8) & 0xff;
   s[o + 1] = v & 0xff;
-}
-function putU32(s: Uint8Array, o: number, v: number): void {
-  s[o] = (v >>> 24) & 0xff;
-  s[o + 1] = (v >>> 16) & 0xff;
-  s[o + 2] = (v >>> 8) & 0xff;
-  s[o + 3] = v & 0xff;
 }
 
 /**

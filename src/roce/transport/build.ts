@@ -52,9 +52,10 @@ export function writeReth(b: Buffer, opcode: number, va: bigint, rkey: number, l
  */
 export function writeRethAt(b: Buffer, opcode: number, hi: number, lo: number, plus: number, rkey: number, len: number): void {
   const r = txReth.bind(b, hdrOff(opcode, Hdr.RETH));
-  const l = lo + plus; // exact: below 2^33
+  // hi, lo and rkey may come as int32 (`| 0`: callers pass them so, no heap number per call).
+  const l = (lo >>> 0) + plus; // exact: below 2^33
   const carry = l >= 0x100000000 ? Math.floor(l / 0x100000000) : 0;
-  r.setVa((hi + carry) >>> 0, l >>> 0);
+  r.setVa((hi + carry) | 0, l | 0);
   r.rkey = rkey;
   r.dmaLen = len;
 }

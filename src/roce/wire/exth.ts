@@ -7,6 +7,7 @@
  * for the transport hot path.
  */
 import type { HeaderSpec } from './field.js';
+import { putU32 } from './bytes.js';
 
 function u24(b: Buffer, o: number): number {
   return (b[o]! << 16) | (b[o + 1]! << 8) | b[o + 2]!;
@@ -87,21 +88,22 @@ export class RethView extends View {
   set va(v: bigint) {
     this.buf.writeBigUInt64BE(BigInt.asUintN(64, v), this.off);
   }
+  /** The halves as uint32 or as int32 (`| 0`, which never makes a heap number when passed on). */
   setVa(hi: number, lo: number): void {
-    this.buf.writeUInt32BE(hi >>> 0, this.off);
-    this.buf.writeUInt32BE(lo >>> 0, this.off + 4);
+    putU32(this.buf, this.off, hi);
+    putU32(this.buf, this.off + 4, lo);
   }
   get rkey(): number {
     return this.buf.readUInt32BE(this.off + 8);
   }
   set rkey(v: number) {
-    this.buf.writeUInt32BE(v >>> 0, this.off + 8);
+    putU32(this.buf, this.off + 8, v);
   }
   get dmaLen(): number {
     return this.buf.readUInt32BE(this.off + 12);
   }
   set dmaLen(v: number) {
-    this.buf.writeUInt32BE(v >>> 0, this.off + 12);
+    putU32(this.buf, this.off + 12, v);
   }
 }
 
