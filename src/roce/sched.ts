@@ -26,6 +26,96 @@ export interface Scheduler {
   flushSoon(): void;
   setTimer(ms: number, fn: () => void): TimerHandle;
   clearTimer(h: TimerHandle | null): void;
+  /**
+   * A timer made once and started many times: `fn` runs once per start() that stop() did not
+   * cancel, as setTimer's would, at least `ms` later. Starting it again allocates nothing where
+   * the scheduler can avoid it (the transport's lazy timers, lazy-timer.ts, re-arm once per period).
+   */
+  timer(fn: () => void): ReusableTimer;
+}
+
+export interface ReusableTimer {
+  /** Runs the timer's fn `ms` from now (a start while running replaces the pending one). */
+  start(ms: number): void;
+  stop(): void;
+}
+
+/** A ReusableTimer over any scheduler's setTimer/clearTimer (the fake clock's: exact times). */
+class HandleTimer implements ReusableTimer {
+  #h: TimerHandle | null = null;
+  readonly #sched: Scheduler;
+  readonly #fn: () => void;
+  readonly #fire = (): void => {
+    this.#h = null;
+    this.#fn();
+  };
+  constructor(sched: Scheduler, fn: () => void) {
+    this.#sched = sched;
+    this.#fn = fn;
+  }
+  start(ms: number): void {
+    this.#sched.clearTimer(this.#h);
+    this.#h = this.#sched.setTimer(ms, this.#fire);
+  }
+  stop(): void {
+    this.#sched.clearTimer(this.#h);
+    this.#h = null;
+  }
+}
+
+/**
+ * RealScheduler's ReusableTimer: one Node Timeout, re-armed with refresh() (no allocation) while
+ * the wait, rounded up to whole milliseconds (Node's timers have no finer grain), stays the same,
+ * as a probe's does; a new Timeout only when it changes, or after a stop (refresh() cannot revive
+ * a cleared one). It fires in the check phase, as setTimer's do (see there).
+ */
+class NodeTimer implements ReusableTimer {
+  #t: NodeJS.Timeout | null = null;
+  #ms = -1;
+  /** a start not yet run or stopped, and when it is due; the Timeout and the deferred run check them */
+  #live = false;
+  #due = 0;
+  readonly #sched: RealScheduler;
+  readonly #fn: () => void;
+  readonly #run = (): void => {
+    if (!this.#live) return;
+    // Early: Node times from the loop's cached clock, or a start() since has moved the time.
+    const left = this.#due - this.#sched.now();
+    if (left > 0) {
+      this.start(left);
+      return;
+    }
+    this.#live = false;
+    this.#fn();
+  };
+  readonly #onTimeout = (): void => {
+    if (this.#live) this.#sched.defer(this.#run);
+  };
+  constructor(sched: RealScheduler, fn: () => void) {
+    this.#sched = sched;
+    this.#fn = fn;
+  }
+  start(ms: number): void {
+    this.#live = true;
+    this.#due = this.#sched.now() + ms;
+    const d = Math.max(1, Math.ceil(ms));
+    if (this.#t !== null && d === this.#ms) {
+      this.#t.refresh();
+      return;
+    }
+    if (this.#t !== null) clearTimeout(this.#t);
+    this.#ms = d;
+    this.#t = setTimeout(this.#onTimeout, d);
+    this.#t.unref();
+  }
+  stop(): void {
+    this.#live = false;
+    // Cleared, not left to expire: a pending Timeout keeps this timer, and through its fn the
+    // QP, alive until it comes (up to the ACK timeout after a close; loop1000.test's GC check).
+    // Stops are rare (retry, RNR wait, flush, reset, close); the next start makes a new one.
+    if (this.#t !== null) clearTimeout(this.#t);
+    this.#t = null;
+  }
 }
 
 const RESOLVED = Promise.resolve();
@@ -233,6 +323,9 @@ export class RealScheduler implements Scheduler {
     const t = (h as { t?: NodeJS.Timeout }).t;
     if (t) clearTimeout(t);
   }
+  timer(fn: () => void): ReusableTimer {
+    return new NodeTimer(this, fn);
+  }
 }
 
 interface FakeTimer extends TimerHandle {
@@ -265,6 +358,9 @@ export class FakeScheduler implements Scheduler {
   }
   clearTimer(h: TimerHandle | null): void {
     if (h) h.cancelled = true;
+  }
+  timer(fn: () => void): ReusableTimer {
+    return new HandleTimer(this, fn);
   }
   /** Runs deferred work until none is left (bounded: throws after `max` steps, a livelock). */
   run(max = 1_000_000): number {

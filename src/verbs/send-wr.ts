@@ -114,6 +114,7 @@ export function fillSendWqe(qp: SendQueueOwner, e: SendWqe, w: SendWr): void {
   e.inline = null;
   e.rdMaxSeen = -1;
   e.rdAsked = -1;
+  e.rdAskedEnd = -1;
   if (e.rdHave !== null) e.rdHave.fill(0);
   // Local protection (IBA 10.6.3.4): every SGE inside a live MR of this PD; READ/atomic targets need LOCAL_WRITE.
   const needWrite = e.op === WrOp.RDMA_READ || e.op >= WrOp.ATOMIC_CMP_AND_SWP;

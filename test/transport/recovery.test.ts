@@ -212,7 +212,8 @@ t.test('the ACK timer never fires before its deadline, though a later packet mov
 });
 
 t.test('a READ retried by its ACK timer asks for each hole, not for the whole rest again', async (t) => {
-  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+  // Timeout 8 (1 ms): the hole probe (at least 1 ms) would not come before half the ACK timeout, so it is not armed.
+  const p = await makePair({ timeout: 8, mtu: 1024, memSize: 1 << 20 });
   const asked: number[] = []; // DMA length of each READ request on the wire
   const { w, responses, same } = await lossyRead(p, 7, new Set([10, 100, 200]), (len) => {
     asked.push(len);
@@ -228,6 +229,96 @@ t.test('a READ retried by its ACK timer asks for each hole, not for the whole re
   t.ok(responses <= 256 + 3 + 3, `${responses} response packets for 256 needed and 3 lost (the rest of the stream is not sent again)`);
   await p.close();
 });
+
+t.test('a lost hole request is asked for again by the hole probe, not one ACK timeout later', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+  const asked: number[] = [];
+  const at: number[] = [];
+  const { w, responses, same } = await lossyRead(p, 7, new Set([10, 100, 200]), (len) => {
+    asked.push(len);
+    at.push(p.sched.now());
+    return asked.length !== 2; // the first hole request is lost
+  });
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+  );
+  t.ok(same, 'every byte right');
+  t.equal(p.a.dev.counters()['timeouts'], 0, 'no ACK timeout (67 ms at timeout 14)');
+  t.same(asked.slice(1), [1024, 1024, 1024, 1024], 'the hole asked for twice (the first ask lost), then the next two holes');
+  t.ok(at[2]! - at[1]! >= 1 && at[2]! - at[1]! < 10, `asked again ${(at[2]! - at[1]!).toFixed(2)} ms after the lost ask (at least 1 ms, far below 67)`);
+  t.equal(p.a.dev.counters()['read_hole_requests'], 4);
+  t.ok(responses <= 256 + 3 + 3, `${responses} response packets for 256 needed and 3 lost`);
+  await p.close();
+});
+
+t.test('a hole whose every ask is lost is left to the ACK timer after HOLE_ASKS_MAX asks, and the READ still completes', async (t) => {
+  const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+  let holeAsks = 0;
+  const { w, same } = await lossyRead(p, 5, new Set([10]), (len) => {
+    if (len !== 1024) return true;
+    return ++holeAsks > 4; // the first ask and three re-asks are lost
+  });
+  t.same(
+    w.map((x) => x.status),
+    ['SUCCESS'],
+  );
+  t.ok(same, 'every byte right');
+  t.ok(p.a.dev.counters()['timeouts']! >= 1, 'the ACK timer took over');
+  t.ok(holeAsks >= 5, `${holeAsks} asks for the hole`);
+  await p.close();
+});
+
+/**
+ * A 256 KiB READ like lossyRead's, losing response arrivals by their index in the READ: `drops`
+ * maps a response index to how many of its arrivals are lost (the original, then replays).
+ */
+async function burstRead(p: Awaited<ReturnType<typeof makePair>>, drops: Map<number, number>): Promise<{ w: Wc[]; responses: number; same: boolean }> {
+  const { a, b } = p;
+  for (let i = 0; i < 256 * 1024; i++) b.mem[i] = (i * 11 + (i >> 9)) & 0xff;
+  let responses = 0;
+  let first = -1;
+  p.net!.filter = (pkt, src) => {
+    const psn = pkt.readUInt32BE(8) & 0xffffff;
+    if (src === '10.0.0.1' && pkt[0] === 0x0c && first < 0) first = psn;
+    if (src !== '10.0.0.2' || pkt[0]! < 0x0d || pkt[0]! > 0x10) return true;
+    responses++;
+    const idx = (psn - first) & 0xffffff;
+    const left = drops.get(idx) ?? 0;
+    if (left === 0) return true;
+    drops.set(idx, left - 1);
+    return false;
+  };
+  a.qp.postSend({ wrId: 1, opcode: 'RDMA_READ', sg: [{ mr: a.mr, offset: 0, length: 256 * 1024 }], remote: { addr: b.mr.addr, rkey: b.mr.rkey } });
+  const w = await waitWc(p, a.scq, 1, 1000);
+  return { w, responses, same: a.mem.subarray(0, 256 * 1024).equals(b.mem.subarray(0, 256 * 1024)) };
+}
+
+// Responses 50..89 lost once; `again` lost a second time, in the replay. Before the fix each replayed
+// response re-asked for the rest of the hole: 40 requests, and the responder restarted the replay for
+// each (about 256 + 40 x 41 / 2 responses).
+for (const [name, again, holes, what] of [
+  ['a burst of 40 lost responses is asked for once: its replay, arriving in order, is not asked for again per response', -1, 1, 'one hole request'],
+  ['a burst hole whose replay stops short is asked for again from where it stopped, by the hole probe', 70, 2, 'the burst, then response 70 alone'],
+] as const) {
+  t.test(name, async (t) => {
+    const p = await makePair({ timeout: 14, mtu: 1024, memSize: 1 << 20 });
+    const drops = new Map<number, number>();
+    for (let i = 50; i < 90; i++) drops.set(i, 1);
+    if (again >= 0) drops.set(again, 2);
+    const lost = again >= 0 ? 41 : 40;
+    const { w, responses, same } = await burstRead(p, drops);
+    t.same(
+      w.map((x) => x.status),
+      ['SUCCESS'],
+    );
+    t.ok(same, 'every byte right');
+    t.equal(p.a.dev.counters()['read_hole_requests'], holes, what);
+    t.ok(responses <= 256 + lost + 2, `${responses} response packets for 256 needed and ${lost} lost`);
+    t.equal(p.a.dev.counters()['timeouts'], 0, 'no ACK timeout');
+    await p.close();
+  });
+}
 
 t.test('a request reordered by a couple of packets costs no NAK and no resend (the responder keeps what came ahead)', async (t) => {
   const p = await makePair({ timeout: 14, mtu: 1024 });

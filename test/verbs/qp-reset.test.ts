@@ -13,8 +13,8 @@ const KEPT: Record<'req' | 'comp' | 'resp', readonly string[]> = {
   // run-queue membership: a queued QP stays queued (its run finds nothing to send)
   req: ['scheduled', 'waitingDrain'],
   // retry budgets are attributes (set by the modify that sets retry_cnt / rnr_retry); the round-trip
-  // estimate is of the path; timers are stopped by the QP (handles and their lazily made callbacks)
-  comp: ['retryCnt', 'rnrRetry', 'srtt', 'sampleT', 'onTimer', 'onProbe'],
+  // estimate is of the path; the QP stops its timers (lazy-timer.ts), which keep only whom they call
+  comp: ['retryCnt', 'rnrRetry', 'srtt', 'sampleT'],
   // READ/ATOMIC resources are allocated on RESET -> INIT; the coalesced-ACK machinery and the
   // drain flag are per event-loop turn
   resp: ['res', 'scheduled', 'waitingDrain', 'ackPending', 'ackPsn', 'ackMsn', 'ackFlush'],

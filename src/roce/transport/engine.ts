@@ -205,17 +205,17 @@ export class Engine {
    */
   private park(qp: TransportQp): void {
     const c = qp.comp;
-    if (c.deadline === Infinity && c.probeAt === Infinity) return;
+    if (c.ack.at === Infinity && c.probe.at === Infinity) return;
     if (qp.req.nextWqe >= qp.sqTail || psnDiff(qp.req.psn, c.psn) >= qp.req.window || c.rnrTimer) return; // nothing it could send now
-    c.deadline = Infinity;
-    c.probeAt = Infinity;
+    c.ack.at = Infinity;
+    c.probe.at = Infinity;
     c.parked = true; // a flag, not a set: a ping-pong parked and unparked its QP every round trip (issue 15)
   }
   private unpark(qp: TransportQp, wasParked: boolean, sent: number): void {
     // Parked again during the run (more to send, or no tx buffer): nothing to do.
     if (!wasParked || sent > 0 || qp.comp.parked) return;
     const c = qp.comp;
-    if (c.deadline !== Infinity || qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD') || psnDiff(qp.req.psn, c.psn) <= 0) return;
+    if (c.ack.at !== Infinity || qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD') || psnDiff(qp.req.psn, c.psn) <= 0) return;
     // It could not send after all (fence, max_rd_atomic): the ACK timer runs again from now. Not
     // a round-trip sample: no packet left now.
     const sp = c.sampleP,
@@ -382,11 +382,11 @@ export class Engine {
     const now = this.host.sched.now();
     for (const qp of this.busy) {
       const c = qp.comp;
-      if (qp.port !== p.num || c.deadline === Infinity) continue;
+      if (qp.port !== p.num || c.ack.at === Infinity) continue;
       const rto = ackTimeoutMs(qp.timeout);
-      if (c.deadline - rto < now - held) continue; // its last packet was out before the wait began
-      c.deadline = now + rto;
-      c.probeAt = Infinity; // no probe for packets that just left (the ACK timer still guards them)
+      if (c.ack.at - rto < now - held) continue; // its last packet was out before the wait began
+      c.ack.at = now + rto;
+      c.probe.at = Infinity; // no probe for packets that just left (the ACK timer still guards them)
     }
   }
 

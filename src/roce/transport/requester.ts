@@ -196,11 +196,12 @@ function sendRead(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void {
   }
   lastOpcode = opc;
   writeBth(b, opc, false, 0, qp.destQpn, true, psn);
-  writeRethAt(b, opc, wqe.remoteHi, wqe.remoteLo, wqe.sent, wqe.rkey, len);
+  writeRethAt(b, opc, wqe.remoteHi | 0, wqe.remoteLo | 0, wqe.sent, wqe.rkey | 0, len);
   advancePsn(qp, psnAdd(wqe.lastPsn, 1));
   finishAndSend(port, b, payloadOff(opc), 0, d, qp.srcPort);
   if (next >= 0) {
     wqe.rdAsked = from;
+    wqe.rdAskedEnd = next;
     askReadGaps(qp, port, wqe, next, d);
   }
   requestSent(qp, wqe);
@@ -222,6 +223,7 @@ function askReadGaps(qp: Qp, port: Port, wqe: SendWqe, at: number, d: Dest): voi
       return;
     port.counters.counts[Ctr.read_hole_requests]!++;
     wqe.rdAsked = at; // read-response.ts askReadHole does not ask for it again
+    wqe.rdAskedEnd = to;
     at = to;
   }
 }
@@ -279,7 +281,8 @@ function sendSegment(qp: Qp, port: Port, wqe: SendWqe, b: Buffer, d: Dest): void
     deth.qkey = (wqe.remoteQkey & 0x80000000) !== 0 ? qp.qkey : wqe.remoteQkey;
     deth.srcQp = qp.qpn;
   }
-  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) writeRethAt(b, opc, wqe.remoteHi, wqe.remoteLo, 0, wqe.rkey, wqe.length);
+  if (first && (wqe.op === WrOp.RDMA_WRITE || wqe.op === WrOp.RDMA_WRITE_WITH_IMM))
+    writeRethAt(b, opc, wqe.remoteHi | 0, wqe.remoteLo | 0, 0, wqe.rkey | 0, wqe.length);
   if (last && (wqe.op === WrOp.SEND_WITH_IMM || wqe.op === WrOp.RDMA_WRITE_WITH_IMM)) b.writeUInt32BE(wqe.imm, hdrOff(opc, Hdr.IMMDT));
   if (last && wqe.op === WrOp.SEND_WITH_INV) b.writeUInt32BE(wqe.invRkey, hdrOff(opc, Hdr.IETH));
   const p = payloadOff(opc);
@@ -370,7 +373,11 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
       }
     } else {
       let skip = sent0;
-      for (const s of w.sg) {
+      // Indexed: a for-of is an array iterator wherever V8 does not optimise it away (issue 15's
+      // heap check; the sampled bytes in this function were the RETH's, see writeRethAt's callers).
+      const sg = w.sg;
+      for (let i = 0; i < sg.length; i++) {
+        const s = sg[i]!;
         if (need === 0) break;
         if (skip >= s.length) {
           skip -= s.length;
@@ -412,7 +419,7 @@ function sendRunFast(qp: Qp, port: Port, wqe: SendWqe, budget: number): number {
       const se = last && w.solicited && (w.op <= WrOp.SEND_WITH_INV || w.op === WrOp.RDMA_WRITE_WITH_IMM);
       const h = fastHdrs[k]!;
       writeBth(h, opc, se, 0, qp.destQpn, ackReq, psn);
-      if (first && write) writeRethAt(h, opc, w.remoteHi, w.remoteLo, 0, w.rkey, w.length);
+      if (first && write) writeRethAt(h, opc, w.remoteHi | 0, w.remoteLo | 0, 0, w.rkey | 0, w.length);
       if (last && (w.op === WrOp.SEND_WITH_IMM || w.op === WrOp.RDMA_WRITE_WITH_IMM)) h.writeUInt32BE(w.imm, hdrOff(opc, Hdr.IMMDT));
       if (last && w.op === WrOp.SEND_WITH_INV) h.writeUInt32BE(w.invRkey, hdrOff(opc, Hdr.IETH));
       run.meta[2 * k] = payloadOff(opc);
@@ -533,32 +540,8 @@ function armProbe(qp: Qp): void {
   const rto = ackTimeoutMs(qp.timeout);
   const pto = Math.max(PROBE_MIN_MS, PROBE_RTTS * c.srtt);
   if (c.srtt === 0 || pto > rto / 2 || c.probes >= MAX_PROBES) return;
-  c.probeAt = qp.device.sched.now() + pto;
-  if (!c.probeTimer) startProbeTimer(qp, pto);
-}
-
-function startProbeTimer(qp: Qp, ms: number): void {
-  const c = qp.comp;
-  c.probeTimer = qp.device.sched.setTimer(ms, c.onProbe ?? (c.onProbe = probeTimerFn(qp)));
-}
-
-/**
- * The QP's probe timer callback, made once (a closure made inside startProbeTimer would have it
- * allocate a context per call, made or not: V8).
- */
-function probeTimerFn(qp: Qp): () => void {
-  const c = qp.comp;
-  return (): void => {
-    c.probeTimer = null;
-    if (c.probeAt === Infinity) return;
-    const left = c.probeAt - qp.device.sched.now();
-    if (left > 0.05) {
-      startProbeTimer(qp, left);
-      return;
-    }
-    c.probeAt = Infinity;
-    probe(qp);
-  };
+  const sched = qp.device.sched;
+  c.probe.arm(sched, qp, probe, pto, sched.now());
 }
 
 function probe(qp: Qp): void {

@@ -17,6 +17,7 @@ import { AtomicEthView, DethView, RethView } from '../wire/exth.js';
 import { BthView } from '../wire/bth.js';
 import { Reason, RespState } from './role-states.js';
 import { Role } from './trace.js';
+import { READ_BUDGET_MIN } from './state.js';
 import {
   abandonMessage,
   completeRecv,
@@ -689,6 +690,9 @@ function duplicate(c: RespCtx): void {
     }
     r.reads.unshift({ psn, mr, off, len, sentPsn: psn });
     c.reason = Reason.DUP_READ_REPLAYED;
+    // The requester lost responses: fewer per run from now on (responder.ts runReads).
+    r.readBudget = Math.max(READ_BUDGET_MIN, r.readBudget >> 1);
+    r.readCleanRuns = 0;
     c.runReads = true;
   }
 }

@@ -36,12 +36,15 @@ import { fatalNak, flushAck, port } from './responder-answers.js';
 import { NO_SRC, STASH_MAX, runRequestSteps } from './responder-steps.js';
 import { ROCEV1_PORT, SEG_MAX_PKTS, newSegmentRun } from '../link/link.js';
 import type { PortLike } from './types.js';
-import type { PendingRead } from './state.js';
+import { READ_BUDGET_MAX, type PendingRead } from './state.js';
 
 export { flushAck, sendAck } from './responder-answers.js';
 
 const BACKLOG_MAX = 4096;
-const READ_BUDGET = 64;
+/** Requests handled per run from the backlog that waited behind READ responses. */
+const BACKLOG_BUDGET = 64;
+/** Runs of a READ stream without a duplicate READ before its budget grows by one (RespInfo.readBudget). */
+const READ_CLEAN_RUNS = 8;
 
 /** For a look at a packet's BTH before it is processed (bound and read at once, nothing in between). */
 const peekBth = new BthView();
@@ -108,7 +111,16 @@ export function runReads(qp: Qp): void {
   if (r.ackPending && r.reads.length > 0) flushAck(qp);
   const pt = txPortOf(qp);
   const mtu = qp.pathMtu;
-  let budget = READ_BUDGET;
+  // Congestion control of the READ streams (AIMD, as TCP's window): nothing acknowledges READ
+  // responses, so the only sign that they overrun the requester (its socket buffer) is the
+  // requester asking again (a duplicate READ: responder-steps.ts duplicate halves the budget).
+  // Without it a 16 MiB READ over a link slower to read than to write (IPv6 on Node's dgram)
+  // sent 40x its packets: each re-ask replayed a stream that overran the buffer again.
+  if (++r.readCleanRuns >= READ_CLEAN_RUNS && r.readBudget < READ_BUDGET_MAX) {
+    r.readBudget++;
+    r.readCleanRuns = 0;
+  }
+  let budget = r.readBudget;
   while (r.reads.length > 0 && budget > 0) {
     if (qp.state === 'ERR' || qp.state === 'RESET') {
       r.reads.length = 0;
@@ -226,7 +238,7 @@ function scheduleReads(qp: Qp): void {
 const backlogInfo = new PktInfo();
 function drainBacklog(qp: Qp): void {
   const r = qp.resp;
-  let budget = READ_BUDGET;
+  let budget = BACKLOG_BUDGET;
   while (r.backlog.length > 0 && r.reads.length === 0 && budget-- > 0) {
     const e = r.backlog.shift()!;
     if (parseIb(backlogInfo, e.buf, 0, e.len) !== 0) continue;

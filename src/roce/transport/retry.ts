@@ -1,6 +1,6 @@
 /**
  * Loss recovery of an RC requester (IBA 9.7.6.1.3, 9.7.5.2.8; rxe_comp.c's retransmit timer and
- * ERROR_RETRY): the local ACK timer (lazy: one timer per timeout period), go-back-N rewind of the
+ * ERROR_RETRY): the local ACK timer (lazy-timer.ts: one timer per timeout period), go-back-N rewind of the
  * send queue to comp.psn, a retry counted against retry_cnt, and what progress from the peer
  * resets (the retry budgets, the window's additive increase, the round-trip estimate).
  * The completer (completer.ts) and the requester (requester.ts) drive it.
@@ -37,10 +37,12 @@ export function ackTimeoutMs(timeout: number): number {
 export function armRetransmit(qp: Qp): void {
   const c = qp.comp;
   if (qp.timeout === 0 || qp.type !== 'RC') return;
-  const ms = ackTimeoutMs(qp.timeout);
-  const now = qp.device.sched.now();
-  c.deadline = now + ms;
-  if (!c.timer) startAckTimer(qp, ms);
+  const sched = qp.device.sched;
+  const now = sched.now();
+  // Never before the deadline (IBA 9.7.6.1.3: the timeout is a lower bound; the timer's slack is
+  // 0). Re-arming only for more than 0.5 ms fired up to half a millisecond early, a third of
+  // timeout 8's 1 ms: READs streaming in order timed out and restarted (issue 15).
+  c.ack.arm(sched, qp, onAckTimer, ackTimeoutMs(qp.timeout), now);
   // Time one packet at a time for the round-trip estimate (not one resent: Karn).
   if (c.sampleP < 0 && c.retriedAt < 0) {
     c.sampleP = psnAdd(qp.req.psn, -1);
@@ -48,48 +50,13 @@ export function armRetransmit(qp: Qp): void {
   }
 }
 
-/**
- * The ACK timer is lazy: every ACK that makes progress moves the deadline
- * (restartRetransmit) without touching the timer; when the timer fires before
- * the deadline it re-arms for the rest. One timer per timeout period instead
- * of a clearTimeout/setTimeout pair per ACK.
- */
-function startAckTimer(qp: Qp, ms: number): void {
-  const c = qp.comp;
-  c.timer = qp.device.sched.setTimer(ms, c.onTimer ?? (c.onTimer = ackTimerFn(qp)));
-}
-
-/**
- * The QP's ACK timer callback, made once (a closure made inside startAckTimer would have it
- * allocate a context per call, made or not: V8).
- */
-function ackTimerFn(qp: Qp): () => void {
-  const c = qp.comp;
-  return (): void => {
-    c.timer = null;
-    if (c.deadline === Infinity) return;
-    // Never before the deadline (IBA 9.7.6.1.3: the timeout is a lower bound). Re-arming only
-    // for more than 0.5 ms fired up to half a millisecond early, a third of timeout 8's 1 ms:
-    // READs streaming in order timed out and restarted (issue 15).
-    const left = c.deadline - qp.device.sched.now();
-    if (left > 0) {
-      startAckTimer(qp, left);
-      return;
-    }
-    c.deadline = Infinity;
-    onTimeout(qp);
-  };
-}
-
-/** Stops the ACK timer (retry, RNR wait, flush, reset, close). */
+/** Stops the ACK timer and both probes (retry, RNR wait, flush, reset, close). */
 export function stopAckTimer(qp: Qp): void {
   const c = qp.comp;
-  qp.device.sched.clearTimer(c.timer);
-  c.timer = null;
-  c.deadline = Infinity;
-  qp.device.sched.clearTimer(c.probeTimer);
-  c.probeTimer = null;
-  c.probeAt = Infinity;
+  c.ack.stop();
+  c.probe.stop();
+  c.hole.stop();
+  c.holePsn = -1;
 }
 
 /** Packets sent and not yet acknowledged (IBA 9.7.6.1.3: what the ACK timer guards). */
@@ -98,11 +65,11 @@ export function unacked(qp: Qp): boolean {
 }
 
 function restartRetransmit(qp: Qp): void {
-  qp.comp.deadline = Infinity;
+  qp.comp.ack.at = Infinity;
   if (unacked(qp)) armRetransmit(qp);
 }
 
-function onTimeout(qp: Qp): void {
+function onAckTimer(qp: Qp): void {
   if (qp.closed || (qp.state !== 'RTS' && qp.state !== 'SQD')) return;
   if (!unacked(qp)) return;
   qp.device.ports[qp.port - 1]!.counters.counts[Ctr.timeouts]!++;
@@ -120,6 +87,7 @@ export function rewind(qp: Qp): void {
     // ACK may since have moved comp.psn into it, and its resend must start there, at its old PSNs.
     if (!w.psnAssigned) break;
     w.rdAsked = -1; // a READ's holes may be asked for again after a rewind
+    w.rdAskedEnd = -1;
     const into = psnDiff(qp.comp.psn, w.firstPsn);
     if (into > 0 && psnDiff(qp.comp.psn, w.lastPsn) <= 0 && !(w.op === WrOp.ATOMIC_CMP_AND_SWP || w.op === WrOp.ATOMIC_FETCH_AND_ADD)) {
       w.sent = into * mtu;

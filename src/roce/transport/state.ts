@@ -8,6 +8,10 @@
 import type { TimerHandle } from '../sched.js';
 import type { MemoryRegion } from './shared.js';
 import { RdResource, type RecvWqe } from './wqe.js';
+import { LazyTimer } from './lazy-timer.js';
+
+/** A probe's timer that comes this little (ms) before its deadline fires as if on time. */
+const PROBE_SLACK_MS = 0.05;
 
 /** RXE_MAX_UNACKED_PSNS: the requester's window starts (and is reset to) this many PSNs. */
 const INITIAL_WINDOW = 128;
@@ -59,24 +63,33 @@ export class CompInfo {
   /** retries left (the QP's retry_cnt / rnr_retry when set; 7 = forever) */
   retryCnt = 0;
   rnrRetry = 0;
-  timer: TimerHandle | null = null;
   rnrTimer: TimerHandle | null = null;
   /** the PSN the last retry started from (-1: none) */
   retriedAt = -1;
   /** its ACK timer and probe are held while it waits in the device's run queue (engine.ts park) */
   parked = false;
-  /** when the ACK timer expires (Infinity: not armed); the timer itself is lazy (retry.ts) */
-  deadline = Infinity;
-  onTimer: (() => void) | null = null;
+  /** the ACK timer (retry.ts armRetransmit); `ack.at`: when it expires (Infinity: not armed) */
+  readonly ack = new LazyTimer(0);
   /** round-trip estimate (ms, 0 = none yet) and the one packet being timed (PSN, send time) */
   srtt = 0;
   sampleP = -1;
   sampleT = 0;
-  /** the tail-loss probe (requester.ts armProbe): when it fires, its lazy timer, probes since progress */
-  probeAt = Infinity;
-  probeTimer: TimerHandle | null = null;
-  onProbe: (() => void) | null = null;
+  /** the tail-loss probe (requester.ts armProbe), and the probes sent since progress */
+  readonly probe = new LazyTimer(PROBE_SLACK_MS);
   probes = 0;
+  /**
+   * The READ hole asked for last (read-response.ts askReadHole): its first PSN (-1: none), how
+   * often it was asked, when it was first asked, and its probe (it is asked again if still missing
+   * at `hole.at`); holeRtt: the round trip of a hole request answered at the first ask (ms, 0 =
+   * none yet).
+   */
+  holePsn = -1;
+  /** the PSN after the hole's range: it is filled when comp.psn reaches this */
+  holeEnd = -1;
+  holeAsks = 0;
+  holeAskedAt = 0;
+  readonly hole = new LazyTimer(PROBE_SLACK_MS);
+  holeRtt = 0;
 
   /**
    * RESET (the caller stops the timers first: retry.ts stopAckTimer, and the RNR timer). The
@@ -88,6 +101,9 @@ export class CompInfo {
     this.retriedAt = -1;
     this.sampleP = -1;
     this.probes = 0;
+    this.holePsn = -1;
+    this.holeEnd = -1;
+    this.holeAsks = 0;
   }
 }
 
@@ -108,6 +124,10 @@ export interface BackloggedRequest {
   ipId: number;
   srcBytes: Uint8Array;
 }
+
+/** READ responses per run of the responder's READ streams at most, and at least (see RespInfo.readBudget) */
+export const READ_BUDGET_MAX = 64;
+export const READ_BUDGET_MIN = 4;
 
 /** responder (rxe resp): expected PSN, MSN, message in progress, saved READ/ATOMIC resources */
 export class RespInfo {
@@ -140,6 +160,12 @@ export class RespInfo {
   reads: PendingRead[] = [];
   /** requests that arrived while READ responses were being sent (kept in order) */
   backlog: BackloggedRequest[] = [];
+  /**
+   * READ responses one run may send (responder.ts runReads), AIMD: halved by each duplicate READ
+   * (the requester went back for responses it lost), one more per READ_CLEAN_RUNS runs without one.
+   */
+  readBudget = READ_BUDGET_MAX;
+  readCleanRuns = 0;
   /** RC requests that arrived ahead of a missing PSN, kept by PSN until it comes (responder.ts stashAhead) */
   readonly stash = new Map<number, Buffer>();
   /** the expected PSN the out-of-sequence count (oosCount) is for */
@@ -174,6 +200,8 @@ export class RespInfo {
     this.resNext = 0;
     this.reads = [];
     this.backlog = [];
+    this.readBudget = READ_BUDGET_MAX;
+    this.readCleanRuns = 0;
     this.stash.clear();
     this.gapPsn = -1;
   }

@@ -61,11 +61,12 @@ export class SendWqe {
   /**
    * READ: responses that arrived ahead of a missing one (a bit per response packet; allocated the
    * first time one does, kept for reuse), the highest response index seen, and the response index a
-   * hole re-request was last sent for (read-response.ts readResponse)
+   * hole re-request was last sent for and the index after its range (read-response.ts readResponse)
    */
   rdHave: Uint8Array | null = null;
   rdMaxSeen = -1;
   rdAsked = -1;
+  rdAskedEnd = -1;
 }
 
 /** A receive WQE (of a QP's RQ or of an SRQ). */
