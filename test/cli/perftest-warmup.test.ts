@@ -65,8 +65,12 @@ t.test('each verb plays its loop for the asked round trips, then frees all it ma
     const after = d.counters();
     // SEND: a SEND each way per round trip; WRITE: a WRITE each way; READ/ATOMIC: a request and its answer.
     t.ok(after['sent_pkts']! - before['sent_pkts']! >= 300, `${verb} ${conn}: its packets went through the device`);
-    t.equal(after['rcvd_icrc_err'], 0);
-    t.equal(after['rcvd_unknown_qp'], 0);
+    t.equal(after['rcvd_icrc_err'], 0, `${verb} ${conn}: no ICRC error`);
+    // A packet the requester sent again (a tail probe or an ACK timeout, under load) may be
+    // answered after close() freed its QP: the device drops that answer as for an unknown QP, as
+    // rxe does. Anything else reaching an unknown QP is a stray of the warm-up.
+    const resent = after['tail_probes']! + after['timeouts']! + after['read_hole_requests']!;
+    t.ok(after['rcvd_unknown_qp']! <= resent, `${verb} ${conn}: unknown-QP drops ${after['rcvd_unknown_qp']} <= resends ${resent}`);
   }
 });
 
