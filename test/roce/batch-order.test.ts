@@ -30,10 +30,17 @@ t.test(
     const rx = dgram.createSocket('udp4');
     await new Promise<void>((r) => rx.bind(0, '127.0.89.2', r));
     const port = rx.address().port;
-    const got: Array<[number, number]> = [];
-    rx.on('message', (m) => got.push([m[0]!, m[12]!]));
+    const got: number[] = [];
+    rx.on('message', (m) => got.push(m[12]!));
     const link = await UdpLink.open({ address: '127.0.89.1', port: 0, txSockets: 0 });
     t.ok(link.batchStats !== undefined, 'the native link batches its sends');
+    /** Hands [opcode, tag, length, DestQP] over in one turn; the tags in the order they arrived. */
+    const turn = async (pkts: Array<[number, number, number, number?]>): Promise<number[]> => {
+      got.length = 0;
+      for (const [op, tag, len, qp] of pkts) link.send(pkt(link, op, tag, len, qp), len, '127.0.89.2', port);
+      for (let i = 0; i < 200 && got.length < pkts.length; i++) await new Promise((r) => setTimeout(r, 5));
+      return [...got];
+    };
     // One turn: ACK, SEND (answer), READ response, NAK, WRITE, ATOMIC ACK, SEND; ACK-sized and not.
     const order: Array<[number, number, number]> = [
       [0x11, 1, 20],
@@ -44,22 +51,13 @@ t.test(
       [0x12, 6, 28],
       [0x04, 7, 20],
     ];
-    for (const [op, tag, len] of order) link.send(pkt(link, op, tag, len), len, '127.0.89.2', port);
-    for (let i = 0; i < 200 && got.length < order.length; i++) await new Promise((r) => setTimeout(r, 5));
     t.same(
-      got.map(([, tag]) => tag),
+      await turn(order),
       [2, 5, 7, 1, 3, 4, 6],
       'requests (SEND, WRITE, SEND) first, then the responses (ACK, READ response, NAK, ATOMIC ACK), each in the order handed over',
     );
-    // A turn of requests only, or of responses only, goes as handed over.
-    got.length = 0;
-    for (const [op, tag, len] of order.filter(([op]) => op >= 0x0d && op <= 0x12)) link.send(pkt(link, op, tag, len), len, '127.0.89.2', port);
-    for (let i = 0; i < 200 && got.length < 4; i++) await new Promise((r) => setTimeout(r, 5));
-    t.same(
-      got.map(([, tag]) => tag),
-      [1, 3, 4, 6],
-      'responses alone: as handed over',
-    );
+    // A turn of responses only goes as handed over.
+    t.same(await turn(order.filter(([op]) => op >= 0x0d && op <= 0x12)), [1, 3, 4, 6], 'responses alone: as handed over');
     // Another QP's packet between them: no response moves past it. Two QPs each with an ACK then
     // a SEND, back to back: each QP's pair turns round.
     const mixed: Array<[number, number, number, number]> = [
@@ -71,14 +69,7 @@ t.test(
       [0x11, 6, 20, 0x33],
       [0x04, 7, 84, 0x33],
     ];
-    got.length = 0;
-    for (const [op, tag, len, qp] of mixed) link.send(pkt(link, op, tag, len, qp), len, '127.0.89.2', port);
-    for (let i = 0; i < 200 && got.length < mixed.length; i++) await new Promise((r) => setTimeout(r, 5));
-    t.same(
-      got.map(([, tag]) => tag),
-      [1, 2, 3, 5, 4, 7, 6],
-      "the ACK before the MAD stays before it; QP 0x22's and QP 0x33's SENDs go before their ACKs",
-    );
+    t.same(await turn(mixed), [1, 2, 3, 5, 4, 7, 6], "the ACK before the MAD stays before it; QP 0x22's and QP 0x33's SENDs go before their ACKs");
     await link.close();
     rx.close();
   },

@@ -26,6 +26,26 @@ function isResponse(b: Buffer): boolean {
   return op >= 0x0d && op <= 0x12;
 }
 
+/** The send queue's columns (UdpLinkBase's qBuf, qLen, ...), or a scratch of the same shape. */
+interface Slots {
+  buf: Buffer[];
+  len: number[];
+  ip: string[];
+  port: number[];
+  tos: number[];
+  sport: number[];
+}
+
+/** d[di] = s[si], every column. */
+function copySlot(d: Slots, di: number, s: Slots, si: number): void {
+  d.buf[di] = s.buf[si]!;
+  d.len[di] = s.len[si]!;
+  d.ip[di] = s.ip[si]!;
+  d.port[di] = s.port[si]!;
+  d.tos[di] = s.tos[si]!;
+  d.sport[di] = s.sport[si]!;
+}
+
 /** The BTH DestQP (bytes 5..7) of a packet that starts with its BTH. */
 function destQp(b: Buffer): number {
   return (b[5]! << 16) | (b[6]! << 8) | b[7]!;
@@ -158,13 +178,10 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   private readonly qTos: number[] = [];
   private readonly qSport: number[] = [];
   private qn = 0;
-  /** responsesLast's scratch (the batch's responses while the requests move up), kept for reuse */
-  private readonly rBuf: Buffer[] = [];
-  private readonly rLen: number[] = [];
-  private readonly rIp: string[] = [];
-  private readonly rPort: number[] = [];
-  private readonly rTos: number[] = [];
-  private readonly rSport: number[] = [];
+  /** the send queue's columns as one value, for copying an entry (requestsFirst) */
+  private readonly q: Slots = { buf: this.qBuf, len: this.qLen, ip: this.qIp, port: this.qPort, tos: this.qTos, sport: this.qSport };
+  /** requestsFirst's scratch (the run's responses while its requests move up), kept for reuse */
+  private readonly resp: Slots = { buf: [], len: [], ip: [], port: [], tos: [], sport: [] };
   /**
    * The flow-port pool: a send socket per flow source port, opened on demand, at most `txCap`
    * open. Past the cap the least recently chosen socket that nothing waits on is closed for the
@@ -665,39 +682,19 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
     const b = this.qBuf;
     let r = from;
     while (r < to && !isResponse(b[r]!)) r++;
-    let q = r + 1;
-    while (q < to && isResponse(b[q]!)) q++;
-    if (q >= to) return; // no request behind a response: nothing moves
+    let next = r + 1;
+    while (next < to && isResponse(b[next]!)) next++;
+    if (next >= to) return; // no request behind a response: nothing moves
     let w = r,
       m = 0;
     for (let i = r; i < to; i++) {
-      if (isResponse(b[i]!)) {
-        this.rBuf[m] = b[i]!;
-        this.rLen[m] = this.qLen[i]!;
-        this.rIp[m] = this.qIp[i]!;
-        this.rPort[m] = this.qPort[i]!;
-        this.rTos[m] = this.qTos[i]!;
-        this.rSport[m++] = this.qSport[i]!;
-      } else {
-        if (w !== i) {
-          b[w] = b[i]!;
-          this.qLen[w] = this.qLen[i]!;
-          this.qIp[w] = this.qIp[i]!;
-          this.qPort[w] = this.qPort[i]!;
-          this.qTos[w] = this.qTos[i]!;
-          this.qSport[w] = this.qSport[i]!;
-        }
-        w++;
-      }
+      if (isResponse(b[i]!)) copySlot(this.resp, m++, this.q, i);
+      else if (w === i) w++;
+      else copySlot(this.q, w++, this.q, i);
     }
-    for (let i = 0; i < m; i++, w++) {
-      b[w] = this.rBuf[i]!;
-      this.rBuf[i] = undefined as unknown as Buffer;
-      this.qLen[w] = this.rLen[i]!;
-      this.qIp[w] = this.rIp[i]!;
-      this.qPort[w] = this.rPort[i]!;
-      this.qTos[w] = this.rTos[i]!;
-      this.qSport[w] = this.rSport[i]!;
+    for (let i = 0; i < m; i++) {
+      copySlot(this.q, w++, this.resp, i);
+      this.resp.buf[i] = undefined as unknown as Buffer;
     }
   }
 
