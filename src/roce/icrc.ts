@@ -43,8 +43,14 @@ for (let n = 0; n < 256; n++) {
   }
 }
 
-/** Slicing-by-8 CRC-32 over buf[off, end), chained like zlib.crc32(data, crc). No allocation. */
-export function crc32Js(crc: number, buf: Uint8Array, off: number, end: number): number {
+/**
+ * Slicing-by-8 CRC-32 over buf[off, end), chained like zlib.crc32(data, crc), as a signed 32-bit
+ * value. The ICRC's own path uses this form: a CRC of 2^31 or more as a JS number is a heap number
+ * (a small integer is at most 2^31 - 1), and one per packet returned from a call that was not
+ * inlined filled the young generation (issue 15's heap check; the ACKs a responder builds).
+ * `crc` may be given in either form.
+ */
+function crc32S(crc: number, buf: Uint8Array, off: number, end: number): number {
   const T = TABLE;
   let c = ~crc;
   while (off + 8 <= end) {
@@ -62,7 +68,12 @@ export function crc32Js(crc: number, buf: Uint8Array, off: number, end: number):
     off += 8;
   }
   while (off < end) c = T[(c ^ buf[off++]!) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
+  return ~c;
+}
+
+/** Slicing-by-8 CRC-32 over buf[off, end), chained like zlib.crc32(data, crc). */
+export function crc32Js(crc: number, buf: Uint8Array, off: number, end: number): number {
+  return crc32S(crc, buf, off, end) >>> 0;
 }
 
 type ZlibCrc = (data: Uint8Array, value?: number) => number;
@@ -103,9 +114,12 @@ function copyMaskedBth(dst: Uint8Array, at: number, buf: Uint8Array, bthOff: num
   dst[at + 4] = 0xff;
 }
 
+/** The ICRC, signed (see crc32S), from the masked pseudo-header in `scr` and the packet after its BTH. */
 function finish(scr: Uint8Array, buf: Uint8Array, bthOff: number, icrcOff: number): number {
-  const c = crc32Js(ICRC_SEED, scr, 0, scr.length);
-  return crc32(c, buf, bthOff + BTH_LEN, icrcOff);
+  const c = crc32S(ICRC_SEED, scr, 0, scr.length);
+  const off = bthOff + BTH_LEN;
+  if (zcrc !== undefined && icrcOff - off >= ZLIB_MIN) return zcrc(buf.subarray(off, icrcOff), c >>> 0) | 0;
+  return crc32S(c, buf, off, icrcOff);
 }
 
 /**
@@ -123,7 +137,7 @@ export function icrcV2Ipv4(buf: Uint8Array, ipOff: number, bthOff: number, icrcO
   s[26] = 0xff;
   s[27] = 0xff; // UDP checksum
   copyMaskedBth(s, 28, buf, bthOff);
-  return finish(s, buf, bthOff, icrcOff);
+  return finish(s, buf, bthOff, icrcOff) >>> 0;
 }
 
 /** RoCEv2 over IPv6: the IPv6 header at ipOff, UDP after it, BTH at bthOff. */
@@ -138,7 +152,7 @@ export function icrcV2Ipv6(buf: Uint8Array, ipOff: number, bthOff: number, icrcO
   s[46] = 0xff;
   s[47] = 0xff; // UDP checksum
   copyMaskedBth(s, 48, buf, bthOff);
-  return finish(s, buf, bthOff, icrcOff);
+  return finish(s, buf, bthOff, icrcOff) >>> 0;
 }
 
 /** RoCEv1: the GRH at grhOff, the BTH right after it. Masking as for IPv6 (IBA 7.8.1). */
@@ -151,7 +165,7 @@ export function icrcV1(buf: Uint8Array, grhOff: number, icrcOff: number): number
   s[3] = 0xff; // IPVer kept, TClass + Flow Label masked
   s[7] = 0xff; // HopLmt
   copyMaskedBth(s, 40, buf, grhOff + 40);
-  return finish(s, buf, grhOff + 40, icrcOff);
+  return finish(s, buf, grhOff + 40, icrcOff) >>> 0;
 }
 
 function putU16(s: Uint8Array, o: number, v: number): void {
@@ -164,9 +178,10 @@ function putU16(s: Uint8Array, o: number, v: number): void {
  * icrcOff), with the IP and UDP headers described by parameters: what a UDP
  * socket sender computes before the kernel adds the headers, and what a UDP
  * socket receiver can rebuild. `id` and `flagsFrag` are the 16-bit IPv4 words
- * (DF alone = 0x4000).
+ * (DF alone = 0x4000). Signed (crc32S): the send path writes it with writeIcrc, which takes either
+ * form; icrcV2Ipv4Parts gives it unsigned.
  */
-export function icrcV2Ipv4Parts(
+export function icrcV2Ipv4PartsS(
   srcIp: number,
   dstIp: number,
   id: number,
@@ -199,8 +214,8 @@ export function icrcV2Ipv4Parts(
   return finish(s, buf, bthOff, icrcOff);
 }
 
-/** RoCEv2/IPv6 ICRC from parts (16-byte addresses). IPv6 has no ID: fully checkable from a socket. */
-export function icrcV2Ipv6Parts(src: Uint8Array, dst: Uint8Array, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
+/** RoCEv2/IPv6 ICRC from parts (16-byte addresses), signed. IPv6 has no ID: fully checkable from a socket. */
+export function icrcV2Ipv6PartsS(src: Uint8Array, dst: Uint8Array, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
   const s = scratch6;
   const ibLen = icrcOff + 4 - bthOff;
   s[0] = 0x6f;
@@ -223,9 +238,33 @@ export function icrcV2Ipv6Parts(src: Uint8Array, dst: Uint8Array, srcPort: numbe
   return finish(s, buf, bthOff, icrcOff);
 }
 
+/** icrcV2Ipv4PartsS as an unsigned 32-bit value (the ICRC as readIcrc reads it). */
+export function icrcV2Ipv4Parts(
+  srcIp: number,
+  dstIp: number,
+  id: number,
+  flagsFrag: number,
+  srcPort: number,
+  dstPort: number,
+  buf: Uint8Array,
+  bthOff: number,
+  icrcOff: number,
+): number {
+  return icrcV2Ipv4PartsS(srcIp, dstIp, id, flagsFrag, srcPort, dstPort, buf, bthOff, icrcOff) >>> 0;
+}
+
+/** icrcV2Ipv6PartsS as an unsigned 32-bit value. */
+export function icrcV2Ipv6Parts(src: Uint8Array, dst: Uint8Array, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
+  return icrcV2Ipv6PartsS(src, dst, srcPort, dstPort, buf, bthOff, icrcOff) >>> 0;
+}
+
 /** The ICRC as stored in the packet (little-endian on the wire). */
 export function readIcrc(buf: Uint8Array, icrcOff: number): number {
-  return (buf[icrcOff]! | (buf[icrcOff + 1]! << 8) | (buf[icrcOff + 2]! << 16) | (buf[icrcOff + 3]! << 24)) >>> 0;
+  return readIcrcS(buf, icrcOff) >>> 0;
+}
+/** readIcrc, signed: to compare with the ...S functions' results without a heap number (see crc32S). */
+export function readIcrcS(buf: Uint8Array, icrcOff: number): number {
+  return buf[icrcOff]! | (buf[icrcOff + 1]! << 8) | (buf[icrcOff + 2]! << 16) | (buf[icrcOff + 3]! << 24);
 }
 export function writeIcrc(buf: Uint8Array, icrcOff: number, crc: number): void {
   buf[icrcOff] = crc & 0xff;
@@ -320,9 +359,9 @@ export function icrcIdDelta(tail: number, id: number): number {
  * Returns `id | df << 16`, or -1 if no ID explains the ICRC (the packet is bad).
  */
 export function inferIpv4Id(srcIp: number, dstIp: number, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
-  const received = readIcrc(buf, icrcOff);
-  const c0 = icrcV2Ipv4Parts(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff);
-  let d = (c0 ^ received) | 0;
+  const received = readIcrcS(buf, icrcOff);
+  const c0 = icrcV2Ipv4PartsS(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff);
+  let d = c0 ^ received;
   if (d === 0) return 0x10000;
   // CRC input from the ID field to the end: 16 more IPv4 bytes, UDP, the IB packet.
   const tail = 16 + 8 + (icrcOff - bthOff);
@@ -353,8 +392,8 @@ export function inferIpv4Id(srcIp: number, dstIp: number, srcPort: number, dstPo
  * (test/roce/icrc-corruption.test.ts checks both facts exhaustively).
  */
 export function inferIpv4IdDf(srcIp: number, dstIp: number, srcPort: number, dstPort: number, buf: Uint8Array, bthOff: number, icrcOff: number): number {
-  const received = readIcrc(buf, icrcOff);
-  let d = (icrcV2Ipv4Parts(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff) ^ received) | 0;
+  const received = readIcrcS(buf, icrcOff);
+  let d = icrcV2Ipv4PartsS(srcIp, dstIp, 0, 0x4000, srcPort, dstPort, buf, bthOff, icrcOff) ^ received;
   if (d === 0) return 0;
   const b = idBasis16(16 + 8 + (icrcOff - bthOff));
   let comb = 0;
@@ -528,8 +567,8 @@ export function checkIcrcV4(
   icrcOff: number,
 ): number {
   if (knownId >= 0) {
-    const c = icrcV2Ipv4Parts(srcIp, dstIp, knownId & 0xffff, (knownId >>> 16) & 1 ? 0x4000 : 0, srcPort, dstPort, buf, bthOff, icrcOff);
-    if (c !== readIcrc(buf, icrcOff)) return -1;
+    const c = icrcV2Ipv4PartsS(srcIp, dstIp, knownId & 0xffff, (knownId >>> 16) & 1 ? 0x4000 : 0, srcPort, dstPort, buf, bthOff, icrcOff);
+    if (c !== readIcrcS(buf, icrcOff)) return -1;
     win?.known(srcIp, knownId & 0xffff);
     return knownId & 0x1ffff;
   }

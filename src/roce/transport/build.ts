@@ -6,7 +6,7 @@
 import { OPCODE_LEN, OPCODES, Hdr, OPC, TRANSPORT_PREFIX } from '../opcode.js';
 import { AethView, RethView } from '../wire/exth.js';
 import { padFor } from '../psn.js';
-import { icrcV2Ipv4Parts, icrcV2Ipv6Parts, writeIcrc } from '../icrc.js';
+import { icrcV2Ipv4PartsS, icrcV2Ipv6PartsS, writeIcrc } from '../icrc.js';
 import { Ctr } from '../counters.js';
 import type { PortLike as Port, Dest, TransportQp } from './types.js';
 
@@ -103,8 +103,8 @@ export function finishAndSend(port: Port, b: Buffer, end: number, payloadLen: nu
   const sp = link.sourcePort !== undefined ? link.sourcePort(srcPort) : link.localPort;
   const c =
     d.family === 4
-      ? icrcV2Ipv4Parts(port.ipNum, d.ipNum, 0, 0x4000, sp, d.port, b, 0, icrcOff)
-      : icrcV2Ipv6Parts(port.addrBytes, d.bytes, sp, d.port, b, 0, icrcOff);
+      ? icrcV2Ipv4PartsS(port.ipNum, d.ipNum, 0, 0x4000, sp, d.port, b, 0, icrcOff)
+      : icrcV2Ipv6PartsS(port.addrBytes, d.bytes, sp, d.port, b, 0, icrcOff);
   writeIcrc(b, icrcOff, c);
   const len = icrcOff + 4;
   port.counters.counts[Ctr.sent_pkts]!++;

@@ -5,7 +5,7 @@
  * nothing here throws, so one bad packet never disturbs another QP.
  */
 import { PktInfo, parseIb } from '../packet.js';
-import { Ipv4IdWindow, checkIcrcV4, icrcV2Ipv6Parts, readIcrc } from '../icrc.js';
+import { Ipv4IdWindow, checkIcrcV4, icrcV2Ipv6PartsS, readIcrcS } from '../icrc.js';
 import { Op } from '../opcode.js';
 import { OPCODE_TRANSPORT } from '../opcode.js';
 import { qpTransportPrefix } from './build.js';
@@ -156,8 +156,8 @@ export function deviceRx(dev: Device, port: Port, buf: Buffer, len: number, srcI
     srcBytes = v4bytes;
   } else {
     srcBytes = v6(srcIp);
-    const c = icrcV2Ipv6Parts(srcBytes, dst !== null ? dst.bytes : port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
-    if (c !== readIcrc(buf, info.icrcOff)) {
+    const c = icrcV2Ipv6PartsS(srcBytes, dst !== null ? dst.bytes : port.addrBytes, srcPort, port.link.localPort, buf, 0, info.icrcOff);
+    if (c !== readIcrcS(buf, info.icrcOff)) {
       counts[Ctr.rcvd_icrc_err]!++;
       return;
     }
