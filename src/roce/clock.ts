@@ -22,6 +22,24 @@ function offset(): number {
 }
 const origin = offset();
 
+/**
+ * monoMs(), written to MONO[0] instead of returned. A double returned from a call the optimizer did
+ * not inline is a new heap number; one stored from a Float64Array into a double field is not. The
+ * link's send path reads the clock once per turn this way (issue 15's heap check: the responder's
+ * ACK path, where the call is not inlined into a large caller).
+ */
+export const MONO = new Float64Array(1);
+
+export const monoTick: () => void =
+  clockNow !== null && Number.isFinite(origin)
+    ? (): void => {
+        clockNow(cell);
+        MONO[0] = cell[0]! + origin;
+      }
+    : (): void => {
+        MONO[0] = performance.now();
+      };
+
 /** Milliseconds, monotonic, on performance.now()'s timeline. */
 export const monoMs: () => number =
   clockNow !== null && Number.isFinite(origin)

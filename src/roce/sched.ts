@@ -5,7 +5,7 @@
  * work per event-loop turn, never a microtask loop), and uses setTimeout for
  * the ACK and RNR timers.
  */
-import { monoMs } from './clock.js';
+import { MONO, monoTick } from './clock.js';
 import { loadNative } from '../native.js';
 
 export interface TimerHandle {
@@ -242,7 +242,10 @@ function armDefer(): void {
 
 export class RealScheduler implements Scheduler {
   now(): number {
-    return monoMs();
+    // Through MONO, not monoMs's return: inlined into a caller, this read stays an unboxed double
+    // even where monoMs would not have been inlined (clock.ts).
+    monoTick();
+    return MONO[0]!;
   }
   defer(fn: () => void): void {
     deferQ[deferTail++] = fn;

@@ -6,7 +6,7 @@
  * packet. A backend says what happens to what a batch could not send
  * (`sendAside`) and when it must not batch at all (`sendBlocked`).
  */
-import { monoMs } from '../clock.js';
+import { MONO, monoTick } from '../clock.js';
 import { atTurnEnd } from '../sched.js';
 import { EventEmitter } from 'node:events';
 import * as dgram from 'node:dgram';
@@ -447,9 +447,9 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
   sourcePort(want: number): number {
     if (want === this.localPort || this.closed) return this.localPort;
     let e = this.txs.get(want);
-    const now = this.clockMs();
+    this.tickClock();
     if (e === undefined) {
-      if (this.txCap <= 0 || this.failedPorts.has(want) || (this.txs.size >= this.txCap && !this.evictOne(now))) {
+      if (this.txCap <= 0 || this.failedPorts.has(want) || (this.txs.size >= this.txCap && !this.evictOne(this.turnMs))) {
         this.txStats.fallbacks++;
         return this.localPort;
       }
@@ -465,17 +465,22 @@ export abstract class UdpLinkBase extends EventEmitter implements Link {
       this.txStats.opened++;
     }
     e.lastTurn = this.turn;
-    e.lastMs = now;
+    // A field to a field: a clock value returned from a call that is not inlined is a heap number,
+    // one per turn on a responder sending ACKs (issue 15's heap check).
+    e.lastMs = this.turnMs;
     return want;
   }
 
-  /** The time a socket chosen now is stamped with: batched, one clock read per flush turn. */
+  /** Sets turnMs, the time a socket chosen now is stamped with: batched, one clock read per flush turn. */
+  private tickClock(): void {
+    if (this.native !== null && this.turnMsOf === this.turn) return;
+    this.turnMsOf = this.turn;
+    monoTick();
+    this.turnMs = MONO[0]!;
+  }
+
   private clockMs(): number {
-    if (this.native === null) return monoMs();
-    if (this.turnMsOf !== this.turn) {
-      this.turnMsOf = this.turn;
-      this.turnMs = monoMs();
-    }
+    this.tickClock();
     return this.turnMs;
   }
 

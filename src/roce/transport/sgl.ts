@@ -14,7 +14,9 @@ import type { SgeLike as Sge } from './types.js';
  * closed while a message moves stops the message at once.
  */
 export function sglUsable(sg: readonly Sge[], pd: unknown, write: boolean): boolean {
-  for (const s of sg) {
+  // Indexed, not for-of: an array iterator the optimizer has not removed is an object per call.
+  for (let i = 0; i < sg.length; i++) {
+    const s = sg[i]!;
     const mr = s.mr;
     if (mr.closed || !mr.valid || mr.pd !== pd || s.offset + s.length > mr.length) return false;
     if (write && (mr.access & 1) === 0) return false; // ACCESS.LOCAL_WRITE
