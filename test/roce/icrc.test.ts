@@ -8,11 +8,13 @@ import {
   icrcV1,
   icrcV2Ipv4,
   icrcV2Ipv4Parts,
+  icrcV2Ipv4PartsS,
   icrcV2Ipv6,
   icrcV2Ipv6Parts,
   inferIpv4Id,
   icrcIdDelta,
   readIcrc,
+  readIcrcS,
   writeIcrc,
 } from '../../src/roce/icrc.js';
 import { decodeFrame, LinkType } from '../../src/roce/framing.js';
@@ -124,4 +126,21 @@ t.test('IPv4 ID recovery: finds the ID and DF, rejects corruption', (t) => {
   t.equal(rejected, trials, 'every single-bit corruption is rejected');
   t.equal(readIcrc(Buffer.from([0x78, 0xf3, 0x53, 0xf3]), 0), 0xf353f378);
   t.end();
+});
+
+t.test('the signed ICRC forms are the unsigned ones modulo 2^32', async (t) => {
+  const pkt = new Uint8Array(64);
+  let high = 0;
+  for (let k = 0; k < 64; k++) {
+    for (let i = 0; i < pkt.length; i++) pkt[i] = (i * 31 + k * 7) & 0xff;
+    const u = icrcV2Ipv4Parts(0x7f000001, 0x7f000002, k, 0x4000, 4791, 4791, pkt, 0, pkt.length - 4);
+    const s = icrcV2Ipv4PartsS(0x7f000001, 0x7f000002, k, 0x4000, 4791, 4791, pkt, 0, pkt.length - 4);
+    if (u >= 0x80000000) high++;
+    t.equal(s >>> 0, u);
+    t.equal(s | 0, s, 'signed 32-bit');
+    writeIcrc(pkt, pkt.length - 4, s);
+    t.equal(readIcrc(pkt, pkt.length - 4), u, 'writeIcrc takes the signed form');
+    t.equal(readIcrcS(pkt, pkt.length - 4), s);
+  }
+  t.ok(high > 0 && high < 64, `both halves of the range seen (${high} of 64 at or above 2^31)`);
 });
