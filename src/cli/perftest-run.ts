@@ -219,8 +219,16 @@ function waitRx(c: RunCtx): Promise<void> {
  * descheduled on a loaded machine, gets the CPU instead of the spin, and the event loop its turn
  * (timers: retransmits, the ticker). While things keep arriving, the loop still gets a
  * setImmediate turn every BUSY_YIELD_MS, which a spin never gives it.
+ *
+ * 30 µs, about three typical round trips here (ib_send_lat 2 B: 11-13 µs). A spin that cannot
+ * succeed holds the CPU the peer needs: on two cores with both tools spinning, a third runnable
+ * thread (V8's background compiler, early in a run) takes a core from one of them, and the round
+ * trip ends only when the other side's spin gives up. With 200 µs spins those round trips were
+ * the p99 (220-228 µs in 20,000 iterations, nearly all in the first second); with 30 µs, 66-69 µs,
+ * the average unchanged (17.7-18.3 against 19.0-19.4 µs). Spins that adapt to the smoothed wait
+ * (two or four times it) did worse: 100-164 µs.
  */
-const BUSY_SPIN_US = 200;
+const BUSY_SPIN_US = 30;
 const BUSY_YIELD_MS = 1;
 let lastYield = 0;
 const yieldTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
